@@ -1,0 +1,102 @@
+"""Assembling a mount: settings in, a ready ``EncordFS`` (and what must be closed) out.
+
+The CLI, the Python API and tests build mounts through ``build``; nothing else wires the backend,
+catalog, signed-URL cache, block caches and reader together, so each piece stays replaceable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from encordfs import errors
+from encordfs.backend import Backend
+from encordfs.core.blockcache import DiskBlockCache, MemoryBlockCache, TieredBlockCache
+from encordfs.core.catalog import Catalog
+from encordfs.core.counters import Counters
+from encordfs.core.fetch import HttpFetcher
+from encordfs.core.fs import EncordFS, Options
+from encordfs.core.reader import ReadPipeline
+from encordfs.core.urls import SignedUrlCache
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+
+@dataclass
+class Settings:
+    domain: str = "https://api.encord.com"
+    cache_dir: Path | None = None
+    # Disk block cache cap. 10 GiB holds an epoch of a mid-sized image dataset; --cache-size changes it.
+    cache_size_bytes: int = 10 * GiB
+    # Keep this much free on the cache's filesystem whatever the cap says, so a full disk never
+    # follows from a mount (mountpoint-s3 does the same with its free-space floor).
+    cache_min_free_bytes: int = 1 * GiB
+    # In-memory block cache: recent blocks of open and recently read files.
+    memory_cache_bytes: int = 256 * MiB
+    metadata_ttl_s: float = 60.0
+    include_org_access: bool = False
+    uid: int = field(default_factory=os.getuid)
+    gid: int = field(default_factory=os.getgid)
+
+
+def default_cache_dir(domain: str) -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    tag = hashlib.sha256(domain.encode()).hexdigest()[:12]
+    return base / "encordfs" / tag
+
+
+def prepare_cache_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(path, 0o700)
+    except OSError as exc:
+        raise errors.FsError(f"cannot use cache dir {path}: {exc.strerror}") from None
+    return path
+
+
+@dataclass
+class Mount:
+    fs: EncordFS
+    counters: Counters
+    cache_dir: Path
+    _closers: list = field(default_factory=list)  # type: ignore[type-arg]
+
+    def close(self) -> None:
+        for close in reversed(self._closers):
+            try:
+                close()
+            except Exception:  # closing must finish even if one part fails
+                log.exception("error while closing")
+        self._closers.clear()
+
+
+def build(backend: Backend, settings: Settings) -> Mount:
+    cache_dir = prepare_cache_dir(settings.cache_dir or default_cache_dir(settings.domain))
+    counters = Counters()
+    closers: list = []  # type: ignore[type-arg]
+    try:
+        disk = DiskBlockCache(cache_dir / "blocks", settings.cache_size_bytes, settings.cache_min_free_bytes, counters=counters)
+        closers.append(disk.close)
+        cache = TieredBlockCache(MemoryBlockCache(settings.memory_cache_bytes, counters=counters), disk)
+        catalog = Catalog(cache_dir / "catalog.sqlite")
+        closers.append(catalog.close)
+        urls = SignedUrlCache(backend.sign, counters=counters)
+        fetcher = HttpFetcher(counters=counters)
+        closers.append(fetcher.close)
+        reader = ReadPipeline(fetcher, cache, counters)
+        closers.append(reader.close)
+        options = Options(uid=settings.uid, gid=settings.gid, metadata_ttl_s=settings.metadata_ttl_s)
+        fs = EncordFS(backend, catalog, reader, urls, options)
+        closers.append(fs.close)
+    except BaseException:
+        for close in reversed(closers):
+            close()
+        raise
+    closers.insert(0, backend.close)
+    return Mount(fs, counters, cache_dir, closers)

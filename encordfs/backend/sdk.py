@@ -1,0 +1,221 @@
+"""The Encord backend: the only module that imports the ``encord`` SDK.
+
+It turns SDK objects into the plain records of ``encordfs.backend`` and SDK exceptions into
+``encordfs.errors`` by one table (``_translate``), so nothing above it knows the SDK exists.
+
+Calls, per the wire reference (shared/encord-wire.md §7): datasets come from ``get_datasets``; a
+dataset's rows from one ``get_dataset`` (with client metadata); group members from one bulk
+``get_storage_items`` for the groups plus one ``get_child_items(get_signed_urls=True)`` per group
+(bounded concurrency); signed URLs from ``get_storage_items(sign_url=True)`` in chunks of at most
+``SIGN_BATCH`` items. The SDK retries idempotent calls itself; we lower its connect retries so an
+unreachable domain fails in seconds rather than after its 9 s backoff per call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from encord import EncordUserClient
+from encord import exceptions as enc_exc
+from encord.http.constants import RequestsSettings
+from encord.orm.dataset import DatasetAccessSettings
+
+from encordfs import errors
+from encordfs.backend import ChildRecord, DatasetRecord, RowRecord
+
+log = logging.getLogger(__name__)
+
+SIGN_BATCH = 1000  # documented maximum of get-bulk / patch-bulk (wire reference §11 #6)
+CHILD_FETCH_CONCURRENCY = 4  # parallel child-items calls; the SDK opens one connection per call
+
+# Retries: the SDK retries GET/POST on 413/429/5xx itself. Two status retries with a short backoff
+# keep a FUSE thread from waiting the SDK's default 9 s; one connect retry makes an unreachable
+# domain fail fast.
+_REQUESTS = RequestsSettings(max_retries=2, backoff_factor=0.5, connection_retries=1, connect_timeout=10, read_timeout=120)
+
+
+def _ts(value: datetime | str | None) -> float:
+    if value is None:
+        return 0.0
+    if isinstance(value, str):
+        from encord.common.time_parser import parse_datetime
+
+        value = parse_datetime(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.timestamp()
+
+
+def _translate(exc: BaseException, what: str) -> errors.FsError:
+    """SDK exception → our error family. Messages name the operation, never a URL or key."""
+    if isinstance(exc, errors.FsError):
+        return exc
+    if isinstance(exc, (enc_exc.SshKeyNotFound, enc_exc.AuthenticationError)):
+        return errors.AuthError(f"{what}: Encord refused the key or token (unregistered key, or wrong --domain?)")
+    if isinstance(exc, enc_exc.AuthorisationError):
+        return errors.PermissionDenied(f"{what}: not authorised")
+    if isinstance(exc, enc_exc.ResourceNotFoundError):
+        return errors.NotFound(f"{what}: not found")
+    if isinstance(exc, enc_exc.RateLimitExceededError):
+        return errors.TransientWriteError(f"{what}: rate limited", retry_after_s=getattr(exc, "retry_after", None))
+    if isinstance(exc, enc_exc.PayloadTooLargeError):
+        return errors.PermanentWriteError(f"{what}: payload too large (413)")
+    if isinstance(exc, enc_exc.InvalidArgumentsError):
+        return errors.PermanentWriteError(f"{what}: invalid arguments (400)")
+    if isinstance(exc, enc_exc.RequestException) and "session.send failed" in str(exc):
+        return errors.Unavailable(f"{what}: cannot reach Encord")
+    if isinstance(exc, (enc_exc.UnknownException, enc_exc.GenericServerError)):
+        return errors.TransientWriteError(f"{what}: server error")
+    if isinstance(exc, OSError):
+        return errors.Unavailable(f"{what}: {type(exc).__name__}")
+    return errors.BackendError(f"{what}: {type(exc).__name__}")
+
+
+@contextlib.contextmanager
+def _sdk(what: str) -> Iterator[None]:
+    try:
+        yield
+    except errors.FsError:
+        raise
+    except Exception as exc:  # the one place SDK errors become ours
+        log.debug("%s failed: %s", what, type(exc).__name__)
+        raise _translate(exc, what) from None
+
+
+def load_key(path: Path) -> str:
+    """Read an OpenSSH private key file; a clear error if it is missing or unreadable."""
+    try:
+        text = path.expanduser().read_text(encoding="ascii")
+    except FileNotFoundError:
+        raise errors.AuthError(f"SSH key file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise errors.AuthError(f"cannot read SSH key file {path}: {type(exc).__name__}") from None
+    if "PRIVATE KEY" not in text:
+        raise errors.AuthError(f"{path} is not an OpenSSH private key")
+    return text
+
+
+class SdkBackend:
+    """``Backend`` over the official SDK. Thread-safe: the SDK builds a new session per call."""
+
+    def __init__(self, domain: str, ssh_key: str, *, include_org_access: bool = False) -> None:
+        with _sdk("loading the SSH key"):
+            try:
+                self._client = EncordUserClient.create_with_ssh_private_key(
+                    ssh_private_key=ssh_key, domain=domain, requests_settings=_REQUESTS
+                )
+            except ValueError as exc:  # the SDK's message for a non-Ed25519 or malformed key
+                raise errors.AuthError(f"unusable SSH key: {str(exc).splitlines()[0][:120]}") from None
+        self._include_org_access = include_org_access
+        self._dataset_settings = DatasetAccessSettings(fetch_client_metadata=True)
+
+    # -- listing --------------------------------------------------------------------------------
+    def list_datasets(self) -> list[DatasetRecord]:
+        with _sdk("listing datasets"):
+            found = self._client.get_datasets(include_org_access=self._include_org_access)
+            out = []
+            for entry in found:
+                info = entry["dataset"]
+                role = entry.get("user_role")
+                out.append(
+                    DatasetRecord(
+                        uid=str(info.dataset_hash),
+                        title=info.title,
+                        description=info.description or "",
+                        created_at=_ts(info.created_at),
+                        last_edited_at=_ts(info.last_edited_at),
+                        storage_location=int(getattr(info, "type", 0) or 0),
+                        backing_folder_uuid=str(info.backing_folder_uuid) if info.backing_folder_uuid else None,
+                        user_role=role.name.lower() if role is not None and hasattr(role, "name") else None,
+                    )
+                )
+            return out
+
+    def iter_rows(self, dataset_uid: str) -> Iterator[RowRecord]:
+        with _sdk(f"loading dataset {dataset_uid}"):
+            dataset = self._client.get_dataset(dataset_uid, dataset_access_settings=self._dataset_settings)
+            rows = dataset.data_rows
+        return (self._row(dataset_uid, r) for r in rows)
+
+    @staticmethod
+    def _row(dataset_uid: str, r: Any) -> RowRecord:
+        data_type = r["data_type"]
+        backing = r.get("backing_item_uuid")
+        metadata = r["client_metadata"]
+        return RowRecord(
+            uid=r.uid,
+            dataset_uid=dataset_uid,
+            title=r.title,
+            data_type=data_type,
+            created_at=_ts(r["created_at"]),
+            last_edited_at=_ts(r["last_edited_at"]),
+            width=r["width"],
+            height=r["height"],
+            frames_per_second=r["frames_per_second"],
+            duration=r["duration"],
+            file_link=r["file_link"],
+            file_size=r["file_size"],
+            file_type=r["file_type"],
+            storage_location=int(r["storage_location"]),
+            backing_item_uuid=str(backing) if backing else None,
+            is_image_sequence=r["is_optimised_image_group"],
+            client_metadata=dict(metadata) if metadata is not None else None,
+        )
+
+    def list_children(self, group_item_uuids: list[str]) -> dict[str, list[ChildRecord]]:
+        if not group_item_uuids:
+            return {}
+        items = []
+        for start in range(0, len(group_item_uuids), SIGN_BATCH):
+            chunk = group_item_uuids[start : start + SIGN_BATCH]
+            with _sdk("loading group items"):
+                items.extend(self._client.get_storage_items(chunk, sign_url=False))
+
+        def children_of(item: Any) -> tuple[str, list[ChildRecord]]:
+            with _sdk("listing group members"):
+                kids = list(item.get_child_items(get_signed_urls=True))
+            return str(item.uuid), [self._child(i, k) for i, k in enumerate(kids)]
+
+        with ThreadPoolExecutor(max_workers=CHILD_FETCH_CONCURRENCY) as pool:
+            return dict(pool.map(children_of, items))
+
+    @staticmethod
+    def _child(index: int, item: Any) -> ChildRecord:
+        orm = item._orm_item  # the signed URL is read without the SDK's refetch/warning path
+        return ChildRecord(
+            item_uuid=str(item.uuid),
+            title=item.name,
+            index=index,
+            item_type=str(getattr(item.item_type, "value", item.item_type)),
+            file_link=item.url,
+            file_type=item.mime_type,
+            file_size=item.file_size,
+            width=item.width,
+            height=item.height,
+            created_at=_ts(item.created_at),
+            last_edited_at=_ts(item.last_edited_at),
+            storage_location=str(getattr(item.storage_location, "value", item.storage_location)),
+            dicom_instance_uid=item.dicom_instance_uid,
+            dicom_series_uid=item.dicom_series_uid,
+            dicom_study_uid=item.dicom_study_uid,
+            signed_url=orm.signed_url,
+        )
+
+    # -- signing ----------------------------------------------------------------------------------
+    def sign(self, item_uuids: list[str]) -> dict[str, str | None]:
+        out: dict[str, str | None] = {}
+        for start in range(0, len(item_uuids), SIGN_BATCH):
+            chunk = item_uuids[start : start + SIGN_BATCH]
+            with _sdk(f"signing {len(chunk)} item(s)"):
+                for item in self._client.get_storage_items(chunk, sign_url=True):
+                    out[str(item.uuid)] = item._orm_item.signed_url
+        return out
+
+    def close(self) -> None:
+        pass

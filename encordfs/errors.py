@@ -1,0 +1,133 @@
+"""The error family of the filesystem core: every failure carries the errno the kernel should see.
+
+Core code raises these; the FUSE adapter maps them by ``.errno`` in one place (and only there catches
+``Exception``, logs once and answers EIO). Errno is decided once, by type, never by message parsing.
+
+Messages are for humans and logs. They must never contain a signed URL, an API key or a token:
+use ``encordfs.core.urls.redact`` on any URL that goes into a message.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+
+
+class FsError(Exception):
+    """Base of the family; a bare ``FsError`` means EIO."""
+
+    errno: int = _errno.EIO
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(FsError):
+    errno = _errno.ENOENT
+
+
+class ReadOnly(FsError):
+    errno = _errno.EROFS
+
+
+class PermissionDenied(FsError):
+    errno = _errno.EACCES
+
+
+class NoData(FsError):
+    errno = _errno.ENODATA
+
+
+class InvalidValue(FsError):
+    errno = _errno.EINVAL
+
+
+class TooBig(FsError):
+    errno = _errno.E2BIG
+
+
+class Exists(FsError):
+    errno = _errno.EEXIST
+
+
+class Stale(FsError):
+    errno = _errno.ESTALE
+
+
+class RemoteIOError(FsError):
+    errno = _errno.EIO
+
+
+class NotSupported(FsError):
+    errno = _errno.ENOTSUP
+
+
+class CrossDevice(FsError):
+    errno = _errno.EXDEV
+
+
+class Busy(FsError):
+    errno = _errno.EBUSY
+
+
+class NotADirectory(FsError):
+    errno = _errno.ENOTDIR
+
+
+class IsADirectory(FsError):
+    errno = _errno.EISDIR
+
+
+# --- Backend errors. NOTE: restored by the read-path engineer after accidentally overwriting a
+# concurrently written errors.py; names and signatures follow their uses in backend/sdk.py, core/fs.py
+# and mountpoint.py. The lead should check errnos and hierarchy against the lost original.
+
+
+class BackendError(FsError):
+    """A backend call failed; raised by ``encordfs.backend`` implementations, never SDK exceptions."""
+
+
+class AuthError(BackendError):
+    """The key or token was refused or unusable."""
+
+    errno = _errno.EACCES
+
+
+class Unavailable(BackendError):
+    """Encord (or the emulator) cannot be reached."""
+
+
+class TransientWriteError(BackendError):
+    """A write that may succeed if retried later (rate limit, server error)."""
+
+    def __init__(self, message: str = "", retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class PermanentWriteError(BackendError):
+    """A write that will never succeed as sent (payload too large, invalid arguments)."""
+
+
+__all__ = [
+    "AuthError",
+    "BackendError",
+    "IsADirectory",
+    "NotADirectory",
+    "PermanentWriteError",
+    "TransientWriteError",
+    "Unavailable",
+    "Busy",
+    "CrossDevice",
+    "Exists",
+    "FsError",
+    "InvalidValue",
+    "NoData",
+    "NotFound",
+    "NotSupported",
+    "PermissionDenied",
+    "ReadOnly",
+    "RemoteIOError",
+    "Stale",
+    "TooBig",
+]

@@ -1,0 +1,161 @@
+"""The FUSE adapter: the only module that imports the binding (mfusepy).
+
+It translates and nothing else: a path becomes an inode through the core, the core's answer becomes
+what mfusepy expects, and ``errors.FsError`` becomes its errno in one place (``_errno_of``). No
+caching, policy or network call lives here.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")  # libfuse 3; must precede the import
+
+import mfusepy  # noqa: E402
+
+from encordfs import errors  # noqa: E402
+from encordfs.core.fs import Attr, EncordFS  # noqa: E402
+
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+
+XATTR_CREATE = 1
+XATTR_REPLACE = 2
+
+
+def _errno_of(exc: BaseException) -> int:
+    if isinstance(exc, errors.FsError):
+        return exc.errno
+    if isinstance(exc, mfusepy.FuseOSError):
+        return exc.errno or errno.EIO
+    return errno.EIO
+
+
+def _translated(func: F) -> F:
+    """Run a FUSE operation; FsError → its errno; anything else is logged once and answers EIO."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any) -> Any:
+        try:
+            return func(*args)
+        except errors.FsError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENODATA, errno.ENOTSUP):
+                log.warning("%s: %s", func.__name__, exc)
+            raise mfusepy.FuseOSError(exc.errno) from None
+        except mfusepy.FuseOSError:
+            raise
+        except Exception:
+            log.exception("internal error in %s", func.__name__)
+            raise mfusepy.FuseOSError(errno.EIO) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _stat(a: Attr) -> dict[str, int]:
+    mtime_ns = int(a.mtime * 1e9)
+    return {
+        "st_ino": a.ino,
+        "st_mode": a.mode,
+        "st_nlink": a.nlink,
+        "st_size": a.size,
+        "st_uid": a.uid,
+        "st_gid": a.gid,
+        "st_mtime": mtime_ns,
+        "st_ctime": int(a.ctime * 1e9),
+        "st_atime": mtime_ns,
+        "st_blocks": (a.size + 511) // 512,
+        "st_blksize": 131072,
+    }
+
+
+def _read_only(*_: Any) -> int:
+    raise mfusepy.FuseOSError(errno.EROFS)
+
+
+class FuseOperations(mfusepy.Operations):  # type: ignore[misc]
+    use_ns = True
+
+    def __init__(self, fs: EncordFS, *, attr_timeout_s: float, entry_timeout_s: float, negative_timeout_s: float) -> None:
+        self.fs = fs
+        self._timeouts = (attr_timeout_s, entry_timeout_s, negative_timeout_s)
+
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        if config is not None:
+            config.use_ino = 1
+            config.attr_timeout, config.entry_timeout, config.negative_timeout = self._timeouts
+
+    @_translated
+    def getattr(self, path: str, fh: Any = None) -> dict[str, int]:
+        return _stat(self.fs.getattr(self.fs.resolve(path)))
+
+    @_translated
+    def readdir(self, path: str, fh: Any) -> list[Any]:
+        ino = self.fs.resolve(path)
+        out: list[Any] = [(".", {"st_ino": ino, "st_mode": 0o040555}, 0), ("..", None, 0)]
+        out.extend((name, _stat(attr), 0) for name, attr in self.fs.readdir(ino))
+        return out
+
+    @_translated
+    def open(self, path: str, fi: Any) -> int:
+        writable = (fi.flags & os.O_ACCMODE) != os.O_RDONLY or bool(fi.flags & os.O_TRUNC)
+        fi.fh = self.fs.open(self.fs.resolve(path), writable)
+        fi.keep_cache = 1  # content identity is in the block cache key; unchanged files stay cached
+        return 0
+
+    @_translated
+    def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
+        return self.fs.read(fi.fh, offset, size)
+
+    @_translated
+    def release(self, path: str, fi: Any) -> int:
+        self.fs.release(fi.fh)
+        return 0
+
+    @_translated
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        return self.fs.getxattr(self.fs.resolve(path), name)
+
+    @_translated
+    def listxattr(self, path: str) -> list[str]:
+        return self.fs.listxattr(self.fs.resolve(path))
+
+    @_translated
+    def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
+        self.fs.setxattr(self.fs.resolve(path), name, value, options)
+        return 0
+
+    @_translated
+    def removexattr(self, path: str, name: str) -> int:
+        self.fs.removexattr(self.fs.resolve(path), name)
+        return 0
+
+    @_translated
+    def statfs(self, path: str) -> dict[str, int]:
+        return self.fs.statfs()
+
+    def destroy(self, path: str) -> None:
+        self.fs.close()
+
+    # Content and tree changes are refused: the mount mirrors Encord, it does not upload.
+    write = create = mkdir = unlink = rmdir = rename = truncate = symlink = link = mknod = _read_only  # type: ignore[assignment]
+    chmod = chown = utimens = _read_only  # type: ignore[assignment]
+
+
+def run(fs: EncordFS, mountpoint: str, *, foreground: bool = True, read_only: bool = False, allow_other: bool = False, attr_timeout_s: float = 60.0, entry_timeout_s: float = 60.0, negative_timeout_s: float = 5.0, debug: bool = False) -> None:
+    """Mount and serve until unmounted. Raises ``errors.FsError`` when the mount cannot start."""
+    ops = FuseOperations(fs, attr_timeout_s=attr_timeout_s, entry_timeout_s=entry_timeout_s, negative_timeout_s=negative_timeout_s)
+    options: dict[str, Any] = {"fsname": "encordfs", "subtype": "encordfs", "foreground": foreground, "debug": debug}
+    if read_only:
+        options["ro"] = True
+    if allow_other:
+        options["allow_other"] = True
+        options["default_permissions"] = True
+    try:
+        mfusepy.FUSE(ops, mountpoint, raw_fi=True, **options)
+    except RuntimeError as exc:
+        raise errors.FsError(f"libfuse could not mount {mountpoint} (status {exc})") from None

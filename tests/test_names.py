@@ -1,0 +1,85 @@
+"""The naming rules of core.names and their stickiness in the catalog (property-based)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from encordfs.core import names
+from encordfs.core.catalog import Catalog, Entry, Kind
+
+titles = st.text(min_size=0, max_size=400)
+
+
+def _valid(name: str) -> bool:
+    return bool(name) and "/" not in name and "\x00" not in name and name not in (".", "..") and len(name.encode()) <= 255
+
+
+@given(titles, st.sampled_from([None, "image/jpeg", "video/mp4", "application/dicom", "text/plain"]), st.booleans())
+def test_every_title_gives_a_valid_name(title: str, mime: str | None, is_dir: bool) -> None:
+    name = names.base_name(title, mime, is_dir=is_dir)
+    assert _valid(name), repr(name)
+    assert name == name.strip()
+    assert names.base_name(title, mime, is_dir=is_dir) == name  # deterministic
+
+
+@given(titles, st.text(alphabet="0123456789abcdef-", min_size=8, max_size=36))
+def test_disambiguated_names_are_valid_and_differ(title: str, uid: str) -> None:
+    base = names.base_name(title, "image/png")
+    other = names.disambiguated(base, uid)
+    assert _valid(other)
+    assert names.name_key(other) != names.name_key(base)
+
+
+def test_specific_rules() -> None:
+    assert names.base_name("left/right.jpg") == "left\u2215right.jpg"
+    assert names.base_name("a\x00b.png") == "ab.png"
+    assert names.base_name("..") == "_.."
+    assert names.base_name(".") == "_."
+    assert names.base_name("  spaced.jpg  ") == "spaced.jpg"
+    assert names.base_name("") == "untitled"
+    assert names.base_name("scan_0001", "image/jpeg") == "scan_0001.jpg"
+    assert names.base_name("volume.nii.gz", "application/x-nifti") == "volume.nii.gz"
+    assert names.base_name("group", "image/jpeg", is_dir=True) == "group"
+    long = names.base_name("é" * 300 + ".png")
+    assert len(long.encode()) <= 255 and long.endswith(".png")
+
+
+def _entry(uid: str, title: str) -> Entry:
+    return Entry(Kind.ROW, uid, title, "image/jpeg", "item-" + uid, 1, 0.0, 0.0, {})
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.text(alphabet="abAB./ ", max_size=6), st.booleans()), min_size=1, max_size=12))
+def test_names_unique_and_sticky(tmp_path_factory, rows: list[tuple[str, bool]]) -> None:
+    catalog = Catalog(Path(tmp_path_factory.mktemp("cat")) / "c.sqlite")
+    entries = [_entry(f"{i:08d}-uid", t) for i, (t, _) in enumerate(rows)]
+    catalog.sync_children(1, entries, 0)
+    first = {n.uid: n.name for n in catalog.children(1)}
+    keys = [names.name_key(n) for n in first.values()]
+    assert len(keys) == len(set(keys))
+    assert all(_valid(n) for n in first.values())
+    # Remove some rows and add new ones with colliding titles: survivors keep their names.
+    kept = [e for e, (_, keep) in zip(entries, rows) if keep]
+    added = [_entry(f"new{i:05d}-uid", e.title) for i, e in enumerate(entries)]
+    catalog.sync_children(1, kept + added, 1)
+    second = {n.uid: n.name for n in catalog.children(1)}
+    for e in kept:
+        assert second[e.uid] == first[e.uid]
+    keys = [names.name_key(n) for n in second.values()]
+    assert len(keys) == len(set(keys))
+    catalog.close()
+
+
+def test_inode_stable_and_case_only_duplicates(tmp_path: Path) -> None:
+    catalog = Catalog(tmp_path / "c.sqlite")
+    catalog.sync_children(1, [_entry("aaaaaaaa1", "Dog.png"), _entry("bbbbbbbb2", "dog.png")], 0)
+    got = {n.uid: (n.ino, n.name) for n in catalog.children(1)}
+    assert got["aaaaaaaa1"][1] == "Dog.png"
+    assert got["bbbbbbbb2"][1] == "dog~bbbbbbbb.png"
+    catalog.sync_children(1, [_entry("bbbbbbbb2", "dog.png"), _entry("aaaaaaaa1", "Dog.png")], 1)
+    again = {n.uid: (n.ino, n.name) for n in catalog.children(1)}
+    assert again == got
+    catalog.close()
