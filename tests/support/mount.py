@@ -1,0 +1,62 @@
+"""A real encordfs mount for tests: a separate process, always unmounted and reaped on exit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+from encordfs.cli import spawn_mount
+from encordfs.mountpoint import mounted_at
+
+
+class MountedFS:
+    def __init__(self, domain: str, key_file: str | Path, workdir: Path, *extra: str) -> None:
+        self.domain = domain
+        self.key_file = str(key_file)
+        self.workdir = workdir
+        self.path = workdir / "mnt"
+        self.cache_dir = workdir / "cache"
+        self.log_path = workdir / "mount.log"
+        self.extra = list(extra)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "encordfs", "mount", str(self.path), "--foreground", "--domain", self.domain,
+                "--ssh-key-file", self.key_file, "--cache-dir", str(self.cache_dir), "-v", *self.extra]
+
+    def __enter__(self) -> MountedFS:
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.proc = spawn_mount(self.argv(), self.path, self.log_path)
+        return self
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        for attempt in range(20):
+            if not mounted_at(self.path):
+                break
+            done = subprocess.run(["fusermount3", "-u", str(self.path)], capture_output=True)
+            if done.returncode == 0:
+                break
+            time.sleep(0.1 * (attempt + 1))
+        else:
+            subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
+        if self.proc is not None:
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+        if mounted_at(self.path):
+            subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
