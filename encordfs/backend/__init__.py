@@ -9,8 +9,10 @@ server). Times are unix seconds (float, UTC).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from encordfs.errors import BackendError
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,4 +93,85 @@ class Backend(Protocol):
         """Signed URLs for single-file storage items, in bulk (the backend chunks to its limit)."""
         ...
 
+    def push(self, patches: list[RowPatch]) -> dict[str, PushOutcome]:
+        """Apply each row's final change (``RowChange.apply_metadata`` onto the *current* server
+        metadata, fetched in the same call). Idempotent: pushing a change that already landed gives the
+        same state. At most ``PUSH_BATCH`` patches per call. Raises ``TransientWriteError`` /
+        ``PermanentWriteError`` when the whole call failed (the write queue bisects permanent ones);
+        a failure confined to one row is that row's ``PushOutcome.error``. Every patch gets an outcome.
+        """
+        ...
+
     def close(self) -> None: ...
+
+
+# --- Writes: what the write queue hands a backend (see ``encordfs.core.writes`` for the rules).
+
+PUSH_BATCH = 1000  # rows per ``Backend.push``: the documented maximum of get-bulk / patch-bulk
+
+
+@dataclass(frozen=True, slots=True)
+class RowChange:
+    """One row's pending edits reduced to a final state (the output of ``core.writes.coalesce``).
+
+    Normal form: either ``replace`` is set (a whole-metadata replacement with every later key edit
+    already folded into it; ``set_keys``/``del_keys`` are then empty), or ``replace`` is ``None`` and
+    ``set_keys``/``del_keys`` (disjoint) are merged onto the server's current metadata. ``title`` is
+    the final title, or ``None`` for no rename. Treat the mappings as read-only.
+    """
+
+    replace: Mapping[str, Any] | None = None
+    set_keys: Mapping[str, Any] = field(default_factory=dict)
+    del_keys: frozenset[str] = frozenset()
+    title: str | None = None
+
+    @property
+    def touches_metadata(self) -> bool:
+        return self.replace is not None or bool(self.set_keys) or bool(self.del_keys)
+
+    def apply_metadata(self, current: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        """The metadata after this change lands on ``current`` (the conflict rule, in one place)."""
+        if not self.touches_metadata:
+            return dict(current) if current is not None else None
+        out = dict(self.replace) if self.replace is not None else dict(current or {})
+        for key in self.del_keys:
+            out.pop(key, None)
+        out.update(self.set_keys)
+        return out
+
+    def then(self, later: RowChange) -> RowChange:
+        """The single change equal to applying ``self`` and then ``later`` (kept in normal form)."""
+        title = later.title if later.title is not None else self.title
+        if later.replace is not None:
+            return RowChange(replace=later.replace, title=title)
+        if self.replace is not None:
+            return RowChange(replace=later.apply_metadata(self.replace), title=title)
+        set_keys = {k: v for k, v in self.set_keys.items() if k not in later.del_keys}
+        set_keys.update(later.set_keys)
+        del_keys = (self.del_keys - later.set_keys.keys()) | later.del_keys
+        return RowChange(set_keys=set_keys, del_keys=frozenset(del_keys), title=title)
+
+
+@dataclass(frozen=True, slots=True)
+class RowPatch:
+    """One row's change as a push sends it. ``item_uuid`` None → the legacy ``DataRow.save`` path."""
+
+    row_uid: str
+    dataset_uid: str
+    item_uuid: str | None
+    change: RowChange
+
+
+@dataclass(frozen=True, slots=True)
+class PushOutcome:
+    """What happened to one row of a push: ``error`` None means it landed; ``metadata``/``title``
+    are the server's state after the push when the backend learnt it (else ``None``)."""
+
+    row_uid: str
+    error: BackendError | None = None
+    metadata: Mapping[str, Any] | None = None
+    title: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None

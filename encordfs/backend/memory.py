@@ -2,6 +2,13 @@
 
 Blobs are plain bytes; ``sign`` returns ``mem://`` URLs that ``MemoryBackend.fetch`` resolves, so the
 reader can be driven through a plain ``fetch`` callable. Every call is counted in ``calls``.
+
+Writes: ``push`` applies each ``RowPatch`` onto the row's current metadata (the same conflict rule as
+the SDK backend, via ``RowChange.apply_metadata``) and logs the row uids of every call in
+``push_log``. Fault injection for the write queue's tests: ``push_faults`` (exceptions raised by the
+next calls, one each, consumed in order), ``reject_rows`` (row uid → error: any call containing the
+row raises it, as a 413 fails a whole bulk request) and ``row_errors`` (row uid → error reported in
+that row's outcome only).
 """
 
 from __future__ import annotations
@@ -11,8 +18,8 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
 
-from encordfs.backend import ChildRecord, DatasetRecord, RowRecord
-from encordfs.errors import NotFound
+from encordfs.backend import PUSH_BATCH, ChildRecord, DatasetRecord, PushOutcome, RowPatch, RowRecord
+from encordfs.errors import BackendError, NotFound, PermanentWriteError
 
 
 class MemoryBackend:
@@ -22,6 +29,10 @@ class MemoryBackend:
         self.children: dict[str, list[ChildRecord]] = {}
         self.blobs: dict[str, bytes] = {}  # item uuid -> bytes
         self.calls: Counter[str] = Counter()
+        self.push_log: list[list[str]] = []  # row uids of every push call, failed ones included
+        self.push_faults: list[BaseException] = []
+        self.reject_rows: dict[str, BackendError] = {}
+        self.row_errors: dict[str, BackendError] = {}
         self._lock = threading.Lock()
 
     # -- building the fake ----------------------------------------------------------------------
@@ -66,6 +77,40 @@ class MemoryBackend:
     def fetch(self, url: str, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` of the blob behind a ``mem://`` URL."""
         return self.blobs[url.removeprefix("mem://")][start:end]
+
+    def push(self, patches: list[RowPatch]) -> dict[str, PushOutcome]:
+        self._count("push")
+        with self._lock:
+            self.push_log.append([p.row_uid for p in patches])
+            if self.push_faults:
+                raise self.push_faults.pop(0)
+            if len(patches) > PUSH_BATCH:
+                raise PermanentWriteError(f"payload too large (413): {len(patches)} items")
+            for patch in patches:
+                if patch.row_uid in self.reject_rows:
+                    raise self.reject_rows[patch.row_uid]
+            where = {r.uid: (ds, i) for ds, rows in self.rows.items() for i, r in enumerate(rows)}
+            return {p.row_uid: self._apply_locked(p, where.get(p.row_uid)) for p in patches}
+
+    def _apply_locked(self, patch: RowPatch, at: tuple[str, int] | None) -> PushOutcome:
+        if patch.row_uid in self.row_errors:
+            return PushOutcome(patch.row_uid, error=self.row_errors[patch.row_uid])
+        if at is None:
+            return PushOutcome(patch.row_uid, error=PermanentWriteError("row not found (404)"))
+        ds, i = at
+        row = self.rows[ds][i]
+        metadata = patch.change.apply_metadata(row.client_metadata)
+        title = patch.change.title if patch.change.title is not None else row.title
+        self.rows[ds][i] = replace(row, client_metadata=metadata, title=title)
+        return PushOutcome(patch.row_uid, metadata=metadata, title=title)
+
+    def row(self, row_uid: str) -> RowRecord:
+        """The current record of a row, wherever it is (for assertions)."""
+        for rows in self.rows.values():
+            for r in rows:
+                if r.uid == row_uid:
+                    return r
+        raise NotFound(row_uid)
 
     def close(self) -> None:
         pass

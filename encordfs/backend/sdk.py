@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import uuid
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -23,11 +25,12 @@ from typing import Any
 
 from encord import EncordUserClient
 from encord import exceptions as enc_exc
+from encord.http.bundle import Bundle
 from encord.http.constants import RequestsSettings
 from encord.orm.dataset import DatasetAccessSettings
 
 from encordfs import errors
-from encordfs.backend import ChildRecord, DatasetRecord, RowRecord
+from encordfs.backend import ChildRecord, DatasetRecord, PushOutcome, RowChange, RowPatch, RowRecord
 
 log = logging.getLogger(__name__)
 
@@ -217,5 +220,110 @@ class SdkBackend:
                     out[str(item.uuid)] = item._orm_item.signed_url
         return out
 
+    # -- writes ----------------------------------------------------------------------------------
+    def push(self, patches: list[RowPatch]) -> dict[str, PushOutcome]:
+        """Apply the write queue's final changes (conflict rule: ``RowChange.apply_metadata`` onto the
+        metadata fetched in the same call). Rows with a backing item: per ≤ ``SIGN_BATCH`` items, one
+        ``get_storage_items`` (current metadata) and one bundled ``update`` → one ``patch-bulk``: two
+        calls per 1000 rows. Rows without one: the deprecated ``DataRow.save`` (wire §6.1), per
+        dataset one ``get_dataset`` + one ``list_data_rows``, then one call per row. Whole-call
+        failures raise ``Transient``/``PermanentWriteError``; the SDK never retries PATCH, the queue does.
+        """
+        out: dict[str, PushOutcome] = {}
+        backed: list[RowPatch] = []
+        legacy: dict[str, list[RowPatch]] = {}
+        for patch in patches:
+            if not patch.item_uuid:
+                legacy.setdefault(patch.dataset_uid, []).append(patch)
+            elif _is_uuid(patch.item_uuid):
+                backed.append(patch)
+            else:
+                out[patch.row_uid] = PushOutcome(patch.row_uid, error=errors.PermanentWriteError("bad item uuid"))
+        for start in range(0, len(backed), SIGN_BATCH):
+            out.update(self._push_items(backed[start : start + SIGN_BATCH]))
+        for dataset_uid, group in legacy.items():
+            out.update(self._push_legacy(dataset_uid, group))
+        return out
+
+    def _push_items(self, patches: list[RowPatch]) -> dict[str, PushOutcome]:
+        changes: dict[str, RowChange] = {}  # by item: rows of several datasets may share one item
+        for patch in patches:
+            assert patch.item_uuid is not None
+            earlier = changes.get(patch.item_uuid)
+            changes[patch.item_uuid] = patch.change if earlier is None else earlier.then(patch.change)
+        with _sdk_write(f"loading {len(changes)} storage item(s) to update"):
+            items = {str(i.uuid): i for i in self._client.get_storage_items(list(changes))}
+        with _sdk_write(f"updating {len(items)} storage item(s)"), Bundle() as bundle:
+            for item_uuid, change in changes.items():
+                if (item := items.get(item_uuid)) is not None:
+                    metadata = change.apply_metadata(item.client_metadata) if change.touches_metadata else None
+                    item.update(client_metadata=metadata, name=change.title, bundle=bundle)
+        out = {}
+        for patch in patches:
+            assert patch.item_uuid is not None
+            if (item := items.get(patch.item_uuid)) is None:
+                out[patch.row_uid] = PushOutcome(patch.row_uid, error=errors.PermanentWriteError("storage item not found"))
+            else:
+                metadata = item.client_metadata
+                out[patch.row_uid] = PushOutcome(
+                    patch.row_uid, metadata=dict(metadata) if metadata is not None else None, title=item.name
+                )
+        return out
+
+    def _push_legacy(self, dataset_uid: str, patches: list[RowPatch]) -> dict[str, PushOutcome]:
+        with _sdk_write(f"loading rows of dataset {dataset_uid} to update"):
+            dataset = self._client.get_dataset(
+                dataset_uid, dataset_access_settings=self._dataset_settings, include_data_rows=False
+            )
+            rows = {r.uid: r for r in dataset.list_data_rows(data_hashes=[p.row_uid for p in patches])}
+        out = {}
+        for patch in patches:
+            if (row := rows.get(patch.row_uid)) is None:
+                out[patch.row_uid] = PushOutcome(patch.row_uid, error=errors.PermanentWriteError("data row not found"))
+                continue
+            try:
+                with _sdk_write(f"saving data row {patch.row_uid}"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)  # save() is deprecated (wire §6)
+                    if patch.change.touches_metadata:
+                        row.client_metadata = patch.change.apply_metadata(row.client_metadata) or {}
+                    if patch.change.title is not None:
+                        row.title = patch.change.title
+                    row.save()
+            except errors.BackendError as exc:
+                out[patch.row_uid] = PushOutcome(patch.row_uid, error=exc)
+                continue
+            metadata = row.client_metadata
+            out[patch.row_uid] = PushOutcome(
+                patch.row_uid, metadata=dict(metadata) if metadata is not None else None, title=row.title
+            )
+        return out
+
     def close(self) -> None:
         pass
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _as_write_error(exc: errors.FsError) -> errors.BackendError:
+    """A translated error, classified for the write queue: will resending the same change ever work?"""
+    if isinstance(exc, (errors.TransientWriteError, errors.PermanentWriteError)):
+        return exc
+    if isinstance(exc, (errors.PermissionDenied, errors.NotFound, errors.InvalidValue)):
+        return errors.PermanentWriteError(exc.message)  # 403 / 404 / 400: not for this row, ever
+    # AuthError (401: the key, not the row), Unavailable, unknown: retry with backoff, park nothing.
+    return errors.TransientWriteError(exc.message)
+
+
+@contextlib.contextmanager
+def _sdk_write(what: str) -> Iterator[None]:
+    try:
+        with _sdk(what):
+            yield
+    except errors.FsError as exc:
+        raise _as_write_error(exc) from None

@@ -53,6 +53,7 @@ class UrlCache(Protocol):
     def prime(self, item_ids: list[str]) -> None: ...
     def invalidate(self, item_id: str) -> None: ...
     def is_fresh(self, item_id: str) -> bool: ...
+    def source(self, item_id: str) -> Callable[[bool], str]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,7 +266,7 @@ class EncordFS:
             raise errors.ReadOnly(f"{node.name}: file contents are read-only")
         if not node.item_uuid:
             raise errors.RemoteIOError(f"{node.name}: no storage item to read from")
-        handle = self.reader.open(self._content_key(node), node.size, lambda force: self._url(node, force))
+        handle = self.reader.open(self._content_key(node), node.size, self._url_source(node))
         with self._handles_lock:
             fh = next(self._next_fh)
             self._handles[fh] = (node, handle)
@@ -293,18 +294,26 @@ class EncordFS:
         # so blocks of the old content are never served for the new one.
         return f"{node.item_uuid}:{node.size}:{node.mtime:.6f}"
 
-    def _url(self, node: Node, force: bool) -> str:
+    def _url_source(self, node: Node) -> Callable[[bool], str]:
+        """The reader's ``url_source`` for a file: bulk-signs its folder before the first use."""
         item = node.item_uuid
         assert item is not None
-        if force:
-            self.urls.invalidate(item)
-        elif not self.urls.is_fresh(item):
-            siblings = self.catalog.file_items(node.parent, after_ino=node.ino, limit=SIGN_BATCH * 4)
-            unsigned = [u for _, u in siblings if not self.urls.is_fresh(u)][:SIGN_BATCH]
-            if item not in unsigned:
-                unsigned = [item] + unsigned[: SIGN_BATCH - 1]
-            self.urls.prime(unsigned)
-        return self.urls.get(item)
+        source = self.urls.source(item)
+
+        def url(force_resign: bool = False) -> str:
+            if not force_resign and not self.urls.is_fresh(item):
+                self._sign_siblings(node)
+            return source(force_resign)
+
+        return url
+
+    def _sign_siblings(self, node: Node) -> None:
+        """Sign ``node`` and up to 999 unsigned files after it in its folder, in one call."""
+        item = node.item_uuid
+        assert item is not None
+        siblings = self.catalog.file_items(node.parent, after_ino=node.ino, limit=SIGN_BATCH * 4)
+        unsigned = [u for _, u in siblings if u != item and not self.urls.is_fresh(u)]
+        self.urls.prime([item] + unsigned[: SIGN_BATCH - 1])
 
     # -- xattrs -----------------------------------------------------------------------------------
     def _xattrs(self, ino: int) -> dict[str, bytes]:

@@ -1,0 +1,1 @@
+"""The filesystem core: no FUSE imports here (see docs and style.md)."""

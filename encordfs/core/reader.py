@@ -1,0 +1,635 @@
+"""Read pipeline: file reads served from the block cache, demand range GETs, and budgeted readahead.
+
+Owns the bytes between a FUSE ``read(offset, length)`` and the HTTP fetcher: per-handle segments,
+sequential detection, readahead, a shared worker pool, single-flight part fetches, the global memory
+budget, and ``prefetch``. It depends on two seams only: a ``RangeFetcher`` (``fetch_into``) and a
+``BlockCache``; URLs come from the ``url_source`` given to ``open``.
+
+Parts
+    A file is cut into parts of ``part_bytes``; part ``k`` is ``[k*P, min((k+1)*P, size))`` and is cached
+    under ``(content_key, k)``. A small file (``size <= small_file_bytes``) is a single part: the first
+    read fetches it whole with one GET, and later opens find it in the cache.
+
+Segments
+    A handle holds ``_Segment``\\ s: byte ranges being fetched or fetched, each charged to the budget
+    until dropped. A segment is either a whole part (cacheable, single-flight across handles via
+    ``_flights``) or a "ramp" range inside one part (not cached): after a random access the first GET is
+    only ``initial_window`` bytes (1 MiB + 128 KiB, like mountpoint-s3: one Linux readahead of 128 KiB
+    past 1 MiB), so scattered small reads (media headers, indexes at the end of a file) do not pull
+    whole 8 MiB parts.
+
+Sequential detection and readahead
+    An access is sequential when it lands within ``[last_end - seek_back_bytes, last_end + window]`` or
+    inside a segment the handle already holds: a small forward skip or a slightly reordered read from
+    parallel FUSE threads continues the stream. Anything else is random: the window drops back to
+    ``initial_window`` and readahead stops until the next sequential read. On a sequential read the
+    handle keeps ``[pos, pos + window)`` requested; each readahead request doubles the window up to
+    ``max_window_bytes``. Requests never cross part boundaries; once the window reaches a part they are
+    whole parts. Readahead is bounded per handle (``max_parallel_per_file`` in flight, ``max_window_bytes``
+    held ahead) and overall (``max_parallel_total`` in flight = pool size).
+
+Who fetches
+    A demand segment (the bytes a read needs now) is fetched inline by the reading thread. Readahead
+    runs in the pool; if a reader needs a readahead segment that is still queued it claims and runs it
+    itself (``_Segment.claim``), so demand never waits behind the queue.
+
+Global memory budget
+    ``MemoryBudget`` accounts every segment held by any handle or in flight (prefetch too). Readahead only
+    uses ``try_acquire`` below 3/4 of the budget (the rest is kept for demand, so a cold handle is not
+    starved by others' readahead) and is skipped when it does not fit. A demand fetch waits; while it
+    waits it sheds other handles' completed, buffered segments (the fetched parts remain in the block
+    cache). Everything else in flight completes within the fetcher's budget, so a demand acquire always
+    progresses; past ``read_timeout_s`` the read fails with EIO rather than block. The memory block cache
+    is capped separately (its own capacity); a block shared by both is one object, counted in both.
+
+Invariants
+    ``read`` returns exactly ``min(length, size - offset)`` bytes (``b""`` at or past EOF) or raises an
+    ``FsError``; a segment's budget charge is released exactly once, when it is both dropped and done;
+    a fetched part is complete before it enters the cache.
+
+Lock order: ``ReadHandle._lock`` -> ``ReadPipeline._lock`` -> ``MemoryBudget._cond``, and
+``ReadHandle._lock`` -> ``_Segment._lock`` -> ``MemoryBudget._cond``. The pipeline never takes a handle's
+lock while holding its own (``_shed`` copies the handle list first). No lock is held while fetching,
+waiting for a segment, or waiting for budget (``MemoryBudget.acquire`` calls ``shed`` unlocked).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
+
+from encordfs.core.blockcache import Block, BlockCache, BlockKey
+from encordfs.core.counters import Counters
+from encordfs.core.fetch import RangeFetcher
+from encordfs.core.urls import UrlSource
+from encordfs.errors import FsError, InvalidValue, RemoteIOError
+
+MiB = 1 << 20
+
+
+class MemoryBudget:
+    """Bytes of read buffers in flight or held, across all handles; never exceeds ``capacity_bytes``."""
+
+    def __init__(self, capacity_bytes: int, counters: Counters | None = None) -> None:
+        self.capacity_bytes = capacity_bytes
+        self.counters = counters if counters is not None else Counters()
+        self._cond = threading.Condition(threading.Lock())
+        self._used_bytes = 0
+        self.peak_bytes = 0
+
+    @property
+    def used_bytes(self) -> int:
+        with self._cond:
+            return self._used_bytes
+
+    def try_acquire(self, n: int, limit_bytes: int | None = None) -> bool:
+        """Take ``n`` bytes if the total stays within ``limit_bytes`` (default: the capacity)."""
+        limit = self.capacity_bytes if limit_bytes is None else min(limit_bytes, self.capacity_bytes)
+        with self._cond:
+            if self._used_bytes + n > limit:
+                return False
+            self._take_locked(n)
+            return True
+
+    def acquire(
+        self,
+        n: int,
+        deadline: float,
+        shed: Callable[[int], int],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Take ``n`` bytes, calling ``shed(short_bytes)`` and waiting until they fit or ``deadline``."""
+        if self.try_acquire(n):
+            return
+        self.counters.inc("reader.budget_waits")
+        while True:
+            with self._cond:
+                short = self._used_bytes + n - self.capacity_bytes
+            if short > 0:
+                shed(short)
+            with self._cond:
+                if self._used_bytes + n <= self.capacity_bytes:
+                    self._take_locked(n)
+                    return
+                left_s = deadline - clock()
+                if left_s <= 0:
+                    raise FsError(f"read memory budget ({self.capacity_bytes} bytes) stayed exhausted")
+                self._cond.wait(min(0.05, left_s))
+
+    def release(self, n: int) -> None:
+        with self._cond:
+            self._used_bytes -= n
+            self._cond.notify_all()
+
+    def _take_locked(self, n: int) -> None:
+        self._used_bytes += n
+        if self._used_bytes > self.peak_bytes:
+            self.peak_bytes = self._used_bytes
+            self.counters.set_max("reader.budget_peak_bytes", self._used_bytes)
+
+
+class _Segment:
+    """Bytes ``[start, end)`` of one file; ``part`` is the part index if it is a whole (cacheable) part."""
+
+    def __init__(self, start: int, end: int, part: int | None, budget: MemoryBudget) -> None:
+        self.start = start
+        self.end = end
+        self.part = part
+        self.future: Future[Block] = Future()
+        self._budget = budget
+        self._lock = threading.Lock()
+        self._claimed = False
+        self._dropped = False
+        self._released = False
+
+    def claim(self, unless_dropped: bool = False) -> bool:
+        """True exactly once: the caller must then fetch this segment.
+
+        ``unless_dropped`` (pool workers): a segment its handle already let go of (random seek, close) is
+        failed instead of fetched, which releases its charge without a wasted GET.
+        """
+        with self._lock:
+            if self._claimed:
+                return False
+            self._claimed = True
+            abandoned = unless_dropped and self._dropped
+        if abandoned:
+            self.fail(RemoteIOError("readahead abandoned before it started"))
+        return not abandoned
+
+    def finish(self, data: Block) -> None:
+        self.future.set_result(data)
+        self._release_if_done_and_dropped()
+
+    def fail(self, exc: BaseException) -> None:
+        self.future.set_exception(exc)
+        self._release_if_done_and_dropped()
+
+    def failed(self) -> bool:
+        return self.future.done() and self.future.exception() is not None
+
+    def drop(self) -> None:
+        """The handle lets go; the budget charge is released now, or when the fetch completes."""
+        with self._lock:
+            self._dropped = True
+        self._release_if_done_and_dropped()
+
+    def wait(self, timeout_s: float) -> Block:
+        try:
+            return self.future.result(timeout=timeout_s)
+        except TimeoutError:
+            raise RemoteIOError(f"read of bytes {self.start}-{self.end} timed out after {timeout_s:g} s") from None
+
+    def _release_if_done_and_dropped(self) -> None:
+        with self._lock:
+            release = self._dropped and self.future.done() and not self._released
+            self._released = self._released or release
+        if release:
+            self._budget.release(self.end - self.start)
+
+
+class ReadPipeline:
+    """Opens ``ReadHandle``\\ s and owns what they share: pool, budget, in-flight parts, counters."""
+
+    def __init__(
+        self,
+        fetcher: RangeFetcher,
+        cache: BlockCache,
+        counters: Counters | None = None,
+        small_file_bytes: int = 8 * MiB,
+        part_bytes: int = 8 * MiB,
+        initial_window: int = MiB + 128 * 1024,
+        max_window_bytes: int = 64 * MiB,
+        memory_budget_bytes: int = 512 * MiB,
+        max_parallel_per_file: int = 4,
+        max_parallel_total: int = 16,
+        seek_back_bytes: int = MiB,  # reordered reads from parallel FUSE threads stay "sequential"
+        read_timeout_s: float = 60.0,  # >= the fetcher's retry budget (30 s) + one socket timeout
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if memory_budget_bytes < max(part_bytes, small_file_bytes):
+            raise InvalidValue("memory_budget_bytes must hold at least one part and one small file")
+        self.fetcher = fetcher
+        self.cache = cache
+        self.counters = counters if counters is not None else Counters()
+        self.small_file_bytes = small_file_bytes
+        self.part_bytes = part_bytes
+        self.initial_window = initial_window
+        self.max_window_bytes = max(max_window_bytes, initial_window)
+        self.max_parallel_per_file = max_parallel_per_file
+        self.max_parallel_total = max_parallel_total
+        self.seek_back_bytes = seek_back_bytes
+        self.read_timeout_s = read_timeout_s
+        self.budget = MemoryBudget(memory_budget_bytes, self.counters)
+        self._readahead_limit_bytes = memory_budget_bytes * 3 // 4
+        self._clock = clock
+        self._pool = ThreadPoolExecutor(max_workers=max_parallel_total, thread_name_prefix="encordfs-read")
+        self._lock = threading.Lock()
+        self._handles: set[ReadHandle] = set()
+        self._flights: dict[BlockKey, Future[Block]] = {}
+        self._pooled_in_flight = 0
+
+    # -- public surface
+
+    def open(self, content_key: str, size: int, url_source: UrlSource) -> ReadHandle:
+        handle = ReadHandle(self, content_key, size, url_source)
+        with self._lock:
+            self._handles.add(handle)
+        return handle
+
+    def prefetch(self, content_key: str, size: int, url_source: UrlSource) -> int:
+        """Warm the block cache with every part of a file; returns the number of parts fetched."""
+        part_size = self.part_size_for(size)
+        slots = threading.Semaphore(self.max_parallel_per_file)
+        pending: list[Future[None]] = []
+        for k in range(-(-size // part_size) if size else 0):
+            if any(f.done() and f.exception() is not None for f in pending):
+                break
+            if self.cache.contains((content_key, k)):
+                continue
+            start, end = k * part_size, min((k + 1) * part_size, size)
+            slots.acquire()
+            try:
+                self._acquire_demand(end - start, requester=None)
+            except FsError:
+                slots.release()
+                raise
+            segment = _Segment(start, end, k, self.budget)
+            pending.append(self._submit(segment, content_key, url_source, on_done=_releaser(segment, slots)))
+        futures_wait(pending)
+        for future in pending:
+            error = future.exception()
+            if error is not None:
+                raise error
+        self.counters.inc("reader.prefetch_parts", len(pending))
+        return len(pending)
+
+    def part_size_for(self, size: int) -> int:
+        """The part size of a file: the whole file when small, else ``part_bytes``."""
+        return max(1, size) if size <= self.small_file_bytes else self.part_bytes
+
+    def close(self) -> None:
+        with self._lock:
+            handles = list(self._handles)
+        for handle in handles:
+            handle.close()
+        self._pool.shutdown(wait=True)  # queued readahead of closed handles is abandoned, not fetched
+
+    # -- shared machinery (called by handles)
+
+    def _forget(self, handle: ReadHandle) -> None:
+        with self._lock:
+            self._handles.discard(handle)
+
+    def _acquire_demand(self, n: int, requester: ReadHandle | None) -> None:
+        deadline = self._clock() + self.read_timeout_s
+        self.budget.acquire(n, deadline, shed=lambda short: self._shed(short, requester), clock=self._clock)
+
+    def _try_acquire_readahead(self, n: int) -> bool:
+        with self._lock:
+            if self._pooled_in_flight >= self.max_parallel_total:
+                return False
+            if not self.budget.try_acquire(n, self._readahead_limit_bytes):
+                self.counters.inc("reader.readahead_throttled")
+                return False
+            self._pooled_in_flight += 1  # released by _run_pooled
+            return True
+
+    def _shed(self, short_bytes: int, requester: ReadHandle | None) -> int:
+        """Drop completed buffered segments, other handles first, until ``short_bytes`` are freed."""
+        with self._lock:
+            handles = [h for h in self._handles if h is not requester]
+        if requester is not None:
+            handles.append(requester)
+        freed = 0
+        for handle in handles:
+            freed += handle._shed(short_bytes - freed)
+            if freed >= short_bytes:
+                break
+        if freed:
+            self.counters.inc("reader.shed_bytes", freed)
+        return freed
+
+    def _submit(
+        self,
+        segment: _Segment,
+        content_key: str,
+        url_source: UrlSource,
+        on_done: Callable[[], None] | None = None,
+    ) -> Future[None]:
+        try:
+            return self._pool.submit(self._run_pooled, segment, content_key, url_source, on_done)
+        except RuntimeError:  # the pool is shut down: the pipeline is closing
+            if segment.claim():
+                segment.fail(RemoteIOError("read pipeline is closed"))
+            self._run_pooled_done(on_done)
+            failed: Future[None] = Future()
+            failed.set_exception(RemoteIOError("read pipeline is closed"))
+            return failed
+
+    def _run_pooled(
+        self, segment: _Segment, content_key: str, url_source: UrlSource, on_done: Callable[[], None] | None
+    ) -> None:
+        try:
+            self._run_segment(segment, content_key, url_source, from_pool=True)
+            error = segment.future.exception() if segment.future.done() else None
+            if error is not None:
+                raise error  # for prefetch, which waits on the pool's futures
+        finally:
+            self._run_pooled_done(on_done)
+
+    def _run_pooled_done(self, on_done: Callable[[], None] | None) -> None:
+        if on_done is not None:
+            on_done()
+        else:
+            with self._lock:
+                self._pooled_in_flight -= 1
+
+    def _run_segment(self, segment: _Segment, content_key: str, url_source: UrlSource, from_pool: bool = False) -> None:
+        """Fill ``segment`` (no-op unless this thread claims it); errors land in its future."""
+        if not segment.claim(unless_dropped=from_pool):
+            return
+        try:
+            if segment.part is None:
+                segment.finish(self._fetch(url_source, segment.start, segment.end))
+            else:
+                self._load_part(segment, (content_key, segment.part), url_source)
+        except Exception as exc:
+            if not segment.future.done():
+                segment.fail(exc)
+
+    def _load_part(self, segment: _Segment, key: BlockKey, url_source: UrlSource) -> None:
+        cached = self.cache.get(key)
+        if cached is not None:
+            segment.finish(cached)
+            return
+        with self._lock:
+            flight = self._flights.get(key)
+            if flight is None:
+                self._flights[key] = segment.future
+        if flight is not None:
+            self.counters.inc("reader.flight_joins")
+            try:
+                segment.finish(flight.result(timeout=self.read_timeout_s))
+            except TimeoutError:
+                raise RemoteIOError(f"waiting for part {key[1]} timed out") from None
+            return
+        try:
+            data = self._fetch(url_source, segment.start, segment.end)
+            segment.finish(data)  # readers go on before the (possibly disk) cache write
+            self.cache.put(key, data)
+        finally:
+            with self._lock:
+                if self._flights.get(key) is segment.future:
+                    del self._flights[key]
+
+    def _fetch(self, url_source: UrlSource, start: int, end: int) -> bytearray:
+        buf = bytearray(end - start)
+        self.fetcher.fetch_into(url_source, start, memoryview(buf))
+        return buf
+
+
+def _releaser(segment: _Segment, slots: threading.Semaphore) -> Callable[[], None]:
+    """For prefetch: when its fetch is done, let the segment go (releasing its charge) and free a slot."""
+
+    def release() -> None:
+        segment.drop()
+        slots.release()
+
+    return release
+
+
+class ReadHandle:
+    """One open file: sequential detection, its segments, its readahead. Thread-safe."""
+
+    def __init__(self, pipeline: ReadPipeline, content_key: str, size: int, url_source: UrlSource) -> None:
+        self._p = pipeline
+        self.content_key = content_key
+        self.size = size
+        self._url_source = url_source
+        self._part_size = pipeline.part_size_for(size)
+        self._small = size <= pipeline.small_file_bytes  # fetched whole, with one GET
+        self._lock = threading.Lock()
+        self._segments: list[_Segment] = []  # least recently used first
+        self._window = pipeline.initial_window
+        self._frontier = 0  # readahead has been requested up to here
+        self._last_end: int | None = None
+        self._sequential = False
+        self._closed = False
+
+    # -- public surface
+
+    def read(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0:
+            raise InvalidValue(f"read at offset {offset}, length {length}")
+        end = min(offset + length, self.size)
+        if offset >= end:
+            return b""
+        with self._lock:
+            self._check_open_locked()
+            self._note_access_locked(offset)
+        pieces: list[memoryview] = []
+        pos = offset
+        while pos < end:
+            segment = self._segment_at(pos, end)
+            self._p._run_segment(segment, self.content_key, self._url_source)  # demand, or steal from the queue
+            try:
+                data = segment.wait(self._p.read_timeout_s)
+            except BaseException:
+                with self._lock:
+                    self._drop_locked(segment)  # the next read retries instead of replaying the error
+                raise
+            upto = min(end, segment.end)
+            pieces.append(memoryview(data)[pos - segment.start : upto - segment.start])
+            pos = upto
+            if segment.part is None and upto == segment.end:
+                self._cache_ramped_part(segment)
+        with self._lock:
+            self._last_end = end
+            if self._sequential:
+                self._drop_behind_locked(end - self._p.seek_back_bytes)
+        self._p.counters.inc("reader.reads")
+        self._p.counters.inc("reader.bytes_read", end - offset)
+        return pieces[0].tobytes() if len(pieces) == 1 else b"".join(pieces)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for segment in self._segments:
+                segment.drop()
+            self._segments.clear()
+        self._p._forget(self)
+
+    # -- reading
+
+    def _segment_at(self, pos: int, want_end: int) -> _Segment:
+        """The segment covering ``pos``: held already, or a new demand segment (budget acquired)."""
+        while True:
+            with self._lock:
+                self._check_open_locked()
+                found = self._find_locked(pos)
+                if found is not None:
+                    self._schedule_readahead_locked(want_end)
+                    return found
+                start, end, part = self._demand_range_locked(pos, want_end)
+            self._p._acquire_demand(end - start, requester=self)
+            with self._lock:
+                if self._closed or self._find_locked(pos) is not None:
+                    self._p.budget.release(end - start)
+                    continue  # closed: raises above; found: another thread of this handle got there first
+                segment = self._add_locked(start, end, part)
+                self._frontier = max(self._frontier, end)
+                if self._sequential:  # readahead fell behind this stream: widen it
+                    self._window = min(self._window * 2, self._p.max_window_bytes)
+                self._schedule_readahead_locked(want_end)
+            self._p.counters.inc("reader.demand_fetches")
+            return segment
+
+    def _note_access_locked(self, offset: int) -> None:
+        last = self._last_end
+        in_stream = last is not None and last - self._p.seek_back_bytes <= offset <= last + self._window
+        self._sequential = in_stream or (last is not None and self._find_locked(offset) is not None)
+        if not self._sequential:
+            if last is not None:
+                self._p.counters.inc("reader.random_seeks")
+            self._window = self._p.initial_window
+            self._frontier = offset
+
+    def _demand_range_locked(self, pos: int, want_end: int) -> tuple[int, int, int | None]:
+        """Bytes to fetch for a read of ``[pos, want_end)``: its whole part, or a ramp of ``window`` bytes."""
+        part = pos // self._part_size
+        part_start = part * self._part_size
+        part_end = min(part_start + self._part_size, self.size)
+        if self._small or self._window >= self._part_size or self._p.cache.contains((self.content_key, part)):
+            return part_start, part_end, part
+        return self._ramp_locked(pos, part, part_start, part_end, max(pos + self._window, want_end))
+
+    def _ramp_locked(
+        self, pos: int, part: int, part_start: int, part_end: int, want_end: int
+    ) -> tuple[int, int, int | None]:
+        end = min(want_end, part_end)
+        if part_end - end < self._p.initial_window:
+            end = part_end  # no tiny remnant request at the end of a part
+        return pos, end, part if (pos == part_start and end == part_end) else None
+
+    def _schedule_readahead_locked(self, pos: int) -> None:
+        """Keep ``[pos, pos + window)`` requested on a sequential stream (``pos``: end of the current read)."""
+        if not self._sequential or self._closed:
+            return
+        p = self._p
+        target = min(self.size, pos + self._window)
+        frontier = max(self._frontier, pos)
+        while frontier < target:
+            held = self._find_locked(frontier)
+            if held is not None:
+                frontier = held.end
+                continue
+            if self._in_flight_locked() >= p.max_parallel_per_file or self._held_ahead_locked(pos) >= p.max_window_bytes:
+                break
+            previous_window, self._window = self._window, min(self._window * 2, p.max_window_bytes)
+            start, end, part = self._readahead_range_locked(frontier)
+            if not p._try_acquire_readahead(end - start):
+                self._window = previous_window
+                break
+            segment = self._add_locked(start, end, part)
+            p.counters.inc("reader.readahead_fetches")
+            p._submit(segment, self.content_key, self._url_source)
+            frontier = end
+            target = min(self.size, pos + self._window)
+        self._frontier = frontier
+
+    def _readahead_range_locked(self, frontier: int) -> tuple[int, int, int | None]:
+        part = frontier // self._part_size
+        part_start = part * self._part_size
+        part_end = min(part_start + self._part_size, self.size)
+        if frontier == part_start and self._window >= self._part_size:
+            return part_start, part_end, part
+        if self._p.cache.contains((self.content_key, part)):
+            return part_start, part_end, part
+        return self._ramp_locked(frontier, part, part_start, part_end, frontier + self._window)
+
+    def _cache_ramped_part(self, last: _Segment) -> None:
+        """A ramp segment ending a part was consumed: if held segments cover that part, cache it whole.
+
+        Without this, the first part of every large file (fetched as growing ramp requests) would never
+        enter the block cache. Costs one copy of one part, once per stream start.
+        """
+        part = (last.end - 1) // self._part_size
+        part_start = part * self._part_size
+        key = (self.content_key, part)
+        if last.end != min(part_start + self._part_size, self.size) or self._p.cache.contains(key):
+            return
+        views: list[memoryview] = []
+        with self._lock:
+            pos = part_start
+            while pos < last.end:
+                covering = next((s for s in self._segments if s.start <= pos < s.end and s.future.done()), None)
+                if covering is None or covering.future.exception() is not None:
+                    return
+                upto = min(last.end, covering.end)
+                views.append(memoryview(covering.future.result())[pos - covering.start : upto - covering.start])
+                pos = upto
+        self._p.cache.put(key, b"".join(views))
+        self._p.counters.inc("reader.parts_coalesced")
+
+    # -- segment bookkeeping (all under self._lock)
+
+    def _check_open_locked(self) -> None:
+        if self._closed:
+            raise InvalidValue(f"read on a closed handle of {self.content_key}")
+
+    def _find_locked(self, pos: int) -> _Segment | None:
+        for segment in reversed(self._segments):
+            if segment.start <= pos < segment.end:
+                if segment.failed():
+                    self._drop_locked(segment)  # a failed readahead gets a fresh demand attempt
+                    return self._find_locked(pos)
+                self._segments.remove(segment)
+                self._segments.append(segment)
+                return segment
+        return None
+
+    def _add_locked(self, start: int, end: int, part: int | None) -> _Segment:
+        """Hold a new segment (its bytes are already charged); stay within the per-handle cap by LRU."""
+        segment = _Segment(start, end, part, self._p.budget)
+        self._segments.append(segment)
+        cap = self._p.max_window_bytes + self._part_size
+        held = sum(s.end - s.start for s in self._segments)
+        for old in list(self._segments[:-1]):
+            if held <= cap:
+                break
+            held -= old.end - old.start
+            self._drop_locked(old)
+        return segment
+
+    def _drop_locked(self, segment: _Segment) -> None:
+        if segment in self._segments:
+            self._segments.remove(segment)
+            segment.drop()
+
+    def _drop_behind_locked(self, before: int) -> None:
+        for segment in [s for s in self._segments if s.end <= before]:
+            self._drop_locked(segment)
+
+    def _in_flight_locked(self) -> int:
+        return sum(1 for s in self._segments if not s.future.done())
+
+    def _held_ahead_locked(self, pos: int) -> int:
+        return sum(s.end - max(s.start, pos) for s in self._segments if s.end > pos)
+
+    def _shed(self, want_bytes: int) -> int:
+        """Drop completed segments, least recently used first, until ``want_bytes`` are freed."""
+        freed = 0
+        with self._lock:
+            for segment in [s for s in self._segments if s.future.done()]:
+                if freed >= want_bytes:
+                    break
+                freed += segment.end - segment.start
+                self._drop_locked(segment)
+        return freed
+
+
+__all__ = ["MemoryBudget", "ReadHandle", "ReadPipeline"]

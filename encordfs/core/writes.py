@@ -1,0 +1,533 @@
+"""The metadata write queue: durable, coalescing, read-your-writes, pushed in bulk in the background.
+
+Owns every user edit of a row's client metadata or title from the moment ``setfattr``/``mv`` returns
+until Encord has it: ``append`` journals the edit (``core.journal``, one fsync'd SQLite transaction,
+well under 5 ms, never the network) and returns; a worker thread pushes later.
+
+Ops and coalescing
+    Four op kinds: ``set_metadata`` (replace the whole object), ``set_key``, ``del_key`` and
+    ``set_title``. Per row, pending ops reduce (``coalesce``, a pure fold of ``compose``) to one
+    ``backend.RowChange``: either a whole replacement with every later key edit folded in, or a set
+    of per-key sets/deletes; plus the final title if any op renamed the row. A thousand edits of one
+    row cost one row in one push.
+
+Conflict rule (copied to docs/SEMANTICS.md)
+    Per-key edits (``user.encord.meta.KEY`` set/remove) are applied onto the server's *current*
+    metadata at push time (the push fetches it fresh in the same call), so concurrent server-side
+    edits of *other* keys survive; for the same key, the last push wins. A whole-object write
+    (``user.encord.client_metadata``) replaces everything (last writer wins), and per-key edits
+    made after it are applied on top of it. A rename sets the title, last writer wins. A change is
+    a final state, not an increment, so pushing it twice (a crash between the push and the journal
+    update) gives the same result; the price is that such a replay can re-assert a value someone
+    else changed in between (at-least-once delivery).
+
+Parking rule
+    A permanent error for a row (400 invalid, 403 no access, 404 gone, 413 too large) *parks* it:
+    its ops stay in the journal, its change stays visible through ``view``, ``status()["parked"]``
+    shows the reason, and it is not retried. Any new edit of that row un-parks it, and the next push
+    sends the coalesced state of *all* its ops, old and new (so removing the offending key is how a
+    user fixes a 413). ``discard(row)`` drops a row's ops instead. A permanent error for a bulk call
+    of several rows says nothing about which row is guilty (a 413 fails the whole request), so the
+    batch is bisected until the guilty rows are alone and the innocent ones land.
+
+Pushing
+    The worker starts a round ``debounce_s`` after the first op that is not yet in flight (default
+    0.2 s: a burst of ``setfattr`` calls from one script lands in one round), or at once when someone
+    waits in ``flush``/``wait_row``. A round takes up to ``batch_rows`` (1000, the bulk API limit)
+    pushable rows (not parked, not in flight), oldest first, snapshots their change and highest seq,
+    and calls ``push`` without holding any lock. On success the row's ops with ``seq <=`` that
+    snapshot are deleted in one journal transaction; ops appended during the push stay pending and
+    go in the next round, so nothing is lost or applied out of order. Transient failures (429
+    honouring ``retry_after_s``, 5xx, network, anything not known to be permanent) back the whole
+    queue off by the one ``core.retry.RetryPolicy``; success resets it.
+
+Read-your-writes
+    ``view(row, server_metadata, server_title)`` applies the row's pending change onto what the
+    catalog has. After a change lands, the catalog may still hold the old server state until its next
+    refresh, so the landed change is kept as an overlay for ``landed_ttl_s`` (default 60 s, the
+    catalog's metadata TTL) and applied too (re-applying a landed final state is a no-op). A
+    server-side edit of the same keys within that window is masked until the overlay expires.
+
+Invariants
+    The in-memory index (``_rows``) equals ``coalesce`` of the journal's ops per row, plus the parked
+    marks: it is rebuilt from the journal by ``open`` and updated under ``_lock`` in the same critical
+    section as each journal transaction. At most one round runs at a time (``_round_lock``).
+
+Threads and lock order: ``_round_lock`` → ``_lock`` (the condition's lock) → ``Journal._lock``.
+``push`` and ``on_landed`` are called with no lock but ``_round_lock`` held. The worker's loop is the
+one place here that catches ``Exception`` (a bug in a backend must not kill the queue): it logs,
+records ``last_error`` and backs off.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from encordfs import errors
+from encordfs.backend import PUSH_BATCH, PushOutcome, RowChange, RowPatch
+from encordfs.core.journal import Journal, Op, OpKind, Parked, RowRef
+from encordfs.core.retry import RetryPolicy
+
+log = logging.getLogger(__name__)
+
+PushFn = Callable[[list[RowPatch]], dict[str, PushOutcome]]
+LandedFn = Callable[[list[PushOutcome]], None]
+
+__all__ = ["Op", "OpKind", "QueueConfig", "RowRef", "WriteQueue", "coalesce", "compose", "op_change"]
+
+
+# --- coalescing: pure functions --------------------------------------------------------------------
+
+
+def op_change(op: Op) -> RowChange:
+    """The change a single op makes."""
+    if op.kind is OpKind.SET_METADATA:
+        return RowChange(replace=dict(op.value))
+    if op.kind is OpKind.SET_KEY:
+        assert op.key is not None
+        return RowChange(set_keys={op.key: op.value})
+    if op.kind is OpKind.DEL_KEY:
+        assert op.key is not None
+        return RowChange(del_keys=frozenset((op.key,)))
+    return RowChange(title=str(op.value))
+
+
+def compose(first: RowChange, then: RowChange) -> RowChange:
+    """The single change equal to applying ``first`` and then ``then`` (``RowChange.then``)."""
+    return first.then(then)
+
+
+def coalesce(ops: Iterable[Op]) -> RowChange:
+    """All of a row's ops, in seq order, reduced to one final change."""
+    change = RowChange()
+    for op in ops:
+        change = compose(change, op_change(op))
+    return change
+
+
+def _check(kind: OpKind, key: str | None, value: Any) -> None:
+    """Reject what can never be pushed before it reaches the journal (EINVAL for the user)."""
+    if kind in (OpKind.SET_KEY, OpKind.DEL_KEY) and (not isinstance(key, str) or not key):
+        raise errors.InvalidValue("a metadata key must be a non-empty string")
+    if kind is OpKind.SET_METADATA and not (isinstance(value, dict) and all(isinstance(k, str) for k in value)):
+        raise errors.InvalidValue("client metadata must be a JSON object")
+    if kind is OpKind.SET_TITLE and (not isinstance(value, str) or not value):
+        raise errors.InvalidValue("a title must be a non-empty string")
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        raise errors.InvalidValue("value is not JSON") from None
+
+
+# --- the queue -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class QueueConfig:
+    # 0.2 s: long enough that a script's burst of setfattr calls coalesces into one round, short
+    # enough that a single edit reaches Encord well within a second.
+    debounce_s: float = 0.2
+    batch_rows: int = PUSH_BATCH  # rows per push call; the bulk endpoints' maximum
+    landed_ttl_s: float = 60.0  # the catalog's metadata TTL: until then it may show pre-push state
+    close_join_s: float = 10.0  # extra time ``close`` gives a push in flight after the flush timeout
+
+
+@dataclass(slots=True)
+class _Row:
+    ref: RowRef  # from the latest op (a later op may know the backing item)
+    ops: list[Op]
+    change: RowChange
+    parked: Parked | None = None
+    inflight: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Snap:
+    patch: RowPatch
+    max_seq: int
+
+
+@dataclass(slots=True)
+class _Counters:
+    pushed_rows_total: int = 0
+    push_calls_total: int = 0
+    failed_push_calls_total: int = 0
+    last_error: str | None = None
+    last_push_at: float | None = None  # unix seconds of the last successful push call
+
+
+class WriteQueue:
+    """``WriteQueue.open(journal_path, backend.push)``; see the module docstring."""
+
+    def __init__(self, journal: Journal, push: PushFn, *, config: QueueConfig, retry: RetryPolicy,
+                 clock: Callable[[], float], monotonic: Callable[[], float], on_landed: LandedFn | None) -> None:
+        self._journal = journal
+        self._push = push
+        self._config = config
+        self._retry = retry
+        self._clock = clock  # wall clock: op timestamps, ages, parked "since"
+        self._monotonic = monotonic  # scheduling: debounce, backoff, landed overlay expiry
+        self._on_landed = on_landed
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._round_lock = threading.Lock()
+        self._rows: dict[str, _Row] = {}
+        self._landed: dict[str, tuple[RowChange, float]] = {}
+        self._dirty_since: float | None = None
+        self._failures = 0
+        self._not_before = 0.0
+        self._urgent = 0  # threads waiting in flush / wait_row: skip the debounce
+        self._stopping = False
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._counters = _Counters()
+
+    @classmethod
+    def open(cls, journal_path: Path, push: PushFn, *, config: QueueConfig = QueueConfig(),
+             retry: RetryPolicy = RetryPolicy(), clock: Callable[[], float] = time.time,
+             monotonic: Callable[[], float] = time.monotonic, on_landed: LandedFn | None = None,
+             start: bool = True) -> WriteQueue:
+        """Open (or create) the journal, rebuild the index, and start the worker unless ``start=False``
+        (tests then drive ``push_round`` themselves)."""
+        queue = cls(Journal.open(journal_path), push, config=config, retry=retry, clock=clock,
+                    monotonic=monotonic, on_landed=on_landed)
+        queue._load()
+        if start:
+            queue.start()
+        return queue
+
+    def _load(self) -> None:
+        ops, parked = self._journal.load()
+        by_row: dict[str, list[Op]] = {}
+        for op in ops:
+            by_row.setdefault(op.row.uid, []).append(op)
+        with self._lock:
+            for uid, row_ops in by_row.items():
+                self._rows[uid] = _Row(row_ops[-1].row, row_ops, coalesce(row_ops), parked.get(uid))
+            if any(r.parked is None for r in self._rows.values()):
+                self._dirty_since = self._monotonic()
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is not None or self._closed:
+                return
+            self._thread = threading.Thread(target=self._run, name="encordfs-writes", daemon=True)
+            self._thread.start()
+
+    # -- user edits -------------------------------------------------------------------------------
+    def append(self, row: RowRef, kind: OpKind, key: str | None = None, value: Any = None,
+               base_version: float | None = None) -> int:
+        """Journal one edit (durable on return) and return its sequence number."""
+        _check(kind, key, value)
+        with self._cond:
+            if self._closed:
+                raise errors.ReadOnly("the write queue is closed")
+            state = self._rows.get(row.uid)
+            unpark = state is not None and state.parked is not None
+            try:
+                op = self._journal.append(row, kind, key, value, base_version, self._clock(), unpark=unpark)
+            except Exception as exc:  # sqlite3.Error / OSError: the edit is not durable, so it failed
+                raise errors.FsError(f"cannot journal the edit: {type(exc).__name__}: {exc}") from None
+            if state is None:
+                self._rows[row.uid] = _Row(row, [op], op_change(op))
+            else:
+                state.ref, state.parked = row, None
+                state.ops.append(op)
+                state.change = compose(state.change, op_change(op))
+            if self._dirty_since is None:
+                self._dirty_since = self._monotonic()
+            self._cond.notify_all()
+        return op.seq
+
+    def set_metadata(self, row: RowRef, metadata: dict[str, Any], base_version: float | None = None) -> int:
+        return self.append(row, OpKind.SET_METADATA, None, metadata, base_version)
+
+    def set_key(self, row: RowRef, key: str, value: Any, base_version: float | None = None) -> int:
+        return self.append(row, OpKind.SET_KEY, key, value, base_version)
+
+    def del_key(self, row: RowRef, key: str, base_version: float | None = None) -> int:
+        return self.append(row, OpKind.DEL_KEY, key, None, base_version)
+
+    def set_title(self, row: RowRef, title: str, base_version: float | None = None) -> int:
+        return self.append(row, OpKind.SET_TITLE, None, title, base_version)
+
+    def discard(self, row_uid: str) -> int:
+        """Drop a row's pending (or parked) ops: the view reverts to the server. Returns ops dropped."""
+        with self._cond:
+            state = self._rows.get(row_uid)
+            if state is None or state.inflight:
+                return 0  # in flight: too late to take back; it lands or fails on its own
+            n = self._journal.discard(row_uid)
+            del self._rows[row_uid]
+            self._cond.notify_all()
+        return n
+
+    # -- what users see ---------------------------------------------------------------------------
+    def view(self, row_uid: str, server_metadata: Mapping[str, Any] | None,
+             server_title: str) -> tuple[Mapping[str, Any] | None, str]:
+        """The row's metadata and title as the user should see them now. Without pending or recently
+        landed changes the inputs come back as they are (do not mutate them)."""
+        with self._lock:
+            change = self._visible_change_locked(row_uid)
+        if change is None:
+            return server_metadata, server_title
+        title = change.title if change.title is not None else server_title
+        if not change.touches_metadata:
+            return server_metadata, title
+        return change.apply_metadata(server_metadata), title
+
+    def pending_change(self, row_uid: str) -> RowChange | None:
+        with self._lock:
+            state = self._rows.get(row_uid)
+            return state.change if state is not None else None
+
+    def parked_reason(self, row_uid: str) -> str | None:
+        with self._lock:
+            state = self._rows.get(row_uid)
+            return state.parked.reason if state is not None and state.parked is not None else None
+
+    def _visible_change_locked(self, row_uid: str) -> RowChange | None:
+        landed = self._landed.get(row_uid)
+        if landed is not None and landed[1] <= self._monotonic():
+            del self._landed[row_uid]
+            landed = None
+        state = self._rows.get(row_uid)
+        if state is None:
+            return landed[0] if landed is not None else None
+        return compose(landed[0], state.change) if landed is not None else state.change
+
+    # -- waiting ----------------------------------------------------------------------------------
+    def flush(self, timeout_s: float) -> bool:
+        """Push now; True once nothing is pending (parked rows do not count), False on timeout.
+        Needs the worker (``start``)."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            self._urgent += 1
+            self._cond.notify_all()
+            try:
+                while self._pending_rows_locked():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._cond.wait(remaining)
+                return True
+            finally:
+                self._urgent -= 1
+
+    def wait_row(self, row_uid: str, timeout_s: float) -> bool:
+        """For fsync: True once the row has nothing pending; False on timeout or if it is parked."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            self._urgent += 1
+            self._cond.notify_all()
+            try:
+                while (state := self._rows.get(row_uid)) is not None:
+                    remaining = deadline - time.monotonic()
+                    if state.parked is not None or remaining <= 0:
+                        return False
+                    self._cond.wait(remaining)
+                return True
+            finally:
+                self._urgent -= 1
+
+    def _pending_rows_locked(self) -> list[_Row]:
+        return [r for r in self._rows.values() if r.parked is None]
+
+    # -- status -----------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            pending = self._pending_rows_locked()
+            parked = [(uid, r) for uid, r in self._rows.items() if r.parked is not None]
+            now, c = self._clock(), self._counters
+            return {
+                "pending_rows": len(pending),
+                "pending_ops": sum(len(r.ops) for r in pending),
+                "oldest_pending_age_s": max(0.0, now - min(r.ops[0].created_at for r in pending)) if pending else 0.0,
+                "pushed_rows_total": c.pushed_rows_total,
+                "push_calls_total": c.push_calls_total,
+                "failed_push_calls_total": c.failed_push_calls_total,
+                "retry_in_s": max(0.0, self._not_before - self._monotonic()) if self._failures else 0.0,
+                "parked": [
+                    {"row": uid, "title": r.change.title or r.ref.title, "reason": r.parked.reason,
+                     "since": r.parked.since, "ops": len(r.ops)}
+                    for uid, r in parked if r.parked is not None
+                ],
+                "last_error": c.last_error,
+                "last_push_at": c.last_push_at,
+            }
+
+    # -- pushing ----------------------------------------------------------------------------------
+    def push_round(self) -> int:
+        """One round now, ignoring debounce and backoff: take up to ``batch_rows`` pushable rows and
+        push them (bisecting permanent bulk failures). Returns the number of rows taken."""
+        with self._round_lock:
+            with self._lock:
+                snaps = self._take_batch_locked()
+            if not snaps:
+                return 0
+            try:
+                self._push_batch(snaps)
+            finally:
+                with self._cond:
+                    for snap in snaps:
+                        if (state := self._rows.get(snap.patch.row_uid)) is not None:
+                            state.inflight = False
+                    self._cond.notify_all()
+            return len(snaps)
+
+    def _take_batch_locked(self) -> list[_Snap]:
+        ready = [r for r in self._rows.values() if r.parked is None and not r.inflight]
+        ready.sort(key=lambda r: r.ops[-1].seq)  # oldest last edit first; later edits win on shared items
+        taken = ready[: self._config.batch_rows]
+        for state in taken:
+            state.inflight = True
+        if len(taken) == len(ready):
+            self._dirty_since = None
+        return [
+            _Snap(RowPatch(s.ref.uid, s.ref.dataset_uid, s.ref.item_uuid, s.change), s.ops[-1].seq) for s in taken
+        ]
+
+    def _push_batch(self, snaps: list[_Snap]) -> bool:
+        """Push one batch; False if a transient failure ended the round (the rest waits for backoff)."""
+        try:
+            outcomes = self._push([s.patch for s in snaps])
+        except errors.PermanentWriteError as exc:
+            self._note_call(failed=True, error=exc)
+            if len(snaps) > 1:  # which row is guilty? halve until it is alone
+                mid = len(snaps) // 2
+                return self._push_batch(snaps[:mid]) and self._push_batch(snaps[mid:])
+            self._settle(snaps, {}, {snaps[0].patch.row_uid: _reason(exc)}, transient=None)
+            return True
+        except Exception as exc:  # noqa: BLE001 - TransientWriteError, Unavailable, AuthError, bugs: retry later
+            if not isinstance(exc, errors.BackendError):
+                log.exception("write push failed unexpectedly")
+            self._note_call(failed=True, error=exc)
+            self._settle(snaps, {}, {}, transient=exc)
+            return False
+        self._note_call(failed=False, error=None)
+        landed: dict[str, PushOutcome] = {}
+        parked: dict[str, str] = {}
+        transient: Exception | None = None
+        for snap in snaps:
+            outcome = outcomes.get(snap.patch.row_uid)
+            if outcome is not None and outcome.ok:
+                landed[snap.patch.row_uid] = outcome
+            elif outcome is not None and isinstance(outcome.error, errors.PermanentWriteError):
+                parked[snap.patch.row_uid] = _reason(outcome.error)
+            else:
+                transient = (outcome.error if outcome is not None else None) or errors.TransientWriteError(
+                    "the backend reported nothing for a row")
+        self._settle(snaps, landed, parked, transient=transient)
+        if landed and self._on_landed is not None:
+            self._on_landed(list(landed.values()))
+        return transient is None
+
+    def _note_call(self, *, failed: bool, error: BaseException | None) -> None:
+        with self._lock:
+            c = self._counters
+            c.push_calls_total += 1
+            if failed:
+                c.failed_push_calls_total += 1
+                c.last_error = _reason(error) if error is not None else None
+            else:
+                c.last_push_at = self._clock()
+
+    def _settle(self, snaps: list[_Snap], landed: Mapping[str, PushOutcome], parked: Mapping[str, str],
+                transient: BaseException | None) -> None:
+        """Record a push's results: journal first (one transaction), then the index and backoff."""
+        by_uid = {s.patch.row_uid: s for s in snaps}
+        with self._cond:
+            # A row edited during its push is not parked: its new state has not been tried yet.
+            park = {
+                uid: Parked(reason, self._clock()) for uid, reason in parked.items()
+                if (state := self._rows.get(uid)) is not None and state.ops[-1].seq <= by_uid[uid].max_seq
+            }
+            done = {uid: by_uid[uid].max_seq for uid in landed}
+            self._journal.settle(done, park)
+            expires = self._monotonic() + self._config.landed_ttl_s
+            for uid, max_seq in done.items():
+                self._mark_done_locked(uid, max_seq, by_uid[uid].patch.change, expires)
+            for uid, mark in park.items():
+                self._rows[uid].parked = mark
+                log.warning("write to row %s parked: %s", uid, mark.reason)
+            self._counters.pushed_rows_total += len(done)
+            if transient is not None:
+                self._failures += 1
+                retry_after = getattr(transient, "retry_after_s", None)
+                self._not_before = self._monotonic() + self._retry.delay_s(self._failures, retry_after)
+            else:  # the service answered: stop backing off
+                self._failures = 0
+            self._cond.notify_all()
+
+    def _mark_done_locked(self, uid: str, max_seq: int, change: RowChange, expires: float) -> None:
+        previous = self._landed.get(uid)
+        self._landed[uid] = (compose(previous[0], change) if previous is not None else change, expires)
+        state = self._rows.get(uid)
+        if state is None:
+            return
+        state.ops = [op for op in state.ops if op.seq > max_seq]
+        if state.ops:
+            state.change = coalesce(state.ops)
+        else:
+            del self._rows[uid]
+
+    # -- the worker -------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping:
+                    wait_s = self._wait_s_locked()
+                    if wait_s is not None and wait_s <= 0:
+                        break
+                    self._cond.wait(wait_s)
+                if self._stopping:
+                    return
+            try:
+                self.push_round()
+            except Exception as exc:  # noqa: BLE001 - e.g. the journal failed; keep the worker alive
+                log.exception("write round failed")
+                with self._cond:
+                    self._counters.last_error = f"{type(exc).__name__}: {exc}"
+                    self._failures += 1
+                    self._not_before = self._monotonic() + self._retry.delay_s(self._failures)
+
+    def _wait_s_locked(self) -> float | None:
+        """Seconds until the next round is due; None when there is nothing to push."""
+        if not any(r.parked is None and not r.inflight for r in self._rows.values()):
+            return None
+        now = self._monotonic()
+        due = self._not_before if self._failures else now
+        if self._dirty_since is not None and not self._urgent:
+            due = max(due, self._dirty_since + self._config.debounce_s)
+        return due - now
+
+    def close(self, flush_timeout_s: float = 5.0) -> dict[str, Any]:
+        """Final flush attempt, stop the worker, close the journal. Returns ``status()`` at close:
+        whatever is still pending stays in the journal and is pushed by the next ``open``."""
+        if self._thread is not None and flush_timeout_s > 0:
+            self.flush(flush_timeout_s)
+        with self._cond:
+            self._stopping = True
+            self._closed = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(self._config.close_join_s)
+            if thread.is_alive():  # a push is hung: leave the journal open for it, replay next time
+                log.warning("write worker still pushing at close; its rows will be replayed on next mount")
+                return self.status()
+        result = self.status()
+        self._journal.close()
+        return result
+
+
+def _reason(exc: BaseException) -> str:
+    text = getattr(exc, "message", "") or str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
