@@ -37,8 +37,9 @@ def _setup_logging(verbosity: int, log_file: Path | None = None) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # HTTP client libraries log full request URLs (signed URLs included) at INFO/DEBUG: never let them.
+    # urllib3 warns about each retry it makes for the SDK: the SDK's final error is what we report.
     for noisy in ("httpx", "httpcore", "urllib3", "requests", "encord"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     logging.getLogger("mfusepy").setLevel(logging.ERROR if verbosity < 2 else logging.WARNING)
 
 

@@ -78,9 +78,25 @@ class IsADirectory(FsError):
     errno = _errno.EISDIR
 
 
-# --- Backend errors. NOTE: restored by the read-path engineer after accidentally overwriting a
-# concurrently written errors.py; names and signatures follow their uses in backend/sdk.py, core/fs.py
-# and mountpoint.py. The lead should check errnos and hierarchy against the lost original.
+class NotPermitted(FsError):
+    errno = _errno.EPERM
+
+
+class NotEmpty(FsError):
+    errno = _errno.ENOTEMPTY
+
+
+class NameTooLong(FsError):
+    errno = _errno.ENAMETOOLONG
+
+
+class RangeError(FsError):
+    """A buffer too small for an xattr value (the kernel retries with the right size)."""
+
+    errno = _errno.ERANGE
+
+
+# --- Backend errors: raised by backends (never SDK exceptions), shown to users by the CLI.
 
 
 class BackendError(FsError):
@@ -109,25 +125,4 @@ class PermanentWriteError(BackendError):
     """A write that will never succeed as sent (payload too large, invalid arguments)."""
 
 
-__all__ = [
-    "AuthError",
-    "BackendError",
-    "IsADirectory",
-    "NotADirectory",
-    "PermanentWriteError",
-    "TransientWriteError",
-    "Unavailable",
-    "Busy",
-    "CrossDevice",
-    "Exists",
-    "FsError",
-    "InvalidValue",
-    "NoData",
-    "NotFound",
-    "NotSupported",
-    "PermissionDenied",
-    "ReadOnly",
-    "RemoteIOError",
-    "Stale",
-    "TooBig",
-]
+__all__ = [name for name, value in dict(globals()).items() if isinstance(value, type) and issubclass(value, FsError)]

@@ -1,0 +1,81 @@
+"""The encordfs command on bad input: one line on stderr, non-zero exit, nothing mounted, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from encordfs.mountpoint import mounted_at
+from tests.support.emulator import RunningEmulator, make_keypair
+
+
+def _encordfs(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "encordfs", *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def _assert_clean_failure(done: subprocess.CompletedProcess[str], mountpoint: Path, *words: str) -> None:
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("encordfs: error: "), done.stderr
+    for word in words:
+        assert word.lower() in lines[0].lower(), lines[0]
+    assert not mounted_at(mountpoint)
+
+
+@pytest.mark.parametrize("foreground", [False, True])
+def test_unregistered_key(tmp_path: Path, sample_emulator: RunningEmulator, foreground: bool) -> None:
+    stranger = make_keypair(tmp_path)
+    (tmp_path / "mnt").mkdir()
+    extra = ["--foreground"] if foreground else []
+    done = _encordfs("mount", str(tmp_path / "mnt"), "--domain", sample_emulator.domain, "--ssh-key-file", str(stranger), "--cache-dir", str(tmp_path / "c"), *extra)
+    _assert_clean_failure(done, tmp_path / "mnt", "refused")
+
+
+def test_missing_key_file(tmp_path: Path, sample_emulator: RunningEmulator) -> None:
+    (tmp_path / "mnt").mkdir()
+    done = _encordfs("mount", str(tmp_path / "mnt"), "--domain", sample_emulator.domain, "--ssh-key-file", str(tmp_path / "nope"), "--cache-dir", str(tmp_path / "c"), "-f")
+    _assert_clean_failure(done, tmp_path / "mnt", "not found")
+
+
+def test_unreachable_domain(tmp_path: Path, sample_emulator: RunningEmulator) -> None:
+    (tmp_path / "mnt").mkdir()
+    assert sample_emulator.key_file is not None
+    done = _encordfs("mount", str(tmp_path / "mnt"), "--domain", "http://127.0.0.1:9", "--ssh-key-file", str(sample_emulator.key_file), "--cache-dir", str(tmp_path / "c"), "-f")
+    _assert_clean_failure(done, tmp_path / "mnt", "reach")
+
+
+def test_missing_and_nonempty_mountpoint(tmp_path: Path, sample_emulator: RunningEmulator) -> None:
+    assert sample_emulator.key_file is not None
+    common = ["--domain", sample_emulator.domain, "--ssh-key-file", str(sample_emulator.key_file), "--cache-dir", str(tmp_path / "c")]
+    done = _encordfs("mount", str(tmp_path / "absent"), *common)
+    _assert_clean_failure(done, tmp_path / "absent", "does not exist")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "file").write_text("x")
+    done = _encordfs("mount", str(busy), *common)
+    _assert_clean_failure(done, busy, "not empty")
+
+
+def test_unmount_not_mounted(tmp_path: Path) -> None:
+    done = _encordfs("unmount", str(tmp_path))
+    _assert_clean_failure(done, tmp_path, "not mounted")
+
+
+def test_mount_and_unmount_in_background(tmp_path: Path, sample_emulator: RunningEmulator) -> None:
+    assert sample_emulator.key_file is not None
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    done = _encordfs("mount", str(mnt), "--domain", sample_emulator.domain, "--ssh-key-file", str(sample_emulator.key_file), "--cache-dir", str(tmp_path / "c"))
+    try:
+        assert done.returncode == 0, done.stderr
+        assert mounted_at(mnt) == "fuse.encordfs"
+        assert "street-scenes" in [p.name for p in mnt.iterdir()]
+    finally:
+        if mounted_at(mnt):
+            subprocess.run(["fusermount3", "-u", str(mnt)])
+    done = _encordfs("unmount", str(mnt))
+    assert done.returncode != 0  # already unmounted above

@@ -1,0 +1,153 @@
+"""The filesystem core without a kernel or a server: MemoryBackend + the real catalog and reader."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+
+from encordfs import errors
+from encordfs.backend import ChildRecord, DatasetRecord, RowRecord
+from encordfs.backend.memory import MemoryBackend
+from encordfs.core.blockcache import MemoryBlockCache
+from encordfs.core.catalog import ROOT_INO, Catalog
+from encordfs.core.fs import EncordFS, Options
+from encordfs.core.reader import ReadPipeline
+from encordfs.core.urls import SignedUrlCache
+
+
+class MemoryFetcher:
+    """RangeFetcher over MemoryBackend's mem:// URLs; counts requests."""
+
+    def __init__(self, backend: MemoryBackend) -> None:
+        self.backend = backend
+        self.requests = 0
+
+    def fetch_into(self, url_source, start: int, out: memoryview) -> None:  # type: ignore[no-untyped-def]
+        self.requests += 1
+        data = self.backend.fetch(url_source(False), start, start + len(out))
+        if len(data) != len(out):
+            raise errors.RemoteIOError("short read")
+        out[:] = data
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _row(uid: str, ds: str, title: str, data: bytes | None, *, data_type: str = "IMAGE", metadata: dict | None = None) -> RowRecord:
+    return RowRecord(uid=uid, dataset_uid=ds, title=title, data_type=data_type, created_at=1.0e9, last_edited_at=1.5e9,
+                     width=4 if data_type == "IMAGE" else None, height=3 if data_type == "IMAGE" else None,
+                     frames_per_second=None, duration=None, file_link=f"link/{uid}", file_size=len(data) if data is not None else None,
+                     file_type="image/jpeg" if data_type == "IMAGE" else None, storage_location=0, backing_item_uuid=f"item-{uid}",
+                     is_image_sequence=False if data_type == "IMG_GROUP" else None, client_metadata=metadata)
+
+
+@pytest.fixture()
+def world(tmp_path: Path):  # type: ignore[no-untyped-def]
+    backend = MemoryBackend()
+    backend.add_dataset(DatasetRecord("ds1", "street", "d", 1e9, 1e9, 0, "folder1", "admin"))
+    backend.add_row(_row("r1", "ds1", "cat.jpg", b"meow" * 100, metadata={"split": "train", "n": 3}), b"meow" * 100)
+    backend.add_row(_row("r2", "ds1", "cat.jpg", b"purr" * 50), b"purr" * 50)
+    backend.add_row(_row("g1", "ds1", "burst", None, data_type="IMG_GROUP"))
+    for i in range(3):
+        backend.add_child("item-g1", ChildRecord(f"c{i}", f"f{i}.png", i, "image", None, "image/png", 10, 1, 1, 1e9, 1e9, "encord"), bytes([i]) * 10)
+    clock = Clock()
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    fetcher = MemoryFetcher(backend)
+    urls = SignedUrlCache(backend.sign, clock=clock)
+    reader = ReadPipeline(fetcher, MemoryBlockCache(64 << 20), small_file_bytes=1 << 20, part_bytes=1 << 20, memory_budget_bytes=64 << 20)
+    fs = EncordFS(backend, catalog, reader, urls, Options(uid=0, gid=0, metadata_ttl_s=60), clock=clock)
+    yield fs, backend, clock, fetcher
+    fs.close()
+    reader.close()
+    catalog.close()
+
+
+def _read_all(fs: EncordFS, path: str) -> bytes:
+    fh = fs.open(fs.resolve(path), writable=False)
+    try:
+        return fs.read(fh, 0, 1 << 20)
+    finally:
+        fs.release(fh)
+
+
+def test_tree_names_and_bytes(world) -> None:  # type: ignore[no-untyped-def]
+    fs, backend, _, _ = world
+    assert [n for n, _ in fs.readdir(ROOT_INO)] == ["street"]
+    names = [n for n, _ in fs.readdir(fs.resolve("/street"))]
+    assert names == ["cat.jpg", "cat~r2.jpg", "burst"]
+    assert _read_all(fs, "/street/cat.jpg") == b"meow" * 100
+    assert _read_all(fs, "/street/cat~r2.jpg") == b"purr" * 50
+    assert [n for n, _ in fs.readdir(fs.resolve("/street/burst"))] == ["f0.png", "f1.png", "f2.png"]
+    assert _read_all(fs, "/street/burst/f2.png") == bytes([2]) * 10
+    attr = fs.getattr(fs.resolve("/street/cat.jpg"))
+    assert attr.size == 400 and attr.mtime == 1.5e9 and attr.mode & 0o777 == 0o444
+
+
+def test_xattrs(world) -> None:  # type: ignore[no-untyped-def]
+    fs, *_ = world
+    ino = fs.resolve("/street/cat.jpg")
+    assert fs.getxattr(ino, "user.encord.uid") == b"r1"
+    assert fs.getxattr(ino, "user.encord.data_type") == b"IMAGE"
+    assert fs.getxattr(ino, "user.encord.width") == b"4"
+    assert fs.getxattr(ino, "user.encord.frames_per_second") == b"null"
+    assert fs.getxattr(ino, "user.encord.client_metadata") == b'{"split":"train","n":3}'
+    assert fs.getxattr(ino, "user.encord.meta.split") == b'"train"'
+    assert "user.encord.meta.n" in fs.listxattr(ino)
+    with pytest.raises(errors.FsError) as e:
+        fs.getxattr(ino, "user.encord.nope")
+    assert e.value.errno == errno.ENODATA
+    with pytest.raises(errors.FsError) as e:
+        fs.getxattr(ino, "security.selinux")
+    assert e.value.errno == errno.ENOTSUP
+    assert fs.getxattr(fs.resolve("/street"), "user.encord.dataset_hash") == b"ds1"
+
+
+def test_missing_and_wrong_kind(world) -> None:  # type: ignore[no-untyped-def]
+    fs, *_ = world
+    with pytest.raises(errors.FsError) as e:
+        fs.resolve("/street/nope.jpg")
+    assert e.value.errno == errno.ENOENT
+    with pytest.raises(errors.FsError) as e:
+        fs.open(fs.resolve("/street/cat.jpg"), writable=True)
+    assert e.value.errno == errno.EROFS
+    with pytest.raises(errors.FsError) as e:
+        fs.open(fs.resolve("/street/burst"), writable=False)
+    assert e.value.errno == errno.EISDIR
+
+
+def test_ttl_refresh_adds_and_removes_rows_keeping_names(world) -> None:  # type: ignore[no-untyped-def]
+    fs, backend, clock, _ = world
+    ino_before = fs.resolve("/street/cat~r2.jpg")
+    backend.remove_row("ds1", "r1")
+    backend.add_row(_row("r3", "ds1", "new.jpg", b"x"), b"x")
+    assert "new.jpg" not in [n for n, _ in fs.readdir(fs.resolve("/street"))]  # within the TTL
+    clock.now += 61
+    names = [n for n, _ in fs.readdir(fs.resolve("/street"))]
+    assert "new.jpg" in names and "cat.jpg" not in names
+    assert fs.resolve("/street/cat~r2.jpg") == ino_before  # survivor keeps name and inode
+
+
+def test_one_signing_call_for_a_folder(tmp_path: Path) -> None:
+    backend = MemoryBackend()
+    backend.add_dataset(DatasetRecord("ds", "many", "", 0, 0, 0, None, None))
+    for i in range(1500):
+        backend.add_row(_row(f"r{i:05d}", "ds", f"{i}.jpg", b"z"), b"z")
+    catalog = Catalog(tmp_path / "c.sqlite")
+    urls = SignedUrlCache(backend.sign)
+    reader = ReadPipeline(MemoryFetcher(backend), MemoryBlockCache(1 << 26), memory_budget_bytes=1 << 26, small_file_bytes=1 << 20, part_bytes=1 << 20)
+    fs = EncordFS(backend, catalog, reader, urls, Options(uid=0, gid=0))
+    try:
+        for i in range(1500):
+            assert _read_all(fs, f"/many/{i}.jpg") == b"z"
+        assert backend.calls["sign"] == 2  # 1000 + 500
+    finally:
+        fs.close()
+        reader.close()
+        catalog.close()
