@@ -109,8 +109,9 @@ def test_resigns_within_margin_of_known_expiry() -> None:
     cache = SignedUrlCache(signer, clock=clock, margin_s=60)
     first = cache.get("a")
     clock.advance(600 - 61)
-    assert cache.get("a") == first
+    assert cache.is_fresh("a") and cache.get("a") == first
     clock.advance(2)  # now 59 s before expiry: inside the margin
+    assert not cache.is_fresh("a") and not cache.is_fresh("never-signed")
     assert cache.get("a") != first
     assert len(signer.calls) == 2
     assert cache.counters.get("urls.resigns_expired") == 1

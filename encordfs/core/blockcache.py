@@ -23,7 +23,8 @@ DiskBlockCache layout and invariants
     the in-progress ``tmp`` files. Writes are atomic: tmp file + ``os.replace``. A file that is missing,
     truncated or fails its crc32 is deleted and reported as a miss (``cache.corrupt_disk``). Eviction
     (oldest first) keeps the total under ``capacity_bytes`` and the filesystem's free space above
-    ``min_free_bytes`` (statvfs before each write); a block that cannot fit is not written.
+    ``min_free_bytes`` (statvfs before each write; the injectable ``free_bytes(dir)`` is called with the
+    cache's lock held and must not call back into the cache); a block that cannot fit is not written.
 
     Exclusive ownership: a second ``DiskBlockCache`` on the same dir (another mount process, or another
     object in this one -- flock is per open file) raises ``Busy``. The kernel drops the lock when the

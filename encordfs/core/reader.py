@@ -22,10 +22,12 @@ Sequential detection and readahead
     An access is sequential when it lands within ``[last_end - seek_back_bytes, last_end + window]`` or
     inside a segment the handle already holds: a small forward skip or a slightly reordered read from
     parallel FUSE threads continues the stream. Anything else is random: the window drops back to
-    ``initial_window`` and readahead stops until the next sequential read. On a sequential read the
-    handle keeps ``[pos, pos + window)`` requested; each readahead request doubles the window up to
+    ``initial_window`` and readahead stops until the next sequential read. After a sequential read
+    ending at ``pos`` the handle keeps ``[pos, pos + window)`` requested; each readahead request (and
+    each sequential read that still had to fetch on demand) doubles the window up to
     ``max_window_bytes``. Requests never cross part boundaries; once the window reaches a part they are
-    whole parts. Readahead is bounded per handle (``max_parallel_per_file`` in flight, ``max_window_bytes``
+    whole parts. The ramp requests of a stream's first part are joined and cached as that part once
+    consumed (``_cache_ramped_part``), so every part of a sequentially read file ends up cached. Readahead is bounded per handle (``max_parallel_per_file`` in flight, ``max_window_bytes``
     held ahead) and overall (``max_parallel_total`` in flight = pool size).
 
 Who fetches

@@ -203,15 +203,14 @@ class SignedUrlCache:
         with self._lock:
             now = self._clock()
             wanted = [i for i in dict.fromkeys(item_ids) if i not in self._flights and not self._fresh_locked(i, now)]
+            expired = sum(1 for i in wanted if i in self._entries)
+        if expired:
+            self.counters.inc("urls.resigns_expired", expired)
         for start in range(0, len(wanted), self._batch):
             flight = _Flight()
             with self._lock:  # re-check: a concurrent get may have signed some meanwhile
                 now = self._clock()
-                todo = [
-                    i
-                    for i in wanted[start : start + self._batch]
-                    if i not in self._flights and not (i in self._entries and self._entries[i].fresh(now, self._margin_s))
-                ]
+                todo = [i for i in wanted[start : start + self._batch] if i not in self._flights and not self._fresh_locked(i, now)]
                 for item_id in todo:
                     self._flights[item_id] = flight
             if todo:
@@ -261,12 +260,7 @@ class SignedUrlCache:
 
     def _fresh_locked(self, item_id: str, now: float) -> bool:
         entry = self._entries.get(item_id)
-        if entry is None:
-            return False
-        if entry.fresh(now, self._margin_s):
-            return True
-        self.counters.inc("urls.resigns_expired")
-        return False
+        return entry is not None and entry.fresh(now, self._margin_s)
 
     def _run_flight(self, item_ids: list[str], flight: _Flight) -> None:
         """Sign ``item_ids`` (already registered under ``flight``) and wake the waiters."""
