@@ -21,6 +21,7 @@ from encordfs.core.fetch import HttpFetcher
 from encordfs.core.fs import EncordFS, Options
 from encordfs.core.reader import ReadPipeline
 from encordfs.core.urls import SignedUrlCache
+from encordfs.core.writes import WriteQueue
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,10 @@ class Settings:
     memory_cache_bytes: int = 256 * MiB
     metadata_ttl_s: float = 60.0
     include_org_access: bool = False
+    read_only: bool = False
+    max_metadata_bytes: int = 65536
+    # Unmount waits this long for queued metadata changes to land; what is left stays in the journal.
+    unmount_flush_timeout_s: float = 10.0
     uid: int = field(default_factory=os.getuid)
     gid: int = field(default_factory=os.getgid)
 
@@ -91,8 +96,12 @@ def build(backend: Backend, settings: Settings) -> Mount:
         closers.append(fetcher.close)
         reader = ReadPipeline(fetcher, cache, counters)
         closers.append(reader.close)
-        options = Options(uid=settings.uid, gid=settings.gid, metadata_ttl_s=settings.metadata_ttl_s)
-        fs = EncordFS(backend, catalog, reader, urls, options)
+        writes = None
+        if not settings.read_only:
+            writes = WriteQueue.open(cache_dir / "journal.sqlite", backend.push, on_landed=lambda outcomes: _landed(catalog, outcomes))
+            closers.append(lambda: _close_writes(writes, settings.unmount_flush_timeout_s))
+        options = Options(uid=settings.uid, gid=settings.gid, metadata_ttl_s=settings.metadata_ttl_s, max_metadata_bytes=settings.max_metadata_bytes)
+        fs = EncordFS(backend, catalog, reader, urls, options, writes=writes, status_extra=lambda: {"counters": counters.snapshot(), "cache_dir": str(cache_dir)})
         closers.append(fs.close)
     except BaseException:
         for close in reversed(closers):
@@ -100,3 +109,19 @@ def build(backend: Backend, settings: Settings) -> Mount:
         raise
     closers.insert(0, backend.close)
     return Mount(fs, counters, cache_dir, closers)
+
+
+def _landed(catalog: Catalog, outcomes: list) -> None:  # type: ignore[type-arg]
+    for outcome in outcomes:
+        if outcome.ok:
+            catalog.set_row_state(outcome.row_uid, dict(outcome.metadata) if outcome.metadata is not None else None, outcome.title)
+
+
+def _close_writes(writes: WriteQueue, timeout_s: float) -> None:
+    left = writes.close(flush_timeout_s=timeout_s)
+    pending, parked = left.get("pending_rows", 0), len(left.get("parked", []))
+    if pending or parked:
+        log.warning("unmount: %d row(s) with queued changes and %d parked row(s) left in the journal; "
+                    "they are pushed at the next mount with the same --cache-dir", pending, parked)
+    else:
+        log.info("unmount: every queued change has landed")

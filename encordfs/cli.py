@@ -67,10 +67,39 @@ def _key_text(args: argparse.Namespace) -> str:
 def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from encordfs.app import Settings
 
-    s = Settings(domain=args.domain)
+    s = Settings(domain=args.domain, read_only=args.read_only, metadata_ttl_s=_ttl(args.metadata_ttl or "60"), include_org_access=args.include_org_access)
     if args.cache_dir:
         s.cache_dir = Path(args.cache_dir).expanduser().resolve()
+    if args.cache_size:
+        s.cache_size_bytes = _size(args.cache_size)
+    if args.max_metadata_bytes:
+        s.max_metadata_bytes = args.max_metadata_bytes
     return s
+
+
+TTL_PRESETS = {"minimal": 1.0, "indefinite": float(365 * 24 * 3600)}
+
+
+def _ttl(text: str) -> float:
+    if text in TTL_PRESETS:
+        return TTL_PRESETS[text]
+    try:
+        value = float(text)
+    except ValueError:
+        raise errors.InvalidValue(f"--metadata-ttl must be minimal, indefinite or seconds, not {text!r}") from None
+    if value < 0:
+        raise errors.InvalidValue("--metadata-ttl must not be negative")
+    return value
+
+
+def _size(text: str) -> int:
+    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    t = text.strip().lower().removesuffix("b").removesuffix("i")
+    unit = t[-1] if t and t[-1] in units else ""
+    try:
+        return int(float(t[: len(t) - len(unit)]) * units[unit])
+    except ValueError:
+        raise errors.InvalidValue(f"--cache-size must be a size like 10G or 512M, not {text!r}") from None
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
@@ -93,7 +122,9 @@ def _serve(args: argparse.Namespace, mountpoint: Path) -> int:
     try:
         mount.fs.refresh(ROOT_INO)  # proves the key and the domain before anything is mounted
         log.info("mounting %s at %s", args.domain, mountpoint)
-        fuse.run(mount.fs, str(mountpoint), read_only=args.read_only, allow_other=args.allow_other, attr_timeout_s=settings.metadata_ttl_s, entry_timeout_s=settings.metadata_ttl_s)
+        # Kernel attribute and entry timeouts follow the metadata TTL: the kernel asks again exactly
+        # when the catalog would reload. Negative lookups: 5 s, so new rows appear quickly.
+        fuse.run(mount.fs, str(mountpoint), read_only=args.read_only, allow_other=args.allow_other, attr_timeout_s=settings.metadata_ttl_s, entry_timeout_s=settings.metadata_ttl_s, negative_timeout_s=5.0)
     finally:
         mount.close()
     return 0
@@ -106,8 +137,11 @@ def _mount_argv(args: argparse.Namespace, mountpoint: Path) -> list[str]:
     if args.cache_dir:
         argv += ["--cache-dir", str(Path(args.cache_dir).expanduser().resolve())]
     for flag in ("read_only", "allow_other", "include_org_access"):
-        if getattr(args, flag):
+        if getattr(args, flag, False):
             argv.append("--" + flag.replace("_", "-"))
+    for option in ("metadata_ttl", "cache_size", "max_metadata_bytes"):
+        if getattr(args, option, None):
+            argv += ["--" + option.replace("_", "-"), str(getattr(args, option))]
     argv += ["-v"] * args.verbose
     return argv
 
@@ -148,7 +182,96 @@ def _mount_in_background(args: argparse.Namespace, mountpoint: Path) -> int:
 
 
 def cmd_unmount(args: argparse.Namespace) -> int:
-    unmount(Path(args.mountpoint).expanduser().resolve(), lazy=args.lazy)
+    mountpoint = Path(args.mountpoint).expanduser().resolve()
+    if not mounted_at(mountpoint):
+        raise errors.NotFound(f"{mountpoint} is not mounted")
+    left = None
+    if not args.lazy and _control(mountpoint).exists():
+        ok, status = _flush(mountpoint, args.timeout)
+        left = None if ok else status
+    unmount(mountpoint, lazy=args.lazy)
+    if left and (left.get("pending_rows") or left.get("parked")):
+        print(f"unmounted {mountpoint}; left in the journal for the next mount: {left.get('pending_rows', 0)} row(s) pending, "
+              f"{len(left.get('parked') or [])} parked", file=sys.stderr)
+    return 0
+
+
+def _control(mountpoint: Path) -> Path:
+    return mountpoint / ".encordfs"
+
+
+def _read_status(mountpoint: Path) -> dict:  # type: ignore[type-arg]
+    import json
+
+    if not mounted_at(mountpoint):
+        raise errors.NotFound(f"{mountpoint} is not an encordfs mount")
+    try:
+        status: dict = json.loads((_control(mountpoint) / "status.json").read_text())  # type: ignore[type-arg]
+    except (OSError, ValueError) as exc:
+        raise errors.FsError(f"cannot read {mountpoint}/.encordfs/status.json: {exc}") from None
+    return status
+
+
+def _flush(mountpoint: Path, timeout_s: float) -> tuple[bool, dict]:  # type: ignore[type-arg]
+    """Kick the mount's write queue and poll its status until nothing is pending or time is up."""
+    try:
+        os.setxattr(_control(mountpoint), "user.encordfs.flush", str(timeout_s).encode())
+    except OSError as exc:
+        raise errors.FsError(f"cannot reach the mount's write queue: {os.strerror(exc.errno or 5)}") from None
+    deadline = time.monotonic() + timeout_s
+    while True:
+        writes = _read_status(mountpoint).get("writes") or {}
+        if not writes.get("pending_rows"):
+            return True, writes
+        if time.monotonic() >= deadline:
+            return False, writes
+        time.sleep(0.1)
+
+
+def _describe_writes(w: dict) -> list[str]:  # type: ignore[type-arg]
+    lines = [f"pending: {w.get('pending_rows', 0)} row(s), {w.get('pending_ops', 0)} edit(s), oldest {w.get('oldest_pending_age_s', 0):.1f} s",
+             f"pushed: {w.get('pushed_rows_total', 0)} row(s) in {w.get('push_calls_total', 0)} call(s)"]
+    for p in w.get("parked") or []:
+        lines.append(f"parked: {p.get('title') or p.get('row')}: {p.get('reason')}")
+    if w.get("last_error"):
+        lines.append(f"last error: {w['last_error']}")
+    return lines
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    mountpoint = Path(args.mountpoint).expanduser().resolve()
+    status = _read_status(mountpoint)
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+        return 0
+    print(f"{mountpoint}: encordfs, {'read-only' if status.get('read_only') else 'read-write'}, {status.get('open_handles', 0)} open file(s)")
+    if status.get("writes"):
+        print("\n".join(_describe_writes(status["writes"])))
+    counters = status.get("counters") or {}
+    if counters:
+        print("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items())))
+    return 0
+
+
+def cmd_flush(args: argparse.Namespace) -> int:
+    mountpoint = Path(args.mountpoint).expanduser().resolve()
+    ok, writes = _flush(mountpoint, args.timeout)
+    if ok and not writes.get("parked"):
+        print(f"{mountpoint}: every queued change has landed")
+        return 0
+    print("\n".join(_describe_writes(writes)), file=sys.stderr)
+    return EXIT_ERROR
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    for path in args.paths:
+        target = Path(path).expanduser().resolve()
+        try:
+            os.setxattr(target, "user.encordfs.refresh", b"1")
+        except OSError as exc:
+            raise errors.FsError(f"cannot refresh {target}: {os.strerror(exc.errno or 5)}") from None
     return 0
 
 
@@ -257,6 +380,9 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--read-only", action="store_true", help="mount read-only (no metadata writes)")
     p.add_argument("--allow-other", action="store_true", help="let other users see the mount (adds default_permissions)")
     p.add_argument("--include-org-access", action="store_true", help="also show datasets the key sees through its organisation")
+    p.add_argument("--metadata-ttl", default=None, help="minimal | SECONDS | indefinite (default 60)")
+    p.add_argument("--cache-size", default=None, help="disk block cache cap, e.g. 10G (default 10G)")
+    p.add_argument("--max-metadata-bytes", type=int, default=None, help="refuse client metadata larger than this (default 65536)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
 
 
@@ -271,10 +397,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_mount_options(p)
     p.set_defaults(func=cmd_mount)
 
-    p = sub.add_parser("unmount", help="unmount an encordfs mount", aliases=["umount"])
+    p = sub.add_parser("unmount", help="unmount an encordfs mount (after flushing queued changes)", aliases=["umount"])
     p.add_argument("mountpoint")
     p.add_argument("--lazy", action="store_true", help="detach now even if busy")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for queued changes (default %(default)s)")
     p.set_defaults(func=cmd_unmount)
+
+    p = sub.add_parser("status", help="show a mount's write queue and counters")
+    p.add_argument("mountpoint")
+    p.add_argument("--json", action="store_true", help="print the raw status JSON")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("flush", help="push queued metadata changes now; exit 0 when none is left")
+    p.add_argument("mountpoint")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default %(default)s)")
+    p.set_defaults(func=cmd_flush)
+
+    p = sub.add_parser("refresh", help="reload folders from Encord now, whatever their age")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.set_defaults(func=cmd_refresh)
 
     p = sub.add_parser("demo", help="start the emulator with a sample workspace and mount it")
     p.add_argument("mountpoint", nargs="?", default="/tmp/encordfs-demo")

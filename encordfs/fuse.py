@@ -24,9 +24,6 @@ from encordfs.core.fs import Attr, EncordFS  # noqa: E402
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
-XATTR_CREATE = 1
-XATTR_REPLACE = 2
-
 
 def _errno_of(exc: BaseException) -> int:
     if isinstance(exc, errors.FsError):
@@ -103,8 +100,24 @@ class FuseOperations(mfusepy.Operations):  # type: ignore[misc]
     @_translated
     def open(self, path: str, fi: Any) -> int:
         writable = (fi.flags & os.O_ACCMODE) != os.O_RDONLY or bool(fi.flags & os.O_TRUNC)
-        fi.fh = self.fs.open(self.fs.resolve(path), writable)
-        fi.keep_cache = 1  # content identity is in the block cache key; unchanged files stay cached
+        opened = self.fs.open(self.fs.resolve(path), writable)
+        fi.fh = opened.fh
+        if opened.direct_io:
+            fi.direct_io = 1
+        else:
+            fi.keep_cache = 1  # content identity is in the block cache key; unchanged files stay cached
+        return 0
+
+    @_translated
+    def fsync(self, path: str, datasync: int, fi: Any) -> int:
+        self.fs.fsync(fi.fh)
+        return 0
+
+    @_translated
+    def rename(self, old: str, new: str) -> int:
+        old_dir, _, old_name = old.rpartition("/")
+        new_dir, _, new_name = new.rpartition("/")
+        self.fs.rename(self.fs.resolve(old_dir), old_name, self.fs.resolve(new_dir), new_name)
         return 0
 
     @_translated
@@ -142,7 +155,7 @@ class FuseOperations(mfusepy.Operations):  # type: ignore[misc]
         self.fs.close()
 
     # Content and tree changes are refused: the mount mirrors Encord, it does not upload.
-    write = create = mkdir = unlink = rmdir = rename = truncate = symlink = link = mknod = _read_only  # type: ignore[assignment]
+    write = create = mkdir = unlink = rmdir = truncate = symlink = link = mknod = _read_only  # type: ignore[assignment]
     chmod = chown = utimens = _read_only  # type: ignore[assignment]
 
 

@@ -70,7 +70,7 @@ def world(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def _read_all(fs: EncordFS, path: str) -> bytes:
-    fh = fs.open(fs.resolve(path), writable=False)
+    fh = fs.open(fs.resolve(path), writable=False).fh
     try:
         return fs.read(fh, 0, 1 << 20)
     finally:
@@ -129,6 +129,9 @@ def test_ttl_refresh_adds_and_removes_rows_keeping_names(world) -> None:  # type
     backend.add_row(_row("r3", "ds1", "new.jpg", b"x"), b"x")
     assert "new.jpg" not in [n for n, _ in fs.readdir(fs.resolve("/street"))]  # within the TTL
     clock.now += 61
+    stale = [n for n, _ in fs.readdir(fs.resolve("/street"))]  # served at once, refresh in background
+    assert "cat.jpg" in stale
+    fs.wait_refreshes()
     names = [n for n, _ in fs.readdir(fs.resolve("/street"))]
     assert "new.jpg" in names and "cat.jpg" not in names
     assert fs.resolve("/street/cat~r2.jpg") == ino_before  # survivor keeps name and inode

@@ -151,6 +151,11 @@ class Catalog:
         row = self._conn().execute(f"SELECT {_COLUMNS} FROM nodes WHERE parent=? AND name=?", (parent, name)).fetchone()
         return _node(row) if row else None
 
+    def lookup_key(self, parent: int, name: str) -> Node | None:
+        """The child whose name equals ``name`` ignoring case (what a new name would collide with)."""
+        row = self._conn().execute(f"SELECT {_COLUMNS} FROM nodes WHERE parent=? AND name_key=?", (parent, names.name_key(name))).fetchone()
+        return _node(row) if row else None
+
     def children(self, parent: int) -> Iterator[Node]:
         cur = self._conn().execute(f"SELECT {_COLUMNS} FROM nodes WHERE parent=? ORDER BY ino", (parent,))
         for row in cur:
@@ -181,6 +186,24 @@ class Catalog:
         with self._write_lock:
             conn = self._conn()
             conn.execute("INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)", (f"loaded:{ino}", when))
+            conn.commit()
+
+    def rename(self, ino: int, title: str, name: str) -> None:
+        """Show a queued title change at once (the next sync keeps it: loaders apply queued titles)."""
+        with self._write_lock:
+            conn = self._conn()
+            conn.execute("UPDATE nodes SET title=?, name=?, name_key=? WHERE ino=?", (title, name, names.name_key(name), ino))
+            conn.commit()
+
+    def set_row_state(self, uid: str, metadata: dict[str, Any] | None, title: str | None) -> None:
+        """Record the server's state of a row after a push landed (metadata and/or title)."""
+        with self._write_lock:
+            conn = self._conn()
+            if metadata is not None:
+                encoded = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False)
+                conn.execute("UPDATE nodes SET client_metadata=? WHERE uid=? AND kind IN (?, ?)", (encoded, uid, Kind.ROW, Kind.GROUP))
+            if title is not None:
+                conn.execute("UPDATE nodes SET title=? WHERE uid=? AND kind IN (?, ?)", (title, uid, Kind.ROW, Kind.GROUP))
             conn.commit()
 
     def sync_children(self, parent: int, entries: Iterable[Entry], when: float) -> int:

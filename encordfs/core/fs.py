@@ -18,6 +18,7 @@ Errors: every failure is an ``errors.FsError``; nothing here knows errno values.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import stat
 import threading
@@ -29,13 +30,25 @@ from typing import Any, Protocol
 
 from encordfs import errors
 from encordfs.backend import COMPOSITE_TYPES, Backend, ChildRecord, DatasetRecord, RowRecord
-from encordfs.core import xattrs
+from encordfs.core import names, xattrs
 from encordfs.core.catalog import ROOT_INO, Catalog, Entry, Kind, Node
+from encordfs.core.journal import RowRef
+from encordfs.core.writes import WriteQueue
 
 log = logging.getLogger(__name__)
 
 STORAGE_LOCATIONS = {0: "CORD_STORAGE", 1: "AWS", 2: "GCP", 3: "AZURE", 4: "S3_COMPATIBLE"}
 SIGN_BATCH = 1000  # items per bulk signing call (the API's documented maximum)
+XATTR_CREATE = 1
+XATTR_REPLACE = 2
+
+# The hidden control folder: looked up by name at the root, never listed. Inode numbers far above
+# what the catalog's AUTOINCREMENT will ever reach.
+CONTROL_NAME = ".encordfs"
+CONTROL_INO = 1 << 62
+CONTROL_FILES = {"status.json": CONTROL_INO + 1}
+CONTROL_XATTR_REFRESH = "user.encordfs.refresh"
+CONTROL_XATTR_FLUSH = "user.encordfs.flush"
 
 
 class Handle(Protocol):
@@ -69,6 +82,12 @@ class Attr:
 
 
 @dataclass(frozen=True, slots=True)
+class OpenFile:
+    fh: int
+    direct_io: bool  # control files: generated content whose size stat cannot know
+
+
+@dataclass(frozen=True, slots=True)
 class Options:
     uid: int
     gid: int
@@ -78,6 +97,11 @@ class Options:
     metadata_ttl_s: float = 60.0
     file_mode: int = 0o444
     dir_mode: int = 0o555
+    # Client metadata larger than this (compact JSON, bytes) is refused with E2BIG before it is
+    # queued: 64 KiB is what the emulator answers 413 to, and Encord's own limit is undocumented.
+    max_metadata_bytes: int = 65536
+    # How long fsync on a file waits for its row's queued changes to land before failing with EIO.
+    fsync_timeout_s: float = 30.0
 
 
 def iso(ts: float | None) -> str | None:
@@ -151,14 +175,17 @@ def _child_entry(c: ChildRecord) -> Entry:
 
 
 class EncordFS:
-    def __init__(self, backend: Backend, catalog: Catalog, reader: Reader, urls: UrlCache, options: Options, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, backend: Backend, catalog: Catalog, reader: Reader, urls: UrlCache, options: Options, clock: Callable[[], float] = time.time, writes: WriteQueue | None = None, status_extra: Callable[[], dict[str, Any]] | None = None) -> None:
         self.backend = backend
+        self.writes = writes
+        self.status_extra = status_extra
         self.catalog = catalog
         self.reader = reader
         self.urls = urls
         self.options = options
         self.clock = clock
-        self._handles: dict[int, tuple[Node, Handle]] = {}
+        self._handles: dict[int, tuple[Node | None, Handle]] = {}
+        self._refreshing: set[int] = set()
         self._next_fh = itertools.count(1)
         self._handles_lock = threading.Lock()
         self._load_locks: dict[int, threading.Lock] = {}
@@ -178,7 +205,17 @@ class EncordFS:
     def getattr(self, ino: int) -> Attr:
         if ino == ROOT_INO:
             return self.root_attr()
+        if ino >= CONTROL_INO:
+            return self._control_attr(ino)
         return self.attr_of(self.node(ino))
+
+    def _control_attr(self, ino: int) -> Attr:
+        o = self.options
+        if ino == CONTROL_INO:
+            return Attr(ino, stat.S_IFDIR | 0o555, 2, 0, self.clock(), self.clock(), o.uid, o.gid)
+        if ino in CONTROL_FILES.values():
+            return Attr(ino, stat.S_IFREG | 0o444, 1, 0, self.clock(), self.clock(), o.uid, o.gid)
+        raise errors.NotFound(f"inode {ino}")
 
     def node(self, ino: int) -> Node:
         node = self.catalog.get(ino)
@@ -194,17 +231,32 @@ class EncordFS:
             raise errors.NotFound(name)
         return node
 
+    def lookup_ino(self, parent: int, name: str) -> int:
+        """Like ``lookup`` but also finds the hidden control folder and its files."""
+        if parent == ROOT_INO and name == CONTROL_NAME:
+            return CONTROL_INO
+        if parent == CONTROL_INO:
+            if name in CONTROL_FILES:
+                return CONTROL_FILES[name]
+            raise errors.NotFound(name)
+        if parent > CONTROL_INO:
+            raise errors.NotADirectory(name)
+        return self.lookup(parent, name).ino
+
     def resolve(self, path: str) -> int:
         """Inode of an absolute path (the path-based adapter's entry point)."""
         ino = ROOT_INO
         for part in path.split("/"):
             if part:
-                node = self.lookup(ino, part)
-                ino = node.ino
+                ino = self.lookup_ino(ino, part)
         return ino
 
     def readdir(self, ino: int) -> Iterator[tuple[str, Attr]]:
-        if ino != ROOT_INO and not self.node(ino).kind.is_dir:
+        if ino == CONTROL_INO:
+            for name, file_ino in CONTROL_FILES.items():
+                yield name, self._control_attr(file_ino)
+            return
+        if ino != ROOT_INO and (ino > CONTROL_INO or not self.node(ino).kind.is_dir):
             raise errors.NotADirectory(str(ino))
         self._ensure_loaded(ino)
         for child in self.catalog.children(ino):
@@ -216,14 +268,44 @@ class EncordFS:
             return self._load_locks.setdefault(ino, threading.Lock())
 
     def _ensure_loaded(self, ino: int) -> None:
+        """Never-loaded folders load now; stale ones are served as they are while a background
+        refresh runs (stale-while-revalidate), so an expired TTL never stalls a listing."""
         loaded = self.catalog.loaded_at(ino)
-        if loaded is not None and self.clock() - loaded < self.options.metadata_ttl_s:
+        if loaded is not None:
+            if self.clock() - loaded >= self.options.metadata_ttl_s:
+                self._refresh_in_background(ino)
             return
         with self._load_lock(ino):
-            loaded = self.catalog.loaded_at(ino)  # another thread may have loaded it meanwhile
-            if loaded is not None and self.clock() - loaded < self.options.metadata_ttl_s:
+            if self.catalog.loaded_at(ino) is None:  # another thread may have loaded it meanwhile
+                self.refresh(ino)
+
+    def _refresh_in_background(self, ino: int) -> None:
+        with self._load_locks_lock:
+            if ino in self._refreshing:
                 return
-            self.refresh(ino)
+            self._refreshing.add(ino)
+
+        def run() -> None:
+            try:
+                with self._load_lock(ino):
+                    loaded = self.catalog.loaded_at(ino)
+                    if loaded is None or self.clock() - loaded >= self.options.metadata_ttl_s:
+                        self.refresh(ino)
+            except errors.FsError as exc:
+                log.warning("background refresh failed, serving the old listing: %s", exc)
+            except Exception:
+                log.exception("background refresh failed")
+            finally:
+                with self._load_locks_lock:
+                    self._refreshing.discard(ino)
+
+        threading.Thread(target=run, name=f"encordfs-refresh-{ino}", daemon=True).start()
+
+    def wait_refreshes(self, timeout_s: float = 10.0) -> None:
+        """Tests: wait until no background refresh is running."""
+        deadline = time.monotonic() + timeout_s
+        while self._refreshing and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def refresh(self, ino: int) -> None:
         """Load a folder from Encord now, whatever its age."""
@@ -233,11 +315,20 @@ class EncordFS:
             return
         node = self.node(ino)
         if node.kind == Kind.DATASET:
-            self.catalog.sync_children(ino, (_row_entry(r) for r in self.backend.iter_rows(node.uid)), now)
+            self.catalog.sync_children(ino, (self._with_queued_title(_row_entry(r)) for r in self.backend.iter_rows(node.uid)), now)
         elif node.kind == Kind.GROUP:
             self._load_groups(node.parent, first=node)
         else:
             raise errors.NotADirectory(node.name)
+
+    def _with_queued_title(self, entry: Entry) -> Entry:
+        """A row renamed by the user keeps its new name while the rename is queued or just landed."""
+        if self.writes is None:
+            return entry
+        _, title = self.writes.view(entry.uid, None, entry.title)
+        if title == entry.title:
+            return entry
+        return Entry(entry.kind, entry.uid, title, entry.mime_type, entry.item_uuid, entry.size, entry.ctime, entry.mtime, entry.fields, entry.client_metadata)
 
     def _load_groups(self, dataset_ino: int, first: Node) -> None:
         """Members of every not-yet-loaded group of a dataset (and ``first``), in one batch."""
@@ -258,7 +349,9 @@ class EncordFS:
             self.catalog.mark_loaded(first.ino, now)
 
     # -- reading ----------------------------------------------------------------------------------
-    def open(self, ino: int, writable: bool) -> int:
+    def open(self, ino: int, writable: bool) -> OpenFile:
+        if ino >= CONTROL_INO:
+            return self._open_control(ino, writable)
         node = self.node(ino)
         if node.kind.is_dir:
             raise errors.IsADirectory(node.name)
@@ -267,10 +360,29 @@ class EncordFS:
         if not node.item_uuid:
             raise errors.RemoteIOError(f"{node.name}: no storage item to read from")
         handle = self.reader.open(self._content_key(node), node.size, self._url_source(node))
+        return OpenFile(self._add_handle(node, handle), direct_io=False)
+
+    def _add_handle(self, node: Node | None, handle: Handle) -> int:
         with self._handles_lock:
             fh = next(self._next_fh)
             self._handles[fh] = (node, handle)
         return fh
+
+    def _open_control(self, ino: int, writable: bool) -> OpenFile:
+        if ino == CONTROL_INO:
+            raise errors.IsADirectory(CONTROL_NAME)
+        if writable:
+            raise errors.ReadOnly("control files are read-only")
+        content = (json.dumps(self.status(), indent=2, sort_keys=True) + "\n").encode()
+        return OpenFile(self._add_handle(None, _BytesHandle(content)), direct_io=True)
+
+    def status(self) -> dict[str, Any]:
+        """What ``encordfs status`` and ``/.encordfs/status.json`` show."""
+        out: dict[str, Any] = {"open_handles": self.open_handles(), "read_only": self.writes is None}
+        out["writes"] = self.writes.status() if self.writes is not None else None
+        if self.status_extra is not None:
+            out.update(self.status_extra())
+        return out
 
     def read(self, fh: int, offset: int, length: int) -> bytes:
         try:
@@ -316,13 +428,20 @@ class EncordFS:
         self.urls.prime([item] + unsigned[: SIGN_BATCH - 1])
 
     # -- xattrs -----------------------------------------------------------------------------------
+    def _view(self, node: Node) -> tuple[dict[str, Any] | None, str]:
+        """The row's metadata and title as the user sees them: queued changes applied (read-your-writes)."""
+        metadata = node.client_metadata
+        if self.writes is None or node.kind not in (Kind.ROW, Kind.GROUP):
+            return metadata, node.title
+        viewed, title = self.writes.view(node.uid, metadata, node.title)
+        return (dict(viewed) if viewed is not None else None), title
+
     def _xattrs(self, ino: int) -> dict[str, bytes]:
-        if ino == ROOT_INO:
+        if ino == ROOT_INO or ino >= CONTROL_INO:
             return {}
         node = self.node(ino)
-        has_metadata = node.kind in (Kind.ROW, Kind.GROUP)
-        title = node.title
-        return xattrs.attributes(node.fields, title, node.client_metadata, has_metadata=has_metadata)
+        metadata, title = self._view(node)
+        return xattrs.attributes(node.fields, title, metadata, has_metadata=node.kind in (Kind.ROW, Kind.GROUP))
 
     def getxattr(self, ino: int, name: str) -> bytes:
         if xattrs.is_foreign(name):
@@ -335,11 +454,110 @@ class EncordFS:
     def listxattr(self, ino: int) -> list[str]:
         return list(self._xattrs(ino))
 
+    def _writable_row(self, ino: int, what: str) -> Node:
+        if ino == ROOT_INO or ino >= CONTROL_INO:
+            raise errors.NotPermitted(f"{what}: not a data row")
+        node = self.node(ino)
+        if node.kind not in (Kind.ROW, Kind.GROUP):
+            raise errors.NotPermitted(f"{what}: only data rows (files and group folders) can be changed")
+        if self.writes is None:
+            raise errors.ReadOnly(f"{what}: the mount is read-only")
+        return node
+
+    @staticmethod
+    def _ref(node: Node, title: str) -> RowRef:
+        return RowRef(uid=node.uid, dataset_uid=str(node.fields.get("dataset_hash") or ""), item_uuid=node.item_uuid, title=title)
+
     def setxattr(self, ino: int, name: str, value: bytes, flags: int) -> None:
-        raise errors.ReadOnly("extended attributes are read-only in this version")
+        if xattrs.is_foreign(name):
+            raise errors.NotSupported(name)
+        if name in (CONTROL_XATTR_REFRESH, CONTROL_XATTR_FLUSH):
+            return self._control(ino, name, value)
+        if name != xattrs.CLIENT_METADATA and not name.startswith(xattrs.META_PREFIX):
+            if name.startswith(xattrs.PREFIX):
+                raise errors.NotPermitted(f"{name} is read-only")
+            raise errors.NotSupported(f"{name}: only user.encord.client_metadata and user.encord.meta.<key> can be set")
+        node = self._writable_row(ino, name)
+        metadata, title = self._view(node)
+        current = dict(metadata or {})
+        parsed = _parse_json(value, name)
+        assert self.writes is not None
+        if name == xattrs.CLIENT_METADATA:
+            if not isinstance(parsed, dict):
+                raise errors.InvalidValue(f"{name} must be a JSON object")
+            if flags & XATTR_CREATE:
+                raise errors.Exists(name)
+            self._check_size(parsed, name)
+            self.writes.set_metadata(self._ref(node, title), parsed, base_version=node.mtime)
+            return None
+        key = name[len(xattrs.META_PREFIX):]
+        if not key:
+            raise errors.InvalidValue("empty metadata key")
+        if flags & XATTR_CREATE and key in current:
+            raise errors.Exists(name)
+        if flags & XATTR_REPLACE and key not in current:
+            raise errors.NoData(name)
+        current[key] = parsed
+        self._check_size(current, name)
+        self.writes.set_key(self._ref(node, title), key, parsed, base_version=node.mtime)
+        return None
 
     def removexattr(self, ino: int, name: str) -> None:
-        raise errors.ReadOnly("extended attributes are read-only in this version")
+        if xattrs.is_foreign(name):
+            raise errors.NotSupported(name)
+        if not name.startswith(xattrs.META_PREFIX):
+            if name.startswith(xattrs.PREFIX) or name.startswith("user.encordfs."):
+                raise errors.NotPermitted(f"{name} cannot be removed")
+            raise errors.NoData(name)
+        node = self._writable_row(ino, name)
+        metadata, title = self._view(node)
+        key = name[len(xattrs.META_PREFIX):]
+        if key not in (metadata or {}):
+            raise errors.NoData(name)
+        assert self.writes is not None
+        self.writes.del_key(self._ref(node, title), key, base_version=node.mtime)
+
+    def _check_size(self, metadata: dict[str, Any], name: str) -> None:
+        size = len(xattrs.compact_json(metadata).encode())
+        if size > self.options.max_metadata_bytes:
+            raise errors.TooBig(f"{name}: client metadata would be {size} bytes, over the {self.options.max_metadata_bytes}-byte limit")
+
+    def _control(self, ino: int, name: str, value: bytes) -> None:
+        if name == CONTROL_XATTR_REFRESH:
+            target = ino if ino == ROOT_INO else ino if ino < CONTROL_INO and self.node(ino).kind.is_dir else None
+            if target is None:
+                raise errors.InvalidValue("refresh a folder, not a file")
+            self.refresh(target)
+        elif self.writes is not None:  # flush: kick the queue; the CLI polls status.json
+            writes = self.writes
+            threading.Thread(target=writes.flush, args=(_parse_timeout(value),), daemon=True).start()
+
+    def rename(self, old_parent: int, old_name: str, new_parent: int, new_name: str) -> None:
+        """``mv`` of a row inside its folder: a queued title change. The new name shows at once."""
+        node = self.lookup(old_parent, old_name)
+        if new_parent != old_parent:
+            raise errors.CrossDevice("moving rows between folders is not supported; rename within a folder changes the title")
+        self._writable_row(node.ino, "rename")
+        if names.base_name(new_name, None, is_dir=node.kind.is_dir) != new_name or "/" in new_name:
+            raise errors.InvalidValue(f"{new_name!r} is not a name encordfs would show for that title")
+        if len(new_name.encode()) > names.MAX_NAME_BYTES:
+            raise errors.NameTooLong(new_name)
+        existing = self.catalog.lookup_key(old_parent, new_name)
+        if existing is not None and existing.ino != node.ino:
+            raise errors.Exists(f"{new_name} already exists (or differs only in case)")
+        _, title = self._view(node)
+        assert self.writes is not None
+        self.writes.set_title(self._ref(node, new_name), new_name, base_version=node.mtime)
+        self.catalog.rename(node.ino, new_name, new_name)
+
+    def fsync(self, fh: int) -> None:
+        """Waits until the row's queued changes have landed (or fails with EIO after the timeout)."""
+        node = self._handles.get(fh, (None, None))[0]
+        if node is None or self.writes is None:
+            return
+        if not self.writes.wait_row(node.uid, self.options.fsync_timeout_s):
+            reason = self.writes.parked_reason(node.uid)
+            raise errors.RemoteIOError(f"{node.name}: changes not pushed" + (f" ({reason})" if reason else " yet"))
 
     def statfs(self) -> dict[str, int]:
         return {"f_bsize": 4096, "f_frsize": 4096, "f_blocks": 0, "f_bfree": 0, "f_bavail": 0, "f_files": 0, "f_ffree": 0, "f_namemax": 255}
@@ -350,3 +568,30 @@ class EncordFS:
             self._handles.clear()
         for _, handle in handles:
             handle.close()
+
+
+class _BytesHandle:
+    """A read handle over bytes generated at open (control files)."""
+
+    def __init__(self, content: bytes) -> None:
+        self._content = content
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self._content[offset : offset + length]
+
+    def close(self) -> None:
+        pass
+
+
+def _parse_json(value: bytes, name: str) -> Any:
+    try:
+        return json.loads(value.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise errors.InvalidValue(f"{name}: value is not valid JSON (strings need quotes: '\"train\"')") from None
+
+
+def _parse_timeout(value: bytes) -> float:
+    try:
+        return max(0.0, min(float(value.decode() or 60), 3600.0))
+    except ValueError:
+        return 60.0

@@ -6,7 +6,8 @@ with hypothesis):
 1. ``/`` becomes ``∕`` (U+2215 DIVISION SLASH, which reads like a slash); NUL is removed; other
    control characters (U+0001–U+001F, U+007F) become ``_``. Leading and trailing white space is
    removed.
-2. An empty result becomes ``untitled``; ``.`` and ``..`` become ``_.`` and ``_..``.
+2. An empty result becomes ``untitled``; ``.``, ``..`` and ``.encordfs`` (the hidden control folder)
+   get a ``_`` in front.
 3. A file whose title has no extension gets one from its MIME type (``image/jpeg`` → ``.jpg``);
    folders (datasets, groups) never get one.
 4. A name longer than 255 bytes (UTF-8) is cut on a character boundary, keeping the extension.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import re
 
 MAX_NAME_BYTES = 255
+RESERVED = ".encordfs"  # the mount's hidden control folder
 UNTITLED = "untitled"
 SLASH_STANDIN = "\u2215"
 _CONTROL = re.compile(r"[\x01-\x1f\x7f]")
@@ -89,7 +91,7 @@ def base_name(title: str, mime_type: str | None = None, *, is_dir: bool = False)
     name = _CONTROL.sub("_", name).strip()
     if not name:
         name = UNTITLED
-    if name in (".", ".."):
+    if name in (".", "..") or name.casefold() == RESERVED:
         name = "_" + name
     stem, ext = (name, "") if is_dir else split_ext(name)
     if not is_dir and not ext:

@@ -63,10 +63,11 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,8 @@ def _check(kind: OpKind, key: str | None, value: Any) -> None:
 
 
 # --- the queue -------------------------------------------------------------------------------------
+
+DEFAULT_RETRY = RetryPolicy()
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +194,7 @@ class WriteQueue:
 
     @classmethod
     def open(cls, journal_path: Path, push: PushFn, *, config: QueueConfig = QueueConfig(),
-             retry: RetryPolicy = RetryPolicy(), clock: Callable[[], float] = time.time,
+             retry: RetryPolicy = DEFAULT_RETRY, clock: Callable[[], float] = time.time,
              monotonic: Callable[[], float] = time.monotonic, on_landed: LandedFn | None = None,
              start: bool = True) -> WriteQueue:
         """Open (or create) the journal, rebuild the index, and start the worker unless ``start=False``
@@ -233,7 +236,7 @@ class WriteQueue:
             unpark = state is not None and state.parked is not None
             try:
                 op = self._journal.append(row, kind, key, value, base_version, self._clock(), unpark=unpark)
-            except Exception as exc:  # sqlite3.Error / OSError: the edit is not durable, so it failed
+            except (sqlite3.Error, OSError) as exc:  # not durable, so the edit failed
                 raise errors.FsError(f"cannot journal the edit: {type(exc).__name__}: {exc}") from None
             if state is None:
                 self._rows[row.uid] = _Row(row, [op], op_change(op))
@@ -405,7 +408,7 @@ class WriteQueue:
                 return self._push_batch(snaps[:mid]) and self._push_batch(snaps[mid:])
             self._settle(snaps, {}, {snaps[0].patch.row_uid: _reason(exc)}, transient=None)
             return True
-        except Exception as exc:  # noqa: BLE001 - TransientWriteError, Unavailable, AuthError, bugs: retry later
+        except Exception as exc:  # TransientWriteError, Unavailable, AuthError, a backend bug: retry later
             if not isinstance(exc, errors.BackendError):
                 log.exception("write push failed unexpectedly")
             self._note_call(failed=True, error=exc)
@@ -491,7 +494,7 @@ class WriteQueue:
                     return
             try:
                 self.push_round()
-            except Exception as exc:  # noqa: BLE001 - e.g. the journal failed; keep the worker alive
+            except Exception as exc:  # e.g. the journal failed: keep the worker alive
                 log.exception("write round failed")
                 with self._cond:
                     self._counters.last_error = f"{type(exc).__name__}: {exc}"
