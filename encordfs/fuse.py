@@ -41,8 +41,10 @@ def _translated(func: F) -> F:
         try:
             return func(*args)
         except errors.FsError as exc:
-            if exc.errno not in (errno.ENOENT, errno.ENODATA, errno.ENOTSUP):
-                log.warning("%s: %s", func.__name__, exc)
+            # A user's mistake (EINVAL, EPERM, EROFS, ...) is answered, not logged loudly; failures of
+            # ours or of the network are.
+            level = logging.WARNING if exc.errno in (errno.EIO, errno.ESTALE, errno.EACCES) else logging.DEBUG
+            log.log(level, "%s: %s", func.__name__, exc)
             raise mfusepy.FuseOSError(exc.errno) from None
         except mfusepy.FuseOSError:
             raise

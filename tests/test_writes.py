@@ -19,6 +19,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -249,6 +250,25 @@ def test_journal_is_0600_wal_and_survives_reopen(tmp_path: Path) -> None:
     conn_check.close()
 
 
+def test_public_surface() -> None:
+    from encordfs.core import writes
+
+    assert sorted(writes.__all__) == ["Op", "OpKind", "QueueConfig", "RowRef", "WriteQueue", "coalesce", "compose",
+                                      "op_change"]
+    public = {n for n in dir(WriteQueue) if not n.startswith("_")}
+    assert public == {"open", "start", "append", "set_metadata", "set_key", "del_key", "set_title", "discard", "view",
+                      "pending_change", "parked_reason", "flush", "wait_row", "status", "push_round", "close"}
+
+
+def test_appended_values_are_private_copies(tmp_path: Path) -> None:
+    queue, _ = _manual(tmp_path / "j.sqlite3", _backend(1).push)
+    mine = {"a": [1]}
+    queue.set_metadata(_ref(0), mine)
+    mine["a"].append(2)
+    assert queue.view("row-0", None, "t")[0] == {"a": [1]}
+    queue.close(flush_timeout_s=0)
+
+
 def test_view_applies_pending_then_landed_overlay_until_ttl(tmp_path: Path) -> None:
     mem = _backend(1)
     queue, clock = _manual(tmp_path / "j.sqlite3", mem.push, landed_ttl_s=60.0)
@@ -333,10 +353,43 @@ def test_edits_made_during_a_push_stay_pending(tmp_path: Path) -> None:
     queue.push_round()
     assert mem.row("row-0").client_metadata == {"orig": 0, "early": 1}
     assert queue.pending_change("row-0") == RowChange(set_keys={"late": True})
+    queue.close(flush_timeout_s=0)  # and the journal agrees
+    queue, _ = _manual(tmp_path / "j.sqlite3", mem.push)
+    assert queue.pending_change("row-0") == RowChange(set_keys={"late": True})
     queue.push_round()
     assert mem.row("row-0").client_metadata == {"orig": 0, "early": 1, "late": True}
     assert queue.pending_change("row-0") is None
     queue.close(flush_timeout_s=0)
+
+
+def test_concurrent_writers_while_the_worker_pushes(tmp_path: Path) -> None:
+    mem = _backend(40)
+    mem.push_faults += [errors.TransientWriteError("503")] * 3
+    queue = WriteQueue.open(tmp_path / "j.sqlite3", mem.push, config=QueueConfig(debounce_s=0.001),
+                            retry=RetryPolicy(base_s=0.001, cap_s=0.01))
+    models: dict[str, tuple[dict[str, Any] | None, str]] = {}
+
+    def writer(t: int) -> None:
+        rnd = random.Random(t)
+        own = {i: ({"orig": i}, f"r{i}.jpg") for i in range(t * 5, t * 5 + 5)}
+        for n in range(300):
+            i = rnd.choice(list(own))
+            kind = rnd.choice([OpKind.SET_KEY, OpKind.DEL_KEY, OpKind.SET_METADATA, OpKind.SET_TITLE])
+            key = rnd.choice("ab") if kind in (OpKind.SET_KEY, OpKind.DEL_KEY) else None
+            value = {OpKind.SET_KEY: n, OpKind.DEL_KEY: None, OpKind.SET_METADATA: {"m": n},
+                     OpKind.SET_TITLE: f"t{n}"}[kind]
+            queue.append(_ref(i), kind, key, value)
+            own[i] = model_apply(*own[i], kind, key, value)  # type: ignore[assignment]
+        models.update({f"row-{i}": m for i, m in own.items()})
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert queue.flush(20.0)
+    assert queue.close()["push_calls_total"] > 3
+    assert {r.uid: (r.client_metadata, r.title) for r in mem.rows[DS]} == models
 
 
 def test_retry_policy_is_capped_full_jitter_with_retry_after_floor() -> None:
@@ -517,6 +570,7 @@ def test_sigkill_at_random_points_loses_no_acknowledged_op(tmp_path: Path) -> No
     committed: dict[int, tuple[int, OpKind, str | None, Any]] = {}  # seq -> op, for the model
     rnd = random.Random(1234)
     env = {**os.environ, "PYTHONWARNINGS": "error"}
+    prev_last = 0
     for run in range(22):
         proc = subprocess.Popen([sys.executable, __file__, "writer", str(journal), str(server), str(run)],
                                 stdout=subprocess.PIPE, text=True, env=env)
@@ -536,17 +590,18 @@ def test_sigkill_at_random_points_loses_no_acknowledged_op(tmp_path: Path) -> No
             elif word == "ack":
                 acked.append((int(rest), pending_intent))
                 pending_intent = None
-        assert acked, "the writer was killed before its first append: raise the sleep"
         for seq, (i, kind, key, value) in acked:
             committed[seq] = (i, OpKind(kind), key, value)
         check = Journal.open(journal)
         last = check.last_seq()
         check.close()
-        assert last in (acked[-1][0], acked[-1][0] + 1), "an acknowledged op is missing from the journal"
-        if last == acked[-1][0] + 1:  # killed after the commit, before the ack: committed all the same
+        last_acked = acked[-1][0] if acked else prev_last
+        assert last in (last_acked, last_acked + 1), "an acknowledged op is missing from the journal"
+        if last == last_acked + 1:  # killed after the commit, before the ack: committed all the same
             assert pending_intent is not None
             i, kind, key, value = pending_intent
             committed[last] = (i, OpKind(kind), key, value)
+        prev_last = last
     queue = WriteQueue.open(journal, FileServer(server).push, config=QueueConfig(debounce_s=0.0))
     assert queue.flush(20.0)
     queue.close()
@@ -573,13 +628,13 @@ def test_sdk_backend_pushes_10000_ops_over_1000_rows_in_few_calls(tmp_path: Path
 
     tree = tmp_path / "tree"
     (tree / "writes").mkdir(parents=True)
-    (tree / "writes" / "seed.txt").write_text("seed")
+    for n in range(EMULATOR_ROWS):  # importing a folder is far faster than POST /_emulator/rows per row
+        (tree / "writes" / f"r{n}.txt").write_text("x")
+        (tree / "writes" / f"r{n}.txt.metadata.json").write_text(json.dumps({"orig": n}))
     with RunningEmulator(["--import", str(tree), "--max-metadata-bytes", "4096"]) as emu:
         assert emu.key_file is not None
         backend = SdkBackend(emu.domain, emu.key_file.read_text())
         [dataset] = [d for d in backend.list_datasets() if d.title == "writes"]
-        for n in range(EMULATOR_ROWS - 1):
-            emu.add_row(dataset.uid, f"r{n}.txt", b"x", {"orig": n})
         rows = list(backend.iter_rows(dataset.uid))
         assert len(rows) == EMULATOR_ROWS and all(r.backing_item_uuid for r in rows)
         model = {r.uid: (dict(r.client_metadata or {}), r.title) for r in rows}
@@ -596,6 +651,7 @@ def test_sdk_backend_pushes_10000_ops_over_1000_rows_in_few_calls(tmp_path: Path
             model[ref.uid] = model_apply(*model[ref.uid], kind, key, value)  # type: ignore[assignment]
         # one row over the emulator's 4 KiB limit: its 413 fails the bulk call, bisection isolates it
         queue.set_key(refs[0], "huge", "x" * 5000)
+        model[refs[0].uid] = (dict(rows[0].client_metadata or {}), rows[0].title)  # parked: never lands
         emu.reset()  # counters from zero
         assert queue.flush(60.0)
         calls = emu.stats()
@@ -621,6 +677,17 @@ def test_sdk_backend_pushes_10000_ops_over_1000_rows_in_few_calls(tmp_path: Path
         assert calls["api_calls"] == 2 and calls["v2.items.patch_bulk"] == 1, calls
         fresh = plain.get_dataset(dataset.uid, dataset_access_settings=DatasetAccessSettings(fetch_client_metadata=True))
         assert {r.uid: (dict(r.client_metadata or {}), r.title) for r in fresh.data_rows} == model
+
+        # rows without a backing item go through the deprecated DataRow.save path, merge rule included
+        legacy = [RowPatch(r.uid, dataset.uid, None, RowChange(set_keys={"legacy": 1}, title=f"L{k}.txt"))
+                  for k, r in enumerate(rows[1:3])]
+        emu.reset()
+        outcomes = backend.push(legacy)
+        assert all(o.ok for o in outcomes.values()) and emu.stats()["api_calls"] == 2 + len(legacy)
+        fresh = plain.get_dataset(dataset.uid, dataset_access_settings=DatasetAccessSettings(fetch_client_metadata=True))
+        got = {r.uid: (dict(r.client_metadata or {}), r.title) for r in fresh.data_rows}
+        for k, r in enumerate(rows[1:3]):
+            assert got[r.uid] == ({**model[r.uid][0], "legacy": 1}, f"L{k}.txt")
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["writer"]:
