@@ -154,3 +154,34 @@ def test_one_signing_call_for_a_folder(tmp_path: Path) -> None:
         fs.close()
         reader.close()
         catalog.close()
+
+
+def test_metadata_size_limit_and_validation(tmp_path: Path) -> None:
+    from encordfs.core.writes import WriteQueue
+
+    backend = MemoryBackend()
+    backend.add_dataset(DatasetRecord("ds", "d", "", 0, 0, 0, None, None))
+    backend.add_row(_row("r1", "ds", "a.jpg", b"z", metadata={"k": 1}), b"z")
+    catalog = Catalog(tmp_path / "c.sqlite")
+    writes = WriteQueue.open(tmp_path / "journal.sqlite", backend.push, start=False)
+    reader = ReadPipeline(MemoryFetcher(backend), MemoryBlockCache(1 << 24), memory_budget_bytes=1 << 24, small_file_bytes=1 << 20, part_bytes=1 << 20)
+    fs = EncordFS(backend, catalog, reader, SignedUrlCache(backend.sign), Options(uid=0, gid=0, max_metadata_bytes=100), writes=writes)
+    try:
+        ino = fs.resolve("/d/a.jpg")
+        with pytest.raises(errors.FsError) as e:
+            fs.setxattr(ino, "user.encord.meta.big", b'"' + b"x" * 200 + b'"', 0)
+        assert e.value.errno == errno.E2BIG
+        with pytest.raises(errors.FsError) as e:
+            fs.setxattr(ino, "user.encord.client_metadata", b"[]", 0)
+        assert e.value.errno == errno.EINVAL
+        assert writes.status()["pending_ops"] == 0
+        fs.setxattr(ino, "user.encord.meta.small", b'"ok"', 0)
+        assert fs.getxattr(ino, "user.encord.meta.small") == b'"ok"'
+        assert writes.status()["pending_ops"] == 1
+        writes.push_round()
+        assert backend.row("r1").client_metadata == {"k": 1, "small": "ok"}
+    finally:
+        writes.close(0)
+        fs.close()
+        reader.close()
+        catalog.close()
