@@ -111,6 +111,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace, mountpoint: Path) -> int:
+    os.umask(0o077)  # the catalog, journal and cached blocks are the user's alone (files 0600, dirs 0700)
     from encordfs import fuse
     from encordfs.app import build
     from encordfs.backend.sdk import SdkBackend
@@ -175,7 +176,9 @@ def _last_error(log_path: Path) -> str | None:
     for line in reversed(lines[-50:]):
         if line.startswith("encordfs: error: "):
             return line.removeprefix("encordfs: error: ")
-    return None
+    # Not one of our errors (a crash): the last line of the log names the exception.
+    tail = [line for line in lines[-50:] if line.strip()]
+    return f"mount process failed: {tail[-1].strip()[:300]} (log: {log_path})" if tail else None
 
 
 def _mount_in_background(args: argparse.Namespace, mountpoint: Path) -> int:
