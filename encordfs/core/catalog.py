@@ -28,9 +28,6 @@ from typing import Any
 from encordfs.core import names
 
 ROOT_INO = 1
-# Entries per ``sync_children`` batch: one SELECT of the batch's uids (SQLite's default limit of 999
-# host parameters bounds it), then bulk UPDATE / INSERT. Bigger batches gain little past a few hundred.
-SYNC_BATCH = 500
 
 
 class Kind(IntEnum):
@@ -117,36 +114,11 @@ def _node(row: tuple[Any, ...]) -> Node:
     return Node(row[0], row[1], Kind(row[2]), *row[3:])
 
 
-def _compact(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def _batches(entries: Iterable[Entry], size: int) -> Iterator[list[Entry]]:
-    """Consecutive batches of at most ``size`` entries with distinct uids (a repeated uid starts a
-    new batch, so it updates the row its first occurrence inserted, as a per-row upsert would)."""
-    batch: list[Entry] = []
-    uids: set[str] = set()
-    for e in entries:
-        if len(batch) >= size or e.uid in uids:
-            yield batch
-            batch, uids = [], set()
-        batch.append(e)
-        uids.add(e.uid)
-    if batch:
-        yield batch
-
-
 class Catalog:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._local = threading.local()
         self._write_lock = threading.Lock()
-        # Bumped (after commit, under the write lock) whenever a name can have changed meaning: a
-        # child inserted, deleted or renamed. Path caches above compare it (``EncordFS.resolve``).
-        self.version = 0
-        # folder ino -> when it was loaded: a read-through copy of the ``loaded:<ino>`` state rows,
-        # asked on every lookup. Plain dict operations are atomic under the GIL; writers hold the lock.
-        self._loaded: dict[int, float] = {}
         fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
         os.close(fd)
         with self._write_lock:
@@ -204,43 +176,10 @@ class Catalog:
         cur = self._conn().execute(f"SELECT {_COLUMNS} FROM nodes WHERE parent=? AND kind=?", (parent, Kind.GROUP))
         return [_node(r) for r in cur]
 
-    def lookup_ino(self, parent: int, name: str) -> int | None:
-        """Just the inode of a child (what path resolution needs)."""
-        row = self._conn().execute("SELECT ino FROM nodes WHERE parent=? AND name=?", (parent, name)).fetchone()
-        return None if row is None else int(row[0])
-
-    def stat_fields(self, ino: int) -> tuple[Kind, int, float] | None:
-        """(kind, size, mtime) of a node: what ``getattr`` needs, without the xattr columns."""
-        row = self._conn().execute("SELECT kind, size, mtime FROM nodes WHERE ino=?", (ino,)).fetchone()
-        return None if row is None else (Kind(row[0]), int(row[1]), float(row[2]))
-
-    def child_stats(self, parent: int) -> Iterator[tuple[int, str, Kind, int, float]]:
-        """(ino, name, kind, size, mtime) of every child, in inode order, streamed.
-
-        The first row is fetched before this returns, so the listing is the folder as of the call
-        (its SQLite read snapshot starts here), whatever a refresh commits while it is iterated.
-        """
-        cur = self._conn().execute("SELECT ino, name, kind, size, mtime FROM nodes WHERE parent=? ORDER BY ino", (parent,))
-        first = cur.fetchone()
-        return self._stream_stats(first, cur)
-
-    @staticmethod
-    def _stream_stats(first: tuple[Any, ...] | None, cur: sqlite3.Cursor) -> Iterator[tuple[int, str, Kind, int, float]]:
-        row = first
-        while row is not None:
-            yield row[0], row[1], Kind(row[2]), row[3], row[4]
-            row = cur.fetchone()
-
     def loaded_at(self, ino: int) -> float | None:
-        cached = self._loaded.get(ino)
-        if cached is not None:
-            return cached
         key = f"loaded:{ino}"
         row = self._conn().execute("SELECT value FROM state WHERE key=?", (key,)).fetchone()
-        if row is None:
-            return None
-        self._loaded[ino] = float(row[0])
-        return float(row[0])
+        return None if row is None else float(row[0])
 
     # -- writes -----------------------------------------------------------------------------------
     def mark_loaded(self, ino: int, when: float) -> None:
@@ -248,7 +187,6 @@ class Catalog:
             conn = self._conn()
             conn.execute("INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)", (f"loaded:{ino}", when))
             conn.commit()
-            self._loaded[ino] = when
 
     def rename(self, ino: int, title: str, name: str) -> None:
         """Show a queued title change at once (the next sync keeps it: loaders apply queued titles)."""
@@ -256,7 +194,6 @@ class Catalog:
             conn = self._conn()
             conn.execute("UPDATE nodes SET title=?, name=?, name_key=? WHERE ino=?", (title, name, names.name_key(name), ino))
             conn.commit()
-            self.version += 1
 
     def set_row_state(self, uid: str, metadata: dict[str, Any] | None, title: str | None) -> None:
         """Record the server's state of a row after a push landed (metadata and/or title)."""
@@ -274,30 +211,24 @@ class Catalog:
 
         Existing children keep inode and name unless their title changed; new ones get a name by the
         rules of ``core.names``; children that did not come back are deleted with their members.
-        Work is done per batch of ``SYNC_BATCH`` entries (see the module docstring), so memory stays
-        flat whatever the folder's size.
         """
         with self._write_lock:
             conn = self._conn()
             try:
                 gen = self._next_gen_locked(conn)
                 renamed: list[tuple[int, Entry]] = []
-                count = changed = 0
-                for batch in _batches(entries, SYNC_BATCH):
-                    count += len(batch)
-                    changed += self._sync_batch_locked(conn, parent, batch, gen, renamed)
-                changed += self._delete_stale_locked(conn, parent, gen)
+                count = 0
+                for e in entries:
+                    count += 1
+                    self._upsert_locked(conn, parent, e, gen, renamed)
+                self._delete_stale_locked(conn, parent, gen)
                 for ino, e in renamed:
                     self._assign_name_locked(conn, parent, ino, e)
                 conn.execute("INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)", (f"loaded:{parent}", when))
                 conn.commit()
             except BaseException:
                 conn.rollback()
-                self._loaded.clear()  # a rolled-back delete may have dropped entries; reread them
                 raise
-            self._loaded[parent] = when
-            if changed or renamed:
-                self.version += 1
             return count
 
     def _next_gen_locked(self, conn: sqlite3.Connection) -> int:
@@ -306,75 +237,25 @@ class Catalog:
         conn.execute("INSERT OR REPLACE INTO state(key, value) VALUES ('gen', ?)", (gen,))
         return gen
 
-    def _sync_batch_locked(self, conn: sqlite3.Connection, parent: int, batch: list[Entry], gen: int, renamed: list[tuple[int, Entry]]) -> int:
-        """Upsert one batch (distinct uids): one SELECT for the batch, bulk UPDATEs, bulk INSERTs.
-        Returns how many children were inserted (the structural change)."""
-        marks = ",".join("?" * len(batch))
-        existing = {
-            r[0]: r[1:]
-            for r in conn.execute(
-                f"SELECT uid, ino, title, kind, item_uuid, size, ctime, mtime, fields, client_metadata FROM nodes WHERE parent=? AND uid IN ({marks})",
-                [parent, *(e.uid for e in batch)],
+    def _upsert_locked(self, conn: sqlite3.Connection, parent: int, e: Entry, gen: int, renamed: list[tuple[int, Entry]]) -> None:
+        fields = json.dumps(e.fields, separators=(",", ":"), ensure_ascii=False)
+        metadata = None if e.client_metadata is None else json.dumps(e.client_metadata, separators=(",", ":"), ensure_ascii=False)
+        row = conn.execute("SELECT ino, title, kind FROM nodes WHERE parent=? AND uid=?", (parent, e.uid)).fetchone()
+        if row is not None:
+            ino, old_title, old_kind = row
+            conn.execute(
+                "UPDATE nodes SET kind=?, title=?, item_uuid=?, size=?, ctime=?, mtime=?, fields=?, client_metadata=?, gen=? WHERE ino=?",
+                (int(e.kind), e.title, e.item_uuid, e.size, e.ctime, e.mtime, fields, metadata, gen, ino),
             )
-        }
-        touched: list[tuple[int, int]] = []
-        updates: list[tuple[Any, ...]] = []
-        fresh: list[tuple[Entry, str, str | None]] = []
-        for e in batch:
-            fields = _compact(e.fields)
-            metadata = None if e.client_metadata is None else _compact(e.client_metadata)
-            old = existing.get(e.uid)
-            if old is None:
-                fresh.append((e, fields, metadata))
-                continue
-            ino, old_title, old_kind = old[0], old[1], old[2]
-            if old[1:] == (e.title, int(e.kind), e.item_uuid, e.size, e.ctime, e.mtime, fields, metadata):
-                touched.append((gen, ino))
-                continue
-            updates.append((int(e.kind), e.title, e.item_uuid, e.size, e.ctime, e.mtime, fields, metadata, gen, ino))
             if old_title != e.title or old_kind != int(e.kind):
                 renamed.append((ino, e))
-        if touched:
-            conn.executemany("UPDATE nodes SET gen=? WHERE ino=?", touched)
-        if updates:
-            conn.executemany(
-                "UPDATE nodes SET kind=?, title=?, item_uuid=?, size=?, ctime=?, mtime=?, fields=?, client_metadata=?, gen=? WHERE ino=?",
-                updates,
-            )
-        if fresh:
-            self._insert_locked(conn, parent, fresh, gen)
-        return len(fresh)
-
-    def _insert_locked(self, conn: sqlite3.Connection, parent: int, fresh: list[tuple[Entry, str, str | None]], gen: int) -> None:
-        """Insert new children in stream order. Base names that are free (in the folder and in this
-        batch) are bulk-inserted; a collision flushes what is pending and takes the slow path
-        (``_free_name_locked``), so the first row to claim a name keeps it, as before."""
-        bases = [names.base_name(e.title, e.mime_type, is_dir=e.kind.is_dir) for e, _, _ in fresh]
-        keys = [names.name_key(b) for b in bases]
-        taken: set[str] = set()
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            taken.update(r[0] for r in conn.execute(f"SELECT name_key FROM nodes WHERE parent=? AND name_key IN ({marks})", [parent, *chunk]))
-        pending: list[tuple[Any, ...]] = []
-        for (e, fields, metadata), base, key in zip(fresh, bases, keys):
-            if key in taken:
-                self._insert_rows_locked(conn, pending)
-                pending = []
-                base = self._free_name_locked(conn, parent, e)
-                key = names.name_key(base)
-            taken.add(key)
-            pending.append((parent, int(e.kind), e.uid, base, key, e.title, e.item_uuid, e.size, e.ctime, e.mtime, fields, metadata, gen))
-        self._insert_rows_locked(conn, pending)
-
-    @staticmethod
-    def _insert_rows_locked(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-        if rows:
-            conn.executemany(
-                "INSERT INTO nodes(parent, kind, uid, name, name_key, title, item_uuid, size, ctime, mtime, fields, client_metadata, gen)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                rows,
-            )
+            return
+        name = self._free_name_locked(conn, parent, e)
+        conn.execute(
+            "INSERT INTO nodes(parent, kind, uid, name, name_key, title, item_uuid, size, ctime, mtime, fields, client_metadata, gen)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (parent, int(e.kind), e.uid, name, names.name_key(name), e.title, e.item_uuid, e.size, e.ctime, e.mtime, fields, metadata, gen),
+        )
 
     def _free_name_locked(self, conn: sqlite3.Connection, parent: int, e: Entry, own_ino: int = -1) -> str:
         is_dir = e.kind.is_dir
@@ -390,17 +271,12 @@ class Catalog:
         name = self._free_name_locked(conn, parent, e, own_ino=ino)
         conn.execute("UPDATE nodes SET name=?, name_key=? WHERE ino=?", (name, names.name_key(name), ino))
 
-    def _delete_stale_locked(self, conn: sqlite3.Connection, parent: int, gen: int) -> int:
-        """Delete ``parent``'s children not seen in this sync (``gen`` differs), with their members."""
+    def _delete_stale_locked(self, conn: sqlite3.Connection, parent: int, gen: int) -> None:
         stale = [r[0] for r in conn.execute("SELECT ino FROM nodes WHERE parent=? AND gen<>?", (parent, gen))]
-        deleted = len(stale)
         while stale:
             batch, stale = stale[:500], stale[500:]
             marks = ",".join("?" * len(batch))
             grandchildren = [r[0] for r in conn.execute(f"SELECT ino FROM nodes WHERE parent IN ({marks})", batch)]
             conn.execute(f"DELETE FROM nodes WHERE ino IN ({marks})", batch)
             conn.execute(f"DELETE FROM state WHERE key IN ({marks})", [f"loaded:{i}" for i in batch])
-            for ino in batch:
-                self._loaded.pop(ino, None)
             stale.extend(grandchildren)
-        return deleted
