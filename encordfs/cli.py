@@ -147,8 +147,15 @@ def _mount_argv(args: argparse.Namespace, mountpoint: Path) -> list[str]:
     return argv
 
 
+# glibc gives every allocation >= 128 KiB back to the kernel at free(); the read path allocates
+# MiB-sized buffers per read: a fresh 1 MiB buffer per read measured 3.5x slower without these.
+# Set for the mount process only; values already in the environment win.
+MOUNT_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
+
+
 def spawn_mount(argv: list[str], mountpoint: Path, log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start a foreground mount process detached from this one; return once it serves the mount."""
+    env = {**MOUNT_MALLOC_ENV, **(os.environ if env is None else env)}
     log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True, env=env)
@@ -359,7 +366,10 @@ Try, in another terminal:
   find {mountpoint} -type f | head
   getfattr -d -m - "$(find {mountpoint} -name '*.jpg' | head -1)"
   getfattr -n user.encord.client_metadata --only-values "$(find {mountpoint} -name '*.jpg' | head -1)"
-  python3 -c "from PIL import Image; print(Image.open('$(echo {mountpoint})/street-scenes/' + __import__('os').listdir('{mountpoint}/street-scenes')[0]).size)"
+  find {mountpoint} -type f -exec sha256sum {{}} + | head
+  {sys.executable} -c "import glob, PIL.Image as I; print(I.open(glob.glob('{mountpoint}/street-scenes/*.jpg')[0]).size)"
+  setfattr -n user.encord.meta.split -v '"\\"val\\""' "$(find {mountpoint} -name '*.jpg' | head -1)"
+  {sys.executable} -m encordfs status {mountpoint}
 
 Press Ctrl-C to unmount and stop the emulator."""
 
