@@ -48,6 +48,10 @@ class Settings:
     unmount_flush_timeout_s: float = 10.0
     uid: int = field(default_factory=os.getuid)
     gid: int = field(default_factory=os.getgid)
+    # Permission bits of files and folders as stat shows them; Encord is the authority on access,
+    # these only matter to other local users of an --allow-other mount (default_permissions).
+    file_mode: int = 0o444
+    dir_mode: int = 0o555
 
 
 def default_cache_dir(domain: str) -> Path:
@@ -100,7 +104,7 @@ def build(backend: Backend, settings: Settings) -> Mount:
         if not settings.read_only:
             writes = WriteQueue.open(cache_dir / "journal.sqlite", backend.push, on_landed=lambda outcomes: _landed(catalog, outcomes))
             closers.append(lambda: _close_writes(writes, settings.unmount_flush_timeout_s))
-        options = Options(uid=settings.uid, gid=settings.gid, metadata_ttl_s=settings.metadata_ttl_s, max_metadata_bytes=settings.max_metadata_bytes)
+        options = Options(uid=settings.uid, gid=settings.gid, file_mode=settings.file_mode, dir_mode=settings.dir_mode, metadata_ttl_s=settings.metadata_ttl_s, max_metadata_bytes=settings.max_metadata_bytes)
         fs = EncordFS(backend, catalog, reader, urls, options, writes=writes, status_extra=lambda: {"counters": counters.snapshot(), "cache_dir": str(cache_dir)})
         closers.append(fs.close)
     except BaseException:

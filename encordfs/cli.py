@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from encordfs import __version__, errors
-from encordfs.mountpoint import check_usable, mounted_at, unmount, wait_mounted
+from encordfs.mountpoint import check_usable, mounted_at, raise_read_ahead, unmount, wait_mounted
 
 log = logging.getLogger("encordfs")
 
@@ -29,18 +29,10 @@ DEFAULT_DOMAIN = "https://api.encord.com"
 READY_TIMEOUT_S = 60.0
 
 
-def _setup_logging(verbosity: int, log_file: Path | None = None) -> None:
-    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    handler: logging.Handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    # HTTP client libraries log full request URLs (signed URLs included) at INFO/DEBUG: never let them.
-    # urllib3 warns about each retry it makes for the SDK: the SDK's final error is what we report.
-    for noisy in ("httpx", "httpcore", "urllib3", "requests", "encord"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    logging.getLogger("mfusepy").setLevel(logging.ERROR if verbosity < 2 else logging.WARNING)
+def _setup_logging(verbosity: int, log_file: Path | None = None, log_format: str = "text") -> None:
+    from encordfs import logs
+
+    logs.setup(verbosity, log_file, log_format)
 
 
 # -- mount ---------------------------------------------------------------------------------------
@@ -68,6 +60,9 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from encordfs.app import Settings
 
     s = Settings(domain=args.domain, read_only=args.read_only, metadata_ttl_s=_ttl(args.metadata_ttl or "60"), include_org_access=args.include_org_access)
+    for name in ("uid", "gid", "file_mode", "dir_mode"):
+        if getattr(args, name, None) is not None:
+            setattr(s, name, getattr(args, name))
     if args.cache_dir:
         s.cache_dir = Path(args.cache_dir).expanduser().resolve()
     if args.cache_size:
@@ -102,11 +97,27 @@ def _size(text: str) -> int:
         raise errors.InvalidValue(f"--cache-size must be a size like 10G or 512M, not {text!r}") from None
 
 
+# Options whose value comes from the command line, the environment or a config file (encordfs.config).
+CONFIG_OPTIONS = ("domain", "ssh_key_file", "cache_dir", "cache_size", "metadata_ttl", "max_metadata_bytes", "read_only",
+                  "allow_other", "include_org_access", "uid", "gid", "file_mode", "dir_mode", "log_file", "log_format",
+                  "verbose", "metrics_port")
+
+
+def _apply_config(args: argparse.Namespace) -> None:
+    """Fill ``args`` with the merged configuration: command line > environment > --config file > defaults."""
+    from encordfs import config
+
+    merged = config.resolve({name: getattr(args, name, None) for name in CONFIG_OPTIONS}, getattr(args, "config", None))
+    for name in CONFIG_OPTIONS:
+        setattr(args, name, getattr(merged, name))
+
+
 def cmd_mount(args: argparse.Namespace) -> int:
+    _apply_config(args)
     mountpoint = check_usable(Path(args.mountpoint).expanduser())
     if not args.foreground:
         return _mount_in_background(args, mountpoint)
-    _setup_logging(args.verbose)
+    _setup_logging(args.verbose, Path(args.log_file).expanduser() if args.log_file else None, args.log_format)
     return _serve(args, mountpoint)
 
 
@@ -120,15 +131,29 @@ def _serve(args: argparse.Namespace, mountpoint: Path) -> int:
     settings = _settings(args)
     backend = SdkBackend(args.domain, _key_text(args), include_org_access=args.include_org_access)
     mount = build(backend, settings)
+    metrics_server = None
     try:
         mount.fs.refresh(ROOT_INO)  # proves the key and the domain before anything is mounted
+        if args.metrics_port is not None:
+            metrics_server = _serve_metrics(args.metrics_port, mount)
         log.info("mounting %s at %s", args.domain, mountpoint)
         # Kernel attribute and entry timeouts follow the metadata TTL: the kernel asks again exactly
         # when the catalog would reload. Negative lookups: 5 s, so new rows appear quickly.
         fuse.run(mount.fs, str(mountpoint), read_only=args.read_only, allow_other=args.allow_other, attr_timeout_s=settings.metadata_ttl_s, entry_timeout_s=settings.metadata_ttl_s, negative_timeout_s=5.0)
     finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
         mount.close()
     return 0
+
+
+def _serve_metrics(port: int, mount):  # type: ignore[no-untyped-def]
+    from encordfs import metrics
+
+    try:
+        return metrics.serve(port, lambda: (mount.counters.snapshot(), mount.fs.status()))
+    except OSError as exc:
+        raise errors.FsError(f"cannot serve metrics on 127.0.0.1:{port}: {exc.strerror}") from None
 
 
 def _mount_argv(args: argparse.Namespace, mountpoint: Path) -> list[str]:
@@ -140,10 +165,14 @@ def _mount_argv(args: argparse.Namespace, mountpoint: Path) -> list[str]:
     for flag in ("read_only", "allow_other", "include_org_access"):
         if getattr(args, flag, False):
             argv.append("--" + flag.replace("_", "-"))
-    for option in ("metadata_ttl", "cache_size", "max_metadata_bytes"):
-        if getattr(args, option, None):
-            argv += ["--" + option.replace("_", "-"), str(getattr(args, option))]
-    argv += ["-v"] * args.verbose
+    for option in ("metadata_ttl", "cache_size", "max_metadata_bytes", "uid", "gid", "metrics_port", "log_file", "log_format"):
+        if getattr(args, option, None) is not None:
+            value = getattr(args, option)
+            argv += ["--" + option.replace("_", "-"), str(Path(value).expanduser().resolve()) if option == "log_file" else str(value)]
+    for option in ("file_mode", "dir_mode"):
+        if getattr(args, option, None) is not None:
+            argv += ["--" + option.replace("_", "-"), f"{getattr(args, option):04o}"]
+    argv += ["-v"] * (args.verbose or 0)
     return argv
 
 
@@ -160,6 +189,7 @@ def spawn_mount(argv: list[str], mountpoint: Path, log_path: Path, env: dict[str
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True, env=env)
     if wait_mounted(mountpoint, READY_TIMEOUT_S, lambda: proc.poll() is None):
+        raise_read_ahead(mountpoint)
         return proc
     if proc.poll() is None:
         proc.kill()
@@ -185,7 +215,7 @@ def _mount_in_background(args: argparse.Namespace, mountpoint: Path) -> int:
     from encordfs.app import default_cache_dir
 
     cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir(args.domain)
-    log_path = cache_dir / "mount.log"
+    log_path = Path(args.log_file).expanduser().resolve() if args.log_file else cache_dir / "mount.log"
     proc = spawn_mount(_mount_argv(args, mountpoint), mountpoint, log_path)
     print(f"mounted {args.domain} at {mountpoint} (pid {proc.pid}, log {log_path})")
     return 0
@@ -387,16 +417,25 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 
 
 def _add_mount_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--domain", default=os.environ.get("ENCORDFS_DOMAIN", DEFAULT_DOMAIN), help="Encord API domain (default %(default)s)")
+    # Defaults are None ("not given") so that encordfs.config can merge the environment and --config under them.
+    p.add_argument("--config", default=None, metavar="FILE", help="TOML file of options (default: $ENCORDFS_CONFIG); command line > environment > file")
+    p.add_argument("--domain", default=None, help=f"Encord API domain (default $ENCORDFS_DOMAIN or {DEFAULT_DOMAIN})")
     p.add_argument("--ssh-key-file", help="OpenSSH Ed25519 private key registered with Encord (default: $ENCORD_SSH_KEY_FILE)")
     p.add_argument("--cache-dir", help="where the catalog and block cache live (default: ~/.cache/encordfs/<domain hash>)")
-    p.add_argument("--read-only", action="store_true", help="mount read-only (no metadata writes)")
-    p.add_argument("--allow-other", action="store_true", help="let other users see the mount (adds default_permissions)")
-    p.add_argument("--include-org-access", action="store_true", help="also show datasets the key sees through its organisation")
+    p.add_argument("--read-only", action="store_true", default=None, help="mount read-only (no metadata writes)")
+    p.add_argument("--allow-other", action="store_true", default=None, help="let other users see the mount (adds default_permissions)")
+    p.add_argument("--include-org-access", action="store_true", default=None, help="also show datasets the key sees through its organisation")
     p.add_argument("--metadata-ttl", default=None, help="minimal | SECONDS | indefinite (default 60)")
     p.add_argument("--cache-size", default=None, help="disk block cache cap, e.g. 10G (default 10G)")
     p.add_argument("--max-metadata-bytes", type=int, default=None, help="refuse client metadata larger than this (default 65536)")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
+    p.add_argument("--uid", type=int, default=None, help="owner shown for every file (default: the mounting user)")
+    p.add_argument("--gid", type=int, default=None, help="group shown for every file (default: the mounting user's)")
+    p.add_argument("--file-mode", default=None, help="permission bits of files, octal (default 0444)")
+    p.add_argument("--dir-mode", default=None, help="permission bits of folders, octal (default 0555)")
+    p.add_argument("--log-file", default=None, help="log here (default: stderr in the foreground, CACHE_DIR/mount.log detached)")
+    p.add_argument("--log-format", choices=("text", "json"), default=None, help="log lines as text (default) or JSON")
+    p.add_argument("--metrics-port", type=int, default=None, metavar="PORT", help="serve Prometheus /metrics on 127.0.0.1:PORT")
+    p.add_argument("-v", "--verbose", action="count", default=None, help="-v info, -vv debug")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -406,7 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("mount", help="mount Encord at MOUNTPOINT")
     p.add_argument("mountpoint")
-    p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground until unmounted")
+    detach = p.add_mutually_exclusive_group()
+    detach.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground until unmounted")
+    detach.add_argument("--daemon", action="store_true", help="detach once the mount is ready, logging to --log-file (the default)")
     _add_mount_options(p)
     p.set_defaults(func=cmd_mount)
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import errno
 import functools
+import itertools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")  # libfuse 3; must precede the import
@@ -20,6 +21,7 @@ import mfusepy  # noqa: E402
 
 from encordfs import errors  # noqa: E402
 from encordfs.core.fs import Attr, EncordFS  # noqa: E402
+from encordfs.core.xattrs import is_foreign as is_foreign_xattr  # noqa: E402
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -72,6 +74,9 @@ def _stat(a: Attr) -> dict[str, int]:
     }
 
 
+_OFFSET_BASE = 2  # readdir offsets 1 and 2 are "." and ".."; a child's is its inode + 2
+
+
 def _read_only(*_: Any) -> int:
     raise mfusepy.FuseOSError(errno.EROFS)
 
@@ -93,11 +98,19 @@ class FuseOperations(mfusepy.Operations):  # type: ignore[misc]
         return _stat(self.fs.getattr(self.fs.resolve(path)))
 
     @_translated
-    def readdir(self, path: str, fh: Any) -> list[Any]:
+    def readdir_with_offset(self, path: str, offset: int, fh: Any) -> Iterator[Any]:
+        # Resumable and streamed. With an offset per entry libfuse passes each batch straight to the
+        # kernel instead of buffering the whole folder (for a million entries its buffer was ~200 MB);
+        # the kernel asks again from the last offset it took. Offsets: "." → 1, ".." → 2, a child →
+        # its inode + 2 (inodes are ≥ 2 and listed in inode order, so offsets only grow). mfusepy
+        # keeps only st_mode and st_ino of each entry (no readdirplus), so nothing else is built.
+        # Errors surface from fs.readdir before the first entry.
         ino = self.fs.resolve(path)
-        out: list[Any] = [(".", {"st_ino": ino, "st_mode": 0o040555}, 0), ("..", None, 0)]
-        out.extend((name, _stat(attr), 0) for name, attr in self.fs.readdir(ino))
-        return out
+        children = self.fs.readdir(ino, max(0, offset - _OFFSET_BASE))
+        head = [(".", {"st_ino": ino, "st_mode": 0o040555}, 1), ("..", None, 2)][offset:] if offset < _OFFSET_BASE else []
+        return itertools.chain(
+            head, ((name, {"st_ino": attr.ino, "st_mode": attr.mode}, attr.ino + _OFFSET_BASE) for name, attr in children)
+        )
 
     @_translated
     def open(self, path: str, fi: Any) -> int:
@@ -131,8 +144,15 @@ class FuseOperations(mfusepy.Operations):  # type: ignore[misc]
         self.fs.release(fi.fh)
         return 0
 
-    @_translated
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        # ``ls -l`` asks security.selinux and system.posix_acl_access of every entry: refuse foreign
+        # names before resolving the path or entering the translating wrapper.
+        if is_foreign_xattr(name):
+            raise mfusepy.FuseOSError(errno.ENOTSUP)
+        return self._getxattr(path, name)
+
+    @_translated
+    def _getxattr(self, path: str, name: str) -> bytes:
         return self.fs.getxattr(self.fs.resolve(path), name)
 
     @_translated

@@ -62,6 +62,22 @@ def wait_mounted(path: Path, timeout_s: float, alive: "callable[[], bool]") -> b
     return False
 
 
+def raise_read_ahead(path: Path, kb: int = 1024) -> bool:
+    """Let the kernel read ahead ``kb`` KiB on this mount (default for FUSE: 128 KiB).
+
+    With libfuse 3 the kernel then sends reads of up to 1 MiB instead of 128 KiB: eight times fewer
+    round trips through Python for a sequential read (ceilings.md measured ~1.3 → ~3 GB/s from memory).
+    Only root may write the sysfs knob; elsewhere this is skipped. Best effort: False if not applied.
+    """
+    try:
+        dev = os.stat(path).st_dev
+        knob = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
+        knob.write_text(str(kb))
+        return True
+    except OSError:
+        return False
+
+
 def unmount(path: Path, *, lazy: bool = False) -> None:
     if not mounted_at(path):
         raise errors.NotFound(f"{path} is not mounted")

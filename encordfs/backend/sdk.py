@@ -4,7 +4,7 @@ It turns SDK objects into the plain records of ``encordfs.backend`` and SDK exce
 ``encordfs.errors`` by one table (``_translate``), so nothing above it knows the SDK exists.
 
 Calls, per the wire reference (shared/encord-wire.md §7): datasets come from ``get_datasets``; a
-dataset's rows from one ``get_dataset`` (with client metadata); group members from one bulk
+dataset's rows from one ``get_dataset`` request (with client metadata), streamed (below); group members from one bulk
 ``get_storage_items`` for the groups plus one ``get_child_items(get_signed_urls=True)`` per group
 (bounded concurrency); signed URLs from ``get_storage_items(sign_url=True)`` in chunks of at most
 ``SIGN_BATCH`` items. The SDK retries idempotent calls itself; we lower its connect retries so an
@@ -14,7 +14,12 @@ unreachable domain fails in seconds rather than after its 9 s backoff per call.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
+import itertools
+import json
 import logging
+import os
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -23,14 +28,31 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import ijson  # type: ignore[import-untyped]
+import requests
 from encord import EncordUserClient
 from encord import exceptions as enc_exc
+from encord.common.time_parser import parse_datetime
+from encord.constants.enums import DataType
+from encord.constants.string_constants import TYPE_DATASET
 from encord.http.bundle import Bundle
+from encord.http.common import parse_retry_after
 from encord.http.constants import RequestsSettings
+from encord.http.error_utils import check_error_response
+from encord.http.querier import Querier, create_new_session
+from encord.http.query_methods import QueryMethods
+from encord.orm.dataset import Dataset as OrmDataset
 from encord.orm.dataset import DatasetAccessSettings
 
 from encordfs import errors
-from encordfs.backend import ChildRecord, DatasetRecord, PushOutcome, RowChange, RowPatch, RowRecord
+from encordfs.backend import (
+    ChildRecord,
+    DatasetRecord,
+    PushOutcome,
+    RowChange,
+    RowPatch,
+    RowRecord,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +63,11 @@ CHILD_FETCH_CONCURRENCY = 4  # parallel child-items calls; the SDK opens one con
 # keep a FUSE thread from waiting the SDK's default 9 s; one connect retry makes an unreachable
 # domain fail fast.
 _REQUESTS = RequestsSettings(max_retries=2, backoff_factor=0.5, connection_retries=1, connect_timeout=10, read_timeout=120)
+# How the dataset is loaded: "stream" (default) or "sdk" (the SDK's get_dataset, all rows in memory).
+LOAD_MODE_ENV = "ENCORDFS_LOAD"
+# Bytes of a get_dataset body kept whole for the envelope: error envelopes are a few hundred bytes.
+ENVELOPE_KEEP_BYTES = 1 << 20
+STREAM_CHUNK_BYTES = 1 << 16
 
 
 def _ts(value: datetime | str | None) -> float:
@@ -141,10 +168,37 @@ class SdkBackend:
             return out
 
     def iter_rows(self, dataset_uid: str) -> Iterator[RowRecord]:
-        with _sdk(f"loading dataset {dataset_uid}"):
-            dataset = self._client.get_dataset(dataset_uid, dataset_access_settings=self._dataset_settings)
-            rows = dataset.data_rows
-        return (self._row(dataset_uid, r) for r in rows)
+        if os.environ.get(LOAD_MODE_ENV, "stream") == "sdk":
+            with _sdk(f"loading dataset {dataset_uid}"):
+                dataset = self._client.get_dataset(dataset_uid, dataset_access_settings=self._dataset_settings)
+                rows = dataset.data_rows
+            return (self._row(dataset_uid, r) for r in rows)
+        return self._stream_rows(dataset_uid)
+
+    def _stream_rows(self, dataset_uid: str) -> Iterator[RowRecord]:
+        """The rows of ``get_dataset``, parsed as they arrive (see the module docstring)."""
+        what = f"loading dataset {dataset_uid}"
+        with _sdk(what):
+            config = self._client._config.config
+            querier = Querier(config, resource_type=TYPE_DATASET, resource_id=dataset_uid)
+            settings = dataclasses.replace(self._dataset_settings, fetch_rows=True)
+            request = querier._request(
+                QueryMethods.GET, Querier._route(OrmDataset), None, config.read_timeout,
+                payload={"dataset_access_settings": dataclasses.asdict(settings)},
+            )  # fmt: skip
+            prepared = requests.Request("POST", config.endpoint, headers=request.headers, data=request.data).prepare()
+            context = querier._exception_context(prepared)
+            retry = config.requests_settings
+            with create_new_session(max_retries=retry.max_retries, backoff_factor=retry.backoff_factor, connect_retries=retry.connection_retries) as session:
+                try:
+                    env = session.merge_environment_settings(config.endpoint, {}, None, None, None)
+                    env["stream"] = True
+                    response = session.send(prepared, timeout=(request.connect_timeout, request.timeout), **env)
+                except Exception as exc:
+                    raise enc_exc.RequestException(f"Request session.send failed {prepared.method=}", context=context) from exc
+                with response:
+                    _check_status(response, context)
+                    yield from _parse_rows(response, dataset_uid, context)
 
     @staticmethod
     def _row(dataset_uid: str, r: Any) -> RowRecord:
@@ -300,6 +354,110 @@ class SdkBackend:
 
     def close(self) -> None:
         pass
+
+
+def _check_status(response: requests.Response, context: Any) -> None:
+    """What the SDK's ``Querier._execute`` does with out-of-envelope statuses (wire §2.1)."""
+    if response.status_code == 429:
+        raise enc_exc.RateLimitExceededError(retry_after=parse_retry_after(response.headers), context=context)
+    if response.status_code == 413:
+        raise enc_exc.PayloadTooLargeError("Request payload is too large and exceeds the maximum allowed size.", context=context)
+
+
+def _parse_rows(response: requests.Response, dataset_uid: str, context: Any) -> Iterator[RowRecord]:
+    """Yield each ``response.data_rows`` item as a ``RowRecord``; then apply the envelope rules."""
+    rows: list[dict[str, Any]] = []
+    status: list[Any] = []
+    row_pipe = ijson.items_coro(_Sink(rows), "response.data_rows.item", use_float=True)
+    status_pipe = ijson.items_coro(_Sink(status), "status", use_float=True)
+    kept = bytearray()
+    seen_rows = 0
+    try:
+        chunks = response.iter_content(STREAM_CHUNK_BYTES)
+        for chunk in itertools.chain(chunks, [None]):
+            if chunk is None:  # end of body: a truncated document raises IncompleteJSONError here
+                row_pipe.close()
+                status_pipe.close()
+            else:
+                if len(kept) < ENVELOPE_KEEP_BYTES:
+                    kept += chunk[: ENVELOPE_KEEP_BYTES - len(kept)]
+                row_pipe.send(chunk)
+                status_pipe.send(chunk)
+            if status and status[0] != 200:
+                rows.clear()  # an error envelope: decoded whole below
+                continue
+            for raw in rows:
+                seen_rows += 1
+                yield _row_from_json(dataset_uid, raw)
+            rows.clear()
+    except ijson.JSONError as exc:
+        raise enc_exc.RequestException(f"Error parsing JSON response: {str(exc)[:200]}", context=context) from None
+    except requests.RequestException as exc:
+        raise enc_exc.RequestException(f"Request session.send failed while reading: {type(exc).__name__}", context=context) from None
+    if status == [200] and seen_rows:
+        return
+    _check_envelope(bytes(kept), status, context)
+
+
+def _check_envelope(body: bytes, status: list[Any], context: Any) -> None:
+    """Envelope rules for a body without rows, or whose status is not 200 (what ``Querier._execute``
+    and ``basic_getter`` do): error codes through ``check_error_response``, a falsy response → not found."""
+    if len(body) >= ENVELOPE_KEEP_BYTES:  # not kept whole: only the status is known
+        if status == [200]:
+            return
+        check_error_response(None, context, None)
+    try:
+        envelope = json.loads(body)
+    except ValueError:
+        raise enc_exc.RequestException(f"Error parsing JSON response: {body[:200]!r}", context=context) from None
+    if not isinstance(envelope, dict):
+        raise enc_exc.RequestException("Error parsing JSON response: not an object", context=context)
+    if envelope.get("status") != 200:
+        check_error_response(envelope.get("response"), context, envelope.get("payload"))
+    if not envelope.get("response"):
+        raise enc_exc.ResourceNotFoundError("Resource not found.", context=context)
+
+
+class _Sink:
+    """An ijson coroutine target appending to a list (``send`` is what ijson calls)."""
+
+    def __init__(self, out: list[Any]) -> None:
+        self.send = out.append
+
+
+@functools.lru_cache(maxsize=4096)
+def _stream_ts(text: str) -> float:
+    return _ts(parse_datetime(text))
+
+
+@functools.lru_cache(maxsize=64)
+def _data_type(raw: str) -> str:
+    return str(DataType.from_upper_case_string(raw).to_upper_case_string())
+
+
+def _row_from_json(dataset_uid: str, r: dict[str, Any]) -> RowRecord:
+    """A ``RowRecord`` from the wire DataRow (the fields and normalisations of ``DataRow.from_dict``)."""
+    backing = r.get("backing_item_uuid")
+    metadata = r.get("client_metadata")
+    return RowRecord(
+        uid=r["data_hash"],
+        dataset_uid=dataset_uid,
+        title=r["data_title"],
+        data_type=_data_type(r["data_type"]),
+        created_at=_stream_ts(r["created_at"]),
+        last_edited_at=_stream_ts(r["last_edited_at"]),
+        width=r["width"],
+        height=r["height"],
+        frames_per_second=r["frames_per_second"],
+        duration=r["duration"],
+        file_link=r["file_link"],
+        file_size=r["file_size"],
+        file_type=r["file_type"],
+        storage_location=int(r["storage_location"]),
+        backing_item_uuid=str(uuid.UUID(backing)) if backing else None,
+        is_image_sequence=r.get("is_optimised_image_group"),
+        client_metadata=metadata if metadata is not None else None,
+    )
 
 
 def _is_uuid(text: str) -> bool:

@@ -12,11 +12,17 @@ signed URLs that come with them. Opening a file whose URL is not cached signs it
 999 of its unsigned siblings (one ``get-bulk``), so reading a folder costs one signing call per
 1,000 files.
 
+Paths: the adapter is path-based, so every call resolves a path; ``PathCache`` keeps path → inode
+for 64k paths and is dropped whenever the catalog's ``version`` moves (a child inserted, deleted or
+renamed by a refresh or a rename). A hit still runs the parent folder's TTL check, so caching never
+delays a refresh. Readdir streams from the catalog and resumes after an inode.
+
 Errors: every failure is an ``errors.FsError``; nothing here knows errno values.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -29,7 +35,13 @@ from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from encordfs import errors
-from encordfs.backend import COMPOSITE_TYPES, Backend, ChildRecord, DatasetRecord, RowRecord
+from encordfs.backend import (
+    COMPOSITE_TYPES,
+    Backend,
+    ChildRecord,
+    DatasetRecord,
+    RowRecord,
+)
 from encordfs.core import names, xattrs
 from encordfs.core.catalog import ROOT_INO, Catalog, Entry, Kind, Node
 from encordfs.core.journal import RowRef
@@ -105,7 +117,12 @@ class Options:
 
 
 def iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat()
+    return None if ts is None else _iso(ts)
+
+
+@functools.lru_cache(maxsize=4096)  # rows of one dataset share a few timestamps: a listing of 1M rows asks twice per row
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat()
 
 
 def _dataset_entry(d: DatasetRecord) -> Entry:
@@ -174,6 +191,57 @@ def _child_entry(c: ChildRecord) -> Entry:
     return Entry(Kind.CHILD, c.item_uuid, c.title, c.file_type, c.item_uuid, c.file_size or 0, c.created_at, c.last_edited_at, fields)
 
 
+class PathCache:
+    """Bounded path → (inode, parent inode) cache for the path-based adapter, invalidated by version.
+
+    Policy: FIFO eviction at ``max_entries`` (a listing of a huge folder visits each path once, so
+    recency buys nothing over insertion order), and a wholesale clear whenever the catalog's
+    ``version`` moves (a child inserted, deleted or renamed anywhere). A resolver reads the version
+    *before* walking the catalog and may only store what it found under that version
+    (``put``), so a walk that raced with a refresh never plants a stale path.
+
+    Threads: ``get`` is one dict lookup (atomic under the GIL); ``put`` and the clear hold ``_lock``.
+    Lock order: ``_lock`` is a leaf (nothing else is taken while it is held).
+    """
+
+    def __init__(self, version: Callable[[], int], max_entries: int = 65536) -> None:
+        self._version = version
+        self._max_entries = max_entries
+        self._lock = threading.Lock()
+        self._seen_version = version()
+        self._entries: dict[str, tuple[int, int]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, path: str) -> tuple[int, int] | None:
+        if self._version() != self._seen_version:
+            self._clear()
+            self.misses += 1
+            return None
+        hit = self._entries.get(path)
+        if hit is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return hit
+
+    def _clear(self) -> None:
+        with self._lock:
+            self._entries = {}
+            self._seen_version = self._version()
+
+    def put(self, path: str, ino: int, parent: int, version: int) -> None:
+        with self._lock:
+            if version != self._seen_version or version != self._version():
+                return
+            if len(self._entries) >= self._max_entries:
+                del self._entries[next(iter(self._entries))]
+            self._entries[path] = (ino, parent)
+
+    def stats(self) -> dict[str, int]:
+        return {"entries": len(self._entries), "hits": self.hits, "misses": self.misses}
+
+
 class EncordFS:
     def __init__(self, backend: Backend, catalog: Catalog, reader: Reader, urls: UrlCache, options: Options, clock: Callable[[], float] = time.time, writes: WriteQueue | None = None, status_extra: Callable[[], dict[str, Any]] | None = None) -> None:
         self.backend = backend
@@ -190,6 +258,7 @@ class EncordFS:
         self._handles_lock = threading.Lock()
         self._load_locks: dict[int, threading.Lock] = {}
         self._load_locks_lock = threading.Lock()
+        self.paths = PathCache(lambda: catalog.version)
 
     # -- attributes -------------------------------------------------------------------------------
     def attr_of(self, node: Node) -> Attr:
@@ -207,7 +276,16 @@ class EncordFS:
             return self.root_attr()
         if ino >= CONTROL_INO:
             return self._control_attr(ino)
-        return self.attr_of(self.node(ino))
+        found = self.catalog.stat_fields(ino)
+        if found is None:
+            raise errors.NotFound(f"inode {ino} is gone")
+        return self._attr(ino, *found)
+
+    def _attr(self, ino: int, kind: Kind, size: int, mtime: float) -> Attr:
+        o = self.options
+        if kind.is_dir:
+            return Attr(ino, stat.S_IFDIR | o.dir_mode, 2, 0, mtime, mtime, o.uid, o.gid)
+        return Attr(ino, stat.S_IFREG | o.file_mode, 1, size, mtime, mtime, o.uid, o.gid)
 
     def _control_attr(self, ino: int) -> Attr:
         o = self.options
@@ -241,43 +319,67 @@ class EncordFS:
             raise errors.NotFound(name)
         if parent > CONTROL_INO:
             raise errors.NotADirectory(name)
-        return self.lookup(parent, name).ino
-
-    def resolve(self, path: str) -> int:
-        """Inode of an absolute path (the path-based adapter's entry point)."""
-        ino = ROOT_INO
-        for part in path.split("/"):
-            if part:
-                ino = self.lookup_ino(ino, part)
+        self._ensure_loaded(parent)
+        ino = self.catalog.lookup_ino(parent, name)
+        if ino is None:
+            raise errors.NotFound(name)
         return ino
 
-    def readdir(self, ino: int) -> Iterator[tuple[str, Attr]]:
+    def resolve(self, path: str) -> int:
+        """Inode of an absolute path (the path-based adapter's entry point).
+
+        Cached (``PathCache``); a hit still gives the parent folder its TTL check, so a stale folder
+        is refreshed in the background exactly as a walk would have done it.
+        """
+        hit = self.paths.get(path)
+        if hit is not None:
+            ino, parent = hit
+            if parent < CONTROL_INO:
+                self._ensure_loaded(parent)
+            return ino
+        version = self.catalog.version
+        ino = parent = ROOT_INO
+        for part in path.split("/"):
+            if part:
+                parent, ino = ino, self.lookup_ino(ino, part)
+        if ino != ROOT_INO:
+            self.paths.put(path, ino, parent, version)
+        return ino
+
+    def readdir(self, ino: int, after_ino: int = 0) -> Iterator[tuple[str, Attr]]:
+        """Children with their attributes, in inode order, from the first inode above ``after_ino``
+        (the adapter resumes a listing there). Checks and loading happen before this returns; the
+        result is the folder as of the call (a background refresh starts only after its read
+        snapshot is taken, so a stale folder is served as it was, then replaced)."""
         if ino == CONTROL_INO:
-            for name, file_ino in CONTROL_FILES.items():
-                yield name, self._control_attr(file_ino)
-            return
+            return iter([(name, self._control_attr(i)) for name, i in CONTROL_FILES.items() if i > after_ino])
         if ino != ROOT_INO and (ino > CONTROL_INO or not self.node(ino).kind.is_dir):
             raise errors.NotADirectory(str(ino))
-        self._ensure_loaded(ino)
-        for child in self.catalog.children(ino):
-            yield child.name, self.attr_of(child)
+        stale = self._ensure_loaded(ino, background=False)
+        rows = self.catalog.child_stats(ino, after_ino)
+        if stale:
+            self._refresh_in_background(ino)
+        return ((name, self._attr(child, kind, size, mtime)) for child, name, kind, size, mtime in rows)
 
     # -- loading ----------------------------------------------------------------------------------
     def _load_lock(self, ino: int) -> threading.Lock:
         with self._load_locks_lock:
             return self._load_locks.setdefault(ino, threading.Lock())
 
-    def _ensure_loaded(self, ino: int) -> None:
+    def _ensure_loaded(self, ino: int, background: bool = True) -> bool:
         """Never-loaded folders load now; stale ones are served as they are while a background
-        refresh runs (stale-while-revalidate), so an expired TTL never stalls a listing."""
+        refresh runs (stale-while-revalidate), so an expired TTL never stalls a listing.
+        Returns whether the folder is stale; ``background=False`` leaves starting its refresh to the caller."""
         loaded = self.catalog.loaded_at(ino)
         if loaded is not None:
-            if self.clock() - loaded >= self.options.metadata_ttl_s:
+            stale = self.clock() - loaded >= self.options.metadata_ttl_s
+            if stale and background:
                 self._refresh_in_background(ino)
-            return
+            return stale
         with self._load_lock(ino):
             if self.catalog.loaded_at(ino) is None:  # another thread may have loaded it meanwhile
                 self.refresh(ino)
+        return False
 
     def _refresh_in_background(self, ino: int) -> None:
         with self._load_locks_lock:
@@ -378,7 +480,7 @@ class EncordFS:
 
     def status(self) -> dict[str, Any]:
         """What ``encordfs status`` and ``/.encordfs/status.json`` show."""
-        out: dict[str, Any] = {"open_handles": self.open_handles(), "read_only": self.writes is None}
+        out: dict[str, Any] = {"open_handles": self.open_handles(), "read_only": self.writes is None, "path_cache": self.paths.stats()}
         out["writes"] = self.writes.status() if self.writes is not None else None
         if self.status_extra is not None:
             out.update(self.status_extra())

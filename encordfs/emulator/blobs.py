@@ -5,6 +5,12 @@ URL format::
     http://HOST:PORT/blobs/<blob_key>?Expires=<unix seconds>&Signature=<hex>
 
 where ``Signature = HMAC-SHA256(secret, "<path>\\n<Expires>")`` and ``path`` is ``/blobs/<blob_key>``.
+With ``blob_base_url`` set (``--blob-base-url URL``, benchmarks only) URLs are instead
+``URL/<blob_key>?Expires=..&Signature=..``: the path relative to the blob dir, so a plain web server
+whose document root is ``<data-dir>/blobs`` (nginx in ``benchmarks/``) serves the bytes. Such a server
+does not check the signature or the expiry: that mode is for measuring byte throughput, never for
+tests of URL handling. The emulator's own ``/blobs/`` endpoint keeps verifying as before.
+
 The secret is 32 random bytes kept in ``<data-dir>/url-secret`` (mode 0600), so URLs minted before a
 restart stay valid until they expire. A changed path or ``Expires`` breaks the HMAC; an old
 ``Expires`` is refused even with a good signature. Both answer 403 ``AccessDenied`` (S3 style).
@@ -45,9 +51,13 @@ def load_or_create_secret(data_dir: Path) -> bytes:
 
 
 class UrlSigner:
-    def __init__(self, secret: bytes, base_url: str, ttl_s: int, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, secret: bytes, base_url: str, ttl_s: int, clock: Callable[[], float] = time.time,
+        blob_base_url: str | None = None,
+    ) -> None:
         self._secret = secret
         self._base_url = base_url.rstrip("/")
+        self._blob_base_url = blob_base_url.rstrip("/") if blob_base_url else None
         self._ttl_s = ttl_s
         self._clock = clock
 
@@ -57,7 +67,10 @@ class UrlSigner:
     def sign(self, blob_key: str) -> str:
         path = f"{BLOB_PREFIX}{blob_key}"
         expires = str(int(self._clock()) + self._ttl_s)
-        return f"{self._base_url}{path}?Expires={expires}&Signature={self._mac(path, expires)}"
+        query = f"?Expires={expires}&Signature={self._mac(path, expires)}"
+        if self._blob_base_url is not None:  # benchmark mode: an external server, unverified
+            return f"{self._blob_base_url}/{blob_key}{query}"
+        return f"{self._base_url}{path}{query}"
 
     def verify(self, path: str, query: str) -> str:
         """Check a blob request; return its blob key or raise a 403 :class:`ApiError`."""

@@ -10,7 +10,9 @@ Contract (scripts outside the project rely on it):
 
 ``--data-dir`` defaults to a fresh temporary directory that is deleted at exit; pass one to keep
 state across restarts. Imports are idempotent per (source, dataset title): ``--import DIR`` of an
-already-imported dir, or ``--sample`` on a data dir that has the sample, imports nothing new.
+already-imported dir, or ``--sample`` on a data dir that has the sample, imports nothing new; nor does
+``--generate TITLE:ROWS[:BYTES]`` for a title it generated before (``emulator.synthetic``: ROWS IMAGE
+rows whose BYTES-byte blobs are generated on the fly, never stored).
 """
 
 from __future__ import annotations
@@ -22,11 +24,16 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 
-from encordfs.emulator import auth
-from encordfs.emulator.server import DEFAULT_MAX_METADATA_BYTES, DEFAULT_URL_TTL_S, Emulator
+from encordfs.emulator import auth, synthetic
+from encordfs.emulator.server import (
+    DEFAULT_MAX_METADATA_BYTES,
+    DEFAULT_URL_TTL_S,
+    Emulator,
+)
 
 log = logging.getLogger("encordfs.emulator")
 
@@ -47,15 +54,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--import", dest="imports", action="append", type=Path, default=[], metavar="DIR",
                         help="import the dataset folders under DIR (repeatable; idempotent)")
     parser.add_argument("--sample", action="store_true", help="create the sample workspace (idempotent)")
+    parser.add_argument("--generate", dest="generate", action="append", type=_generate_spec, default=[],
+                        metavar="TITLE:ROWS[:BYTES]",
+                        help="create a dataset of ROWS synthetic IMAGE rows of BYTES bytes each (default "
+                        f"{synthetic.DEFAULT_SIZE_BYTES}), generated on the fly (repeatable; idempotent per TITLE)")
     parser.add_argument("--authorized-key", dest="authorized_keys", action="append", type=Path, default=[],
                         metavar="FILE", help="OpenSSH public key file (or private key file) to accept (repeatable); "
                         "default: a demo key made in the data dir")
     parser.add_argument("--url-ttl", dest="url_ttl", type=int, default=DEFAULT_URL_TTL_S, metavar="SECONDS",
                         help="lifetime of signed blob URLs (default %(default)s)")
+    parser.add_argument("--blob-base-url", dest="blob_base_url", default=None, metavar="URL",
+                        help="BENCHMARKS ONLY: signed URLs point at URL/<blob key> (a web server whose root is "
+                        "<data-dir>/blobs, e.g. nginx); that server does not check signatures or expiry")
     parser.add_argument("--latency-ms", type=int, default=0, help="added delay on every API call (not blobs)")
     parser.add_argument("--max-metadata-bytes", type=int, default=DEFAULT_MAX_METADATA_BYTES,
                         help="client metadata limit in bytes of compact JSON (default %(default)s); over it → 413")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr (-vv: requests)")
+
+
+def _generate_spec(text: str) -> synthetic.GenerateSpec:
+    try:
+        return synthetic.parse_spec(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -99,6 +120,7 @@ def _serve(args: argparse.Namespace, data_dir: Path) -> int:
         authorized_keys=key_lines,
         latency_ms=args.latency_ms,
         max_metadata_bytes=args.max_metadata_bytes,
+        blob_base_url=getattr(args, "blob_base_url", None),
     )
     stop = threading.Event()
     previous = _install_signal_handlers(stop)
@@ -127,6 +149,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise CliError("--url-ttl must be positive")
     if not 0 <= args.port <= 65535:
         raise CliError("--port must be within 0..65535")
+    base = getattr(args, "blob_base_url", None)
+    if base is not None and not base.startswith(("http://", "https://")):
+        raise CliError("--blob-base-url must be an http:// or https:// URL")
     if args.latency_ms < 0 or args.max_metadata_bytes <= 0:
         raise CliError("--latency-ms must be >= 0 and --max-metadata-bytes > 0")
 
@@ -142,6 +167,11 @@ def _import_all(emu: Emulator, args: argparse.Namespace, data_dir: Path) -> None
             for spec in sample.generate(data_dir / "sample-src"):
                 store.ingest(spec, source=SAMPLE_SOURCE)
             log.info("created the sample workspace")
+    for spec in getattr(args, "generate", None) or []:
+        started = time.monotonic()
+        store.ingest_synthetic(spec.title, spec.rows, spec.size_bytes)
+        log.info("synthetic dataset %r: %d rows of %d bytes ready in %.1f s", spec.title, spec.rows, spec.size_bytes,
+                 time.monotonic() - started)
     if args.imports:
         from encordfs.emulator import importer
 

@@ -32,9 +32,22 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from encordfs.emulator import auth, errors
-from encordfs.emulator.api import AdminApi, Api, Request, Response, find_route, legacy_endpoint
-from encordfs.emulator.blobs import BLOB_PREFIX, RangeNotSatisfiable, UrlSigner, load_or_create_secret, parse_range
+from encordfs.emulator import auth, errors, synthetic
+from encordfs.emulator.api import (
+    AdminApi,
+    Api,
+    Request,
+    Response,
+    find_route,
+    legacy_endpoint,
+)
+from encordfs.emulator.blobs import (
+    BLOB_PREFIX,
+    RangeNotSatisfiable,
+    UrlSigner,
+    load_or_create_secret,
+    parse_range,
+)
 from encordfs.emulator.errors import ApiError, Family
 from encordfs.emulator.faults import Faults, Stats
 from encordfs.emulator.store import BlobInfo, Store
@@ -59,6 +72,7 @@ class Emulator:
         latency_ms: int = 0,
         max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES,
         clock: Callable[[], float] = time.time,
+        blob_base_url: str | None = None,  # benchmarks only: see ``blobs`` (signatures go unchecked)
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
@@ -68,6 +82,7 @@ class Emulator:
         self.latency_ms = latency_ms
         self.max_metadata_bytes = max_metadata_bytes
         self.clock = clock
+        self.blob_base_url = blob_base_url
         self.stats = Stats()
         self.faults = Faults()
         self.domain = ""
@@ -104,7 +119,9 @@ class Emulator:
         shown = f"[{shown}]" if ":" in shown else shown
         self.port = int(bound_port)
         self.domain = f"http://{shown}:{self.port}"
-        self._signer = UrlSigner(load_or_create_secret(self.data_dir), self.domain, self.url_ttl_s, self.clock)
+        self._signer = UrlSigner(
+            load_or_create_secret(self.data_dir), self.domain, self.url_ttl_s, self.clock, self.blob_base_url
+        )
         self.api = Api(store, self.signer, self.max_metadata_bytes)
         self.admin = AdminApi(store, self.stats, self.faults, self.api, self._data_changed)
         self.authenticator = auth.Authenticator(store, MAX_SIGNATURE_SKEW_S, self.clock)
@@ -150,7 +167,7 @@ class Emulator:
         info = self._blob_cache.get(blob_key)
         if info is None:
             info = self.store.blob_info(blob_key)
-            if info is not None:
+            if info is not None and info.synthetic_seed is None:  # a million synthetic keys: not cached
                 self._blob_cache[blob_key] = info
         return info
 
@@ -285,6 +302,28 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ------------------------------------------------------------------ blobs
 
+    def _blob_headers(self, blob_key: str, info: BlobInfo, first_last: tuple[int, int] | None, count: int) -> None:
+        self.send_response(200 if first_last is None else 206)
+        self.send_header("Content-Type", info.mime_type)
+        self.send_header("Content-Length", str(count))
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("ETag", f'"{blob_key}"')
+        if first_last is not None:
+            self.send_header("Content-Range", f"bytes {first_last[0]}-{first_last[1]}/{info.size}")
+        self.end_headers()
+
+    def _serve_synthetic(self, app: Emulator, blob_key: str, info: BlobInfo, first_last: tuple[int, int] | None, start: int, count: int) -> None:
+        """Bytes of a synthetic blob, generated block by block (``emulator.synthetic``)."""
+        assert info.synthetic_seed is not None
+        try:
+            self._blob_headers(blob_key, info, first_last, count)
+            if self.command == "GET":
+                for chunk in synthetic.iter_range(info.synthetic_seed, info.size, start, count):
+                    self.wfile.write(chunk)
+                    app.stats.blob(nbytes=len(chunk))
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
     def _serve_blob(self, app: Emulator, path: str, query: str) -> None:
         if self.command not in ("GET", "HEAD"):
             self._send_error("blob", ApiError(405, "only GET and HEAD on blobs"))
@@ -312,6 +351,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error("blob", err)
             return
         start, count = (0, info.size) if first_last is None else (first_last[0], first_last[1] - first_last[0] + 1)
+        if info.path is None:
+            self._serve_synthetic(app, blob_key, info, first_last, start, count)
+            return
         try:
             fh = open(info.path, "rb")  # noqa: SIM115 - closed below
         except OSError:
@@ -319,14 +361,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         with fh:
             try:
-                self.send_response(200 if first_last is None else 206)
-                self.send_header("Content-Type", info.mime_type)
-                self.send_header("Content-Length", str(count))
-                self.send_header("Accept-Ranges", "bytes")
-                self.send_header("ETag", f'"{blob_key}"')
-                if first_last is not None:
-                    self.send_header("Content-Range", f"bytes {first_last[0]}-{first_last[1]}/{info.size}")
-                self.end_headers()
+                self._blob_headers(blob_key, info, first_last, count)
                 if self.command == "GET" and count > 0:
                     sent = self.connection.sendfile(fh, start, count)
                     app.stats.blob(nbytes=sent)

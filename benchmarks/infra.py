@@ -1,0 +1,316 @@
+"""The moving parts of a benchmark run: nginx, the emulator, encordfs and rclone mounts, cleanup.
+
+Everything started here registers its own teardown on one ``Cleanup`` (an ``ExitStack``), so a
+finished, failed or interrupted run (Ctrl-C, SIGTERM, SIGHUP: all turned into ``KeyboardInterrupt``)
+unmounts, stops every process it started -- by pid, never by name -- and removes its temp dirs.
+
+Byte server: one nginx on 127.0.0.1 whose root is the emulator's blob dir (``sendfile off;
+output_buffers 2 1m`` were the fastest loopback settings measured; keep-alive on; ``autoindex`` so
+that rclone's http backend can list it). The emulator runs with ``--blob-base-url`` pointing at it,
+so encordfs, the direct downloads and rclone all read the same files from the same server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from encordfs.cli import spawn_mount
+from encordfs.mountpoint import mounted_at
+
+REPO = Path(__file__).resolve().parent.parent
+STOP_TIMEOUT_S = 15.0
+
+
+class Cleanup(contextlib.ExitStack):
+    """An ExitStack that also turns SIGTERM/SIGHUP into KeyboardInterrupt while it is open."""
+
+    def __enter__(self) -> Cleanup:
+        super().__enter__()
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            previous = signal.signal(sig, _interrupt)
+            self.callback(signal.signal, sig, previous)
+        return self
+
+    def temp_dir(self, prefix: str) -> Path:
+        path = Path(tempfile.mkdtemp(prefix=prefix))
+        self.callback(_rmtree, path)
+        return path
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _rmtree(path: Path) -> None:
+    for _ in range(3):
+        if not path.exists():
+            return
+        # Never descend into a mount left behind: unmount whatever lies under the tree first.
+        for mnt in _mounts_under(path):
+            _unmount(mnt)
+        subprocess.run(["rm", "-rf", "--one-file-system", str(path)], capture_output=True)
+
+
+def _mounts_under(path: Path) -> list[Path]:
+    try:
+        lines = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return []
+    prefix = str(path).rstrip("/") + "/"
+    found = [Path(line.split()[1].replace("\\040", " ")) for line in lines if len(line.split()) > 1]
+    return [m for m in found if str(m).startswith(prefix)]
+
+
+def _unmount(mnt: Path) -> None:
+    for attempt in range(10):
+        if not mounted_at(mnt):
+            return
+        if subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True).returncode == 0:
+            return
+        time.sleep(0.1 * (attempt + 1))
+    subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+    if mounted_at(mnt):
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM) -> None:
+    """Stop one process we started, by pid: ``sig``, then SIGKILL after a grace period."""
+    if proc.poll() is None:
+        try:
+            proc.send_signal(sig)
+            proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        except ProcessLookupError:
+            pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def drop_caches() -> bool:
+    """Drop the page cache (root only); False when not permitted."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def wait_for(pred: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(0.05)
+
+
+# ---------------------------------------------------------------------------------------------- nginx
+
+_NGINX_CONF = """\
+user root;
+daemon off;
+master_process on;
+worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    default_type application/octet-stream;
+    client_body_temp_path {work}/tmp;
+    proxy_temp_path {work}/tmp;
+    fastcgi_temp_path {work}/tmp;
+    uwsgi_temp_path {work}/tmp;
+    scgi_temp_path {work}/tmp;
+    sendfile off;
+    output_buffers 2 1m;
+    tcp_nodelay on;
+    keepalive_timeout 300s;
+    keepalive_requests 1000000;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        autoindex on;
+        autoindex_exact_size on;
+    }}
+}}
+"""
+
+
+def start_nginx(stack: Cleanup, root: Path, work: Path) -> str:
+    """Serve ``root`` (created if missing) on a free loopback port; returns the base URL."""
+    root.mkdir(parents=True, exist_ok=True)
+    (work / "tmp").mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    conf = work / "nginx.conf"
+    conf.write_text(_NGINX_CONF.format(work=work, port=port, root=root))
+    proc = subprocess.Popen(["nginx", "-p", str(work), "-c", str(conf)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=open(work / "stderr.log", "wb"), start_new_session=True)
+    stack.callback(stop_process, proc, signal.SIGQUIT)  # graceful: the master stops its workers
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"nginx exited: {(work / 'stderr.log').read_text()[-500:]}")
+        try:
+            return httpx.get(url + "/", timeout=1).status_code < 500
+        except httpx.HTTPError:
+            return False
+
+    wait_for(up, 15, "nginx")
+    return url
+
+
+# ---------------------------------------------------------------------------------------------- emulator
+
+
+class Emulator:
+    def __init__(self, proc: subprocess.Popen[str], domain: str, key_file: str) -> None:
+        self.proc = proc
+        self.domain = domain
+        self.key_file = key_file
+
+    def stats(self) -> dict[str, Any]:
+        return httpx.get(f"{self.domain}/_emulator/stats", timeout=30).json()  # type: ignore[no-any-return]
+
+    def api_calls(self) -> int:
+        return int(self.stats()["api_calls"])
+
+    def sdk(self) -> Any:
+        from encord import EncordUserClient
+
+        return EncordUserClient.create_with_ssh_private_key(ssh_private_key_path=self.key_file, domain=self.domain)
+
+
+def start_emulator(stack: Cleanup, data_dir: Path, args: list[str], log: Path, timeout_s: float = 600) -> Emulator:
+    argv = [sys.executable, "-m", "encordfs.emulator", "--data-dir", str(data_dir), *args]
+    env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=open(log, "w"),
+                            text=True, env=env, start_new_session=True)
+    stack.callback(stop_process, proc)
+    found: dict[str, str] = {}
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            key, _, value = line.strip().partition("=")
+            found[key] = value
+            if key == "domain":
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    if "domain" not in found:
+        raise RuntimeError(f"emulator did not start: {log.read_text()[-2000:]}")
+    key = found.get("ssh_key_file") or str(data_dir / "demo_ed25519")
+    return Emulator(proc, found["domain"], key)
+
+
+def emulator_has_flag(flag: str) -> bool:
+    done = subprocess.run([sys.executable, "-m", "encordfs.emulator", "--help"], capture_output=True, text=True)
+    return flag in done.stdout
+
+
+# ---------------------------------------------------------------------------------------------- mounts
+
+
+class EncordMount:
+    """``encordfs mount --foreground`` in its own process (through the CLI's own ``spawn_mount``)."""
+
+    def __init__(self, emu: Emulator, path: Path, cache_dir: Path, log: Path, *extra: str) -> None:
+        self.path = path
+        self.cache_dir = cache_dir
+        argv = [sys.executable, "-m", "encordfs", "mount", str(path), "--foreground", "--domain", emu.domain,
+                "--ssh-key-file", emu.key_file, "--cache-dir", str(cache_dir), *extra]
+        path.mkdir(parents=True, exist_ok=True)
+        self.proc = spawn_mount(argv, path, log)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        _unmount(self.path)
+        stop_process(self.proc)
+
+
+class RcloneMount:
+    """``rclone mount :http:`` of the nginx root, default VFS settings (no VFS cache)."""
+
+    def __init__(self, url: str, path: Path, work: Path) -> None:
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        conf = work / "rclone.conf"
+        conf.touch()
+        argv = ["rclone", "mount", ":http:", str(path), "--http-url", url + "/", "--read-only",
+                "--config", str(conf), "--dir-cache-time", "1h", "--attr-timeout", "60s"]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=open(work / "rclone.log", "wb"), start_new_session=True)
+        try:
+            wait_for(lambda: self.proc.poll() is None and mounted_at(path) or self._died(work), 60, "rclone mount")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _died(self, work: Path) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"rclone exited: {(work / 'rclone.log').read_text()[-1000:]}")
+        return False
+
+    def stop(self) -> None:
+        _unmount(self.path)
+        stop_process(self.proc)
+
+
+@contextlib.contextmanager
+def mounted(make: Callable[[], Any]) -> Any:
+    m = make()
+    try:
+        yield m
+    finally:
+        m.stop()
+
+
+# ---------------------------------------------------------------------------------------------- profiling
+
+
+@contextlib.contextmanager
+def profiled(pid: int | None, out: Path, rate_hz: int = 200) -> Any:
+    """``py-spy record`` of ``pid`` while the block runs (raw collapsed stacks in ``out``); no-op if None."""
+    if pid is None:
+        yield
+        return
+    spy = Path(sys.executable).parent / "py-spy"
+    proc = subprocess.Popen([str(spy), "record", "-p", str(pid), "-r", str(rate_hz), "--nonblocking", "-f", "raw",
+                             "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    time.sleep(0.5)
+    try:
+        yield
+    finally:
+        stop_process(proc, signal.SIGINT)

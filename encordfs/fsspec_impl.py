@@ -1,0 +1,374 @@
+"""``encord://`` for fsspec: the filesystem core without FUSE, as an ``fsspec.AbstractFileSystem``.
+
+``fsspec.open("encord://street-scenes/cat.jpg", domain=..., ssh_key_file=...)``, ``ls``, ``info``,
+``cat_file`` and ``open`` are answered by the same ``EncordFS`` a mount uses (``app.build`` over
+``SdkBackend``): the same tree and names (``encord://<dataset>/<row>``,
+``encord://<dataset>/<group>/<member>``), the same signed-URL batching, the same reader and block
+caches. There is no second implementation: this module only translates paths to inodes, ``Attr`` and
+catalog fields to fsspec info dicts, and ``errors.FsError`` to ``OSError`` by its errno.
+
+Read-only: every write (``open(.., "wb")``, ``pipe``, ``put``, ``rm``, ``mkdir``, ``mv``, ...) raises
+``PermissionError`` (EROFS). Metadata is read through ``info(path)["client_metadata"]`` and
+``getxattr``; changing it is what a read-write mount is for.
+
+Info dicts: ``name``, ``size``, ``type`` (``file``/``directory``), ``mtime`` and ``created`` (epoch s),
+``ino``, ``mode``; ``encord``: every field the mount shows as ``user.encord.<field>`` xattr, typed
+(``title``, ``uid``, ``data_type``, ``width``, ...); rows and groups also ``client_metadata`` (a dict).
+
+Files: ``EncordFile._fetch_range`` reads through one core handle per open file, so the core's block
+cache and read-ahead apply; fsspec's own cache defaults to ``none`` (a second read-ahead cache would
+only copy the same bytes again). Pass ``cache_type=...`` to ``open`` to choose another.
+
+Processes: the core is built on first use and rebuilt in a forked child (a PyTorch DataLoader worker),
+whose copy of the parent's threads and SQLite connections is not usable. The disk block cache belongs
+to one process at a time (``DiskBlockCache`` holds a lock): the first process uses ``cache_dir``
+(default ``<the mount's default cache dir>/fsspec``); any other process that finds it taken (a forked
+worker, a mount on the same dir) caches in a private temporary directory, removed at close or, if
+the process was killed, by the next process that needs one.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import multiprocessing.util
+import os
+import shutil
+import stat
+import tempfile
+import threading
+import weakref
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, NoReturn
+
+import fsspec
+from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
+
+from encordfs import errors
+from encordfs.app import Mount, Settings, build, default_cache_dir
+from encordfs.core.catalog import ROOT_INO, Kind
+from encordfs.core.fs import CONTROL_NAME, Attr, EncordFS
+from encordfs.core.xattrs import PREFIX
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = "encord"
+
+
+def _oserror(exc: errors.FsError, path: str) -> OSError:
+    # OSError(errno, ...) becomes FileNotFoundError, IsADirectoryError, PermissionError, ... by errno.
+    return OSError(exc.errno, str(exc), path)
+
+
+PRIVATE_CACHE_PREFIX = "encordfs-fsspec-"
+
+
+def _sweep_private_caches() -> None:
+    """Remove private cache dirs of processes that are gone (a Pool's workers are killed, not closed)."""
+    for path in Path(tempfile.gettempdir()).glob(PRIVATE_CACHE_PREFIX + "*-*"):
+        pid = path.name.removeprefix(PRIVATE_CACHE_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _read_only(path: str = "") -> NoReturn:
+    raise PermissionError(errno.EROFS, "encord:// is read-only", path)
+
+
+def _key_text(ssh_key_file: str | None) -> str:
+    from encordfs.backend.sdk import load_key
+
+    if ssh_key_file:
+        return load_key(Path(ssh_key_file).expanduser())
+    text = os.environ.get("ENCORD_SSH_KEY")
+    if text:
+        return text
+    raise errors.AuthError("no SSH key: pass ssh_key_file= or set ENCORD_SSH_KEY_FILE")
+
+
+class _Core:
+    """One built core and what closing it takes; owned by one process (``pid``)."""
+
+    def __init__(self, mount: Mount, temp_dir: Path | None) -> None:
+        self.mount = mount
+        self.fs: EncordFS = mount.fs
+        self.pid = os.getpid()
+        self.temp_dir = temp_dir
+        self.closed = False
+
+    def close(self) -> None:
+        if self.pid != os.getpid() or self.closed:
+            return  # a forked child's copy: its threads and connections belong to the parent
+        self.closed = True
+        self.mount.close()
+        if self.temp_dir is not None:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+class EncordFileSystem(AbstractFileSystem):  # type: ignore[misc]
+    """Storage options: ``domain`` (default ``$ENCORDFS_DOMAIN`` or Encord's), ``ssh_key_file``
+    (default ``$ENCORD_SSH_KEY_FILE``; or the key text in ``$ENCORD_SSH_KEY``), ``cache_dir``,
+    ``metadata_ttl_s`` (default 60), ``include_org_access``."""
+
+    protocol = (PROTOCOL,)
+    root_marker = ""
+    cachable = True
+
+    def __init__(self, domain: str | None = None, ssh_key_file: str | None = None, cache_dir: str | None = None,
+                 metadata_ttl_s: float = 60.0, include_org_access: bool = False, **storage_options: Any) -> None:
+        super().__init__(**storage_options)
+        from encordfs import config
+
+        merged = config.resolve({"domain": domain, "ssh_key_file": ssh_key_file, "cache_dir": cache_dir})
+        self.domain = merged.domain
+        self.ssh_key_file = merged.ssh_key_file
+        self.cache_dir = Path(merged.cache_dir).expanduser() if merged.cache_dir else None
+        self.metadata_ttl_s = metadata_ttl_s
+        self.include_org_access = include_org_access
+        self._core: _Core | None = None
+        self._core_lock = threading.Lock()
+        self._finalizer: weakref.finalize[[], EncordFileSystem] | None = None
+
+    # -- the core ---------------------------------------------------------------------------------
+    def _fs(self) -> EncordFS:
+        core = self._core
+        if core is not None and core.pid == os.getpid():
+            return core.fs
+        with self._core_lock:
+            if self._core is None or self._core.pid != os.getpid():
+                try:
+                    self._core = self._build()
+                except errors.FsError as exc:
+                    raise _oserror(exc, self.domain) from None
+                self._finalizer = weakref.finalize(self, self._core.close)
+                # multiprocessing children (DataLoader workers, Pool) end with os._exit, skipping atexit:
+                # its own finalizers still run, so the private cache dir is removed there too.
+                multiprocessing.util.Finalize(self, self._core.close, exitpriority=10)
+            return self._core.fs
+
+    def _build(self) -> _Core:
+        settings = Settings(domain=self.domain, read_only=True, metadata_ttl_s=self.metadata_ttl_s, include_org_access=self.include_org_access)
+        settings.cache_dir = self.cache_dir or default_cache_dir(self.domain) / "fsspec"
+        try:
+            return _Core(self._build_at(settings), None)
+        except errors.Busy:
+            # Another process (a mount, the DataLoader's parent) owns that block cache.
+            _sweep_private_caches()
+            temp = Path(tempfile.mkdtemp(prefix=f"{PRIVATE_CACHE_PREFIX}{os.getpid()}-"))
+            log.info("encord://: %s is in use by another process; caching in %s for this one", settings.cache_dir, temp)
+            settings.cache_dir = temp
+            try:
+                return _Core(self._build_at(settings), temp)
+            except BaseException:
+                shutil.rmtree(temp, ignore_errors=True)
+                raise
+
+    def _build_at(self, settings: Settings) -> Mount:
+        from encordfs.backend.sdk import SdkBackend
+
+        backend = SdkBackend(self.domain, _key_text(self.ssh_key_file), include_org_access=self.include_org_access)
+        try:
+            return build(backend, settings)
+        except BaseException:
+            backend.close()
+            raise
+
+    def close(self) -> None:
+        """Stop the core's threads and close its caches (also done when the object is collected)."""
+        with self._core_lock:
+            if self._finalizer is not None:
+                self._finalizer()
+            self._core = self._finalizer = None
+
+    def status(self) -> dict[str, Any]:
+        """The core's status, as a mount's ``.encordfs/status.json``: open handles and ``counters``
+        (signed-URL cache, fetcher, block caches, reader)."""
+        return self._fs().status()
+
+    # -- paths ------------------------------------------------------------------------------------
+    def _resolve(self, path: str) -> tuple[str, int, Attr]:
+        path = self._strip_protocol(path)
+        if path.split("/", 1)[0] == CONTROL_NAME:
+            raise FileNotFoundError(errno.ENOENT, "no such file", path)
+        fs = self._fs()
+        try:
+            ino = fs.resolve("/" + path)
+            return path, ino, fs.getattr(ino)
+        except errors.FsError as exc:
+            raise _oserror(exc, path) from None
+
+    def _details(self, path: str, attr: Attr) -> dict[str, Any]:
+        is_dir = stat.S_ISDIR(attr.mode)
+        out: dict[str, Any] = {"name": path, "size": attr.size, "type": "directory" if is_dir else "file",
+                               "mtime": attr.mtime, "created": attr.ctime, "ino": attr.ino, "mode": attr.mode}
+        if attr.ino == ROOT_INO:
+            return out
+        node = self._fs().node(attr.ino)
+        out["encord"] = {**node.fields, "title": node.title}
+        if node.kind in (Kind.ROW, Kind.GROUP):
+            out["client_metadata"] = node.client_metadata or {}
+        return out
+
+    def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
+        path, ino, attr = self._resolve(path)
+        if not stat.S_ISDIR(attr.mode):
+            entries = [self._details(path, attr)]
+        else:
+            try:
+                children = list(self._fs().readdir(ino))
+            except errors.FsError as exc:
+                raise _oserror(exc, path) from None
+            entries = [self._details(f"{path}/{name}" if path else name, child) for name, child in children]
+        return entries if detail else [e["name"] for e in entries]
+
+    def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        path, _, attr = self._resolve(path)
+        return self._details(path, attr)
+
+    def modified(self, path: str) -> datetime:
+        return datetime.fromtimestamp(self.info(path)["mtime"], timezone.utc)
+
+    def created(self, path: str) -> datetime:
+        return datetime.fromtimestamp(self.info(path)["created"], timezone.utc)
+
+    def invalidate_cache(self, path: str | None = None) -> None:
+        """Reload a folder (default: the dataset list) from Encord now, whatever its age."""
+        if self._core is None:
+            return
+        target = path or ""
+        _, ino, attr = self._resolve(target)
+        if stat.S_ISDIR(attr.mode):
+            try:
+                self._fs().refresh(ino)
+            except errors.FsError as exc:
+                raise _oserror(exc, target) from None
+
+    def getxattr(self, path: str, name: str) -> bytes:
+        """An xattr's value as the mount shows it; ``name`` with or without ``user.encord.``."""
+        path, ino, _ = self._resolve(path)
+        try:
+            return self._fs().getxattr(ino, name if name.startswith("user.") else PREFIX + name)
+        except errors.FsError as exc:
+            raise _oserror(exc, path) from None
+
+    def listxattr(self, path: str) -> list[str]:
+        path, ino, _ = self._resolve(path)
+        return self._fs().listxattr(ino)
+
+    # -- reading ----------------------------------------------------------------------------------
+    def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
+        path, ino, attr = self._resolve(path)
+        if stat.S_ISDIR(attr.mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+        start, end = _span(start, end, attr.size)
+        with _Handle(self._fs(), ino, path) as handle:
+            return handle.read(start, end)
+
+    def _open(self, path: str, mode: str = "rb", block_size: int | str | None = None, autocommit: bool = True,
+              cache_options: dict[str, Any] | None = None, **kwargs: Any) -> EncordFile:
+        if mode != "rb":
+            _read_only(path)
+        path, ino, attr = self._resolve(path)
+        if stat.S_ISDIR(attr.mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+        return EncordFile(self, path, ino, attr.size, block_size=block_size or "default",
+                          cache_type=kwargs.get("cache_type", "none"), cache_options=cache_options)
+
+    # -- writes: refused ---------------------------------------------------------------------------
+    def mkdir(self, path: str, create_parents: bool = True, **kwargs: Any) -> None:
+        _read_only(path)
+
+    def makedirs(self, path: str, exist_ok: bool = False) -> None:
+        _read_only(path)
+
+    def rmdir(self, path: str) -> None:
+        _read_only(path)
+
+    def rm_file(self, path: str) -> None:
+        _read_only(path)
+
+    def _rm(self, path: str) -> None:
+        _read_only(path)
+
+    def rm(self, path: str, recursive: bool = False, maxdepth: int | None = None) -> None:
+        _read_only(path)
+
+    def cp_file(self, path1: str, path2: str, **kwargs: Any) -> None:
+        _read_only(path2)
+
+    def mv(self, path1: str, path2: str, recursive: bool = False, maxdepth: int | None = None, **kwargs: Any) -> None:
+        _read_only(path1)
+
+    def pipe_file(self, path: str, value: bytes, mode: str = "overwrite", **kwargs: Any) -> None:
+        _read_only(path)
+
+    def put_file(self, lpath: str, rpath: str, callback: Any = None, mode: str = "overwrite", **kwargs: Any) -> None:
+        _read_only(rpath)
+
+    def touch(self, path: str, truncate: bool = True, **kwargs: Any) -> None:
+        _read_only(path)
+
+
+def _span(start: int | None, end: int | None, size: int) -> tuple[int, int]:
+    """fsspec's range rules: None = the file's start/end, negative = from the end, clipped to the file."""
+    start = 0 if start is None else start if start >= 0 else max(0, size + start)
+    end = size if end is None else end if end >= 0 else max(0, size + end)
+    return min(start, size), max(min(end, size), min(start, size))
+
+
+class _Handle:
+    """An open core file handle; ``read(start, end)`` returns exactly that span (short only at EOF)."""
+
+    def __init__(self, fs: EncordFS, ino: int, path: str) -> None:
+        self.fs, self.path = fs, path
+        try:
+            self.fh: int | None = fs.open(ino, writable=False).fh
+        except errors.FsError as exc:
+            raise _oserror(exc, path) from None
+
+    def read(self, start: int, end: int) -> bytes:
+        if self.fh is None:
+            raise ValueError("I/O operation on closed file")
+        parts, pos = [], start
+        try:
+            while pos < end:
+                chunk = self.fs.read(self.fh, pos, end - pos)
+                if not chunk:
+                    break
+                parts.append(chunk)
+                pos += len(chunk)
+        except errors.FsError as exc:
+            raise _oserror(exc, self.path) from None
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def close(self) -> None:
+        fh, self.fh = self.fh, None
+        if fh is not None:
+            self.fs.release(fh)
+
+    def __enter__(self) -> _Handle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class EncordFile(AbstractBufferedFile):  # type: ignore[misc]
+    """A read-only file whose ranges come from the core's reader (block cache, read-ahead)."""
+
+    def __init__(self, fs: EncordFileSystem, path: str, ino: int, size: int, **kwargs: Any) -> None:
+        self._handle = _Handle(fs._fs(), ino, path)
+        super().__init__(fs, path, mode="rb", size=size, **kwargs)
+
+    def _fetch_range(self, start: int, end: int) -> bytes:
+        return self._handle.read(start, min(end, self.size))
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._handle.close()
+
+
+fsspec.register_implementation(PROTOCOL, EncordFileSystem, clobber=True)

@@ -1,0 +1,88 @@
+"""Catalog at scale: batched sync gives the names a row-by-row upsert would, path caching never
+serves a path the catalog no longer has, and listings resume after an inode."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+
+from encordfs import errors
+from encordfs.core.catalog import SYNC_BATCH, Catalog, Entry, Kind
+from encordfs.core.fs import EncordFS, Options
+from tests.test_fs_core import Clock, _row
+
+
+def _entry(uid: str, title: str) -> Entry:
+    return Entry(Kind.ROW, uid, title, "image/jpeg", f"item-{uid}", 1, 0.0, 0.0, {"uid": uid})
+
+
+def test_batched_sync_names_across_batches(tmp_path: Path) -> None:
+    catalog = Catalog(tmp_path / "c.sqlite")
+    n = 3 * SYNC_BATCH + 7
+    # every title twice (differing in case), the twins in different batches, plus a repeated uid
+    entries = [_entry(f"a{i:06d}", f"img{i}.jpg") for i in range(n)] + [_entry(f"b{i:06d}", f"IMG{i}.jpg") for i in range(n)]
+    entries.append(_entry("a000001", "img1.jpg"))
+    assert catalog.sync_children(1, entries, 0) == len(entries)
+    first = {node.uid: (node.ino, node.name) for node in catalog.children(1)}
+    assert len(first) == 2 * n
+    assert first["a000001"][1] == "img1.jpg" and first["b000001"][1] == "IMG1~b000001.jpg"
+    assert len({name.casefold() for _, name in first.values()}) == 2 * n
+    # a resync that drops the first claimants keeps everyone else's name and inode
+    survivors = [e for e in entries if e.uid.startswith("b")]
+    version = catalog.version
+    catalog.sync_children(1, survivors, 1)
+    second = {node.uid: (node.ino, node.name) for node in catalog.children(1)}
+    assert second == {uid: first[uid] for uid in second} and len(second) == n
+    assert catalog.version > version
+    unchanged = catalog.version
+    catalog.sync_children(1, survivors, 2)  # nothing changed: no name changed meaning
+    assert catalog.version == unchanged
+    inos = sorted(ino for ino, _ in second.values())
+    assert [ino for ino, *_ in catalog.child_stats(1, after_ino=inos[9])] == inos[10:]
+    catalog.close()
+
+
+@pytest.fixture()
+def fs_and_backend(tmp_path: Path):  # type: ignore[no-untyped-def]
+    from encordfs.backend import DatasetRecord
+    from encordfs.backend.memory import MemoryBackend
+
+    backend = MemoryBackend()
+    backend.add_dataset(DatasetRecord("ds1", "street", "d", 1e9, 1e9, 0, "folder1", "admin"))
+    for uid, title in (("r1", "a.jpg"), ("r2", "b.jpg")):
+        backend.add_row(_row(uid, "ds1", title, b"x"), b"x")
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    clock = Clock()
+    fs = EncordFS(backend, catalog, reader=None, urls=None, options=Options(uid=0, gid=0, metadata_ttl_s=60), clock=clock)  # type: ignore[arg-type]
+    yield fs, backend, clock
+    catalog.close()
+
+
+def test_path_cache_follows_refresh_and_rename(fs_and_backend) -> None:  # type: ignore[no-untyped-def]
+    fs, backend, _ = fs_and_backend
+    ino = fs.resolve("/street/a.jpg")
+    fs.resolve("/street/a.jpg")  # the first walk loaded folders (version moved): stored now
+    assert fs.resolve("/street/a.jpg") == ino and fs.paths.hits >= 1
+    backend.remove_row("ds1", "r1")
+    fs.refresh(fs.resolve("/street"))
+    with pytest.raises(errors.FsError) as gone:
+        fs.resolve("/street/a.jpg")
+    assert gone.value.errno == errno.ENOENT
+    b = fs.resolve("/street/b.jpg")
+    fs.catalog.rename(b, "c.jpg", "c.jpg")
+    with pytest.raises(errors.FsError):
+        fs.resolve("/street/b.jpg")
+    assert fs.resolve("/street/c.jpg") == b
+
+
+def test_path_cache_hit_still_starts_the_ttl_refresh(fs_and_backend) -> None:  # type: ignore[no-untyped-def]
+    fs, backend, clock = fs_and_backend
+    fs.resolve("/street/a.jpg")
+    backend.remove_row("ds1", "r1")
+    clock.now += 61
+    fs.resolve("/street/a.jpg")  # a cached hit, served stale while the folder reloads
+    fs.wait_refreshes()
+    with pytest.raises(errors.FsError):
+        fs.resolve("/street/a.jpg")

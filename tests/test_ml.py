@@ -1,0 +1,86 @@
+"""PyTorch over the mount: a DataLoader with 4 workers reads every image of the sample, and each
+sample equals a local decode of the same bytes fetched separately through ``encord://`` (fsspec),
+with labels from client metadata equal to what fsspec's ``info`` reports.
+
+Needs torch (``pip install torch==2.13.0``, the CPU wheel): skipped without it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from encordfs.fsspec_impl import EncordFileSystem
+from encordfs.ml import IMAGE_EXTENSIONS, EncordImages, ResizeToTensor, load_rgb
+from tests.support.emulator import RunningEmulator
+from tests.support.mount import MountedFS
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def efs(sample_emulator: RunningEmulator) -> Iterator[EncordFileSystem]:
+    cache = Path(tempfile.mkdtemp(prefix="ml-test-cache-"))
+    fs = EncordFileSystem(domain=sample_emulator.domain, ssh_key_file=str(sample_emulator.key_file), cache_dir=str(cache))
+    try:
+        yield fs
+    finally:
+        fs.close()
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def _label_via_fsspec(efs: EncordFileSystem, name: str, key: str) -> Any:
+    """The row's own client metadata, else its group's (members have none of their own)."""
+    for candidate in (name, name.rsplit("/", 1)[0]):
+        meta = efs.info(candidate).get("client_metadata") or {}
+        if key in meta:
+            return meta[key]
+    return None
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")  # 4 workers on a 2-CPU machine
+def test_dataloader_over_the_mount_matches_local_decode(sample_mount: MountedFS, efs: EncordFileSystem) -> None:
+    root = sample_mount.path
+    transform = ResizeToTensor((48, 40))
+    dataset = EncordImages(root, label_key="split", transform=transform)
+    expected_names = sorted(n for n in efs.find("") if Path(n).suffix.lower() in IMAGE_EXTENSIONS)
+    assert sorted(str(p.relative_to(root)) for p in dataset.paths) == expected_names
+    assert len(dataset) >= 120 and dataset.classes == ["test", "train", "val"]
+
+    loader = torch.utils.data.DataLoader(dataset, batch_size=8, num_workers=4, shuffle=False)
+    images, targets = [], []
+    for batch_images, batch_targets in loader:
+        assert batch_images.dtype == torch.uint8 and batch_images.shape[1:] == (3, 40, 48)
+        images.extend(batch_images)
+        targets.extend(batch_targets.tolist())
+    assert len(images) == len(dataset)
+
+    for i, path in enumerate(dataset.paths):
+        name = str(path.relative_to(root))
+        local = transform(load_rgb(io.BytesIO(efs.cat_file(name))))
+        assert torch.equal(images[i], local), name
+        label = _label_via_fsspec(efs, name, "split")
+        assert targets[i] == (dataset.classes.index(label) if label is not None else -1), name
+    assert targets.count(-1) < len(targets) // 2  # most sample images are labelled
+
+
+def test_same_dataset_class_on_a_local_copy(sample_mount: MountedFS, tmp_path: Path) -> None:
+    """The class is plain paths: on a local folder (no Encord xattrs) every target is -1."""
+    src = sample_mount.path / "street-scenes"
+    some = [p for p in sorted(src.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS][:5]
+    for p in some:
+        shutil.copyfile(p, tmp_path / p.name)
+    local = EncordImages(tmp_path, transform=ResizeToTensor())
+    mounted = EncordImages(sample_mount.path, transform=ResizeToTensor())
+    assert local.targets == [-1] * 5 and local.classes == []
+    by_name = {p.relative_to(sample_mount.path): i for i, p in enumerate(mounted.paths)}
+    for i, p in enumerate(local.paths):
+        assert torch.equal(local[i][0], mounted[by_name[Path("street-scenes") / p.name]][0])
+    assert os.listdir(tmp_path)
