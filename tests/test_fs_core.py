@@ -186,3 +186,44 @@ def test_metadata_size_limit_and_validation(tmp_path: Path) -> None:
         fs.close()
         reader.close()
         catalog.close()
+
+
+def test_concurrent_readers_share_signing_batches(tmp_path: Path) -> None:
+    import threading
+    import time as _time
+
+    backend = MemoryBackend()
+    backend.add_dataset(DatasetRecord("ds", "many", "", 0, 0, 0, None, None))
+    for i in range(4000):
+        backend.add_row(_row(f"r{i:05d}", "ds", f"{i}.jpg", b"z"), b"z")
+    plain_sign = backend.sign
+
+    def slow_sign(ids: list[str]) -> dict[str, str | None]:
+        _time.sleep(0.02)  # a real signing call takes a round trip: readers overlap with it
+        return plain_sign(ids)
+
+    catalog = Catalog(tmp_path / "c.sqlite")
+    reader = ReadPipeline(MemoryFetcher(backend), MemoryBlockCache(1 << 26), memory_budget_bytes=1 << 26, small_file_bytes=1 << 20, part_bytes=1 << 20)
+    fs = EncordFS(backend, catalog, reader, SignedUrlCache(slow_sign), Options(uid=0, gid=0))
+    try:
+        names = [n for n, _ in fs.readdir(fs.resolve("/many"))]
+        errors_seen: list[BaseException] = []
+
+        def work(part: list[str]) -> None:
+            try:
+                for name in part:
+                    assert _read_all(fs, f"/many/{name}") == b"z"
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors_seen.append(exc)
+
+        threads = [threading.Thread(target=work, args=(names[i * 500 : (i + 1) * 500],)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors_seen
+        assert backend.calls["sign"] <= 6, backend.calls["sign"]  # 4 full batches, a little slack
+    finally:
+        fs.close()
+        reader.close()
+        catalog.close()

@@ -78,6 +78,7 @@ class UrlCache(Protocol):
     def prime(self, item_ids: list[str]) -> None: ...
     def invalidate(self, item_id: str) -> None: ...
     def is_fresh(self, item_id: str) -> bool: ...
+    def is_pending(self, item_id: str) -> bool: ...
     def source(self, item_id: str) -> Callable[[bool], str]: ...
 
 
@@ -515,7 +516,10 @@ class EncordFS:
         source = self.urls.source(item)
 
         def url(force_resign: bool = False) -> str:
-            if not force_resign and not self.urls.is_fresh(item):
+            # An item already in another reader's signing batch joins that call (in ``source``)
+            # instead of starting a small batch of its own: concurrent readers of one folder then
+            # still cost one signing call per 1,000 files.
+            if not force_resign and not self.urls.is_fresh(item) and not self.urls.is_pending(item):
                 self._sign_siblings(node)
             return source(force_resign)
 
@@ -526,7 +530,7 @@ class EncordFS:
         item = node.item_uuid
         assert item is not None
         siblings = self.catalog.file_items(node.parent, after_ino=node.ino, limit=SIGN_BATCH * 4)
-        unsigned = [u for _, u in siblings if u != item and not self.urls.is_fresh(u)]
+        unsigned = [u for _, u in siblings if u != item and not self.urls.is_fresh(u) and not self.urls.is_pending(u)]
         self.urls.prime([item] + unsigned[: SIGN_BATCH - 1])
 
     # -- xattrs -----------------------------------------------------------------------------------

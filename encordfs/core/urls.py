@@ -228,6 +228,11 @@ class SignedUrlCache:
         with self._lock:
             return self._fresh_locked(item_id, self._clock())
 
+    def is_pending(self, item_id: str) -> bool:
+        """True while a signing call that covers ``item_id`` is in flight (a ``get`` would join it)."""
+        with self._lock:
+            return item_id in self._flights
+
     def invalidate(self, item_id: str) -> None:
         with self._lock:
             self._entries.pop(item_id, None)
