@@ -83,3 +83,15 @@ def test_inode_stable_and_case_only_duplicates(tmp_path: Path) -> None:
     again = {n.uid: (n.ino, n.name) for n in catalog.children(1)}
     assert again == got
     catalog.close()
+
+
+def test_a_replaced_row_takes_the_plain_name(tmp_path: Path) -> None:
+    """A row deleted and re-created with the same title (a new uid) is shown under the plain name."""
+    catalog = Catalog(tmp_path / "c.sqlite")
+    catalog.sync_children(1, [_entry("old00001", "w.jpg"), _entry("keep0001", "k.jpg")], 0)
+    catalog.sync_children(1, [_entry("new00001", "w.jpg"), _entry("keep0001", "k.jpg")], 1)
+    assert {n.uid: n.name for n in catalog.children(1)} == {"new00001": "w.jpg", "keep0001": "k.jpg"}
+    # ...but a row that is still there keeps its name against a newcomer, wherever it is in the stream.
+    catalog.sync_children(1, [_entry("new00002", "k.jpg"), _entry("new00001", "w.jpg"), _entry("keep0001", "k.jpg")], 2)
+    assert {n.uid: n.name for n in catalog.children(1)} == {"new00001": "w.jpg", "keep0001": "k.jpg", "new00002": "k~new00002.jpg"}
+    catalog.close()

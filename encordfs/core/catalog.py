@@ -402,13 +402,19 @@ class Catalog:
                 updates,
             )
         if fresh:
-            self._insert_locked(conn, parent, fresh, gen)
+            self._insert_locked(conn, parent, fresh, gen, renamed)
         return len(fresh)
 
-    def _insert_locked(self, conn: sqlite3.Connection, parent: int, fresh: list[tuple[Entry, str, str | None]], gen: int) -> None:
+    def _insert_locked(self, conn: sqlite3.Connection, parent: int, fresh: list[tuple[Entry, str, str | None]], gen: int,
+                       deferred: list[tuple[int, Entry]]) -> None:
         """Insert new children in stream order. Base names that are free (in the folder and in this
         batch) are bulk-inserted; a collision flushes what is pending and takes the slow path
-        (``_free_name_locked``), so the first row to claim a name keeps it, as before."""
+        (``_free_name_locked``), so the first row to claim a name keeps it, as before.
+
+        A collision with a child that this sync has not confirmed yet (it may be about to be deleted:
+        a row replaced by a new one with the same title) is not decided now: the new child gets a
+        placeholder name (NUL cannot occur in real names) and is named after stale children are
+        deleted, so a replacement takes the plain name instead of a ``~id`` one."""
         bases = [names.base_name(e.title, e.mime_type, is_dir=e.kind.is_dir) for e, _, _ in fresh]
         keys = [names.name_key(b) for b in bases]
         taken: set[str] = set()
@@ -421,6 +427,12 @@ class Catalog:
             if key in taken:
                 self._insert_rows_locked(conn, pending)
                 pending = []
+                holder = conn.execute("SELECT gen FROM nodes WHERE parent=? AND name_key=?", (parent, key)).fetchone()
+                if holder is not None and holder[0] != gen:
+                    placeholder = "\x00" + e.uid
+                    self._insert_rows_locked(conn, [(parent, int(e.kind), e.uid, placeholder, placeholder, e.title, e.item_uuid, e.size, e.ctime, e.mtime, fields, metadata, gen)])
+                    deferred.append((int(conn.execute("SELECT last_insert_rowid()").fetchone()[0]), e))
+                    continue
                 base = self._free_name_locked(conn, parent, e)
                 key = names.name_key(base)
             taken.add(key)

@@ -162,6 +162,7 @@ class _Counters:
     pushed_rows_total: int = 0
     push_calls_total: int = 0
     failed_push_calls_total: int = 0
+    push_seconds_total: float = 0.0  # wall time inside successful push calls: rows ÷ this = push throughput
     last_error: str | None = None
     last_push_at: float | None = None  # unix seconds of the last successful push call
 
@@ -356,6 +357,7 @@ class WriteQueue:
                 "pushed_rows_total": c.pushed_rows_total,
                 "push_calls_total": c.push_calls_total,
                 "failed_push_calls_total": c.failed_push_calls_total,
+                "push_seconds_total": round(c.push_seconds_total, 6),
                 "retry_in_s": max(0.0, self._not_before - self._monotonic()) if self._failures else 0.0,
                 "parked": [
                     {"row": uid, "title": r.change.title or r.ref.title, "reason": r.parked.reason,
@@ -399,6 +401,7 @@ class WriteQueue:
 
     def _push_batch(self, snaps: list[_Snap]) -> bool:
         """Push one batch; False if a transient failure ended the round (the rest waits for backoff)."""
+        started = self._monotonic()
         try:
             outcomes = self._push([s.patch for s in snaps])
         except errors.PermanentWriteError as exc:
@@ -414,7 +417,7 @@ class WriteQueue:
             self._note_call(failed=True, error=exc)
             self._settle(snaps, {}, {}, transient=exc)
             return False
-        self._note_call(failed=False, error=None)
+        self._note_call(failed=False, error=None, seconds=self._monotonic() - started)
         landed: dict[str, PushOutcome] = {}
         parked: dict[str, str] = {}
         transient: Exception | None = None
@@ -432,10 +435,11 @@ class WriteQueue:
             self._on_landed(list(landed.values()))
         return transient is None
 
-    def _note_call(self, *, failed: bool, error: BaseException | None) -> None:
+    def _note_call(self, *, failed: bool, error: BaseException | None, seconds: float = 0.0) -> None:
         with self._lock:
             c = self._counters
             c.push_calls_total += 1
+            c.push_seconds_total += seconds
             if failed:
                 c.failed_push_calls_total += 1
                 c.last_error = _reason(error) if error is not None else None
