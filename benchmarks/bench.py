@@ -29,9 +29,10 @@ Figures
     rand4k_*, ttfb   random 4 KiB preads in the big file on a fresh mount; time to first 4 KiB of files
                      never read in that mount (the first one also pays for signing).
     setxattr_*       ``os.setxattr(user.encord.meta.k)`` on mounted rows.
-    flush_rows_per_s rows landed per second: rows ÷ (first setxattr → ``encordfs flush`` done). The queue
-                     pushes in the background while the setxattrs run, so "flush start → done" alone
-                     would measure only the tail; this conservative rate includes the setxattr time.
+    flush_rows_per_s rows pushed per second against the emulator: the write queue's pushed rows ÷ the
+                     time spent inside its push calls (``status.json``: ``push_seconds_total``).
+                     ``landed_rows_per_s`` is the end-to-end rate, rows ÷ (first setxattr → ``encordfs
+                     flush`` done), which also pays for every setxattr.
     ls_*, find_*,    need ``encordfs emulator --generate`` (skipped when it does not exist): first ``ls -l``
     rss_1m_mb        of a 100k-row dataset ÷ the raw SDK ``get_dataset`` + rows of it; warm ``ls -l`` and
                      ``find MNT`` (output counted by nothing: ``wc -l`` costs nothing); VmRSS of the mount
@@ -120,8 +121,9 @@ ROWS: list[tuple[str, str, str]] = [
     ("ttfb_first_ms", "ms", "  the first file of a fresh mount (signs)"),
     ("setxattr_p50_ms", "ms", "setxattr user.encord.meta.k, p50"),
     ("setxattr_p99_ms", "ms", "setxattr user.encord.meta.k, p99"),
-    ("flush_rows_per_s", "rows/s", "rows landed ÷ (first setxattr → flush done)"),
+    ("flush_rows_per_s", "rows/s", "rows pushed ÷ seconds inside push calls"),
     ("flush_s", "s", "  encordfs flush: start → done"),
+    ("landed_rows_per_s", "rows/s", "  rows ÷ (first setxattr → flush done)"),
     ("ls_first_ratio", "x", "first ls -l of 100k rows ÷ raw SDK get_dataset"),
     ("ls_first_s", "s", "  first ls -l"),
     ("sdk_get_dataset_s", "s", "  raw SDK get_dataset + rows"),
@@ -469,7 +471,10 @@ class Bench:
             self.fig["setxattr_p50_ms"] = percentile(lat, 50)
             self.fig["setxattr_p99_ms"] = percentile(lat, 99)
             self.fig["flush_s"] = t_done - t_flush
-            self.fig["flush_rows_per_s"] = len(rows) / (t_done - t_first)
+            self.fig["landed_rows_per_s"] = len(rows) / (t_done - t_first)
+            writes = json.loads((m.path / ".encordfs" / "status.json").read_text()).get("writes") or {}
+            if writes.get("push_seconds_total"):
+                self.fig["flush_rows_per_s"] = writes["pushed_rows_total"] / writes["push_seconds_total"]
             self.snapshot_counters(m, "writes")
             landed = self.landed_rows(emu, rows[:5])
             if landed is not None and not landed:
