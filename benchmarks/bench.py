@@ -124,6 +124,9 @@ ROWS: list[tuple[str, str, str]] = [
     ("flush_rows_per_s", "rows/s", "rows pushed ÷ seconds inside push calls"),
     ("flush_s", "s", "  encordfs flush: start → done"),
     ("landed_rows_per_s", "rows/s", "  rows ÷ (first setxattr → flush done)"),
+    ("ml_epoch1_img_s", "img/s", "DataLoader (4 workers) over the mount, epoch 1 (cold)"),
+    ("ml_epoch2_img_s", "img/s", "  epoch 2 (warm)"),
+    ("ml_local_img_s", "img/s", "  the same images from local disk"),
     ("ls_first_ratio", "x", "first ls -l of 100k rows ÷ raw SDK get_dataset"),
     ("ls_first_s", "s", "  first ls -l"),
     ("sdk_get_dataset_s", "s", "  raw SDK get_dataset + rows"),
@@ -314,6 +317,19 @@ class Bench:
             self.phase_listing()
         except subprocess.TimeoutExpired as exc:
             self.notes.append(f"listing figures incomplete: `{' '.join(map(str, exc.cmd))}` took over {exc.timeout:.0f} s")
+        self.phase_ml()
+
+    def phase_ml(self) -> None:
+        """Issue 7's loader figures: a 4-worker DataLoader over the sample, epoch 1 / epoch 2 / local disk."""
+        log("ML epochs over the sample (benchmarks/ml_epoch.py)")
+        done = subprocess.run([sys.executable, str(Path(__file__).with_name("ml_epoch.py"))], capture_output=True, text=True, timeout=600)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        if done.returncode != 0 or not lines:
+            self.notes.append(f"ML figures skipped: {(done.stderr.strip().splitlines() or ['no output'])[-1][:200]}")
+            return
+        for key, value in json.loads(lines[-1]).items():
+            if key.startswith("ml_") and isinstance(value, (int, float)):
+                self.fig[key] = value
 
     def presign(self, emu: infra.Emulator) -> tuple[str, list[str], str]:
         """Signed URLs of the big file and of every small file (in source order), through the SDK."""
