@@ -16,7 +16,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from encordfs.core.blockcache import BlockCache, DiskBlockCache, MemoryBlockCache, TieredBlockCache
+from encordfs.core.blockcache import (
+    Block,
+    BlockCache,
+    DiskBlockCache,
+    MemoryBlockCache,
+    TieredBlockCache,
+    _write_block_file,
+)
 from encordfs.core.counters import Counters
 from encordfs.core.fetch import HttpFetcher
 from encordfs.core.reader import ReadPipeline
@@ -204,6 +211,50 @@ def test_disk_cache_serves_a_remount(server: ByteServer, fetcher: HttpFetcher, t
             pipeline.prefetch("big:1", size, plain_source(server, "big"))
             pipeline.close()
     assert len(server.hits("big")) == 5  # the second "mount" fetched nothing
+
+
+def test_a_part_queued_for_the_disk_is_not_fetched_again(
+    server: ByteServer, make_pipeline: Callable[..., ReadPipeline], tmp_path: Path
+) -> None:
+    gate = threading.Event()
+
+    def stuck_disk(path: str, data: Block) -> None:
+        assert gate.wait(10)
+        _write_block_file(path, data)
+
+    size = 200 * KiB
+    server.add("big", data_of(8, size))
+    with DiskBlockCache(tmp_path / "c", capacity_bytes=64 << 20, min_free_bytes=0, write_file=stuck_disk) as disk:
+        pipeline = make_pipeline(TieredBlockCache(MemoryBlockCache(1), disk))  # the memory tier holds nothing
+        source = plain_source(server, "big")
+        assert read_all(pipeline, "big:1", size, source, chunk=64 * KiB) == server.blobs["big"]  # disk stuck
+        gets = len(server.hits("big"))
+        assert read_all(pipeline, "big:1", size, source, chunk=64 * KiB) == server.blobs["big"]
+        assert len(server.hits("big")) == gets  # served from the write queue
+        gate.set()
+        assert disk.flush(5) and disk.used_bytes > 0
+        assert read_all(pipeline, "big:1", size, source, chunk=64 * KiB) == server.blobs["big"]
+        assert len(server.hits("big")) == gets  # and now from the files
+
+
+def test_prefetch_waits_for_a_slow_disk_instead_of_skipping(
+    server: ByteServer, make_pipeline: Callable[..., ReadPipeline], tmp_path: Path
+) -> None:
+    def slow_disk(path: str, data: Block) -> None:
+        time.sleep(0.01)
+        _write_block_file(path, data)
+
+    size = 1024 * KiB
+    server.add("big", data_of(9, size))
+    disk = DiskBlockCache(
+        tmp_path / "c", capacity_bytes=64 << 20, min_free_bytes=0, max_backlog_bytes=64 * KiB, write_file=slow_disk
+    )
+    with disk:
+        pipeline = make_pipeline(TieredBlockCache(MemoryBlockCache(1), disk))
+        assert pipeline.prefetch("big:1", size, plain_source(server, "big")) == 16
+        assert disk.flush(5)
+        assert disk.counters.get("cache.skipped_disk_backlog") == 0
+        assert all(disk.contains(("big:1", k)) for k in range(16))
 
 
 # ---------------------------------------------------------------------------------------------- URLs

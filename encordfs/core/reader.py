@@ -33,7 +33,10 @@ Sequential detection and readahead
 Who fetches
     A demand segment (the bytes a read needs now) is fetched inline by the reading thread. Readahead
     runs in the pool; if a reader needs a readahead segment that is still queued it claims and runs it
-    itself (``_Segment.claim``), so demand never waits behind the queue.
+    itself (``_Segment.claim``), so demand never waits behind the queue. Neither waits for the disk:
+    ``cache.put`` only queues the disk write (the disk tier serves the queued buffer until it lands, so
+    a part is not fetched twice meanwhile, and skips the write when its backlog is full); only
+    ``prefetch`` waits for room in that queue, since filling the cache is its point.
 
 Global memory budget
     ``MemoryBudget`` accounts every segment held by any handle or in flight (prefetch too). Readahead only
@@ -140,6 +143,7 @@ class _Segment:
         self.start = start
         self.end = end
         self.part = part
+        self.fill_cache = False  # prefetch: wait for room in a slow cache tier rather than skip it
         self.future: Future[Block] = Future()
         self._budget = budget
         self._lock = threading.Lock()
@@ -260,6 +264,7 @@ class ReadPipeline:
                 slots.release()
                 raise
             segment = _Segment(start, end, k, self.budget)
+            segment.fill_cache = True
             pending.append(self._submit(segment, content_key, url_source, on_done=_releaser(segment, slots)))
         futures_wait(pending)
         for future in pending:
@@ -381,8 +386,8 @@ class ReadPipeline:
             return
         try:
             data = self._fetch(url_source, segment.start, segment.end)
-            segment.finish(data)  # readers go on before the (possibly disk) cache write
-            self.cache.put(key, data)
+            segment.finish(data)  # readers go on before the cache write
+            self.cache.put(key, data, wait=segment.fill_cache)  # the disk tier only queues it
         finally:
             with self._lock:
                 if self._flights.get(key) is segment.future:
