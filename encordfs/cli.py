@@ -123,7 +123,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace, mountpoint: Path) -> int:
     os.umask(0o077)  # the catalog, journal and cached blocks are the user's alone (files 0600, dirs 0700)
-    from encordfs import fuse
+    fuse = _binding(getattr(args, "binding", None))
     from encordfs.app import build
     from encordfs.backend.sdk import SdkBackend
     from encordfs.core.catalog import ROOT_INO
@@ -147,6 +147,19 @@ def _serve(args: argparse.Namespace, mountpoint: Path) -> int:
     return 0
 
 
+def _binding(name: str | None):  # type: ignore[no-untyped-def]
+    """The FUSE adapter module: mfusepy (default) or pyfuse3 (optional extra, low-level, readdirplus)."""
+    if name == "pyfuse3":
+        try:
+            from encordfs import fuse_pyfuse3
+        except ImportError as exc:
+            raise errors.FsError(f"--binding pyfuse3 needs pyfuse3 and trio ({exc}); pip install 'encordfs[pyfuse3]'") from None
+        return fuse_pyfuse3
+    from encordfs import fuse
+
+    return fuse
+
+
 def _serve_metrics(port: int, mount):  # type: ignore[no-untyped-def]
     from encordfs import metrics
 
@@ -162,6 +175,8 @@ def _mount_argv(args: argparse.Namespace, mountpoint: Path) -> list[str]:
         argv += ["--ssh-key-file", str(Path(args.ssh_key_file).expanduser().resolve())]
     if args.cache_dir:
         argv += ["--cache-dir", str(Path(args.cache_dir).expanduser().resolve())]
+    if getattr(args, "binding", None):
+        argv += ["--binding", args.binding]
     for flag in ("read_only", "allow_other", "include_org_access"):
         if getattr(args, flag, False):
             argv.append("--" + flag.replace("_", "-"))
@@ -436,6 +451,8 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-format", choices=("text", "json"), default=None, help="log lines as text (default) or JSON")
     p.add_argument("--metrics-port", type=int, default=None, metavar="PORT", help="serve Prometheus /metrics on 127.0.0.1:PORT")
     p.add_argument("-v", "--verbose", action="count", default=None, help="-v info, -vv debug")
+    p.add_argument("--binding", choices=("mfusepy", "pyfuse3"), default=None,
+                   help="FUSE binding: mfusepy (default) or pyfuse3 (optional extra; inode-based, readdirplus)")
 
 
 def build_parser() -> argparse.ArgumentParser:

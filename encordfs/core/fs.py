@@ -692,7 +692,7 @@ class _BytesHandle:
 def _parse_json(value: bytes, name: str) -> Any:
     try:
         return json.loads(value.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the parser's depth
         raise errors.InvalidValue(f"{name}: value is not valid JSON (strings need quotes: '\"train\"')") from None
 
 

@@ -1,0 +1,206 @@
+"""The pyfuse3 binding (``--binding pyfuse3``) through a real mount, checked against the mfusepy one.
+
+Both mounts serve the session's sample emulator; every path, mode, size, mtime, byte (sha256) and
+xattr must be equal. Writes are round trips that leave the emulator as they found it. Skipped
+when pyfuse3 is not installed (it is an optional extra that builds from source).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import hashlib
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("pyfuse3")
+pytest.importorskip("trio")
+
+from encordfs.cli import _mount_argv, build_parser
+from encordfs.mountpoint import mounted_at
+from tests.support.emulator import RunningEmulator
+from tests.support.mount import MountedFS
+
+META = "user.encord.meta."
+
+
+@pytest.fixture(scope="module")
+def p3_mount(sample_emulator: RunningEmulator) -> Iterator[MountedFS]:
+    workdir = Path(tempfile.mkdtemp(prefix="encordfs-p3-"))
+    try:
+        assert sample_emulator.key_file is not None
+        with MountedFS(sample_emulator.domain, sample_emulator.key_file, workdir, "--binding", "pyfuse3") as mounted:
+            yield mounted
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _tree(root: Path) -> dict[str, Any]:
+    """Every path under ``root`` → (mode, size, mtime, sha256 or None, xattrs)."""
+    out: dict[str, Any] = {}
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if stat.S_ISREG(st.st_mode) else None
+        xattrs = {name: os.getxattr(path, name) for name in os.listxattr(path)}
+        out[str(path.relative_to(root))] = (st.st_mode, st.st_size, st.st_mtime_ns, digest, xattrs)
+    return out
+
+
+def _first_file(folder: Path) -> Path:
+    return next(p for p in sorted(folder.iterdir()) if p.is_file())
+
+
+def _getdents_small(folder: Path, buffer_bytes: int = 1024) -> list[str]:
+    """Names from getdents64 with a buffer that holds only a few entries per call."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(buffer_bytes)
+    names: list[str] = []
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        while True:
+            n = libc.syscall(217, fd, buf, buffer_bytes)  # SYS_getdents64 on x86_64
+            if n < 0:
+                raise OSError(ctypes.get_errno(), "getdents64")
+            if n == 0:
+                return names
+            pos = 0
+            while pos < n:
+                reclen = int.from_bytes(buf.raw[pos + 16 : pos + 18], "little")
+                raw = buf.raw[pos + 19 : pos + reclen]
+                names.append(os.fsdecode(raw[: raw.index(b"\0")]))
+                pos += reclen
+    finally:
+        os.close(fd)
+
+
+def test_tree_bytes_and_xattrs_equal_mfusepy(p3_mount: MountedFS, sample_mount: MountedFS) -> None:
+    ours, theirs = _tree(p3_mount.path), _tree(sample_mount.path)
+    assert len(ours) >= 150
+    assert ours.keys() == theirs.keys()
+    for path in ours:
+        assert ours[path] == theirs[path], path
+
+
+def test_listing_carries_attributes_and_dot_entries(p3_mount: MountedFS) -> None:
+    folder = next(p for p in p3_mount.path.iterdir() if p.is_dir())
+    with os.scandir(folder) as it:
+        entries = list(it)
+    assert entries
+    for e in entries:  # readdirplus: the type and inode come with the entry
+        assert e.inode() == e.stat().st_ino
+        assert e.is_dir() == stat.S_ISDIR(e.stat().st_mode)
+    listed = subprocess.run(["ls", "-a", "-U", str(folder)], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert listed[:2] == [".", ".."]
+    # a listing resumed mid-way (a tiny getdents buffer: the kernel asks again from each offset we
+    # gave) neither skips nor repeats an entry
+    assert sorted(_getdents_small(folder)) == sorted([".", ".."] + [e.name for e in entries])
+
+
+def test_missing_names_and_foreign_xattrs(p3_mount: MountedFS) -> None:
+    with pytest.raises(FileNotFoundError):
+        (p3_mount.path / "no such dataset").stat()
+    with pytest.raises(FileNotFoundError):
+        (p3_mount.path / "no such dataset").stat()  # the negative entry, now from the kernel's cache
+    some = _first_file(next(p for p in p3_mount.path.iterdir() if p.is_dir()))
+    for name in ("security.selinux", "system.posix_acl_access", "trusted.x"):
+        with pytest.raises(OSError) as info:
+            os.getxattr(some, name)
+        assert info.value.errno == errno.ENOTSUP
+    with pytest.raises(OSError) as info:
+        os.setxattr(some, "security.x", b"1")
+    assert info.value.errno == errno.ENOTSUP
+    with pytest.raises(OSError) as info:
+        os.getxattr(some, "user.encord.no_such_field")
+    assert info.value.errno == errno.ENODATA
+    assert (p3_mount.path / ".encordfs" / "status.json").read_bytes().startswith(b"{")
+
+
+def test_setfattr_round_trip(p3_mount: MountedFS) -> None:
+    row = _first_file(p3_mount.path / "street-scenes")
+    name = META + "pyfuse3_probe"
+    subprocess.run(["setfattr", "-n", name, "-v", '"\\"probe\\""', str(row)], check=True)
+    assert os.getxattr(row, name) == b'"probe"'
+    assert b'"pyfuse3_probe":"probe"' in os.getxattr(row, "user.encord.client_metadata")
+    with pytest.raises(OSError) as info:
+        os.setxattr(row, name, b"1", os.XATTR_CREATE)
+    assert info.value.errno == errno.EEXIST
+    os.removexattr(row, name)
+    with pytest.raises(OSError) as info:
+        os.getxattr(row, name)
+    assert info.value.errno == errno.ENODATA
+    with pytest.raises(OSError) as info:
+        os.setxattr(row, "user.encord.uid", b"x")
+    assert info.value.errno == errno.EPERM
+    fd = os.open(row, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # waits until both changes have landed
+    finally:
+        os.close(fd)
+
+
+def test_rename_round_trip(p3_mount: MountedFS) -> None:
+    row = _first_file(p3_mount.path / "street-scenes")
+    moved = row.with_name("p3-renamed-" + row.name)
+    os.rename(row, moved)
+    try:
+        assert moved.exists() and not row.exists()
+        assert moved.name in os.listdir(row.parent)
+    finally:
+        os.rename(moved, row)
+    assert row.exists()
+
+
+def test_writes_are_refused(p3_mount: MountedFS) -> None:
+    folder = p3_mount.path / "street-scenes"
+    row = _first_file(folder)
+    attempts = [
+        lambda: os.open(folder / "new.txt", os.O_WRONLY | os.O_CREAT, 0o644),
+        lambda: os.open(row, os.O_WRONLY),
+        lambda: os.truncate(row, 0),
+        lambda: os.mkdir(folder / "sub"),
+        lambda: os.unlink(row),
+        lambda: os.rmdir(folder),
+        lambda: os.utime(row, (0, 0)),
+        lambda: os.chmod(row, 0o600),
+    ]
+    for attempt in attempts:
+        with pytest.raises(OSError) as info:
+            attempt()
+        assert info.value.errno in (errno.EROFS, errno.EPERM), info.value
+
+
+@pytest.mark.parametrize("how", ["fusermount3", "SIGTERM", "SIGINT"])
+def test_clean_shutdown(sample_emulator: RunningEmulator, how: str) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="encordfs-p3-stop-"))
+    try:
+        assert sample_emulator.key_file is not None
+        with MountedFS(sample_emulator.domain, sample_emulator.key_file, workdir, "--binding", "pyfuse3") as mounted:
+            assert mounted.proc is not None
+            assert any(mounted.path.iterdir())
+            if how == "fusermount3":
+                subprocess.run(["fusermount3", "-u", str(mounted.path)], check=True)
+            else:
+                mounted.proc.send_signal(getattr(signal, how))
+            assert mounted.proc.wait(30) == 0, mounted.log()
+            assert not mounted_at(mounted.path)
+            assert "every queued change has landed" in mounted.log()  # the core (and its queue) closed
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_binding_option_reaches_the_mount_process() -> None:
+    args = build_parser().parse_args(["mount", "/mnt/x", "--binding", "pyfuse3", "--domain", "http://d"])
+    assert args.binding == "pyfuse3"
+    argv = _mount_argv(args, Path("/mnt/x"))
+    assert argv[argv.index("--binding") + 1] == "pyfuse3"
+    default = build_parser().parse_args(["mount", "/mnt/x", "--domain", "http://d"])
+    assert "--binding" not in _mount_argv(default, Path("/mnt/x"))
