@@ -202,28 +202,12 @@ class SdkBackend:
 
     @staticmethod
     def _row(dataset_uid: str, r: Any) -> RowRecord:
-        data_type = r["data_type"]
+        """A ``RowRecord`` from an SDK ``DataRow`` (a dict of the wire keys, a few of them typed)."""
+        wire = dict(r)
+        wire["storage_location"] = int(r["storage_location"])
         backing = r.get("backing_item_uuid")
-        metadata = r["client_metadata"]
-        return RowRecord(
-            uid=r.uid,
-            dataset_uid=dataset_uid,
-            title=r.title,
-            data_type=data_type,
-            created_at=_ts(r["created_at"]),
-            last_edited_at=_ts(r["last_edited_at"]),
-            width=r["width"],
-            height=r["height"],
-            frames_per_second=r["frames_per_second"],
-            duration=r["duration"],
-            file_link=r["file_link"],
-            file_size=r["file_size"],
-            file_type=r["file_type"],
-            storage_location=int(r["storage_location"]),
-            backing_item_uuid=str(backing) if backing else None,
-            is_image_sequence=r["is_optimised_image_group"],
-            client_metadata=dict(metadata) if metadata is not None else None,
-        )
+        wire["backing_item_uuid"] = str(backing) if backing else None
+        return _row_from_json(dataset_uid, wire)
 
     def list_children(self, group_item_uuids: list[str]) -> dict[str, list[ChildRecord]]:
         if not group_item_uuids:
