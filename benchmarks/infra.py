@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -202,28 +201,14 @@ class Emulator:
 
 
 def start_emulator(stack: Cleanup, data_dir: Path, args: list[str], log: Path, timeout_s: float = 600) -> Emulator:
-    argv = [sys.executable, "-m", "encordfs.emulator", "--data-dir", str(data_dir), *args]
-    env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=open(log, "w"),
-                            text=True, env=env, start_new_session=True)
-    stack.callback(stop_process, proc)
-    found: dict[str, str] = {}
+    from encordfs.emulator import launch
 
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            key, _, value = line.strip().partition("=")
-            found[key] = value
-            if key == "domain":
-                return
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    reader.join(timeout_s)
-    if "domain" not in found:
-        raise RuntimeError(f"emulator did not start: {log.read_text()[-2000:]}")
-    key = found.get("ssh_key_file") or str(data_dir / "demo_ed25519")
-    return Emulator(proc, found["domain"], key)
+    try:
+        launched = launch.start(data_dir, args, stderr=open(log, "w"), timeout_s=timeout_s, new_session=True)
+    except launch.NotReady as exc:
+        raise RuntimeError(f"{exc}: {log.read_text()[-2000:]}") from None
+    stack.callback(stop_process, launched.proc)
+    return Emulator(launched.proc, launched.domain, str(launched.key_file or data_dir / "demo_ed25519"))
 
 
 def emulator_has_flag(flag: str) -> bool:

@@ -334,29 +334,13 @@ def cmd_refresh(args: argparse.Namespace) -> int:
 
 
 def _start_emulator(data_dir: Path, extra: list[str]) -> tuple[subprocess.Popen[str], str, str]:
-    argv = [sys.executable, "-m", "encordfs.emulator", "--data-dir", str(data_dir), "--sample", *extra]
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=None, text=True, start_new_session=True)
-    assert proc.stdout is not None
-    found: dict[str, str] = {}
+    from encordfs.emulator import launch
 
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            key, _, value = line.strip().partition("=")
-            if key in ("domain", "ssh_key_file"):
-                found[key] = value
-            if key == "domain":
-                return
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    reader.join(120)
-    if "domain" not in found:
-        proc.kill()
-        proc.wait()
-        raise errors.FsError("the emulator did not start (see the messages above)")
-    key = found.get("ssh_key_file") or str(data_dir / "demo_ed25519")
-    return proc, found["domain"], key
+    try:
+        launched = launch.start(data_dir, ["--sample", *extra], new_session=True)
+    except launch.NotReady as exc:
+        raise errors.FsError(f"{exc} (see the messages above)") from None
+    return launched.proc, launched.domain, str(launched.key_file or data_dir / "demo_ed25519")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

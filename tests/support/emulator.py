@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import shutil
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +25,7 @@ import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from encordfs.emulator import launch
 from encordfs.emulator.auth import keyid_of, write_keypair
 
 START_TIMEOUT_S = 60.0
@@ -93,28 +91,15 @@ class RunningEmulator:
         return self
 
     def _start(self) -> None:
-        argv = [sys.executable, "-m", "encordfs.emulator", "--data-dir", str(self.data_dir), *self.args]
-        env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
         with open(self.log_path, "w") as log:
-            self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True, env=env)
-        found: dict[str, str] = {}
-
-        def read() -> None:
-            assert self._proc is not None and self._proc.stdout is not None
-            for line in self._proc.stdout:
-                key, _, value = line.strip().partition("=")
-                found[key] = value
-                if key == "domain":
-                    return
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        reader.join(START_TIMEOUT_S)
-        if "domain" not in found:
-            raise RuntimeError(f"emulator did not start: {self.stderr()[-2000:]}")
-        self.domain = found["domain"]
-        if "ssh_key_file" in found:
-            self.key_file = Path(found["ssh_key_file"])
+            try:
+                launched = launch.start(self.data_dir, self.args, stderr=log, timeout_s=START_TIMEOUT_S)
+            except launch.NotReady as exc:
+                raise RuntimeError(f"{exc}: {self.stderr()[-2000:]}") from None
+        self._proc = launched.proc
+        self.domain = launched.domain
+        if launched.key_file is not None:
+            self.key_file = launched.key_file
 
     def stderr(self) -> str:
         try:
