@@ -227,3 +227,13 @@ def test_concurrent_readers_share_signing_batches(tmp_path: Path) -> None:
         fs.close()
         reader.close()
         catalog.close()
+
+
+def test_non_standard_json_is_refused() -> None:
+    from encordfs.core.fs import _parse_json
+
+    for bad in (b"NaN", b"Infinity", b'{"a": -Infinity}', b"1e400", b"[" * 5000):
+        with pytest.raises(errors.FsError) as e:
+            _parse_json(bad, "user.encord.meta.x")
+        assert e.value.errno == errno.EINVAL
+    assert _parse_json(b'{"a": 1.5e3}', "x") == {"a": 1500.0}

@@ -7,6 +7,7 @@ import re
 import shutil
 import stat
 import tempfile
+import time
 from pathlib import Path
 
 from tests.support.emulator import RunningEmulator
@@ -56,5 +57,96 @@ def test_debug_logs_hold_no_secrets_and_files_are_private(sample_emulator: Runni
                 assert mode & 0o077 == 0, (path, oct(mode))
             else:
                 assert mode & 0o077 == 0, (path, oct(mode))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------- signed URLs
+
+
+def _tamper_world(tmp: Path):  # type: ignore[no-untyped-def]
+    from encordfs.emulator import synthetic
+    from encordfs.emulator.server import Emulator
+
+    emu = Emulator(tmp / "emu")
+    ds_hash = emu.store.ingest_synthetic("s", 2, 1000)
+    emu.start()
+    tag = ds_hash.replace("-", "")[:12]
+    return emu, [synthetic.blob_key(f"{tag}.{n}", 1000) for n in (1, 2)]
+
+
+def test_signed_blob_url_cannot_be_widened_or_prolonged() -> None:
+    """A URL for one blob opens that blob only, only until its Expires: every edit is refused."""
+    import httpx
+
+    work = Path(tempfile.mkdtemp(prefix="encordfs-tamper-"))
+    emu, (mine, other) = _tamper_world(work)
+    try:
+        url = emu.sign_blob(mine)
+        base, query = url.split("?", 1)
+        expires = int(query.split("Expires=")[1].split("&")[0])
+        signature = query.split("Signature=")[1]
+        root = base[: base.index("/blobs/")]
+        assert httpx.get(url, trust_env=False).status_code == 200
+        forged = [
+            f"{root}/blobs/{other}?{query}",  # another blob, same signature
+            f"{base}x?{query}",  # a longer key
+            f"{base}/?{query}",
+            f"{root}/blobs/{mine}/../{other}?{query}",  # traversal
+            f"{root}/blobs/{mine.replace(':', '%3A')}?{query}",  # the same key, encoded differently
+            f"{base}?Expires={expires + 1}&Signature={signature}",  # longer life
+            f"{base}?Expires=9999999999&Signature={signature}",
+            f"{base}?Expires=9999999999&{query}",  # a second Expires in front
+            f"{base}?Expires={expires}&Signature={signature.upper()}",
+            f"{base}?Expires={expires}.0&Signature={signature}",
+            f"{base}?Expires={expires}",
+            f"{base}?Signature={signature}",
+            base,
+        ]
+        for bad in forged:
+            for method in ("GET", "HEAD"):
+                status = httpx.request(method, bad, trust_env=False).status_code
+                assert status in (403, 404), (method, bad.split("?")[0][-40:], status)
+        # Expiry is the emulator's: a 1-second URL is dead after 2 s, and a later Expires appended
+        # after the real one does not revive it (the first one is the one signed and checked).
+        httpx.post(f"{root}/_emulator/settings", json={"url_ttl_s": 1}, trust_env=False).raise_for_status()
+        short = emu.sign_blob(mine)
+        time.sleep(2.1)
+        assert httpx.get(short, trust_env=False).status_code == 403
+        assert httpx.get(short + "&Expires=9999999999", trust_env=False).status_code == 403
+    finally:
+        emu.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------- mount access
+
+
+def _mount_options(path: Path) -> list[str]:
+    for line in Path("/proc/mounts").read_text().splitlines():
+        fields = line.split()
+        if fields[1] == str(path):
+            return fields[3].split(",")
+    raise AssertionError(f"{path} is not mounted")
+
+
+def test_allow_other_adds_default_permissions_and_loose_key_file_warns(sample_emulator: RunningEmulator) -> None:
+    work = Path(tempfile.mkdtemp(prefix="encordfs-sec-"))
+    try:
+        assert sample_emulator.key_file is not None
+        loose = work / "loose_key"
+        shutil.copy(sample_emulator.key_file, loose)
+        os.chmod(loose, 0o644)
+        with MountedFS(sample_emulator.domain, loose, work, "--allow-other") as m:
+            options = _mount_options(m.path)
+            assert "allow_other" in options and "default_permissions" in options, options
+            assert stat.S_IMODE(next(m.path.iterdir()).stat().st_mode) == 0o555  # what default_permissions checks
+        assert "readable by other users" in m.log() and "chmod 600" in m.log()
+        os.chmod(loose, 0o600)
+        private = work / "private"
+        with MountedFS(sample_emulator.domain, loose, private) as m:
+            options = _mount_options(m.path)
+            assert "allow_other" not in options, options
+        assert "readable by other users" not in m.log()
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -14,24 +14,34 @@ Two transports, one status table
     by both.
 
 Algorithm (``fetch_into``)
-    One deadline per call: ``clock() + retry_budget_s``. Each attempt asks ``url_source(force)`` for a URL
+    Retries follow the one ``core.retry.RetryPolicy`` (``READ_RETRY`` by default: full-jitter backoff
+    from 0.1 s capped at 5 s, ``Retry-After`` honoured up to 5 s, at most 10 attempts and 30 s per call,
+    waits included). One deadline per call: ``clock() + policy.budget_s``. Each attempt asks ``url_source(force)`` for a URL
     and sends ``Range: bytes=a-b`` with ``Accept-Encoding: identity``; the body is streamed straight into
     the caller's buffer (no intermediate ``bytes``; the ceilings measured a reused buffer 1.5x faster).
 
     ======================  ================================================================
     206 (or 200 at 0)       copy exactly ``len(out)`` bytes; ``Content-Range`` must match
     400 / 401 / 403         signed URL refused: re-sign ONCE (``url_source(True)``) and retry
-                            at once; a second refusal -> ``PermissionDenied`` (400: ``RemoteIOError``)
+                            at once; the re-signed URL refused too -> ``PermissionDenied``
+                            (400: ``RemoteIOError``). Before each backoff retry the URL is asked
+                            for again (``url_source(False)``: cached unless it is expiring), so a
+                            URL that expires during a long retry is replaced, not refused twice
     404 / 410 / 412 / 416   the object is gone or shorter than the catalog said -> ``Stale``
-    408 / 429 / 5xx,        retried with full-jitter exponential backoff capped at
-    network errors          ``backoff_cap_s`` (``Retry-After`` honoured, capped), until the
-                            deadline; then ``RemoteIOError``
+    408 / 429 / 5xx,        retried after the policy's backoff (``Retry-After`` honoured, capped)
+    network errors          while the policy allows (attempts, time); then ``RemoteIOError``
     short body              announced shorter (Content-Length / Content-Range) -> ``Stale``;
-                            cut mid-stream -> retried like a network error
+                            cut mid-stream (reset, early close) -> retried like a network error
+    stalled body            no byte for ``stall_timeout_s`` -> abandoned, retried like a network error
     ======================  ================================================================
 
-    Each attempt's socket timeouts are ``min(timeout_s, time left)``, so no call outlives its budget by
-    more than one socket operation. A successful call never returns fewer bytes than asked.
+    Stalls: every socket operation (connect, send, each receive) has the timeout
+    ``min(stall_timeout_s, time left)``; the body is received in slices of ``_SLICE_BYTES`` and the
+    timeout is set again before each, so a server that stops sending mid-body is given up on after
+    ``stall_timeout_s`` of silence, and one that trickles is cut off at the deadline. No call outlives
+    its budget by more than one socket operation; a reader therefore gets its bytes or ``EIO`` within
+    ``budget_s + stall_timeout_s`` at worst, never a hang. A successful call never returns fewer bytes
+    than asked.
 
 Invariants: URLs are logged and put into messages only through ``redact`` (no query string, hence no
 signature). A ``client`` passed in is not closed by ``close()``. A pooled connection is reused only
@@ -42,22 +52,24 @@ Lock order: ``_StdlibPool._lock`` is a leaf, never held during I/O; httpx's pool
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import http.client
 import logging
-import random
 import socket as _socket
 import ssl
 import threading
 import time
 import urllib.request
 from collections.abc import Callable, Mapping
+from email.message import Message
 from typing import Protocol
 from urllib.parse import urljoin, urlsplit
 
 import httpx
 
 from encordfs.core.counters import Counters
+from encordfs.core.retry import READ_RETRY, RetryPolicy
 from encordfs.core.urls import UrlSource, redact
 from encordfs.errors import PermissionDenied, RemoteIOError, Stale
 
@@ -73,6 +85,11 @@ _RETRYABLE_STDLIB_EXC: tuple[type[Exception], ...] = (OSError, http.client.HTTPE
 _ERROR_BODY_MAX = 64 * 1024  # error bodies up to this size are drained so the connection stays pooled
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
+_SLICE_BYTES = 1 << 20  # body received in slices this big, the stall timeout and the deadline checked between
+# A healthy byte server sends something within a second even under load (S3's first byte is ~0.1 s
+# at p99 for small objects); 10 s of silence mid-body is a stalled connection, not a slow one, and
+# two such stalls and a retry still fit the 30 s read budget.
+DEFAULT_STALL_TIMEOUT_S = 10.0
 
 
 class RangeFetcher(Protocol):
@@ -84,10 +101,11 @@ class RangeFetcher(Protocol):
 class _Retry(Exception):
     """Internal: this attempt failed in a way worth retrying (after ``delay_s`` at least)."""
 
-    def __init__(self, reason: str, delay_s: float | None = None) -> None:
+    def __init__(self, reason: str, delay_s: float | None = None, stalled: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.delay_s = delay_s
+        self.stalled = stalled  # no byte for the stall timeout (or the deadline came mid-body)
 
 
 class _Refused(Exception):
@@ -99,36 +117,44 @@ class _Refused(Exception):
 
 
 class HttpFetcher:
-    """Range GETs over one pooled keep-alive client, with re-sign-once and budgeted retries."""
+    """Range GETs over one pooled keep-alive client, with re-sign-once and budgeted retries.
+
+    ``retry`` is the policy (default ``READ_RETRY``); ``retry_budget_s``, ``backoff_base_s``,
+    ``backoff_cap_s`` and ``rng`` are shorthands that replace its ``budget_s``, ``base_s``, ``cap_s``
+    (and ``max_retry_after_s``) and ``rand``.
+    """
 
     def __init__(
         self,
         client: httpx.Client | None = None,
         max_connections: int = 16,
-        timeout_s: float = 20.0,  # per socket operation; a stalled server is retried, not waited on forever
-        retry_budget_s: float = 30.0,  # total per call, including backoff; past it the read fails with EIO
-        backoff_base_s: float = 0.1,
-        backoff_cap_s: float = 5.0,
+        stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
+        retry: RetryPolicy = READ_RETRY,
         counters: Counters | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
-        rng: Callable[[], float] = random.random,
+        *,
+        retry_budget_s: float | None = None,
+        backoff_base_s: float | None = None,
+        backoff_cap_s: float | None = None,
+        rng: Callable[[], float] | None = None,
     ) -> None:
         self._owns_client = client is None
         self._pool: _StdlibPool | None = None
         if client is None and not _proxy_configured():
             self._pool = _StdlibPool(max_connections)
         elif client is None:
-            client = _default_client(max_connections, timeout_s)
+            client = _default_client(max_connections, stall_timeout_s)
         self._client = client
-        self.timeout_s = timeout_s
-        self.retry_budget_s = retry_budget_s
-        self._backoff_base_s = backoff_base_s
-        self._backoff_cap_s = backoff_cap_s
+        self.stall_timeout_s = stall_timeout_s
+        self.retry = _policy(retry, retry_budget_s, backoff_base_s, backoff_cap_s, rng)
         self.counters = counters if counters is not None else Counters()
         self._clock = clock
         self._sleep = sleep
-        self._rng = rng
+
+    @property
+    def retry_budget_s(self) -> float:
+        return self.retry.budget_s if self.retry.budget_s is not None else float("inf")
 
     def close(self) -> None:
         if self._pool is not None:
@@ -146,9 +172,10 @@ class HttpFetcher:
         """Fill ``out`` with bytes ``[start, start + len(out))`` or raise an ``FsError``."""
         if len(out) == 0:
             return
-        deadline = self._clock() + self.retry_budget_s
+        started = self._clock()
+        deadline = started + self.retry_budget_s
         resigned = False
-        attempt = 0
+        failures = 0
         url = url_source(False)
         while True:
             try:
@@ -163,33 +190,46 @@ class HttpFetcher:
                 self.counters.inc("fetch.resigns_after_error")
                 url = url_source(True)
             except _Retry as retry:
-                delay_s = self._backoff_s(attempt, retry.delay_s)
-                attempt += 1
-                if self._clock() + delay_s >= deadline:
+                failures += 1
+                if retry.stalled:
+                    self.counters.inc("fetch.stalls")
+                delay_s = self.retry.next_delay_s(failures, self._clock() - started, retry.delay_s)
+                if delay_s is None:
                     self.counters.inc("fetch.errors")
                     raise RemoteIOError(
-                        f"gave up on {redact(url)} after {attempt} attempts "
+                        f"gave up on {redact(url)} after {failures} attempts in {self._clock() - started:.1f} s "
                         f"({self.retry_budget_s:g} s budget): {retry.reason}"
                     ) from None
                 self.counters.inc("fetch.retries")
                 log.debug("retrying %s in %.3f s: %s", redact(url), delay_s, retry.reason)
                 self._sleep(delay_s)
+                # The URL may have expired while this call retried (short-lived URLs): ask again (the
+                # cache answers at once while it is fresh). The URL was not refused, so a later refusal
+                # is a new expiry and earns its own re-sign.
+                url = url_source(False)
+                resigned = False
 
     # -- one attempt
 
+    def _timeout_s(self, deadline: float) -> float:
+        """The timeout of the next socket operation: the stall timeout, or less near the deadline."""
+        return max(0.001, min(self.stall_timeout_s, deadline - self._clock()))
+
     def _attempt(self, url: str, start: int, out: memoryview, deadline: float) -> None:
-        left_s = max(0.001, min(self.timeout_s, deadline - self._clock()))
+        left_s = self._timeout_s(deadline)
         headers = {"Range": f"bytes={start}-{start + len(out) - 1}", "Accept-Encoding": "identity"}
         self.counters.inc("fetch.requests")
         if self._pool is not None:
-            self._attempt_stdlib(self._pool, url, headers, start, out, left_s)
+            self._attempt_stdlib(self._pool, url, headers, start, out, deadline)
             return
         assert self._client is not None
         try:
             with self._client.stream("GET", url, headers=headers, timeout=left_s) as response:
                 self._check_status(response.status_code, response.headers, url, lambda: _drain_small(response))
                 self._check_range(response.status_code, response.headers, start, len(out), url)
-                self._read_body(response, out)
+                self._read_body(response, out, deadline)
+        except httpx.TimeoutException as exc:
+            raise _Retry(type(exc).__name__, stalled=True) from None
         except _RETRYABLE_EXC as exc:
             raise _Retry(type(exc).__name__) from None
         except httpx.HTTPError as exc:
@@ -197,14 +237,16 @@ class HttpFetcher:
             raise RemoteIOError(f"cannot fetch {redact(url)}: {type(exc).__name__}") from None
 
     def _attempt_stdlib(
-        self, pool: _StdlibPool, url: str, headers: dict[str, str], start: int, out: memoryview, timeout_s: float
+        self, pool: _StdlibPool, url: str, headers: dict[str, str], start: int, out: memoryview, deadline: float
     ) -> None:
         for _ in range(_MAX_REDIRECTS + 1):
             try:
-                conn, response = pool.request(url, headers, timeout_s)
+                conn, response = pool.request(url, headers, self._timeout_s(deadline))
             except ValueError as exc:  # not an http(s) URL, or no host
                 self.counters.inc("fetch.errors")
                 raise RemoteIOError(f"cannot fetch {redact(url)}: {exc}") from None
+            except TimeoutError as exc:
+                raise _Retry(type(exc).__name__, stalled=True) from None
             except _RETRYABLE_STDLIB_EXC as exc:
                 raise _Retry(type(exc).__name__) from None
             reusable = False
@@ -217,30 +259,43 @@ class HttpFetcher:
                     continue
                 self._check_status(status, response.headers, url, lambda: _drain_stdlib(response))
                 self._check_range(status, response.headers, start, len(out), url)
-                reusable = self._read_body_stdlib(response, out)
+                reusable = self._read_body_stdlib(conn, response, out, deadline)
                 return
+            except TimeoutError as exc:
+                raise _Retry(type(exc).__name__, stalled=True) from None
             except _RETRYABLE_STDLIB_EXC as exc:
                 raise _Retry(type(exc).__name__) from None
             finally:
                 pool.release(conn, response, reusable)
         raise _Retry(f"more than {_MAX_REDIRECTS} redirects")
 
-    def _read_body_stdlib(self, response: http.client.HTTPResponse, out: memoryview) -> bool:
-        """Fill ``out`` with ``readinto``; True when the response was consumed to its end (reusable)."""
+    def _read_body_stdlib(
+        self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse, out: memoryview, deadline: float
+    ) -> bool:
+        """Fill ``out`` with ``readinto``; True when the response was consumed to its end (reusable).
+
+        Slice by slice, the socket timeout set again before each (see the module docstring: stalls).
+        """
         pos, length = 0, len(out)
-        while pos < length:
-            n = response.readinto(out[pos:])
-            if not n:
-                break
-            pos += n
-        self.counters.inc("fetch.bytes_fetched", pos)
+        try:
+            while pos < length:
+                if self._clock() >= deadline:
+                    raise _Retry(f"deadline reached at {pos} of {length} bytes", stalled=True)
+                if conn.sock is not None:
+                    conn.sock.settimeout(self._timeout_s(deadline))
+                n = response.readinto(out[pos : min(length, pos + _SLICE_BYTES)])
+                if not n:
+                    break
+                pos += n
+        finally:
+            self.counters.inc("fetch.bytes_fetched", pos)
         if pos < length:
             raise _Retry(f"body cut short at {pos} of {length} bytes")
         # http.client closes its side of a response read to its announced end: only then is the
         # connection free for the next request (a 200 longer than ``out`` is not, and gets closed).
         return response.isclosed() and not response.will_close
 
-    def _check_status(self, status: int, headers: Mapping[str, str], url: str, drain: Callable[[], object]) -> None:
+    def _check_status(self, status: int, headers: Mapping[str, str] | Message, url: str, drain: Callable[[], object]) -> None:
         if status in (200, 206):
             return
         drain()
@@ -254,7 +309,7 @@ class HttpFetcher:
         self.counters.inc("fetch.errors")
         raise RemoteIOError(f"{redact(url)} answered HTTP {status}")
 
-    def _check_range(self, status: int, headers: Mapping[str, str], start: int, length: int, url: str) -> None:
+    def _check_range(self, status: int, headers: Mapping[str, str] | Message, start: int, length: int, url: str) -> None:
         if status == 200:
             if start != 0:
                 raise RemoteIOError(f"{redact(url)} ignored the Range header")
@@ -268,9 +323,12 @@ class HttpFetcher:
         if got[1] - got[0] + 1 < length:
             raise Stale(f"{redact(url)} is shorter than expected (Content-Range ends at {got[1]})")
 
-    def _read_body(self, response: httpx.Response, out: memoryview) -> None:
+    def _read_body(self, response: httpx.Response, out: memoryview, deadline: float) -> None:
         pos, length = 0, len(out)
         for chunk in response.iter_raw():
+            if self._clock() >= deadline and pos + len(chunk) < length:
+                self.counters.inc("fetch.bytes_fetched", pos)
+                raise _Retry(f"deadline reached at {pos} of {length} bytes", stalled=True)
             take = min(len(chunk), length - pos)
             out[pos : pos + take] = chunk[:take] if take < len(chunk) else chunk
             pos += take
@@ -282,12 +340,22 @@ class HttpFetcher:
         if pos < length:
             raise _Retry(f"body cut short at {pos} of {length} bytes")
 
-    def _backoff_s(self, attempt: int, retry_after_s: float | None) -> float:
-        ceiling = min(self._backoff_cap_s, self._backoff_base_s * (2**attempt))
-        delay = ceiling * self._rng()  # "full jitter": spreads retries of many readers apart
-        if retry_after_s is not None:
-            delay = max(delay, min(retry_after_s, self._backoff_cap_s))
-        return delay
+
+
+def _policy(
+    policy: RetryPolicy, budget_s: float | None, base_s: float | None, cap_s: float | None,
+    rand: Callable[[], float] | None,
+) -> RetryPolicy:
+    changes: dict[str, object] = {}
+    if budget_s is not None:
+        changes["budget_s"] = budget_s
+    if base_s is not None:
+        changes["base_s"] = base_s
+    if cap_s is not None:
+        changes["cap_s"] = changes["max_retry_after_s"] = cap_s
+    if rand is not None:
+        changes["rand"] = rand
+    return dataclasses.replace(policy, **changes) if changes else policy  # type: ignore[arg-type]
 
 
 def _default_client(max_connections: int, timeout_s: float) -> httpx.Client:
@@ -304,7 +372,7 @@ def _drain_small(response: httpx.Response) -> None:
             pass  # the connection is dropped instead of pooled; the status is what matters
 
 
-def _retry_after_s(headers: Mapping[str, str]) -> float | None:
+def _retry_after_s(headers: Mapping[str, str] | Message) -> float | None:
     value = headers.get("retry-after")
     if not value:
         return None

@@ -689,11 +689,26 @@ class _BytesHandle:
         pass
 
 
+def _reject_constant(token: str) -> Any:
+    raise ValueError(f"{token} is not JSON")
+
+
 def _parse_json(value: bytes, name: str) -> Any:
+    """Strict JSON: ``NaN``/``Infinity`` and numbers that overflow to infinity are refused (Encord's
+    JSON would reject them later, parking the row), as is nesting past the parser's depth."""
     try:
-        return json.loads(value.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the parser's depth
+        parsed = json.loads(value.decode("utf-8"), parse_constant=_reject_constant,
+                            parse_float=_finite_float)
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise errors.InvalidValue(f"{name}: value is not valid JSON (strings need quotes: '\"train\"')") from None
+    return parsed
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if number in (float("inf"), float("-inf")):
+        raise ValueError("number out of range")
+    return number
 
 
 def _parse_timeout(value: bytes) -> float:

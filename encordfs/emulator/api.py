@@ -6,7 +6,11 @@ return a :class:`Response`; failures are raised as :class:`~encordfs.emulator.er
 rendered by ``errors.render`` in the caller's family format. The legacy ``POST /public`` route is
 one URL whose endpoint name depends on the body (:func:`legacy_endpoint`).
 
-Admin endpoints (``/_emulator/*``, no auth) live in :class:`AdminApi`.
+Admin endpoints (``/_emulator/*``, no auth) live in :class:`AdminApi`: ``GET stats`` (request counters
+and fault firings), ``GET health``, ``POST reset`` (faults, settings and counters; ``{"data": true}``
+restores the startup data too), ``GET/POST/DELETE faults`` (rules; see ``faults``), ``GET/POST
+settings`` (``{"url_ttl_s": 2, "clock_skew_s": -30}``; ``null`` restores a default), ``POST rows``,
+``DELETE rows/<data hash>``.
 """
 
 from __future__ import annotations
@@ -440,7 +444,7 @@ class AdminApi:
     def handle(self, method: str, path: str, body: bytes) -> Response:
         sub = path[len("/_emulator/") :].rstrip("/")
         if sub == "stats" and method == "GET":
-            return json_response(self._stats.snapshot())
+            return json_response({**self._stats.snapshot(), **self._faults.counts()})
         if sub == "health" and method == "GET":
             return json_response({"ok": True, **self._store.counts()})
         if sub == "reset" and method == "POST":
@@ -455,6 +459,10 @@ class AdminApi:
         if sub == "faults" and method == "DELETE":
             self._faults.clear()
             return json_response([])
+        if sub == "settings" and method == "GET":
+            return json_response(self._faults.settings())
+        if sub == "settings" and method == "POST":
+            return json_response(self._faults.update_settings(_json_body(body)))
         if sub == "rows" and method == "POST":
             return self._add_row(_json_body(body))
         if sub.startswith("rows/") and method == "DELETE":
@@ -469,6 +477,7 @@ class AdminApi:
             raw = _json_body(body)
             data = bool(parse_bool(raw.get("data") if isinstance(raw, dict) else None, "data"))
         self._faults.clear()
+        self._faults.reset_counts()
         self._stats.reset()
         if data:
             self._store.restore_startup_state()

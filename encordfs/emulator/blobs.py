@@ -52,13 +52,13 @@ def load_or_create_secret(data_dir: Path) -> bytes:
 
 class UrlSigner:
     def __init__(
-        self, secret: bytes, base_url: str, ttl_s: int, clock: Callable[[], float] = time.time,
+        self, secret: bytes, base_url: str, ttl_s: int | Callable[[], int], clock: Callable[[], float] = time.time,
         blob_base_url: str | None = None,
     ) -> None:
         self._secret = secret
         self._base_url = base_url.rstrip("/")
         self._blob_base_url = blob_base_url.rstrip("/") if blob_base_url else None
-        self._ttl_s = ttl_s
+        self._ttl_s = ttl_s  # a callable is asked at each signing (the emulator's runtime ``url_ttl_s``)
         self._clock = clock
 
     def _mac(self, path: str, expires: str) -> str:
@@ -66,7 +66,8 @@ class UrlSigner:
 
     def sign(self, blob_key: str) -> str:
         path = f"{BLOB_PREFIX}{blob_key}"
-        expires = str(int(self._clock()) + self._ttl_s)
+        ttl_s = self._ttl_s() if callable(self._ttl_s) else self._ttl_s
+        expires = str(int(self._clock()) + ttl_s)
         query = f"?Expires={expires}&Signature={self._mac(path, expires)}"
         if self._blob_base_url is not None:  # benchmark mode: an external server, unverified
             return f"{self._blob_base_url}/{blob_key}{query}"

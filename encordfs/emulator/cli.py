@@ -13,6 +13,10 @@ state across restarts. Imports are idempotent per (source, dataset title): ``--i
 already-imported dir, or ``--sample`` on a data dir that has the sample, imports nothing new; nor does
 ``--generate TITLE:ROWS[:BYTES]`` for a title it generated before (``emulator.synthetic``: ROWS IMAGE
 rows whose BYTES-byte blobs are generated on the fly, never stored).
+
+Faults: ``--fault RULE_JSON`` (repeatable) installs rules as if posted to ``/_emulator/faults`` and
+``--clock-skew SECONDS`` sets the blob signer's skew (``/_emulator/settings``); ``/_emulator/reset``
+clears both (see ``emulator.faults``).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from encordfs.emulator import auth, synthetic
+from encordfs.emulator import auth, faults, synthetic
 from encordfs.emulator.server import (
     DEFAULT_MAX_METADATA_BYTES,
     DEFAULT_URL_TTL_S,
@@ -67,9 +71,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="BENCHMARKS ONLY: signed URLs point at URL/<blob key> (a web server whose root is "
                         "<data-dir>/blobs, e.g. nginx); that server does not check signatures or expiry")
     parser.add_argument("--latency-ms", type=int, default=0, help="added delay on every API call (not blobs)")
+    parser.add_argument("--fault", dest="faults", action="append", type=_fault_rule, default=[], metavar="RULE_JSON",
+                        help='a fault rule in force from the start, as posted to /_emulator/faults (repeatable), e.g. '
+                        '\'{"endpoint": "blob.get", "drop_after_bytes": 4096, "rate": 0.05}\'; /_emulator/reset clears it')
+    parser.add_argument("--clock-skew", dest="clock_skew_s", type=float, default=0.0, metavar="SECONDS",
+                        help="add SECONDS to the clock used to sign and check blob URLs (runtime: /_emulator/settings)")
     parser.add_argument("--max-metadata-bytes", type=int, default=DEFAULT_MAX_METADATA_BYTES,
                         help="client metadata limit in bytes of compact JSON (default %(default)s); over it → 413")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr (-vv: requests)")
+
+
+def _fault_rule(text: str) -> faults.FaultRule:
+    try:
+        return faults.parse_rule_text(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _generate_spec(text: str) -> synthetic.GenerateSpec:
@@ -121,7 +137,11 @@ def _serve(args: argparse.Namespace, data_dir: Path) -> int:
         latency_ms=args.latency_ms,
         max_metadata_bytes=args.max_metadata_bytes,
         blob_base_url=getattr(args, "blob_base_url", None),
+        faults=getattr(args, "faults", None) or [],
     )
+    skew_s = float(getattr(args, "clock_skew_s", 0.0) or 0.0)
+    if skew_s:
+        emu.faults.update_settings({"clock_skew_s": skew_s})
     stop = threading.Event()
     previous = _install_signal_handlers(stop)
     try:

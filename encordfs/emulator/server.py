@@ -12,7 +12,11 @@
 One request, in order (:meth:`_Handler._dispatch`): read the whole body (keeps keep-alive in
 sync); ``/blobs/*`` → signed-URL check and byte serving; ``/_emulator/*`` → admin; otherwise find
 the route, count it in the stats, sleep ``latency_ms`` (+ fault latency), answer an injected fault
-if one fires, authenticate (legacy or v2 scheme, by family), run the handler. Every failure is an
+if one fires, authenticate (legacy or v2 scheme, by family), run the handler.
+Blob requests go through the same fault rules (endpoint ``blob.get``) and may also get a body fault
+(``faults``: connection reset or clean close mid-body, a stall); the signer's clock is the
+emulator's clock plus the runtime ``clock_skew_s``, and its URL lifetime the runtime ``url_ttl_s``
+when set (``/_emulator/settings``). Every failure is an
 :class:`~encordfs.emulator.errors.ApiError` rendered by ``errors.render``; unexpected exceptions
 are logged once and become a 500 — never a traceback to the client.
 
@@ -24,6 +28,8 @@ blob metadata (blobs are immutable; the cache is cleared when rows are deleted o
 from __future__ import annotations
 
 import logging
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -49,7 +55,7 @@ from encordfs.emulator.blobs import (
     parse_range,
 )
 from encordfs.emulator.errors import ApiError, Family
-from encordfs.emulator.faults import Faults, Stats
+from encordfs.emulator.faults import BodyFault, FaultRule, Faults, Stats
 from encordfs.emulator.store import BlobInfo, Store
 
 log = logging.getLogger("encordfs.emulator")
@@ -73,6 +79,7 @@ class Emulator:
         max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES,
         clock: Callable[[], float] = time.time,
         blob_base_url: str | None = None,  # benchmarks only: see ``blobs`` (signatures go unchecked)
+        faults: Iterable[FaultRule] = (),  # rules in force from the start (``--fault``); reset clears them
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
@@ -85,6 +92,7 @@ class Emulator:
         self.blob_base_url = blob_base_url
         self.stats = Stats()
         self.faults = Faults()
+        self.faults.add(list(faults))
         self.domain = ""
         self.key_file: Path | None = None  # the demo key, when no authorized_keys were given
         self._store: Store | None = None
@@ -120,7 +128,7 @@ class Emulator:
         self.port = int(bound_port)
         self.domain = f"http://{shown}:{self.port}"
         self._signer = UrlSigner(
-            load_or_create_secret(self.data_dir), self.domain, self.url_ttl_s, self.clock, self.blob_base_url
+            load_or_create_secret(self.data_dir), self.domain, self._url_ttl_now, self._skewed_clock, self.blob_base_url
         )
         self.api = Api(store, self.signer, self.max_metadata_bytes)
         self.admin = AdminApi(store, self.stats, self.faults, self.api, self._data_changed)
@@ -150,6 +158,13 @@ class Emulator:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def _skewed_clock(self) -> float:
+        return self.clock() + self.faults.clock_skew_s
+
+    def _url_ttl_now(self) -> int:
+        override = self.faults.url_ttl_s
+        return self.url_ttl_s if override is None else override
 
     def signer(self) -> UrlSigner:
         assert self._signer is not None, "emulator not started"
@@ -217,12 +232,12 @@ class _Handler(BaseHTTPRequestHandler):
         if route is not None and route.family == "legacy":
             endpoint = legacy_endpoint(body)
         app.stats.api_call(endpoint)
-        delay_s, fault = app.faults.apply(endpoint)
-        delay_s += app.latency_ms / 1000.0
+        decision = app.faults.apply(endpoint)
+        delay_s = decision.delay_s + app.latency_ms / 1000.0
         if delay_s > 0:
             time.sleep(delay_s)
-        if fault is not None:
-            self._send_error(family, fault)
+        if decision.error is not None:
+            self._send_error(family, decision.error)
             return
         req = Request(self.command, self.path, path, parse_qs(split.query), self.headers, body, params)
 
@@ -312,28 +327,75 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {first_last[0]}-{first_last[1]}/{info.size}")
         self.end_headers()
 
-    def _serve_synthetic(self, app: Emulator, blob_key: str, info: BlobInfo, first_last: tuple[int, int] | None, start: int, count: int) -> None:
+    def _serve_synthetic(
+        self, app: Emulator, blob_key: str, info: BlobInfo, first_last: tuple[int, int] | None, start: int, count: int,
+        fault: BodyFault | None,
+    ) -> None:
         """Bytes of a synthetic blob, generated block by block (``emulator.synthetic``)."""
         assert info.synthetic_seed is not None
         try:
             self._blob_headers(blob_key, info, first_last, count)
             if self.command == "GET":
-                for chunk in synthetic.iter_range(info.synthetic_seed, info.size, start, count):
-                    self.wfile.write(chunk)
-                    app.stats.blob(nbytes=len(chunk))
+                self._write_body(app, synthetic.iter_range(info.synthetic_seed, info.size, start, count), count, fault)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+
+    def _write_body(self, app: Emulator, chunks: Iterable[bytes], count: int, fault: BodyFault | None) -> None:
+        """Send ``count`` bytes from ``chunks``, applying ``fault`` at its byte (see ``faults``)."""
+        cut = fault.cut_at(count) if fault is not None and count > 0 else None
+        sent = 0
+        for chunk in chunks:
+            if fault is not None and cut is not None and cut < sent + len(chunk):
+                head = chunk[: cut - sent]
+                if head:
+                    self.wfile.write(head)
+                    app.stats.blob(nbytes=len(head))
+                    sent += len(head)
+                app.faults.body_fault_done(fault)
+                if not self._body_fault(fault):
+                    return
+                chunk, cut = chunk[len(head) :], None
+            if chunk:
+                self.wfile.write(chunk)
+                app.stats.blob(nbytes=len(chunk))
+                sent += len(chunk)
+
+    def _body_fault(self, fault: BodyFault) -> bool:
+        """Carry out ``fault`` on the connection; True when the rest of the body is still to be sent."""
+        if fault.kind == "stall":
+            time.sleep(fault.stall_ms / 1000.0)
+            return True
+        self.close_connection = True
+        if fault.kind == "drop":
+            # Linger 0: the close below sends RST, not FIN. The socket is closed here so that the
+            # server's own ``shutdown(SHUT_WR)`` afterwards fails instead of sending a clean FIN first.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+        else:  # truncate: a clean end of stream, short of the Content-Length that was promised
+            self.connection.shutdown(socket.SHUT_WR)
+        return False
+
+    @staticmethod
+    def _file_chunks(fh: Any, start: int, count: int, size: int = 256 * 1024) -> Iterable[bytes]:
+        fh.seek(start)
+        left = count
+        while left > 0:
+            chunk = fh.read(min(size, left))
+            if not chunk:
+                return
+            left -= len(chunk)
+            yield chunk
 
     def _serve_blob(self, app: Emulator, path: str, query: str) -> None:
         if self.command not in ("GET", "HEAD"):
             self._send_error("blob", ApiError(405, "only GET and HEAD on blobs"))
             return
         app.stats.blob(requests=1)
-        delay_s, fault = app.faults.apply("blob.get")
-        if delay_s > 0:
-            time.sleep(delay_s)
-        if fault is not None:
-            self._send_error("blob", fault)
+        decision = app.faults.apply("blob.get", body_faults=True)
+        if decision.delay_s > 0:
+            time.sleep(decision.delay_s)
+        if decision.error is not None:
+            self._send_error("blob", decision.error)
             return
         try:
             blob_key = app.signer().verify(path, query)
@@ -352,7 +414,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         start, count = (0, info.size) if first_last is None else (first_last[0], first_last[1] - first_last[0] + 1)
         if info.path is None:
-            self._serve_synthetic(app, blob_key, info, first_last, start, count)
+            self._serve_synthetic(app, blob_key, info, first_last, start, count, decision.body)
             return
         try:
             fh = open(info.path, "rb")  # noqa: SIM115 - closed below
@@ -362,7 +424,9 @@ class _Handler(BaseHTTPRequestHandler):
         with fh:
             try:
                 self._blob_headers(blob_key, info, first_last, count)
-                if self.command == "GET" and count > 0:
+                if self.command == "GET" and count > 0 and decision.body is not None:
+                    self._write_body(app, self._file_chunks(fh, start, count), count, decision.body)
+                elif self.command == "GET" and count > 0:
                     sent = self.connection.sendfile(fh, start, count)
                     app.stats.blob(nbytes=sent)
             except (BrokenPipeError, ConnectionResetError):

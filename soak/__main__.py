@@ -1,0 +1,130 @@
+"""``scripts/soak [--quick] [--json FILE] [--only SUITE,...]``: run the soak suites, print and save the numbers.
+
+Exit status 0 when every must-be-zero count is zero and every target was met (bytes read, kill
+trials), 1 otherwise. ``--quick`` is sized to finish within 10 minutes on a 2-core machine; without it
+the run reads 10 GiB and makes 50 kill trials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from soak import suites
+from soak.suites import GiB, MiB
+
+SUITES = ("hostile", "writes", "network", "bytes", "concurrency")
+SIZES = {
+    # mode: workspace spec, bytes to read, kill trials, concurrency seconds, hostile cases
+    "quick": dict(spec=suites.WorkspaceSpec(large_rows=140, large_bytes=8 * MiB + 4321), bytes=1 * GiB, trials=20,
+                  seconds=20.0, cases=300),
+    "full": dict(spec=suites.WorkspaceSpec(large_rows=1300, large_bytes=8 * MiB + 4321), bytes=10 * GiB, trials=50,
+                 seconds=60.0, cases=1000),
+}
+HEADLINE = ("bytes_read", "wrong_bytes", "read_errors", "faults_injected", "writes", "lost_writes", "kill_trials",
+            "max_rss_mb", "hangs", "op_errors", "hostile_cases", "hostile_failures", "network_eio_worst_s",
+            "network_recovered_s", "network_failures")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/soak", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the short run (<= 10 minutes)")
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the figures there")
+    parser.add_argument("--only", default=",".join(SUITES), help=f"comma-separated subset of {','.join(SUITES)}")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (emulator data, mount logs)")
+    args = parser.parse_args(argv)
+    chosen = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(chosen) - set(SUITES)
+    if unknown:
+        parser.error(f"unknown suite(s): {', '.join(sorted(unknown))}")
+    mode = "quick" if args.quick else "full"
+    size: dict[str, Any] = SIZES[mode]
+    os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+    root = Path(tempfile.mkdtemp(prefix="encordfs-soak-"))
+    started = time.monotonic()
+    details: dict[str, Any] = {}
+    try:
+        with suites.Workspace(root, size["spec"]) as ws:
+            for name in SUITES:
+                if name not in chosen:
+                    continue
+                t0 = time.monotonic()
+                print(f"soak: {name} ...", file=sys.stderr, flush=True)
+                details[name] = _run(name, ws, size)
+                print(f"soak: {name} done in {time.monotonic() - t0:.0f} s: {_short(details[name])}", file=sys.stderr, flush=True)
+            faults = ws.faults_injected()
+    finally:
+        if args.keep:
+            print(f"soak: work dir kept: {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    figures = _headline(details, faults)
+    figures["mode"], figures["seconds"] = mode, round(time.monotonic() - started, 1)
+    problems = _problems(figures, size, chosen)
+    figures["ok"], figures["problems"] = not problems, problems
+    out = {**figures, "suites": details}
+    width = max(len(k) for k in HEADLINE)
+    for key in (*HEADLINE, "mode", "seconds", "ok"):
+        if key in figures:
+            print(f"{key:<{width}}  {figures[key]}")
+    for problem in problems:
+        print(f"PROBLEM: {problem}")
+    if args.json is not None:
+        args.json.write_text(json.dumps(out, indent=2, default=str) + "\n")
+    return 0 if not problems else 1
+
+
+def _run(name: str, ws: suites.Workspace, size: dict[str, Any]) -> dict[str, Any]:
+    if name == "bytes":
+        return suites.bytes_suite(ws, total_bytes=size["bytes"])
+    if name == "writes":
+        return suites.writes_suite(ws, trials=size["trials"])
+    if name == "network":
+        return suites.network_suite(ws)
+    if name == "hostile":
+        return suites.hostile_suite(ws, cases=size["cases"])
+    return suites.concurrency_suite(ws, duration_s=size["seconds"])
+
+
+def _headline(details: dict[str, Any], faults: int) -> dict[str, Any]:
+    def total(key: str) -> int:
+        return sum(int(d.get(key, 0) or 0) for d in details.values())
+
+    figures: dict[str, Any] = {key: total(key) for key in ("bytes_read", "wrong_bytes", "read_errors", "writes",
+                                                           "lost_writes", "kill_trials", "hangs", "op_errors",
+                                                           "hostile_cases", "hostile_failures", "network_failures")}
+    figures["faults_injected"] = faults
+    figures["max_rss_mb"] = max((d.get("max_rss_mb", 0) for d in details.values()), default=0)
+    network = details.get("network", {})
+    figures["network_eio_worst_s"] = network.get("network_eio_worst_s")
+    figures["network_recovered_s"] = network.get("network_recovered_s")
+    return figures
+
+
+def _problems(figures: dict[str, Any], size: dict[str, Any], chosen: list[str]) -> list[str]:
+    problems = [f"{key} = {figures[key]}, must be 0" for key in suites.MUST_BE_ZERO if figures.get(key)]
+    if "bytes" in chosen and figures["bytes_read"] < size["bytes"]:
+        problems.append(f"bytes_read {figures['bytes_read']} < target {size['bytes']}")
+    if "writes" in chosen and figures["kill_trials"] < size["trials"]:
+        problems.append(f"kill_trials {figures['kill_trials']} < target {size['trials']}")
+    if "bytes" in chosen and not figures["faults_injected"]:
+        problems.append("no fault was injected")
+    if figures["max_rss_mb"] > suites.RSS_LIMIT_MB:
+        problems.append(f"max_rss_mb {figures['max_rss_mb']} over {suites.RSS_LIMIT_MB}")
+    return problems
+
+
+def _short(detail: dict[str, Any]) -> str:
+    keys = [k for k in HEADLINE if k in detail] + [k for k in ("seconds", "mb_per_s", "failures", "lost", "errors") if detail.get(k)]
+    return ", ".join(f"{k}={detail[k]}" for k in keys)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

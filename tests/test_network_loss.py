@@ -1,0 +1,23 @@
+"""Network loss: the emulator goes away under a mount and comes back on the same port and data dir.
+
+Reads of bytes not cached fail with EIO within the retry budget (never a hang), listings, ``stat`` and
+xattrs keep working from the catalog, and the same mount reads again by itself once the emulator is
+back (the short form of ``scripts/soak``'s network suite; see ``soak.suites.network_suite``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from soak import suites
+
+
+def test_emulator_down_then_back(tmp_path: Path) -> None:
+    spec = suites.WorkspaceSpec(large_rows=3, large_bytes=24 * suites.MiB + 5, small_rows=3, real_files=2)
+    with suites.Workspace(tmp_path, spec) as ws:
+        figures = suites.network_suite(ws, budget_s=45.0, recover_within_s=30.0)
+    assert figures["network_failures"] == 0, figures["failures"]
+    assert figures["network_ls_ok"] and figures["hangs"] == 0
+    assert set(figures["network_eio"]) == {"warm", "cold"}
+    assert figures["network_eio_worst_s"] <= 45.0  # the 30 s budget; the kernel may retry a failed page once
+    assert figures["network_recovered_s"] is not None and figures["network_recovered_s"] < 30.0
