@@ -116,9 +116,7 @@ def build(backend: Backend, settings: Settings) -> Mount:
 
 
 def _landed(catalog: Catalog, outcomes: list) -> None:  # type: ignore[type-arg]
-    for outcome in outcomes:
-        if outcome.ok:
-            catalog.set_row_state(outcome.row_uid, dict(outcome.metadata) if outcome.metadata is not None else None, outcome.title)
+    catalog.set_rows_state([(o.row_uid, dict(o.metadata) if o.metadata is not None else None, o.title) for o in outcomes if o.ok])
 
 
 def _close_writes(writes: WriteQueue, timeout_s: float) -> None:

@@ -125,6 +125,7 @@ CREATE TABLE IF NOT EXISTS nodes(
     loaded_at REAL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS nodes_parent_uid ON nodes(parent, uid);
+CREATE INDEX IF NOT EXISTS nodes_uid ON nodes(uid);
 CREATE UNIQUE INDEX IF NOT EXISTS nodes_parent_key ON nodes(parent, name_key);
 CREATE INDEX IF NOT EXISTS nodes_parent_name ON nodes(parent, name);
 -- Listings are in inode order: without this SQLite sorts the whole folder in memory per readdir
@@ -318,16 +319,18 @@ class Catalog:
             conn.commit()
             self.version += 1
 
-    def set_row_state(self, uid: str, metadata: dict[str, Any] | None, title: str | None) -> None:
-        """Record the server's state of a row after a push landed (metadata and/or title)."""
+    def set_rows_state(self, states: list[tuple[str, dict[str, Any] | None, str | None]]) -> None:
+        """Record the server's state of rows after a push landed: (uid, metadata, title), one transaction."""
+        metadata = [(json.dumps(m, separators=(",", ":"), ensure_ascii=False), uid, Kind.ROW, Kind.GROUP) for uid, m, _ in states if m is not None]
+        titles = [(t, uid, Kind.ROW, Kind.GROUP) for uid, _, t in states if t is not None]
         with self._write_lock:
             conn = self._writer
-            if metadata is not None:
-                encoded = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False)
-                conn.execute("UPDATE nodes SET client_metadata=? WHERE uid=? AND kind IN (?, ?)", (encoded, uid, Kind.ROW, Kind.GROUP))
-            if title is not None:
-                conn.execute("UPDATE nodes SET title=? WHERE uid=? AND kind IN (?, ?)", (title, uid, Kind.ROW, Kind.GROUP))
+            conn.executemany("UPDATE nodes SET client_metadata=? WHERE uid=? AND kind IN (?, ?)", metadata)
+            conn.executemany("UPDATE nodes SET title=? WHERE uid=? AND kind IN (?, ?)", titles)
             conn.commit()
+
+    def set_row_state(self, uid: str, metadata: dict[str, Any] | None, title: str | None) -> None:
+        self.set_rows_state([(uid, metadata, title)])
 
     def sync_children(self, parent: int, entries: Iterable[Entry], when: float) -> int:
         """Make ``parent``'s children exactly ``entries`` (streamed); returns how many there are.
