@@ -79,7 +79,9 @@ def test_path_cache_follows_refresh_and_rename(fs_and_backend) -> None:  # type:
 
 def test_path_cache_hit_still_starts_the_ttl_refresh(fs_and_backend) -> None:  # type: ignore[no-untyped-def]
     fs, backend, clock = fs_and_backend
-    fs.resolve("/street/a.jpg")
+    fs.resolve("/street/a.jpg")  # loads the folders (the catalog changes, so nothing is cached yet)
+    fs.resolve("/street/a.jpg")  # a walk over unchanged folders: now cached
+    assert fs.paths.get("/street/a.jpg") is not None
     backend.remove_row("ds1", "r1")
     clock.now += 61
     fs.resolve("/street/a.jpg")  # a cached hit, served stale while the folder reloads
