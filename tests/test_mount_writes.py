@@ -232,3 +232,29 @@ def test_kill_9_during_a_write_stream_loses_nothing(emulator: RunningEmulator) -
             assert got is not None and got >= value and got // 100_000 == value // 100_000, (uid, got, value)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_10000_setfattr_over_1000_rows_cost_at_most_12_api_calls() -> None:
+    work = Path(tempfile.mkdtemp(prefix="encordfs-bulk-"))
+    try:
+        with RunningEmulator(["--generate", "bulk:1000:16"]) as emu:
+            assert emu.key_file is not None
+            with MountedFS(emu.domain, emu.key_file, work) as m:
+                files = sorted((m.path / "bulk").iterdir())
+                assert len(files) == 1000
+                uids = [_uid(f) for f in files]
+                before = emu.stats()["api_calls"]
+                for i in range(10_000):
+                    f = files[i % 1000]
+                    os.setxattr(f, META + f"k{i % 3}", str(i).encode())
+                done = _encordfs("flush", str(m.path), "--timeout", "120")
+                assert done.returncode == 0, done.stderr
+                calls = emu.stats()["api_calls"] - before
+                assert calls <= 12, calls
+            rows = _server_rows(emu, "bulk")
+            for n, uid in enumerate(uids):
+                expected = {f"k{(i % 3)}": i for i in range(n, 10_000, 1000)}  # last write per key wins
+                got = {k: v for k, v in rows[uid].client_metadata.items() if k.startswith("k")}
+                assert got == expected, (uid, got, expected)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
