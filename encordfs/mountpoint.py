@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from encordfs import errors
@@ -51,7 +52,7 @@ def check_usable(path: Path) -> Path:
     return path.resolve()
 
 
-def wait_mounted(path: Path, timeout_s: float, alive: "callable[[], bool]") -> bool:  # type: ignore[valid-type]
+def wait_mounted(path: Path, timeout_s: float, alive: Callable[[], bool]) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if mounted_at(path):

@@ -52,9 +52,6 @@ class MemoryBackend:
     def remove_row(self, dataset_uid: str, row_uid: str) -> None:
         self.rows[dataset_uid] = [r for r in self.rows[dataset_uid] if r.uid != row_uid]
 
-    def retitle_row(self, dataset_uid: str, row_uid: str, title: str) -> None:
-        self.rows[dataset_uid] = [replace(r, title=title) if r.uid == row_uid else r for r in self.rows[dataset_uid]]
-
     # -- Backend ----------------------------------------------------------------------------------
     def list_datasets(self) -> list[DatasetRecord]:
         self._count("list_datasets")

@@ -262,9 +262,6 @@ class Catalog:
     def children(self, parent: int) -> Iterator[Node]:
         return (_node(row) for row in self._stream(f"SELECT {_COLUMNS} FROM nodes WHERE parent=? ORDER BY ino", (parent,)))
 
-    def count_children(self, parent: int) -> int:
-        return int(self._one("SELECT count(*) FROM nodes WHERE parent=?", (parent,))[0])
-
     def file_items(self, parent: int, after_ino: int = 0, limit: int = 1000) -> list[tuple[int, str]]:
         """(ino, item uuid) of signable files in a folder, in inode order from ``after_ino``."""
         rows = self._all(
@@ -328,9 +325,6 @@ class Catalog:
             conn.executemany("UPDATE nodes SET client_metadata=? WHERE uid=? AND kind IN (?, ?)", metadata)
             conn.executemany("UPDATE nodes SET title=? WHERE uid=? AND kind IN (?, ?)", titles)
             conn.commit()
-
-    def set_row_state(self, uid: str, metadata: dict[str, Any] | None, title: str | None) -> None:
-        self.set_rows_state([(uid, metadata, title)])
 
     def sync_children(self, parent: int, entries: Iterable[Entry], when: float) -> int:
         """Make ``parent``'s children exactly ``entries`` (streamed); returns how many there are.

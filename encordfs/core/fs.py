@@ -630,10 +630,9 @@ class EncordFS:
 
     def _control(self, ino: int, name: str, value: bytes) -> None:
         if name == CONTROL_XATTR_REFRESH:
-            target = ino if ino == ROOT_INO else ino if ino < CONTROL_INO and self.node(ino).kind.is_dir else None
-            if target is None:
+            if ino != ROOT_INO and (ino >= CONTROL_INO or not self.node(ino).kind.is_dir):
                 raise errors.InvalidValue("refresh a folder, not a file")
-            self.refresh(target)
+            self.refresh(ino)
         elif self.writes is not None:  # flush: kick the queue; the CLI polls status.json
             writes = self.writes
             threading.Thread(target=writes.flush, args=(_parse_timeout(value),), daemon=True).start()
@@ -651,7 +650,6 @@ class EncordFS:
         existing = self.catalog.lookup_key(old_parent, new_name)
         if existing is not None and existing.ino != node.ino:
             raise errors.Exists(f"{new_name} already exists (or differs only in case)")
-        _, title = self._view(node)
         assert self.writes is not None
         self.writes.set_title(self._ref(node, new_name), new_name, base_version=node.mtime)
         self.catalog.rename(node.ino, new_name, new_name)
