@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.support.emulator import RunningEmulator
-from tests.support.mount import MountedFS
+from tests.support.mount import MountedFS, temporary_mount
 
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 
@@ -37,10 +34,5 @@ def sample_emulator() -> Iterator[RunningEmulator]:
 
 @pytest.fixture(scope="module")
 def sample_mount(sample_emulator: RunningEmulator) -> Iterator[MountedFS]:
-    workdir = Path(tempfile.mkdtemp(prefix="encordfs-mnt-"))
-    try:
-        assert sample_emulator.key_file is not None
-        with MountedFS(sample_emulator.domain, sample_emulator.key_file, workdir) as mounted:
-            yield mounted
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    with temporary_mount(sample_emulator.domain, sample_emulator.key_file) as mounted:
+        yield mounted

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from tests.support.emulator import RunningEmulator
-from tests.support.mount import MountedFS
+from tests.support.mount import MountedFS, temporary_mount
 
 
 def _image(path: Path, rng: random.Random, fmt: str) -> None:
@@ -55,14 +55,9 @@ def folder() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def mounted(folder: Path) -> Iterator[tuple[RunningEmulator, MountedFS]]:
-    work = Path(tempfile.mkdtemp(prefix="encordfs-import-mnt-"))
-    try:
-        with RunningEmulator(["--import", str(folder)]) as emu:
-            assert emu.key_file is not None
-            with MountedFS(emu.domain, emu.key_file, work) as mnt:
-                yield emu, mnt
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with RunningEmulator(["--import", str(folder)]) as emu:
+        with temporary_mount(emu.domain, emu.key_file) as mnt:
+            yield emu, mnt
 
 
 def test_tree_bytes_and_metadata_match_the_folder(folder: Path, mounted: tuple[RunningEmulator, MountedFS]) -> None:

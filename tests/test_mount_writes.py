@@ -21,7 +21,7 @@ import pytest
 from encord.orm.dataset import DatasetAccessSettings
 
 from tests.support.emulator import RunningEmulator
-from tests.support.mount import MountedFS
+from tests.support.mount import MountedFS, temporary_mount
 
 META = "user.encord.meta."
 WHOLE = "user.encord.client_metadata"
@@ -36,13 +36,8 @@ def emulator() -> Iterator[RunningEmulator]:
 @pytest.fixture()
 def mnt(emulator: RunningEmulator) -> Iterator[MountedFS]:
     emulator.reset(data=True)
-    work = Path(tempfile.mkdtemp(prefix="encordfs-w-"))
-    try:
-        assert emulator.key_file is not None
-        with MountedFS(emulator.domain, emulator.key_file, work, "--max-metadata-bytes", "1000000") as mounted:
-            yield mounted
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with temporary_mount(emulator.domain, emulator.key_file, "--max-metadata-bytes", "1000000") as mounted:
+        yield mounted
 
 
 def _encordfs(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -235,26 +230,20 @@ def test_kill_9_during_a_write_stream_loses_nothing(emulator: RunningEmulator) -
 
 
 def test_10000_setfattr_over_1000_rows_cost_at_most_12_api_calls() -> None:
-    work = Path(tempfile.mkdtemp(prefix="encordfs-bulk-"))
-    try:
-        with RunningEmulator(["--generate", "bulk:1000:16"]) as emu:
-            assert emu.key_file is not None
-            with MountedFS(emu.domain, emu.key_file, work) as m:
-                files = sorted((m.path / "bulk").iterdir())
-                assert len(files) == 1000
-                uids = [_uid(f) for f in files]
-                before = emu.stats()["api_calls"]
-                for i in range(10_000):
-                    f = files[i % 1000]
-                    os.setxattr(f, META + f"k{i % 3}", str(i).encode())
-                done = _encordfs("flush", str(m.path), "--timeout", "120")
-                assert done.returncode == 0, done.stderr
-                calls = emu.stats()["api_calls"] - before
-                assert calls <= 12, calls
-            rows = _server_rows(emu, "bulk")
-            for n, uid in enumerate(uids):
-                expected = {f"k{(i % 3)}": i for i in range(n, 10_000, 1000)}  # last write per key wins
-                got = {k: v for k, v in rows[uid].client_metadata.items() if k.startswith("k")}
-                assert got == expected, (uid, got, expected)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with RunningEmulator(["--generate", "bulk:1000:16"]) as emu:
+        with temporary_mount(emu.domain, emu.key_file) as m:
+            files = sorted((m.path / "bulk").iterdir())
+            assert len(files) == 1000
+            uids = [_uid(f) for f in files]
+            before = emu.stats()["api_calls"]
+            for i in range(10_000):
+                os.setxattr(files[i % 1000], META + f"k{i % 3}", str(i).encode())
+            done = _encordfs("flush", str(m.path), "--timeout", "120")
+            assert done.returncode == 0, done.stderr
+            calls = emu.stats()["api_calls"] - before
+            assert calls <= 12, calls
+        rows = _server_rows(emu, "bulk")
+    for n, uid in enumerate(uids):
+        expected = {f"k{(i % 3)}": i for i in range(n, 10_000, 1000)}  # the last write per key wins
+        got = {k: v for k, v in rows[uid].client_metadata.items() if k.startswith("k")}
+        assert got == expected, (uid, got, expected)

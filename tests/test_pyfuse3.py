@@ -28,20 +28,15 @@ pytest.importorskip("trio")
 from encordfs.cli import _mount_argv, build_parser
 from encordfs.mountpoint import mounted_at
 from tests.support.emulator import RunningEmulator
-from tests.support.mount import MountedFS
+from tests.support.mount import MountedFS, temporary_mount
 
 META = "user.encord.meta."
 
 
 @pytest.fixture(scope="module")
 def p3_mount(sample_emulator: RunningEmulator) -> Iterator[MountedFS]:
-    workdir = Path(tempfile.mkdtemp(prefix="encordfs-p3-"))
-    try:
-        assert sample_emulator.key_file is not None
-        with MountedFS(sample_emulator.domain, sample_emulator.key_file, workdir, "--binding", "pyfuse3") as mounted:
-            yield mounted
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    with temporary_mount(sample_emulator.domain, sample_emulator.key_file, "--binding", "pyfuse3") as mounted:
+        yield mounted
 
 
 def _tree(root: Path) -> dict[str, Any]:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -60,3 +64,15 @@ class MountedFS:
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
+
+
+@contextmanager
+def temporary_mount(domain: str, key_file: str | Path | None, *extra: str, prefix: str = "encordfs-mnt-") -> Iterator[MountedFS]:
+    """A mount in a fresh temp dir (mount point, cache, log), removed with it afterwards."""
+    assert key_file is not None, "the emulator made no demo key"
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        with MountedFS(domain, key_file, workdir, *extra) as mounted:
+            yield mounted
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
