@@ -530,8 +530,8 @@ class Bench:
         with Cleanup() as stack:
             emu = infra.start_emulator(stack, self.work / "emu-rss", ["--generate", f"rss:{s.rss_rows}"], self.work / "emu-rss.log")
             with mounted(lambda: self.mount(emu)) as m:
-                # A full readdir (``ls -f``: no sort, no per-entry stat): every row is loaded and listed;
-                # ``ls -l`` would add a million FUSE lookups (mfusepy has no readdirplus), i.e. minutes.
+                # A full readdir (``ls -f``: no sort, no per-entry stat): every row is loaded and listed,
+                # which is what the figure is about; ``ls -l`` would add a million xattr probes.
                 run_listing(["ls", "-f", str(m.path / "rss")])
                 self.fig["rss_1m_mb"] = m.rss_mb()
 

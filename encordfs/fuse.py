@@ -57,6 +57,9 @@ def _translated(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+BLKSIZE = 131072  # st_blksize: the I/O size tools such as cp use for their reads
+
+
 def _stat(a: Attr) -> dict[str, int]:
     mtime_ns = int(a.mtime * 1e9)
     return {
@@ -70,7 +73,7 @@ def _stat(a: Attr) -> dict[str, int]:
         "st_ctime": int(a.ctime * 1e9),
         "st_atime": mtime_ns,
         "st_blocks": (a.size + 511) // 512,
-        "st_blksize": 131072,
+        "st_blksize": BLKSIZE,
     }
 
 
@@ -99,18 +102,24 @@ class FuseOperations(mfusepy.Operations):  # type: ignore[misc]
 
     @_translated
     def readdir_with_offset(self, path: str, offset: int, fh: Any) -> Iterator[Any]:
-        # Resumable and streamed. With an offset per entry libfuse passes each batch straight to the
-        # kernel instead of buffering the whole folder (for a million entries its buffer was ~200 MB);
-        # the kernel asks again from the last offset it took. Offsets: "." → 1, ".." → 2, a child →
-        # its inode + 2 (inodes are ≥ 2 and listed in inode order, so offsets only grow). mfusepy
-        # keeps only st_mode and st_ino of each entry (no readdirplus), so nothing else is built.
-        # Errors surface from fs.readdir before the first entry.
+        # Plain READDIR (the kernel asks for it when it does not want attributes): mfusepy keeps only
+        # st_mode and st_ino of each entry, so nothing else is built.
+        return (
+            (name, None if attr is None else {"st_ino": attr.ino, "st_mode": attr.mode}, off)
+            for name, attr, off in self.readdir_plus(path, offset)
+        )
+
+    @_translated
+    def readdir_plus(self, path: str, offset: int) -> Iterator[tuple[str, Attr | None, int]]:
+        """(name, attributes, offset) of a folder's entries from ``offset``. Resumable and streamed:
+        with an offset per entry libfuse passes each batch straight to the kernel instead of buffering
+        the whole folder (for a million entries its buffer was ~200 MB); the kernel asks again from
+        the last offset it took. Offsets: "." → 1, ".." → 2, a child → its inode + 2 (inodes are ≥ 2
+        and listed in inode order, so offsets only grow). Errors surface before the first entry."""
         ino = self.fs.resolve(path)
         children = self.fs.readdir(ino, max(0, offset - _OFFSET_BASE))
-        head = [(".", {"st_ino": ino, "st_mode": 0o040555}, 1), ("..", None, 2)][offset:] if offset < _OFFSET_BASE else []
-        return itertools.chain(
-            head, ((name, {"st_ino": attr.ino, "st_mode": attr.mode}, attr.ino + _OFFSET_BASE) for name, attr in children)
-        )
+        head = [(".", self.fs.getattr(ino), 1), ("..", None, 2)][offset:] if offset < _OFFSET_BASE else []
+        return itertools.chain(head, ((name, attr, attr.ino + _OFFSET_BASE) for name, attr in children))
 
     @_translated
     def open(self, path: str, fi: Any) -> int:
@@ -181,6 +190,44 @@ class FuseOperations(mfusepy.Operations):  # type: ignore[misc]
     chmod = chown = utimens = _read_only  # type: ignore[assignment]
 
 
+FUSE_READDIR_PLUS = 1  # libfuse 3: readdir's flags (the kernel sent READDIRPLUS)
+FUSE_FILL_DIR_PLUS = 2  # libfuse 3: the filler's flags (this entry carries full attributes)
+
+
+class _FUSE(mfusepy.FUSE):  # type: ignore[misc]
+    """mfusepy with readdirplus. mfusepy fills READDIRPLUS replies with names only (``flags=0``), so
+    the kernel drops them and sends a LOOKUP per entry: a first ``ls -l`` of 100k rows cost 100k
+    round trips through Python. Here the entries carry their full attributes with
+    ``FUSE_FILL_DIR_PLUS``; libfuse's high-level ``fill_dir_plus`` records the node (the lookup
+    count the kernel now holds) and the kernel caches entry and attributes for their timeouts."""
+
+    def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int) -> int:
+        if not flags & FUSE_READDIR_PLUS or path is None:
+            return super().readdir_fuse_3(path, buf, filler, offset, fip, flags)  # type: ignore[no-any-return]
+        st = mfusepy.c_stat()
+        encoding, errs = self.encoding, self.errors
+        for name, attr, off in self.operations.readdir_plus(path.decode(encoding, errs), offset):
+            if attr is None:
+                if filler(buf, name.encode(encoding, errs), None, off, 0) != 0:
+                    break
+                continue
+            st.st_ino = attr.ino
+            st.st_mode = attr.mode
+            st.st_nlink = attr.nlink
+            st.st_size = attr.size
+            st.st_uid = attr.uid
+            st.st_gid = attr.gid
+            st.st_blocks = (attr.size + 511) // 512
+            st.st_blksize = BLKSIZE
+            # the same nanoseconds as getattr's (``_stat``)
+            st.st_mtimespec.tv_sec, st.st_mtimespec.tv_nsec = sec, nsec = divmod(int(attr.mtime * 1e9), 1_000_000_000)
+            st.st_atimespec.tv_sec, st.st_atimespec.tv_nsec = sec, nsec
+            st.st_ctimespec.tv_sec, st.st_ctimespec.tv_nsec = divmod(int(attr.ctime * 1e9), 1_000_000_000)
+            if filler(buf, name.encode(encoding, errs), st, off, FUSE_FILL_DIR_PLUS) != 0:
+                break
+        return 0
+
+
 def run(fs: EncordFS, mountpoint: str, *, foreground: bool = True, read_only: bool = False, allow_other: bool = False, attr_timeout_s: float = 60.0, entry_timeout_s: float = 60.0, negative_timeout_s: float = 5.0, debug: bool = False) -> None:
     """Mount and serve until unmounted. Raises ``errors.FsError`` when the mount cannot start."""
     ops = FuseOperations(fs, attr_timeout_s=attr_timeout_s, entry_timeout_s=entry_timeout_s, negative_timeout_s=negative_timeout_s)
@@ -191,6 +238,6 @@ def run(fs: EncordFS, mountpoint: str, *, foreground: bool = True, read_only: bo
         options["allow_other"] = True
         options["default_permissions"] = True
     try:
-        mfusepy.FUSE(ops, mountpoint, raw_fi=True, **options)
+        _FUSE(ops, mountpoint, raw_fi=True, **options)
     except RuntimeError as exc:
         raise errors.FsError(f"libfuse could not mount {mountpoint} (status {exc})") from None

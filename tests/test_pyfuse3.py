@@ -7,7 +7,6 @@ when pyfuse3 is not installed (it is an optional extra that builds from source).
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import hashlib
 import os
@@ -27,6 +26,7 @@ pytest.importorskip("trio")
 
 from encordfs.cli import _mount_argv, build_parser
 from encordfs.mountpoint import mounted_at
+from tests.support.dirents import getdents_small
 from tests.support.emulator import RunningEmulator
 from tests.support.mount import MountedFS, temporary_mount
 
@@ -54,29 +54,6 @@ def _first_file(folder: Path) -> Path:
     return next(p for p in sorted(folder.iterdir()) if p.is_file())
 
 
-def _getdents_small(folder: Path, buffer_bytes: int = 1024) -> list[str]:
-    """Names from getdents64 with a buffer that holds only a few entries per call."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    buf = ctypes.create_string_buffer(buffer_bytes)
-    names: list[str] = []
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        while True:
-            n = libc.syscall(217, fd, buf, buffer_bytes)  # SYS_getdents64 on x86_64
-            if n < 0:
-                raise OSError(ctypes.get_errno(), "getdents64")
-            if n == 0:
-                return names
-            pos = 0
-            while pos < n:
-                reclen = int.from_bytes(buf.raw[pos + 16 : pos + 18], "little")
-                raw = buf.raw[pos + 19 : pos + reclen]
-                names.append(os.fsdecode(raw[: raw.index(b"\0")]))
-                pos += reclen
-    finally:
-        os.close(fd)
-
-
 def test_tree_bytes_and_xattrs_equal_mfusepy(p3_mount: MountedFS, sample_mount: MountedFS) -> None:
     ours, theirs = _tree(p3_mount.path), _tree(sample_mount.path)
     assert len(ours) >= 150
@@ -97,7 +74,7 @@ def test_listing_carries_attributes_and_dot_entries(p3_mount: MountedFS) -> None
     assert listed[:2] == [".", ".."]
     # a listing resumed mid-way (a tiny getdents buffer: the kernel asks again from each offset we
     # gave) neither skips nor repeats an entry
-    assert sorted(_getdents_small(folder)) == sorted([".", ".."] + [e.name for e in entries])
+    assert sorted(getdents_small(folder)) == sorted([".", ".."] + [e.name for e in entries])
 
 
 def test_missing_names_and_foreign_xattrs(p3_mount: MountedFS) -> None:

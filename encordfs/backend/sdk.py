@@ -20,6 +20,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -361,12 +362,14 @@ def _parse_rows(response: requests.Response, dataset_uid: str, context: Any) -> 
         for chunk in itertools.chain(chunks, [None]):
             if chunk is None:  # end of body: a truncated document raises IncompleteJSONError here
                 row_pipe.close()
-                status_pipe.close()
+                if not status:
+                    status_pipe.close()
             else:
                 if len(kept) < ENVELOPE_KEEP_BYTES:
                     kept += chunk[: ENVELOPE_KEEP_BYTES - len(kept)]
                 row_pipe.send(chunk)
-                status_pipe.send(chunk)
+                if not status:  # Encord sends "status" first: once seen, the second parse stops
+                    status_pipe.send(chunk)
             if status and status[0] != 200:
                 rows.clear()  # an error envelope: decoded whole below
                 continue
@@ -438,10 +441,19 @@ def _row_from_json(dataset_uid: str, r: dict[str, Any]) -> RowRecord:
         file_size=r["file_size"],
         file_type=r["file_type"],
         storage_location=int(r["storage_location"]),
-        backing_item_uuid=str(uuid.UUID(backing)) if backing else None,
+        backing_item_uuid=_canonical_uuid(backing) if backing else None,
         is_image_sequence=r.get("is_optimised_image_group"),
         client_metadata=metadata if metadata is not None else None,
     )
+
+
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _canonical_uuid(text: str) -> str:
+    """``str(uuid.UUID(text))`` (what the SDK's DataRow does), without building a UUID when the wire
+    text is already canonical, as Encord sends it (a third of the cost of a row)."""
+    return text if _CANONICAL_UUID.fullmatch(text) else str(uuid.UUID(text))
 
 
 def _is_uuid(text: str) -> bool:

@@ -16,7 +16,7 @@ and metadata text) only gets the new generation stamp, a changed one a full UPDA
 flushes the pending inserts and takes the per-row path (``_free_name_locked``), so names are exactly
 what a row-by-row upsert gives. Children whose generation was not stamped are then deleted, and rows
 whose title changed are renamed last. Nothing proportional to the folder is held in Python:
-100k rows sync in ~1 s, a million in constant memory. ``version`` moves when a name may have changed
+a first load of 100k rows (parse and sync) takes ~3.5 s, a million rows constant memory. ``version`` moves when a name may have changed
 meaning (insert, delete, rename), which is what path caches above key on.
 
 Listings (``child_stats``) stream in inode order from the ``(parent, ino)`` index, resumable from an
@@ -41,12 +41,16 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from encordfs.core import names
 
 ROOT_INO = 1
 # Entries per ``sync_children`` batch: one SELECT of the batch's uids (SQLite's default limit of 999
 # host parameters bounds it), then bulk UPDATE / INSERT. Bigger batches gain little past a few hundred.
 SYNC_BATCH = 500
+# Page cache of the writer connection, KiB (see ``Catalog.__init__``).
+WRITER_CACHE_KIB = 64 * 1024
 # Pooled reader connections kept open (more are opened under load and closed when given back).
 POOL_SIZE = 16
 
@@ -124,10 +128,14 @@ CREATE TABLE IF NOT EXISTS nodes(
     gen INTEGER NOT NULL DEFAULT 0,
     loaded_at REAL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS nodes_parent_uid ON nodes(parent, uid);
-CREATE INDEX IF NOT EXISTS nodes_uid ON nodes(uid);
+-- Three indexes, each paid on every insert (a first load inserts 100k rows at once). (uid, parent)
+-- serves both a sync's "which of these uids exist here" and a landed write's "rows with this uid";
+-- (parent, name_key) both the unique-name rule and lookups by name (key, then the exact name).
+DROP INDEX IF EXISTS nodes_parent_uid;
+DROP INDEX IF EXISTS nodes_uid;
+DROP INDEX IF EXISTS nodes_parent_name;
+CREATE UNIQUE INDEX IF NOT EXISTS nodes_uid_parent ON nodes(uid, parent);
 CREATE UNIQUE INDEX IF NOT EXISTS nodes_parent_key ON nodes(parent, name_key);
-CREATE INDEX IF NOT EXISTS nodes_parent_name ON nodes(parent, name);
 -- Listings are in inode order: without this SQLite sorts the whole folder in memory per readdir
 -- (a 1M-row folder cost ~200 MB of RSS).
 CREATE INDEX IF NOT EXISTS nodes_parent_ino ON nodes(parent, ino);
@@ -141,7 +149,16 @@ def _node(row: tuple[Any, ...]) -> Node:
 
 # One encoder for every row: ``json.dumps`` with options builds a new encoder per call (a third of
 # the cost of a sync was that).
-_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_json_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _compact(value: Any) -> str:
+    """Compact JSON text of a field dict: orjson (8x the stdlib's speed; 100k rows encode two dicts
+    each per sync), the stdlib for what orjson refuses (integers beyond 64 bits)."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return _json_compact(value)
 
 
 def _batches(entries: Iterable[Entry], size: int) -> Iterator[list[Entry]]:
@@ -176,6 +193,10 @@ class Catalog:
         fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
         os.close(fd)
         self._writer = self._connect()
+        # The writer's page cache: a first load inserts 100k rows into three indexes keyed by random
+        # uids and names; with SQLite's default 2 MB cache the transaction spills pages to the WAL
+        # as it goes. Pages are allocated as they are used, so a small catalog costs nothing.
+        self._writer.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
         with self._write_lock:
             self._writer.executescript(_SCHEMA)
             # Inodes of a fresh catalog start above ROOT_INO.
@@ -251,7 +272,7 @@ class Catalog:
         return _node(row) if row else None
 
     def lookup(self, parent: int, name: str) -> Node | None:
-        row = self._one(f"SELECT {_COLUMNS} FROM nodes WHERE parent=? AND name=?", (parent, name))
+        row = self._one(f"SELECT {_COLUMNS} FROM nodes WHERE parent=? AND name_key=? AND name=?", (parent, names.name_key(name), name))
         return _node(row) if row else None
 
     def lookup_key(self, parent: int, name: str) -> Node | None:
@@ -275,7 +296,7 @@ class Catalog:
 
     def lookup_ino(self, parent: int, name: str) -> int | None:
         """Just the inode of a child (what path resolution needs)."""
-        row = self._one("SELECT ino FROM nodes WHERE parent=? AND name=?", (parent, name))
+        row = self._one("SELECT ino FROM nodes WHERE parent=? AND name_key=? AND name=?", (parent, names.name_key(name), name))
         return None if row is None else int(row[0])
 
     def stat_fields(self, ino: int) -> tuple[Kind, int, float] | None:
@@ -318,7 +339,7 @@ class Catalog:
 
     def set_rows_state(self, states: list[tuple[str, dict[str, Any] | None, str | None]]) -> None:
         """Record the server's state of rows after a push landed: (uid, metadata, title), one transaction."""
-        metadata = [(json.dumps(m, separators=(",", ":"), ensure_ascii=False), uid, Kind.ROW, Kind.GROUP) for uid, m, _ in states if m is not None]
+        metadata = [(_compact(m), uid, Kind.ROW, Kind.GROUP) for uid, m, _ in states if m is not None]
         titles = [(t, uid, Kind.ROW, Kind.GROUP) for uid, _, t in states if t is not None]
         with self._write_lock:
             conn = self._writer
