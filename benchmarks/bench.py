@@ -37,6 +37,9 @@ Figures
     rss_1m_mb        of a 100k-row dataset ÷ the raw SDK ``get_dataset`` + rows of it; warm ``ls -l`` and
                      ``find MNT`` (output counted by nothing: ``wc -l`` costs nothing); VmRSS of the mount
                      after a full readdir (``ls -f``) of a 1M-row dataset (quick: fewer rows, marked).
+    xattr_probe_us   one ``lgetxattr`` of ``security.selinux`` / ``system.posix_acl_access`` on a warm
+                     entry (answered ENOTSUP), 20k entries × 2: what each entry would cost if GNU ``ls -l``
+                     kept probing (it stops at the first ENOTSUP of a filesystem).
 """
 
 from __future__ import annotations
@@ -132,6 +135,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("sdk_get_dataset_s", "s", "  raw SDK get_dataset + rows"),
     ("ls_warm_s", "s", "warm ls -l of 100k rows"),
     ("find_warm_s", "s", "warm find MNT | wc -l"),
+    ("xattr_probe_us", "us", "  one security.selinux / posix_acl probe (ENOTSUP)"),
     ("rss_1m_mb", "MB", "mount VmRSS after a full readdir (ls -f) of 1M rows"),
 ]
 
@@ -185,6 +189,22 @@ LISTING_TIMEOUT_S = 300.0  # one listing past this fails the run's listing figur
 
 def run_listing(argv: list[str]) -> None:
     subprocess.run(argv, stdout=subprocess.DEVNULL, check=True, timeout=LISTING_TIMEOUT_S)
+
+
+def probe_cost_us(folder: Path, entries: int = 20_000) -> float:
+    """Microseconds per xattr probe of the kind GNU ``ls -l`` makes on every entry (``security.selinux``
+    and ``system.posix_acl_access``, both answered ENOTSUP), over warm entries of ``folder``."""
+    paths = [os.path.join(folder, name) for name in os.listdir(folder)[:entries]]
+    probes = 0
+    t0 = time.perf_counter()
+    for path in paths:
+        for name in ("security.selinux", "system.posix_acl_access"):
+            try:
+                os.getxattr(path, name, follow_symlinks=False)
+            except OSError:
+                pass
+            probes += 1
+    return (time.perf_counter() - t0) / probes * 1e6
 
 
 def machine_busy_fraction(sample_s: float = 1.0) -> float:
@@ -523,6 +543,7 @@ class Bench:
                 t0 = time.perf_counter()
                 run_listing(["find", str(m.path)])
                 self.fig["find_warm_s"] = time.perf_counter() - t0
+                self.fig["xattr_probe_us"] = probe_cost_us(m.path / "ls")
         self.fig["ls_first_ratio"] = self.fig["ls_first_s"] / self.fig["sdk_get_dataset_s"]
         if self.quick:
             self.notes.append(f"quick: ls/find on {s.ls_rows} rows (full: 100,000); rss_1m_mb measured on {s.rss_rows} rows")
