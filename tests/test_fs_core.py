@@ -88,6 +88,8 @@ def test_tree_names_and_bytes(world) -> None:  # type: ignore[no-untyped-def]
     assert _read_all(fs, "/street/burst/f2.png") == bytes([2]) * 10
     attr = fs.getattr(fs.resolve("/street/cat.jpg"))
     assert attr.size == 400 and attr.mtime == 1.5e9 and attr.mode & 0o777 == 0o444
+    root = fs.getattr(ROOT_INO)
+    assert root.mtime == root.ctime == 1_700_000_000.0  # when the mount started, not the epoch
 
 
 def test_xattrs(world) -> None:  # type: ignore[no-untyped-def]

@@ -253,6 +253,9 @@ class EncordFS:
         self.urls = urls
         self.options = options
         self.clock = clock
+        # The root's mtime and ctime: when the mount started (the root's listing is the datasets the
+        # key sees, which have no time of their own), rather than the epoch.
+        self._started = clock()
         self._handles: dict[int, tuple[Node | None, Handle]] = {}
         self._refreshing: set[int] = set()
         self._next_fh = itertools.count(1)
@@ -270,7 +273,7 @@ class EncordFS:
 
     def root_attr(self) -> Attr:
         o = self.options
-        return Attr(ROOT_INO, stat.S_IFDIR | o.dir_mode, 2, 0, 0.0, 0.0, o.uid, o.gid)
+        return Attr(ROOT_INO, stat.S_IFDIR | o.dir_mode, 2, 0, self._started, self._started, o.uid, o.gid)
 
     def getattr(self, ino: int) -> Attr:
         if ino == ROOT_INO:
