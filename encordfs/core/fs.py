@@ -545,23 +545,33 @@ class EncordFS:
         viewed, title = self.writes.view(node.uid, metadata, node.title)
         return (dict(viewed) if viewed is not None else None), title
 
-    def _xattrs(self, ino: int) -> dict[str, bytes]:
+    def _xattr_source(self, ino: int) -> tuple[dict[str, Any], str, dict[str, Any] | None, bool] | None:
+        """(fields, title, metadata as the user sees it, has metadata) of a node; None for the root
+        and the control folder, which have no xattrs."""
         if ino == ROOT_INO or ino >= CONTROL_INO:
-            return {}
+            return None
         node = self.node(ino)
         metadata, title = self._view(node)
-        return xattrs.attributes(node.fields, title, metadata, has_metadata=node.kind in (Kind.ROW, Kind.GROUP))
+        return node.fields, title, metadata, node.kind in (Kind.ROW, Kind.GROUP)
 
     def getxattr(self, ino: int, name: str) -> bytes:
         if xattrs.is_foreign(name):
             raise errors.NotSupported(name)
-        try:
-            return self._xattrs(ino)[name]
-        except KeyError:
-            raise errors.NoData(name) from None
+        source = self._xattr_source(ino)
+        found = None
+        if source is not None:
+            fields, title, metadata, has_metadata = source
+            found = xattrs.value(name, fields, title, metadata, has_metadata=has_metadata)
+        if found is None:
+            raise errors.NoData(name)
+        return found
 
     def listxattr(self, ino: int) -> list[str]:
-        return list(self._xattrs(ino))
+        source = self._xattr_source(ino)
+        if source is None:
+            return []
+        fields, title, metadata, has_metadata = source
+        return xattrs.names(fields, title, metadata, has_metadata=has_metadata)
 
     def _writable_row(self, ino: int, what: str) -> Node:
         if ino == ROOT_INO or ino >= CONTROL_INO:

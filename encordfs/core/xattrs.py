@@ -26,23 +26,47 @@ def is_foreign(name: str) -> bool:
     return not name.startswith("user.")
 
 
+# One encoder for every value: ``json.dumps`` with options builds a new encoder per call, which was
+# most of the cost of a getxattr (``getfattr -d`` asks for ~20 values per file).
+_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def encode(value: Any) -> bytes:
     if isinstance(value, str):
         return value.encode()
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    return _compact(value).encode()
 
 
 def compact_json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _compact(value)
 
 
-def attributes(fields: dict[str, Any], title: str | None, metadata: dict[str, Any] | None, *, has_metadata: bool) -> dict[str, bytes]:
-    """Every xattr of a node, name → value."""
-    out = {PREFIX + k: encode(v) for k, v in fields.items()}
+def names(fields: dict[str, Any], title: str | None, metadata: dict[str, Any] | None, *, has_metadata: bool) -> list[str]:
+    """Every xattr name of a node, in listing order."""
+    out = [PREFIX + k for k in fields]
     if title is not None:
-        out[PREFIX + "title"] = title.encode()
+        out.append(PREFIX + "title")
     if has_metadata:
-        out[CLIENT_METADATA] = encode(metadata if metadata is not None else {})
-        for key, value in (metadata or {}).items():
-            out[META_PREFIX + key] = compact_json(value).encode()
-    return out
+        out.append(CLIENT_METADATA)
+        out.extend(META_PREFIX + key for key in (metadata or {}))
+    return list(dict.fromkeys(out))
+
+
+def value(name: str, fields: dict[str, Any], title: str | None, metadata: dict[str, Any] | None, *, has_metadata: bool) -> bytes | None:
+    """The value of one xattr of a node, or None if it has no such name. Only that value is encoded;
+    where names could coincide, the later kinds in ``names`` win (metadata keys, then the whole
+    metadata, then the title, then the stored fields)."""
+    if not name.startswith(PREFIX):
+        return None
+    if has_metadata:
+        if name.startswith(META_PREFIX) and metadata and (key := name[len(META_PREFIX):]) in metadata:
+            return compact_json(metadata[key]).encode()
+        if name == CLIENT_METADATA:
+            return encode(metadata if metadata is not None else {})
+    field = name[len(PREFIX):]
+    if field == "title" and title is not None:
+        return title.encode()
+    if field in fields:
+        return encode(fields[field])
+    return None
+
