@@ -340,7 +340,7 @@ class _Handle:
                 pos += len(chunk)
         except errors.FsError as exc:
             raise _oserror(exc, self.path) from None
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
 
     def close(self) -> None:
         fh, self.fh = self.fh, None

@@ -7,6 +7,7 @@ caching, policy or network call lives here.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import functools
 import itertools
@@ -145,8 +146,15 @@ class FuseOperations(mfusepy.Operations):  # type: ignore[misc]
         return 0
 
     @_translated
-    def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
-        return self.fs.read(fi.fh, offset, size)
+    def read(self, path: str, size: int, offset: int, fi: Any) -> Any:
+        data = self.fs.read(fi.fh, offset, size)
+        if isinstance(data, memoryview):
+            # mfusepy memmoves the reply into libfuse's buffer: a ctypes array over the cached block
+            # gives it the block's address, so the bytes are copied once, not twice.
+            if data.readonly or not data.c_contiguous:
+                return data.tobytes()
+            return (ctypes.c_char * len(data)).from_buffer(data)
+        return data
 
     @_translated
     def release(self, path: str, fi: Any) -> int:

@@ -64,7 +64,7 @@ CONTROL_XATTR_FLUSH = "user.encordfs.flush"
 
 
 class Handle(Protocol):
-    def read(self, offset: int, length: int) -> bytes: ...
+    def read(self, offset: int, length: int) -> bytes | memoryview: ...
     def close(self) -> None: ...
 
 
@@ -490,7 +490,9 @@ class EncordFS:
             out.update(self.status_extra())
         return out
 
-    def read(self, fh: int, offset: int, length: int) -> bytes:
+    def read(self, fh: int, offset: int, length: int) -> bytes | memoryview:
+        """Bytes of an open file: ``bytes``, or a view of a cached block that must not be written
+        through (see ``ReadHandle.read``)."""
         try:
             _, handle = self._handles[fh]
         except KeyError:
