@@ -37,6 +37,8 @@ Figures
     rss_1m_mb        of a 100k-row dataset ÷ the raw SDK ``get_dataset`` + rows of it; warm ``ls -l`` and
                      ``find MNT`` (output counted by nothing: ``wc -l`` costs nothing); VmRSS of the mount
                      after a full readdir (``ls -f``) of a 1M-row dataset (quick: fewer rows, marked).
+    ls_l_1m_s,       then ``ls -l`` of that loaded 1M-row folder, and the mount's VmRSS after it (libfuse keeps
+    rss_1m_ls_l_mb   a node per entry the kernel holds).
     xattr_probe_us   one ``lgetxattr`` of ``security.selinux`` / ``system.posix_acl_access`` on a warm
                      entry (answered ENOTSUP), 20k entries × 2: what each entry would cost if GNU ``ls -l``
                      kept probing (it stops at the first ENOTSUP of a filesystem).
@@ -137,6 +139,8 @@ ROWS: list[tuple[str, str, str]] = [
     ("find_warm_s", "s", "warm find MNT | wc -l"),
     ("xattr_probe_us", "us", "  one security.selinux / posix_acl probe (ENOTSUP)"),
     ("rss_1m_mb", "MB", "mount VmRSS after a full readdir (ls -f) of 1M rows"),
+    ("ls_l_1m_s", "s", "  then ls -l of the 1M rows (loaded)"),
+    ("rss_1m_ls_l_mb", "MB", "  mount VmRSS after that ls -l"),
 ]
 
 
@@ -555,6 +559,12 @@ class Bench:
                 # which is what the figure is about; ``ls -l`` would add a million xattr probes.
                 run_listing(["ls", "-f", str(m.path / "rss")])
                 self.fig["rss_1m_mb"] = m.rss_mb()
+                # Then ``ls -l`` of the loaded folder: READDIRPLUS carries every entry's attributes (no
+                # lookup per entry); libfuse keeps a node per entry the kernel now holds.
+                t0 = time.perf_counter()
+                run_listing(["ls", "-l", str(m.path / "rss")])
+                self.fig["ls_l_1m_s"] = time.perf_counter() - t0
+                self.fig["rss_1m_ls_l_mb"] = m.rss_mb()
 
     def sdk_get_dataset(self, emu: infra.Emulator, title: str) -> float:
         from encord.orm.dataset import DatasetAccessSettings
