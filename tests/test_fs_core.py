@@ -140,6 +140,30 @@ def test_ttl_refresh_adds_and_removes_rows_keeping_names(world) -> None:  # type
     assert fs.resolve("/street/cat~r2.jpg") == ino_before  # survivor keeps name and inode
 
 
+def test_a_slow_folder_is_refreshed_less_often_than_the_ttl(world) -> None:  # type: ignore[no-untyped-def]
+    fs, backend, clock, _ = world
+    loads = backend.iter_rows
+
+    def slow_load(dataset_uid: str):  # type: ignore[no-untyped-def]
+        clock.now += 100  # this load "takes" 100 s: refreshes come at most every 1,000 s
+        return loads(dataset_uid)
+
+    backend.iter_rows = slow_load
+    street = fs.resolve("/street")
+    fs.refresh(street)
+    calls = backend.calls["get_dataset"]
+    clock.now += 61  # past the 60 s TTL, not past 10 x the load
+    list(fs.readdir(street))
+    fs.wait_refreshes()
+    assert backend.calls["get_dataset"] == calls
+    clock.now += 1000
+    list(fs.readdir(street))
+    fs.wait_refreshes()
+    assert backend.calls["get_dataset"] == calls + 1
+    fs.refresh(street)  # explicit: at once, whatever the age
+    assert backend.calls["get_dataset"] == calls + 2
+
+
 def test_one_signing_call_for_a_folder(tmp_path: Path) -> None:
     backend = MemoryBackend()
     backend.add_dataset(DatasetRecord("ds", "many", "", 0, 0, 0, None, None))
