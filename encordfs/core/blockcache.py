@@ -52,8 +52,8 @@ DiskBlockCache layout and invariants
     owner dies, so a crashed mount never blocks the next one. ``close`` releases the lock only after
     the writer has stopped.
 
-Lock order: ``TieredBlockCache`` holds no lock; each cache's ``_lock`` is a leaf (file reads and the
-bulk of writes happen outside it; renames, evictions' unlinks and statvfs happen under it).
+Lock order: ``TieredBlockCache`` holds no lock; each cache's ``_lock`` is a leaf (file reads, writes
+and renames happen outside it; evictions' unlinks and statvfs happen under it).
 ``DiskBlockCache._changed`` is a condition on that same lock.
 """
 
@@ -393,12 +393,10 @@ class DiskBlockCache:
                 self._index[name] = size
                 self._used_bytes += size
                 self._written_since_check += size
-            # counted before landing, so that whoever ``flush``\ es sees the counters too
-            if stored:
                 self.counters.inc("cache.bytes_written", size)
             elif written:
                 self.counters.inc("cache.skipped_disk")
-            self._land_locked(name)
+            self._land_locked(name)  # after counting, so that whoever ``flush``\ es sees the counters too
 
     def _land_locked(self, name: str) -> None:
         """The block leaves the queue: lookups switch from the buffer to the index in this same step."""

@@ -71,7 +71,7 @@ import httpx
 from encordfs.core.counters import Counters
 from encordfs.core.retry import READ_RETRY, RetryPolicy
 from encordfs.core.urls import UrlSource, redact
-from encordfs.errors import PermissionDenied, RemoteIOError, Stale
+from encordfs.errors import FsError, PermissionDenied, RemoteIOError, Stale
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +119,9 @@ class _Refused(Exception):
 class HttpFetcher:
     """Range GETs over one pooled keep-alive client, with re-sign-once and budgeted retries.
 
-    ``retry`` is the policy (default ``READ_RETRY``); ``retry_budget_s``, ``backoff_base_s``,
-    ``backoff_cap_s`` and ``rng`` are shorthands that replace its ``budget_s``, ``base_s``, ``cap_s``
-    (and ``max_retry_after_s``) and ``rand``.
+    ``retry`` is the policy (default ``READ_RETRY``); ``retry_budget_s``, ``backoff_base_s`` and
+    ``backoff_cap_s`` are shorthands that replace its ``budget_s``, ``base_s`` and ``cap_s`` (and
+    ``max_retry_after_s``).
     """
 
     def __init__(
@@ -137,7 +137,6 @@ class HttpFetcher:
         retry_budget_s: float | None = None,
         backoff_base_s: float | None = None,
         backoff_cap_s: float | None = None,
-        rng: Callable[[], float] | None = None,
     ) -> None:
         self._owns_client = client is None
         self._pool: _StdlibPool | None = None
@@ -147,7 +146,7 @@ class HttpFetcher:
             client = _default_client(max_connections, stall_timeout_s)
         self._client = client
         self.stall_timeout_s = stall_timeout_s
-        self.retry = _policy(retry, retry_budget_s, backoff_base_s, backoff_cap_s, rng)
+        self.retry = _policy(retry, retry_budget_s, backoff_base_s, backoff_cap_s)
         self.counters = counters if counters is not None else Counters()
         self._clock = clock
         self._sleep = sleep
@@ -181,6 +180,9 @@ class HttpFetcher:
             try:
                 self._attempt(url, start, out, deadline)
                 return
+            except FsError:  # an answer no retry changes (gone, shorter, Range ignored, bad URL)
+                self.counters.inc("fetch.errors")
+                raise
             except _Refused as refused:
                 if resigned:
                     self.counters.inc("fetch.errors")
@@ -225,7 +227,9 @@ class HttpFetcher:
         assert self._client is not None
         try:
             with self._client.stream("GET", url, headers=headers, timeout=left_s) as response:
-                self._check_status(response.status_code, response.headers, url, lambda: _drain_small(response))
+                if response.status_code not in (200, 206):
+                    _drain_small(response)  # a small error body: httpx then pools the connection
+                self._check_status(response.status_code, response.headers, url)
                 self._check_range(response.status_code, response.headers, start, len(out), url)
                 self._read_body(response, out, deadline)
         except httpx.TimeoutException as exc:
@@ -233,40 +237,36 @@ class HttpFetcher:
         except _RETRYABLE_EXC as exc:
             raise _Retry(type(exc).__name__) from None
         except httpx.HTTPError as exc:
-            self.counters.inc("fetch.errors")
             raise RemoteIOError(f"cannot fetch {redact(url)}: {type(exc).__name__}") from None
 
     def _attempt_stdlib(
         self, pool: _StdlibPool, url: str, headers: dict[str, str], start: int, out: memoryview, deadline: float
     ) -> None:
-        for _ in range(_MAX_REDIRECTS + 1):
-            try:
-                conn, response = pool.request(url, headers, self._timeout_s(deadline))
-            except ValueError as exc:  # not an http(s) URL, or no host
-                self.counters.inc("fetch.errors")
-                raise RemoteIOError(f"cannot fetch {redact(url)}: {exc}") from None
-            except TimeoutError as exc:
-                raise _Retry(type(exc).__name__, stalled=True) from None
-            except _RETRYABLE_STDLIB_EXC as exc:
-                raise _Retry(type(exc).__name__) from None
-            reusable = False
-            try:
-                status = response.status
-                location = response.getheader("location")
-                if status in _REDIRECTS and location:
-                    reusable = _drain_stdlib(response)
-                    url = urljoin(url, location)
-                    continue
-                self._check_status(status, response.headers, url, lambda: _drain_stdlib(response))
-                self._check_range(status, response.headers, start, len(out), url)
-                reusable = self._read_body_stdlib(conn, response, out, deadline)
-                return
-            except TimeoutError as exc:
-                raise _Retry(type(exc).__name__, stalled=True) from None
-            except _RETRYABLE_STDLIB_EXC as exc:
-                raise _Retry(type(exc).__name__) from None
-            finally:
-                pool.release(conn, response, reusable)
+        try:
+            for _ in range(_MAX_REDIRECTS + 1):
+                try:
+                    conn, response = pool.request(url, headers, self._timeout_s(deadline))
+                except ValueError as exc:  # not an http(s) URL, or no host
+                    raise RemoteIOError(f"cannot fetch {redact(url)}: {exc}") from None
+                reusable = False
+                try:
+                    status = response.status
+                    if status not in (200, 206):
+                        reusable = _drain_stdlib(response)  # a small error or redirect body: keep the connection
+                        location = response.getheader("location")
+                        if status in _REDIRECTS and location:
+                            url = urljoin(url, location)
+                            continue
+                    self._check_status(status, response.headers, url)
+                    self._check_range(status, response.headers, start, len(out), url)
+                    reusable = self._read_body_stdlib(conn, response, out, deadline)
+                    return
+                finally:
+                    pool.release(conn, response, reusable)
+        except TimeoutError as exc:
+            raise _Retry(type(exc).__name__, stalled=True) from None
+        except _RETRYABLE_STDLIB_EXC as exc:
+            raise _Retry(type(exc).__name__) from None
         raise _Retry(f"more than {_MAX_REDIRECTS} redirects")
 
     def _read_body_stdlib(
@@ -295,18 +295,16 @@ class HttpFetcher:
         # connection free for the next request (a 200 longer than ``out`` is not, and gets closed).
         return response.isclosed() and not response.will_close
 
-    def _check_status(self, status: int, headers: Mapping[str, str] | Message, url: str, drain: Callable[[], object]) -> None:
+    def _check_status(self, status: int, headers: Mapping[str, str] | Message, url: str) -> None:
+        """Classify a status; the caller has drained a small error body already."""
         if status in (200, 206):
             return
-        drain()
         if status in _REFUSED:
             raise _Refused(status)
         if status in _GONE:
-            self.counters.inc("fetch.errors")
             raise Stale(f"{redact(url)} answered HTTP {status}: object gone or shorter than expected")
         if status in _RETRYABLE_STATUS:
             raise _Retry(f"HTTP {status}", _retry_after_s(headers))
-        self.counters.inc("fetch.errors")
         raise RemoteIOError(f"{redact(url)} answered HTTP {status}")
 
     def _check_range(self, status: int, headers: Mapping[str, str] | Message, start: int, length: int, url: str) -> None:
@@ -314,7 +312,7 @@ class HttpFetcher:
             if start != 0:
                 raise RemoteIOError(f"{redact(url)} ignored the Range header")
             announced = headers.get("content-length")
-            if announced is not None and int(announced) < length:
+            if announced is not None and announced.isdigit() and int(announced) < length:
                 raise Stale(f"{redact(url)} is shorter ({announced} bytes) than expected")
             return
         got = _parse_content_range(headers.get("content-range") or "")
@@ -342,10 +340,7 @@ class HttpFetcher:
 
 
 
-def _policy(
-    policy: RetryPolicy, budget_s: float | None, base_s: float | None, cap_s: float | None,
-    rand: Callable[[], float] | None,
-) -> RetryPolicy:
+def _policy(policy: RetryPolicy, budget_s: float | None, base_s: float | None, cap_s: float | None) -> RetryPolicy:
     changes: dict[str, object] = {}
     if budget_s is not None:
         changes["budget_s"] = budget_s
@@ -353,14 +348,14 @@ def _policy(
         changes["base_s"] = base_s
     if cap_s is not None:
         changes["cap_s"] = changes["max_retry_after_s"] = cap_s
-    if rand is not None:
-        changes["rand"] = rand
     return dataclasses.replace(policy, **changes) if changes else policy  # type: ignore[arg-type]
 
 
 def _default_client(max_connections: int, timeout_s: float) -> httpx.Client:
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-    return httpx.Client(limits=limits, timeout=timeout_s, follow_redirects=True, http2=False)
+    return httpx.Client(
+        limits=limits, timeout=timeout_s, follow_redirects=True, max_redirects=_MAX_REDIRECTS, http2=False
+    )
 
 
 def _drain_small(response: httpx.Response) -> None:

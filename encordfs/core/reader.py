@@ -302,8 +302,12 @@ class ReadPipeline:
             if not self.budget.try_acquire(n, self._readahead_limit_bytes):
                 self.counters.inc("reader.readahead_throttled")
                 return False
-            self._pooled_in_flight += 1  # released by _run_pooled
+            self._pooled_in_flight += 1  # released by _readahead_done when the pool has run it
             return True
+
+    def _readahead_done(self) -> None:
+        with self._lock:
+            self._pooled_in_flight -= 1
 
     def _shed(self, short_bytes: int, requester: ReadHandle | None) -> int:
         """Drop completed buffered segments, other handles first, until ``short_bytes`` are freed."""
@@ -325,20 +329,21 @@ class ReadPipeline:
         segment: _Segment,
         content_key: str,
         url_source: UrlSource,
-        on_done: Callable[[], None] | None = None,
+        on_done: Callable[[], None],
     ) -> Future[None]:
+        """Run ``segment`` in the pool; ``on_done`` is called once it has run (or could not be queued)."""
         try:
             return self._pool.submit(self._run_pooled, segment, content_key, url_source, on_done)
         except RuntimeError:  # the pool is shut down: the pipeline is closing
             if segment.claim():
                 segment.fail(RemoteIOError("read pipeline is closed"))
-            self._run_pooled_done(on_done)
+            on_done()
             failed: Future[None] = Future()
             failed.set_exception(RemoteIOError("read pipeline is closed"))
             return failed
 
     def _run_pooled(
-        self, segment: _Segment, content_key: str, url_source: UrlSource, on_done: Callable[[], None] | None
+        self, segment: _Segment, content_key: str, url_source: UrlSource, on_done: Callable[[], None]
     ) -> None:
         try:
             self._run_segment(segment, content_key, url_source, from_pool=True)
@@ -346,14 +351,7 @@ class ReadPipeline:
             if error is not None:
                 raise error  # for prefetch, which waits on the pool's futures
         finally:
-            self._run_pooled_done(on_done)
-
-    def _run_pooled_done(self, on_done: Callable[[], None] | None) -> None:
-        if on_done is not None:
             on_done()
-        else:
-            with self._lock:
-                self._pooled_in_flight -= 1
 
     def _run_segment(self, segment: _Segment, content_key: str, url_source: UrlSource, from_pool: bool = False) -> None:
         """Fill ``segment`` (no-op unless this thread claims it); errors land in its future."""
@@ -431,10 +429,10 @@ class ReadHandle:
 
     def read(self, offset: int, length: int) -> bytes | memoryview:
         """Bytes ``offset`` .. ``offset + length`` (fewer at the end of the file). A range inside one
-        cached block comes back as a view of it, without a copy (a fresh 100 KiB ``bytes`` per read
-        was a fifth of a warm small-file read). The view is writable only so that the FUSE adapter
-        can hand its address to libfuse: nothing may write through it (the block is shared);
-        callers that keep data take ``bytes()``."""
+        segment (a cached block, or a ramp's buffer) comes back as a view of it, without a copy (a
+        fresh 100 KiB ``bytes`` per read was a fifth of a warm small-file read). The view may be
+        writable only so that the FUSE adapter can hand its address to libfuse: nothing may write
+        through it (the block is shared); callers that keep data take ``bytes()``."""
         if offset < 0 or length < 0:
             raise InvalidValue(f"read at offset {offset}, length {length}")
         end = min(offset + length, self.size)
@@ -548,7 +546,7 @@ class ReadHandle:
                 break
             segment = self._add_locked(start, end, part)
             p.counters.inc("reader.readahead_fetches")
-            p._submit(segment, self.content_key, self._url_source)
+            p._submit(segment, self.content_key, self._url_source, on_done=p._readahead_done)
             frontier = end
             target = min(self.size, pos + self._window)
         self._frontier = frontier
