@@ -86,16 +86,6 @@ class NotEmpty(FsError):
     errno = _errno.ENOTEMPTY
 
 
-class NameTooLong(FsError):
-    errno = _errno.ENAMETOOLONG
-
-
-class RangeError(FsError):
-    """A buffer too small for an xattr value (the kernel retries with the right size)."""
-
-    errno = _errno.ERANGE
-
-
 # --- Backend errors: raised by backends (never SDK exceptions), shown to users by the CLI.
 
 

@@ -77,7 +77,8 @@ COMPOSITE_TYPES = frozenset({"IMG_GROUP", "DICOM", "GROUP", "SCENE", "DICOM_STUD
 
 
 class Backend(Protocol):
-    """The calls the core makes. Each raises ``errors.BackendError`` subclasses, never SDK errors."""
+    """The calls the core makes. Each raises ``errors.FsError`` subclasses (``BackendError`` ones, or
+    ``NotFound``/``PermissionDenied`` for a missing or forbidden resource), never SDK errors."""
 
     def list_datasets(self) -> list[DatasetRecord]: ...
 
@@ -96,7 +97,7 @@ class Backend(Protocol):
     def push(self, patches: list[RowPatch]) -> dict[str, PushOutcome]:
         """Apply each row's final change (``RowChange.apply_metadata`` onto the *current* server
         metadata, fetched in the same call). Idempotent: pushing a change that already landed gives the
-        same state. At most ``PUSH_BATCH`` patches per call. Raises ``TransientWriteError`` /
+        same state. At most ``BULK_LIMIT`` patches per call. Raises ``TransientWriteError`` /
         ``PermanentWriteError`` when the whole call failed (the write queue bisects permanent ones);
         a failure confined to one row is that row's ``PushOutcome.error``. Every patch gets an outcome.
         """
@@ -107,7 +108,7 @@ class Backend(Protocol):
 
 # --- Writes: what the write queue hands a backend (see ``encordfs.core.writes`` for the rules).
 
-PUSH_BATCH = 1000  # rows per ``Backend.push``: the documented maximum of get-bulk / patch-bulk
+BULK_LIMIT = 1000  # items per bulk call (signing, pushing): the documented maximum of get-bulk / patch-bulk
 
 
 @dataclass(frozen=True, slots=True)

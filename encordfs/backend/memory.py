@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
 
-from encordfs.backend import PUSH_BATCH, ChildRecord, DatasetRecord, PushOutcome, RowPatch, RowRecord
+from encordfs.backend import BULK_LIMIT, ChildRecord, DatasetRecord, PushOutcome, RowPatch, RowRecord
 from encordfs.errors import BackendError, NotFound, PermanentWriteError
 
 
@@ -81,7 +81,7 @@ class MemoryBackend:
             self.push_log.append([p.row_uid for p in patches])
             if self.push_faults:
                 raise self.push_faults.pop(0)
-            if len(patches) > PUSH_BATCH:
+            if len(patches) > BULK_LIMIT:
                 raise PermanentWriteError(f"payload too large (413): {len(patches)} items")
             for patch in patches:
                 if patch.row_uid in self.reject_rows:

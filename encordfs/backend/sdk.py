@@ -1,13 +1,14 @@
 """The Encord backend: the only module that imports the ``encord`` SDK.
 
 It turns SDK objects into the plain records of ``encordfs.backend`` and SDK exceptions into
-``encordfs.errors`` by one table (``_translate``), so nothing above it knows the SDK exists.
+``encordfs.errors`` by one table (``_translate``; writes then sort the result into transient or
+permanent, ``_as_write_error``), so nothing above it knows the SDK exists.
 
 Calls, per the wire reference (shared/encord-wire.md §7): datasets come from ``get_datasets``; a
 dataset's rows from one ``get_dataset`` request (with client metadata), streamed (below); group members from one bulk
 ``get_storage_items`` for the groups plus one ``get_child_items(get_signed_urls=True)`` per group
 (bounded concurrency); signed URLs from ``get_storage_items(sign_url=True)`` in chunks of at most
-``SIGN_BATCH`` items. The SDK retries idempotent calls itself; we lower its connect retries so an
+``BULK_LIMIT`` items. The SDK retries idempotent calls itself; we lower its connect retries so an
 unreachable domain fails in seconds rather than after its 9 s backoff per call.
 """
 
@@ -47,6 +48,7 @@ from encord.orm.dataset import DatasetAccessSettings
 
 from encordfs import errors
 from encordfs.backend import (
+    BULK_LIMIT,
     ChildRecord,
     DatasetRecord,
     PushOutcome,
@@ -57,7 +59,6 @@ from encordfs.backend import (
 
 log = logging.getLogger(__name__)
 
-SIGN_BATCH = 1000  # documented maximum of get-bulk / patch-bulk (wire reference §11 #6)
 CHILD_FETCH_CONCURRENCY = 4  # parallel child-items calls; the SDK opens one connection per call
 
 # Retries: the SDK retries GET/POST on 413/429/5xx itself. Two status retries with a short backoff
@@ -72,21 +73,18 @@ STREAM_CHUNK_BYTES = 1 << 16
 
 
 def _ts(value: datetime | str | None) -> float:
+    """Unix seconds of an SDK datetime or wire timestamp (naive means UTC, as the SDK assumes); None → 0."""
     if value is None:
         return 0.0
     if isinstance(value, str):
-        from encord.common.time_parser import parse_datetime
-
         value = parse_datetime(value)
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
     return value.timestamp()
 
 
-def _translate(exc: BaseException, what: str) -> errors.FsError:
+def _translate(exc: Exception, what: str) -> errors.FsError:
     """SDK exception → our error family. Messages name the operation, never a URL or key."""
-    if isinstance(exc, errors.FsError):
-        return exc
     if isinstance(exc, (enc_exc.SshKeyNotFound, enc_exc.AuthenticationError)):
         return errors.AuthError(f"{what}: Encord refused the key or token (unregistered key, or wrong --domain?)")
     if isinstance(exc, enc_exc.AuthorisationError):
@@ -214,8 +212,8 @@ class SdkBackend:
         if not group_item_uuids:
             return {}
         items = []
-        for start in range(0, len(group_item_uuids), SIGN_BATCH):
-            chunk = group_item_uuids[start : start + SIGN_BATCH]
+        for start in range(0, len(group_item_uuids), BULK_LIMIT):
+            chunk = group_item_uuids[start : start + BULK_LIMIT]
             with _sdk("loading group items"):
                 items.extend(self._client.get_storage_items(chunk, sign_url=False))
 
@@ -252,8 +250,8 @@ class SdkBackend:
     # -- signing ----------------------------------------------------------------------------------
     def sign(self, item_uuids: list[str]) -> dict[str, str | None]:
         out: dict[str, str | None] = {}
-        for start in range(0, len(item_uuids), SIGN_BATCH):
-            chunk = item_uuids[start : start + SIGN_BATCH]
+        for start in range(0, len(item_uuids), BULK_LIMIT):
+            chunk = item_uuids[start : start + BULK_LIMIT]
             with _sdk(f"signing {len(chunk)} item(s)"):
                 for item in self._client.get_storage_items(chunk, sign_url=True):
                     out[str(item.uuid)] = item._orm_item.signed_url
@@ -262,7 +260,7 @@ class SdkBackend:
     # -- writes ----------------------------------------------------------------------------------
     def push(self, patches: list[RowPatch]) -> dict[str, PushOutcome]:
         """Apply the write queue's final changes (conflict rule: ``RowChange.apply_metadata`` onto the
-        metadata fetched in the same call). Rows with a backing item: per ≤ ``SIGN_BATCH`` items, one
+        metadata fetched in the same call). Rows with a backing item: per ≤ ``BULK_LIMIT`` items, one
         ``get_storage_items`` (current metadata) and one bundled ``update`` → one ``patch-bulk``: two
         calls per 1000 rows. Rows without one: the deprecated ``DataRow.save`` (wire §6.1), per
         dataset one ``get_dataset`` + one ``list_data_rows``, then one call per row. Whole-call
@@ -278,8 +276,8 @@ class SdkBackend:
                 backed.append(patch)
             else:
                 out[patch.row_uid] = PushOutcome(patch.row_uid, error=errors.PermanentWriteError("bad item uuid"))
-        for start in range(0, len(backed), SIGN_BATCH):
-            out.update(self._push_items(backed[start : start + SIGN_BATCH]))
+        for start in range(0, len(backed), BULK_LIMIT):
+            out.update(self._push_items(backed[start : start + BULK_LIMIT]))
         for dataset_uid, group in legacy.items():
             out.update(self._push_legacy(dataset_uid, group))
         return out
@@ -414,7 +412,7 @@ class _Sink:
 
 @functools.lru_cache(maxsize=4096)
 def _stream_ts(text: str) -> float:
-    return _ts(parse_datetime(text))
+    return _ts(text)
 
 
 @functools.lru_cache(maxsize=64)
@@ -425,7 +423,6 @@ def _data_type(raw: str) -> str:
 def _row_from_json(dataset_uid: str, r: dict[str, Any]) -> RowRecord:
     """A ``RowRecord`` from the wire DataRow (the fields and normalisations of ``DataRow.from_dict``)."""
     backing = r.get("backing_item_uuid")
-    metadata = r.get("client_metadata")
     return RowRecord(
         uid=r["data_hash"],
         dataset_uid=dataset_uid,
@@ -443,7 +440,7 @@ def _row_from_json(dataset_uid: str, r: dict[str, Any]) -> RowRecord:
         storage_location=int(r["storage_location"]),
         backing_item_uuid=_canonical_uuid(backing) if backing else None,
         is_image_sequence=r.get("is_optimised_image_group"),
-        client_metadata=metadata if metadata is not None else None,
+        client_metadata=r.get("client_metadata"),
     )
 
 
@@ -468,8 +465,8 @@ def _as_write_error(exc: errors.FsError) -> errors.BackendError:
     """A translated error, classified for the write queue: will resending the same change ever work?"""
     if isinstance(exc, (errors.TransientWriteError, errors.PermanentWriteError)):
         return exc
-    if isinstance(exc, (errors.PermissionDenied, errors.NotFound, errors.InvalidValue)):
-        return errors.PermanentWriteError(exc.message)  # 403 / 404 / 400: not for this row, ever
+    if isinstance(exc, (errors.PermissionDenied, errors.NotFound)):
+        return errors.PermanentWriteError(exc.message)  # 403 / 404: not for this row, ever (400 is already permanent)
     # AuthError (401: the key, not the row), Unavailable, unknown: retry with backoff, park nothing.
     return errors.TransientWriteError(exc.message)
 

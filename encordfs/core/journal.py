@@ -24,11 +24,12 @@ anyway; the write queue already serialises appends under its own lock). Lock ord
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -113,25 +114,33 @@ class Journal:
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         return cls(conn, path)
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` … ``COMMIT`` under ``_lock``, rolled back if the body or the commit
+        fails (unless SQLite already rolled it back itself, so the original error is what propagates)."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+
     def append(self, row: RowRef, kind: OpKind, key: str | None, value: Any, base_version: float | None,
                created_at: float, *, unpark: bool = False) -> Op:
         """Insert one op (and un-park its row when ``unpark``) in one fsync'd transaction."""
         value_json = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                cur = self._conn.execute(
-                    "INSERT INTO ops (row_uid, dataset_uid, item_uuid, row_title, kind, key, value, base_version,"
-                    " created_at) VALUES (?,?,?,?,?,?,?,?,?)",
-                    (row.uid, row.dataset_uid, row.item_uuid, row.title, kind.value, key, value_json, base_version,
-                     created_at),
-                )
-                if unpark:
-                    self._conn.execute("DELETE FROM parked WHERE row_uid = ?", (row.uid,))
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+        with self._transaction() as conn:
+            cur = conn.execute(
+                "INSERT INTO ops (row_uid, dataset_uid, item_uuid, row_title, kind, key, value, base_version,"
+                " created_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                (row.uid, row.dataset_uid, row.item_uuid, row.title, kind.value, key, value_json, base_version,
+                 created_at),
+            )
+            if unpark:
+                conn.execute("DELETE FROM parked WHERE row_uid = ?", (row.uid,))
         seq = cur.lastrowid
         assert seq is not None
         # The op holds the value as the journal has it (a private copy, exactly what a reopen loads).
@@ -155,30 +164,18 @@ class Journal:
         """One transaction: delete ops with ``seq <= done[row]``; record ``parked`` rows."""
         if not done and not parked:
             return
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.executemany("DELETE FROM ops WHERE row_uid = ? AND seq <= ?", list(done.items()))
-                self._conn.executemany(
-                    "INSERT OR REPLACE INTO parked (row_uid, reason, since) VALUES (?,?,?)",
-                    [(uid, p.reason, p.since) for uid, p in parked.items()],
-                )
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+        with self._transaction() as conn:
+            conn.executemany("DELETE FROM ops WHERE row_uid = ? AND seq <= ?", list(done.items()))
+            conn.executemany(
+                "INSERT OR REPLACE INTO parked (row_uid, reason, since) VALUES (?,?,?)",
+                [(uid, p.reason, p.since) for uid, p in parked.items()],
+            )
 
     def discard(self, row_uid: str) -> int:
         """Drop every op of a row and its parked mark; returns how many ops were dropped."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                n = self._conn.execute("DELETE FROM ops WHERE row_uid = ?", (row_uid,)).rowcount
-                self._conn.execute("DELETE FROM parked WHERE row_uid = ?", (row_uid,))
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+        with self._transaction() as conn:
+            n = conn.execute("DELETE FROM ops WHERE row_uid = ?", (row_uid,)).rowcount
+            conn.execute("DELETE FROM parked WHERE row_uid = ?", (row_uid,))
         return n
 
     def last_seq(self) -> int:

@@ -55,13 +55,15 @@ Invariants
     section as each journal transaction. At most one round runs at a time (``_round_lock``).
 
 Threads and lock order: ``_round_lock`` → ``_lock`` (the condition's lock) → ``Journal._lock``.
-``push`` and ``on_landed`` are called with no lock but ``_round_lock`` held. The worker's loop is the
-one place here that catches ``Exception`` (a bug in a backend must not kill the queue): it logs,
-records ``last_error`` and backs off.
+``push`` and ``on_landed`` are called with no lock but ``_round_lock`` held. Only two places here
+catch ``Exception`` (a bug in a backend or the journal must not kill the queue): ``_push_batch``
+around ``push`` (treated as transient) and the worker's loop around a whole round; both log, record
+``last_error`` and back off.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import sqlite3
@@ -73,7 +75,7 @@ from pathlib import Path
 from typing import Any
 
 from encordfs import errors
-from encordfs.backend import PUSH_BATCH, PushOutcome, RowChange, RowPatch
+from encordfs.backend import BULK_LIMIT, PushOutcome, RowChange, RowPatch
 from encordfs.core.journal import Journal, Op, OpKind, Parked, RowRef
 from encordfs.core.retry import RetryPolicy
 
@@ -142,7 +144,7 @@ class QueueConfig:
     # round per 0.2 s).
     debounce_s: float = 0.2
     max_delay_s: float = 5.0
-    batch_rows: int = PUSH_BATCH  # rows per push call; the bulk endpoints' maximum
+    batch_rows: int = BULK_LIMIT  # rows per push call; the bulk endpoints' maximum
     landed_ttl_s: float = 60.0  # the catalog's metadata TTL: until then it may show pre-push state
     close_join_s: float = 10.0  # extra time ``close`` gives a push in flight after the flush timeout
 
@@ -470,7 +472,9 @@ class WriteQueue:
             }
             done = {uid: by_uid[uid].max_seq for uid in landed}
             self._journal.settle(done, park)
-            expires = self._monotonic() + self._config.landed_ttl_s
+            now = self._monotonic()
+            self._expire_landed_locked(now)
+            expires = now + self._config.landed_ttl_s
             for uid, max_seq in done.items():
                 self._mark_done_locked(uid, max_seq, by_uid[uid].patch.change, expires)
             for uid, mark in park.items():
@@ -478,15 +482,26 @@ class WriteQueue:
                 log.warning("write to row %s parked: %s", uid, mark.reason)
             self._counters.pushed_rows_total += len(done)
             if transient is not None:
-                self._failures += 1
-                retry_after = getattr(transient, "retry_after_s", None)
-                self._not_before = self._monotonic() + self._retry.delay_s(self._failures, retry_after)
+                self._back_off_locked(getattr(transient, "retry_after_s", None))
             else:  # the service answered: stop backing off
                 self._failures = 0
             self._cond.notify_all()
 
+    def _back_off_locked(self, retry_after_s: float | None = None) -> None:
+        """One more consecutive failure: no round before the retry policy's delay has passed."""
+        self._failures += 1
+        self._not_before = self._monotonic() + self._retry.delay_s(self._failures, retry_after_s)
+
+    def _expire_landed_locked(self, now: float) -> None:
+        """Drop expired landed overlays, oldest first (a row that is never viewed again must not keep
+        its overlay for the life of the mount). ``_landed`` is kept in expiry order: one TTL for all,
+        and ``_mark_done_locked`` re-inserts a row that lands again."""
+        expired = [uid for uid, _ in itertools.takewhile(lambda kv: kv[1][1] <= now, self._landed.items())]
+        for uid in expired:
+            del self._landed[uid]
+
     def _mark_done_locked(self, uid: str, max_seq: int, change: RowChange, expires: float) -> None:
-        previous = self._landed.get(uid)
+        previous = self._landed.pop(uid, None)  # re-inserted at the end: ``_landed`` stays in expiry order
         self._landed[uid] = (compose(previous[0], change) if previous is not None else change, expires)
         state = self._rows.get(uid)
         if state is None:
@@ -513,9 +528,8 @@ class WriteQueue:
             except Exception as exc:  # e.g. the journal failed: keep the worker alive
                 log.exception("write round failed")
                 with self._cond:
-                    self._counters.last_error = f"{type(exc).__name__}: {exc}"
-                    self._failures += 1
-                    self._not_before = self._monotonic() + self._retry.delay_s(self._failures)
+                    self._counters.last_error = _reason(exc)
+                    self._back_off_locked()
 
     def _wait_s_locked(self) -> float | None:
         """Seconds until the next round is due; None when there is nothing to push."""
