@@ -66,6 +66,11 @@ class Kind(IntEnum):
     def is_dir(self) -> bool:
         return self in (Kind.ROOT, Kind.DATASET, Kind.GROUP)
 
+    @property
+    def is_row(self) -> bool:
+        """A data row (file or group folder): the kinds with client metadata and a changeable title."""
+        return self in (Kind.ROW, Kind.GROUP)
+
 
 @dataclass(frozen=True, slots=True)
 class Entry:
@@ -427,7 +432,7 @@ class Catalog:
                        deferred: list[tuple[int, Entry]]) -> None:
         """Insert new children in stream order. Base names that are free (in the folder and in this
         batch) are bulk-inserted; a collision flushes what is pending and takes the slow path
-        (``_free_name_locked``), so the first row to claim a name keeps it, as before.
+        (``_free_name_locked``), so the first row to claim a name keeps it, as a row-by-row upsert would.
 
         A collision with a child that this sync has not confirmed yet (it may be about to be deleted:
         a row replaced by a new one with the same title) is not decided now: the new child gets a
@@ -435,11 +440,9 @@ class Catalog:
         deleted, so a replacement takes the plain name instead of a ``~id`` one."""
         bases = [names.base_name(e.title, e.mime_type, is_dir=e.kind.is_dir) for e, _, _ in fresh]
         keys = [names.name_key(b) for b in bases]
-        taken: set[str] = set()
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            taken.update(r[0] for r in conn.execute(f"SELECT name_key FROM nodes WHERE parent=? AND name_key IN ({marks})", [parent, *chunk]))
+        # ``fresh`` is part of one batch, so its keys fit in one query as the batch's uids did.
+        marks = ",".join("?" * len(keys))
+        taken = {r[0] for r in conn.execute(f"SELECT name_key FROM nodes WHERE parent=? AND name_key IN ({marks})", [parent, *keys])}
         pending: list[tuple[Any, ...]] = []
         for (e, fields, metadata), base, key in zip(fresh, bases, keys):
             if key in taken:

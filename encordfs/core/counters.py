@@ -4,7 +4,7 @@ One ``Counters`` object is passed to every component of a mount so that ``encord
 benchmarks read a single snapshot. Names are dotted by owner so components never collide:
 
 - ``urls.*``    signed-URL cache (signs, urls_signed, resigns_expired, resigns_forced, hits, misses)
-- ``fetch.*``   HTTP range fetcher (requests, bytes_fetched, retries, resigns_after_error, errors)
+- ``fetch.*``   HTTP range fetcher (requests, bytes_fetched, retries, resigns_after_error, stalls, errors)
 - ``cache.*``   block caches (hits_mem, hits_disk, misses, bytes_written, evictions_mem, evictions_disk, ...)
 - ``reader.*``  read pipeline (reads, bytes_read, demand_fetches, readahead_fetches, budget_peak_bytes, ...)
 

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 from encordfs import errors
 from encordfs.backend import (
+    BULK_LIMIT,
     COMPOSITE_TYPES,
     Backend,
     ChildRecord,
@@ -50,7 +51,6 @@ from encordfs.core.writes import WriteQueue
 log = logging.getLogger(__name__)
 
 STORAGE_LOCATIONS = {0: "CORD_STORAGE", 1: "AWS", 2: "GCP", 3: "AZURE", 4: "S3_COMPATIBLE"}
-SIGN_BATCH = 1000  # items per bulk signing call (the API's documented maximum)
 # A folder's background refresh waits at least this many times what its last load took, whatever the
 # TTL: stale-while-revalidate then costs at most a tenth of a core per folder in use. A 1M-row dataset
 # loads in ~45 s here: refreshed every ~8 minutes instead of back to back under the 60 s TTL (a
@@ -65,8 +65,9 @@ XATTR_REPLACE = 2
 CONTROL_NAME = ".encordfs"
 CONTROL_INO = 1 << 62
 CONTROL_FILES = {"status.json": CONTROL_INO + 1}
-CONTROL_XATTR_REFRESH = "user.encordfs.refresh"
-CONTROL_XATTR_FLUSH = "user.encordfs.flush"
+CONTROL_XATTR_PREFIX = "user.encordfs."
+CONTROL_XATTR_REFRESH = CONTROL_XATTR_PREFIX + "refresh"
+CONTROL_XATTR_FLUSH = CONTROL_XATTR_PREFIX + "flush"
 
 
 class Handle(Protocol):
@@ -79,10 +80,8 @@ class Reader(Protocol):
 
 
 class UrlCache(Protocol):
-    def get(self, item_id: str) -> str: ...
     def put(self, item_id: str, url: str) -> None: ...
     def prime(self, item_ids: list[str]) -> None: ...
-    def invalidate(self, item_id: str) -> None: ...
     def is_fresh(self, item_id: str) -> bool: ...
     def is_pending(self, item_id: str) -> bool: ...
     def source(self, item_id: str) -> Callable[[bool], str]: ...
@@ -273,19 +272,9 @@ class EncordFS:
         self.paths = PathCache(lambda: catalog.version)
 
     # -- attributes -------------------------------------------------------------------------------
-    def attr_of(self, node: Node) -> Attr:
-        o = self.options
-        if node.kind.is_dir:
-            return Attr(node.ino, stat.S_IFDIR | o.dir_mode, 2, 0, node.mtime, node.mtime, o.uid, o.gid)
-        return Attr(node.ino, stat.S_IFREG | o.file_mode, 1, node.size, node.mtime, node.mtime, o.uid, o.gid)
-
-    def root_attr(self) -> Attr:
-        o = self.options
-        return Attr(ROOT_INO, stat.S_IFDIR | o.dir_mode, 2, 0, self._started, self._started, o.uid, o.gid)
-
     def getattr(self, ino: int) -> Attr:
         if ino == ROOT_INO:
-            return self.root_attr()
+            return self._attr(ROOT_INO, Kind.ROOT, 0, self._started)
         if ino >= CONTROL_INO:
             return self._control_attr(ino)
         found = self.catalog.stat_fields(ino)
@@ -456,7 +445,7 @@ class EncordFS:
         now = self.clock()
         wanted = [first] + [
             g for g in self.catalog.groups(dataset_ino)
-            if g.ino != first.ino and (self.catalog.loaded_at(g.ino) is None or now - (self.catalog.loaded_at(g.ino) or 0) >= self.options.metadata_ttl_s)
+            if g.ino != first.ino and ((loaded := self.catalog.loaded_at(g.ino)) is None or now - loaded >= self.options.metadata_ttl_s)
         ]
         wanted = [g for g in wanted if g.item_uuid]
         by_item = self.backend.list_children([g.item_uuid for g in wanted if g.item_uuid])
@@ -549,15 +538,15 @@ class EncordFS:
         """Sign ``node`` and up to 999 unsigned files after it in its folder, in one call."""
         item = node.item_uuid
         assert item is not None
-        siblings = self.catalog.file_items(node.parent, after_ino=node.ino, limit=SIGN_BATCH * 4)
+        siblings = self.catalog.file_items(node.parent, after_ino=node.ino, limit=BULK_LIMIT * 4)
         unsigned = [u for _, u in siblings if u != item and not self.urls.is_fresh(u) and not self.urls.is_pending(u)]
-        self.urls.prime([item] + unsigned[: SIGN_BATCH - 1])
+        self.urls.prime([item] + unsigned[: BULK_LIMIT - 1])
 
     # -- xattrs -----------------------------------------------------------------------------------
     def _view(self, node: Node) -> tuple[dict[str, Any] | None, str]:
         """The row's metadata and title as the user sees them: queued changes applied (read-your-writes)."""
         metadata = node.client_metadata
-        if self.writes is None or node.kind not in (Kind.ROW, Kind.GROUP):
+        if self.writes is None or not node.kind.is_row:
             return metadata, node.title
         viewed, title = self.writes.view(node.uid, metadata, node.title)
         return (dict(viewed) if viewed is not None else None), title
@@ -569,7 +558,7 @@ class EncordFS:
             return None
         node = self.node(ino)
         metadata, title = self._view(node)
-        return node.fields, title, metadata, node.kind in (Kind.ROW, Kind.GROUP)
+        return node.fields, title, metadata, node.kind.is_row
 
     def getxattr(self, ino: int, name: str) -> bytes:
         if xattrs.is_foreign(name):
@@ -594,7 +583,7 @@ class EncordFS:
         if ino == ROOT_INO or ino >= CONTROL_INO:
             raise errors.NotPermitted(f"{what}: not a data row")
         node = self.node(ino)
-        if node.kind not in (Kind.ROW, Kind.GROUP):
+        if not node.kind.is_row:
             raise errors.NotPermitted(f"{what}: only data rows (files and group folders) can be changed")
         if self.writes is None:
             raise errors.ReadOnly(f"{what}: the mount is read-only")
@@ -642,7 +631,7 @@ class EncordFS:
         if xattrs.is_foreign(name):
             raise errors.NotSupported(name)
         if not name.startswith(xattrs.META_PREFIX):
-            if name.startswith(xattrs.PREFIX) or name.startswith("user.encordfs."):
+            if name.startswith((xattrs.PREFIX, CONTROL_XATTR_PREFIX)):
                 raise errors.NotPermitted(f"{name} cannot be removed")
             raise errors.NoData(name)
         node = self._writable_row(ino, name)
@@ -673,10 +662,9 @@ class EncordFS:
         if new_parent != old_parent:
             raise errors.CrossDevice("moving rows between folders is not supported; rename within a folder changes the title")
         self._writable_row(node.ino, "rename")
-        if names.base_name(new_name, None, is_dir=node.kind.is_dir) != new_name or "/" in new_name:
+        # Also refuses "/" (rule 1) and names over 255 bytes (rule 4): EINVAL, as docs/SEMANTICS.md says.
+        if names.base_name(new_name, None, is_dir=node.kind.is_dir) != new_name:
             raise errors.InvalidValue(f"{new_name!r} is not a name encordfs would show for that title")
-        if len(new_name.encode()) > names.MAX_NAME_BYTES:
-            raise errors.NameTooLong(new_name)
         existing = self.catalog.lookup_key(old_parent, new_name)
         if existing is not None and existing.ino != node.ino:
             raise errors.Exists(f"{new_name} already exists (or differs only in case)")
@@ -694,7 +682,7 @@ class EncordFS:
             raise errors.RemoteIOError(f"{node.name}: changes not pushed" + (f" ({reason})" if reason else " yet"))
 
     def statfs(self) -> dict[str, int]:
-        return {"f_bsize": 4096, "f_frsize": 4096, "f_blocks": 0, "f_bfree": 0, "f_bavail": 0, "f_files": 0, "f_ffree": 0, "f_namemax": 255}
+        return {"f_bsize": 4096, "f_frsize": 4096, "f_blocks": 0, "f_bfree": 0, "f_bavail": 0, "f_files": 0, "f_ffree": 0, "f_namemax": names.MAX_NAME_BYTES}
 
     def close(self) -> None:
         with self._handles_lock:

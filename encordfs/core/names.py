@@ -13,7 +13,8 @@ with hypothesis):
 4. A name longer than 255 bytes (UTF-8) is cut on a character boundary, keeping the extension.
 5. Uniqueness is per folder and ignores case (``Dog.png`` and ``dog.png`` collide), so a copy to
    a case-insensitive disk loses nothing. The first row to claim a name keeps it; any later one gets
-   ``stem~<first 8 characters of its id>.ext``, which only depends on the row itself.
+   ``stem~<first 8 characters of its id>.ext`` (16, then 64 characters if even that collides), which
+   only depends on the row itself.
 6. Names are sticky: the catalog remembers them, so a row keeps its name while other rows are added
    or removed; it changes only when the row's own title changes.
 """

@@ -47,6 +47,7 @@ from datetime import datetime, timezone
 from typing import Protocol
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+from encordfs.backend import BULK_LIMIT
 from encordfs.core.counters import Counters
 from encordfs.errors import NotFound
 
@@ -155,14 +156,14 @@ class SignedUrlCache:
         clock: Callable[[], float] = time.time,
         margin_s: float = 60.0,
         default_ttl_s: float = 300.0,
-        batch: int = 1000,
+        batch: int = BULK_LIMIT,
         counters: Counters | None = None,
     ) -> None:
         self._sign_many = sign_many
         self._clock = clock
         self._margin_s = margin_s
         self._default_ttl_s = default_ttl_s
-        self._batch = max(1, min(batch, 1000))
+        self._batch = max(1, min(batch, BULK_LIMIT))
         self.counters = counters if counters is not None else Counters()
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
