@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import subprocess
-import sys
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -101,11 +100,5 @@ def mount(mountpoint: str | Path, *, domain: str | None = None, ssh_key_file: st
     )
     cli._apply_config(args)
     path = check_usable(Path(args.mountpoint).expanduser())
-    from encordfs.app import default_cache_dir
-
-    cache = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir(args.domain)
-    log_path = Path(args.log_file).expanduser().resolve() if args.log_file else cache / "mount.log"
-    argv = cli._mount_argv(args, path)
-    if argv[:3] != [sys.executable, "-m", "encordfs"]:  # pragma: no cover - the CLI's contract
-        raise errors.FsError("unexpected mount command")
-    return RunningMount(path, cli.spawn_mount(argv, path, log_path), log_path)
+    log_path = cli._detached_log_path(args)
+    return RunningMount(path, cli.spawn_mount(cli._mount_argv(args, path), path, log_path), log_path)

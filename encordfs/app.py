@@ -41,7 +41,6 @@ class Settings:
     # In-memory block cache: recent blocks of open and recently read files.
     memory_cache_bytes: int = 256 * MiB
     metadata_ttl_s: float = 60.0
-    include_org_access: bool = False
     read_only: bool = False
     max_metadata_bytes: int = 65536
     # Unmount waits this long for queued metadata changes to land; what is left stays in the journal.

@@ -1,14 +1,16 @@
 """The ``encordfs`` command: mount, unmount, demo, emulator.
 
 Every user mistake ends as one line on stderr (``encordfs: error: ...``) and a non-zero exit: the
-``main`` wrapper turns ``errors.FsError`` into that line, so no traceback reaches a user for bad
-input. Secrets never appear in output: URLs are shown without their query, keys only by path.
+``main`` wrapper turns ``errors.FsError`` (and an ``OSError`` about a path the user named) into that
+line, so no traceback reaches a user for bad input. Secrets never appear in output: URLs are shown
+without their query, keys only by path.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import stat
@@ -24,7 +26,6 @@ from encordfs.mountpoint import check_usable, mounted_at, raise_read_ahead, unmo
 log = logging.getLogger("encordfs")
 
 EXIT_ERROR = 1
-EXIT_USAGE = 2
 DEFAULT_DOMAIN = "https://api.encord.com"
 READY_TIMEOUT_S = 60.0
 
@@ -59,7 +60,7 @@ def _key_text(args: argparse.Namespace) -> str:
 def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from encordfs.app import Settings
 
-    s = Settings(domain=args.domain, read_only=args.read_only, metadata_ttl_s=_ttl(args.metadata_ttl or "60"), include_org_access=args.include_org_access)
+    s = Settings(domain=args.domain, read_only=args.read_only, metadata_ttl_s=_ttl(args.metadata_ttl or "60"))
     for name in ("uid", "gid", "file_mode", "dir_mode"):
         if getattr(args, name, None) is not None:
             setattr(s, name, getattr(args, name))
@@ -81,7 +82,9 @@ def _ttl(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise errors.InvalidValue(f"--metadata-ttl must be minimal, indefinite or seconds, not {text!r}") from None
+        value = math.nan
+    if math.isnan(value):
+        raise errors.InvalidValue(f"--metadata-ttl must be minimal, indefinite or seconds, not {text!r}")
     if value < 0:
         raise errors.InvalidValue("--metadata-ttl must not be negative")
     return value
@@ -92,9 +95,12 @@ def _size(text: str) -> int:
     t = text.strip().lower().removesuffix("b").removesuffix("i")
     unit = t[-1] if t and t[-1] in units else ""
     try:
-        return int(float(t[: len(t) - len(unit)]) * units[unit])
-    except ValueError:
-        raise errors.InvalidValue(f"--cache-size must be a size like 10G or 512M, not {text!r}") from None
+        size = int(float(t[: len(t) - len(unit)]) * units[unit])
+    except (ValueError, OverflowError):  # OverflowError: inf
+        size = -1
+    if size < 0:
+        raise errors.InvalidValue(f"--cache-size must be a size like 10G or 512M, not {text!r}")
+    return size
 
 
 # Options whose value comes from the command line, the environment or a config file (encordfs.config).
@@ -226,11 +232,18 @@ def _last_error(log_path: Path) -> str | None:
     return f"mount process failed: {tail[-1].strip()[:300]} (log: {log_path})" if tail else None
 
 
-def _mount_in_background(args: argparse.Namespace, mountpoint: Path) -> int:
+def _detached_log_path(args: argparse.Namespace) -> Path:
+    """Where a detached mount logs: --log-file, else CACHE_DIR/mount.log."""
     from encordfs.app import default_cache_dir
 
+    if args.log_file:
+        return Path(args.log_file).expanduser().resolve()
     cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir(args.domain)
-    log_path = Path(args.log_file).expanduser().resolve() if args.log_file else cache_dir / "mount.log"
+    return cache_dir / "mount.log"
+
+
+def _mount_in_background(args: argparse.Namespace, mountpoint: Path) -> int:
+    log_path = _detached_log_path(args)
     proc = spawn_mount(_mount_argv(args, mountpoint), mountpoint, log_path)
     print(f"mounted {args.domain} at {mountpoint} (pid {proc.pid}, log {log_path})")
     return 0
@@ -328,6 +341,8 @@ def cmd_prefetch(args: argparse.Namespace) -> int:
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    if args.jobs < 1:
+        raise errors.InvalidValue(f"--jobs must be at least 1, not {args.jobs}")
     files: list[tuple[Path, int]] = []
     for path in args.paths:
         root = Path(path).expanduser()
@@ -559,6 +574,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except errors.FsError as exc:
         print(f"encordfs: error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_ERROR
+    except OSError as exc:  # a path or resource the user named was refused (a log file's folder, ...)
+        log.debug("OSError reached main", exc_info=True)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"encordfs: error: {where}{exc.strerror or exc}", file=sys.stderr, flush=True)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130

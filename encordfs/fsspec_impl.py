@@ -148,7 +148,7 @@ class EncordFileSystem(AbstractFileSystem):  # type: ignore[misc]
             return self._core.fs
 
     def _build(self) -> _Core:
-        settings = Settings(domain=self.domain, read_only=True, metadata_ttl_s=self.metadata_ttl_s, include_org_access=self.include_org_access)
+        settings = Settings(domain=self.domain, read_only=True, metadata_ttl_s=self.metadata_ttl_s)
         settings.cache_dir = self.cache_dir or default_cache_dir(self.domain) / "fsspec"
         try:
             return _Core(self._build_at(settings), None)
@@ -254,7 +254,10 @@ class EncordFileSystem(AbstractFileSystem):  # type: ignore[misc]
 
     def listxattr(self, path: str) -> list[str]:
         path, ino, _ = self._resolve(path)
-        return self._fs().listxattr(ino)
+        try:
+            return self._fs().listxattr(ino)
+        except errors.FsError as exc:
+            raise _oserror(exc, path) from None
 
     # -- reading ----------------------------------------------------------------------------------
     def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:

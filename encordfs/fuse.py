@@ -1,7 +1,7 @@
 """The FUSE adapter: the only module that imports the binding (mfusepy).
 
 It translates and nothing else: a path becomes an inode through the core, the core's answer becomes
-what mfusepy expects, and ``errors.FsError`` becomes its errno in one place (``_errno_of``). No
+what mfusepy expects, and ``errors.FsError`` becomes its errno in one place (``_translated``). No
 caching, policy or network call lives here.
 """
 
@@ -26,14 +26,6 @@ from encordfs.core.xattrs import is_foreign as is_foreign_xattr  # noqa: E402
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _errno_of(exc: BaseException) -> int:
-    if isinstance(exc, errors.FsError):
-        return exc.errno
-    if isinstance(exc, mfusepy.FuseOSError):
-        return exc.errno or errno.EIO
-    return errno.EIO
 
 
 def _translated(func: F) -> F:

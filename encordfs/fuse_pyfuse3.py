@@ -228,8 +228,9 @@ class Pyfuse3Operations(pyfuse3.Operations):
         return st
 
     # -- extended attributes ----------------------------------------------------------------------
-    # ``ls -l`` asks security.selinux and system.posix_acl_access of every entry: names outside
-    # ``user.`` are refused (ENOTSUP, never ENOSYS) before a thread hop or the translating wrapper.
+    # ``ls -l`` asks security.selinux and system.posix_acl_access of every entry: getxattr refuses
+    # names outside ``user.`` (ENOTSUP, never ENOSYS) before a thread hop or the translating wrapper.
+    # setxattr and removexattr are rare: the core refuses those names for them.
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
         text = os.fsdecode(name)
         if is_foreign_xattr(text):
@@ -244,26 +245,14 @@ class Pyfuse3Operations(pyfuse3.Operations):
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
         return [os.fsencode(n) for n in await self._core(self.fs.listxattr, inode)]
 
+    @_translated
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
-        text = os.fsdecode(name)
-        if is_foreign_xattr(text):
-            raise pyfuse3.FUSEError(errno.ENOTSUP)
         # XATTR_CREATE / XATTR_REPLACE were already checked by pyfuse3 (through getxattr).
-        await self._setxattr(inode, text, value)
+        await self._core(self.fs.setxattr, inode, os.fsdecode(name), value, 0)
 
     @_translated
-    async def _setxattr(self, inode: int, name: str, value: bytes) -> None:
-        await self._core(self.fs.setxattr, inode, name, value, 0)
-
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
-        text = os.fsdecode(name)
-        if is_foreign_xattr(text):
-            raise pyfuse3.FUSEError(errno.ENOTSUP)
-        await self._removexattr(inode, text)
-
-    @_translated
-    async def _removexattr(self, inode: int, name: str) -> None:
-        await self._core(self.fs.removexattr, inode, name)
+        await self._core(self.fs.removexattr, inode, os.fsdecode(name))
 
     # Content and tree changes are refused: the mount mirrors Encord, it does not upload.
     write = _read_only_op("write")  # type: ignore[assignment]
