@@ -242,11 +242,12 @@ class Api:
         if not isinstance(extra, dict):
             raise ApiError(400, "additional_data must be an object")
         images = extra.get("images_data_fetch_options") or {}
+        sign_images = isinstance(images, dict) and parse_bool(images.get("fetch_signed_urls"), "fetch_signed_urls")
         text = self._store.row_json(
             data_hash,
             with_metadata=bool(parse_bool(extra.get("client_metadata"), "client_metadata")),
             sign=self._sign(parse_bool(extra.get("signed_url"), "signed_url")),
-            sign_images=self._sign(isinstance(images, dict) and parse_bool(images.get("fetch_signed_urls"), "x")),
+            sign_images=self._sign(sign_images),
         )
         return Response(body=f'{{"status": 200, "response": {text}}}'.encode())
 

@@ -83,15 +83,3 @@ def render(family: Family, err: ApiError) -> Rendered:
         return Rendered(200, "application/json", json.dumps(envelope).encode(), headers)
     body = json.dumps({"message": err.message}).encode()
     return Rendered(err.status, "application/json", body, headers)
-
-
-def bad_request(message: str) -> ApiError:
-    return ApiError(400, message)
-
-
-def not_found(message: str) -> ApiError:
-    return ApiError(404, message)
-
-
-def forbidden(message: str) -> ApiError:
-    return ApiError(403, message)

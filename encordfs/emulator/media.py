@@ -238,6 +238,17 @@ def _full_box(buf: bytes, start: int) -> tuple[int, int]:
     return word >> 24, word & 0xFFFFFF
 
 
+def _timescale_duration(buf: bytes, start: int) -> tuple[int, float | None]:
+    """(timescale, duration in seconds or None if unknown) of an ``mvhd``/``mdhd`` payload at ``start``."""
+    if buf[start] == 1:  # version 1: 64-bit times and duration
+        timescale, duration = struct.unpack_from(">IQ", buf, start + 20)
+    else:
+        timescale, duration = struct.unpack_from(">II", buf, start + 12)
+    if timescale and duration not in (0, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF):
+        return timescale, duration / timescale
+    return timescale, None
+
+
 def _fragment_totals(top: _TopLevel, track_id: int) -> tuple[int, int]:
     """(sample count, total duration in media timescale units) of a track over all moof fragments."""
     assert top.moov is not None
@@ -289,13 +300,7 @@ def _probe_isobmff(fh: BinaryIO, path: Path, mime: str) -> MediaInfo:
     movie_duration: float | None = None
     mvhd = _child(moov, 0, len(moov), "mvhd")
     if mvhd is not None:
-        s, _ = mvhd
-        if moov[s] == 1:
-            timescale, duration = struct.unpack_from(">IQ", moov, s + 20)
-        else:
-            timescale, duration = struct.unpack_from(">II", moov, s + 12)
-        if timescale and duration not in (0, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF):
-            movie_duration = duration / timescale
+        _, movie_duration = _timescale_duration(moov, mvhd[0])
 
     for t, ts, te in _iter_boxes(moov):
         if t != "trak":
@@ -352,14 +357,8 @@ def _video_track(buf: bytes, start: int, end: int) -> _VideoTrack | None:
 
     mdhd = _child(buf, *mdia, "mdhd")
     if mdhd is not None:
-        s, _ = mdhd
-        if buf[s] == 1:
-            timescale, duration = struct.unpack_from(">IQ", buf, s + 20)
-        else:
-            timescale, duration = struct.unpack_from(">II", buf, s + 12)
+        timescale, track.duration = _timescale_duration(buf, mdhd[0])
         track.timescale = timescale or None
-        if timescale and duration not in (0, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF):
-            track.duration = duration / timescale
 
     minf = _child(buf, *mdia, "minf")
     stbl = _child(buf, *minf, "stbl") if minf else None

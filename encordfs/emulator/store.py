@@ -305,13 +305,9 @@ class Store:
     def ingest(self, spec: DatasetSpec, source: str = "") -> str:
         """Create ``spec`` as a dataset (idempotent per (source, title)); return its dataset hash."""
         with self._write() as conn:
-            found = conn.execute(
-                "SELECT d.hash FROM imports im JOIN datasets d ON d.id = im.dataset_id "
-                "WHERE im.source = ? AND im.dataset_title = ?",
-                (source, spec.title),
-            ).fetchone()
+            found = self._imported_locked(conn, source, spec.title)
             if found is not None:
-                return str(found[0])
+                return found
             ds_id, ds_hash, folder_uuid = self._create_dataset_locked(conn, spec.title, spec.description)
             for row in spec.rows:
                 self._insert_row_locked(conn, ds_id, ds_hash, folder_uuid, row, time.time())
@@ -327,13 +323,9 @@ class Store:
         no per-row query and no blob files, so a million rows take tens of seconds, not hours.
         """
         with self._write() as conn:
-            found = conn.execute(
-                "SELECT d.hash FROM imports im JOIN datasets d ON d.id = im.dataset_id "
-                "WHERE im.source = ? AND im.dataset_title = ?",
-                (synthetic.SOURCE, title),
-            ).fetchone()
+            found = self._imported_locked(conn, synthetic.SOURCE, title)
             if found is not None:
-                return str(found[0])
+                return found
             ds_id, ds_hash, folder_uuid = self._create_dataset_locked(conn, title, f"{rows} synthetic rows")
             first_id = int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM items").fetchone()[0]) + 1
             tag, now = ds_hash.replace("-", "")[:12], time.time()
@@ -364,6 +356,16 @@ class Store:
                 "INSERT INTO imports(source, dataset_title, dataset_id) VALUES (?, ?, ?)", (synthetic.SOURCE, title, ds_id)
             )
         return ds_hash
+
+    @staticmethod
+    def _imported_locked(conn: sqlite3.Connection, source: str, title: str) -> str | None:
+        """Hash of the dataset already imported as (source, title), if any."""
+        found = conn.execute(
+            "SELECT d.hash FROM imports im JOIN datasets d ON d.id = im.dataset_id "
+            "WHERE im.source = ? AND im.dataset_title = ?",
+            (source, title),
+        ).fetchone()
+        return None if found is None else str(found[0])
 
     def _create_dataset_locked(self, conn: sqlite3.Connection, title: str, description: str) -> tuple[int, str, str]:
         now = time.time()
@@ -737,7 +739,8 @@ class Store:
         self, dataset: str, title: str, data: bytes, media: MediaInfo, client_metadata: dict[str, Any] | None
     ) -> tuple[str, str]:
         """Add a single-file row to the dataset named by hash or title; return (data_hash, item uuid)."""
-        blob_key, size = self._store_blob_bytes(data)
+        if media.data_type == "DICOM":
+            raise ApiError(400, "single DICOM rows are not supported on the fly")
         with self._write() as conn:
             ds = conn.execute(
                 "SELECT * FROM datasets WHERE hash = ? OR title = ? ORDER BY hash = ? DESC, id LIMIT 1",
@@ -745,9 +748,8 @@ class Store:
             ).fetchone()
             if ds is None:
                 raise ApiError(404, f"dataset {dataset!r} not found")
+            blob_key, size = self._store_blob_bytes(data)  # only once the row is sure to be added
             now = time.time()
-            if media.data_type == "DICOM":
-                raise ApiError(400, "single DICOM rows are not supported on the fly")
             item_id, item_uuid = self._insert_blob_item_locked(
                 conn, ds["hash"], ds["folder_uuid"], title, media, client_metadata, blob_key, size, None, None, now
             )
@@ -759,25 +761,17 @@ class Store:
             conn.execute("UPDATE datasets SET last_edited_at = ? WHERE id = ?", (now, ds["id"]))
         return data_hash, item_uuid
 
-    def delete_row(self, data_hash: str) -> list[str]:
-        """Delete a row, its item and children; return the blob keys that went away.
+    def delete_row(self, data_hash: str) -> None:
+        """Delete a row, its item and children.
 
         Blob files stay on disk so that ``restore_startup_state`` can bring the row back.
         """
         with self._write() as conn:
             row = self._row_locked(conn, data_hash)
             doomed = [row["id"], *(c["id"] for c in self._children_locked(conn, row["id"]))]
-            keys = [
-                r[0]
-                for r in conn.execute(
-                    f"SELECT blob_key FROM items WHERE id IN ({','.join('?' * len(doomed))}) AND blob_key IS NOT NULL",
-                    doomed,
-                )
-            ]
             conn.execute(f"DELETE FROM items WHERE id IN ({','.join('?' * len(doomed))})", doomed)
             conn.execute("DELETE FROM rows WHERE data_hash = ?", (data_hash,))
             conn.execute("UPDATE datasets SET last_edited_at = ? WHERE id = ?", (time.time(), row["dataset_id"]))
-        return keys
 
     def snapshot_startup_state(self) -> None:
         """Remember the current data tables for :meth:`restore_startup_state`."""
