@@ -11,11 +11,38 @@ from tests.support.emulator import RunningEmulator
 from tests.support.mount import MountedFS, temporary_mount
 
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+# Inherited by every mount process this session starts, so its leftovers are told apart from the
+# mounts of other test sessions running on the same machine at the same time.
+os.environ["ENCORDFS_TEST_SESSION"] = str(os.getpid())
+
+
+def _encordfs_mounts() -> set[str]:
+    with open("/proc/mounts") as f:
+        return {line.split()[1] for line in f if " fuse.encordfs " in line}
+
+
+def _started_elsewhere(mountpoint: str) -> bool:
+    """A live mount process serves ``mountpoint`` and was not started by this session."""
+    path, mark = os.fsencode(mountpoint.replace("\\040", " ")), f"ENCORDFS_TEST_SESSION={os.getpid()}".encode()
+    found = False
+    for proc in os.listdir("/proc"):
+        if not proc.isdigit():
+            continue
+        try:
+            with open(f"/proc/{proc}/cmdline", "rb") as f:
+                if path not in f.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{proc}/environ", "rb") as f:
+                if mark in f.read().split(b"\0"):
+                    return False
+        except OSError:
+            continue
+        found = True
+    return found  # no process at all: a dead mount left behind, counted as ours
 
 
 def _our_mounts() -> set[str]:
-    with open("/proc/mounts") as f:
-        return {line.split()[1] for line in f if " fuse.encordfs " in line}
+    return {m for m in _encordfs_mounts() if not _started_elsewhere(m)}
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -74,8 +74,11 @@ def test_mount_and_unmount_in_background(tmp_path: Path, sample_emulator: Runnin
         assert done.returncode == 0, done.stderr
         assert mounted_at(mnt) == "fuse.encordfs"
         assert "street-scenes" in [p.name for p in mnt.iterdir()]
+        done = _encordfs("unmount", str(mnt))
+        assert done.returncode == 0, done.stderr
+        assert not mounted_at(mnt)
     finally:
-        if mounted_at(mnt):
+        if mounted_at(mnt):  # only when an assertion above failed
             subprocess.run(["fusermount3", "-u", str(mnt)])
     done = _encordfs("unmount", str(mnt))
     assert done.returncode != 0  # already unmounted above

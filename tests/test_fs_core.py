@@ -236,6 +236,7 @@ def test_concurrent_readers_of_a_folder_sign_in_full_batches(tmp_path: Path) -> 
     fs = EncordFS(backend, catalog, reader, SignedUrlCache(slow_sign), Options(uid=0, gid=0))
     try:
         names = [n for n, _ in fs.readdir(fs.resolve("/many"))]
+        assert len(names) == 4000  # else the readers below have (some) nothing to read
         errors_seen: list[BaseException] = []
 
         def work(part: list[str]) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from encordfs import errors
 from encordfs.backend import DatasetRecord, RowRecord
@@ -175,7 +175,6 @@ class FsModel(RuleBasedStateMachine):
         self.catalog_md = {uid: dict(md) for uid, md in self.server_md.items()}
         self.catalog_title = dict(self.server_title)
 
-    @precondition(lambda self: True)
     @rule()
     def remount(self) -> None:
         self._close()

@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 
 from encordfs.emulator import synthetic
 from tests.support.emulator import RunningEmulator
-from tests.support.mount import MountedFS
+from tests.support.mount import MountedFS, temporary_mount
 
 BIG_BYTES = 64 * 1024 * 1024  # big enough that reading its start does not fetch its end
 
@@ -35,10 +34,8 @@ def emulator() -> Iterator[RunningEmulator]:
         yield emu
 
 
-def _mount(emu: RunningEmulator, *extra: str) -> tuple[MountedFS, Path]:
-    workdir = Path(tempfile.mkdtemp(prefix="encordfs-refresh-"))
-    assert emu.key_file is not None
-    return MountedFS(emu.domain, emu.key_file, workdir, *extra), workdir
+def _mount(emu: RunningEmulator, *extra: str) -> AbstractContextManager[MountedFS]:
+    return temporary_mount(emu.domain, emu.key_file, *extra, prefix="encordfs-refresh-")
 
 
 def _wait_for(predicate: Callable[[], bool], timeout_s: float = 15.0) -> bool:
@@ -60,68 +57,56 @@ def _data_hash(path: Path) -> str:
 
 
 def test_rows_appear_and_disappear_after_the_ttl(emulator: RunningEmulator) -> None:
-    mounted, workdir = _mount(emulator, "--metadata-ttl", "1")
-    try:
-        with mounted:
-            folder = mounted.path / "fresh"
-            before = sorted(os.listdir(folder))
-            inodes = {name: os.stat(folder / name).st_ino for name in before}
-            added = emulator.add_row("fresh", "ttl-new.jpg", b"\xff\xd8 new bytes")
-            assert _wait_for(lambda: "ttl-new.jpg" in os.listdir(folder)), "added row never appeared"
-            assert (folder / "ttl-new.jpg").read_bytes() == b"\xff\xd8 new bytes"
-            emulator.delete_row(added["data_hash"])
-            assert _wait_for(lambda: "ttl-new.jpg" not in os.listdir(folder)), "deleted row never disappeared"
-            after = sorted(os.listdir(folder))
-            assert after == before  # names stable across refreshes
-            assert {name: os.stat(folder / name).st_ino for name in after} == inodes
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    with _mount(emulator, "--metadata-ttl", "1") as mounted:
+        folder = mounted.path / "fresh"
+        before = sorted(os.listdir(folder))
+        inodes = {name: os.stat(folder / name).st_ino for name in before}
+        added = emulator.add_row("fresh", "ttl-new.jpg", b"\xff\xd8 new bytes")
+        assert _wait_for(lambda: "ttl-new.jpg" in os.listdir(folder)), "added row never appeared"
+        assert (folder / "ttl-new.jpg").read_bytes() == b"\xff\xd8 new bytes"
+        emulator.delete_row(added["data_hash"])
+        assert _wait_for(lambda: "ttl-new.jpg" not in os.listdir(folder)), "deleted row never disappeared"
+        after = sorted(os.listdir(folder))
+        assert after == before  # names stable across refreshes
+        assert {name: os.stat(folder / name).st_ino for name in after} == inodes
 
 
 def test_refresh_command_without_remount(emulator: RunningEmulator) -> None:
-    mounted, workdir = _mount(emulator)  # default TTL: 60 s, longer than this test
-    try:
-        with mounted:
-            folder = mounted.path / "fresh"
-            before = sorted(os.listdir(folder))
-            first = folder / before[0]
-            first_ino = os.stat(first).st_ino
-            added = emulator.add_row("fresh", "cmd-new.jpg", b"\xff\xd8 cmd")
-            assert "cmd-new.jpg" not in os.listdir(folder)  # within the TTL: the listing is kept
-            _refresh(folder)
-            assert "cmd-new.jpg" in os.listdir(folder)
-            victim = folder / before[-1]
-            emulator.delete_row(_data_hash(victim))
-            emulator.delete_row(added["data_hash"])
-            _refresh(folder)
-            names = os.listdir(folder)
-            assert "cmd-new.jpg" not in names and before[-1] not in names
-            assert sorted(names) == before[:-1]
-            assert os.stat(first).st_ino == first_ino
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    with _mount(emulator) as mounted:  # default TTL: 60 s, longer than this test
+        folder = mounted.path / "fresh"
+        before = sorted(os.listdir(folder))
+        first = folder / before[0]
+        first_ino = os.stat(first).st_ino
+        added = emulator.add_row("fresh", "cmd-new.jpg", b"\xff\xd8 cmd")
+        assert "cmd-new.jpg" not in os.listdir(folder)  # within the TTL: the listing is kept
+        _refresh(folder)
+        assert "cmd-new.jpg" in os.listdir(folder)
+        victim = folder / before[-1]
+        emulator.delete_row(_data_hash(victim))
+        emulator.delete_row(added["data_hash"])
+        _refresh(folder)
+        names = os.listdir(folder)
+        assert "cmd-new.jpg" not in names and before[-1] not in names
+        assert sorted(names) == before[:-1]
+        assert os.stat(first).st_ino == first_ino
 
 
 def test_open_handle_to_a_deleted_row(emulator: RunningEmulator) -> None:
-    mounted, workdir = _mount(emulator)
-    try:
-        with mounted:
-            folder = mounted.path / "big"
-            name = min(os.listdir(folder))
-            seed = os.getxattr(folder / name, "user.encord.file_link").decode().rsplit("/", 1)[1]
-            parsed = synthetic.parse_key(seed)
-            assert parsed is not None
-            expected_head = synthetic.read(parsed[0], BIG_BYTES, 0, 4096)
-            with open(folder / name, "rb", buffering=0) as handle:
-                assert handle.read(4096) == expected_head
-                emulator.delete_row(_data_hash(folder / name))
-                _refresh(folder)
-                assert name not in os.listdir(folder)
-                handle.seek(0)
-                assert handle.read(4096) == expected_head  # what was read stays readable
-                handle.seek(BIG_BYTES - 4096)
-                with pytest.raises(OSError) as failure:  # never fetched: the byte server has nothing
-                    handle.read(4096)
-                assert failure.value.errno == errno.ESTALE
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    with _mount(emulator) as mounted:
+        folder = mounted.path / "big"
+        name = min(os.listdir(folder))
+        seed = os.getxattr(folder / name, "user.encord.file_link").decode().rsplit("/", 1)[1]
+        parsed = synthetic.parse_key(seed)
+        assert parsed is not None
+        expected_head = synthetic.read(parsed[0], BIG_BYTES, 0, 4096)
+        with open(folder / name, "rb", buffering=0) as handle:
+            assert handle.read(4096) == expected_head
+            emulator.delete_row(_data_hash(folder / name))
+            _refresh(folder)
+            assert name not in os.listdir(folder)
+            handle.seek(0)
+            assert handle.read(4096) == expected_head  # what was read stays readable
+            handle.seek(BIG_BYTES - 4096)
+            with pytest.raises(OSError) as failure:  # never fetched: the byte server has nothing
+                handle.read(4096)
+            assert failure.value.errno == errno.ESTALE

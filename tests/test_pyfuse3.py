@@ -10,11 +10,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import shutil
 import signal
 import stat
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -152,21 +150,16 @@ def test_writes_are_refused(p3_mount: MountedFS) -> None:
 
 @pytest.mark.parametrize("how", ["fusermount3", "SIGTERM", "SIGINT"])
 def test_clean_shutdown(sample_emulator: RunningEmulator, how: str) -> None:
-    workdir = Path(tempfile.mkdtemp(prefix="encordfs-p3-stop-"))
-    try:
-        assert sample_emulator.key_file is not None
-        with MountedFS(sample_emulator.domain, sample_emulator.key_file, workdir, "--binding", "pyfuse3") as mounted:
-            assert mounted.proc is not None
-            assert any(mounted.path.iterdir())
-            if how == "fusermount3":
-                subprocess.run(["fusermount3", "-u", str(mounted.path)], check=True)
-            else:
-                mounted.proc.send_signal(getattr(signal, how))
-            assert mounted.proc.wait(30) == 0, mounted.log()
-            assert not mounted_at(mounted.path)
-            assert "every queued change has landed" in mounted.log()  # the core (and its queue) closed
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    with temporary_mount(sample_emulator.domain, sample_emulator.key_file, "--binding", "pyfuse3", prefix="encordfs-p3-stop-") as mounted:
+        assert mounted.proc is not None
+        assert any(mounted.path.iterdir())
+        if how == "fusermount3":
+            subprocess.run(["fusermount3", "-u", str(mounted.path)], check=True)
+        else:
+            mounted.proc.send_signal(getattr(signal, how))
+        assert mounted.proc.wait(30) == 0, mounted.log()
+        assert not mounted_at(mounted.path)
+        assert "every queued change has landed" in mounted.log()  # the core (and its queue) closed
 
 
 def test_binding_option_reaches_the_mount_process() -> None:

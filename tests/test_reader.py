@@ -99,6 +99,27 @@ def read_all(pipeline: ReadPipeline, key: str, size: int, source: Callable[[bool
         handle.close()
 
 
+def run_threads(target: Callable[[int], None], n: int, timeout_s: float) -> None:
+    """Run ``target(0..n-1)`` on ``n`` threads; fail on any thread's exception or on a thread still running."""
+    errors: list[BaseException] = []
+
+    def guarded(i: int) -> None:
+        try:
+            target(i)
+        except BaseException as exc:  # reported below, from the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout_s
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    stuck = sum(t.is_alive() for t in threads)
+    assert not errors, errors[:3]
+    assert stuck == 0, f"{stuck} of {n} threads still running after {timeout_s} s"
+
+
 # ---------------------------------------------------------------------------------------------- bytes
 
 
@@ -400,24 +421,15 @@ def test_memory_budget_holds_with_64_concurrent_handles(
     for n, size in enumerate(sizes):
         server.add(f"f{n}", data_of(100 + n, size))
     pipeline = make_pipeline(MemoryBlockCache(256 * KiB, counters=counters), memory_budget_bytes=budget)
-    errors: list[BaseException] = []
     start = threading.Barrier(64)
 
     def reader(n: int) -> None:
         name = f"f{n % 8}"
-        try:
-            start.wait()
-            got = read_all(pipeline, f"{name}:{n % 3}", sizes[n % 8], plain_source(server, name), chunk=16 * KiB)
-            assert got == server.blobs[name]
-        except BaseException as exc:  # reported below, from the main thread
-            errors.append(exc)
+        start.wait()
+        got = read_all(pipeline, f"{name}:{n % 3}", sizes[n % 8], plain_source(server, name), chunk=16 * KiB)
+        assert got == server.blobs[name]
 
-    threads = [threading.Thread(target=reader, args=(n,)) for n in range(64)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors[:3]
+    run_threads(reader, 64, timeout_s=60)
     assert 0 < pipeline.budget.peak_bytes <= budget
     assert counters.get("reader.budget_peak_bytes") == pipeline.budget.peak_bytes
     assert pipeline.budget.used_bytes == 0
@@ -434,24 +446,17 @@ def test_many_threads_on_one_handle(server: ByteServer, make_pipeline: Callable[
     source = server.blobs["shared"]
     pipeline = make_pipeline(MemoryBlockCache(128 * KiB), memory_budget_bytes=512 * KiB)
     handle = pipeline.open("shared:1", size, plain_source(server, "shared"))
-    errors: list[BaseException] = []
 
     def reader(seed: int) -> None:
         rng = random.Random(seed)
-        try:
-            offset = rng.randrange(size) if seed % 2 else 0  # half stream from the start, half jump around
-            for _ in range(40):
-                length = rng.randrange(1, 40 * KiB)
-                assert handle.read(offset, length) == source[offset : offset + length]
-                offset = offset + length if seed % 2 == 0 and offset + length < size else rng.randrange(size)
-        except BaseException as exc:  # reported below, from the main thread
-            errors.append(exc)
+        offset = rng.randrange(size) if seed % 2 else 0  # half stream from the start, half jump around
+        for _ in range(40):
+            length = rng.randrange(1, 40 * KiB)
+            assert handle.read(offset, length) == source[offset : offset + length]
+            offset = offset + length if seed % 2 == 0 and offset + length < size else rng.randrange(size)
 
-    threads = [threading.Thread(target=reader, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    handle.close()
-    assert not errors, errors[:3]
+    try:
+        run_threads(reader, 8, timeout_s=30)
+    finally:
+        handle.close()
     assert pipeline.budget.peak_bytes <= 512 * KiB

@@ -33,7 +33,11 @@ class MountedFS:
 
     def __enter__(self) -> MountedFS:
         self.path.mkdir(parents=True, exist_ok=True)
-        self.proc = spawn_mount(self.argv(), self.path, self.log_path)
+        try:
+            self.proc = spawn_mount(self.argv(), self.path, self.log_path)
+        except BaseException:  # e.g. interrupted (a test timeout) after the mount came up: not left behind
+            self.stop()
+            raise
         return self
 
     def log(self) -> str:
