@@ -251,6 +251,7 @@ def read_parallel(paths: Sequence[Path | str], threads: int = THREADS) -> tuple[
 def get_parallel(urls: Sequence[str], threads: int = THREADS) -> tuple[float, int]:
     limits = httpx.Limits(max_connections=threads, max_keepalive_connections=threads)
     with httpx.Client(limits=limits, timeout=60) as client:
+
         def one(url: str) -> int:
             response = client.get(url)
             response.raise_for_status()
@@ -317,8 +318,10 @@ class Bench:
         busy = machine_busy_fraction()
         self.fig["machine_busy_before"] = busy
         if busy > 0.15:
-            self.notes.append(f"the machine was {busy:.0%} busy before the run started (other processes): "
-                              "absolute figures are low and noisy; ratios within the run are still comparable")
+            self.notes.append(
+                f"the machine was {busy:.0%} busy before the run started (other processes): "
+                "absolute figures are low and noisy; ratios within the run are still comparable"
+            )
         t_start = time.monotonic()
         log(f"generating data: 1 × {s.big_bytes / MiB:.0f} MiB + {s.small_count} × {s.small_bytes // 1024} KiB")
         src = self.work / "src"
@@ -326,8 +329,9 @@ class Bench:
         data_dir = self.work / "emu"
         log("starting nginx and the emulator (import)")
         nginx_url = infra.start_nginx(self.stack, data_dir / "blobs", self.work / "nginx")
-        emu = infra.start_emulator(self.stack, data_dir, ["--import", str(src), "--blob-base-url", nginx_url],
-                                   self.work / "emulator.log")
+        emu = infra.start_emulator(
+            self.stack, data_dir, ["--import", str(src), "--blob-base-url", nginx_url], self.work / "emulator.log"
+        )
         big_url, small_urls, small_hash = self.presign(emu)
         warm_page_cache([big_src, *small_src])
         log(f"ready in {time.monotonic() - t_start:.0f} s")
@@ -340,13 +344,17 @@ class Bench:
         try:
             self.phase_listing()
         except subprocess.TimeoutExpired as exc:
-            self.notes.append(f"listing figures incomplete: `{' '.join(map(str, exc.cmd))}` took over {exc.timeout:.0f} s")
+            self.notes.append(
+                f"listing figures incomplete: `{' '.join(map(str, exc.cmd))}` took over {exc.timeout:.0f} s"
+            )
         self.phase_ml()
 
     def phase_ml(self) -> None:
         """Issue 7's loader figures: a 4-worker DataLoader over the sample, epoch 1 / epoch 2 / local disk."""
         log("ML epochs over the sample (benchmarks/ml_epoch.py)")
-        done = subprocess.run([sys.executable, str(Path(__file__).with_name("ml_epoch.py"))], capture_output=True, text=True, timeout=600)
+        done = subprocess.run(
+            [sys.executable, str(Path(__file__).with_name("ml_epoch.py"))], capture_output=True, text=True, timeout=600
+        )
         lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
         if done.returncode != 0 or not lines:
             self.notes.append(f"ML figures skipped: {(done.stderr.strip().splitlines() or ['no output'])[-1][:200]}")
@@ -391,7 +399,9 @@ class Bench:
         self.fig["P1_direct_MBps"] = statistics.median(direct_rates)
         self.fig["P1"] = self.fig["P1_mount_MBps"] / self.fig["P1_direct_MBps"]
 
-    def phase_small(self, emu: infra.Emulator, small_src: list[Path], urls: list[str], ds_hash: str, nginx_url: str) -> Path:
+    def phase_small(
+        self, emu: infra.Emulator, small_src: list[Path], urls: list[str], ds_hash: str, nginx_url: str
+    ) -> Path:
         n = len(small_src)
         cache_dir = self.work / "cache-small"
         log(f"P2 small files through encordfs ({n} files, {THREADS} threads)")
@@ -503,8 +513,11 @@ class Bench:
                 os.setxattr(path, "user.encord.meta.k", json.dumps(f"v{i}").encode())
                 lat.append((time.perf_counter() - t0) * 1000)
             t_flush = time.perf_counter()
-            done = subprocess.run([sys.executable, "-m", "encordfs", "flush", str(m.path), "--timeout", "300"],
-                                  capture_output=True, text=True)
+            done = subprocess.run(
+                [sys.executable, "-m", "encordfs", "flush", str(m.path), "--timeout", "300"],
+                capture_output=True,
+                text=True,
+            )
             t_done = time.perf_counter()
             if done.returncode != 0:
                 self.notes.append(f"encordfs flush failed: {done.stderr.strip()[-300:]}")
@@ -534,7 +547,9 @@ class Bench:
         mark = " (quick: smaller counts)" if self.quick else ""
         log(f"listing: {s.ls_rows} generated rows{mark}")
         with Cleanup() as stack:
-            emu = infra.start_emulator(stack, self.work / "emu-ls", ["--generate", f"ls:{s.ls_rows}"], self.work / "emu-ls.log")
+            emu = infra.start_emulator(
+                stack, self.work / "emu-ls", ["--generate", f"ls:{s.ls_rows}"], self.work / "emu-ls.log"
+            )
             self.fig["sdk_get_dataset_s"] = self.sdk_get_dataset(emu, "ls")
             with mounted(lambda: self.mount(emu)) as m:
                 t0 = time.perf_counter()
@@ -550,10 +565,14 @@ class Bench:
                 self.fig["xattr_probe_us"] = probe_cost_us(m.path / "ls")
         self.fig["ls_first_ratio"] = self.fig["ls_first_s"] / self.fig["sdk_get_dataset_s"]
         if self.quick:
-            self.notes.append(f"quick: ls/find on {s.ls_rows} rows (full: 100,000); rss_1m_mb measured on {s.rss_rows} rows")
+            self.notes.append(
+                f"quick: ls/find on {s.ls_rows} rows (full: 100,000); rss_1m_mb measured on {s.rss_rows} rows"
+            )
         log(f"listing: {s.rss_rows} generated rows, VmRSS")
         with Cleanup() as stack:
-            emu = infra.start_emulator(stack, self.work / "emu-rss", ["--generate", f"rss:{s.rss_rows}"], self.work / "emu-rss.log")
+            emu = infra.start_emulator(
+                stack, self.work / "emu-rss", ["--generate", f"rss:{s.rss_rows}"], self.work / "emu-rss.log"
+            )
             with mounted(lambda: self.mount(emu)) as m:
                 # A full readdir (``ls -f``: no sort, no per-entry stat): every row is loaded and listed,
                 # which is what the figure is about; ``ls -l`` would add a million xattr probes.
@@ -619,10 +638,18 @@ def plot(fig: dict[str, Any], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig_, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
-    bars = [("encordfs\ncold", "P2_mount_files_s"), ("direct\nGETs", "P2_direct_files_s"), ("SDK\nloop", "P2_sdk_files_s"),
-            ("rclone", "P2_rclone_files_s"), ("encordfs\nwarm", "P3_warm_files_s"), ("local\ndisk", "P3_local_files_s")]
+    bars = [
+        ("encordfs\ncold", "P2_mount_files_s"),
+        ("direct\nGETs", "P2_direct_files_s"),
+        ("SDK\nloop", "P2_sdk_files_s"),
+        ("rclone", "P2_rclone_files_s"),
+        ("encordfs\nwarm", "P3_warm_files_s"),
+        ("local\ndisk", "P3_local_files_s"),
+    ]
     shown = [(label, fig[key]) for label, key in bars if fig.get(key) is not None]
-    ax1.bar([b[0] for b in shown], [b[1] for b in shown], color=["#3b6" if "encordfs" in b[0] else "#889" for b in shown])
+    ax1.bar(
+        [b[0] for b in shown], [b[1] for b in shown], color=["#3b6" if "encordfs" in b[0] else "#889" for b in shown]
+    )
     ax1.set_ylabel("files/s (100 KiB, 8 threads)")
     ax1.set_yscale("log")
     ax1.set_title("small files")
@@ -664,7 +691,11 @@ def main(argv: list[str] | None = None) -> int:
             bench.run()
         finally:
             elapsed = time.monotonic() - t0
-            mode = "QUICK (smaller sizes: %d MiB big file, %d small files)" % (sizes.big_bytes >> 20, sizes.small_count) if args.quick else "full"
+            mode = (
+                f"QUICK (smaller sizes: {sizes.big_bytes >> 20} MiB big file, {sizes.small_count} small files)"
+                if args.quick
+                else "full"
+            )
             title = f"encordfs benchmarks, {mode}, {os.cpu_count()} CPUs, {elapsed:.0f} s"
             fig = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in bench.fig.items()}
             print_table(fig, title)

@@ -162,8 +162,13 @@ def start_nginx(stack: Cleanup, root: Path, work: Path) -> str:
     port = free_port()
     conf = work / "nginx.conf"
     conf.write_text(_NGINX_CONF.format(work=work, port=port, root=root))
-    proc = subprocess.Popen(["nginx", "-p", str(work), "-c", str(conf)], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=open(work / "stderr.log", "wb"), start_new_session=True)
+    proc = subprocess.Popen(
+        ["nginx", "-p", str(work), "-c", str(conf)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=open(work / "stderr.log", "wb"),
+        start_new_session=True,
+    )
     stack.callback(stop_process, proc, signal.SIGQUIT)  # graceful: the master stops its workers
     url = f"http://127.0.0.1:{port}"
 
@@ -225,8 +230,21 @@ class EncordMount:
     def __init__(self, emu: Emulator, path: Path, cache_dir: Path, log: Path, *extra: str) -> None:
         self.path = path
         self.cache_dir = cache_dir
-        argv = [sys.executable, "-m", "encordfs", "mount", str(path), "--foreground", "--domain", emu.domain,
-                "--ssh-key-file", emu.key_file, "--cache-dir", str(cache_dir), *extra]
+        argv = [
+            sys.executable,
+            "-m",
+            "encordfs",
+            "mount",
+            str(path),
+            "--foreground",
+            "--domain",
+            emu.domain,
+            "--ssh-key-file",
+            emu.key_file,
+            "--cache-dir",
+            str(cache_dir),
+            *extra,
+        ]
         path.mkdir(parents=True, exist_ok=True)
         self.proc = spawn_mount(argv, path, log)
 
@@ -253,10 +271,28 @@ class RcloneMount:
         path.mkdir(parents=True, exist_ok=True)
         conf = work / "rclone.conf"
         conf.touch()
-        argv = ["rclone", "mount", ":http:", str(path), "--http-url", url + "/", "--read-only",
-                "--config", str(conf), "--dir-cache-time", "1h", "--attr-timeout", "60s"]
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=open(work / "rclone.log", "wb"), start_new_session=True)
+        argv = [
+            "rclone",
+            "mount",
+            ":http:",
+            str(path),
+            "--http-url",
+            url + "/",
+            "--read-only",
+            "--config",
+            str(conf),
+            "--dir-cache-time",
+            "1h",
+            "--attr-timeout",
+            "60s",
+        ]
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=open(work / "rclone.log", "wb"),
+            start_new_session=True,
+        )
         try:
             wait_for(lambda: self.proc.poll() is None and mounted_at(path) or self._died(work), 60, "rclone mount")
         except BaseException:
@@ -292,8 +328,12 @@ def profiled(pid: int | None, out: Path, rate_hz: int = 200) -> Any:
         yield
         return
     spy = Path(sys.executable).parent / "py-spy"
-    proc = subprocess.Popen([str(spy), "record", "-p", str(pid), "-r", str(rate_hz), "--nonblocking", "-f", "raw",
-                             "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(spy), "record", "-p", str(pid), "-r", str(rate_hz), "--nonblocking", "-f", "raw", "-o", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     time.sleep(0.5)
     try:
         yield

@@ -54,16 +54,28 @@ def main() -> int:
     try:
         with RunningEmulator(["--sample"]) as emu:
             (work / "mnt").mkdir()
-            with encordfs.mount(work / "mnt", domain=emu.domain, ssh_key_file=emu.key_file, cache_dir=work / "cache",
-                                read_only=True) as m:
+            with encordfs.mount(
+                work / "mnt", domain=emu.domain, ssh_key_file=emu.key_file, cache_dir=work / "cache", read_only=True
+            ) as m:
                 epoch1, n = epoch_img_s(m.path, args.workers)
                 epoch2 = max(epoch_img_s(m.path, args.workers)[0] for _ in range(args.repeat))
-                shutil.copytree(m.path, work / "local", ignore=shutil.ignore_patterns(".encordfs"), copy_function=shutil.copyfile)
+                shutil.copytree(
+                    m.path, work / "local", ignore=shutil.ignore_patterns(".encordfs"), copy_function=shutil.copyfile
+                )
             local = max(epoch_img_s(work / "local", args.workers)[0] for _ in range(args.repeat))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps({"ml_epoch1_img_s": round(epoch1, 1), "ml_epoch2_img_s": round(epoch2, 1), "ml_local_img_s": round(local, 1),
-                      "ml_images": n, "ml_workers": args.workers}))
+    print(
+        json.dumps(
+            {
+                "ml_epoch1_img_s": round(epoch1, 1),
+                "ml_epoch2_img_s": round(epoch2, 1),
+                "ml_local_img_s": round(local, 1),
+                "ml_images": n,
+                "ml_workers": args.workers,
+            }
+        )
+    )
     return 0
 
 

@@ -52,7 +52,10 @@ def main() -> None:
                     for p in paths:
                         op(p)
                     wall, cpu = time.perf_counter() - t0, cpu_s(pid) - c0
-                    print(f"{label:<22} wall {wall / rows * 1e6:7.0f} us   mount cpu {cpu / rows * 1e6:7.0f} us", flush=True)
+                    print(
+                        f"{label:<22} wall {wall / rows * 1e6:7.0f} us   mount cpu {cpu / rows * 1e6:7.0f} us",
+                        flush=True,
+                    )
 
                 def open_close(p: str) -> None:
                     os.close(os.open(p, os.O_RDONLY))

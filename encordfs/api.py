@@ -78,11 +78,24 @@ class RunningMount:
         return f"<RunningMount {self.path} pid={self.pid}{'' if self.mounted else ' (ended)'}>"
 
 
-def mount(mountpoint: str | Path, *, domain: str | None = None, ssh_key_file: str | Path | None = None,
-          cache_dir: str | Path | None = None, read_only: bool | None = None, allow_other: bool | None = None,
-          metadata_ttl: str | float | None = None, cache_size: str | None = None, uid: int | None = None,
-          gid: int | None = None, file_mode: int | None = None, dir_mode: int | None = None,
-          log_file: str | Path | None = None, verbose: int | None = None, config: str | Path | None = None) -> RunningMount:
+def mount(
+    mountpoint: str | Path,
+    *,
+    domain: str | None = None,
+    ssh_key_file: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    read_only: bool | None = None,
+    allow_other: bool | None = None,
+    metadata_ttl: str | float | None = None,
+    cache_size: str | None = None,
+    uid: int | None = None,
+    gid: int | None = None,
+    file_mode: int | None = None,
+    dir_mode: int | None = None,
+    log_file: str | Path | None = None,
+    verbose: int | None = None,
+    config: str | Path | None = None,
+) -> RunningMount:
     """Mount Encord at ``mountpoint`` (an empty directory) and return once it serves.
 
     ``domain`` defaults to ``$ENCORDFS_DOMAIN`` or Encord's; ``ssh_key_file`` to
@@ -91,12 +104,25 @@ def mount(mountpoint: str | Path, *, domain: str | None = None, ssh_key_file: st
     from encordfs import cli
 
     args = argparse.Namespace(
-        mountpoint=str(mountpoint), config=str(config) if config else None, domain=domain,
-        ssh_key_file=str(ssh_key_file) if ssh_key_file else None, cache_dir=str(cache_dir) if cache_dir else None,
-        read_only=read_only, allow_other=allow_other, include_org_access=None,
-        metadata_ttl=None if metadata_ttl is None else str(metadata_ttl), cache_size=cache_size, max_metadata_bytes=None,
-        uid=uid, gid=gid, file_mode=file_mode, dir_mode=dir_mode, log_file=str(log_file) if log_file else None,
-        log_format=None, verbose=verbose, metrics_port=None,
+        mountpoint=str(mountpoint),
+        config=str(config) if config else None,
+        domain=domain,
+        ssh_key_file=str(ssh_key_file) if ssh_key_file else None,
+        cache_dir=str(cache_dir) if cache_dir else None,
+        read_only=read_only,
+        allow_other=allow_other,
+        include_org_access=None,
+        metadata_ttl=None if metadata_ttl is None else str(metadata_ttl),
+        cache_size=cache_size,
+        max_metadata_bytes=None,
+        uid=uid,
+        gid=gid,
+        file_mode=file_mode,
+        dir_mode=dir_mode,
+        log_file=str(log_file) if log_file else None,
+        log_format=None,
+        verbose=verbose,
+        metrics_port=None,
     )
     cli._apply_config(args)
     path = check_usable(Path(args.mountpoint).expanduser())

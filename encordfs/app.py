@@ -89,7 +89,9 @@ def build(backend: Backend, settings: Settings) -> Mount:
     counters = Counters()
     closers: list = []  # type: ignore[type-arg]
     try:
-        disk = DiskBlockCache(cache_dir / "blocks", settings.cache_size_bytes, settings.cache_min_free_bytes, counters=counters)
+        disk = DiskBlockCache(
+            cache_dir / "blocks", settings.cache_size_bytes, settings.cache_min_free_bytes, counters=counters
+        )
         closers.append(disk.close)
         cache = TieredBlockCache(MemoryBlockCache(settings.memory_cache_bytes, counters=counters), disk)
         catalog = Catalog(cache_dir / "catalog.sqlite")
@@ -101,10 +103,27 @@ def build(backend: Backend, settings: Settings) -> Mount:
         closers.append(reader.close)
         writes = None
         if not settings.read_only:
-            writes = WriteQueue.open(cache_dir / "journal.sqlite", backend.push, on_landed=lambda outcomes: _landed(catalog, outcomes))
+            writes = WriteQueue.open(
+                cache_dir / "journal.sqlite", backend.push, on_landed=lambda outcomes: _landed(catalog, outcomes)
+            )
             closers.append(lambda: _close_writes(writes, settings.unmount_flush_timeout_s))
-        options = Options(uid=settings.uid, gid=settings.gid, file_mode=settings.file_mode, dir_mode=settings.dir_mode, metadata_ttl_s=settings.metadata_ttl_s, max_metadata_bytes=settings.max_metadata_bytes)
-        fs = EncordFS(backend, catalog, reader, urls, options, writes=writes, status_extra=lambda: {"counters": counters.snapshot(), "cache_dir": str(cache_dir)})
+        options = Options(
+            uid=settings.uid,
+            gid=settings.gid,
+            file_mode=settings.file_mode,
+            dir_mode=settings.dir_mode,
+            metadata_ttl_s=settings.metadata_ttl_s,
+            max_metadata_bytes=settings.max_metadata_bytes,
+        )
+        fs = EncordFS(
+            backend,
+            catalog,
+            reader,
+            urls,
+            options,
+            writes=writes,
+            status_extra=lambda: {"counters": counters.snapshot(), "cache_dir": str(cache_dir)},
+        )
         closers.append(fs.close)
     except BaseException:
         for close in reversed(closers):
@@ -115,14 +134,20 @@ def build(backend: Backend, settings: Settings) -> Mount:
 
 
 def _landed(catalog: Catalog, outcomes: list) -> None:  # type: ignore[type-arg]
-    catalog.set_rows_state([(o.row_uid, dict(o.metadata) if o.metadata is not None else None, o.title) for o in outcomes if o.ok])
+    catalog.set_rows_state(
+        [(o.row_uid, dict(o.metadata) if o.metadata is not None else None, o.title) for o in outcomes if o.ok]
+    )
 
 
 def _close_writes(writes: WriteQueue, timeout_s: float) -> None:
     left = writes.close(flush_timeout_s=timeout_s)
     pending, parked = left.get("pending_rows", 0), len(left.get("parked", []))
     if pending or parked:
-        log.warning("unmount: %d row(s) with queued changes and %d parked row(s) left in the journal; "
-                    "they are pushed at the next mount with the same --cache-dir", pending, parked)
+        log.warning(
+            "unmount: %d row(s) with queued changes and %d parked row(s) left in the journal; "
+            "they are pushed at the next mount with the same --cache-dir",
+            pending,
+            parked,
+        )
     else:
         log.info("unmount: every queued change has landed")

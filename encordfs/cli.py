@@ -104,9 +104,25 @@ def _size(text: str) -> int:
 
 
 # Options whose value comes from the command line, the environment or a config file (encordfs.config).
-CONFIG_OPTIONS = ("domain", "ssh_key_file", "cache_dir", "cache_size", "metadata_ttl", "max_metadata_bytes", "read_only",
-                  "allow_other", "include_org_access", "uid", "gid", "file_mode", "dir_mode", "log_file", "log_format",
-                  "verbose", "metrics_port")
+CONFIG_OPTIONS = (
+    "domain",
+    "ssh_key_file",
+    "cache_dir",
+    "cache_size",
+    "metadata_ttl",
+    "max_metadata_bytes",
+    "read_only",
+    "allow_other",
+    "include_org_access",
+    "uid",
+    "gid",
+    "file_mode",
+    "dir_mode",
+    "log_file",
+    "log_format",
+    "verbose",
+    "metrics_port",
+)
 
 
 def _apply_config(args: argparse.Namespace) -> None:
@@ -129,7 +145,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace, mountpoint: Path) -> int:
     os.umask(0o077)  # the catalog, journal and cached blocks are the user's alone (files 0600, dirs 0700)
-    fuse = _binding(getattr(args, "binding", None))
+    from encordfs import fuse as bindings
+
+    fuse = bindings.load(getattr(args, "binding", None))
     from encordfs.app import build
     from encordfs.backend.sdk import SdkBackend
     from encordfs.core.catalog import ROOT_INO
@@ -145,25 +163,13 @@ def _serve(args: argparse.Namespace, mountpoint: Path) -> int:
         log.info("mounting %s at %s", args.domain, mountpoint)
         # Kernel attribute and entry timeouts follow the metadata TTL: the kernel asks again exactly
         # when the catalog would reload. Negative lookups: 5 s, so new rows appear quickly.
-        fuse.run(mount.fs, str(mountpoint), read_only=args.read_only, allow_other=args.allow_other, attr_timeout_s=settings.metadata_ttl_s, entry_timeout_s=settings.metadata_ttl_s, negative_timeout_s=5.0)
+        timeouts = bindings.Timeouts(attr_s=settings.metadata_ttl_s, entry_s=settings.metadata_ttl_s)
+        fuse.run(mount.fs, str(mountpoint), timeouts=timeouts, read_only=args.read_only, allow_other=args.allow_other)
     finally:
         if metrics_server is not None:
             metrics_server.shutdown()
         mount.close()
     return 0
-
-
-def _binding(name: str | None):  # type: ignore[no-untyped-def]
-    """The FUSE adapter module: mfusepy (default) or pyfuse3 (optional extra, low-level, readdirplus)."""
-    if name == "pyfuse3":
-        try:
-            from encordfs import fuse_pyfuse3
-        except ImportError as exc:
-            raise errors.FsError(f"--binding pyfuse3 needs pyfuse3 and trio ({exc}); pip install 'encordfs[pyfuse3]'") from None
-        return fuse_pyfuse3
-    from encordfs import fuse
-
-    return fuse
 
 
 def _serve_metrics(port: int, mount):  # type: ignore[no-untyped-def]
@@ -186,10 +192,22 @@ def _mount_argv(args: argparse.Namespace, mountpoint: Path) -> list[str]:
     for flag in ("read_only", "allow_other", "include_org_access"):
         if getattr(args, flag, False):
             argv.append("--" + flag.replace("_", "-"))
-    for option in ("metadata_ttl", "cache_size", "max_metadata_bytes", "uid", "gid", "metrics_port", "log_file", "log_format"):
+    for option in (
+        "metadata_ttl",
+        "cache_size",
+        "max_metadata_bytes",
+        "uid",
+        "gid",
+        "metrics_port",
+        "log_file",
+        "log_format",
+    ):
         if getattr(args, option, None) is not None:
             value = getattr(args, option)
-            argv += ["--" + option.replace("_", "-"), str(Path(value).expanduser().resolve()) if option == "log_file" else str(value)]
+            argv += [
+                "--" + option.replace("_", "-"),
+                str(Path(value).expanduser().resolve()) if option == "log_file" else str(value),
+            ]
     for option in ("file_mode", "dir_mode"):
         if getattr(args, option, None) is not None:
             argv += ["--" + option.replace("_", "-"), f"{getattr(args, option):04o}"]
@@ -203,12 +221,16 @@ def _mount_argv(args: argparse.Namespace, mountpoint: Path) -> list[str]:
 MOUNT_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
 
 
-def spawn_mount(argv: list[str], mountpoint: Path, log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def spawn_mount(
+    argv: list[str], mountpoint: Path, log_path: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """Start a foreground mount process detached from this one; return once it serves the mount."""
     env = {**MOUNT_MALLOC_ENV, **(os.environ if env is None else env)}
     log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with open(log_path, "ab") as log_file:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True, env=env)
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True, env=env
+        )
     if wait_mounted(mountpoint, READY_TIMEOUT_S, lambda: proc.poll() is None):
         raise_read_ahead(mountpoint)
         return proc
@@ -216,7 +238,9 @@ def spawn_mount(argv: list[str], mountpoint: Path, log_path: Path, env: dict[str
         proc.kill()
         proc.wait()
         raise errors.FsError(f"mount did not become ready within {READY_TIMEOUT_S:.0f} s (log: {log_path})")
-    raise errors.FsError(_last_error(log_path) or f"mount process exited with status {proc.returncode} (log: {log_path})")
+    raise errors.FsError(
+        _last_error(log_path) or f"mount process exited with status {proc.returncode} (log: {log_path})"
+    )
 
 
 def _last_error(log_path: Path) -> str | None:
@@ -259,8 +283,11 @@ def cmd_unmount(args: argparse.Namespace) -> int:
         left = None if ok else status
     unmount(mountpoint, lazy=args.lazy)
     if left and (left.get("pending_rows") or left.get("parked")):
-        print(f"unmounted {mountpoint}; left in the journal for the next mount: {left.get('pending_rows', 0)} row(s) pending, "
-              f"{len(left.get('parked') or [])} parked", file=sys.stderr)
+        print(
+            f"unmounted {mountpoint}; left in the journal for the next mount: {left.get('pending_rows', 0)} row(s) pending, "
+            f"{len(left.get('parked') or [])} parked",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -297,8 +324,10 @@ def _flush(mountpoint: Path, timeout_s: float) -> tuple[bool, dict]:  # type: ig
 
 
 def _describe_writes(w: dict) -> list[str]:  # type: ignore[type-arg]
-    lines = [f"pending: {w.get('pending_rows', 0)} row(s), {w.get('pending_ops', 0)} edit(s), oldest {w.get('oldest_pending_age_s', 0):.1f} s",
-             f"pushed: {w.get('pushed_rows_total', 0)} row(s) in {w.get('push_calls_total', 0)} call(s)"]
+    lines = [
+        f"pending: {w.get('pending_rows', 0)} row(s), {w.get('pending_ops', 0)} edit(s), oldest {w.get('oldest_pending_age_s', 0):.1f} s",
+        f"pushed: {w.get('pushed_rows_total', 0)} row(s) in {w.get('push_calls_total', 0)} call(s)",
+    ]
     for p in w.get("parked") or []:
         lines.append(f"parked: {p.get('title') or p.get('row')}: {p.get('reason')}")
     if w.get("last_error"):
@@ -314,7 +343,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))
         return 0
-    print(f"{mountpoint}: encordfs, {'read-only' if status.get('read_only') else 'read-write'}, {status.get('open_handles', 0)} open file(s)")
+    print(
+        f"{mountpoint}: encordfs, {'read-only' if status.get('read_only') else 'read-write'}, {status.get('open_handles', 0)} open file(s)"
+    )
     if status.get("writes"):
         print("\n".join(_describe_writes(status["writes"])))
     counters = status.get("counters") or {}
@@ -379,8 +410,10 @@ def cmd_prefetch(args: argparse.Namespace) -> int:
         elapsed = max(time.monotonic() - started, 1e-6)
         rate = done_bytes / elapsed
         eta = (total - done_bytes) / rate if rate > 0 else 0.0
-        line = (f"\rprefetch: {done_files}/{len(files)} files, {done_bytes / 1e6:.1f}/{total / 1e6:.1f} MB, "
-                f"{rate / 1e6:.1f} MB/s, ETA {eta:.0f} s")
+        line = (
+            f"\rprefetch: {done_files}/{len(files)} files, {done_bytes / 1e6:.1f}/{total / 1e6:.1f} MB, "
+            f"{rate / 1e6:.1f} MB/s, ETA {eta:.0f} s"
+        )
         if not args.quiet:
             print(line + ("\n" if final else ""), end="", file=sys.stderr, flush=True)
 
@@ -428,7 +461,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     emulator, domain, key_file = _start_emulator(data_dir, [])
     mount_proc = None
     try:
-        mount_args = argparse.Namespace(domain=domain, ssh_key_file=key_file, cache_dir=str(data_dir / "mount-cache"), read_only=False, allow_other=False, include_org_access=False, verbose=args.verbose)
+        mount_args = argparse.Namespace(
+            domain=domain,
+            ssh_key_file=key_file,
+            cache_dir=str(data_dir / "mount-cache"),
+            read_only=False,
+            allow_other=False,
+            include_org_access=False,
+            verbose=args.verbose,
+        )
         mount_proc = spawn_mount(_mount_argv(mount_args, mountpoint), mountpoint, data_dir / "mount.log")
         print(_demo_banner(mountpoint, domain, key_file), flush=True)
         _wait_for_signal(lambda: mount_proc is not None and mount_proc.poll() is None and emulator.poll() is None)
@@ -492,26 +533,55 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 
 def _add_mount_options(p: argparse.ArgumentParser) -> None:
     # Defaults are None ("not given") so that encordfs.config can merge the environment and --config under them.
-    p.add_argument("--config", default=None, metavar="FILE", help="TOML file of options (default: $ENCORDFS_CONFIG); command line > environment > file")
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="TOML file of options (default: $ENCORDFS_CONFIG); command line > environment > file",
+    )
     p.add_argument("--domain", default=None, help=f"Encord API domain (default $ENCORDFS_DOMAIN or {DEFAULT_DOMAIN})")
-    p.add_argument("--ssh-key-file", help="OpenSSH Ed25519 private key registered with Encord (default: $ENCORD_SSH_KEY_FILE)")
-    p.add_argument("--cache-dir", help="where the catalog and block cache live (default: ~/.cache/encordfs/<domain hash>)")
+    p.add_argument(
+        "--ssh-key-file", help="OpenSSH Ed25519 private key registered with Encord (default: $ENCORD_SSH_KEY_FILE)"
+    )
+    p.add_argument(
+        "--cache-dir", help="where the catalog and block cache live (default: ~/.cache/encordfs/<domain hash>)"
+    )
     p.add_argument("--read-only", action="store_true", default=None, help="mount read-only (no metadata writes)")
-    p.add_argument("--allow-other", action="store_true", default=None, help="let other users see the mount (adds default_permissions)")
-    p.add_argument("--include-org-access", action="store_true", default=None, help="also show datasets the key sees through its organisation")
+    p.add_argument(
+        "--allow-other",
+        action="store_true",
+        default=None,
+        help="let other users see the mount (adds default_permissions)",
+    )
+    p.add_argument(
+        "--include-org-access",
+        action="store_true",
+        default=None,
+        help="also show datasets the key sees through its organisation",
+    )
     p.add_argument("--metadata-ttl", default=None, help="minimal | SECONDS | indefinite (default 60)")
     p.add_argument("--cache-size", default=None, help="disk block cache cap, e.g. 10G (default 10G)")
-    p.add_argument("--max-metadata-bytes", type=int, default=None, help="refuse client metadata larger than this (default 65536)")
+    p.add_argument(
+        "--max-metadata-bytes", type=int, default=None, help="refuse client metadata larger than this (default 65536)"
+    )
     p.add_argument("--uid", type=int, default=None, help="owner shown for every file (default: the mounting user)")
     p.add_argument("--gid", type=int, default=None, help="group shown for every file (default: the mounting user's)")
     p.add_argument("--file-mode", default=None, help="permission bits of files, octal (default 0444)")
     p.add_argument("--dir-mode", default=None, help="permission bits of folders, octal (default 0555)")
-    p.add_argument("--log-file", default=None, help="log here (default: stderr in the foreground, CACHE_DIR/mount.log detached)")
+    p.add_argument(
+        "--log-file", default=None, help="log here (default: stderr in the foreground, CACHE_DIR/mount.log detached)"
+    )
     p.add_argument("--log-format", choices=("text", "json"), default=None, help="log lines as text (default) or JSON")
-    p.add_argument("--metrics-port", type=int, default=None, metavar="PORT", help="serve Prometheus /metrics on 127.0.0.1:PORT")
+    p.add_argument(
+        "--metrics-port", type=int, default=None, metavar="PORT", help="serve Prometheus /metrics on 127.0.0.1:PORT"
+    )
     p.add_argument("-v", "--verbose", action="count", default=None, help="-v info, -vv debug")
-    p.add_argument("--binding", choices=("mfusepy", "pyfuse3"), default=None,
-                   help="FUSE binding: mfusepy (default) or pyfuse3 (optional extra; inode-based, readdirplus)")
+    p.add_argument(
+        "--binding",
+        choices=("kernel", "mfusepy"),
+        default=None,
+        help="FUSE binding: mfusepy (default; libfuse 3) or kernel (speaks /dev/fuse itself, passthrough)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -523,14 +593,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("mountpoint")
     detach = p.add_mutually_exclusive_group()
     detach.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground until unmounted")
-    detach.add_argument("--daemon", action="store_true", help="detach once the mount is ready, logging to --log-file (the default)")
+    detach.add_argument(
+        "--daemon", action="store_true", help="detach once the mount is ready, logging to --log-file (the default)"
+    )
     _add_mount_options(p)
     p.set_defaults(func=cmd_mount)
 
     p = sub.add_parser("unmount", help="unmount an encordfs mount (after flushing queued changes)", aliases=["umount"])
     p.add_argument("mountpoint")
     p.add_argument("--lazy", action="store_true", help="detach now even if busy")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for queued changes (default %(default)s)")
+    p.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds to wait for queued changes (default %(default)s)"
+    )
     p.set_defaults(func=cmd_unmount)
 
     p = sub.add_parser("status", help="show a mount's write queue and counters")
@@ -555,7 +629,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="start the emulator with a sample workspace and mount it")
     p.add_argument("mountpoint", nargs="?", default="/tmp/encordfs-demo")
-    p.add_argument("--data-dir", default=str(Path.home() / ".cache" / "encordfs" / "demo"), help="emulator state (default %(default)s)")
+    p.add_argument(
+        "--data-dir",
+        default=str(Path.home() / ".cache" / "encordfs" / "demo"),
+        help="emulator state (default %(default)s)",
+    )
     p.add_argument("-v", "--verbose", action="count", default=0)
     p.set_defaults(func=cmd_demo)
 

@@ -36,7 +36,9 @@ class MountConfig(BaseSettings):
 
     domain: str = DEFAULT_DOMAIN
     # The SDK's variable first: it is what users of the encord SDK already have set.
-    ssh_key_file: str | None = Field(default=None, validation_alias=AliasChoices("ENCORD_SSH_KEY_FILE", "ENCORDFS_SSH_KEY_FILE"))
+    ssh_key_file: str | None = Field(
+        default=None, validation_alias=AliasChoices("ENCORD_SSH_KEY_FILE", "ENCORDFS_SSH_KEY_FILE")
+    )
     cache_dir: str | None = None
     cache_size: str | None = None
     metadata_ttl: str | None = None
@@ -66,9 +68,14 @@ class MountConfig(BaseSettings):
         return value
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-                                   env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
-                                   file_secret_settings: PydanticBaseSettingsSource) -> tuple[PydanticBaseSettingsSource, ...]:
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
 
 

@@ -38,7 +38,7 @@ import stat
 import tempfile
 import threading
 import weakref
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -115,8 +115,15 @@ class EncordFileSystem(AbstractFileSystem):  # type: ignore[misc]
     root_marker = ""
     cachable = True
 
-    def __init__(self, domain: str | None = None, ssh_key_file: str | None = None, cache_dir: str | None = None,
-                 metadata_ttl_s: float = 60.0, include_org_access: bool = False, **storage_options: Any) -> None:
+    def __init__(
+        self,
+        domain: str | None = None,
+        ssh_key_file: str | None = None,
+        cache_dir: str | None = None,
+        metadata_ttl_s: float = 60.0,
+        include_org_access: bool = False,
+        **storage_options: Any,
+    ) -> None:
         super().__init__(**storage_options)
         from encordfs import config
 
@@ -200,8 +207,15 @@ class EncordFileSystem(AbstractFileSystem):  # type: ignore[misc]
 
     def _details(self, path: str, attr: Attr) -> dict[str, Any]:
         is_dir = stat.S_ISDIR(attr.mode)
-        out: dict[str, Any] = {"name": path, "size": attr.size, "type": "directory" if is_dir else "file",
-                               "mtime": attr.mtime, "created": attr.ctime, "ino": attr.ino, "mode": attr.mode}
+        out: dict[str, Any] = {
+            "name": path,
+            "size": attr.size,
+            "type": "directory" if is_dir else "file",
+            "mtime": attr.mtime,
+            "created": attr.ctime,
+            "ino": attr.ino,
+            "mode": attr.mode,
+        }
         if attr.ino == ROOT_INO:
             return out
         node = self._fs().node(attr.ino)
@@ -227,10 +241,10 @@ class EncordFileSystem(AbstractFileSystem):  # type: ignore[misc]
         return self._details(path, attr)
 
     def modified(self, path: str) -> datetime:
-        return datetime.fromtimestamp(self.info(path)["mtime"], timezone.utc)
+        return datetime.fromtimestamp(self.info(path)["mtime"], UTC)
 
     def created(self, path: str) -> datetime:
-        return datetime.fromtimestamp(self.info(path)["created"], timezone.utc)
+        return datetime.fromtimestamp(self.info(path)["created"], UTC)
 
     def invalidate_cache(self, path: str | None = None) -> None:
         """Reload a folder (default: the dataset list) from Encord now, whatever its age."""
@@ -268,15 +282,29 @@ class EncordFileSystem(AbstractFileSystem):  # type: ignore[misc]
         with _Handle(self._fs(), ino, path) as handle:
             return handle.read(start, end)
 
-    def _open(self, path: str, mode: str = "rb", block_size: int | str | None = None, autocommit: bool = True,
-              cache_options: dict[str, Any] | None = None, **kwargs: Any) -> EncordFile:
+    def _open(
+        self,
+        path: str,
+        mode: str = "rb",
+        block_size: int | str | None = None,
+        autocommit: bool = True,
+        cache_options: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> EncordFile:
         if mode != "rb":
             _read_only(path)
         path, ino, attr = self._resolve(path)
         if stat.S_ISDIR(attr.mode):
             raise IsADirectoryError(errno.EISDIR, "is a directory", path)
-        return EncordFile(self, path, ino, attr.size, block_size=block_size or "default",
-                          cache_type=kwargs.get("cache_type", "none"), cache_options=cache_options)
+        return EncordFile(
+            self,
+            path,
+            ino,
+            attr.size,
+            block_size=block_size or "default",
+            cache_type=kwargs.get("cache_type", "none"),
+            cache_options=cache_options,
+        )
 
     # -- writes: refused ---------------------------------------------------------------------------
     def mkdir(self, path: str, create_parents: bool = True, **kwargs: Any) -> None:

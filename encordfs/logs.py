@@ -15,12 +15,14 @@ import logging
 import logging.handlers
 import re
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 _URL_QUERY = re.compile(r"(https?://[^\s?#'\"]+)\?[^\s'\"]*")
 _PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|$)", re.DOTALL)
-_AUTH_HEADER = re.compile(r"((?:authorization|signature|x-amz-security-token|token)['\"]?\s*[:=]\s*['\"]?)[^\s,'\"}]+", re.IGNORECASE)
+_AUTH_HEADER = re.compile(
+    r"((?:authorization|signature|x-amz-security-token|token)['\"]?\s*[:=]\s*['\"]?)[^\s,'\"}]+", re.IGNORECASE
+)
 
 
 def redact(text: str) -> str:
@@ -47,7 +49,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         out = {
-            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),

@@ -41,7 +41,13 @@ def render(counters: dict[str, int], status: dict[str, Any]) -> str:
     lines: list[str] = []
 
     def metric(name: str, kind: str, help_text: str, value: float) -> None:
-        lines.extend([f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}"])
+        lines.extend(
+            [
+                f"# HELP {name} {help_text}",
+                f"# TYPE {name} {kind}",
+                f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}",
+            ]
+        )
 
     for counter, value in sorted(counters.items()):
         if "peak" in counter:
@@ -55,11 +61,18 @@ def render(counters: dict[str, int], status: dict[str, Any]) -> str:
         metric(f"encordfs_writes_{key}", "gauge", help_text, writes.get(key) or 0)
     for key, help_text in _WRITE_COUNTERS.items():
         metric(f"encordfs_writes_{key}", "counter", help_text, writes.get(key) or 0)
-    metric("encordfs_writes_parked_rows", "gauge", "rows whose changes were refused and are parked", len(writes.get("parked") or []))
+    metric(
+        "encordfs_writes_parked_rows",
+        "gauge",
+        "rows whose changes were refused and are parked",
+        len(writes.get("parked") or []),
+    )
     return "\n".join(lines) + "\n"
 
 
-def serve(port: int, snapshot: Callable[[], tuple[dict[str, int], dict[str, Any]]], host: str = "127.0.0.1") -> ThreadingHTTPServer:
+def serve(
+    port: int, snapshot: Callable[[], tuple[dict[str, int], dict[str, Any]]], host: str = "127.0.0.1"
+) -> ThreadingHTTPServer:
     """Start answering ``GET /metrics`` on ``host:port``; call ``.shutdown()`` on the result to stop."""
 
     class Handler(BaseHTTPRequestHandler):

@@ -77,8 +77,13 @@ class ResizeToTensor:
 class EncordImages:
     """``dataset[i] -> (transform(image), target)``; ``classes`` sorted label values, ``targets`` per file."""
 
-    def __init__(self, root: str | Path, label_key: str = "split", transform: Callable[[Image.Image], Any] | None = None,
-                 classes: list[Any] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        label_key: str = "split",
+        transform: Callable[[Image.Image], Any] | None = None,
+        classes: list[Any] | None = None,
+    ) -> None:
         self.root = Path(root)
         self.paths = image_files(self.root)
         self.labels = [label_of(p, label_key, self.root) for p in self.paths]

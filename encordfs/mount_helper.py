@@ -21,13 +21,61 @@ from __future__ import annotations
 
 import sys
 
-VALUE_OPTIONS = {"domain", "ssh_key_file", "cache_dir", "config", "uid", "gid", "file_mode", "dir_mode", "metadata_ttl",
-                 "cache_size", "log_file", "log_format", "metrics_port", "max_metadata_bytes"}
-FLAG_OPTIONS = {"ro": "read_only", "read_only": "read_only", "allow_other": "allow_other", "include_org_access": "include_org_access"}
+VALUE_OPTIONS = {
+    "domain",
+    "ssh_key_file",
+    "cache_dir",
+    "config",
+    "uid",
+    "gid",
+    "file_mode",
+    "dir_mode",
+    "metadata_ttl",
+    "cache_size",
+    "log_file",
+    "log_format",
+    "metrics_port",
+    "max_metadata_bytes",
+}
+FLAG_OPTIONS = {
+    "ro": "read_only",
+    "read_only": "read_only",
+    "allow_other": "allow_other",
+    "include_org_access": "include_org_access",
+}
 # Options mount(8) and fstab use for themselves; they mean nothing to the filesystem.
-IGNORED = {"rw", "defaults", "auto", "noauto", "user", "nouser", "users", "owner", "group", "_netdev", "nofail",
-           "dev", "nodev", "suid", "nosuid", "exec", "noexec", "atime", "noatime", "relatime", "norelatime",
-           "strictatime", "diratime", "nodiratime", "lazytime", "sync", "async", "dirsync", "loud", "silent"}
+IGNORED = {
+    "rw",
+    "defaults",
+    "auto",
+    "noauto",
+    "user",
+    "nouser",
+    "users",
+    "owner",
+    "group",
+    "_netdev",
+    "nofail",
+    "dev",
+    "nodev",
+    "suid",
+    "nosuid",
+    "exec",
+    "noexec",
+    "atime",
+    "noatime",
+    "relatime",
+    "norelatime",
+    "strictatime",
+    "diratime",
+    "nodiratime",
+    "lazytime",
+    "sync",
+    "async",
+    "dirsync",
+    "loud",
+    "silent",
+}
 IGNORED_PREFIXES = ("x-", "comment=", "helper=")
 
 

@@ -37,7 +37,9 @@ def mounted_at(path: str | Path) -> str | None:
 def check_usable(path: Path) -> Path:
     """The mount point must exist, be an empty directory, not be mounted, and /dev/fuse must exist."""
     if not os.path.exists("/dev/fuse"):
-        raise errors.FsError("/dev/fuse does not exist: FUSE is not available here (load the fuse module, or run the container with --device /dev/fuse)")
+        raise errors.FsError(
+            "/dev/fuse does not exist: FUSE is not available here (load the fuse module, or run the container with --device /dev/fuse)"
+        )
     if not path.exists():
         raise errors.NotFound(f"mount point {path} does not exist (create it with: mkdir -p {path})")
     if not path.is_dir():
@@ -83,7 +85,11 @@ def unmount(path: Path, *, lazy: bool = False) -> None:
     if not mounted_at(path):
         raise errors.NotFound(f"{path} is not mounted")
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
-    cmd = [tool, "-u"] + (["-z"] if lazy else []) + [str(path)] if tool else ["umount"] + (["-l"] if lazy else []) + [str(path)]
+    cmd = (
+        [tool, "-u"] + (["-z"] if lazy else []) + [str(path)]
+        if tool
+        else ["umount"] + (["-l"] if lazy else []) + [str(path)]
+    )
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         reason = (done.stderr.strip().splitlines() or ["unknown error"])[-1]

@@ -23,14 +23,38 @@ from soak.suites import GiB, MiB
 SUITES = ("hostile", "writes", "network", "bytes", "concurrency")
 SIZES = {
     # mode: workspace spec, bytes to read, kill trials, concurrency seconds, hostile cases
-    "quick": dict(spec=suites.WorkspaceSpec(large_rows=140, large_bytes=8 * MiB + 4321), bytes=1 * GiB, trials=20,
-                  seconds=20.0, cases=300),
-    "full": dict(spec=suites.WorkspaceSpec(large_rows=1300, large_bytes=8 * MiB + 4321), bytes=10 * GiB, trials=50,
-                 seconds=60.0, cases=1000),
+    "quick": dict(
+        spec=suites.WorkspaceSpec(large_rows=140, large_bytes=8 * MiB + 4321),
+        bytes=1 * GiB,
+        trials=20,
+        seconds=20.0,
+        cases=300,
+    ),
+    "full": dict(
+        spec=suites.WorkspaceSpec(large_rows=1300, large_bytes=8 * MiB + 4321),
+        bytes=10 * GiB,
+        trials=50,
+        seconds=60.0,
+        cases=1000,
+    ),
 }
-HEADLINE = ("bytes_read", "wrong_bytes", "read_errors", "faults_injected", "writes", "lost_writes", "kill_trials",
-            "max_rss_mb", "hangs", "op_errors", "hostile_cases", "hostile_failures", "network_eio_worst_s",
-            "network_recovered_s", "network_failures")
+HEADLINE = (
+    "bytes_read",
+    "wrong_bytes",
+    "read_errors",
+    "faults_injected",
+    "writes",
+    "lost_writes",
+    "kill_trials",
+    "max_rss_mb",
+    "hangs",
+    "op_errors",
+    "hostile_cases",
+    "hostile_failures",
+    "network_eio_worst_s",
+    "network_recovered_s",
+    "network_failures",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +82,11 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.monotonic()
                 print(f"soak: {name} ...", file=sys.stderr, flush=True)
                 details[name] = _run(name, ws, size)
-                print(f"soak: {name} done in {time.monotonic() - t0:.0f} s: {_short(details[name])}", file=sys.stderr, flush=True)
+                print(
+                    f"soak: {name} done in {time.monotonic() - t0:.0f} s: {_short(details[name])}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             faults = ws.faults_injected()
     finally:
         if args.keep:
@@ -97,9 +125,22 @@ def _headline(details: dict[str, Any], faults: int) -> dict[str, Any]:
     def total(key: str) -> int:
         return sum(int(d.get(key, 0) or 0) for d in details.values())
 
-    figures: dict[str, Any] = {key: total(key) for key in ("bytes_read", "wrong_bytes", "read_errors", "writes",
-                                                           "lost_writes", "kill_trials", "hangs", "op_errors",
-                                                           "hostile_cases", "hostile_failures", "network_failures")}
+    figures: dict[str, Any] = {
+        key: total(key)
+        for key in (
+            "bytes_read",
+            "wrong_bytes",
+            "read_errors",
+            "writes",
+            "lost_writes",
+            "kill_trials",
+            "hangs",
+            "op_errors",
+            "hostile_cases",
+            "hostile_failures",
+            "network_failures",
+        )
+    }
     figures["faults_injected"] = faults
     figures["max_rss_mb"] = max((d.get("max_rss_mb", 0) for d in details.values()), default=0)
     network = details.get("network", {})
@@ -122,7 +163,9 @@ def _problems(figures: dict[str, Any], size: dict[str, Any], chosen: list[str]) 
 
 
 def _short(detail: dict[str, Any]) -> str:
-    keys = [k for k in HEADLINE if k in detail] + [k for k in ("seconds", "mb_per_s", "failures", "lost", "errors") if detail.get(k)]
+    keys = [k for k in HEADLINE if k in detail] + [
+        k for k in ("seconds", "mb_per_s", "failures", "lost", "errors") if detail.get(k)
+    ]
     return ", ".join(f"{k}={detail[k]}" for k in keys)
 
 

@@ -71,13 +71,32 @@ GiB = 1024 * MiB
 META = "user.encord.meta."
 RSS_LIMIT_MB = 1536  # 256 MiB memory block cache + read budget + interpreter, with room to spare
 OP_DEADLINE_S = 75.0  # a read may take the 30 s retry budget plus a 10 s stall; 75 s is a hang
-MUST_BE_ZERO = ("wrong_bytes", "read_errors", "lost_writes", "hangs", "op_errors", "hostile_failures",
-                "network_failures")
+MUST_BE_ZERO = (
+    "wrong_bytes",
+    "read_errors",
+    "lost_writes",
+    "hangs",
+    "op_errors",
+    "hostile_failures",
+    "network_failures",
+)
 ABSENT = object()
 
 __all__ = [
-    "GiB", "KiB", "MUST_BE_ZERO", "MiB", "RSS_LIMIT_MB", "RunningEmulator", "Workspace", "WorkspaceSpec",
-    "bytes_suite", "concurrency_suite", "hostile_suite", "mixed_blob_faults", "network_suite", "writes_suite",
+    "GiB",
+    "KiB",
+    "MUST_BE_ZERO",
+    "MiB",
+    "RSS_LIMIT_MB",
+    "RunningEmulator",
+    "Workspace",
+    "WorkspaceSpec",
+    "bytes_suite",
+    "concurrency_suite",
+    "hostile_suite",
+    "mixed_blob_faults",
+    "network_suite",
+    "writes_suite",
 ]
 
 
@@ -158,8 +177,14 @@ class Workspace:
 
     def start_emulator(self) -> None:
         s = self.spec
-        args = ["--import", str(self.src), "--generate", f"soak-large:{s.large_rows}:{s.large_bytes}",
-                "--generate", f"soak-small:{s.small_rows}:{s.small_bytes}"]
+        args = [
+            "--import",
+            str(self.src),
+            "--generate",
+            f"soak-large:{s.large_rows}:{s.large_bytes}",
+            "--generate",
+            f"soak-small:{s.small_rows}:{s.small_bytes}",
+        ]
         if self.port:
             args += ["--port", str(self.port)]
         self.emu = RunningEmulator(args, data_dir=self.data_dir).__enter__()
@@ -340,7 +365,9 @@ def encordfs_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProces
 # ---------------------------------------------------------------------------------------------- bytes
 
 
-def _check_file(path: Path, want: Callable[[int, int], bytes], size: int, rng: random.Random, dog: Watchdog) -> tuple[int, int]:
+def _check_file(
+    path: Path, want: Callable[[int, int], bytes], size: int, rng: random.Random, dog: Watchdog
+) -> tuple[int, int]:
     """Read ``path`` (random preads for some files, then sequentially); (bytes read, wrong bytes)."""
     read = wrong = 0
     with open(path, "rb", buffering=0) as f:
@@ -365,8 +392,15 @@ def _check_file(path: Path, want: Callable[[int, int], bytes], size: int, rng: r
     return read, wrong
 
 
-def bytes_suite(ws: Workspace, total_bytes: int, threads: int = 4, fault_scale: float = 1.0,
-                url_ttl_s: int = 2, clock_skew_s: float = 1.0, seed: int = 2) -> dict[str, Any]:
+def bytes_suite(
+    ws: Workspace,
+    total_bytes: int,
+    threads: int = 4,
+    fault_scale: float = 1.0,
+    url_ttl_s: int = 2,
+    clock_skew_s: float = 1.0,
+    seed: int = 2,
+) -> dict[str, Any]:
     """Read ``total_bytes`` through a fresh mount under mixed blob faults; see the module docstring."""
     ws.reset()
     faults_before = ws.faults_injected()
@@ -408,10 +442,17 @@ def bytes_suite(ws: Workspace, total_bytes: int, threads: int = 4, fault_scale: 
     ws.admin("DELETE", "faults")
     seconds = time.monotonic() - started
     return {
-        "bytes_read": totals["bytes_read"], "wrong_bytes": totals["wrong_bytes"], "read_errors": totals["read_errors"],
-        "read_errnos": dict(errnos), "files": totals["files"], "hangs": dog.hangs + still, "hung": dog.hung[:5],
-        "faults_injected": ws.faults_injected() - faults_before, "seconds": round(seconds, 1),
-        "mb_per_s": round(totals["bytes_read"] / MiB / max(seconds, 1e-9), 1), "worst_op_s": round(dog.worst_s, 2),
+        "bytes_read": totals["bytes_read"],
+        "wrong_bytes": totals["wrong_bytes"],
+        "read_errors": totals["read_errors"],
+        "read_errnos": dict(errnos),
+        "files": totals["files"],
+        "hangs": dog.hangs + still,
+        "hung": dog.hung[:5],
+        "faults_injected": ws.faults_injected() - faults_before,
+        "seconds": round(seconds, 1),
+        "mb_per_s": round(totals["bytes_read"] / MiB / max(seconds, 1e-9), 1),
+        "worst_op_s": round(dog.worst_s, 2),
         "max_rss_mb": rss.max_mb,
         "fetch": {k: v for k, v in counters.items() if k.startswith("fetch.") or k.startswith("urls.")},
     }
@@ -459,8 +500,9 @@ class _KeyModel:
         return [self.acked.get(slot, ABSENT), *self.unacked.get(slot, [])]
 
 
-def _writer(files: list[Path], uids: dict[Path, str], model: _KeyModel, stop: threading.Event, rng: random.Random,
-            tag: int) -> None:
+def _writer(
+    files: list[Path], uids: dict[Path, str], model: _KeyModel, stop: threading.Event, rng: random.Random, tag: int
+) -> None:
     i = 0
     while not stop.is_set():
         f = rng.choice(files)
@@ -470,7 +512,9 @@ def _writer(files: list[Path], uids: dict[Path, str], model: _KeyModel, stop: th
         i += 1
         value: Any = tag * 1_000_000 + i if key == "counter" else f"n-{tag}-{i}-" + "x" * rng.randrange(200)
         with model.lock:
-            present = model.acked.get(slot, ABSENT) is not ABSENT or any(v is not ABSENT for v in model.unacked.get(slot, []))
+            present = model.acked.get(slot, ABSENT) is not ABSENT or any(
+                v is not ABSENT for v in model.unacked.get(slot, [])
+            )
         remove = key == "note" and op > 0.9 and present
         model.attempt(slot, ABSENT if remove else value)
         try:
@@ -509,8 +553,12 @@ def writes_suite(ws: Workspace, trials: int, seed: int = 7, files_n: int = 12) -
                                     model.ack((uids[f], key), ABSENT)
                         model.writes = 0
                     stop = threading.Event()
-                    threads = [threading.Thread(target=_writer, args=(files, uids, model, stop, random.Random(rng.random()), trial * 10 + k))
-                               for k in range(2)]
+                    threads = [
+                        threading.Thread(
+                            target=_writer, args=(files, uids, model, stop, random.Random(rng.random()), trial * 10 + k)
+                        )
+                        for k in range(2)
+                    ]
                     for t in threads:
                         t.start()
                     wait = rng.choice((rng.uniform(0.02, 0.25), rng.uniform(0.25, 1.0), rng.uniform(1.0, 2.0)))
@@ -533,11 +581,22 @@ def writes_suite(ws: Workspace, trials: int, seed: int = 7, files_n: int = 12) -
         uid, key = slot
         got = state.get(uid, {}).get(key, ABSENT)
         if not any(got is v or got == v for v in model.allowed(slot)):
-            lost.append({"row": uid, "key": key, "server": None if got is ABSENT else got,
-                         "acked": None if model.acked[slot] is ABSENT else model.acked[slot]})
+            lost.append(
+                {
+                    "row": uid,
+                    "key": key,
+                    "server": None if got is ABSENT else got,
+                    "acked": None if model.acked[slot] is ABSENT else model.acked[slot],
+                }
+            )
     return {
-        "kill_trials": trials, "writes": model.writes, "lost_writes": len(lost), "lost": lost[:5],
-        "final_flush_ok": flush_ok, "op_errors": 0 if flush_ok else 1, "seconds": round(time.monotonic() - started, 1),
+        "kill_trials": trials,
+        "writes": model.writes,
+        "lost_writes": len(lost),
+        "lost": lost[:5],
+        "final_flush_ok": flush_ok,
+        "op_errors": 0 if flush_ok else 1,
+        "seconds": round(time.monotonic() - started, 1),
         "kill_after_s": {"min": round(min(kill_points), 3), "max": round(max(kill_points), 3)} if kill_points else {},
         "max_rss_mb": rss.max_mb,
     }
@@ -608,11 +667,17 @@ def network_suite(ws: Workspace, budget_s: float = 45.0, recover_within_s: float
     worst = max((took for took, _, _ in outcomes.values()), default=0.0)
     return {
         "network_eio_worst_s": round(worst, 2),
-        "network_eio": {name: {"seconds": round(took, 2), "errno": errno.errorcode.get(err or 0, err)}
-                        for name, (took, err, _) in outcomes.items()},
-        "network_outage_s": round(up_at - down_at, 1), "network_ls_ok": ls_ok,
+        "network_eio": {
+            name: {"seconds": round(took, 2), "errno": errno.errorcode.get(err or 0, err)}
+            for name, (took, err, _) in outcomes.items()
+        },
+        "network_outage_s": round(up_at - down_at, 1),
+        "network_ls_ok": ls_ok,
         "network_recovered_s": None if recovered_s is None else round(recovered_s, 2),
-        "network_failures": len(failures), "failures": failures, "hangs": still, "max_rss_mb": rss.max_mb,
+        "network_failures": len(failures),
+        "failures": failures,
+        "hangs": still,
+        "max_rss_mb": rss.max_mb,
     }
 
 
@@ -633,8 +698,15 @@ def _catalog_still_serves(mnt: Path, failures: list[str]) -> bool:
     return True
 
 
-def _wait_recovered(warm: Path, cold: Path, size: int, want_warm: Callable[[int, int], bytes],
-                    want_cold: Callable[[int, int], bytes], within_s: float, failures: list[str]) -> float | None:
+def _wait_recovered(
+    warm: Path,
+    cold: Path,
+    size: int,
+    want_warm: Callable[[int, int], bytes],
+    want_cold: Callable[[int, int], bytes],
+    within_s: float,
+    failures: list[str],
+) -> float | None:
     started = time.monotonic()
     while time.monotonic() - started < within_s:
         _, err_w, got_w = _timed_read(warm, size - 64 * KiB, 64 * KiB)
@@ -650,14 +722,46 @@ def _wait_recovered(warm: Path, cold: Path, size: int, want_warm: Callable[[int,
 # ---------------------------------------------------------------------------------------------- hostile input
 
 # What a hostile call may answer; anything else (or a dead mount) is a failure.
-HOSTILE_ERRNOS = frozenset({errno.EINVAL, errno.EPERM, errno.ENOTSUP, errno.ENODATA, errno.EEXIST, errno.E2BIG,
-                            errno.ERANGE, errno.ENAMETOOLONG, errno.ENOENT, errno.EXDEV, errno.EROFS, errno.EACCES,
-                            errno.EILSEQ})
+HOSTILE_ERRNOS = frozenset(
+    {
+        errno.EINVAL,
+        errno.EPERM,
+        errno.ENOTSUP,
+        errno.ENODATA,
+        errno.EEXIST,
+        errno.E2BIG,
+        errno.ERANGE,
+        errno.ENAMETOOLONG,
+        errno.ENOENT,
+        errno.EXDEV,
+        errno.EROFS,
+        errno.EACCES,
+        errno.EILSEQ,
+    }
+)
 
 
 def _hostile_name(rng: random.Random) -> str:
     prefixes = ["user.encord.meta.", "user.encord.", "user.", "security.", "trusted.", "system.", "", "user.encordfs."]
-    alphabet = ["a", "Z", "0", ".", "-", " ", "\u00e9", "\u2215", "\U0001f600", "\t", "\x7f", "'", '"', "\\", "%", "\u200b", "\ufffd"]
+    alphabet = [
+        "a",
+        "Z",
+        "0",
+        ".",
+        "-",
+        " ",
+        "\u00e9",
+        "\u2215",
+        "\U0001f600",
+        "\t",
+        "\x7f",
+        "'",
+        '"',
+        "\\",
+        "%",
+        "\u200b",
+        "\ufffd",
+    ]
     body = "".join(rng.choice(alphabet) for _ in range(rng.choice((0, 1, 3, 12, 60, 240))))
     if rng.random() < 0.3:
         body = rng.choice(["client_metadata", "title", "uid", "meta", "refresh", "flush", "split"]) + body[:5]
@@ -682,7 +786,11 @@ def hostile_suite(ws: Workspace, cases: int = 400, seed: int = 11) -> dict[str, 
     """Random xattr calls, lookups and renames on a real mount; see the module docstring."""
     ws.reset(data=True)
     # Nothing may land while we count queued changes: every push is refused (and retried) meanwhile.
-    ws.admin("POST", "faults", [{"endpoint": e, "status": 503} for e in ("v2.items.patch*", "v2.items.get_bulk", "legacy.datarow.post")])
+    ws.admin(
+        "POST",
+        "faults",
+        [{"endpoint": e, "status": 503} for e in ("v2.items.patch*", "v2.items.get_bulk", "legacy.datarow.post")],
+    )
     rng = random.Random(seed)
     failures: list[str] = []
     outcomes: Counter[str] = Counter()
@@ -717,12 +825,19 @@ def hostile_suite(ws: Workspace, cases: int = 400, seed: int = 11) -> dict[str, 
         if not alive:
             failures.append("the mount does not answer after the fuzz")
     ws.admin("DELETE", "faults")
-    return {"hostile_cases": cases, "hostile_failures": len(failures), "failures": failures[:10],
-            "outcomes": dict(sorted(outcomes.items())), "hangs": dog.hangs, "max_rss_mb": rss.max_mb}
+    return {
+        "hostile_cases": cases,
+        "hostile_failures": len(failures),
+        "failures": failures[:10],
+        "outcomes": dict(sorted(outcomes.items())),
+        "hangs": dog.hangs,
+        "max_rss_mb": rss.max_mb,
+    }
 
 
-def _hostile_call(kind: str, target: Path, folder: Path, rng: random.Random,
-                  names: list[str]) -> tuple[Callable[[], object], str]:
+def _hostile_call(
+    kind: str, target: Path, folder: Path, rng: random.Random, names: list[str]
+) -> tuple[Callable[[], object], str]:
     """One random call, not yet made, and a description of it for failure messages."""
     if kind in ("setxattr", "getxattr", "removexattr"):
         name = _hostile_name(rng)
@@ -731,8 +846,10 @@ def _hostile_call(kind: str, target: Path, folder: Path, rng: random.Random,
         if kind == "removexattr":
             return lambda: os.removexattr(target, name), f"removexattr({target.name!r}, {name!r})"
         flags, value = rng.choice((0, 0, os.XATTR_CREATE, os.XATTR_REPLACE)), _hostile_value(rng)
-        return (lambda: os.setxattr(target, name, value, flags),
-                f"setxattr({target.name!r}, {name!r}, {value[:60]!r}{'...' if len(value) > 60 else ''}, {flags})")
+        return (
+            lambda: os.setxattr(target, name, value, flags),
+            f"setxattr({target.name!r}, {name!r}, {value[:60]!r}{'...' if len(value) > 60 else ''}, {flags})",
+        )
     if kind == "lookup":
         component = (_hostile_name(rng).replace("/", "\u2215").replace("\x00", "") or "x")[:300]
         return lambda: os.stat(folder / component), f"stat({component!r})"
@@ -748,8 +865,9 @@ def _hostile_call(kind: str, target: Path, folder: Path, rng: random.Random,
 # ---------------------------------------------------------------------------------------------- concurrency
 
 
-def concurrency_suite(ws: Workspace, duration_s: float, threads: int = 16, seed: int = 5,
-                      fault_scale: float = 0.3) -> dict[str, Any]:
+def concurrency_suite(
+    ws: Workspace, duration_s: float, threads: int = 16, seed: int = 5, fault_scale: float = 0.3
+) -> dict[str, Any]:
     """Readers, writers and refreshers on one mount for ``duration_s``; see the module docstring."""
     ws.reset()
     ws.admin("POST", "faults", mixed_blob_faults(fault_scale))
@@ -777,6 +895,7 @@ def concurrency_suite(ws: Workspace, duration_s: float, threads: int = 16, seed:
                     except (OSError, subprocess.SubprocessError, AssertionError) as exc:
                         with lock:
                             errors.append(f"{kind}: {exc!r}"[:300])
+
             return run
 
         def reader(rng: random.Random) -> None:
@@ -817,9 +936,18 @@ def concurrency_suite(ws: Workspace, duration_s: float, threads: int = 16, seed:
         if flushed.returncode != 0:
             errors.append(f"flush after the run: {flushed.stdout[-300:]} {flushed.stderr[-300:]}")
     ws.admin("DELETE", "faults")
-    return {"threads": threads, "duration_s": duration_s, "ops": dict(ops), "op_errors": len(errors),
-            "errors": errors[:5], "wrong_bytes": wrong["bytes"], "hangs": dog.hangs + still, "hung": dog.hung[:5],
-            "worst_op_s": round(dog.worst_s, 2), "max_rss_mb": rss.max_mb}
+    return {
+        "threads": threads,
+        "duration_s": duration_s,
+        "ops": dict(ops),
+        "op_errors": len(errors),
+        "errors": errors[:5],
+        "wrong_bytes": wrong["bytes"],
+        "hangs": dog.hangs + still,
+        "hung": dog.hung[:5],
+        "worst_op_s": round(dog.worst_s, 2),
+        "max_rss_mb": rss.max_mb,
+    }
 
 
 def sha256_of(path: Path) -> str:

@@ -370,8 +370,13 @@ def test_statvfs_only_every_n_bytes_or_seconds(tmp_path: Path) -> None:
         return 1 << 40
 
     cache = DiskBlockCache(
-        tmp_path / "c", capacity_bytes=1 << 30, min_free_bytes=0, free_bytes=free_bytes,
-        free_check_bytes=35 * KiB, free_check_interval_s=5.0, clock=lambda: now[0],
+        tmp_path / "c",
+        capacity_bytes=1 << 30,
+        min_free_bytes=0,
+        free_bytes=free_bytes,
+        free_check_bytes=35 * KiB,
+        free_check_interval_s=5.0,
+        clock=lambda: now[0],
     )
     with cache:
         before = len(calls)  # open checks once

@@ -22,7 +22,9 @@ def test_batched_sync_names_across_batches(tmp_path: Path) -> None:
     catalog = Catalog(tmp_path / "c.sqlite")
     n = 3 * SYNC_BATCH + 7
     # every title twice (differing in case), the twins in different batches, plus a repeated uid
-    entries = [_entry(f"a{i:06d}", f"img{i}.jpg") for i in range(n)] + [_entry(f"b{i:06d}", f"IMG{i}.jpg") for i in range(n)]
+    entries = [_entry(f"a{i:06d}", f"img{i}.jpg") for i in range(n)] + [
+        _entry(f"b{i:06d}", f"IMG{i}.jpg") for i in range(n)
+    ]
     entries.append(_entry("a000001", "img1.jpg"))
     assert catalog.sync_children(1, entries, 0) == len(entries)
     first = {node.uid: (node.ino, node.name) for node in catalog.children(1)}
@@ -55,7 +57,9 @@ def fs_and_backend(tmp_path: Path):  # type: ignore[no-untyped-def]
         backend.add_row(_row(uid, "ds1", title, b"x"), b"x")
     catalog = Catalog(tmp_path / "catalog.sqlite")
     clock = Clock()
-    fs = EncordFS(backend, catalog, reader=None, urls=None, options=Options(uid=0, gid=0, metadata_ttl_s=60), clock=clock)  # type: ignore[arg-type]
+    fs = EncordFS(
+        backend, catalog, reader=None, urls=None, options=Options(uid=0, gid=0, metadata_ttl_s=60), clock=clock
+    )  # type: ignore[arg-type]
     yield fs, backend, clock
     catalog.close()
 

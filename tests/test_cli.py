@@ -13,7 +13,13 @@ from tests.support.emulator import RunningEmulator, make_keypair
 
 
 def _encordfs(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "encordfs", *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "encordfs", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def _assert_clean_failure(done: subprocess.CompletedProcess[str], mountpoint: Path, *words: str) -> None:
@@ -31,26 +37,63 @@ def test_unregistered_key(tmp_path: Path, sample_emulator: RunningEmulator, fore
     stranger = make_keypair(tmp_path)
     (tmp_path / "mnt").mkdir()
     extra = ["--foreground"] if foreground else []
-    done = _encordfs("mount", str(tmp_path / "mnt"), "--domain", sample_emulator.domain, "--ssh-key-file", str(stranger), "--cache-dir", str(tmp_path / "c"), *extra)
+    done = _encordfs(
+        "mount",
+        str(tmp_path / "mnt"),
+        "--domain",
+        sample_emulator.domain,
+        "--ssh-key-file",
+        str(stranger),
+        "--cache-dir",
+        str(tmp_path / "c"),
+        *extra,
+    )
     _assert_clean_failure(done, tmp_path / "mnt", "refused")
 
 
 def test_missing_key_file(tmp_path: Path, sample_emulator: RunningEmulator) -> None:
     (tmp_path / "mnt").mkdir()
-    done = _encordfs("mount", str(tmp_path / "mnt"), "--domain", sample_emulator.domain, "--ssh-key-file", str(tmp_path / "nope"), "--cache-dir", str(tmp_path / "c"), "-f")
+    done = _encordfs(
+        "mount",
+        str(tmp_path / "mnt"),
+        "--domain",
+        sample_emulator.domain,
+        "--ssh-key-file",
+        str(tmp_path / "nope"),
+        "--cache-dir",
+        str(tmp_path / "c"),
+        "-f",
+    )
     _assert_clean_failure(done, tmp_path / "mnt", "not found")
 
 
 def test_unreachable_domain(tmp_path: Path, sample_emulator: RunningEmulator) -> None:
     (tmp_path / "mnt").mkdir()
     assert sample_emulator.key_file is not None
-    done = _encordfs("mount", str(tmp_path / "mnt"), "--domain", "http://127.0.0.1:9", "--ssh-key-file", str(sample_emulator.key_file), "--cache-dir", str(tmp_path / "c"), "-f")
+    done = _encordfs(
+        "mount",
+        str(tmp_path / "mnt"),
+        "--domain",
+        "http://127.0.0.1:9",
+        "--ssh-key-file",
+        str(sample_emulator.key_file),
+        "--cache-dir",
+        str(tmp_path / "c"),
+        "-f",
+    )
     _assert_clean_failure(done, tmp_path / "mnt", "reach")
 
 
 def test_missing_and_nonempty_mountpoint(tmp_path: Path, sample_emulator: RunningEmulator) -> None:
     assert sample_emulator.key_file is not None
-    common = ["--domain", sample_emulator.domain, "--ssh-key-file", str(sample_emulator.key_file), "--cache-dir", str(tmp_path / "c")]
+    common = [
+        "--domain",
+        sample_emulator.domain,
+        "--ssh-key-file",
+        str(sample_emulator.key_file),
+        "--cache-dir",
+        str(tmp_path / "c"),
+    ]
     done = _encordfs("mount", str(tmp_path / "absent"), *common)
     _assert_clean_failure(done, tmp_path / "absent", "does not exist")
     busy = tmp_path / "busy"
@@ -69,7 +112,16 @@ def test_mount_and_unmount_in_background(tmp_path: Path, sample_emulator: Runnin
     assert sample_emulator.key_file is not None
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    done = _encordfs("mount", str(mnt), "--domain", sample_emulator.domain, "--ssh-key-file", str(sample_emulator.key_file), "--cache-dir", str(tmp_path / "c"))
+    done = _encordfs(
+        "mount",
+        str(mnt),
+        "--domain",
+        sample_emulator.domain,
+        "--ssh-key-file",
+        str(sample_emulator.key_file),
+        "--cache-dir",
+        str(tmp_path / "c"),
+    )
     try:
         assert done.returncode == 0, done.stderr
         assert mounted_at(mnt) == "fuse.encordfs"

@@ -51,7 +51,9 @@ def _legacy(emu: RunningEmulator, body: bytes, headers: dict[str, str], dataset_
     return r.json()
 
 
-def _v2(emu: RunningEmulator, target: str, headers: dict[str, str], method: str = "GET", body: bytes = b"") -> httpx.Response:
+def _v2(
+    emu: RunningEmulator, target: str, headers: dict[str, str], method: str = "GET", body: bytes = b""
+) -> httpx.Response:
     return httpx.request(method, emu.domain + target, headers=headers, content=body or None, trust_env=False)
 
 
@@ -110,7 +112,9 @@ def test_legacy_bad_signature_is_authentication_error(emu: RunningEmulator, data
     assert reply["status"] != 200 and reply["response"] == ["AUTHENTICATION_ERROR"]
 
 
-def test_legacy_unregistered_key_raw_is_ssh_key_not_found(emu: RunningEmulator, stranger: Path, dataset_hash: str) -> None:
+def test_legacy_unregistered_key_raw_is_ssh_key_not_found(
+    emu: RunningEmulator, stranger: Path, dataset_hash: str
+) -> None:
     body = _legacy_body(dataset_hash)
     reply = _legacy(emu, body, sign_legacy(body, load_private_key(stranger)), dataset_hash)
     assert reply["response"] == ["SSH_KEY_NOT_FOUND_ERROR"]

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from encord.exceptions import (
 )
 from encord.http.bundle import Bundle
 from encord.http.constants import RequestsSettings
-from encord.orm.dataset import DataType, DatasetAccessSettings, ImagesDataFetchOptions
+from encord.orm.dataset import DatasetAccessSettings, DataType, ImagesDataFetchOptions
 from encord.orm.storage import StorageItemType
 from PIL import Image
 
@@ -80,8 +80,16 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def running(tree: Path, keys: dict[str, Path]) -> Any:
-    args = ["--import", str(tree), "--authorized-key", str(keys["main"]),
-            "--authorized-key", f"{keys['second']}.pub", "--max-metadata-bytes", "2048"]
+    args = [
+        "--import",
+        str(tree),
+        "--authorized-key",
+        str(keys["main"]),
+        "--authorized-key",
+        f"{keys['second']}.pub",
+        "--max-metadata-bytes",
+        "2048",
+    ]
     with RunningEmulator(args) as emu:
         yield emu
 
@@ -123,7 +131,7 @@ def test_get_datasets_lists_and_filters(client: EncordUserClient) -> None:
     assert [d["dataset"].title for d in client.get_datasets(title_like="%et%")] == ["beta"]
     assert [d["dataset"].title for d in client.get_datasets(title_eq="gamma", include_org_access=True)] == ["gamma"]
     assert client.get_datasets(desc_eq="nothing like this") == []
-    past = datetime.now(timezone.utc) - timedelta(days=1)
+    past = datetime.now(UTC) - timedelta(days=1)
     assert len(client.get_datasets(created_after=past, edited_after=past)) == 3
     assert client.get_datasets(created_before=past) == []
 
@@ -168,7 +176,7 @@ def test_list_data_rows_filters(client: EncordUserClient) -> None:
     assert [r.title for r in ds.list_data_rows(data_types=[DataType.IMG_GROUP])] == ["burst", "seq"]
     a_hash = _rows(ds)["a.png"].uid
     assert [r.title for r in ds.list_data_rows(data_hashes=[a_hash])] == ["a.png"]
-    past = datetime.now(timezone.utc) - timedelta(days=1)
+    past = datetime.now(UTC) - timedelta(days=1)
     assert len(ds.list_data_rows(created_after=past)) == 5
     assert ds.list_data_rows(created_before=past) == []
 
@@ -417,8 +425,12 @@ def test_fault_legacy_429_and_latency(emu: RunningEmulator, keys: dict[str, Path
         ssh_private_key_path=str(keys["main"]), domain=emu.domain, requests_settings=RequestsSettings(max_retries=0)
     )
     hash_ = strict.get_datasets(title_eq="beta")[0]["dataset"].dataset_hash
-    rules = emu.add_faults([{"endpoint": "legacy.*", "status": 429, "retry_after": 2, "count": 1},
-                            {"endpoint": "v2.datasets.list", "latency_ms": 300}])
+    rules = emu.add_faults(
+        [
+            {"endpoint": "legacy.*", "status": 429, "retry_after": 2, "count": 1},
+            {"endpoint": "v2.datasets.list", "latency_ms": 300},
+        ]
+    )
     assert len(rules) == 2
     with pytest.raises(RateLimitExceededError) as info:
         strict.get_dataset(hash_)
@@ -430,7 +442,9 @@ def test_fault_legacy_429_and_latency(emu: RunningEmulator, keys: dict[str, Path
     assert httpx.get(f"{emu.domain}/_emulator/faults", trust_env=False).json() == []
 
 
-def test_raw_v2_limits_and_malformed_bodies(emu: RunningEmulator, client: EncordUserClient, keys: dict[str, Path]) -> None:
+def test_raw_v2_limits_and_malformed_bodies(
+    emu: RunningEmulator, client: EncordUserClient, keys: dict[str, Path]
+) -> None:
     from tests.support.emulator import load_private_key, sign_v2
 
     key = load_private_key(keys["main"])
@@ -478,8 +492,15 @@ def _dicom_spec(tmp: Path) -> DatasetSpec:
     for n in (1, 2):
         path = tmp / f"s{n}.dcm"
         path.write_bytes(b"\0" * 128 + b"DICM" + bytes([n]) * 50)
-        media = MediaInfo("DICOM", "application/dicom", width=4, height=4, dicom_study_uid="1.2",
-                          dicom_series_uid="1.2.3", dicom_instance_uid=f"1.2.3.{n}")
+        media = MediaInfo(
+            "DICOM",
+            "application/dicom",
+            width=4,
+            height=4,
+            dicom_study_uid="1.2",
+            dicom_series_uid="1.2.3",
+            dicom_instance_uid=f"1.2.3.{n}",
+        )
         slices.append(FileSpec(f"s{n}.dcm", path, media))
     return DatasetSpec("med", [GroupSpec("ct", "dicom_series", slices, {"m": 1}), slices[0]])
 
@@ -489,7 +510,9 @@ def test_dicom_series_shapes_in_process(tmp_path: Path, keys: dict[str, Path]) -
     emulator = Emulator(tmp_path / "data", authorized_keys=[pub])
     emulator.store.ingest(_dicom_spec(tmp_path))
     with emulator:
-        client = EncordUserClient.create_with_ssh_private_key(ssh_private_key_path=str(keys["main"]), domain=emulator.domain)
+        client = EncordUserClient.create_with_ssh_private_key(
+            ssh_private_key_path=str(keys["main"]), domain=emulator.domain
+        )
         ds = client.get_dataset(client.get_datasets()[0]["dataset"].dataset_hash)
         series, lone = ds.data_rows
         assert series.data_type == DataType.DICOM and series.file_link is None and lone.data_type == DataType.DICOM
@@ -549,7 +572,9 @@ def test_restart_keeps_writes_and_does_not_reimport(tree: Path, tmp_path: Path) 
 
 
 def _run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "encordfs.emulator", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "encordfs.emulator", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.mark.parametrize("case", ["missing-import", "bad-key", "port-in-use"])

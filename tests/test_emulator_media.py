@@ -39,8 +39,11 @@ def _image(path: Path, size: tuple[int, int], fmt: str) -> Path:
 def _dicom(path: Path, instance: int, *, series: str = "1.2.3.4", rows: int = 8, cols: int = 6) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     sample.write_dicom_slice(
-        path, np.arange(rows * cols, dtype=np.int16).reshape(rows, cols),
-        study_uid="1.2.3", series_uid=series, sop_instance_uid=f"1.2.3.4.{instance}",
+        path,
+        np.arange(rows * cols, dtype=np.int16).reshape(rows, cols),
+        study_uid="1.2.3",
+        series_uid=series,
+        sop_instance_uid=f"1.2.3.4.{instance}",
         instance_number=instance,
     )
     return path
@@ -51,8 +54,9 @@ def _dicom(path: Path, instance: int, *, series: str = "1.2.3.4", rows: int = 8,
 
 def test_probe_mp4_asset() -> None:
     info = media.probe(ASSETS / "sample-clip.mp4")
-    assert info == MediaInfo(data_type="VIDEO", mime_type="video/mp4", width=320, height=240,
-                             duration_s=2.0, fps=10.0, frame_count=20)
+    assert info == MediaInfo(
+        data_type="VIDEO", mime_type="video/mp4", width=320, height=240, duration_s=2.0, fps=10.0, frame_count=20
+    )
     assert (ASSETS / "sample-clip.mp4").stat().st_size <= 300_000
 
 
@@ -65,25 +69,35 @@ def test_probe_webm_asset() -> None:
 
 def test_probe_flac_and_mp3_assets() -> None:
     flac = media.probe(ASSETS / "chime.flac")
-    assert flac == MediaInfo(data_type="AUDIO", mime_type="audio/flac", duration_s=1.5, audio_sample_rate=22050,
-                             audio_bit_depth=16, audio_codec="flac", audio_num_channels=1)
+    assert flac == MediaInfo(
+        data_type="AUDIO",
+        mime_type="audio/flac",
+        duration_s=1.5,
+        audio_sample_rate=22050,
+        audio_bit_depth=16,
+        audio_codec="flac",
+        audio_num_channels=1,
+    )
     mp3 = media.probe(ASSETS / "chime.mp3")
     assert mp3 is not None and mp3.mime_type == "audio/mpeg" and mp3.audio_codec == "mp3"
     assert mp3.audio_sample_rate == 22050 and mp3.audio_num_channels == 1
     assert mp3.duration_s == pytest.approx(1.5, abs=0.1)  # Xing frame count includes encoder padding
 
 
-@pytest.mark.parametrize(("name", "fmt", "size", "mime"), [
-    ("a.jpg", "JPEG", (64, 48), "image/jpeg"),
-    ("b.jpeg", "JPEG", (33, 17), "image/jpeg"),
-    ("c.png", "PNG", (100, 7), "image/png"),
-    ("d.webp", "WEBP", (40, 30), "image/webp"),
-    ("e.bmp", "BMP", (12, 34), "image/bmp"),
-    ("f.tif", "TIFF", (20, 10), "image/tiff"),
-    ("g.tiff", "TIFF", (21, 11), "image/tiff"),
-    ("h.gif", "GIF", (50, 25), "image/gif"),
-    ("lying.jpg", "PNG", (16, 16), "image/png"),  # bytes win over the name for the MIME type
-])
+@pytest.mark.parametrize(
+    ("name", "fmt", "size", "mime"),
+    [
+        ("a.jpg", "JPEG", (64, 48), "image/jpeg"),
+        ("b.jpeg", "JPEG", (33, 17), "image/jpeg"),
+        ("c.png", "PNG", (100, 7), "image/png"),
+        ("d.webp", "WEBP", (40, 30), "image/webp"),
+        ("e.bmp", "BMP", (12, 34), "image/bmp"),
+        ("f.tif", "TIFF", (20, 10), "image/tiff"),
+        ("g.tiff", "TIFF", (21, 11), "image/tiff"),
+        ("h.gif", "GIF", (50, 25), "image/gif"),
+        ("lying.jpg", "PNG", (16, 16), "image/png"),  # bytes win over the name for the MIME type
+    ],
+)
 def test_probe_images(tmp_path: Path, name: str, fmt: str, size: tuple[int, int], mime: str) -> None:
     info = media.probe(_image(tmp_path / name, size, fmt))
     assert info == MediaInfo(data_type="IMAGE", mime_type=mime, width=size[0], height=size[1])
@@ -93,8 +107,14 @@ def test_probe_wav(tmp_path: Path) -> None:
     sample.write_wav(tmp_path / "mono.wav", seconds=2.0, rate=16000)
     sample.write_wav(tmp_path / "stereo.wav", seconds=0.5, rate=44100, channels=2)
     assert media.probe(tmp_path / "mono.wav") == MediaInfo(
-        data_type="AUDIO", mime_type="audio/wav", duration_s=2.0, audio_sample_rate=16000,
-        audio_bit_depth=16, audio_codec="pcm_s16le", audio_num_channels=1)
+        data_type="AUDIO",
+        mime_type="audio/wav",
+        duration_s=2.0,
+        audio_sample_rate=16000,
+        audio_bit_depth=16,
+        audio_codec="pcm_s16le",
+        audio_num_channels=1,
+    )
     stereo = media.probe(tmp_path / "stereo.wav")
     assert stereo is not None and stereo.audio_num_channels == 2 and stereo.duration_s == 0.5
 
@@ -107,17 +127,29 @@ def test_probe_float_wav_uses_riff_fallback(tmp_path: Path) -> None:
     (tmp_path / "f.wav").write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
     info = media.probe(tmp_path / "f.wav")
     assert info is not None
-    assert (info.audio_codec, info.audio_bit_depth, info.duration_s, info.audio_sample_rate) == ("pcm_f32le", 32, 0.5, rate)
+    assert (info.audio_codec, info.audio_bit_depth, info.duration_s, info.audio_sample_rate) == (
+        "pcm_f32le",
+        32,
+        0.5,
+        rate,
+    )
 
 
 def test_probe_dicom_and_header(tmp_path: Path) -> None:
     path = _dicom(tmp_path / "x.dcm", 7, rows=10, cols=12)
     assert media.probe(path) == MediaInfo(
-        data_type="DICOM", mime_type="application/dicom", width=12, height=10,
-        dicom_study_uid="1.2.3", dicom_series_uid="1.2.3.4", dicom_instance_uid="1.2.3.4.7")
+        data_type="DICOM",
+        mime_type="application/dicom",
+        width=12,
+        height=10,
+        dicom_study_uid="1.2.3",
+        dicom_series_uid="1.2.3.4",
+        dicom_instance_uid="1.2.3.4.7",
+    )
     header = media.read_dicom_header(path)
-    assert header == media.DicomHeader(rows=10, columns=12, study_uid="1.2.3", series_uid="1.2.3.4",
-                                       sop_instance_uid="1.2.3.4.7", instance_number=7)
+    assert header == media.DicomHeader(
+        rows=10, columns=12, study_uid="1.2.3", series_uid="1.2.3.4", sop_instance_uid="1.2.3.4.7", instance_number=7
+    )
 
 
 def _implicit(group: int, elem: int, value: bytes) -> bytes:
@@ -127,15 +159,23 @@ def _implicit(group: int, elem: int, value: bytes) -> bytes:
 def test_probe_dicom_implicit_vr_with_undefined_length_sequence(tmp_path: Path) -> None:
     syntax = b"1.2.840.10008.1.2\x00"
     meta = struct.pack("<HH2sH", 2, 0x10, b"UI", len(syntax)) + syntax
-    seq = (struct.pack("<HHI", 0x0008, 0x1140, 0xFFFFFFFF)  # Referenced Image Sequence, undefined length
-           + struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)  # item, undefined length
-           + _implicit(0x0008, 0x1155, b"9.9.9\x00")
-           + struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
-           + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
-    ds = (_implicit(0x0008, 0x0018, b"5.6.7\x00") + seq + _implicit(0x0020, 0x000D, b"5.6\x00")
-          + _implicit(0x0020, 0x000E, b"5.6.1\x00") + _implicit(0x0020, 0x0013, b"3 ")
-          + _implicit(0x0028, 0x0010, struct.pack("<H", 4)) + _implicit(0x0028, 0x0011, struct.pack("<H", 5))
-          + _implicit(0x7FE0, 0x0010, b"\x00" * 40))
+    seq = (
+        struct.pack("<HHI", 0x0008, 0x1140, 0xFFFFFFFF)  # Referenced Image Sequence, undefined length
+        + struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)  # item, undefined length
+        + _implicit(0x0008, 0x1155, b"9.9.9\x00")
+        + struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+        + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    )
+    ds = (
+        _implicit(0x0008, 0x0018, b"5.6.7\x00")
+        + seq
+        + _implicit(0x0020, 0x000D, b"5.6\x00")
+        + _implicit(0x0020, 0x000E, b"5.6.1\x00")
+        + _implicit(0x0020, 0x0013, b"3 ")
+        + _implicit(0x0028, 0x0010, struct.pack("<H", 4))
+        + _implicit(0x0028, 0x0011, struct.pack("<H", 5))
+        + _implicit(0x7FE0, 0x0010, b"\x00" * 40)
+    )
     (tmp_path / "i.dcm").write_bytes(b"\x00" * 128 + b"DICM" + meta + ds)
     info = media.probe(tmp_path / "i.dcm")
     assert info is not None
@@ -147,39 +187,52 @@ def test_probe_dicom_implicit_vr_with_undefined_length_sequence(tmp_path: Path) 
 @pytest.mark.parametrize("name", ["v.nii", "v.nii.gz"])
 def test_probe_nifti(tmp_path: Path, name: str) -> None:
     sample.write_nifti(tmp_path / name, np.zeros((9, 7, 5), dtype=np.int16))
-    assert media.probe(tmp_path / name) == MediaInfo(data_type="NIFTI", mime_type="application/x-nifti",
-                                                     width=9, height=7, frame_count=5)
+    assert media.probe(tmp_path / name) == MediaInfo(
+        data_type="NIFTI", mime_type="application/x-nifti", width=9, height=7, frame_count=5
+    )
 
 
 def test_probe_documents(tmp_path: Path) -> None:
     sample.write_pdf(tmp_path / "r.pdf", "Title (with parens)", ["line one", "line two"])
     assert media.probe(tmp_path / "r.pdf") == MediaInfo(data_type="PDF", mime_type="application/pdf")
-    for name, mime in [("a.txt", "text/plain"), ("b.json", "application/json"), ("c.html", "text/html"),
-                       ("d.xml", "application/xml")]:
+    for name, mime in [
+        ("a.txt", "text/plain"),
+        ("b.json", "application/json"),
+        ("c.html", "text/html"),
+        ("d.xml", "application/xml"),
+    ]:
         (tmp_path / name).write_text('{"k": 1}', encoding="utf-8")
         assert media.probe(tmp_path / name) == MediaInfo(data_type="PLAIN_TEXT", mime_type=mime)
 
 
-@pytest.mark.parametrize(("name", "data_type", "mime"), [
-    ("x.mp4", "VIDEO", "video/mp4"),
-    ("x.mov", "VIDEO", "video/quicktime"),
-    ("x.webm", "VIDEO", "video/webm"),
-    ("x.mkv", "VIDEO", "video/x-matroska"),
-    ("x.png", "IMAGE", "image/png"),
-    ("x.jpg", "IMAGE", "image/jpeg"),
-    ("x.wav", "AUDIO", "audio/wav"),
-    ("x.flac", "AUDIO", "audio/flac"),
-    ("x.mp3", "AUDIO", "audio/mpeg"),
-    ("x.pdf", "PDF", "application/pdf"),
-    ("x.json", "PLAIN_TEXT", "application/json"),
-    ("x.txt", "PLAIN_TEXT", "text/plain"),
-    ("x.nii", "NIFTI", "application/x-nifti"),
-    ("x.nii.gz", "NIFTI", "application/x-nifti"),
-    ("x.dcm", "DICOM", "application/dicom"),
-])
+@pytest.mark.parametrize(
+    ("name", "data_type", "mime"),
+    [
+        ("x.mp4", "VIDEO", "video/mp4"),
+        ("x.mov", "VIDEO", "video/quicktime"),
+        ("x.webm", "VIDEO", "video/webm"),
+        ("x.mkv", "VIDEO", "video/x-matroska"),
+        ("x.png", "IMAGE", "image/png"),
+        ("x.jpg", "IMAGE", "image/jpeg"),
+        ("x.wav", "AUDIO", "audio/wav"),
+        ("x.flac", "AUDIO", "audio/flac"),
+        ("x.mp3", "AUDIO", "audio/mpeg"),
+        ("x.pdf", "PDF", "application/pdf"),
+        ("x.json", "PLAIN_TEXT", "application/json"),
+        ("x.txt", "PLAIN_TEXT", "text/plain"),
+        ("x.nii", "NIFTI", "application/x-nifti"),
+        ("x.nii.gz", "NIFTI", "application/x-nifti"),
+        ("x.dcm", "DICOM", "application/dicom"),
+    ],
+)
 @pytest.mark.parametrize("content", [b"", b"\x00garbage\xff" * 50])
 def test_unparseable_file_keeps_type_with_null_fields(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, name: str, data_type: str, mime: str, content: bytes,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+    data_type: str,
+    mime: str,
+    content: bytes,
 ) -> None:
     (tmp_path / name).write_bytes(content)
     with caplog.at_level(logging.WARNING):
@@ -200,25 +253,37 @@ def _full(version_flags: int) -> bytes:
 
 def test_probe_fragmented_mp4(tmp_path: Path) -> None:
     """Empty moov sample tables; the frames live in moof fragments (trex/tfhd/trun durations)."""
-    tkhd = _box(b"tkhd", _full(3), struct.pack(">IIIII", 0, 0, 1, 0, 0), b"\x00" * 52,
-                struct.pack(">II", 640 << 16, 360 << 16))
+    tkhd = _box(
+        b"tkhd", _full(3), struct.pack(">IIIII", 0, 0, 1, 0, 0), b"\x00" * 52, struct.pack(">II", 640 << 16, 360 << 16)
+    )
     mdhd = _box(b"mdhd", _full(0), struct.pack(">IIIIHH", 0, 0, 1000, 0, 0, 0))
     hdlr = _box(b"hdlr", _full(0), struct.pack(">I4s", 0, b"vide"), b"\x00" * 13)
-    stbl = _box(b"stbl", _box(b"stts", _full(0), struct.pack(">I", 0)),
-                _box(b"stsz", _full(0), struct.pack(">II", 0, 0)))
+    stbl = _box(
+        b"stbl", _box(b"stts", _full(0), struct.pack(">I", 0)), _box(b"stsz", _full(0), struct.pack(">II", 0, 0))
+    )
     trak = _box(b"trak", tkhd, _box(b"mdia", mdhd, hdlr, _box(b"minf", stbl)))
     mvhd = _box(b"mvhd", _full(0), struct.pack(">IIII", 0, 0, 1000, 0), b"\x00" * 80)
     trex = _box(b"trex", _full(0), struct.pack(">IIIII", 1, 1, 40, 0, 0))  # 40 ms per sample by default
     moov = _box(b"moov", mvhd, trak, _box(b"mvex", trex))
-    frag1 = _box(b"moof", _box(b"traf", _box(b"tfhd", _full(0), struct.pack(">I", 1)),
-                                _box(b"trun", _full(0), struct.pack(">I", 25))))
-    frag2 = _box(b"moof", _box(b"traf", _box(b"tfhd", _full(0x08), struct.pack(">II", 1, 40)),
-                                _box(b"trun", _full(0x100), struct.pack(">I", 3), struct.pack(">III", 40, 40, 40))))
+    frag1 = _box(
+        b"moof",
+        _box(b"traf", _box(b"tfhd", _full(0), struct.pack(">I", 1)), _box(b"trun", _full(0), struct.pack(">I", 25))),
+    )
+    frag2 = _box(
+        b"moof",
+        _box(
+            b"traf",
+            _box(b"tfhd", _full(0x08), struct.pack(">II", 1, 40)),
+            _box(b"trun", _full(0x100), struct.pack(">I", 3), struct.pack(">III", 40, 40, 40)),
+        ),
+    )
     mdat = _box(b"mdat", b"\x00" * 16)
-    (tmp_path / "f.mp4").write_bytes(_box(b"ftyp", b"iso5", b"\x00\x00\x02\x00", b"iso5") + moov
-                                     + frag1 + mdat + frag2 + mdat)
+    (tmp_path / "f.mp4").write_bytes(
+        _box(b"ftyp", b"iso5", b"\x00\x00\x02\x00", b"iso5") + moov + frag1 + mdat + frag2 + mdat
+    )
     assert media.probe(tmp_path / "f.mp4") == MediaInfo(
-        data_type="VIDEO", mime_type="video/mp4", width=640, height=360, duration_s=1.12, fps=25.0, frame_count=28)
+        data_type="VIDEO", mime_type="video/mp4", width=640, height=360, duration_s=1.12, fps=25.0, frame_count=28
+    )
 
 
 def test_truncated_mp4_and_webm(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -254,7 +319,14 @@ def test_unknown_extension_and_unreadable(tmp_path: Path) -> None:
 def test_natural_key() -> None:
     names = ["frame10.png", "Frame2.png", "frame1.png", "frame02.png", "a", "B", "frame2.png"]
     assert sorted(names, key=importer.natural_key) == [
-        "a", "B", "frame1.png", "Frame2.png", "frame02.png", "frame2.png", "frame10.png"]
+        "a",
+        "B",
+        "frame1.png",
+        "Frame2.png",
+        "frame02.png",
+        "frame2.png",
+        "frame10.png",
+    ]
 
 
 @pytest.fixture
@@ -309,8 +381,17 @@ def test_importer_tree(tree: Path, caplog: pytest.LogCaptureFixture) -> None:
     assert beta.rows == []
     rows = {r.title: r for r in alpha.rows}
     assert [r.title for r in alpha.rows] == [
-        "a.jpg", "b9.png", "b10.png", "burst", "clip.mp4", "ct", "garbage.mp4", "link.png", "lone.dcm",
-        "timelapse"]
+        "a.jpg",
+        "b9.png",
+        "b10.png",
+        "burst",
+        "clip.mp4",
+        "ct",
+        "garbage.mp4",
+        "link.png",
+        "lone.dcm",
+        "timelapse",
+    ]
 
     a = rows["a.jpg"]
     assert isinstance(a, FileSpec)
@@ -348,9 +429,19 @@ def test_importer_tree(tree: Path, caplog: pytest.LogCaptureFixture) -> None:
     assert isinstance(lone, GroupSpec) and lone.kind == "dicom_series" and len(lone.children) == 1
 
     warned = "\n".join(_warnings(caplog))
-    for fragment in ["b9.png.metadata.json", "b10.png.metadata.json", "orphan.png.metadata.json",
-                     "garbage.mp4", "notes.xyz", "readme.txt", "nested", "empty", "dangling.png",
-                     "stray.jpg", "0broken.dcm"]:
+    for fragment in [
+        "b9.png.metadata.json",
+        "b10.png.metadata.json",
+        "orphan.png.metadata.json",
+        "garbage.mp4",
+        "notes.xyz",
+        "readme.txt",
+        "nested",
+        "empty",
+        "dangling.png",
+        "stray.jpg",
+        "0broken.dcm",
+    ]:
         assert fragment in warned, fragment
     for fragment in [".hidden.png", ".cache", "a.jpg.metadata.json"]:
         assert fragment not in warned, fragment
@@ -388,8 +479,11 @@ def _all_files(specs: list[DatasetSpec]) -> list[FileSpec]:
 
 
 def _digests(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 class _Collect(logging.Handler):
@@ -435,8 +529,14 @@ def test_sample_contents(generated: tuple[Path, list[DatasetSpec]]) -> None:
 
     images = [f for f in files if f.media.data_type == "IMAGE"]
     assert len(images) >= 100
-    assert {f.media.mime_type for f in images} >= {"image/jpeg", "image/png", "image/webp", "image/bmp",
-                                                   "image/tiff", "image/gif"}
+    assert {f.media.mime_type for f in images} >= {
+        "image/jpeg",
+        "image/png",
+        "image/webp",
+        "image/bmp",
+        "image/tiff",
+        "image/gif",
+    }
     dims = {(f.media.width, f.media.height) for f in images}
     assert (64, 48) in dims and (1920, 1080) in dims and len(dims) >= 8
     assert len({f.path.stat().st_size for f in images}) >= 90  # not trivially compressible
@@ -466,7 +566,10 @@ def test_sample_contents(generated: tuple[Path, list[DatasetSpec]]) -> None:
     nifti = next(f for f in files if f.media.data_type == "NIFTI")
     assert nifti.media.width and nifti.media.frame_count
     assert {f.media.mime_type for f in files if f.media.data_type == "PLAIN_TEXT"} >= {
-        "text/plain", "application/json", "text/html"}
+        "text/plain",
+        "application/json",
+        "text/html",
+    }
 
     rows = [r for d in specs for r in d.rows]
     with_meta = [r for r in rows if r.client_metadata]
@@ -481,8 +584,17 @@ def test_sample_hostile_titles(generated: tuple[Path, list[DatasetSpec]]) -> Non
     assert titles.count("cat.jpg") == 2
     cats = [r for r in rows if r.title == "cat.jpg"]
     assert isinstance(cats[0], FileSpec) and isinstance(cats[1], FileSpec) and cats[0].path != cats[1].path
-    for t in ["Dog.png", "dog.png", "left/right.jpg", "café – naïve 東京.png", "..", ".", ".hidden.png",
-              "scan_0001", "scan_0001.jpg"]:
+    for t in [
+        "Dog.png",
+        "dog.png",
+        "left/right.jpg",
+        "café – naïve 東京.png",
+        "..",
+        ".",
+        ".hidden.png",
+        "scan_0001",
+        "scan_0001.jpg",
+    ]:
         assert t in titles, t
     assert any(any(ord(ch) > 0xFFFF for ch in t) for t in titles)  # emoji
     assert any(len(t.encode("utf-8")) == 300 for t in titles)
@@ -497,9 +609,24 @@ def test_sample_is_deterministic_and_importable(generated: tuple[Path, list[Data
     assert _digests(dest) == _digests(tmp_path / "again")
 
     def shape(s: list[DatasetSpec], root: Path) -> list[object]:
-        return [(d.title, [(r.title, r.client_metadata, getattr(r, "kind", None),
-                            [(c.title, c.media, c.path.relative_to(root.resolve())) for c in
-                             (r.children if isinstance(r, GroupSpec) else [r])]) for r in d.rows]) for d in s]
+        return [
+            (
+                d.title,
+                [
+                    (
+                        r.title,
+                        r.client_metadata,
+                        getattr(r, "kind", None),
+                        [
+                            (c.title, c.media, c.path.relative_to(root.resolve()))
+                            for c in (r.children if isinstance(r, GroupSpec) else [r])
+                        ],
+                    )
+                    for r in d.rows
+                ],
+            )
+            for d in s
+        ]
 
     assert shape(specs, dest) == shape(again, tmp_path / "again")
 
@@ -509,9 +636,14 @@ def test_sample_is_deterministic_and_importable(generated: tuple[Path, list[Data
         for d in s:
             for r in d.rows:
                 kids = r.children if isinstance(r, GroupSpec) else [r]
-                out.append((d.title, getattr(r, "kind", None), json.dumps(r.client_metadata, sort_keys=True),
-                            [(str(c.path.relative_to(root.resolve())), c.media, repr(c.client_metadata))
-                             for c in kids]))
+                out.append(
+                    (
+                        d.title,
+                        getattr(r, "kind", None),
+                        json.dumps(r.client_metadata, sort_keys=True),
+                        [(str(c.path.relative_to(root.resolve())), c.media, repr(c.client_metadata)) for c in kids],
+                    )
+                )
         return sorted(out, key=repr)
 
     assert by_path(importer.scan(dest), dest) == by_path(specs, dest)
@@ -522,8 +654,8 @@ def test_sample_pdf_is_well_formed(generated: tuple[Path, list[DatasetSpec]]) ->
     pdf = next(f for f in _all_files(specs) if f.media.data_type == "PDF")
     data = pdf.path.read_bytes()
     assert data.startswith(b"%PDF-1.4") and data.rstrip().endswith(b"%%EOF")
-    startxref = int(data[data.rindex(b"startxref") + 9:].split()[0])
-    assert data[startxref:startxref + 4] == b"xref"
+    startxref = int(data[data.rindex(b"startxref") + 9 :].split()[0])
+    assert data[startxref : startxref + 4] == b"xref"
     # every xref offset points at its "N 0 obj"
     lines = data[startxref:].split(b"\n")
     count = int(lines[1].split()[1])

@@ -32,7 +32,13 @@ def test_bytes_are_deterministic_and_range_consistent() -> None:
     whole = synthetic.read("seed.1", size, 0, size)
     assert len(whole) == size and whole == synthetic.read("seed.1", size, 0, size)
     assert whole != synthetic.read("seed.2", size, 0, size)
-    for start, length in [(0, 1), (1, 10), (synthetic.BLOCK_BYTES - 3, 7), (size - 5, 100), (2 * synthetic.BLOCK_BYTES, 1 << 20)]:
+    for start, length in [
+        (0, 1),
+        (1, 10),
+        (synthetic.BLOCK_BYTES - 3, 7),
+        (size - 5, 100),
+        (2 * synthetic.BLOCK_BYTES, 1 << 20),
+    ]:
         assert synthetic.read("seed.1", size, start, length) == whole[start : start + length]
     assert synthetic.read("seed.1", size, size, 10) == b""
 
@@ -81,8 +87,13 @@ def test_cli_generate_is_idempotent_across_restarts(tmp_path: Path) -> None:
 
 
 def test_bad_generate_spec_is_a_usage_error(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "encordfs.emulator", "--data-dir", str(tmp_path), "--generate", "nonumbers"],
-                          capture_output=True, text=True, check=False, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "encordfs.emulator", "--data-dir", str(tmp_path), "--generate", "nonumbers"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert done.returncode == 2 and "TITLE:ROWS" in done.stderr
 
 
@@ -104,8 +115,13 @@ _LOAD_SCRIPT = textwrap.dedent(
 def test_streamed_load_of_200k_rows_in_bounded_memory() -> None:
     with RunningEmulator(["--generate", "load200k:200000"]) as emu:
         assert emu.key_file is not None
-        done = subprocess.run([sys.executable, "-c", _LOAD_SCRIPT, emu.domain, str(emu.key_file), "load200k"],
-                              capture_output=True, text=True, check=False, timeout=300)
+        done = subprocess.run(
+            [sys.executable, "-c", _LOAD_SCRIPT, emu.domain, str(emu.key_file), "load200k"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         result = json.loads(done.stdout)
     assert result["rows"] == 200_000

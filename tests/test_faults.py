@@ -86,13 +86,16 @@ def _read_until_error(response: http.client.HTTPResponse) -> tuple[bytes, BaseEx
 # ---------------------------------------------------------------------------------------------- rules
 
 
-@pytest.mark.parametrize("raw, message", [
-    ({"endpoint": "blob.get", "status": 503, "drop_after_bytes": 10}, "one action"),
-    ({"endpoint": "blob.get", "drop_after_bytes": -1}, ">= 0"),
-    ({"endpoint": "blob.get", "stall_after_bytes": 5}, "needs 'stall_ms'"),
-    ({"endpoint": "blob.get", "colour": "red"}, "unknown fault rule field"),
-    ({"endpoint": "blob.get", "rate": 2}, "within 0..1"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"endpoint": "blob.get", "status": 503, "drop_after_bytes": 10}, "one action"),
+        ({"endpoint": "blob.get", "drop_after_bytes": -1}, ">= 0"),
+        ({"endpoint": "blob.get", "stall_after_bytes": 5}, "needs 'stall_ms'"),
+        ({"endpoint": "blob.get", "colour": "red"}, "unknown fault rule field"),
+        ({"endpoint": "blob.get", "rate": 2}, "within 0..1"),
+    ],
+)
 def test_bad_rules_are_400(emu: Emulator, raw: dict[str, Any], message: str) -> None:
     r = httpx.post(f"{emu.domain}/_emulator/faults", json=raw, trust_env=False)
     assert r.status_code == 400 and message in r.text
@@ -101,11 +104,17 @@ def test_bad_rules_are_400(emu: Emulator, raw: dict[str, Any], message: str) -> 
 
 
 def test_cli_fault_flag_and_bad_rule(tmp_path: Path) -> None:
-    bad = subprocess.run([sys.executable, "-m", "encordfs.emulator", "--data-dir", str(tmp_path / "d"), "--fault", "{oops"],
-                         capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "encordfs.emulator", "--data-dir", str(tmp_path / "d"), "--fault", "{oops"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 2 and "--fault" in bad.stderr and "Traceback" not in bad.stderr
     rule = {"endpoint": "blob.get", "truncate_after_bytes": 100, "count": 3}
-    with suites.RunningEmulator(["--fault", json.dumps(rule), "--clock-skew", "-30"], data_dir=tmp_path / "e") as running:
+    with suites.RunningEmulator(
+        ["--fault", json.dumps(rule), "--clock-skew", "-30"], data_dir=tmp_path / "e"
+    ) as running:
         rules = httpx.get(f"{running.domain}/_emulator/faults", trust_env=False).json()
         settings = httpx.get(f"{running.domain}/_emulator/settings", trust_env=False).json()
         assert [(r["truncate_after_bytes"], r["count"]) for r in rules] == [(100, 3)]
@@ -194,19 +203,26 @@ def test_bad_settings_are_400(emu: Emulator) -> None:
 
 
 def _fetcher(counters: Counters, **kw: Any) -> HttpFetcher:
-    policy = RetryPolicy(base_s=0.01, cap_s=0.05, max_retry_after_s=2.0, max_attempts=10, budget_s=kw.pop("budget_s", 10.0))
+    policy = RetryPolicy(
+        base_s=0.01, cap_s=0.05, max_retry_after_s=2.0, max_attempts=10, budget_s=kw.pop("budget_s", 10.0)
+    )
     return HttpFetcher(counters=counters, retry=policy, **kw)
 
 
 def test_fetcher_survives_drops_truncations_and_stalls(emu: Emulator) -> None:
     counters = Counters()
     fetcher = _fetcher(counters, stall_timeout_s=0.5)
-    _admin(emu, "POST", "faults", [
-        {"endpoint": "blob.get", "drop_after_bytes": 1000, "count": 1},
-        {"endpoint": "blob.get", "truncate_after_bytes": 2000, "count": 1},
-        {"endpoint": "blob.get", "stall_ms": 3000, "count": 1},
-        {"endpoint": "blob.get", "status": 429, "retry_after": 1, "count": 1},
-    ])
+    _admin(
+        emu,
+        "POST",
+        "faults",
+        [
+            {"endpoint": "blob.get", "drop_after_bytes": 1000, "count": 1},
+            {"endpoint": "blob.get", "truncate_after_bytes": 2000, "count": 1},
+            {"endpoint": "blob.get", "stall_ms": 3000, "count": 1},
+            {"endpoint": "blob.get", "status": 429, "retry_after": 1, "count": 1},
+        ],
+    )
     url = _url(emu)
     started = time.monotonic()
     try:
@@ -249,7 +265,9 @@ def test_expired_url_during_retries_is_replaced_not_refused_twice(emu: Emulator)
             current.update(url=_url(emu), at=time.time())
         return str(current["url"])
 
-    fetcher = HttpFetcher(counters=counters, retry=RetryPolicy(base_s=0.5, cap_s=0.5, rand=lambda: 0.999, max_attempts=10, budget_s=10))
+    fetcher = HttpFetcher(
+        counters=counters, retry=RetryPolicy(base_s=0.5, cap_s=0.5, rand=lambda: 0.999, max_attempts=10, budget_s=10)
+    )
     try:
         assert fetcher.fetch(source, 0, 1000) == _expected(emu, 0, 1000)
     finally:

@@ -40,12 +40,28 @@ class Clock:
         return self.now
 
 
-def _row(uid: str, ds: str, title: str, data: bytes | None, *, data_type: str = "IMAGE", metadata: dict | None = None) -> RowRecord:
-    return RowRecord(uid=uid, dataset_uid=ds, title=title, data_type=data_type, created_at=1.0e9, last_edited_at=1.5e9,
-                     width=4 if data_type == "IMAGE" else None, height=3 if data_type == "IMAGE" else None,
-                     frames_per_second=None, duration=None, file_link=f"link/{uid}", file_size=len(data) if data is not None else None,
-                     file_type="image/jpeg" if data_type == "IMAGE" else None, storage_location=0, backing_item_uuid=f"item-{uid}",
-                     is_image_sequence=False if data_type == "IMG_GROUP" else None, client_metadata=metadata)
+def _row(
+    uid: str, ds: str, title: str, data: bytes | None, *, data_type: str = "IMAGE", metadata: dict | None = None
+) -> RowRecord:
+    return RowRecord(
+        uid=uid,
+        dataset_uid=ds,
+        title=title,
+        data_type=data_type,
+        created_at=1.0e9,
+        last_edited_at=1.5e9,
+        width=4 if data_type == "IMAGE" else None,
+        height=3 if data_type == "IMAGE" else None,
+        frames_per_second=None,
+        duration=None,
+        file_link=f"link/{uid}",
+        file_size=len(data) if data is not None else None,
+        file_type="image/jpeg" if data_type == "IMAGE" else None,
+        storage_location=0,
+        backing_item_uuid=f"item-{uid}",
+        is_image_sequence=False if data_type == "IMG_GROUP" else None,
+        client_metadata=metadata,
+    )
 
 
 @pytest.fixture()
@@ -56,12 +72,18 @@ def world(tmp_path: Path):  # type: ignore[no-untyped-def]
     backend.add_row(_row("r2", "ds1", "cat.jpg", b"purr" * 50), b"purr" * 50)
     backend.add_row(_row("g1", "ds1", "burst", None, data_type="IMG_GROUP"))
     for i in range(3):
-        backend.add_child("item-g1", ChildRecord(f"c{i}", f"f{i}.png", i, "image", None, "image/png", 10, 1, 1, 1e9, 1e9, "encord"), bytes([i]) * 10)
+        backend.add_child(
+            "item-g1",
+            ChildRecord(f"c{i}", f"f{i}.png", i, "image", None, "image/png", 10, 1, 1, 1e9, 1e9, "encord"),
+            bytes([i]) * 10,
+        )
     clock = Clock()
     catalog = Catalog(tmp_path / "catalog.sqlite")
     fetcher = MemoryFetcher(backend)
     urls = SignedUrlCache(backend.sign, clock=clock)
-    reader = ReadPipeline(fetcher, MemoryBlockCache(64 << 20), small_file_bytes=1 << 20, part_bytes=1 << 20, memory_budget_bytes=64 << 20)
+    reader = ReadPipeline(
+        fetcher, MemoryBlockCache(64 << 20), small_file_bytes=1 << 20, part_bytes=1 << 20, memory_budget_bytes=64 << 20
+    )
     fs = EncordFS(backend, catalog, reader, urls, Options(uid=0, gid=0, metadata_ttl_s=60), clock=clock)
     yield fs, backend, clock, fetcher
     fs.close()
@@ -171,7 +193,13 @@ def test_one_signing_call_for_a_folder(tmp_path: Path) -> None:
         backend.add_row(_row(f"r{i:05d}", "ds", f"{i}.jpg", b"z"), b"z")
     catalog = Catalog(tmp_path / "c.sqlite")
     urls = SignedUrlCache(backend.sign)
-    reader = ReadPipeline(MemoryFetcher(backend), MemoryBlockCache(1 << 26), memory_budget_bytes=1 << 26, small_file_bytes=1 << 20, part_bytes=1 << 20)
+    reader = ReadPipeline(
+        MemoryFetcher(backend),
+        MemoryBlockCache(1 << 26),
+        memory_budget_bytes=1 << 26,
+        small_file_bytes=1 << 20,
+        part_bytes=1 << 20,
+    )
     fs = EncordFS(backend, catalog, reader, urls, Options(uid=0, gid=0))
     try:
         for i in range(1500):
@@ -191,8 +219,21 @@ def test_metadata_size_limit_and_validation(tmp_path: Path) -> None:
     backend.add_row(_row("r1", "ds", "a.jpg", b"z", metadata={"k": 1}), b"z")
     catalog = Catalog(tmp_path / "c.sqlite")
     writes = WriteQueue.open(tmp_path / "journal.sqlite", backend.push, start=False)
-    reader = ReadPipeline(MemoryFetcher(backend), MemoryBlockCache(1 << 24), memory_budget_bytes=1 << 24, small_file_bytes=1 << 20, part_bytes=1 << 20)
-    fs = EncordFS(backend, catalog, reader, SignedUrlCache(backend.sign), Options(uid=0, gid=0, max_metadata_bytes=100), writes=writes)
+    reader = ReadPipeline(
+        MemoryFetcher(backend),
+        MemoryBlockCache(1 << 24),
+        memory_budget_bytes=1 << 24,
+        small_file_bytes=1 << 20,
+        part_bytes=1 << 20,
+    )
+    fs = EncordFS(
+        backend,
+        catalog,
+        reader,
+        SignedUrlCache(backend.sign),
+        Options(uid=0, gid=0, max_metadata_bytes=100),
+        writes=writes,
+    )
     try:
         ino = fs.resolve("/d/a.jpg")
         with pytest.raises(errors.FsError) as e:
@@ -232,7 +273,13 @@ def test_concurrent_readers_of_a_folder_sign_in_full_batches(tmp_path: Path) -> 
         return plain_sign(ids)
 
     catalog = Catalog(tmp_path / "c.sqlite")
-    reader = ReadPipeline(MemoryFetcher(backend), MemoryBlockCache(1 << 26), memory_budget_bytes=1 << 26, small_file_bytes=1 << 20, part_bytes=1 << 20)
+    reader = ReadPipeline(
+        MemoryFetcher(backend),
+        MemoryBlockCache(1 << 26),
+        memory_budget_bytes=1 << 26,
+        small_file_bytes=1 << 20,
+        part_bytes=1 << 20,
+    )
     fs = EncordFS(backend, catalog, reader, SignedUrlCache(slow_sign), Options(uid=0, gid=0))
     try:
         names = [n for n, _ in fs.readdir(fs.resolve("/many"))]

@@ -73,7 +73,9 @@ def test_registered_as_encord_protocol(options: dict[str, Any], mnt: Path) -> No
 def test_tree_matches_mount(efs: EncordFileSystem, mnt: Path) -> None:
     local = LocalFileSystem()
     assert efs.ls("", detail=False) == sorted(os.listdir(mnt))
-    assert _rel(efs.find("", withdirs=True), Path("")) == [p for p in _rel(local.find(str(mnt), withdirs=True), mnt) if p != "."]
+    assert _rel(efs.find("", withdirs=True), Path("")) == [
+        p for p in _rel(local.find(str(mnt), withdirs=True), mnt) if p != "."
+    ]
     for name in os.listdir(mnt):
         ours = {e["name"]: e for e in efs.ls(name)}
         theirs = {os.path.relpath(e["name"], mnt): e for e in local.ls(str(mnt / name), detail=True)}
@@ -81,8 +83,9 @@ def test_tree_matches_mount(efs: EncordFileSystem, mnt: Path) -> None:
         for key, entry in ours.items():
             assert (entry["type"], entry["size"]) == (theirs[key]["type"], theirs[key]["size"]), key
             assert entry["mtime"] == pytest.approx(theirs[key]["mtime"], abs=1e-3)
-    assert [(_rel([d], Path("")), sorted(fs)) for d, _, fs in efs.walk("street-scenes")] == \
-        [(_rel([d], mnt), sorted(fs)) for d, _, fs in local.walk(str(mnt / "street-scenes"))]
+    assert [(_rel([d], Path("")), sorted(fs)) for d, _, fs in efs.walk("street-scenes")] == [
+        (_rel([d], mnt), sorted(fs)) for d, _, fs in local.walk(str(mnt / "street-scenes"))
+    ]
     assert _rel(efs.glob("*/*.png"), Path("")) == _rel(local.glob(str(mnt) + "/*/*.png"), mnt)
     assert efs.du("street-scenes") == local.du(str(mnt / "street-scenes"))
     assert efs.isdir("medical") and not efs.isfile("medical") and efs.exists("") and not efs.exists("nope/nope")
@@ -123,8 +126,11 @@ def test_info_carries_every_xattr(efs: EncordFileSystem, mnt: Path) -> None:
             assert "client_metadata" in info
     assert checked > 1000
     with_meta = [e for e in efs.ls("street-scenes") if e.get("client_metadata")]
-    assert with_meta and all(efs.getxattr(e["name"], "meta.split") == xattrs.compact_json(e["client_metadata"]["split"]).encode()
-                             for e in with_meta if "split" in e["client_metadata"])
+    assert with_meta and all(
+        efs.getxattr(e["name"], "meta.split") == xattrs.compact_json(e["client_metadata"]["split"]).encode()
+        for e in with_meta
+        if "split" in e["client_metadata"]
+    )
 
 
 def test_ranges_match_mount(efs: EncordFileSystem, mnt: Path) -> None:
@@ -132,8 +138,18 @@ def test_ranges_match_mount(efs: EncordFileSystem, mnt: Path) -> None:
     data = (mnt / name).read_bytes()
     size = len(data)
     assert size > 100_000
-    for start, end in [(0, 10), (5, 5), (size - 7, None), (-100, None), (-100, -50), (None, 1000), (1000, size + 999),
-                       (size, None), (size + 5, size + 10), (123_457, 654_321)]:
+    for start, end in [
+        (0, 10),
+        (5, 5),
+        (size - 7, None),
+        (-100, None),
+        (-100, -50),
+        (None, 1000),
+        (1000, size + 999),
+        (size, None),
+        (size + 5, size + 10),
+        (123_457, 654_321),
+    ]:
         assert efs.cat_file(name, start, end) == data[slice(start, end)], (start, end)
     assert efs.cat_file(name, 100, 50) == b""
     with efs.open(name) as f:
@@ -157,15 +173,23 @@ def test_reads_go_through_the_core_block_cache(efs: EncordFileSystem) -> None:
         efs.cat_file(name, 0, 100)
     after = efs.status()["counters"]
     assert after.get("fetch.requests", 0) == before.get("fetch.requests", 0)  # no new HTTP range request
-    assert after.get("cache.hits_mem", 0) + after.get("cache.hits_disk", 0) > before.get("cache.hits_mem", 0) + before.get("cache.hits_disk", 0)
+    assert after.get("cache.hits_mem", 0) + after.get("cache.hits_disk", 0) > before.get(
+        "cache.hits_mem", 0
+    ) + before.get("cache.hits_disk", 0)
     assert efs.status()["open_handles"] == 0  # every handle released
 
 
 def test_read_only_and_errors(efs: EncordFileSystem) -> None:
     name = efs.find("street-scenes")[0]
-    for attempt in (lambda: efs.open(name, "wb"), lambda: efs.pipe_file(name, b"x"), lambda: efs.rm(name),
-                    lambda: efs.mkdir("street-scenes/new"), lambda: efs.touch("street-scenes/new.txt"),
-                    lambda: efs.mv(name, name + ".2"), lambda: efs.put_file(__file__, "street-scenes/x.py")):
+    for attempt in (
+        lambda: efs.open(name, "wb"),
+        lambda: efs.pipe_file(name, b"x"),
+        lambda: efs.rm(name),
+        lambda: efs.mkdir("street-scenes/new"),
+        lambda: efs.touch("street-scenes/new.txt"),
+        lambda: efs.mv(name, name + ".2"),
+        lambda: efs.put_file(__file__, "street-scenes/x.py"),
+    ):
         with pytest.raises(PermissionError) as exc:
             attempt()
         assert exc.value.errno == errno.EROFS
@@ -212,6 +236,8 @@ def test_usable_in_a_forked_worker(efs: EncordFileSystem, mnt: Path) -> None:
     finally:
         pool.close()
         pool.join()
-    leftovers = [p for p in Path(tempfile.gettempdir()).glob(PRIVATE_CACHE_PREFIX + "*") if int(p.name.split("-")[2]) in pids]
+    leftovers = [
+        p for p in Path(tempfile.gettempdir()).glob(PRIVATE_CACHE_PREFIX + "*") if int(p.name.split("-")[2]) in pids
+    ]
     assert not leftovers  # each worker removed its private cache dir on its way out
     assert set(digests) == {hashlib.sha256((mnt / name).read_bytes()).hexdigest()}

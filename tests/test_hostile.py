@@ -42,10 +42,25 @@ class _Fetcher:
 
 
 def _row(uid: str, title: str, metadata: dict[str, Any] | None = None) -> RowRecord:
-    return RowRecord(uid=uid, dataset_uid="ds1", title=title, data_type="IMAGE", created_at=1.0e9, last_edited_at=1.5e9,
-                     width=4, height=3, frames_per_second=None, duration=None, file_link=f"link/{uid}", file_size=4,
-                     file_type="image/jpeg", storage_location=0, backing_item_uuid=f"item-{uid}", is_image_sequence=None,
-                     client_metadata=metadata)
+    return RowRecord(
+        uid=uid,
+        dataset_uid="ds1",
+        title=title,
+        data_type="IMAGE",
+        created_at=1.0e9,
+        last_edited_at=1.5e9,
+        width=4,
+        height=3,
+        frames_per_second=None,
+        duration=None,
+        file_link=f"link/{uid}",
+        file_size=4,
+        file_type="image/jpeg",
+        storage_location=0,
+        backing_item_uuid=f"item-{uid}",
+        is_image_sequence=None,
+        client_metadata=metadata,
+    )
 
 
 class World:
@@ -57,11 +72,22 @@ class World:
         for n, title in enumerate(titles):
             self.backend.add_row(_row(f"r{n}", title, {"split": "train", "n": n}), b"abcd")
         self.catalog = Catalog(root / "catalog.sqlite")
-        self.reader = ReadPipeline(_Fetcher(self.backend), MemoryBlockCache(1 << 20), small_file_bytes=1 << 20,  # type: ignore[arg-type]
-                                   part_bytes=1 << 20, memory_budget_bytes=8 << 20)
+        self.reader = ReadPipeline(
+            _Fetcher(self.backend),
+            MemoryBlockCache(1 << 20),
+            small_file_bytes=1 << 20,  # type: ignore[arg-type]
+            part_bytes=1 << 20,
+            memory_budget_bytes=8 << 20,
+        )
         self.writes = WriteQueue.open(root / "journal.sqlite", self.backend.push, start=False)
-        self.fs = EncordFS(self.backend, self.catalog, self.reader, SignedUrlCache(self.backend.sign),
-                           Options(uid=0, gid=0, metadata_ttl_s=3600, max_metadata_bytes=4096), writes=self.writes)
+        self.fs = EncordFS(
+            self.backend,
+            self.catalog,
+            self.reader,
+            SignedUrlCache(self.backend.sign),
+            Options(uid=0, gid=0, metadata_ttl_s=3600, max_metadata_bytes=4096),
+            writes=self.writes,
+        )
 
     def close(self) -> None:
         self.fs.close()
@@ -84,8 +110,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 names_st = st.one_of(
     st.text(max_size=300),
-    st.builds(lambda p, s: p + s, st.sampled_from(["user.encord.meta.", "user.encord.", "user.", "user.encordfs.",
-                                                     "security.", "system.", "trusted."]), st.text(max_size=80)),
+    st.builds(
+        lambda p, s: p + s,
+        st.sampled_from(
+            ["user.encord.meta.", "user.encord.", "user.", "user.encordfs.", "security.", "system.", "trusted."]
+        ),
+        st.text(max_size=80),
+    ),
     st.sampled_from(["user.encord.client_metadata", "user.encord.meta.", "user.encord.title", "user.encordfs.refresh"]),
 )
 values_st = st.one_of(
@@ -136,8 +167,15 @@ def test_fuzzed_getxattr_and_removexattr(world: World, name: str) -> None:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(path=st.lists(st.one_of(st.text(max_size=300), st.sampled_from([".", "..", ".encordfs", "data", "cat.jpg", "CAT.JPG", "status.json"])),
-                     max_size=5))
+@given(
+    path=st.lists(
+        st.one_of(
+            st.text(max_size=300),
+            st.sampled_from([".", "..", ".encordfs", "data", "cat.jpg", "CAT.JPG", "status.json"]),
+        ),
+        max_size=5,
+    )
+)
 def test_fuzzed_paths_resolve_or_fail_clearly(world: World, path: list[str]) -> None:
     try:
         ino = world.fs.resolve("/" + "/".join(path))
@@ -190,6 +228,8 @@ def test_fuzzed_titles_make_valid_unique_names(titles: list[str]) -> None:
 
 
 def test_real_mount_fuzz(tmp_path: Path) -> None:
-    with suites.Workspace(tmp_path, suites.WorkspaceSpec(large_rows=1, large_bytes=1000, small_rows=6, real_files=1)) as ws:
+    with suites.Workspace(
+        tmp_path, suites.WorkspaceSpec(large_rows=1, large_bytes=1000, small_rows=6, real_files=1)
+    ) as ws:
         figures = suites.hostile_suite(ws, cases=150)
     assert figures["hostile_failures"] == 0 and figures["hangs"] == 0, figures

@@ -69,7 +69,9 @@ def test_tree_bytes_and_metadata_match_the_folder(folder: Path, mounted: tuple[R
         for src in sources:
             shown = mnt.path / dataset.name / src.name
             if src.is_dir():
-                assert [p.name for p in sorted(shown.iterdir(), key=lambda p: int(os.getxattr(p, "user.encord.index")))] == ["b1.png", "b2.png", "b10.png"]
+                assert [
+                    p.name for p in sorted(shown.iterdir(), key=lambda p: int(os.getxattr(p, "user.encord.index")))
+                ] == ["b1.png", "b2.png", "b10.png"]
                 for member in src.iterdir():
                     assert (shown / member.name).read_bytes() == member.read_bytes()
                 assert os.getxattr(shown, "user.encord.data_type") == b"IMG_GROUP"
@@ -94,4 +96,6 @@ def test_sdk_sees_the_same_datasets_and_rows(folder: Path, mounted: tuple[Runnin
     for title, dataset_hash in datasets.items():
         rows = client.get_dataset(dataset_hash).data_rows
         assert sorted(r.title for r in rows) == sorted(os.listdir(mnt.path / title))
-        assert {r.uid for r in rows} == {os.getxattr(p, "user.encord.uid").decode() for p in (mnt.path / title).iterdir()}
+        assert {r.uid for r in rows} == {
+            os.getxattr(p, "user.encord.uid").decode() for p in (mnt.path / title).iterdir()
+        }

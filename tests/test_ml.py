@@ -28,7 +28,9 @@ torch = pytest.importorskip("torch")
 @pytest.fixture(scope="module")
 def efs(sample_emulator: RunningEmulator) -> Iterator[EncordFileSystem]:
     cache = Path(tempfile.mkdtemp(prefix="ml-test-cache-"))
-    fs = EncordFileSystem(domain=sample_emulator.domain, ssh_key_file=str(sample_emulator.key_file), cache_dir=str(cache))
+    fs = EncordFileSystem(
+        domain=sample_emulator.domain, ssh_key_file=str(sample_emulator.key_file), cache_dir=str(cache)
+    )
     try:
         yield fs
     finally:

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from encordfs import errors
+from encordfs.app import _landed
 from encordfs.backend import DatasetRecord, RowRecord
 from encordfs.backend.memory import MemoryBackend
 from encordfs.core.blockcache import MemoryBlockCache
@@ -29,12 +30,17 @@ from encordfs.core.catalog import Catalog
 from encordfs.core.fs import EncordFS, Options
 from encordfs.core.reader import ReadPipeline
 from encordfs.core.urls import SignedUrlCache
-from encordfs.app import _landed
 from encordfs.core.writes import QueueConfig, WriteQueue
 
 ROWS = [f"row{i}" for i in range(4)]
 keys = st.sampled_from(["a", "b", "c"])
-values = st.one_of(st.integers(-5, 5), st.text(alphabet="xyz", max_size=3), st.booleans(), st.none(), st.lists(st.integers(0, 3), max_size=2))
+values = st.one_of(
+    st.integers(-5, 5),
+    st.text(alphabet="xyz", max_size=3),
+    st.booleans(),
+    st.none(),
+    st.lists(st.integers(0, 3), max_size=2),
+)
 titles = st.text(alphabet="abcXYZ", min_size=1, max_size=4).map(lambda t: t + ".jpg")
 
 
@@ -52,7 +58,28 @@ class FsModel(RuleBasedStateMachine):
         self.backend = MemoryBackend()
         self.backend.add_dataset(DatasetRecord("ds", "d", "", 0, 0, 0, None, None))
         for i, uid in enumerate(ROWS):
-            self.backend.add_row(RowRecord(uid, "ds", f"r{i}.jpg", "IMAGE", 0, 0, 1, 1, None, None, None, 1, "image/jpeg", 0, f"item-{uid}", None, {"a": i}), b"x")
+            self.backend.add_row(
+                RowRecord(
+                    uid,
+                    "ds",
+                    f"r{i}.jpg",
+                    "IMAGE",
+                    0,
+                    0,
+                    1,
+                    1,
+                    None,
+                    None,
+                    None,
+                    1,
+                    "image/jpeg",
+                    0,
+                    f"item-{uid}",
+                    None,
+                    {"a": i},
+                ),
+                b"x",
+            )
         self.clock = Clock()
         # The model: the server's state, the catalog's copy of it (refreshed by TTL, updated when a
         # push lands), and the user's pending edits.
@@ -67,10 +94,30 @@ class FsModel(RuleBasedStateMachine):
     def _open(self) -> None:
         self.catalog = Catalog(self.dir / "catalog.sqlite")
         # landed_ttl_s=0: the catalog learns each landed state through on_landed, as in app.build.
-        self.writes = WriteQueue.open(self.dir / "journal.sqlite", self.backend.push, start=False, clock=self.clock,
-                                      config=QueueConfig(landed_ttl_s=0), on_landed=lambda outcomes: _landed(self.catalog, outcomes))
-        self.reader = ReadPipeline(_Fetch(self.backend), MemoryBlockCache(1 << 20), memory_budget_bytes=1 << 24, small_file_bytes=1 << 20, part_bytes=1 << 20)
-        self.fs = EncordFS(self.backend, self.catalog, self.reader, SignedUrlCache(self.backend.sign), Options(uid=0, gid=0), clock=self.clock, writes=self.writes)
+        self.writes = WriteQueue.open(
+            self.dir / "journal.sqlite",
+            self.backend.push,
+            start=False,
+            clock=self.clock,
+            config=QueueConfig(landed_ttl_s=0),
+            on_landed=lambda outcomes: _landed(self.catalog, outcomes),
+        )
+        self.reader = ReadPipeline(
+            _Fetch(self.backend),
+            MemoryBlockCache(1 << 20),
+            memory_budget_bytes=1 << 24,
+            small_file_bytes=1 << 20,
+            part_bytes=1 << 20,
+        )
+        self.fs = EncordFS(
+            self.backend,
+            self.catalog,
+            self.reader,
+            SignedUrlCache(self.backend.sign),
+            Options(uid=0, gid=0),
+            clock=self.clock,
+            writes=self.writes,
+        )
 
     def _close(self) -> None:
         self.writes.close(0)
@@ -101,7 +148,7 @@ class FsModel(RuleBasedStateMachine):
 
     def _node_ino(self, uid: str) -> int:
         dataset = self.fs.lookup_ino(1, "d")
-        for name, attr in self.fs.readdir(dataset):
+        for _name, attr in self.fs.readdir(dataset):
             if self.fs.getxattr(attr.ino, "user.encord.uid").decode() == uid:
                 return attr.ino
         raise AssertionError(f"{uid} not listed")
@@ -184,7 +231,9 @@ class FsModel(RuleBasedStateMachine):
     @invariant()
     def filesystem_matches_model(self) -> None:
         dataset = self.fs.lookup_ino(1, "d")
-        listed = {self.fs.getxattr(a.ino, "user.encord.uid").decode(): (name, a.ino) for name, a in self.fs.readdir(dataset)}
+        listed = {
+            self.fs.getxattr(a.ino, "user.encord.uid").decode(): (name, a.ino) for name, a in self.fs.readdir(dataset)
+        }
         assert set(listed) == set(ROWS)
         for uid in ROWS:
             md, title = self._view(uid)

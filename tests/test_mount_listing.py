@@ -48,7 +48,9 @@ def _path_cache_misses(m: MountedFS) -> int:
 
 def _ls_l(folder: Path) -> list[tuple[str, int, int]]:
     """(name, size, mtime in whole seconds) of each entry, as GNU ``ls -l`` prints them."""
-    out = subprocess.run(["ls", "-l", "-n", "--time-style=+%s", str(folder)], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["ls", "-l", "-n", "--time-style=+%s", str(folder)], capture_output=True, text=True, check=True
+    ).stdout
     rows = []
     for line in out.splitlines()[1:]:  # after "total N"
         mode, _links, _uid, _gid, size, mtime, name = line.split(maxsplit=6)

@@ -48,7 +48,13 @@ def _wait_for(predicate: Callable[[], bool], timeout_s: float = 15.0) -> bool:
 
 
 def _refresh(path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "encordfs", "refresh", str(path)], capture_output=True, text=True, check=False, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "encordfs", "refresh", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
 
 

@@ -10,7 +10,7 @@ import errno
 import hashlib
 import json
 import os
-from datetime import timezone
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,8 @@ def _x(path: Path, name: str) -> str:
 
 def _iso(dt: Any) -> str:
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.astimezone(timezone.utc).isoformat()
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC).isoformat()
 
 
 def _json_or_none(value: Any) -> str:
@@ -41,7 +41,9 @@ def sdk_view(sample_emulator: RunningEmulator) -> dict[str, Any]:
     client = sample_emulator.client()
     view: dict[str, Any] = {}
     for entry in client.get_datasets():
-        ds = client.get_dataset(entry["dataset"].dataset_hash, dataset_access_settings=DatasetAccessSettings(fetch_client_metadata=True))
+        ds = client.get_dataset(
+            entry["dataset"].dataset_hash, dataset_access_settings=DatasetAccessSettings(fetch_client_metadata=True)
+        )
         view[ds.title] = {"hash": ds.dataset_hash, "rows": {r.uid: r for r in ds.data_rows}, "dataset": ds}
     return view
 
@@ -60,7 +62,9 @@ def test_tree_matches_sdk(sample_mount: MountedFS, sdk_view: dict[str, Any]) -> 
 def test_every_file_matches_stored_bytes(sample_mount: MountedFS, sample_emulator: RunningEmulator) -> None:
     files = [p for p in sample_mount.path.rglob("*") if p.is_file()]
     assert len(files) >= 150
-    item_of = {p: _x(p, "image_hash") if p.parent.parent != sample_mount.path else _x(p, "backing_item_uuid") for p in files}
+    item_of = {
+        p: _x(p, "image_hash") if p.parent.parent != sample_mount.path else _x(p, "backing_item_uuid") for p in files
+    }
     client = sample_emulator.client()
     items = client.get_storage_items(list(set(item_of.values())), sign_url=True)
     urls = {str(i.uuid): i._orm_item.signed_url for i in items}

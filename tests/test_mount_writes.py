@@ -106,7 +106,9 @@ def test_bad_values_are_refused_and_nothing_is_queued(mnt: MountedFS) -> None:
     for name, value, expected in cases:
         with pytest.raises(OSError) as err:
             os.setxattr(f, name, value)
-        assert err.value.errno in (expected, errno.EACCES) if expected == errno.EPERM else err.value.errno == expected, (name, err.value)
+        assert (
+            err.value.errno in (expected, errno.EACCES) if expected == errno.EPERM else err.value.errno == expected
+        ), (name, err.value)
     with pytest.raises(OSError) as err:
         os.setxattr(f, WHOLE, b"{}", os.XATTR_CREATE)
     assert err.value.errno == errno.EEXIST
@@ -154,8 +156,12 @@ def test_fsync_waits_until_the_row_lands(mnt: MountedFS, emulator: RunningEmulat
 
 
 def test_transient_errors_are_retried_and_land(mnt: MountedFS, emulator: RunningEmulator) -> None:
-    emulator.add_faults([{"endpoint": "v2.items.patch_bulk", "status": 429, "count": 1, "retry_after": 1},
-                         {"endpoint": "v2.items.patch_bulk", "status": 500, "count": 1}])
+    emulator.add_faults(
+        [
+            {"endpoint": "v2.items.patch_bulk", "status": 429, "count": 1, "retry_after": 1},
+            {"endpoint": "v2.items.patch_bulk", "status": 500, "count": 1},
+        ]
+    )
     f = _files(mnt)[6]
     os.setxattr(f, META + "retried", b'"yes"')
     assert _encordfs("flush", str(mnt.path), "--timeout", "60").returncode == 0
@@ -196,7 +202,12 @@ def test_kill_9_during_a_write_stream_loses_nothing(emulator: RunningEmulator) -
                 uids = {f: _uid(f) for f in files}
                 stop = threading.Event()
 
-                def writer() -> None:
+                def writer(
+                    files: list[Path] = files,
+                    uids: dict[Path, str] = uids,
+                    stop: threading.Event = stop,
+                    trial: int = trial,
+                ) -> None:
                     i = 0
                     while not stop.is_set():
                         f = files[i % len(files)]

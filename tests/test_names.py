@@ -14,7 +14,9 @@ titles = st.text(min_size=0, max_size=400)
 
 
 def _valid(name: str) -> bool:
-    return bool(name) and "/" not in name and "\x00" not in name and name not in (".", "..") and len(name.encode()) <= 255
+    return (
+        bool(name) and "/" not in name and "\x00" not in name and name not in (".", "..") and len(name.encode()) <= 255
+    )
 
 
 @given(titles, st.sampled_from([None, "image/jpeg", "video/mp4", "application/dicom", "text/plain"]), st.booleans())
@@ -93,5 +95,9 @@ def test_a_replaced_row_takes_the_plain_name(tmp_path: Path) -> None:
     assert {n.uid: n.name for n in catalog.children(1)} == {"new00001": "w.jpg", "keep0001": "k.jpg"}
     # ...but a row that is still there keeps its name against a newcomer, wherever it is in the stream.
     catalog.sync_children(1, [_entry("new00002", "k.jpg"), _entry("new00001", "w.jpg"), _entry("keep0001", "k.jpg")], 2)
-    assert {n.uid: n.name for n in catalog.children(1)} == {"new00001": "w.jpg", "keep0001": "k.jpg", "new00002": "k~new00002.jpg"}
+    assert {n.uid: n.name for n in catalog.children(1)} == {
+        "new00001": "w.jpg",
+        "keep0001": "k.jpg",
+        "new00002": "k~new00002.jpg",
+    }
     catalog.close()

@@ -31,8 +31,14 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _encordfs(*args: str, env: dict[str, str] | None = None, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "encordfs", *args], capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "encordfs", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
 
 
 def _pid_of(stdout: str) -> int:
@@ -116,7 +122,9 @@ def test_config_precedence_cli_env_file_defaults(tmp_path: Path, monkeypatch: py
         if name.startswith("ENCORDFS_") or name == "ENCORD_SSH_KEY_FILE":
             monkeypatch.delenv(name)
     toml = tmp_path / "encordfs.toml"
-    toml.write_text('domain = "http://file"\ncache_dir = "/file/cache"\nfile_mode = "0440"\nuid = 7\nread_only = true\n')
+    toml.write_text(
+        'domain = "http://file"\ncache_dir = "/file/cache"\nfile_mode = "0440"\nuid = 7\nread_only = true\n'
+    )
     monkeypatch.setenv("ENCORDFS_CACHE_DIR", "/env/cache")
     monkeypatch.setenv("ENCORDFS_UID", "8")
     monkeypatch.setenv("ENCORD_SSH_KEY_FILE", "/env/key")
@@ -140,11 +148,30 @@ def test_daemon_config_env_file_modes_and_metrics(tmp_path: Path, sample_emulato
     mnt, log_file, port = tmp_path / "mnt", tmp_path / "logs" / "mount.log", _free_port()
     mnt.mkdir()
     toml = tmp_path / "encordfs.toml"
-    toml.write_text(f'domain = "http://127.0.0.1:9"\nssh_key_file = "{sample_emulator.key_file}"\ncache_dir = "{tmp_path / "cache"}"\n'
-                    f'uid = 4321\ngid = 1234\nfile_mode = "0440"\ndir_mode = "0700"\nmetrics_port = {port}\n')
-    env = {**os.environ, "ENCORDFS_DOMAIN": sample_emulator.domain, "ENCORDFS_DIR_MODE": "0711", "ENCORDFS_LOG_FORMAT": "json"}
+    toml.write_text(
+        f'domain = "http://127.0.0.1:9"\nssh_key_file = "{sample_emulator.key_file}"\ncache_dir = "{tmp_path / "cache"}"\n'
+        f'uid = 4321\ngid = 1234\nfile_mode = "0440"\ndir_mode = "0700"\nmetrics_port = {port}\n'
+    )
+    env = {
+        **os.environ,
+        "ENCORDFS_DOMAIN": sample_emulator.domain,
+        "ENCORDFS_DIR_MODE": "0711",
+        "ENCORDFS_LOG_FORMAT": "json",
+    }
     with _Unmounter(mnt) as cleanup:
-        done = _encordfs("mount", str(mnt), "--daemon", "--config", str(toml), "--dir-mode", "0750", "--log-file", str(log_file), "-v", env=env)
+        done = _encordfs(
+            "mount",
+            str(mnt),
+            "--daemon",
+            "--config",
+            str(toml),
+            "--dir-mode",
+            "0750",
+            "--log-file",
+            str(log_file),
+            "-v",
+            env=env,
+        )
         assert done.returncode == 0, done.stderr
         cleanup.pid = _pid_of(done.stdout)
         assert mounted_at(mnt) == "fuse.encordfs"  # ready when the command returned, not later
@@ -159,7 +186,11 @@ def test_daemon_config_env_file_modes_and_metrics(tmp_path: Path, sample_emulato
 
         body = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
         assert body.status_code == 200 and body.headers["content-type"].startswith("text/plain; version=0.0.4")
-        values = {line.split()[0]: float(line.split()[1]) for line in body.text.splitlines() if line and not line.startswith("#")}
+        values = {
+            line.split()[0]: float(line.split()[1])
+            for line in body.text.splitlines()
+            if line and not line.startswith("#")
+        }
         assert values["encordfs_reader_reads_total"] >= 1
         assert values["encordfs_urls_signs_total"] >= 1
         assert values["encordfs_writes_pending_rows"] == 0
@@ -183,11 +214,43 @@ def test_foreground_and_daemon_are_exclusive(tmp_path: Path) -> None:
 
 
 def test_mount_helper_parses_what_mount8_passes() -> None:
-    fake, argv = mount_helper.parse(["encord", "/mnt/x", "-n", "-o", "rw,noauto,_netdev,x-systemd.automount,domain=http://h:1,ssh_key_file=/k,ro,uid=5,file_mode=0400", "-t", "fuse.encordfs"])
+    fake, argv = mount_helper.parse(
+        [
+            "encord",
+            "/mnt/x",
+            "-n",
+            "-o",
+            "rw,noauto,_netdev,x-systemd.automount,domain=http://h:1,ssh_key_file=/k,ro,uid=5,file_mode=0400",
+            "-t",
+            "fuse.encordfs",
+        ]
+    )
     assert not fake
-    assert argv == ["mount", "/mnt/x", "--daemon", "--domain", "http://h:1", "--ssh-key-file", "/k", "--read-only", "--uid", "5", "--file-mode", "0400"]
+    assert argv == [
+        "mount",
+        "/mnt/x",
+        "--daemon",
+        "--domain",
+        "http://h:1",
+        "--ssh-key-file",
+        "/k",
+        "--read-only",
+        "--uid",
+        "5",
+        "--file-mode",
+        "0400",
+    ]
     fake, argv = mount_helper.parse(["https://api.us.encord.com", "/m", "-fv", "-o", "cache-dir=/c"])
-    assert fake and argv == ["mount", "/m", "--daemon", "--cache-dir", "/c", "--domain", "https://api.us.encord.com", "-v"]
+    assert fake and argv == [
+        "mount",
+        "/m",
+        "--daemon",
+        "--cache-dir",
+        "/c",
+        "--domain",
+        "https://api.us.encord.com",
+        "-v",
+    ]
     with pytest.raises(mount_helper.UsageError, match="unknown option 'colour=blue'"):
         mount_helper.parse(["encord", "/m", "-o", "colour=blue"])
     with pytest.raises(mount_helper.UsageError):
@@ -203,7 +266,9 @@ def installed_helper(tmp_path: Path) -> Iterator[Path]:
     if any(p.exists() for p in installed):
         pytest.skip("a mount.encordfs helper is already installed here; not replacing it")
     try:
-        subprocess.run([str(REPO / "contrib" / "install-mount-helper"), str(sbin), sys.executable], check=True, capture_output=True)
+        subprocess.run(
+            [str(REPO / "contrib" / "install-mount-helper"), str(sbin), sys.executable], check=True, capture_output=True
+        )
         yield sbin
     finally:
         for p in installed:
@@ -216,7 +281,9 @@ def _mount8(cleanup: _Unmounter, *args: str) -> None:
     cleanup.pid = _pid_of(done.stdout)
 
 
-def test_mount_t_fuse_encordfs_and_umount(installed_helper: Path, tmp_path: Path, sample_emulator: RunningEmulator) -> None:
+def test_mount_t_fuse_encordfs_and_umount(
+    installed_helper: Path, tmp_path: Path, sample_emulator: RunningEmulator
+) -> None:
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     opts = f"domain={sample_emulator.domain},ssh_key_file={sample_emulator.key_file},cache_dir={tmp_path / 'cache'},ro,noauto"
@@ -236,8 +303,10 @@ def test_fstab_line(installed_helper: Path, tmp_path: Path, sample_emulator: Run
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     fstab = tmp_path / "fstab"
-    fstab.write_text(f"encord {mnt} fuse.encordfs domain={sample_emulator.domain},ssh_key_file={sample_emulator.key_file},"
-                     f"cache_dir={tmp_path / 'cache'},file_mode=0400,noauto,_netdev 0 0\n")
+    fstab.write_text(
+        f"encord {mnt} fuse.encordfs domain={sample_emulator.domain},ssh_key_file={sample_emulator.key_file},"
+        f"cache_dir={tmp_path / 'cache'},file_mode=0400,noauto,_netdev 0 0\n"
+    )
     with _Unmounter(mnt) as cleanup:
         _mount8(cleanup, "--fstab", str(fstab), str(mnt))
         assert stat.S_IMODE(_first_file(mnt).stat().st_mode) == 0o400
@@ -252,7 +321,9 @@ def test_python_api_mount_context_manager(tmp_path: Path, sample_emulator: Runni
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     with _Unmounter(mnt) as cleanup:
-        with encordfs.mount(mnt, domain=sample_emulator.domain, ssh_key_file=sample_emulator.key_file, cache_dir=tmp_path / "cache") as m:
+        with encordfs.mount(
+            mnt, domain=sample_emulator.domain, ssh_key_file=sample_emulator.key_file, cache_dir=tmp_path / "cache"
+        ) as m:
             cleanup.pid = m.pid
             assert m.path == mnt.resolve() and m.mounted
             target = _first_file(m.path)
@@ -280,13 +351,14 @@ def _server_metadata(emu: RunningEmulator, uid: str) -> dict[str, object]:
     return dict(next(r for r in ds.data_rows if r.uid == uid).client_metadata or {})
 
 
-
 # -- metrics and logs (no mount) ---------------------------------------------------------------------
 
 
 def test_metrics_render() -> None:
-    text = metrics.render({"reader.reads": 3, "reader.budget_peak_bytes": 10},
-                          {"open_handles": 2, "read_only": False, "writes": {"pending_rows": 1, "pushed_rows_total": 4, "parked": [{}]}})
+    text = metrics.render(
+        {"reader.reads": 3, "reader.budget_peak_bytes": 10},
+        {"open_handles": 2, "read_only": False, "writes": {"pending_rows": 1, "pushed_rows_total": 4, "parked": [{}]}},
+    )
     assert "# TYPE encordfs_reader_reads_total counter\nencordfs_reader_reads_total 3" in text
     assert "# TYPE encordfs_reader_budget_peak_bytes gauge\nencordfs_reader_budget_peak_bytes 10" in text
     assert "encordfs_open_handles 2" in text and "encordfs_writes_pending_rows 1" in text

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support_http import ByteServer, FakeClock
 
 from encordfs.core.blockcache import (
     Block,
@@ -29,7 +30,6 @@ from encordfs.core.fetch import HttpFetcher
 from encordfs.core.reader import ReadPipeline
 from encordfs.core.urls import SignedUrlCache
 from encordfs.errors import InvalidValue, PermissionDenied, RemoteIOError, Stale
-from support_http import ByteServer, FakeClock
 
 KiB = 1024
 SMALL = dict(
@@ -162,7 +162,9 @@ def test_sequential_read_of_large_file_with_readahead(
     assert snap["fetch.bytes_fetched"] == size  # nothing fetched twice
 
 
-def test_read_clamps_at_eof_and_past_eof_is_empty(server: ByteServer, make_pipeline: Callable[..., ReadPipeline]) -> None:
+def test_read_clamps_at_eof_and_past_eof_is_empty(
+    server: ByteServer, make_pipeline: Callable[..., ReadPipeline]
+) -> None:
     server.add("f", data_of(2, 100 * KiB))
     handle = make_pipeline().open("f:1", 100 * KiB, plain_source(server, "f"))
     assert handle.read(100 * KiB - 10, 4096) == server.blobs["f"][-10:]
@@ -208,7 +210,9 @@ def test_changed_content_is_never_served_stale(server: ByteServer, make_pipeline
     assert read_all(pipeline, "doc:12:2024-02-01", 12, plain_source(server, "doc")) == b"version two!"
 
 
-def test_prefetch_fills_the_cache(server: ByteServer, make_pipeline: Callable[..., ReadPipeline], tmp_path: Path) -> None:
+def test_prefetch_fills_the_cache(
+    server: ByteServer, make_pipeline: Callable[..., ReadPipeline], tmp_path: Path
+) -> None:
     size = 1024 * KiB + 5
     server.add("big", data_of(5, size))
     server.add("small", data_of(6, 20 * KiB))
@@ -307,9 +311,7 @@ def test_resign_after_expiry_in_the_middle_of_a_long_read(
     assert counters.get("fetch.resigns_after_error") >= 1
 
 
-def test_known_expiry_is_resigned_before_use(
-    server: ByteServer, fetcher: HttpFetcher, counters: Counters
-) -> None:
+def test_known_expiry_is_resigned_before_use(server: ByteServer, fetcher: HttpFetcher, counters: Counters) -> None:
     clock = FakeClock()
     server.clock = clock  # server and client agree on time, which we move by hand
     server.add("a", data_of(9, 10 * KiB))

@@ -27,7 +27,9 @@ def test_debug_logs_hold_no_secrets_and_files_are_private(sample_emulator: Runni
     work = Path(tempfile.mkdtemp(prefix="encordfs-sec-"))
     try:
         assert sample_emulator.key_file is not None
-        with MountedFS(sample_emulator.domain, sample_emulator.key_file, work, "-v") as m:  # -v plus MountedFS's own -v = debug
+        with MountedFS(
+            sample_emulator.domain, sample_emulator.key_file, work, "-v"
+        ) as m:  # -v plus MountedFS's own -v = debug
             files = [p for p in m.path.rglob("*") if p.is_file()][:40]
             for f in files:
                 f.read_bytes()

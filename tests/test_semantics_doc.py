@@ -47,7 +47,7 @@ def test_xattr_table_matches_the_mount(sample_mount: MountedFS) -> None:
                     is_dicom = os.getxattr(member, "user.encord.item_type") == b"dicomFile"
                     note(member, "DICOM slice" if is_dicom else "member")
     # Every listed name is documented, and every documented name is listed somewhere.
-    assert set(seen) == set(doc), (set(seen) ^ set(doc))
+    assert set(seen) == set(doc), set(seen) ^ set(doc)
     for name, kinds in seen.items():
         documented = doc[name]
         # A DICOM slice is a member: what members list may be documented on "member" only.

@@ -5,16 +5,16 @@ from __future__ import annotations
 import base64
 import json
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
+from support_http import FakeClock
 
 from encordfs.core.counters import Counters
 from encordfs.core.urls import SignedUrlCache, parse_expiry, redact
 from encordfs.errors import NotFound
-from support_http import FakeClock
 
-T0 = datetime(2024, 1, 1, tzinfo=timezone.utc).timestamp()  # 1704067200
+T0 = datetime(2024, 1, 1, tzinfo=UTC).timestamp()  # 1704067200
 
 
 def _cloudfront_policy(epoch: int) -> str:
@@ -27,8 +27,11 @@ def _cloudfront_policy(epoch: int) -> str:
     ("url", "expected"),
     [
         # S3 SigV4
-        ("https://b.s3.amazonaws.com/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Date=20240101T000000Z"
-         "&X-Amz-Expires=3600&X-Amz-Signature=ab", T0 + 3600),
+        (
+            "https://b.s3.amazonaws.com/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Date=20240101T000000Z"
+            "&X-Amz-Expires=3600&X-Amz-Signature=ab",
+            T0 + 3600,
+        ),
         # S3 SigV2
         ("https://b.s3.amazonaws.com/k?AWSAccessKeyId=AK&Expires=1704070800&Signature=x%2By", T0 + 3600),
         # CloudFront canned policy (the emulator's style)
@@ -37,8 +40,11 @@ def _cloudfront_policy(epoch: int) -> str:
         # CloudFront custom policy
         (f"https://d.cloudfront.net/k?Policy={_cloudfront_policy(1704067300)}&Signature=a&Key-Pair-Id=K", T0 + 100),
         # GCS V4
-        ("https://storage.googleapis.com/b/o?X-Goog-Algorithm=GOOG4-RSA-SHA256&X-Goog-Credential=c"
-         "&X-Goog-Date=20240101T000000Z&X-Goog-Expires=900&X-Goog-SignedHeaders=host&X-Goog-Signature=s", T0 + 900),
+        (
+            "https://storage.googleapis.com/b/o?X-Goog-Algorithm=GOOG4-RSA-SHA256&X-Goog-Credential=c"
+            "&X-Goog-Date=20240101T000000Z&X-Goog-Expires=900&X-Goog-SignedHeaders=host&X-Goog-Signature=s",
+            T0 + 900,
+        ),
         # GCS V2
         ("https://storage.googleapis.com/b/o?GoogleAccessId=a@b&Expires=1704067200&Signature=s", T0),
         # Azure SAS

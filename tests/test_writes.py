@@ -48,9 +48,22 @@ DS = "ds-1"
 
 def _row(i: int, metadata: dict[str, Any] | None = None) -> RowRecord:
     return RowRecord(
-        uid=f"row-{i}", dataset_uid=DS, title=f"r{i}.jpg", data_type="IMAGE", created_at=0.0, last_edited_at=0.0,
-        width=None, height=None, frames_per_second=None, duration=None, file_link=None, file_size=None,
-        file_type=None, storage_location=0, backing_item_uuid=f"item-{i}", is_image_sequence=None,
+        uid=f"row-{i}",
+        dataset_uid=DS,
+        title=f"r{i}.jpg",
+        data_type="IMAGE",
+        created_at=0.0,
+        last_edited_at=0.0,
+        width=None,
+        height=None,
+        frames_per_second=None,
+        duration=None,
+        file_link=None,
+        file_size=None,
+        file_type=None,
+        storage_location=0,
+        backing_item_uuid=f"item-{i}",
+        is_image_sequence=None,
         client_metadata=metadata,
     )
 
@@ -77,13 +90,15 @@ class FakeClock:
 
 def _manual(path: Path, push: Any, **config: Any) -> tuple[WriteQueue, FakeClock]:
     clock = FakeClock()
-    queue = WriteQueue.open(path, push, config=QueueConfig(**config), retry=RetryPolicy(rand=lambda: 0.0),
-                            monotonic=clock, start=False)
+    queue = WriteQueue.open(
+        path, push, config=QueueConfig(**config), retry=RetryPolicy(rand=lambda: 0.0), monotonic=clock, start=False
+    )
     return queue, clock
 
 
-def model_apply(metadata: dict[str, Any] | None, title: str, kind: OpKind, key: str | None,
-                value: Any) -> tuple[dict[str, Any] | None, str]:
+def model_apply(
+    metadata: dict[str, Any] | None, title: str, kind: OpKind, key: str | None, value: Any
+) -> tuple[dict[str, Any] | None, str]:
     """The reference semantics: one op at a time, onto a plain dict."""
     if kind is OpKind.SET_TITLE:
         return metadata, value
@@ -122,8 +137,9 @@ def _ops(specs: list[tuple[OpKind, str | None, Any]]) -> list[Op]:
 
 
 @given(OPS, st.none() | METADATA)
-def test_coalesce_matches_one_op_at_a_time_model(specs: list[tuple[OpKind, str | None, Any]],
-                                                  server: dict[str, Any] | None) -> None:
+def test_coalesce_matches_one_op_at_a_time_model(
+    specs: list[tuple[OpKind, str | None, Any]], server: dict[str, Any] | None
+) -> None:
     change = coalesce(_ops(specs))
     expected, title = server, "orig.jpg"
     for kind, key, value in specs:
@@ -136,8 +152,9 @@ def test_coalesce_matches_one_op_at_a_time_model(specs: list[tuple[OpKind, str |
 
 
 @given(OPS, st.integers(0, 12), st.none() | METADATA)
-def test_coalesce_composes_and_replays_idempotently(specs: list[tuple[OpKind, str | None, Any]], cut: int,
-                                                     server: dict[str, Any] | None) -> None:
+def test_coalesce_composes_and_replays_idempotently(
+    specs: list[tuple[OpKind, str | None, Any]], cut: int, server: dict[str, Any] | None
+) -> None:
     ops = _ops(specs)
     whole = coalesce(ops)
     split = coalesce(ops[:cut]).then(coalesce(ops[cut:]))
@@ -223,8 +240,9 @@ class QueueMachine(RuleBasedStateMachine):
 
 
 TestQueueMachine = QueueMachine.TestCase
-TestQueueMachine.settings = settings(max_examples=25, stateful_step_count=25, deadline=None,
-                                     suppress_health_check=[HealthCheck.too_slow])
+TestQueueMachine.settings = settings(
+    max_examples=25, stateful_step_count=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 # --- journal ---------------------------------------------------------------------------------------
@@ -233,8 +251,13 @@ TestQueueMachine.settings = settings(max_examples=25, stateful_step_count=25, de
 def test_journal_is_0600_wal_and_survives_reopen(tmp_path: Path) -> None:
     path = tmp_path / "cache" / "writes.sqlite3"
     queue, _ = _manual(path, _backend(2).push)
-    seqs = [queue.set_key(_ref(0), "a", 1), queue.set_key(_ref(0), "b", [1, 2]), queue.del_key(_ref(0), "orig"),
-            queue.set_title(_ref(1), "new.jpg"), queue.set_metadata(_ref(1), {"z": None})]
+    seqs = [
+        queue.set_key(_ref(0), "a", 1),
+        queue.set_key(_ref(0), "b", [1, 2]),
+        queue.del_key(_ref(0), "orig"),
+        queue.set_title(_ref(1), "new.jpg"),
+        queue.set_metadata(_ref(1), {"z": None}),
+    ]
     assert seqs == sorted(seqs) and len(set(seqs)) == 5
     before = (queue.pending_change("row-0"), queue.pending_change("row-1"))
     left = queue.close(flush_timeout_s=0)
@@ -255,11 +278,35 @@ def test_journal_is_0600_wal_and_survives_reopen(tmp_path: Path) -> None:
 def test_public_surface() -> None:
     from encordfs.core import writes
 
-    assert sorted(writes.__all__) == ["Op", "OpKind", "QueueConfig", "RowRef", "WriteQueue", "coalesce", "compose",
-                                      "op_change"]
+    assert sorted(writes.__all__) == [
+        "Op",
+        "OpKind",
+        "QueueConfig",
+        "RowRef",
+        "WriteQueue",
+        "coalesce",
+        "compose",
+        "op_change",
+    ]
     public = {n for n in dir(WriteQueue) if not n.startswith("_")}
-    assert public == {"open", "start", "append", "set_metadata", "set_key", "del_key", "set_title", "discard", "view",
-                      "pending_change", "parked_reason", "flush", "wait_row", "status", "push_round", "close"}
+    assert public == {
+        "open",
+        "start",
+        "append",
+        "set_metadata",
+        "set_key",
+        "del_key",
+        "set_title",
+        "discard",
+        "view",
+        "pending_change",
+        "parked_reason",
+        "flush",
+        "wait_row",
+        "status",
+        "push_round",
+        "close",
+    }
 
 
 def test_appended_values_are_private_copies(tmp_path: Path) -> None:
@@ -316,8 +363,9 @@ def test_10000_ops_over_1000_rows_cost_one_push_of_1000_rows(tmp_path: Path) -> 
         i = n % 1000 if n < 1000 else rnd.randrange(1000)
         kind = rnd.choice([OpKind.SET_KEY, OpKind.SET_KEY, OpKind.DEL_KEY, OpKind.SET_METADATA, OpKind.SET_TITLE])
         key = rnd.choice("abc") if kind in (OpKind.SET_KEY, OpKind.DEL_KEY) else None
-        value = {OpKind.SET_KEY: n, OpKind.DEL_KEY: None, OpKind.SET_METADATA: {"m": n},
-                 OpKind.SET_TITLE: f"t{n}.jpg"}[kind]
+        value = {OpKind.SET_KEY: n, OpKind.DEL_KEY: None, OpKind.SET_METADATA: {"m": n}, OpKind.SET_TITLE: f"t{n}.jpg"}[
+            kind
+        ]
         queue.append(_ref(i), kind, key, value)
         model[f"row-{i}"] = model_apply(*model[f"row-{i}"], kind, key, value)  # type: ignore[assignment]
     assert mem.push_log == []  # debounced: nothing pushed during the burst
@@ -367,8 +415,12 @@ def test_edits_made_during_a_push_stay_pending(tmp_path: Path) -> None:
 def test_concurrent_writers_while_the_worker_pushes(tmp_path: Path) -> None:
     mem = _backend(40)
     mem.push_faults += [errors.TransientWriteError("503")] * 3
-    queue = WriteQueue.open(tmp_path / "j.sqlite3", mem.push, config=QueueConfig(debounce_s=0.001),
-                            retry=RetryPolicy(base_s=0.001, cap_s=0.01))
+    queue = WriteQueue.open(
+        tmp_path / "j.sqlite3",
+        mem.push,
+        config=QueueConfig(debounce_s=0.001),
+        retry=RetryPolicy(base_s=0.001, cap_s=0.01),
+    )
     models: dict[str, tuple[dict[str, Any] | None, str]] = {}
 
     def writer(t: int) -> None:
@@ -378,8 +430,9 @@ def test_concurrent_writers_while_the_worker_pushes(tmp_path: Path) -> None:
             i = rnd.choice(list(own))
             kind = rnd.choice([OpKind.SET_KEY, OpKind.DEL_KEY, OpKind.SET_METADATA, OpKind.SET_TITLE])
             key = rnd.choice("ab") if kind in (OpKind.SET_KEY, OpKind.DEL_KEY) else None
-            value = {OpKind.SET_KEY: n, OpKind.DEL_KEY: None, OpKind.SET_METADATA: {"m": n},
-                     OpKind.SET_TITLE: f"t{n}"}[kind]
+            value = {OpKind.SET_KEY: n, OpKind.DEL_KEY: None, OpKind.SET_METADATA: {"m": n}, OpKind.SET_TITLE: f"t{n}"}[
+                kind
+            ]
             queue.append(_ref(i), kind, key, value)
             own[i] = model_apply(*own[i], kind, key, value)  # type: ignore[assignment]
         models.update({f"row-{i}": m for i, m in own.items()})
@@ -421,8 +474,9 @@ def test_transient_error_backs_off_honouring_retry_after_then_lands(tmp_path: Pa
 def test_worker_retries_transient_errors_and_flush_waits(tmp_path: Path) -> None:
     mem = _backend(2)
     mem.push_faults += [errors.TransientWriteError("503"), errors.TransientWriteError("429", retry_after_s=0.05)]
-    queue = WriteQueue.open(tmp_path / "j.sqlite3", mem.push, config=QueueConfig(debounce_s=0.01),
-                            retry=RetryPolicy(base_s=0.01))
+    queue = WriteQueue.open(
+        tmp_path / "j.sqlite3", mem.push, config=QueueConfig(debounce_s=0.01), retry=RetryPolicy(base_s=0.01)
+    )
     queue.set_key(_ref(0), "a", 1)
     assert queue.flush(10.0)
     assert len(mem.push_log) == 3 and mem.row("row-0").client_metadata == {"orig": 0, "a": 1}
@@ -574,8 +628,12 @@ def test_sigkill_at_random_points_loses_no_acknowledged_op(tmp_path: Path) -> No
     env = {**os.environ, "PYTHONWARNINGS": "error"}
     prev_last = 0
     for run in range(22):
-        proc = subprocess.Popen([sys.executable, __file__, "writer", str(journal), str(server), str(run)],
-                                stdout=subprocess.PIPE, text=True, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "writer", str(journal), str(server), str(run)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         assert proc.stdout is not None
         try:
             assert proc.stdout.readline().strip() == "ready"
@@ -648,8 +706,12 @@ def test_sdk_backend_pushes_10000_ops_over_1000_rows_in_few_calls(tmp_path: Path
             ref = refs[n % EMULATOR_ROWS] if n < EMULATOR_ROWS else rnd.choice(refs)
             kind = rnd.choice([OpKind.SET_KEY, OpKind.SET_KEY, OpKind.DEL_KEY, OpKind.SET_METADATA, OpKind.SET_TITLE])
             key = rnd.choice("ab") if kind in (OpKind.SET_KEY, OpKind.DEL_KEY) else None
-            value = {OpKind.SET_KEY: n, OpKind.DEL_KEY: None, OpKind.SET_METADATA: {"m": n},
-                     OpKind.SET_TITLE: f"t{n}.txt"}[kind]
+            value = {
+                OpKind.SET_KEY: n,
+                OpKind.DEL_KEY: None,
+                OpKind.SET_METADATA: {"m": n},
+                OpKind.SET_TITLE: f"t{n}.txt",
+            }[kind]
             queue.append(ref, kind, key, value)
             model[ref.uid] = model_apply(*model[ref.uid], kind, key, value)  # type: ignore[assignment]
         # one row over the emulator's 4 KiB limit: its 413 fails the bulk call, bisection isolates it
@@ -663,7 +725,9 @@ def test_sdk_backend_pushes_10000_ops_over_1000_rows_in_few_calls(tmp_path: Path
         # 2 calls for the bulk push, then bisection down to the one guilty row: 2 per halving
         assert calls["api_calls"] <= 2 + 2 * 2 * math.ceil(math.log2(EMULATOR_ROWS)), calls
         plain = emu.client()
-        fresh = plain.get_dataset(dataset.uid, dataset_access_settings=DatasetAccessSettings(fetch_client_metadata=True))
+        fresh = plain.get_dataset(
+            dataset.uid, dataset_access_settings=DatasetAccessSettings(fetch_client_metadata=True)
+        )
         got = {r.uid: (dict(r.client_metadata or {}), r.title) for r in fresh.data_rows}
         assert got == model
 
@@ -678,16 +742,22 @@ def test_sdk_backend_pushes_10000_ops_over_1000_rows_in_few_calls(tmp_path: Path
         calls = emu.stats()
         queue.close()
         assert calls["api_calls"] == 2 and calls["v2.items.patch_bulk"] == 1, calls
-        fresh = plain.get_dataset(dataset.uid, dataset_access_settings=DatasetAccessSettings(fetch_client_metadata=True))
+        fresh = plain.get_dataset(
+            dataset.uid, dataset_access_settings=DatasetAccessSettings(fetch_client_metadata=True)
+        )
         assert {r.uid: (dict(r.client_metadata or {}), r.title) for r in fresh.data_rows} == model
 
         # rows without a backing item go through the deprecated DataRow.save path, merge rule included
-        legacy = [RowPatch(r.uid, dataset.uid, None, RowChange(set_keys={"legacy": 1}, title=f"L{k}.txt"))
-                  for k, r in enumerate(rows[1:3])]
+        legacy = [
+            RowPatch(r.uid, dataset.uid, None, RowChange(set_keys={"legacy": 1}, title=f"L{k}.txt"))
+            for k, r in enumerate(rows[1:3])
+        ]
         emu.reset()
         outcomes = backend.push(legacy)
         assert all(o.ok for o in outcomes.values()) and emu.stats()["api_calls"] == 2 + len(legacy)
-        fresh = plain.get_dataset(dataset.uid, dataset_access_settings=DatasetAccessSettings(fetch_client_metadata=True))
+        fresh = plain.get_dataset(
+            dataset.uid, dataset_access_settings=DatasetAccessSettings(fetch_client_metadata=True)
+        )
         got = {r.uid: (dict(r.client_metadata or {}), r.title) for r in fresh.data_rows}
         for k, r in enumerate(rows[1:3]):
             assert got[r.uid] == ({**model[r.uid][0], "legacy": 1}, f"L{k}.txt")

@@ -26,7 +26,7 @@ import uuid
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,9 @@ CHILD_FETCH_CONCURRENCY = 4  # parallel child-items calls; the SDK opens one con
 # Retries: the SDK retries GET/POST on 413/429/5xx itself. Two status retries with a short backoff
 # keep a FUSE thread from waiting the SDK's default 9 s; one connect retry makes an unreachable
 # domain fail fast.
-_REQUESTS = RequestsSettings(max_retries=2, backoff_factor=0.5, connection_retries=1, connect_timeout=10, read_timeout=120)
+_REQUESTS = RequestsSettings(
+    max_retries=2, backoff_factor=0.5, connection_retries=1, connect_timeout=10, read_timeout=120
+)
 # How the dataset is loaded: "stream" (default) or "sdk" (the SDK's get_dataset, all rows in memory).
 LOAD_MODE_ENV = "ENCORDFS_LOAD"
 # Bytes of a get_dataset body kept whole for the envelope: error envelopes are a few hundred bytes.
@@ -79,7 +81,7 @@ def _ts(value: datetime | str | None) -> float:
     if isinstance(value, str):
         value = parse_datetime(value)
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
+        value = value.replace(tzinfo=UTC)
     return value.timestamp()
 
 
@@ -188,13 +190,19 @@ class SdkBackend:
             prepared = requests.Request("POST", config.endpoint, headers=request.headers, data=request.data).prepare()
             context = querier._exception_context(prepared)
             retry = config.requests_settings
-            with create_new_session(max_retries=retry.max_retries, backoff_factor=retry.backoff_factor, connect_retries=retry.connection_retries) as session:
+            with create_new_session(
+                max_retries=retry.max_retries,
+                backoff_factor=retry.backoff_factor,
+                connect_retries=retry.connection_retries,
+            ) as session:
                 try:
                     env = session.merge_environment_settings(config.endpoint, {}, None, None, None)
                     env["stream"] = True
                     response = session.send(prepared, timeout=(request.connect_timeout, request.timeout), **env)
                 except Exception as exc:
-                    raise enc_exc.RequestException(f"Request session.send failed {prepared.method=}", context=context) from exc
+                    raise enc_exc.RequestException(
+                        f"Request session.send failed {prepared.method=}", context=context
+                    ) from exc
                 with response:
                     _check_status(response, context)
                     yield from _parse_rows(response, dataset_uid, context)
@@ -299,7 +307,9 @@ class SdkBackend:
         for patch in patches:
             assert patch.item_uuid is not None
             if (item := items.get(patch.item_uuid)) is None:
-                out[patch.row_uid] = PushOutcome(patch.row_uid, error=errors.PermanentWriteError("storage item not found"))
+                out[patch.row_uid] = PushOutcome(
+                    patch.row_uid, error=errors.PermanentWriteError("storage item not found")
+                )
             else:
                 metadata = item.client_metadata
                 out[patch.row_uid] = PushOutcome(
@@ -344,7 +354,9 @@ def _check_status(response: requests.Response, context: Any) -> None:
     if response.status_code == 429:
         raise enc_exc.RateLimitExceededError(retry_after=parse_retry_after(response.headers), context=context)
     if response.status_code == 413:
-        raise enc_exc.PayloadTooLargeError("Request payload is too large and exceeds the maximum allowed size.", context=context)
+        raise enc_exc.PayloadTooLargeError(
+            "Request payload is too large and exceeds the maximum allowed size.", context=context
+        )
 
 
 def _parse_rows(response: requests.Response, dataset_uid: str, context: Any) -> Iterator[RowRecord]:
@@ -378,7 +390,9 @@ def _parse_rows(response: requests.Response, dataset_uid: str, context: Any) -> 
     except ijson.JSONError as exc:
         raise enc_exc.RequestException(f"Error parsing JSON response: {str(exc)[:200]}", context=context) from None
     except requests.RequestException as exc:
-        raise enc_exc.RequestException(f"Request session.send failed while reading: {type(exc).__name__}", context=context) from None
+        raise enc_exc.RequestException(
+            f"Request session.send failed while reading: {type(exc).__name__}", context=context
+        ) from None
     if status == [200] and seen_rows:
         return
     _check_envelope(bytes(kept), status, context)

@@ -288,7 +288,12 @@ class DiskBlockCache:
         with self._changed:
             if wait:
                 self._changed.wait_for(lambda: self._closing or not self._backlogged_locked(size))
-            if self._closing or name in self._index or name in self._pending or _HEADER.size + size > self.capacity_bytes:
+            if (
+                self._closing
+                or name in self._index
+                or name in self._pending
+                or _HEADER.size + size > self.capacity_bytes
+            ):
                 return
             backlogged = self._backlogged_locked(size)
             if not backlogged:
@@ -324,8 +329,12 @@ class DiskBlockCache:
                     dropped = len(self._queue)
                     self._dropping = True
                     self._changed.notify_all()
-                log.warning("disk cache %s: writer still busy after %g s; dropping %d queued block(s)",
-                            self.dir, self.close_timeout_s, dropped)
+                log.warning(
+                    "disk cache %s: writer still busy after %g s; dropping %d queued block(s)",
+                    self.dir,
+                    self.close_timeout_s,
+                    dropped,
+                )
                 writer.join(self.close_timeout_s)
         fd, self._lock_fd = self._lock_fd, -1
         if fd >= 0:
@@ -633,4 +642,3 @@ class TieredBlockCache:
     def close(self) -> None:
         self.memory.close()
         self.disk.close()
-

@@ -205,7 +205,10 @@ class Catalog:
         with self._write_lock:
             self._writer.executescript(_SCHEMA)
             # Inodes of a fresh catalog start above ROOT_INO.
-            self._writer.execute("INSERT OR IGNORE INTO sqlite_sequence(name, seq) SELECT 'nodes', ? WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name='nodes')", (ROOT_INO,))
+            self._writer.execute(
+                "INSERT OR IGNORE INTO sqlite_sequence(name, seq) SELECT 'nodes', ? WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name='nodes')",
+                (ROOT_INO,),
+            )
             self._writer.commit()
 
     def _connect(self) -> sqlite3.Connection:
@@ -277,7 +280,10 @@ class Catalog:
         return _node(row) if row else None
 
     def lookup(self, parent: int, name: str) -> Node | None:
-        row = self._one(f"SELECT {_COLUMNS} FROM nodes WHERE parent=? AND name_key=? AND name=?", (parent, names.name_key(name), name))
+        row = self._one(
+            f"SELECT {_COLUMNS} FROM nodes WHERE parent=? AND name_key=? AND name=?",
+            (parent, names.name_key(name), name),
+        )
         return _node(row) if row else None
 
     def lookup_key(self, parent: int, name: str) -> Node | None:
@@ -286,7 +292,9 @@ class Catalog:
         return _node(row) if row else None
 
     def children(self, parent: int) -> Iterator[Node]:
-        return (_node(row) for row in self._stream(f"SELECT {_COLUMNS} FROM nodes WHERE parent=? ORDER BY ino", (parent,)))
+        return (
+            _node(row) for row in self._stream(f"SELECT {_COLUMNS} FROM nodes WHERE parent=? ORDER BY ino", (parent,))
+        )
 
     def file_items(self, parent: int, after_ino: int = 0, limit: int = 1000) -> list[tuple[int, str]]:
         """(ino, item uuid) of signable files in a folder, in inode order from ``after_ino``."""
@@ -297,11 +305,15 @@ class Catalog:
         return [(int(i), str(u)) for i, u in rows]
 
     def groups(self, parent: int) -> list[Node]:
-        return [_node(r) for r in self._all(f"SELECT {_COLUMNS} FROM nodes WHERE parent=? AND kind=?", (parent, Kind.GROUP))]
+        return [
+            _node(r) for r in self._all(f"SELECT {_COLUMNS} FROM nodes WHERE parent=? AND kind=?", (parent, Kind.GROUP))
+        ]
 
     def lookup_ino(self, parent: int, name: str) -> int | None:
         """Just the inode of a child (what path resolution needs)."""
-        row = self._one("SELECT ino FROM nodes WHERE parent=? AND name_key=? AND name=?", (parent, names.name_key(name), name))
+        row = self._one(
+            "SELECT ino FROM nodes WHERE parent=? AND name_key=? AND name=?", (parent, names.name_key(name), name)
+        )
         return None if row is None else int(row[0])
 
     def stat_fields(self, ino: int) -> tuple[Kind, int, float] | None:
@@ -313,7 +325,9 @@ class Catalog:
         """(ino, name, kind, size, mtime) of the children with inodes above ``after_ino``, in inode
         order, streamed; the result is the folder as of the call, whatever a refresh commits while it
         is iterated (see ``_stream``)."""
-        rows = self._stream("SELECT ino, name, kind, size, mtime FROM nodes WHERE parent=? AND ino>? ORDER BY ino", (parent, after_ino))
+        rows = self._stream(
+            "SELECT ino, name, kind, size, mtime FROM nodes WHERE parent=? AND ino>? ORDER BY ino", (parent, after_ino)
+        )
         return ((r[0], r[1], Kind(r[2]), r[3], r[4]) for r in rows)
 
     def loaded_at(self, ino: int) -> float | None:
@@ -338,7 +352,9 @@ class Catalog:
         """Show a queued title change at once (the next sync keeps it: loaders apply queued titles)."""
         with self._write_lock:
             conn = self._writer
-            conn.execute("UPDATE nodes SET title=?, name=?, name_key=? WHERE ino=?", (title, name, names.name_key(name), ino))
+            conn.execute(
+                "UPDATE nodes SET title=?, name=?, name_key=? WHERE ino=?", (title, name, names.name_key(name), ino)
+            )
             conn.commit()
             self.version += 1
 
@@ -389,7 +405,9 @@ class Catalog:
         conn.execute("INSERT OR REPLACE INTO state(key, value) VALUES ('gen', ?)", (gen,))
         return gen
 
-    def _sync_batch_locked(self, conn: sqlite3.Connection, parent: int, batch: list[Entry], gen: int, renamed: list[tuple[int, Entry]]) -> int:
+    def _sync_batch_locked(
+        self, conn: sqlite3.Connection, parent: int, batch: list[Entry], gen: int, renamed: list[tuple[int, Entry]]
+    ) -> int:
         """Upsert one batch (distinct uids): one SELECT for the batch, bulk UPDATEs, bulk INSERTs.
         Returns how many children were inserted (the structural change)."""
         marks = ",".join("?" * len(batch))
@@ -428,8 +446,14 @@ class Catalog:
             self._insert_locked(conn, parent, fresh, gen, renamed)
         return len(fresh)
 
-    def _insert_locked(self, conn: sqlite3.Connection, parent: int, fresh: list[tuple[Entry, str, str | None]], gen: int,
-                       deferred: list[tuple[int, Entry]]) -> None:
+    def _insert_locked(
+        self,
+        conn: sqlite3.Connection,
+        parent: int,
+        fresh: list[tuple[Entry, str, str | None]],
+        gen: int,
+        deferred: list[tuple[int, Entry]],
+    ) -> None:
         """Insert new children in stream order. Base names that are free (in the folder and in this
         batch) are bulk-inserted; a collision flushes what is pending and takes the slow path
         (``_free_name_locked``), so the first row to claim a name keeps it, as a row-by-row upsert would.
@@ -442,7 +466,12 @@ class Catalog:
         keys = [names.name_key(b) for b in bases]
         # ``fresh`` is part of one batch, so its keys fit in one query as the batch's uids did.
         marks = ",".join("?" * len(keys))
-        taken = {r[0] for r in conn.execute(f"SELECT name_key FROM nodes WHERE parent=? AND name_key IN ({marks})", [parent, *keys])}
+        taken = {
+            r[0]
+            for r in conn.execute(
+                f"SELECT name_key FROM nodes WHERE parent=? AND name_key IN ({marks})", [parent, *keys]
+            )
+        }
         pending: list[tuple[Any, ...]] = []
         for (e, fields, metadata), base, key in zip(fresh, bases, keys):
             if key in taken:
@@ -451,13 +480,48 @@ class Catalog:
                 holder = conn.execute("SELECT gen FROM nodes WHERE parent=? AND name_key=?", (parent, key)).fetchone()
                 if holder is not None and holder[0] != gen:
                     placeholder = "\x00" + e.uid
-                    self._insert_rows_locked(conn, [(parent, int(e.kind), e.uid, placeholder, placeholder, e.title, e.item_uuid, e.size, e.ctime, e.mtime, fields, metadata, gen)])
+                    self._insert_rows_locked(
+                        conn,
+                        [
+                            (
+                                parent,
+                                int(e.kind),
+                                e.uid,
+                                placeholder,
+                                placeholder,
+                                e.title,
+                                e.item_uuid,
+                                e.size,
+                                e.ctime,
+                                e.mtime,
+                                fields,
+                                metadata,
+                                gen,
+                            )
+                        ],
+                    )
                     deferred.append((int(conn.execute("SELECT last_insert_rowid()").fetchone()[0]), e))
                     continue
                 base = self._free_name_locked(conn, parent, e)
                 key = names.name_key(base)
             taken.add(key)
-            pending.append((parent, int(e.kind), e.uid, base, key, e.title, e.item_uuid, e.size, e.ctime, e.mtime, fields, metadata, gen))
+            pending.append(
+                (
+                    parent,
+                    int(e.kind),
+                    e.uid,
+                    base,
+                    key,
+                    e.title,
+                    e.item_uuid,
+                    e.size,
+                    e.ctime,
+                    e.mtime,
+                    fields,
+                    metadata,
+                    gen,
+                )
+            )
         self._insert_rows_locked(conn, pending)
 
     @staticmethod
@@ -474,7 +538,9 @@ class Catalog:
         base = names.base_name(e.title, e.mime_type, is_dir=is_dir)
         candidates = [base] + [names.disambiguated(base, e.uid, is_dir=is_dir, width=w) for w in (8, 16, 64)]
         for candidate in candidates:
-            hit = conn.execute("SELECT ino FROM nodes WHERE parent=? AND name_key=?", (parent, names.name_key(candidate))).fetchone()
+            hit = conn.execute(
+                "SELECT ino FROM nodes WHERE parent=? AND name_key=?", (parent, names.name_key(candidate))
+            ).fetchone()
             if hit is None or hit[0] == own_ino:
                 return candidate
         raise RuntimeError(f"no free name for {e.uid!r}")  # unreachable: uids are unique per folder

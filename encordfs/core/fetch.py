@@ -307,7 +307,9 @@ class HttpFetcher:
             raise _Retry(f"HTTP {status}", _retry_after_s(headers))
         raise RemoteIOError(f"{redact(url)} answered HTTP {status}")
 
-    def _check_range(self, status: int, headers: Mapping[str, str] | Message, start: int, length: int, url: str) -> None:
+    def _check_range(
+        self, status: int, headers: Mapping[str, str] | Message, start: int, length: int, url: str
+    ) -> None:
         if status == 200:
             if start != 0:
                 raise RemoteIOError(f"{redact(url)} ignored the Range header")
@@ -337,7 +339,6 @@ class HttpFetcher:
         self.counters.inc("fetch.bytes_fetched", pos)
         if pos < length:
             raise _Retry(f"body cut short at {pos} of {length} bytes")
-
 
 
 def _policy(policy: RetryPolicy, budget_s: float | None, base_s: float | None, cap_s: float | None) -> RetryPolicy:

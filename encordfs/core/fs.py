@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from encordfs import errors
@@ -126,9 +126,11 @@ def iso(ts: float | None) -> str | None:
     return None if ts is None else _iso(ts)
 
 
-@functools.lru_cache(maxsize=4096)  # rows of one dataset share a few timestamps: a listing of 1M rows asks twice per row
+@functools.lru_cache(
+    maxsize=4096
+)  # rows of one dataset share a few timestamps: a listing of 1M rows asks twice per row
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat()
+    return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
 def _dataset_entry(d: DatasetRecord) -> Entry:
@@ -193,8 +195,22 @@ def _child_entry(c: ChildRecord) -> Entry:
         "index": c.index,
     }
     if c.dicom_instance_uid or c.dicom_series_uid or c.dicom_study_uid:
-        fields.update(dicom_instance_uid=c.dicom_instance_uid, dicom_series_uid=c.dicom_series_uid, dicom_study_uid=c.dicom_study_uid)
-    return Entry(Kind.CHILD, c.item_uuid, c.title, c.file_type, c.item_uuid, c.file_size or 0, c.created_at, c.last_edited_at, fields)
+        fields.update(
+            dicom_instance_uid=c.dicom_instance_uid,
+            dicom_series_uid=c.dicom_series_uid,
+            dicom_study_uid=c.dicom_study_uid,
+        )
+    return Entry(
+        Kind.CHILD,
+        c.item_uuid,
+        c.title,
+        c.file_type,
+        c.item_uuid,
+        c.file_size or 0,
+        c.created_at,
+        c.last_edited_at,
+        fields,
+    )
 
 
 class PathCache:
@@ -249,7 +265,17 @@ class PathCache:
 
 
 class EncordFS:
-    def __init__(self, backend: Backend, catalog: Catalog, reader: Reader, urls: UrlCache, options: Options, clock: Callable[[], float] = time.time, writes: WriteQueue | None = None, status_extra: Callable[[], dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        catalog: Catalog,
+        reader: Reader,
+        urls: UrlCache,
+        options: Options,
+        clock: Callable[[], float] = time.time,
+        writes: WriteQueue | None = None,
+        status_extra: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self.backend = backend
         self.writes = writes
         self.status_extra = status_extra
@@ -424,7 +450,9 @@ class EncordFS:
             return
         node = self.node(ino)
         if node.kind == Kind.DATASET:
-            self.catalog.sync_children(ino, (self._with_queued_title(_row_entry(r)) for r in self.backend.iter_rows(node.uid)), now)
+            self.catalog.sync_children(
+                ino, (self._with_queued_title(_row_entry(r)) for r in self.backend.iter_rows(node.uid)), now
+            )
             self._load_seconds[ino] = max(0.0, self.clock() - now)
         elif node.kind == Kind.GROUP:
             self._load_groups(node.parent, first=node)
@@ -438,14 +466,27 @@ class EncordFS:
         _, title = self.writes.view(entry.uid, None, entry.title)
         if title == entry.title:
             return entry
-        return Entry(entry.kind, entry.uid, title, entry.mime_type, entry.item_uuid, entry.size, entry.ctime, entry.mtime, entry.fields, entry.client_metadata)
+        return Entry(
+            entry.kind,
+            entry.uid,
+            title,
+            entry.mime_type,
+            entry.item_uuid,
+            entry.size,
+            entry.ctime,
+            entry.mtime,
+            entry.fields,
+            entry.client_metadata,
+        )
 
     def _load_groups(self, dataset_ino: int, first: Node) -> None:
         """Members of every not-yet-loaded group of a dataset (and ``first``), in one batch."""
         now = self.clock()
         wanted = [first] + [
-            g for g in self.catalog.groups(dataset_ino)
-            if g.ino != first.ino and ((loaded := self.catalog.loaded_at(g.ino)) is None or now - loaded >= self.options.metadata_ttl_s)
+            g
+            for g in self.catalog.groups(dataset_ino)
+            if g.ino != first.ino
+            and ((loaded := self.catalog.loaded_at(g.ino)) is None or now - loaded >= self.options.metadata_ttl_s)
         ]
         wanted = [g for g in wanted if g.item_uuid]
         by_item = self.backend.list_children([g.item_uuid for g in wanted if g.item_uuid])
@@ -488,7 +529,11 @@ class EncordFS:
 
     def status(self) -> dict[str, Any]:
         """What ``encordfs status`` and ``/.encordfs/status.json`` show."""
-        out: dict[str, Any] = {"open_handles": self.open_handles(), "read_only": self.writes is None, "path_cache": self.paths.stats()}
+        out: dict[str, Any] = {
+            "open_handles": self.open_handles(),
+            "read_only": self.writes is None,
+            "path_cache": self.paths.stats(),
+        }
         out["writes"] = self.writes.status() if self.writes is not None else None
         if self.status_extra is not None:
             out.update(self.status_extra())
@@ -591,7 +636,9 @@ class EncordFS:
 
     @staticmethod
     def _ref(node: Node, title: str) -> RowRef:
-        return RowRef(uid=node.uid, dataset_uid=str(node.fields.get("dataset_hash") or ""), item_uuid=node.item_uuid, title=title)
+        return RowRef(
+            uid=node.uid, dataset_uid=str(node.fields.get("dataset_hash") or ""), item_uuid=node.item_uuid, title=title
+        )
 
     def setxattr(self, ino: int, name: str, value: bytes, flags: int) -> None:
         if xattrs.is_foreign(name):
@@ -615,7 +662,7 @@ class EncordFS:
             self._check_size(parsed, name)
             self.writes.set_metadata(self._ref(node, title), parsed, base_version=node.mtime)
             return None
-        key = name[len(xattrs.META_PREFIX):]
+        key = name[len(xattrs.META_PREFIX) :]
         if not key:
             raise errors.InvalidValue("empty metadata key")
         if flags & XATTR_CREATE and key in current:
@@ -636,7 +683,7 @@ class EncordFS:
             raise errors.NoData(name)
         node = self._writable_row(ino, name)
         metadata, title = self._view(node)
-        key = name[len(xattrs.META_PREFIX):]
+        key = name[len(xattrs.META_PREFIX) :]
         if key not in (metadata or {}):
             raise errors.NoData(name)
         assert self.writes is not None
@@ -645,7 +692,9 @@ class EncordFS:
     def _check_size(self, metadata: dict[str, Any], name: str) -> None:
         size = len(xattrs.compact_json(metadata).encode())
         if size > self.options.max_metadata_bytes:
-            raise errors.TooBig(f"{name}: client metadata would be {size} bytes, over the {self.options.max_metadata_bytes}-byte limit")
+            raise errors.TooBig(
+                f"{name}: client metadata would be {size} bytes, over the {self.options.max_metadata_bytes}-byte limit"
+            )
 
     def _control(self, ino: int, name: str, value: bytes) -> None:
         if name == CONTROL_XATTR_REFRESH:
@@ -660,7 +709,9 @@ class EncordFS:
         """``mv`` of a row inside its folder: a queued title change. The new name shows at once."""
         node = self.lookup(old_parent, old_name)
         if new_parent != old_parent:
-            raise errors.CrossDevice("moving rows between folders is not supported; rename within a folder changes the title")
+            raise errors.CrossDevice(
+                "moving rows between folders is not supported; rename within a folder changes the title"
+            )
         self._writable_row(node.ino, "rename")
         # Also refuses "/" (rule 1) and names over 255 bytes (rule 4): EINVAL, as docs/SEMANTICS.md says.
         if names.base_name(new_name, None, is_dir=node.kind.is_dir) != new_name:
@@ -682,7 +733,16 @@ class EncordFS:
             raise errors.RemoteIOError(f"{node.name}: changes not pushed" + (f" ({reason})" if reason else " yet"))
 
     def statfs(self) -> dict[str, int]:
-        return {"f_bsize": 4096, "f_frsize": 4096, "f_blocks": 0, "f_bfree": 0, "f_bavail": 0, "f_files": 0, "f_ffree": 0, "f_namemax": names.MAX_NAME_BYTES}
+        return {
+            "f_bsize": 4096,
+            "f_frsize": 4096,
+            "f_blocks": 0,
+            "f_bfree": 0,
+            "f_bavail": 0,
+            "f_files": 0,
+            "f_ffree": 0,
+            "f_namemax": names.MAX_NAME_BYTES,
+        }
 
     def close(self) -> None:
         with self._handles_lock:
@@ -713,8 +773,7 @@ def _parse_json(value: bytes, name: str) -> Any:
     """Strict JSON: ``NaN``/``Infinity`` and numbers that overflow to infinity are refused (Encord's
     JSON would reject them later, parking the row), as is nesting past the parser's depth."""
     try:
-        parsed = json.loads(value.decode("utf-8"), parse_constant=_reject_constant,
-                            parse_float=_finite_float)
+        parsed = json.loads(value.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise errors.InvalidValue(f"{name}: value is not valid JSON (strings need quotes: '\"train\"')") from None
     return parsed

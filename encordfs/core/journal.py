@@ -128,16 +128,34 @@ class Journal:
                     self._conn.execute("ROLLBACK")
                 raise
 
-    def append(self, row: RowRef, kind: OpKind, key: str | None, value: Any, base_version: float | None,
-               created_at: float, *, unpark: bool = False) -> Op:
+    def append(
+        self,
+        row: RowRef,
+        kind: OpKind,
+        key: str | None,
+        value: Any,
+        base_version: float | None,
+        created_at: float,
+        *,
+        unpark: bool = False,
+    ) -> Op:
         """Insert one op (and un-park its row when ``unpark``) in one fsync'd transaction."""
         value_json = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         with self._transaction() as conn:
             cur = conn.execute(
                 "INSERT INTO ops (row_uid, dataset_uid, item_uuid, row_title, kind, key, value, base_version,"
                 " created_at) VALUES (?,?,?,?,?,?,?,?,?)",
-                (row.uid, row.dataset_uid, row.item_uuid, row.title, kind.value, key, value_json, base_version,
-                 created_at),
+                (
+                    row.uid,
+                    row.dataset_uid,
+                    row.item_uuid,
+                    row.title,
+                    kind.value,
+                    key,
+                    value_json,
+                    base_version,
+                    created_at,
+                ),
             )
             if unpark:
                 conn.execute("DELETE FROM parked WHERE row_uid = ?", (row.uid,))

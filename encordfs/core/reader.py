@@ -537,7 +537,10 @@ class ReadHandle:
             if held is not None:
                 frontier = held.end
                 continue
-            if self._in_flight_locked() >= p.max_parallel_per_file or self._held_ahead_locked(pos) >= p.max_window_bytes:
+            if (
+                self._in_flight_locked() >= p.max_parallel_per_file
+                or self._held_ahead_locked(pos) >= p.max_window_bytes
+            ):
                 break
             previous_window, self._window = self._window, min(self._window * 2, p.max_window_bytes)
             start, end, part = self._readahead_range_locked(frontier)

@@ -43,7 +43,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Protocol
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
@@ -82,7 +82,7 @@ def parse_expiry(url: str) -> float | None:
 
 def _date_plus_ttl(date: str, ttl: str) -> float | None:
     try:
-        signed_at = datetime.strptime(date, _AMZ_DATE_FORMAT).replace(tzinfo=timezone.utc)
+        signed_at = datetime.strptime(date, _AMZ_DATE_FORMAT).replace(tzinfo=UTC)
         return signed_at.timestamp() + int(ttl)
     except ValueError:
         return None
@@ -101,7 +101,7 @@ def _iso8601_or_none(text: str) -> float | None:
     except ValueError:
         return None
     if moment.tzinfo is None:  # Azure's se= is always UTC, even in its short forms
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
 
 
@@ -211,7 +211,11 @@ class SignedUrlCache:
             flight = _Flight()
             with self._lock:  # re-check: a concurrent get may have signed some meanwhile
                 now = self._clock()
-                todo = [i for i in wanted[start : start + self._batch] if i not in self._flights and not self._fresh_locked(i, now)]
+                todo = [
+                    i
+                    for i in wanted[start : start + self._batch]
+                    if i not in self._flights and not self._fresh_locked(i, now)
+                ]
                 for item_id in todo:
                     self._flights[item_id] = flight
             if todo:

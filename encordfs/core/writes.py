@@ -177,8 +177,17 @@ class _Counters:
 class WriteQueue:
     """``WriteQueue.open(journal_path, backend.push)``; see the module docstring."""
 
-    def __init__(self, journal: Journal, push: PushFn, *, config: QueueConfig, retry: RetryPolicy,
-                 clock: Callable[[], float], monotonic: Callable[[], float], on_landed: LandedFn | None) -> None:
+    def __init__(
+        self,
+        journal: Journal,
+        push: PushFn,
+        *,
+        config: QueueConfig,
+        retry: RetryPolicy,
+        clock: Callable[[], float],
+        monotonic: Callable[[], float],
+        on_landed: LandedFn | None,
+    ) -> None:
         self._journal = journal
         self._push = push
         self._config = config
@@ -202,14 +211,29 @@ class WriteQueue:
         self._counters = _Counters()
 
     @classmethod
-    def open(cls, journal_path: Path, push: PushFn, *, config: QueueConfig = QueueConfig(),
-             retry: RetryPolicy = DEFAULT_RETRY, clock: Callable[[], float] = time.time,
-             monotonic: Callable[[], float] = time.monotonic, on_landed: LandedFn | None = None,
-             start: bool = True) -> WriteQueue:
+    def open(
+        cls,
+        journal_path: Path,
+        push: PushFn,
+        *,
+        config: QueueConfig = QueueConfig(),
+        retry: RetryPolicy = DEFAULT_RETRY,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        on_landed: LandedFn | None = None,
+        start: bool = True,
+    ) -> WriteQueue:
         """Open (or create) the journal, rebuild the index, and start the worker unless ``start=False``
         (tests then drive ``push_round`` themselves)."""
-        queue = cls(Journal.open(journal_path), push, config=config, retry=retry, clock=clock,
-                    monotonic=monotonic, on_landed=on_landed)
+        queue = cls(
+            Journal.open(journal_path),
+            push,
+            config=config,
+            retry=retry,
+            clock=clock,
+            monotonic=monotonic,
+            on_landed=on_landed,
+        )
         queue._load()
         if start:
             queue.start()
@@ -234,8 +258,9 @@ class WriteQueue:
             self._thread.start()
 
     # -- user edits -------------------------------------------------------------------------------
-    def append(self, row: RowRef, kind: OpKind, key: str | None = None, value: Any = None,
-               base_version: float | None = None) -> int:
+    def append(
+        self, row: RowRef, kind: OpKind, key: str | None = None, value: Any = None, base_version: float | None = None
+    ) -> int:
         """Journal one edit (durable on return) and return its sequence number."""
         _check(kind, key, value)
         with self._cond:
@@ -283,8 +308,9 @@ class WriteQueue:
         return n
 
     # -- what users see ---------------------------------------------------------------------------
-    def view(self, row_uid: str, server_metadata: Mapping[str, Any] | None,
-             server_title: str) -> tuple[Mapping[str, Any] | None, str]:
+    def view(
+        self, row_uid: str, server_metadata: Mapping[str, Any] | None, server_title: str
+    ) -> tuple[Mapping[str, Any] | None, str]:
         """The row's metadata and title as the user should see them now. Without pending or recently
         landed changes the inputs come back as they are (do not mutate them)."""
         if row_uid not in self._rows and row_uid not in self._landed:
@@ -374,9 +400,15 @@ class WriteQueue:
                 "push_seconds_total": round(c.push_seconds_total, 6),
                 "retry_in_s": max(0.0, self._not_before - self._monotonic()) if self._failures else 0.0,
                 "parked": [
-                    {"row": uid, "title": r.change.title or r.ref.title, "reason": r.parked.reason,
-                     "since": r.parked.since, "ops": len(r.ops)}
-                    for uid, r in parked if r.parked is not None
+                    {
+                        "row": uid,
+                        "title": r.change.title or r.ref.title,
+                        "reason": r.parked.reason,
+                        "since": r.parked.since,
+                        "ops": len(r.ops),
+                    }
+                    for uid, r in parked
+                    if r.parked is not None
                 ],
                 "last_error": c.last_error,
                 "last_push_at": c.last_push_at,
@@ -409,9 +441,7 @@ class WriteQueue:
             state.inflight = True
         if len(taken) == len(ready):
             self._dirty_since = None
-        return [
-            _Snap(RowPatch(s.ref.uid, s.ref.dataset_uid, s.ref.item_uuid, s.change), s.ops[-1].seq) for s in taken
-        ]
+        return [_Snap(RowPatch(s.ref.uid, s.ref.dataset_uid, s.ref.item_uuid, s.change), s.ops[-1].seq) for s in taken]
 
     def _push_batch(self, snaps: list[_Snap]) -> bool:
         """Push one batch; False if a transient failure ended the round (the rest waits for backoff)."""
@@ -443,7 +473,8 @@ class WriteQueue:
                 parked[snap.patch.row_uid] = _reason(outcome.error)
             else:
                 transient = (outcome.error if outcome is not None else None) or errors.TransientWriteError(
-                    "the backend reported nothing for a row")
+                    "the backend reported nothing for a row"
+                )
         self._settle(snaps, landed, parked, transient=transient)
         if landed and self._on_landed is not None:
             self._on_landed(list(landed.values()))
@@ -460,14 +491,20 @@ class WriteQueue:
             else:
                 c.last_push_at = self._clock()
 
-    def _settle(self, snaps: list[_Snap], landed: Mapping[str, PushOutcome], parked: Mapping[str, str],
-                transient: BaseException | None) -> None:
+    def _settle(
+        self,
+        snaps: list[_Snap],
+        landed: Mapping[str, PushOutcome],
+        parked: Mapping[str, str],
+        transient: BaseException | None,
+    ) -> None:
         """Record a push's results: journal first (one transaction), then the index and backoff."""
         by_uid = {s.patch.row_uid: s for s in snaps}
         with self._cond:
             # A row edited during its push is not parked: its new state has not been tried yet.
             park = {
-                uid: Parked(reason, self._clock()) for uid, reason in parked.items()
+                uid: Parked(reason, self._clock())
+                for uid, reason in parked.items()
                 if (state := self._rows.get(uid)) is not None and state.ops[-1].seq <= by_uid[uid].max_seq
             }
             done = {uid: by_uid[uid].max_seq for uid in landed}

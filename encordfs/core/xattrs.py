@@ -41,7 +41,9 @@ def compact_json(value: Any) -> str:
     return _compact(value)
 
 
-def names(fields: dict[str, Any], title: str | None, metadata: dict[str, Any] | None, *, has_metadata: bool) -> list[str]:
+def names(
+    fields: dict[str, Any], title: str | None, metadata: dict[str, Any] | None, *, has_metadata: bool
+) -> list[str]:
     """Every xattr name of a node, in listing order."""
     out = [PREFIX + k for k in fields]
     if title is not None:
@@ -52,21 +54,22 @@ def names(fields: dict[str, Any], title: str | None, metadata: dict[str, Any] | 
     return list(dict.fromkeys(out))
 
 
-def value(name: str, fields: dict[str, Any], title: str | None, metadata: dict[str, Any] | None, *, has_metadata: bool) -> bytes | None:
+def value(
+    name: str, fields: dict[str, Any], title: str | None, metadata: dict[str, Any] | None, *, has_metadata: bool
+) -> bytes | None:
     """The value of one xattr of a node, or None if it has no such name. Only that value is encoded;
     where names could coincide, the later kinds in ``names`` win (metadata keys, then the whole
     metadata, then the title, then the stored fields)."""
     if not name.startswith(PREFIX):
         return None
     if has_metadata:
-        if name.startswith(META_PREFIX) and metadata and (key := name[len(META_PREFIX):]) in metadata:
+        if name.startswith(META_PREFIX) and metadata and (key := name[len(META_PREFIX) :]) in metadata:
             return compact_json(metadata[key]).encode()
         if name == CLIENT_METADATA:
             return encode(metadata if metadata is not None else {})
-    field = name[len(PREFIX):]
+    field = name[len(PREFIX) :]
     if field == "title" and title is not None:
         return title.encode()
     if field in fields:
         return encode(fields[field])
     return None
-

@@ -22,14 +22,14 @@ import mimetypes
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.message import Message
 from typing import Any
 
 from encordfs.emulator import shapes
 from encordfs.emulator.blobs import UrlSigner
 from encordfs.emulator.errors import ApiError, Family
-from encordfs.emulator.faults import Faults, FaultRule, Stats
+from encordfs.emulator.faults import FaultRule, Faults, Stats
 from encordfs.emulator.spec import MediaInfo
 from encordfs.emulator.store import DatasetFilter, ItemPatch, PageParams, RowFilter, Store, compact_json
 
@@ -110,7 +110,7 @@ def parse_time(raw: Any, name: str) -> float | None:
     except ValueError:
         raise ApiError(400, f"{name} is not an ISO 8601 datetime: {raw!r}") from None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()
 
 
@@ -143,7 +143,7 @@ class Route:
     pattern: re.Pattern[str]
     family: Family
     endpoint: str  # "" = decided per request (legacy)
-    handler: Callable[["Api", Request], Response]
+    handler: Callable[[Api, Request], Response]
 
 
 class Api:
@@ -260,7 +260,9 @@ class Api:
         self._store.update_row(data_hash, title, metadata)
         row = self._store.row_json(data_hash, with_metadata=True, sign=None, sign_images=None)
         fields = json.dumps(list(payload))
-        return Response(body=f'{{"status": 200, "response": {{"updated_fields": {fields}, "data_row": {row}}}}}'.encode())
+        return Response(
+            body=f'{{"status": 200, "response": {{"updated_fields": {fields}, "data_row": {row}}}}}'.encode()
+        )
 
     # ------------------------------------------------------------------ v2: datasets, user
 
@@ -405,7 +407,9 @@ ROUTES: tuple[Route, ...] = (
     _route("POST", f"{_V2}/storage/items/get-bulk", "v2.items.get_bulk", Api.items_get_bulk),
     _route("PATCH", f"{_V2}/storage/items/patch-bulk", "v2.items.patch_bulk", Api.items_patch_bulk),
     _route("GET", f"{_V2}/storage/items/{{item}}", "v2.items.get", Api.item_get),
-    _route("GET", f"{_V2}/storage/folders/{{folder}}/items/{{item}}/child-items", "v2.items.child_items", Api.item_children),
+    _route(
+        "GET", f"{_V2}/storage/folders/{{folder}}/items/{{item}}/child-items", "v2.items.child_items", Api.item_children
+    ),
     _route("PATCH", f"{_V2}/storage/folders/{{folder}}/items/{{item}}", "v2.items.patch", Api.item_patch),
     _route("GET", f"{_V2}/storage/folders/{{folder}}/items", "v2.folders.items", Api.folder_items),
     _route("GET", f"{_V2}/storage/folders/{{folder}}/folders", "v2.folders.subfolders", Api.folder_subfolders),
@@ -486,7 +490,11 @@ class AdminApi:
         return json_response({"reset": True, "data": data})
 
     def _add_row(self, raw: Any) -> Response:
-        if not isinstance(raw, dict) or not isinstance(raw.get("dataset"), str) or not isinstance(raw.get("title"), str):
+        if (
+            not isinstance(raw, dict)
+            or not isinstance(raw.get("dataset"), str)
+            or not isinstance(raw.get("title"), str)
+        ):
             raise ApiError(400, "body needs 'dataset' (title or hash), 'title' and 'bytes_b64'")
         try:
             data = base64.b64decode(raw.get("bytes_b64") or "", validate=True)

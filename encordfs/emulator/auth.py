@@ -179,7 +179,7 @@ class Authenticator:
             raise AuthFailure("malformed", "unsupported Signature-Input")
         params = dict((k, v.strip('"')) for k, v in _PARAM_RE.findall(match.group("rest")))
         if params.get("alg") != "ed25519" or "keyid" not in params or "created" not in params:
-            raise AuthFailure("malformed", "Signature-Input needs alg=\"ed25519\", keyid and created")
+            raise AuthFailure("malformed", 'Signature-Input needs alg="ed25519", keyid and created')
         user = self._user_for_keyid(params["keyid"])
         expected_digest = "sha-256=:" + base64.b64encode(hashlib.sha256(body).digest()).decode() + ":"
         if digest.strip() != expected_digest:

@@ -52,7 +52,11 @@ def load_or_create_secret(data_dir: Path) -> bytes:
 
 class UrlSigner:
     def __init__(
-        self, secret: bytes, base_url: str, ttl_s: int | Callable[[], int], clock: Callable[[], float] = time.time,
+        self,
+        secret: bytes,
+        base_url: str,
+        ttl_s: int | Callable[[], int],
+        clock: Callable[[], float] = time.time,
         blob_base_url: str | None = None,
     ) -> None:
         self._secret = secret

@@ -51,33 +51,87 @@ class CliError(Exception):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s; admin endpoints are unauthenticated)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default %(default)s; admin endpoints are unauthenticated)"
+    )
     parser.add_argument("--port", type=int, default=0, help="port to bind; 0 = any free port (default)")
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="state directory (SQLite + blobs); default: a temporary dir deleted at exit")
-    parser.add_argument("--import", dest="imports", action="append", type=Path, default=[], metavar="DIR",
-                        help="import the dataset folders under DIR (repeatable; idempotent)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="state directory (SQLite + blobs); default: a temporary dir deleted at exit",
+    )
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="import the dataset folders under DIR (repeatable; idempotent)",
+    )
     parser.add_argument("--sample", action="store_true", help="create the sample workspace (idempotent)")
-    parser.add_argument("--generate", dest="generate", action="append", type=_generate_spec, default=[],
-                        metavar="TITLE:ROWS[:BYTES]",
-                        help="create a dataset of ROWS synthetic IMAGE rows of BYTES bytes each (default "
-                        f"{synthetic.DEFAULT_SIZE_BYTES}), generated on the fly (repeatable; idempotent per TITLE)")
-    parser.add_argument("--authorized-key", dest="authorized_keys", action="append", type=Path, default=[],
-                        metavar="FILE", help="OpenSSH public key file (or private key file) to accept (repeatable); "
-                        "default: a demo key made in the data dir")
-    parser.add_argument("--url-ttl", dest="url_ttl", type=int, default=DEFAULT_URL_TTL_S, metavar="SECONDS",
-                        help="lifetime of signed blob URLs (default %(default)s)")
-    parser.add_argument("--blob-base-url", dest="blob_base_url", default=None, metavar="URL",
-                        help="BENCHMARKS ONLY: signed URLs point at URL/<blob key> (a web server whose root is "
-                        "<data-dir>/blobs, e.g. nginx); that server does not check signatures or expiry")
+    parser.add_argument(
+        "--generate",
+        dest="generate",
+        action="append",
+        type=_generate_spec,
+        default=[],
+        metavar="TITLE:ROWS[:BYTES]",
+        help="create a dataset of ROWS synthetic IMAGE rows of BYTES bytes each (default "
+        f"{synthetic.DEFAULT_SIZE_BYTES}), generated on the fly (repeatable; idempotent per TITLE)",
+    )
+    parser.add_argument(
+        "--authorized-key",
+        dest="authorized_keys",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="OpenSSH public key file (or private key file) to accept (repeatable); "
+        "default: a demo key made in the data dir",
+    )
+    parser.add_argument(
+        "--url-ttl",
+        dest="url_ttl",
+        type=int,
+        default=DEFAULT_URL_TTL_S,
+        metavar="SECONDS",
+        help="lifetime of signed blob URLs (default %(default)s)",
+    )
+    parser.add_argument(
+        "--blob-base-url",
+        dest="blob_base_url",
+        default=None,
+        metavar="URL",
+        help="BENCHMARKS ONLY: signed URLs point at URL/<blob key> (a web server whose root is "
+        "<data-dir>/blobs, e.g. nginx); that server does not check signatures or expiry",
+    )
     parser.add_argument("--latency-ms", type=int, default=0, help="added delay on every API call (not blobs)")
-    parser.add_argument("--fault", dest="faults", action="append", type=_fault_rule, default=[], metavar="RULE_JSON",
-                        help='a fault rule in force from the start, as posted to /_emulator/faults (repeatable), e.g. '
-                        '\'{"endpoint": "blob.get", "drop_after_bytes": 4096, "rate": 0.05}\'; /_emulator/reset clears it')
-    parser.add_argument("--clock-skew", dest="clock_skew_s", type=float, default=0.0, metavar="SECONDS",
-                        help="add SECONDS to the clock used to sign and check blob URLs (runtime: /_emulator/settings)")
-    parser.add_argument("--max-metadata-bytes", type=int, default=DEFAULT_MAX_METADATA_BYTES,
-                        help="client metadata limit in bytes of compact JSON (default %(default)s); over it → 413")
+    parser.add_argument(
+        "--fault",
+        dest="faults",
+        action="append",
+        type=_fault_rule,
+        default=[],
+        metavar="RULE_JSON",
+        help="a fault rule in force from the start, as posted to /_emulator/faults (repeatable), e.g. "
+        '\'{"endpoint": "blob.get", "drop_after_bytes": 4096, "rate": 0.05}\'; /_emulator/reset clears it',
+    )
+    parser.add_argument(
+        "--clock-skew",
+        dest="clock_skew_s",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="add SECONDS to the clock used to sign and check blob URLs (runtime: /_emulator/settings)",
+    )
+    parser.add_argument(
+        "--max-metadata-bytes",
+        type=int,
+        default=DEFAULT_MAX_METADATA_BYTES,
+        help="client metadata limit in bytes of compact JSON (default %(default)s); over it → 413",
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr (-vv: requests)")
 
 
@@ -190,8 +244,13 @@ def _import_all(emu: Emulator, args: argparse.Namespace, data_dir: Path) -> None
     for spec in getattr(args, "generate", None) or []:
         started = time.monotonic()
         store.ingest_synthetic(spec.title, spec.rows, spec.size_bytes)
-        log.info("synthetic dataset %r: %d rows of %d bytes ready in %.1f s", spec.title, spec.rows, spec.size_bytes,
-                 time.monotonic() - started)
+        log.info(
+            "synthetic dataset %r: %d rows of %d bytes ready in %.1f s",
+            spec.title,
+            spec.rows,
+            spec.size_bytes,
+            time.monotonic() - started,
+        )
     if args.imports:
         from encordfs.emulator import importer
 

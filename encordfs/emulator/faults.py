@@ -70,10 +70,21 @@ API_ENDPOINTS = (
     "v2.other",
 )
 FAULT_KINDS = ("status", "drop", "truncate", "stall")
-_RULE_KEYS = frozenset({
-    "endpoint", "status", "count", "rate", "retry_after", "latency_ms", "message",
-    "drop_after_bytes", "truncate_after_bytes", "stall_ms", "stall_after_bytes",
-})
+_RULE_KEYS = frozenset(
+    {
+        "endpoint",
+        "status",
+        "count",
+        "rate",
+        "retry_after",
+        "latency_ms",
+        "message",
+        "drop_after_bytes",
+        "truncate_after_bytes",
+        "stall_ms",
+        "stall_after_bytes",
+    }
+)
 _SETTING_KEYS = frozenset({"url_ttl_s", "clock_skew_s"})
 
 
@@ -122,15 +133,28 @@ class FaultRule:
             raise ApiError(400, "fault 'rate' must be within 0..1")
         if self.status is not None and not 400 <= self.status <= 599:
             raise ApiError(400, "fault 'status' must be an HTTP error status (400..599)")
-        for name in ("count", "retry_after", "latency_ms", "drop_after_bytes", "truncate_after_bytes", "stall_ms",
-                     "stall_after_bytes"):
+        for name in (
+            "count",
+            "retry_after",
+            "latency_ms",
+            "drop_after_bytes",
+            "truncate_after_bytes",
+            "stall_ms",
+            "stall_after_bytes",
+        ):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ApiError(400, f"fault {name!r} must be >= 0")
-        actions = [self.status is not None, self.drop_after_bytes is not None, self.truncate_after_bytes is not None,
-                   self.stall_ms is not None]
+        actions = [
+            self.status is not None,
+            self.drop_after_bytes is not None,
+            self.truncate_after_bytes is not None,
+            self.stall_ms is not None,
+        ]
         if sum(actions) > 1:
-            raise ApiError(400, "a fault rule has one action: status, drop_after_bytes, truncate_after_bytes or stall_ms")
+            raise ApiError(
+                400, "a fault rule has one action: status, drop_after_bytes, truncate_after_bytes or stall_ms"
+            )
         if self.stall_after_bytes is not None and self.stall_ms is None:
             raise ApiError(400, "fault 'stall_after_bytes' needs 'stall_ms'")
 
@@ -336,5 +360,14 @@ class Stats:
             return dict(self._counts)
 
 
-__all__ = ["API_ENDPOINTS", "FAULT_KINDS", "BodyFault", "Decision", "FaultRule", "Faults", "Settings", "Stats",
-           "parse_rule_text"]
+__all__ = [
+    "API_ENDPOINTS",
+    "FAULT_KINDS",
+    "BodyFault",
+    "Decision",
+    "FaultRule",
+    "Faults",
+    "Settings",
+    "Stats",
+    "parse_rule_text",
+]

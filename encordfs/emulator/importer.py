@@ -79,8 +79,7 @@ def natural_key(name: str) -> tuple[list[str | int], str]:
 
 def _entries(directory: Path) -> list[Path]:
     """Visible entries of ``directory`` in natural order."""
-    return sorted((p for p in directory.iterdir() if not p.name.startswith(".")),
-                  key=lambda p: natural_key(p.name))
+    return sorted((p for p in directory.iterdir() if not p.name.startswith(".")), key=lambda p: natural_key(p.name))
 
 
 def _is_sidecar(path: Path) -> bool:
@@ -94,8 +93,7 @@ def _load_sidecar(path: Path) -> dict[str, Any] | None:
         log.warning("ignoring metadata sidecar %s: %s", path, exc)
         return None
     if not isinstance(value, dict):
-        log.warning("ignoring metadata sidecar %s: it holds a JSON %s, not an object",
-                    path, type(value).__name__)
+        log.warning("ignoring metadata sidecar %s: it holds a JSON %s, not an object", path, type(value).__name__)
         return None
     return value
 
@@ -150,8 +148,7 @@ def _group(directory: Path, metadata: dict[str, Any] | None) -> GroupSpec | None
             members.append((entry, info))
 
     def spec(path: Path, info: MediaInfo) -> FileSpec:
-        return FileSpec(title=path.name, path=path.resolve(), media=info,
-                        client_metadata=inner.metadata_for(path.name))
+        return FileSpec(title=path.name, path=path.resolve(), media=info, client_metadata=inner.metadata_for(path.name))
 
     dicom = [(p, i) for p, i in members if i.data_type == "DICOM"]
     if dicom:
@@ -159,8 +156,7 @@ def _group(directory: Path, metadata: dict[str, Any] | None) -> GroupSpec | None
             if i.data_type != "DICOM":
                 log.warning("skipping %s: DICOM series folder %s holds a %s file", p, directory, i.data_type)
         if marker:
-            log.warning("ignoring %s in %s: a folder of .dcm files is a DICOM series",
-                        SEQUENCE_MARKER, directory)
+            log.warning("ignoring %s in %s: a folder of .dcm files is a DICOM series", SEQUENCE_MARKER, directory)
         return _dicom_series(directory.name, [spec(p, i) for p, i in dicom], metadata)
 
     images = [(p, i) for p, i in members if i.data_type == "IMAGE"]
@@ -175,8 +171,9 @@ def _group(directory: Path, metadata: dict[str, Any] | None) -> GroupSpec | None
         sizes = {(i.width, i.height) for _, i in images if i.width is not None}
         if len(sizes) > 1:
             log.warning("image sequence %s mixes frame sizes %s", directory, sorted(sizes))
-    return GroupSpec(title=directory.name, kind=kind, children=[spec(p, i) for p, i in images],
-                     client_metadata=metadata)
+    return GroupSpec(
+        title=directory.name, kind=kind, children=[spec(p, i) for p, i in images], client_metadata=metadata
+    )
 
 
 def _dicom_series(title: str, slices: list[FileSpec], metadata: dict[str, Any] | None) -> GroupSpec:
@@ -190,8 +187,7 @@ def _dicom_series(title: str, slices: list[FileSpec], metadata: dict[str, Any] |
     series_uids = {s.media.dicom_series_uid for s in slices if s.media.dicom_series_uid}
     if len(series_uids) > 1:
         log.warning("DICOM series %r mixes %d SeriesInstanceUIDs", title, len(series_uids))
-    return GroupSpec(title=title, kind="dicom_series", children=[s for _, s in numbered],
-                     client_metadata=metadata)
+    return GroupSpec(title=title, kind="dicom_series", children=[s for _, s in numbered], client_metadata=metadata)
 
 
 def _dataset(directory: Path) -> DatasetSpec:
@@ -227,6 +223,8 @@ def scan(root: Path) -> list[DatasetSpec]:
         if entry.is_dir():
             datasets.append(_dataset(entry))
         else:
-            log.warning("skipping %s: files directly in the import root belong to no dataset; "
-                        "put them in a dataset folder", entry)
+            log.warning(
+                "skipping %s: files directly in the import root belong to no dataset; put them in a dataset folder",
+                entry,
+            )
     return datasets

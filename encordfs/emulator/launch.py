@@ -28,13 +28,26 @@ class Launched:
     key_file: Path | None  # None when keys were given with --authorized-key
 
 
-def start(data_dir: Path, args: list[str], *, stderr: IO[Any] | int | None = None, timeout_s: float = 120,
-          new_session: bool = False) -> Launched:
+def start(
+    data_dir: Path,
+    args: list[str],
+    *,
+    stderr: IO[Any] | int | None = None,
+    timeout_s: float = 120,
+    new_session: bool = False,
+) -> Launched:
     argv = [sys.executable, "-m", "encordfs.emulator", "--data-dir", str(data_dir), *args]
     # Loopback must never go through a proxy configured for the outside world.
     env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr, text=True,
-                            env=env, start_new_session=new_session)
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        env=env,
+        start_new_session=new_session,
+    )
     found: dict[str, str] = {}
 
     def read() -> None:

@@ -44,9 +44,10 @@ import logging
 import struct
 import warnings
 import wave
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 from PIL import Image
 
@@ -133,8 +134,13 @@ def probe(path: Path) -> MediaInfo | None:
         try:
             return parser(fh, path, mime)
         except Exception as exc:  # noqa: BLE001 - any parse failure degrades to "type only"
-            log.warning("cannot parse %s as %s (%s: %s); importing it without media fields",
-                        path, data_type, type(exc).__name__, exc)
+            log.warning(
+                "cannot parse %s as %s (%s: %s); importing it without media fields",
+                path,
+                data_type,
+                type(exc).__name__,
+                exc,
+            )
             return MediaInfo(data_type=data_type, mime_type=mime)
 
 
@@ -318,13 +324,18 @@ def _probe_isobmff(fh: BinaryIO, path: Path, mime: str) -> MediaInfo:
         if video.frame_count and video.duration:
             fps = round(video.frame_count / video.duration, 3)
         return MediaInfo(
-            data_type="VIDEO", mime_type=mime, width=video.width, height=video.height,
+            data_type="VIDEO",
+            mime_type=mime,
+            width=video.width,
+            height=video.height,
             duration_s=round(duration, 6) if duration is not None else None,
-            fps=fps, frame_count=video.frame_count,
+            fps=fps,
+            frame_count=video.frame_count,
         )
     log.warning("%s: no video track found; importing it without dimensions", path)
-    return MediaInfo(data_type="VIDEO", mime_type=mime,
-                     duration_s=round(movie_duration, 6) if movie_duration is not None else None)
+    return MediaInfo(
+        data_type="VIDEO", mime_type=mime, duration_s=round(movie_duration, 6) if movie_duration is not None else None
+    )
 
 
 @dataclass
@@ -343,7 +354,7 @@ def _video_track(buf: bytes, start: int, end: int) -> _VideoTrack | None:
     if mdia is None:
         return None
     hdlr = _child(buf, *mdia, "hdlr")
-    if hdlr is None or buf[hdlr[0] + 8: hdlr[0] + 12] != b"vide":
+    if hdlr is None or buf[hdlr[0] + 8 : hdlr[0] + 12] != b"vide":
         return None
 
     track = _VideoTrack()
@@ -476,8 +487,7 @@ def _probe_ebml(fh: BinaryIO, path: Path, mime: str) -> MediaInfo:
     video = next((t for t in tracks if t.get(hex(0x83)) == 1), None)
     if video is None:
         log.warning("%s: no video track found in the Matroska file", path)
-        return MediaInfo(data_type="VIDEO", mime_type=mime,
-                         duration_s=round(duration, 6) if duration else None)
+        return MediaInfo(data_type="VIDEO", mime_type=mime, duration_s=round(duration, 6) if duration else None)
     width = video.get(hex(0xB0)) or None
     height = video.get(hex(0xBA)) or None
     default_duration = video.get(hex(0x23E383))
@@ -491,9 +501,15 @@ def _probe_ebml(fh: BinaryIO, path: Path, mime: str) -> MediaInfo:
         frame_count = round(fps * duration)
     if width is None or height is None or duration is None:
         log.warning("%s: Matroska file lacks some of width/height/duration", path)
-    return MediaInfo(data_type="VIDEO", mime_type=mime, width=width, height=height,
-                     duration_s=round(duration, 6) if duration else None, fps=fps,
-                     frame_count=frame_count)
+    return MediaInfo(
+        data_type="VIDEO",
+        mime_type=mime,
+        width=width,
+        height=height,
+        duration_s=round(duration, 6) if duration else None,
+        fps=fps,
+        frame_count=frame_count,
+    )
 
 
 def _probe_video(fh: BinaryIO, path: Path, mime: str) -> MediaInfo:
@@ -516,8 +532,12 @@ def _probe_wav(fh: BinaryIO, path: Path, mime: str) -> MediaInfo:
         return _probe_riff_wave(fh, mime)
     bits = width * 8
     return MediaInfo(
-        data_type="AUDIO", mime_type=mime, duration_s=round(frames / rate, 6) if rate else None,
-        audio_sample_rate=rate, audio_bit_depth=bits, audio_codec=_PCM_CODECS.get(bits),
+        data_type="AUDIO",
+        mime_type=mime,
+        duration_s=round(frames / rate, 6) if rate else None,
+        audio_sample_rate=rate,
+        audio_bit_depth=bits,
+        audio_codec=_PCM_CODECS.get(bits),
         audio_num_channels=channels,
     )
 
@@ -552,8 +572,15 @@ def _probe_riff_wave(fh: BinaryIO, mime: str) -> MediaInfo:
     tag, channels, rate, byte_rate, bits = fmt
     codec = {1: _PCM_CODECS.get(bits), 3: f"pcm_f{bits}le", 6: "pcm_alaw", 7: "pcm_mulaw"}.get(tag)
     duration = round(data_size / byte_rate, 6) if data_size is not None and byte_rate else None
-    return MediaInfo(data_type="AUDIO", mime_type=mime, duration_s=duration, audio_sample_rate=rate,
-                     audio_bit_depth=bits or None, audio_codec=codec, audio_num_channels=channels)
+    return MediaInfo(
+        data_type="AUDIO",
+        mime_type=mime,
+        duration_s=duration,
+        audio_sample_rate=rate,
+        audio_bit_depth=bits or None,
+        audio_codec=codec,
+        audio_num_channels=channels,
+    )
 
 
 def _skip_id3v2(fh: BinaryIO) -> int:
@@ -582,9 +609,12 @@ def _probe_flac(fh: BinaryIO, path: Path, mime: str) -> MediaInfo:
     bits = ((packed >> 36) & 0x1F) + 1
     total = packed & 0xFFFFFFFFF
     return MediaInfo(
-        data_type="AUDIO", mime_type=mime,
+        data_type="AUDIO",
+        mime_type=mime,
         duration_s=round(total / rate, 6) if rate and total else None,
-        audio_sample_rate=rate or None, audio_bit_depth=bits, audio_codec="flac",
+        audio_sample_rate=rate or None,
+        audio_bit_depth=bits,
+        audio_codec="flac",
         audio_num_channels=channels,
     )
 
@@ -608,7 +638,7 @@ def _probe_mp3(fh: BinaryIO, path: Path, mime: str) -> MediaInfo:
     for i in range(len(window) - 4):
         if window[i] != 0xFF or window[i + 1] & 0xE0 != 0xE0:
             continue
-        h = int.from_bytes(window[i:i + 4], "big")
+        h = int.from_bytes(window[i : i + 4], "big")
         version = (h >> 19) & 3  # 0: MPEG 2.5, 2: MPEG 2, 3: MPEG 1
         layer = (h >> 17) & 3  # 1: III, 2: II, 3: I
         br_index = (h >> 12) & 0xF
@@ -621,8 +651,8 @@ def _probe_mp3(fh: BinaryIO, path: Path, mime: str) -> MediaInfo:
         spf = 384 if layer == 3 else (1152 if layer == 2 or version == 3 else 576)
         side = (17 if mono else 32) if version == 3 else (9 if mono else 17)
         frames: int | None = None
-        xing = window[i + 4 + side: i + 4 + side + 12]
-        vbri = window[i + 36: i + 36 + 18]
+        xing = window[i + 4 + side : i + 4 + side + 12]
+        vbri = window[i + 36 : i + 36 + 18]
         if xing[:4] in (b"Xing", b"Info") and int.from_bytes(xing[4:8], "big") & 1:
             frames = int.from_bytes(xing[8:12], "big")
         elif vbri[:4] == b"VBRI":
@@ -635,9 +665,12 @@ def _probe_mp3(fh: BinaryIO, path: Path, mime: str) -> MediaInfo:
             audio_bytes = file_size - start - i - tail
             duration = audio_bytes * 8 / bitrate if bitrate else None
         return MediaInfo(
-            data_type="AUDIO", mime_type=mime,
-            duration_s=round(duration, 6) if duration else None, audio_sample_rate=rate,
-            audio_codec={1: "mp3", 2: "mp2", 3: "mp1"}[layer], audio_num_channels=1 if mono else 2,
+            data_type="AUDIO",
+            mime_type=mime,
+            duration_s=round(duration, 6) if duration else None,
+            audio_sample_rate=rate,
+            audio_codec={1: "mp3", 2: "mp2", 3: "mp1"}[layer],
+            audio_num_channels=1 if mono else 2,
         )
     raise _ParseError("no MPEG audio frame header in the first 64 KiB")
 
@@ -725,8 +758,10 @@ class DicomHeader:
 
 _EXPLICIT_LE = "1.2.840.10008.1.2.1"
 _IMPLICIT_LE = "1.2.840.10008.1.2"
-_UNSUPPORTED_SYNTAXES = {"1.2.840.10008.1.2.2": "explicit VR big endian",
-                         "1.2.840.10008.1.2.1.99": "deflated explicit VR little endian"}
+_UNSUPPORTED_SYNTAXES = {
+    "1.2.840.10008.1.2.2": "explicit VR big endian",
+    "1.2.840.10008.1.2.1.99": "deflated explicit VR little endian",
+}
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 _WANTED = {
     (0x0008, 0x0018): "sop_instance_uid",
@@ -869,8 +904,12 @@ def read_dicom_header(path: Path) -> DicomHeader | None:
 def _probe_dicom(fh: BinaryIO, path: Path, mime: str) -> MediaInfo:
     h = _read_dicom(fh)
     return MediaInfo(
-        data_type="DICOM", mime_type=mime, width=h.columns, height=h.rows,
-        dicom_study_uid=h.study_uid, dicom_series_uid=h.series_uid,
+        data_type="DICOM",
+        mime_type=mime,
+        width=h.columns,
+        height=h.rows,
+        dicom_study_uid=h.study_uid,
+        dicom_series_uid=h.series_uid,
         dicom_instance_uid=h.sop_instance_uid,
     )
 

@@ -136,8 +136,9 @@ def _save_image(img: Image.Image, path: Path, fmt: str, quality: int = 85) -> No
 
 def _write_animated_gif(rng: np.random.Generator, path: Path, size: tuple[int, int], frames: int) -> None:
     imgs = [
-        _scene(np.random.default_rng(int(rng.integers(1 << 31))), *size, t=i, noise=0)
-        .quantize(colors=64, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
+        _scene(np.random.default_rng(int(rng.integers(1 << 31))), *size, t=i, noise=0).quantize(
+            colors=64, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE
+        )
         for i in range(frames)
     ]
     buf = io.BytesIO()
@@ -198,59 +199,68 @@ def write_dicom_slice(
         raise ValueError("pixels must be 2-D")
     rows, cols = pixels.shape
     sop_class = CT_IMAGE_STORAGE if modality == "CT" else MR_IMAGE_STORAGE
-    meta_body = b"".join([
-        _dicom_element(0x0002, 0x0001, "OB", b"\x00\x01"),
-        _dicom_element(0x0002, 0x0002, "UI", sop_class),
-        _dicom_element(0x0002, 0x0003, "UI", sop_instance_uid),
-        _dicom_element(0x0002, 0x0010, "UI", _EXPLICIT_VR_LE),
-        _dicom_element(0x0002, 0x0012, "UI", _IMPL_CLASS_UID),
-        _dicom_element(0x0002, 0x0013, "SH", "ENCORDFS_EMU"),
-    ])
+    meta_body = b"".join(
+        [
+            _dicom_element(0x0002, 0x0001, "OB", b"\x00\x01"),
+            _dicom_element(0x0002, 0x0002, "UI", sop_class),
+            _dicom_element(0x0002, 0x0003, "UI", sop_instance_uid),
+            _dicom_element(0x0002, 0x0010, "UI", _EXPLICIT_VR_LE),
+            _dicom_element(0x0002, 0x0012, "UI", _IMPL_CLASS_UID),
+            _dicom_element(0x0002, 0x0013, "SH", "ENCORDFS_EMU"),
+        ]
+    )
     meta = _dicom_element(0x0002, 0x0000, "UL", len(meta_body)) + meta_body
-    ds = b"".join([
-        _dicom_element(0x0008, 0x0005, "CS", "ISO_IR 100"),
-        _dicom_element(0x0008, 0x0008, "CS", "ORIGINAL\\PRIMARY\\AXIAL"),
-        _dicom_element(0x0008, 0x0016, "UI", sop_class),
-        _dicom_element(0x0008, 0x0018, "UI", sop_instance_uid),
-        _dicom_element(0x0008, 0x0020, "DA", "20240115"),
-        _dicom_element(0x0008, 0x0030, "TM", "093000"),
-        _dicom_element(0x0008, 0x0060, "CS", modality),
-        _dicom_element(0x0008, 0x0070, "LO", "Encordfs Emulator Phantoms"),
-        _dicom_element(0x0008, 0x103E, "LO", series_description),
-        _dicom_element(0x0010, 0x0010, "PN", patient_name),
-        _dicom_element(0x0010, 0x0020, "LO", patient_id),
-        _dicom_element(0x0010, 0x0040, "CS", "O"),
-        _dicom_element(0x0018, 0x0050, "DS", f"{slice_thickness:g}"),
-        _dicom_element(0x0020, 0x000D, "UI", study_uid),
-        _dicom_element(0x0020, 0x000E, "UI", series_uid),
-        _dicom_element(0x0020, 0x0010, "SH", "1"),
-        _dicom_element(0x0020, 0x0011, "IS", "1"),
-        _dicom_element(0x0020, 0x0013, "IS", str(instance_number)),
-        _dicom_element(0x0020, 0x0032, "DS", f"-{cols * pixel_spacing / 2:g}\\-{rows * pixel_spacing / 2:g}\\{slice_location:g}"),
-        _dicom_element(0x0020, 0x0037, "DS", "1\\0\\0\\0\\1\\0"),
-        _dicom_element(0x0020, 0x0052, "UI", make_uid("frame-of-reference", study_uid)),
-        _dicom_element(0x0020, 0x1041, "DS", f"{slice_location:g}"),
-        _dicom_element(0x0028, 0x0002, "US", 1),
-        _dicom_element(0x0028, 0x0004, "CS", "MONOCHROME2"),
-        _dicom_element(0x0028, 0x0010, "US", rows),
-        _dicom_element(0x0028, 0x0011, "US", cols),
-        _dicom_element(0x0028, 0x0030, "DS", f"{pixel_spacing:g}\\{pixel_spacing:g}"),
-        _dicom_element(0x0028, 0x0100, "US", 16),
-        _dicom_element(0x0028, 0x0101, "US", 16),
-        _dicom_element(0x0028, 0x0102, "US", 15),
-        _dicom_element(0x0028, 0x0103, "US", 1),
-        _dicom_element(0x0028, 0x1050, "DS", "40" if modality == "CT" else "600"),
-        _dicom_element(0x0028, 0x1051, "DS", "400" if modality == "CT" else "1200"),
-        _dicom_element(0x0028, 0x1052, "DS", "0"),
-        _dicom_element(0x0028, 0x1053, "DS", "1"),
-        _dicom_element(0x7FE0, 0x0010, "OW", pixels.astype("<i2").tobytes()),
-    ])
+    ds = b"".join(
+        [
+            _dicom_element(0x0008, 0x0005, "CS", "ISO_IR 100"),
+            _dicom_element(0x0008, 0x0008, "CS", "ORIGINAL\\PRIMARY\\AXIAL"),
+            _dicom_element(0x0008, 0x0016, "UI", sop_class),
+            _dicom_element(0x0008, 0x0018, "UI", sop_instance_uid),
+            _dicom_element(0x0008, 0x0020, "DA", "20240115"),
+            _dicom_element(0x0008, 0x0030, "TM", "093000"),
+            _dicom_element(0x0008, 0x0060, "CS", modality),
+            _dicom_element(0x0008, 0x0070, "LO", "Encordfs Emulator Phantoms"),
+            _dicom_element(0x0008, 0x103E, "LO", series_description),
+            _dicom_element(0x0010, 0x0010, "PN", patient_name),
+            _dicom_element(0x0010, 0x0020, "LO", patient_id),
+            _dicom_element(0x0010, 0x0040, "CS", "O"),
+            _dicom_element(0x0018, 0x0050, "DS", f"{slice_thickness:g}"),
+            _dicom_element(0x0020, 0x000D, "UI", study_uid),
+            _dicom_element(0x0020, 0x000E, "UI", series_uid),
+            _dicom_element(0x0020, 0x0010, "SH", "1"),
+            _dicom_element(0x0020, 0x0011, "IS", "1"),
+            _dicom_element(0x0020, 0x0013, "IS", str(instance_number)),
+            _dicom_element(
+                0x0020,
+                0x0032,
+                "DS",
+                f"-{cols * pixel_spacing / 2:g}\\-{rows * pixel_spacing / 2:g}\\{slice_location:g}",
+            ),
+            _dicom_element(0x0020, 0x0037, "DS", "1\\0\\0\\0\\1\\0"),
+            _dicom_element(0x0020, 0x0052, "UI", make_uid("frame-of-reference", study_uid)),
+            _dicom_element(0x0020, 0x1041, "DS", f"{slice_location:g}"),
+            _dicom_element(0x0028, 0x0002, "US", 1),
+            _dicom_element(0x0028, 0x0004, "CS", "MONOCHROME2"),
+            _dicom_element(0x0028, 0x0010, "US", rows),
+            _dicom_element(0x0028, 0x0011, "US", cols),
+            _dicom_element(0x0028, 0x0030, "DS", f"{pixel_spacing:g}\\{pixel_spacing:g}"),
+            _dicom_element(0x0028, 0x0100, "US", 16),
+            _dicom_element(0x0028, 0x0101, "US", 16),
+            _dicom_element(0x0028, 0x0102, "US", 15),
+            _dicom_element(0x0028, 0x0103, "US", 1),
+            _dicom_element(0x0028, 0x1050, "DS", "40" if modality == "CT" else "600"),
+            _dicom_element(0x0028, 0x1051, "DS", "400" if modality == "CT" else "1200"),
+            _dicom_element(0x0028, 0x1052, "DS", "0"),
+            _dicom_element(0x0028, 0x1053, "DS", "1"),
+            _dicom_element(0x7FE0, 0x0010, "OW", pixels.astype("<i2").tobytes()),
+        ]
+    )
     path.write_bytes(b"\x00" * 128 + b"DICM" + meta + ds)
 
 
 def _phantom_volume(rng: np.random.Generator, size: int, slices: int, modality: str) -> np.ndarray:
     """A head/torso-like phantom: nested ellipses whose radii vary with z, plus noise."""
-    yy, xx = np.mgrid[-1:1:complex(size), -1:1:complex(size)]
+    yy, xx = np.mgrid[-1 : 1 : complex(size), -1 : 1 : complex(size)]
     vol = np.empty((slices, size, size), dtype=np.int16)
     for z in range(slices):
         f = 1.0 - 0.6 * ((z - (slices - 1) / 2) / max(slices, 1)) ** 2 * 4
@@ -276,8 +286,13 @@ def _phantom_volume(rng: np.random.Generator, size: int, slices: int, modality: 
 # ----------------------------------------------------------------------------------------- NIfTI
 
 
-def write_nifti(path: Path, volume: np.ndarray, *, voxel_mm: tuple[float, float, float] = (1.0, 1.0, 2.5),
-                description: str = "encordfs emulator phantom") -> None:
+def write_nifti(
+    path: Path,
+    volume: np.ndarray,
+    *,
+    voxel_mm: tuple[float, float, float] = (1.0, 1.0, 2.5),
+    description: str = "encordfs emulator phantom",
+) -> None:
     """Write a single-file NIfTI-1 (``.nii``, or gzipped when ``path`` ends with ``.gz``).
 
     ``volume`` is indexed [x, y, z] and stored as little-endian int16 in Fortran (x-fastest) order.
@@ -288,21 +303,72 @@ def write_nifti(path: Path, volume: np.ndarray, *, voxel_mm: tuple[float, float,
     dx, dy, dz = voxel_mm
     header = struct.pack(
         "<i10s18sihcc8hfffhhhh8ffffhccffffii80s24shh6f4f4f4f16s4s",
-        348, b"", b"", 0, 0, b"r", b"\x00",
-        3, nx, ny, nz, 1, 1, 1, 1,
-        0.0, 0.0, 0.0, 0,
-        4, 16, 0,  # datatype INT16, bitpix, slice_start
-        1.0, dx, dy, dz, 0.0, 0.0, 0.0, 0.0,  # pixdim (qfac first)
-        352.0, 1.0, 0.0,  # vox_offset, scl_slope, scl_inter
-        nz - 1, b"\x00", bytes([2 | 8]),  # slice_end, slice_code, xyzt_units (mm, s)
-        float(volume.max()), float(volume.min()), 0.0, 0.0, 0, 0,
-        description.encode("ascii")[:79], b"",
-        1, 1,  # qform_code, sform_code (scanner)
-        0.0, 0.0, 0.0, -nx * dx / 2, -ny * dy / 2, -nz * dz / 2,
-        dx, 0.0, 0.0, -nx * dx / 2,
-        0.0, dy, 0.0, -ny * dy / 2,
-        0.0, 0.0, dz, -nz * dz / 2,
-        b"", b"n+1\x00",
+        348,
+        b"",
+        b"",
+        0,
+        0,
+        b"r",
+        b"\x00",
+        3,
+        nx,
+        ny,
+        nz,
+        1,
+        1,
+        1,
+        1,
+        0.0,
+        0.0,
+        0.0,
+        0,
+        4,
+        16,
+        0,  # datatype INT16, bitpix, slice_start
+        1.0,
+        dx,
+        dy,
+        dz,
+        0.0,
+        0.0,
+        0.0,
+        0.0,  # pixdim (qfac first)
+        352.0,
+        1.0,
+        0.0,  # vox_offset, scl_slope, scl_inter
+        nz - 1,
+        b"\x00",
+        bytes([2 | 8]),  # slice_end, slice_code, xyzt_units (mm, s)
+        float(volume.max()),
+        float(volume.min()),
+        0.0,
+        0.0,
+        0,
+        0,
+        description.encode("ascii")[:79],
+        b"",
+        1,
+        1,  # qform_code, sform_code (scanner)
+        0.0,
+        0.0,
+        0.0,
+        -nx * dx / 2,
+        -ny * dy / 2,
+        -nz * dz / 2,
+        dx,
+        0.0,
+        0.0,
+        -nx * dx / 2,
+        0.0,
+        dy,
+        0.0,
+        -ny * dy / 2,
+        0.0,
+        0.0,
+        dz,
+        -nz * dz / 2,
+        b"",
+        b"n+1\x00",
     )
     assert len(header) == 348
     data = header + b"\x00\x00\x00\x00" + np.asarray(volume, dtype="<i2").tobytes(order="F")
@@ -347,12 +413,16 @@ def write_pdf(path: Path, title: str, lines: list[str]) -> None:
     for off in offsets:
         out += b"%010d 00000 n \n" % off
     out += b"trailer\n<< /Size %d /Root 1 0 R /Info %d 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1, len(objects), xref)
+        len(objects) + 1,
+        len(objects),
+        xref,
+    )
     path.write_bytes(bytes(out))
 
 
-def write_wav(path: Path, *, seconds: float, rate: int = 16000, channels: int = 1,
-              freqs: tuple[float, ...] = (440.0,)) -> None:
+def write_wav(
+    path: Path, *, seconds: float, rate: int = 16000, channels: int = 1, freqs: tuple[float, ...] = (440.0,)
+) -> None:
     """Write a 16-bit PCM WAV: a sum of tones with a gentle fade in/out (stereo pans the tones)."""
     n = int(round(seconds * rate))
     t = np.arange(n) / rate
@@ -388,21 +458,28 @@ def _street_metadata(rnd: random.Random, index: int) -> dict[str, Any]:
         "split": rnd.choices(["train", "val", "test"], weights=[7, 2, 1])[0],
         "labels": labels,
         "camera": dict(rnd.choice(_CAMERAS)),
-        "location": {"city": city, "lat": round(lat + rnd.uniform(-0.05, 0.05), 5),
-                     "lon": round(lon + rnd.uniform(-0.05, 0.05), 5)},
+        "location": {
+            "city": city,
+            "lat": round(lat + rnd.uniform(-0.05, 0.05), 5),
+            "lon": round(lon + rnd.uniform(-0.05, 0.05), 5),
+        },
         "captured_at": f"2024-0{rnd.randint(1, 9)}-{rnd.randint(10, 28)}T{rnd.randint(10, 23)}:"
-                       f"{rnd.randint(10, 59)}:{rnd.randint(10, 59)}Z",
+        f"{rnd.randint(10, 59)}:{rnd.randint(10, 59)}Z",
         "annotator": rnd.choice(_ANNOTATORS),
-        "scores": {"quality": round(rnd.uniform(0.3, 1.0), 3), "blur": round(rnd.uniform(0, 0.6), 3),
-                   "occlusion": round(rnd.uniform(0, 1), 3)},
+        "scores": {
+            "quality": round(rnd.uniform(0.3, 1.0), 3),
+            "blur": round(rnd.uniform(0, 0.6), 3),
+            "occlusion": round(rnd.uniform(0, 1), 3),
+        },
         "reviewed": rnd.random() < 0.6,
         "frame_index": index,
     }
     if rnd.random() < 0.3:
         meta["weather"] = rnd.choice(["rain", "fog", "clear", "snow"])
     if rnd.random() < 0.2:
-        meta["notes"] = rnd.choice(["glare from the sun", "lens partially covered", "night shot",
-                                    "duplicate of an earlier frame?"])
+        meta["notes"] = rnd.choice(
+            ["glare from the sun", "lens partially covered", "night shot", "duplicate of an earlier frame?"]
+        )
     return meta
 
 
@@ -433,8 +510,14 @@ class _Writer:
             text = json.dumps(metadata, ensure_ascii=False, indent=2) + "\n"
             path.with_name(path.name + ".metadata.json").write_text(text, encoding="utf-8")
 
-    def group(self, title: str, kind: GroupKind, folder: Path, children: list[FileSpec],
-              metadata: dict[str, Any] | None = None) -> GroupSpec:
+    def group(
+        self,
+        title: str,
+        kind: GroupKind,
+        folder: Path,
+        children: list[FileSpec],
+        metadata: dict[str, Any] | None = None,
+    ) -> GroupSpec:
         self.sidecar(folder, metadata)
         return GroupSpec(title=title, kind=kind, children=children, client_metadata=metadata)
 
@@ -476,11 +559,13 @@ def _street_scenes(w: _Writer, rng: np.random.Generator, rnd: random.Random) -> 
     rows.append(w.spec("crossing_loop.gif", path, {"split": "train", "animated": True, "frames": 6}))
 
     # image groups (3-10 frames, mixed sizes and formats allowed in a group)
-    for g, (title, n, fmt, size) in enumerate([
-        ("intersection-burst-01", 4, "JPEG", (640, 480)),
-        ("parking-lot-multi-cam", 6, "PNG", (320, 240)),
-        ("dashcam 2024-03-02 / clip 7", 8, "WEBP", (480, 360)),
-    ]):
+    for g, (title, n, fmt, size) in enumerate(
+        [
+            ("intersection-burst-01", 4, "JPEG", (640, 480)),
+            ("parking-lot-multi-cam", 6, "PNG", (320, 240)),
+            ("dashcam 2024-03-02 / clip 7", 8, "WEBP", (480, 360)),
+        ]
+    ):
         folder = f"group_{g:02d}"
         children = []
         for k in range(n):
@@ -489,8 +574,15 @@ def _street_scenes(w: _Writer, rng: np.random.Generator, rnd: random.Random) -> 
             path = w.path(ds, folder, name)
             _save_image(img, path, fmt, quality=80)
             children.append(w.spec(name, path, {"frame": k + 1, "exposure_ms": round(rnd.uniform(2, 30), 2)}))
-        rows.append(w.group(title, "image_group", w.root / ds / folder, children,
-                            {"split": "train", "cameras": n, "site": {"id": 100 + g}}))
+        rows.append(
+            w.group(
+                title,
+                "image_group",
+                w.root / ds / folder,
+                children,
+                {"split": "train", "cameras": n, "site": {"id": 100 + g}},
+            )
+        )
     # a burst whose members all carry the same title
     children = []
     for k in range(3):
@@ -504,26 +596,37 @@ def _street_scenes(w: _Writer, rng: np.random.Generator, rnd: random.Random) -> 
     children = []
     for k in range(10):
         img = _scene(np.random.default_rng(seq_seed), 320, 240, t=k, noise=0)
-        img = Image.fromarray(np.clip(np.asarray(img, dtype=np.int16)
-                                      + rng.normal(0, 3, size=(240, 320, 3)).astype(np.int16), 0, 255)
-                              .astype(np.uint8))
+        img = Image.fromarray(
+            np.clip(
+                np.asarray(img, dtype=np.int16) + rng.normal(0, 3, size=(240, 320, 3)).astype(np.int16), 0, 255
+            ).astype(np.uint8)
+        )
         name = f"seq_{k + 1:03d}.jpg"
         path = w.path(ds, "sequence_traffic", name)
         _save_image(img, path, "JPEG", quality=82)
         children.append(w.spec(name, path))
     w.path(ds, "sequence_traffic", ".image-sequence").write_bytes(b"")
-    rows.append(w.group("traffic-timelapse", "image_sequence", w.root / ds / "sequence_traffic", children,
-                        {"fps": 2, "source": "cam-02", "split": "val"}))
+    rows.append(
+        w.group(
+            "traffic-timelapse",
+            "image_sequence",
+            w.root / ds / "sequence_traffic",
+            children,
+            {"fps": 2, "source": "cam-02", "split": "val"},
+        )
+    )
     return DatasetSpec(title=ds, rows=rows, description="Synthetic street scenes: images, image groups, a sequence")
 
 
 def _medical(w: _Writer, rng: np.random.Generator) -> DatasetSpec:
     ds = "medical"
     rows: list[FileSpec | GroupSpec] = []
-    for s, (modality, size, n, desc, patient) in enumerate([
-        ("CT", 128, 12, "CT CHEST W/O CONTRAST", "PHANTOM^ALICE"),
-        ("MR", 96, 6, "MR BRAIN T1 AX", "PHANTOM^BOB"),
-    ]):
+    for s, (modality, size, n, desc, patient) in enumerate(
+        [
+            ("CT", 128, 12, "CT CHEST W/O CONTRAST", "PHANTOM^ALICE"),
+            ("MR", 96, 6, "MR BRAIN T1 AX", "PHANTOM^BOB"),
+        ]
+    ):
         study = make_uid(SEED, "study", s)
         series = make_uid(SEED, "series", s)
         vol = _phantom_volume(rng, size, n, modality)
@@ -534,18 +637,35 @@ def _medical(w: _Writer, rng: np.random.Generator) -> DatasetSpec:
             inst = z + 1
             name = f"IM{(inst * 37) % 100:04d}.dcm"
             path = w.path(ds, folder, name)
-            write_dicom_slice(path, vol[z], study_uid=study, series_uid=series,
-                              sop_instance_uid=make_uid(SEED, "sop", s, inst), instance_number=inst,
-                              modality=modality, patient_name=patient, patient_id=f"EMU-{s + 1:04d}",
-                              series_description=desc, slice_location=z * 2.5)
+            write_dicom_slice(
+                path,
+                vol[z],
+                study_uid=study,
+                series_uid=series,
+                sop_instance_uid=make_uid(SEED, "sop", s, inst),
+                instance_number=inst,
+                modality=modality,
+                patient_name=patient,
+                patient_id=f"EMU-{s + 1:04d}",
+                series_description=desc,
+                slice_location=z * 2.5,
+            )
             children.append(w.spec(name, path))
         findings = [{"label": "nodule", "slice": n // 2, "confidence": 0.82}] if modality == "CT" else []
-        rows.append(w.group(desc, "dicom_series", w.root / ds / folder, children, {
-            "modality": modality,
-            "body_part": "CHEST" if modality == "CT" else "HEAD",
-            "patient": {"id": f"EMU-{s + 1:04d}", "age": 40 + 7 * s, "sex": "O"},
-            "findings": findings,
-        }))
+        rows.append(
+            w.group(
+                desc,
+                "dicom_series",
+                w.root / ds / folder,
+                children,
+                {
+                    "modality": modality,
+                    "body_part": "CHEST" if modality == "CT" else "HEAD",
+                    "patient": {"id": f"EMU-{s + 1:04d}", "age": 40 + 7 * s, "sex": "O"},
+                    "findings": findings,
+                },
+            )
+        )
 
     vol = _phantom_volume(rng, 48, 16, "MR")  # [z, y, x] -> NIfTI [x, y, z]
     path = w.path(ds, "brain_t1.nii.gz")
@@ -557,15 +677,19 @@ def _medical(w: _Writer, rng: np.random.Generator) -> DatasetSpec:
     rows.append(w.spec("phantom_ct.nii", path, {"modality": "CT", "uncompressed": True}))
 
     path = w.path(ds, "radiology_report.pdf")
-    write_pdf(path, "Radiology report - CT chest", [
-        "Patient: PHANTOM^ALICE (EMU-0001)    Study date: 2024-01-15",
-        "Technique: axial CT of the chest without contrast, 2.5 mm slices.",
-        "Findings: a 9 mm well-circumscribed nodule in the right mid zone.",
-        "No pleural effusion. Heart size within normal limits.",
-        "Impression: indeterminate pulmonary nodule; follow-up CT in 3 months.",
-        "",
-        "This report was generated by the encordfs emulator and is not real.",
-    ])
+    write_pdf(
+        path,
+        "Radiology report - CT chest",
+        [
+            "Patient: PHANTOM^ALICE (EMU-0001)    Study date: 2024-01-15",
+            "Technique: axial CT of the chest without contrast, 2.5 mm slices.",
+            "Findings: a 9 mm well-circumscribed nodule in the right mid zone.",
+            "No pleural effusion. Heart size within normal limits.",
+            "Impression: indeterminate pulmonary nodule; follow-up CT in 3 months.",
+            "",
+            "This report was generated by the encordfs emulator and is not real.",
+        ],
+    )
     rows.append(w.spec("radiology_report.pdf", path, {"kind": "report", "signed_by": "Dr. Example"}))
     return DatasetSpec(title=ds, rows=rows, description="Synthetic phantoms: DICOM series, NIfTI volumes, a report")
 
@@ -597,23 +721,33 @@ def _media_misc(w: _Writer, rng: np.random.Generator, rnd: random.Random) -> Dat
     rows.append(w.spec("chime.mp3", path))
 
     path = w.path(ds, "notes.txt")
-    path.write_text("Capture notes\n=============\n\nDay 1: overcast, light traffic.\n"
-                    "Day 2: rain after 15:00; cam-03 lens fogged.\nUnicode check: café, naïve, 東京 ✓\n",
-                    encoding="utf-8")
+    path.write_text(
+        "Capture notes\n=============\n\nDay 1: overcast, light traffic.\n"
+        "Day 2: rain after 15:00; cam-03 lens fogged.\nUnicode check: café, naïve, 東京 ✓\n",
+        encoding="utf-8",
+    )
     rows.append(w.spec("notes.txt", path, {"author": "bob@example.com"}))
     path = w.path(ds, "labels.json")
-    path.write_text('{\n  "classes": ["car", "pedestrian", "cyclist"],\n  "version": 3,\n'
-                    '  "colors": {"car": "#ff0000", "pedestrian": "#00ff00"}\n}\n', encoding="utf-8")
+    path.write_text(
+        '{\n  "classes": ["car", "pedestrian", "cyclist"],\n  "version": 3,\n'
+        '  "colors": {"car": "#ff0000", "pedestrian": "#00ff00"}\n}\n',
+        encoding="utf-8",
+    )
     rows.append(w.spec("labels.json", path, {"schema": "v3"}))
     path = w.path(ds, "guidelines.html")
-    path.write_text("<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Labelling guidelines</title>"
-                    "</head>\n<body><h1>Labelling guidelines</h1><p>Draw tight boxes. Ignore reflections."
-                    "</p><ul><li>car</li><li>pedestrian</li></ul></body></html>\n", encoding="utf-8")
+    path.write_text(
+        '<!doctype html>\n<html><head><meta charset="utf-8"><title>Labelling guidelines</title>'
+        "</head>\n<body><h1>Labelling guidelines</h1><p>Draw tight boxes. Ignore reflections."
+        "</p><ul><li>car</li><li>pedestrian</li></ul></body></html>\n",
+        encoding="utf-8",
+    )
     rows.append(w.spec("guidelines.html", path))
     path = w.path(ds, "annotations.xml")
-    path.write_text('<?xml version="1.0" encoding="UTF-8"?>\n<annotations><image id="1" name="cat.jpg">'
-                    '<box label="cat" xtl="10" ytl="12" xbr="80" ybr="60"/></image></annotations>\n',
-                    encoding="utf-8")
+    path.write_text(
+        '<?xml version="1.0" encoding="UTF-8"?>\n<annotations><image id="1" name="cat.jpg">'
+        '<box label="cat" xtl="10" ytl="12" xbr="80" ybr="60"/></image></annotations>\n',
+        encoding="utf-8",
+    )
     rows.append(w.spec("annotations.xml", path, {"format": "cvat"}))
 
     hostile: list[tuple[str, str, tuple[int, int]]] = [

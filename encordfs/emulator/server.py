@@ -112,7 +112,7 @@ class Emulator:
                 self._store = Store.open(self.data_dir)
             return self._store
 
-    def start(self) -> "Emulator":
+    def start(self) -> Emulator:
         """Register keys, bind (``OSError`` if the port is taken), snapshot, serve in the background."""
         store = self.store
         if not self.authorized_keys:
@@ -153,7 +153,7 @@ class Emulator:
                 self._store.close()
                 self._store = None
 
-    def __enter__(self) -> "Emulator":
+    def __enter__(self) -> Emulator:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -328,7 +328,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
     def _serve_synthetic(
-        self, app: Emulator, blob_key: str, info: BlobInfo, first_last: tuple[int, int] | None, start: int, count: int,
+        self,
+        app: Emulator,
+        blob_key: str,
+        info: BlobInfo,
+        first_last: tuple[int, int] | None,
+        start: int,
+        count: int,
         fault: BodyFault | None,
     ) -> None:
         """Bytes of a synthetic blob, generated block by block (``emulator.synthetic``)."""
@@ -409,7 +415,9 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             first_last = parse_range(self.headers.get("Range"), info.size)
         except RangeNotSatisfiable:
-            err = ApiError(416, "The requested range is not satisfiable", headers={"Content-Range": f"bytes */{info.size}"})
+            err = ApiError(
+                416, "The requested range is not satisfiable", headers={"Content-Range": f"bytes */{info.size}"}
+            )
             self._send_error("blob", err)
             return
         start, count = (0, info.size) if first_last is None else (first_last[0], first_last[1] - first_last[0] + 1)
@@ -431,4 +439,3 @@ class _Handler(BaseHTTPRequestHandler):
                     app.stats.blob(nbytes=sent)
             except (BrokenPipeError, ConnectionResetError):
                 self.close_connection = True
-

@@ -195,7 +195,7 @@ class Store:
     # ------------------------------------------------------------------ lifecycle
 
     @classmethod
-    def open(cls, data_dir: Path) -> "Store":
+    def open(cls, data_dir: Path) -> Store:
         store = cls(data_dir)
         store._init()
         return store
@@ -353,7 +353,8 @@ class Store:
             )
             conn.execute("PRAGMA cache_size=-2000")
             conn.execute(
-                "INSERT INTO imports(source, dataset_title, dataset_id) VALUES (?, ?, ?)", (synthetic.SOURCE, title, ds_id)
+                "INSERT INTO imports(source, dataset_title, dataset_id) VALUES (?, ?, ?)",
+                (synthetic.SOURCE, title, ds_id),
             )
         return ds_hash
 
@@ -389,7 +390,13 @@ class Store:
         return ds_id, ds_hash, folder_uuid
 
     def _insert_row_locked(
-        self, conn: sqlite3.Connection, ds_id: int, ds_hash: str, folder_uuid: str, row: FileSpec | GroupSpec, now: float
+        self,
+        conn: sqlite3.Connection,
+        ds_id: int,
+        ds_hash: str,
+        folder_uuid: str,
+        row: FileSpec | GroupSpec,
+        now: float,
     ) -> tuple[str, str]:
         if isinstance(row, FileSpec) and row.media.data_type == "DICOM":
             # A lone DICOM file is a one-slice series: DICOM rows are always series (file_link null).
@@ -538,9 +545,7 @@ class Store:
         where, args = self._row_filter_sql(flt)
         with self._read() as conn:
             conn.execute("BEGIN")
-            rows = conn.execute(
-                f"{_ROW_SELECT} WHERE r.dataset_id = ? {where} ORDER BY r.id", [dataset_id, *args]
-            )
+            rows = conn.execute(f"{_ROW_SELECT} WHERE r.dataset_id = ? {where} ORDER BY r.id", [dataset_id, *args])
             children = conn.execute(
                 "SELECT r.id AS row_id, c.* FROM rows r JOIN items c ON c.group_id = r.item_id "
                 "WHERE r.dataset_id = ? AND r.data_type = 'IMG_GROUP' ORDER BY r.id, c.position",
@@ -638,7 +643,9 @@ class Store:
     def _children_locked(conn: sqlite3.Connection, item_id: int) -> list[sqlite3.Row]:
         return conn.execute("SELECT * FROM items WHERE group_id = ? ORDER BY position", (item_id,)).fetchall()
 
-    def patch_items(self, patches: Sequence[tuple[str, ItemPatch]], folder_uuid: str | None = None) -> list[sqlite3.Row]:
+    def patch_items(
+        self, patches: Sequence[tuple[str, ItemPatch]], folder_uuid: str | None = None
+    ) -> list[sqlite3.Row]:
         """Apply all patches in one transaction (all or nothing); return the updated items."""
         with self._write() as conn:
             ids = []
@@ -705,10 +712,7 @@ class Store:
             last_key, last_id = _decode_token(params.page_token)
             where = [*where, f"({column}, id) {'<' if params.desc else '>'} (?, ?)"]
             args = [*args, last_key, last_id]
-        sql = (
-            f"SELECT * FROM {table} WHERE {' AND '.join(where)} "
-            f"ORDER BY {column} {direction}, id {direction} LIMIT ?"
-        )
+        sql = f"SELECT * FROM {table} WHERE {' AND '.join(where)} ORDER BY {column} {direction}, id {direction} LIMIT ?"
         with self._read() as conn:
             rows = conn.execute(sql, [*args, params.page_size + 1]).fetchall()
         if len(rows) <= params.page_size:
@@ -799,7 +803,9 @@ class Store:
 
     def counts(self) -> dict[str, int]:
         with self._read() as conn:
-            return {t: int(conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]) for t in ("datasets", "rows", "items")}
+            return {
+                t: int(conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]) for t in ("datasets", "rows", "items")
+            }
 
 
 def _sha256(text: str) -> str:

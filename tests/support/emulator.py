@@ -50,7 +50,9 @@ def sign_legacy(body: bytes, key: Ed25519PrivateKey) -> dict[str, str]:
     return {"Authorization": f"{keyid_of(key.public_key())}:{signature.hex()}"}
 
 
-def sign_v2(method: str, target: str, body: bytes, key: Ed25519PrivateKey, created: int | None = None) -> dict[str, str]:
+def sign_v2(
+    method: str, target: str, body: bytes, key: Ed25519PrivateKey, created: int | None = None
+) -> dict[str, str]:
     """Headers of an HTTP message signature over ``target`` (path + ``?query``, as sent)."""
     digest = "sha-256=:" + base64.b64encode(hashlib.sha256(body).digest()).decode() + ":"
     params = (
@@ -58,11 +60,19 @@ def sign_v2(method: str, target: str, body: bytes, key: Ed25519PrivateKey, creat
         f';created={int(time.time()) if created is None else created};keyid="{keyid_of(key.public_key())}";alg="ed25519"'
     )
     base = "\n".join(
-        [f'"@method": {method.upper()}', f'"@request-target": {target}', f'"content-digest": {digest}',
-         f'"@signature-params": {params}']
+        [
+            f'"@method": {method.upper()}',
+            f'"@request-target": {target}',
+            f'"content-digest": {digest}',
+            f'"@signature-params": {params}',
+        ]
     )
     signature = base64.b64encode(key.sign(base.encode())).decode()
-    return {"Content-Digest": digest, "Signature-Input": f"encord-sig={params}", "Signature": f"encord-sig=:{signature}:"}
+    return {
+        "Content-Digest": digest,
+        "Signature-Input": f"encord-sig={params}",
+        "Signature": f"encord-sig=:{signature}:",
+    }
 
 
 class RunningEmulator:
@@ -82,7 +92,7 @@ class RunningEmulator:
         self._proc: subprocess.Popen[str] | None = None
         self.returncode: int | None = None
 
-    def __enter__(self) -> "RunningEmulator":
+    def __enter__(self) -> RunningEmulator:
         try:
             self._start()
         except BaseException:
@@ -140,8 +150,15 @@ class RunningEmulator:
     def add_faults(self, rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return self._admin("POST", "faults", rules)  # type: ignore[no-any-return]
 
-    def add_row(self, dataset: str, title: str, data: bytes, client_metadata: dict[str, Any] | None = None) -> dict[str, Any]:
-        body = {"dataset": dataset, "title": title, "bytes_b64": base64.b64encode(data).decode(), "client_metadata": client_metadata}
+    def add_row(
+        self, dataset: str, title: str, data: bytes, client_metadata: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        body = {
+            "dataset": dataset,
+            "title": title,
+            "bytes_b64": base64.b64encode(data).decode(),
+            "client_metadata": client_metadata,
+        }
         return self._admin("POST", "rows", body)  # type: ignore[no-any-return]
 
     def delete_row(self, data_hash: str) -> None:

@@ -28,8 +28,22 @@ class MountedFS:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", "encordfs", "mount", str(self.path), "--foreground", "--domain", self.domain,
-                "--ssh-key-file", self.key_file, "--cache-dir", str(self.cache_dir), "-v", *self.extra]
+        return [
+            sys.executable,
+            "-m",
+            "encordfs",
+            "mount",
+            str(self.path),
+            "--foreground",
+            "--domain",
+            self.domain,
+            "--ssh-key-file",
+            self.key_file,
+            "--cache-dir",
+            str(self.cache_dir),
+            "-v",
+            *self.extra,
+        ]
 
     def __enter__(self) -> MountedFS:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -71,7 +85,9 @@ class MountedFS:
 
 
 @contextmanager
-def temporary_mount(domain: str, key_file: str | Path | None, *extra: str, prefix: str = "encordfs-mnt-") -> Iterator[MountedFS]:
+def temporary_mount(
+    domain: str, key_file: str | Path | None, *extra: str, prefix: str = "encordfs-mnt-"
+) -> Iterator[MountedFS]:
     """A mount in a fresh temp dir (mount point, cache, log), removed with it afterwards."""
     assert key_file is not None, "the emulator made no demo key"
     workdir = Path(tempfile.mkdtemp(prefix=prefix))

@@ -1,8 +1,8 @@
-"""The pyfuse3 binding (``--binding pyfuse3``) through a real mount, checked against the mfusepy one.
+"""The kernel binding (``--binding kernel``) through a real mount, checked against the mfusepy one.
 
 Both mounts serve the session's sample emulator; every path, mode, size, mtime, byte (sha256) and
 xattr must be equal. Writes are round trips that leave the emulator as they found it. Skipped
-when pyfuse3 is not installed (it is an optional extra that builds from source).
+when the kernel binding is not in this tree.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("pyfuse3")
-pytest.importorskip("trio")
+pytest.importorskip("encordfs.fuse.kernel")
 
 from encordfs.cli import _mount_argv, build_parser
 from encordfs.mountpoint import mounted_at
@@ -32,8 +31,8 @@ META = "user.encord.meta."
 
 
 @pytest.fixture(scope="module")
-def p3_mount(sample_emulator: RunningEmulator) -> Iterator[MountedFS]:
-    with temporary_mount(sample_emulator.domain, sample_emulator.key_file, "--binding", "pyfuse3") as mounted:
+def kernel_mount(sample_emulator: RunningEmulator) -> Iterator[MountedFS]:
+    with temporary_mount(sample_emulator.domain, sample_emulator.key_file, "--binding", "kernel") as mounted:
         yield mounted
 
 
@@ -52,35 +51,37 @@ def _first_file(folder: Path) -> Path:
     return next(p for p in sorted(folder.iterdir()) if p.is_file())
 
 
-def test_tree_bytes_and_xattrs_equal_mfusepy(p3_mount: MountedFS, sample_mount: MountedFS) -> None:
-    ours, theirs = _tree(p3_mount.path), _tree(sample_mount.path)
+def test_tree_bytes_and_xattrs_equal_mfusepy(kernel_mount: MountedFS, sample_mount: MountedFS) -> None:
+    ours, theirs = _tree(kernel_mount.path), _tree(sample_mount.path)
     assert len(ours) >= 150
     assert ours.keys() == theirs.keys()
     for path in ours:
         assert ours[path] == theirs[path], path
 
 
-def test_listing_carries_attributes_and_dot_entries(p3_mount: MountedFS) -> None:
-    folder = next(p for p in p3_mount.path.iterdir() if p.is_dir())
+def test_listing_carries_attributes_and_dot_entries(kernel_mount: MountedFS) -> None:
+    folder = next(p for p in kernel_mount.path.iterdir() if p.is_dir())
     with os.scandir(folder) as it:
         entries = list(it)
     assert entries
     for e in entries:  # readdirplus: the type and inode come with the entry
         assert e.inode() == e.stat().st_ino
         assert e.is_dir() == stat.S_ISDIR(e.stat().st_mode)
-    listed = subprocess.run(["ls", "-a", "-U", str(folder)], capture_output=True, text=True, check=True).stdout.split("\n")
+    listed = subprocess.run(["ls", "-a", "-U", str(folder)], capture_output=True, text=True, check=True).stdout.split(
+        "\n"
+    )
     assert listed[:2] == [".", ".."]
     # a listing resumed mid-way (a tiny getdents buffer: the kernel asks again from each offset we
     # gave) neither skips nor repeats an entry
     assert sorted(getdents_small(folder)) == sorted([".", ".."] + [e.name for e in entries])
 
 
-def test_missing_names_and_foreign_xattrs(p3_mount: MountedFS) -> None:
+def test_missing_names_and_foreign_xattrs(kernel_mount: MountedFS) -> None:
     with pytest.raises(FileNotFoundError):
-        (p3_mount.path / "no such dataset").stat()
+        (kernel_mount.path / "no such dataset").stat()
     with pytest.raises(FileNotFoundError):
-        (p3_mount.path / "no such dataset").stat()  # the negative entry, now from the kernel's cache
-    some = _first_file(next(p for p in p3_mount.path.iterdir() if p.is_dir()))
+        (kernel_mount.path / "no such dataset").stat()  # the negative entry, now from the kernel's cache
+    some = _first_file(next(p for p in kernel_mount.path.iterdir() if p.is_dir()))
     for name in ("security.selinux", "system.posix_acl_access", "trusted.x"):
         with pytest.raises(OSError) as info:
             os.getxattr(some, name)
@@ -91,15 +92,15 @@ def test_missing_names_and_foreign_xattrs(p3_mount: MountedFS) -> None:
     with pytest.raises(OSError) as info:
         os.getxattr(some, "user.encord.no_such_field")
     assert info.value.errno == errno.ENODATA
-    assert (p3_mount.path / ".encordfs" / "status.json").read_bytes().startswith(b"{")
+    assert (kernel_mount.path / ".encordfs" / "status.json").read_bytes().startswith(b"{")
 
 
-def test_setfattr_round_trip(p3_mount: MountedFS) -> None:
-    row = _first_file(p3_mount.path / "street-scenes")
-    name = META + "pyfuse3_probe"
+def test_setfattr_round_trip(kernel_mount: MountedFS) -> None:
+    row = _first_file(kernel_mount.path / "street-scenes")
+    name = META + "kernel_probe"
     subprocess.run(["setfattr", "-n", name, "-v", '"\\"probe\\""', str(row)], check=True)
     assert os.getxattr(row, name) == b'"probe"'
-    assert b'"pyfuse3_probe":"probe"' in os.getxattr(row, "user.encord.client_metadata")
+    assert b'"kernel_probe":"probe"' in os.getxattr(row, "user.encord.client_metadata")
     with pytest.raises(OSError) as info:
         os.setxattr(row, name, b"1", os.XATTR_CREATE)
     assert info.value.errno == errno.EEXIST
@@ -117,8 +118,8 @@ def test_setfattr_round_trip(p3_mount: MountedFS) -> None:
         os.close(fd)
 
 
-def test_rename_round_trip(p3_mount: MountedFS) -> None:
-    row = _first_file(p3_mount.path / "street-scenes")
+def test_rename_round_trip(kernel_mount: MountedFS) -> None:
+    row = _first_file(kernel_mount.path / "street-scenes")
     moved = row.with_name("p3-renamed-" + row.name)
     os.rename(row, moved)
     try:
@@ -129,8 +130,8 @@ def test_rename_round_trip(p3_mount: MountedFS) -> None:
     assert row.exists()
 
 
-def test_writes_are_refused(p3_mount: MountedFS) -> None:
-    folder = p3_mount.path / "street-scenes"
+def test_writes_are_refused(kernel_mount: MountedFS) -> None:
+    folder = kernel_mount.path / "street-scenes"
     row = _first_file(folder)
     attempts = [
         lambda: os.open(folder / "new.txt", os.O_WRONLY | os.O_CREAT, 0o644),
@@ -150,7 +151,9 @@ def test_writes_are_refused(p3_mount: MountedFS) -> None:
 
 @pytest.mark.parametrize("how", ["fusermount3", "SIGTERM", "SIGINT"])
 def test_clean_shutdown(sample_emulator: RunningEmulator, how: str) -> None:
-    with temporary_mount(sample_emulator.domain, sample_emulator.key_file, "--binding", "pyfuse3", prefix="encordfs-p3-stop-") as mounted:
+    with temporary_mount(
+        sample_emulator.domain, sample_emulator.key_file, "--binding", "kernel", prefix="encordfs-kernel-stop-"
+    ) as mounted:
         assert mounted.proc is not None
         assert any(mounted.path.iterdir())
         if how == "fusermount3":
@@ -163,9 +166,9 @@ def test_clean_shutdown(sample_emulator: RunningEmulator, how: str) -> None:
 
 
 def test_binding_option_reaches_the_mount_process() -> None:
-    args = build_parser().parse_args(["mount", "/mnt/x", "--binding", "pyfuse3", "--domain", "http://d"])
-    assert args.binding == "pyfuse3"
+    args = build_parser().parse_args(["mount", "/mnt/x", "--binding", "kernel", "--domain", "http://d"])
+    assert args.binding == "kernel"
     argv = _mount_argv(args, Path("/mnt/x"))
-    assert argv[argv.index("--binding") + 1] == "pyfuse3"
+    assert argv[argv.index("--binding") + 1] == "kernel"
     default = build_parser().parse_args(["mount", "/mnt/x", "--domain", "http://d"])
     assert "--binding" not in _mount_argv(default, Path("/mnt/x"))

@@ -1,4 +1,5 @@
-"""The FUSE adapter: the only module that imports the binding (mfusepy).
+"""The mfusepy binding (``--binding mfusepy``): the only module that imports mfusepy (libfuse 3's
+high-level, path-based API).
 
 It translates and nothing else: a path becomes an inode through the core, the core's answer becomes
 what mfusepy expects, and ``errors.FsError`` becomes its errno in one place (``_translated``). No
@@ -23,6 +24,7 @@ import mfusepy  # noqa: E402
 from encordfs import errors  # noqa: E402
 from encordfs.core.fs import Attr, EncordFS  # noqa: E402
 from encordfs.core.xattrs import is_foreign as is_foreign_xattr  # noqa: E402
+from encordfs.fuse import BLKSIZE, Timeouts, blocks, log_level, ns, stat_dict  # noqa: E402
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -38,8 +40,7 @@ def _translated(func: F) -> F:
         except errors.FsError as exc:
             # A user's mistake (EINVAL, EPERM, EROFS, ...) is answered, not logged loudly; failures of
             # ours or of the network are.
-            level = logging.WARNING if exc.errno in (errno.EIO, errno.ESTALE, errno.EACCES) else logging.DEBUG
-            log.log(level, "%s: %s", func.__name__, exc)
+            log.log(log_level(exc), "%s: %s", func.__name__, exc)
             raise mfusepy.FuseOSError(exc.errno) from None
         except mfusepy.FuseOSError:
             raise
@@ -48,26 +49,6 @@ def _translated(func: F) -> F:
             raise mfusepy.FuseOSError(errno.EIO) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-BLKSIZE = 131072  # st_blksize: the I/O size tools such as cp use for their reads
-
-
-def _stat(a: Attr) -> dict[str, int]:
-    mtime_ns = int(a.mtime * 1e9)
-    return {
-        "st_ino": a.ino,
-        "st_mode": a.mode,
-        "st_nlink": a.nlink,
-        "st_size": a.size,
-        "st_uid": a.uid,
-        "st_gid": a.gid,
-        "st_mtime": mtime_ns,
-        "st_ctime": int(a.ctime * 1e9),
-        "st_atime": mtime_ns,
-        "st_blocks": (a.size + 511) // 512,
-        "st_blksize": BLKSIZE,
-    }
 
 
 _OFFSET_BASE = 2  # readdir offsets 1 and 2 are "." and ".."; a child's is its inode + 2
@@ -80,9 +61,9 @@ def _read_only(*_: Any) -> int:
 class FuseOperations(mfusepy.Operations):  # type: ignore[misc]
     use_ns = True
 
-    def __init__(self, fs: EncordFS, *, attr_timeout_s: float, entry_timeout_s: float, negative_timeout_s: float) -> None:
+    def __init__(self, fs: EncordFS, timeouts: Timeouts) -> None:
         self.fs = fs
-        self._timeouts = (attr_timeout_s, entry_timeout_s, negative_timeout_s)
+        self._timeouts = (timeouts.attr_s, timeouts.entry_s, timeouts.negative_s)
 
     def init_with_config(self, conn: Any, config: Any) -> None:
         if config is not None:
@@ -91,7 +72,7 @@ class FuseOperations(mfusepy.Operations):  # type: ignore[misc]
 
     @_translated
     def getattr(self, path: str, fh: Any = None) -> dict[str, int]:
-        return _stat(self.fs.getattr(self.fs.resolve(path)))
+        return stat_dict(self.fs.getattr(self.fs.resolve(path)))
 
     @_translated
     def readdir_with_offset(self, path: str, offset: int, fh: Any) -> Iterator[Any]:
@@ -217,20 +198,29 @@ class _FUSE(mfusepy.FUSE):  # type: ignore[misc]
             st.st_size = attr.size
             st.st_uid = attr.uid
             st.st_gid = attr.gid
-            st.st_blocks = (attr.size + 511) // 512
+            st.st_blocks = blocks(attr.size)
             st.st_blksize = BLKSIZE
-            # the same nanoseconds as getattr's (``_stat``)
-            st.st_mtimespec.tv_sec, st.st_mtimespec.tv_nsec = sec, nsec = divmod(int(attr.mtime * 1e9), 1_000_000_000)
+            # the same nanoseconds as getattr's (``stat_dict``)
+            st.st_mtimespec.tv_sec, st.st_mtimespec.tv_nsec = sec, nsec = divmod(ns(attr.mtime), 1_000_000_000)
             st.st_atimespec.tv_sec, st.st_atimespec.tv_nsec = sec, nsec
-            st.st_ctimespec.tv_sec, st.st_ctimespec.tv_nsec = divmod(int(attr.ctime * 1e9), 1_000_000_000)
+            st.st_ctimespec.tv_sec, st.st_ctimespec.tv_nsec = divmod(ns(attr.ctime), 1_000_000_000)
             if filler(buf, name.encode(encoding, errs), st, off, FUSE_FILL_DIR_PLUS) != 0:
                 break
         return 0
 
 
-def run(fs: EncordFS, mountpoint: str, *, foreground: bool = True, read_only: bool = False, allow_other: bool = False, attr_timeout_s: float = 60.0, entry_timeout_s: float = 60.0, negative_timeout_s: float = 5.0, debug: bool = False) -> None:
+def run(
+    fs: EncordFS,
+    mountpoint: str,
+    *,
+    timeouts: Timeouts,
+    read_only: bool = False,
+    allow_other: bool = False,
+    foreground: bool = True,
+    debug: bool = False,
+) -> None:
     """Mount and serve until unmounted. Raises ``errors.FsError`` when the mount cannot start."""
-    ops = FuseOperations(fs, attr_timeout_s=attr_timeout_s, entry_timeout_s=entry_timeout_s, negative_timeout_s=negative_timeout_s)
+    ops = FuseOperations(fs, timeouts)
     options: dict[str, Any] = {"fsname": "encordfs", "subtype": "encordfs", "foreground": foreground, "debug": debug}
     if read_only:
         options["ro"] = True
