@@ -31,7 +31,7 @@ import torch
 
 import encordfs
 from encordfs.ml import EncordImages, ResizeToTensor
-from tests.support.emulator import RunningEmulator
+from harness.emulator import RunningEmulator
 
 warnings.filterwarnings("ignore", message="This DataLoader will create")
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.emulator import RunningEmulator  # noqa: E402
-from tests.support.mount import MountedFS  # noqa: E402
+from harness.emulator import RunningEmulator  # noqa: E402
+from harness.mount import MountedFS  # noqa: E402
 
 
 def cpu_s(pid: int) -> float:

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.emulator import RunningEmulator
-from tests.support.mount import MountedFS, temporary_mount
+from harness.emulator import RunningEmulator
+from harness.mount import MountedFS, temporary_mount
 
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 # Inherited by every mount process this session starts, so its leftovers are told apart from the

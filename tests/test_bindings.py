@@ -23,9 +23,9 @@ pytest.importorskip("encordfs.fuse.kernel")
 
 from encordfs.cli import _mount_argv, build_parser
 from encordfs.mountpoint import mounted_at
-from tests.support.dirents import getdents_small
-from tests.support.emulator import RunningEmulator
-from tests.support.mount import MountedFS, temporary_mount
+from harness.dirents import getdents_small
+from harness.emulator import RunningEmulator
+from harness.mount import MountedFS, temporary_mount
 
 META = "user.encord.meta."
 

@@ -11,7 +11,8 @@ import pytest
 from encordfs import errors
 from encordfs.core.catalog import SYNC_BATCH, Catalog, Entry, Kind
 from encordfs.core.fs import EncordFS, Options
-from tests.test_fs_core import Clock, _row
+from harness.fakes import Clock
+from harness.fakes import row_record as _row
 
 
 def _entry(uid: str, title: str) -> Entry:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from encordfs.mountpoint import mounted_at
-from tests.support.emulator import RunningEmulator, make_keypair
+from harness.emulator import RunningEmulator, make_keypair
 
 
 def _encordfs(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

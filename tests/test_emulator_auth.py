@@ -18,7 +18,7 @@ from encord import EncordUserClient
 from encord.exceptions import AuthenticationError, SshKeyNotFound
 
 from encordfs.emulator import auth
-from tests.support.emulator import RunningEmulator, load_private_key, make_keypair, sign_legacy, sign_v2
+from harness.emulator import RunningEmulator, load_private_key, make_keypair, sign_legacy, sign_v2
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Contract tests of the Encord emulator, driven by the real ``encord`` SDK (no mocks).
 
-One emulator subprocess (``tests.support.emulator.RunningEmulator``) serves the whole module, over
+One emulator subprocess (``harness.emulator.RunningEmulator``) serves the whole module, over
 an import tree built here; every test starts from the startup state (``reset(data=True)``).
 In-process ``Emulator`` instances cover what needs a hand-made ``DatasetSpec`` (DICOM) or an
 injected clock (URL expiry), and a few subprocesses cover the CLI contract and restarts.
@@ -37,7 +37,7 @@ from PIL import Image
 
 from encordfs.emulator.server import Emulator
 from encordfs.emulator.spec import DatasetSpec, FileSpec, GroupSpec, MediaInfo
-from tests.support.emulator import RunningEmulator, make_keypair
+from harness.emulator import RunningEmulator, make_keypair
 
 NOTES_BYTES = bytes((i * 7 + 13) % 251 for i in range(200_000)).replace(b"\x00", b"a")
 
@@ -310,7 +310,7 @@ def test_second_key_from_public_key_file(emu: RunningEmulator, keys: dict[str, P
 
 
 def test_v2_booleans_case_insensitive(emu: RunningEmulator, client: EncordUserClient, keys: dict[str, Path]) -> None:
-    from tests.support.emulator import load_private_key, sign_v2
+    from harness.emulator import load_private_key, sign_v2
 
     uuid = _rows(_alpha(client))["a.png"].backing_item_uuid
     key = load_private_key(keys["main"])
@@ -445,7 +445,7 @@ def test_fault_legacy_429_and_latency(emu: RunningEmulator, keys: dict[str, Path
 def test_raw_v2_limits_and_malformed_bodies(
     emu: RunningEmulator, client: EncordUserClient, keys: dict[str, Path]
 ) -> None:
-    from tests.support.emulator import load_private_key, sign_v2
+    from harness.emulator import load_private_key, sign_v2
 
     key = load_private_key(keys["main"])
     row = _rows(_alpha(client))["a.png"]

@@ -15,7 +15,7 @@ import pytest
 
 from encordfs.emulator import synthetic
 from encordfs.emulator.server import Emulator
-from tests.support.emulator import RunningEmulator
+from harness.emulator import RunningEmulator
 
 
 def test_spec_parsing() -> None:

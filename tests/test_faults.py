@@ -28,7 +28,7 @@ from encordfs.emulator import synthetic
 from encordfs.emulator.faults import parse_rule_text
 from encordfs.emulator.server import Emulator
 from encordfs.errors import RemoteIOError
-from soak import suites
+from harness import scenarios as suites
 
 SIZE = 300_000
 

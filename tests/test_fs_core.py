@@ -8,13 +8,15 @@ from pathlib import Path
 import pytest
 
 from encordfs import errors
-from encordfs.backend import ChildRecord, DatasetRecord, RowRecord
+from encordfs.backend import ChildRecord, DatasetRecord
 from encordfs.backend.memory import MemoryBackend
 from encordfs.core.blockcache import MemoryBlockCache
 from encordfs.core.catalog import ROOT_INO, Catalog
 from encordfs.core.fs import EncordFS, Options
 from encordfs.core.reader import ReadPipeline
 from encordfs.core.urls import SignedUrlCache
+from harness.fakes import Clock
+from harness.fakes import row_record as _row
 
 
 class MemoryFetcher:
@@ -30,38 +32,6 @@ class MemoryFetcher:
         if len(data) != len(out):
             raise errors.RemoteIOError("short read")
         out[:] = data
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _row(
-    uid: str, ds: str, title: str, data: bytes | None, *, data_type: str = "IMAGE", metadata: dict | None = None
-) -> RowRecord:
-    return RowRecord(
-        uid=uid,
-        dataset_uid=ds,
-        title=title,
-        data_type=data_type,
-        created_at=1.0e9,
-        last_edited_at=1.5e9,
-        width=4 if data_type == "IMAGE" else None,
-        height=3 if data_type == "IMAGE" else None,
-        frames_per_second=None,
-        duration=None,
-        file_link=f"link/{uid}",
-        file_size=len(data) if data is not None else None,
-        file_type="image/jpeg" if data_type == "IMAGE" else None,
-        storage_location=0,
-        backing_item_uuid=f"item-{uid}",
-        is_image_sequence=False if data_type == "IMG_GROUP" else None,
-        client_metadata=metadata,
-    )
 
 
 @pytest.fixture()

@@ -30,8 +30,8 @@ from fsspec.implementations.local import LocalFileSystem
 
 from encordfs.core import xattrs
 from encordfs.fsspec_impl import PRIVATE_CACHE_PREFIX, EncordFile, EncordFileSystem
-from tests.support.emulator import RunningEmulator
-from tests.support.mount import MountedFS
+from harness.emulator import RunningEmulator
+from harness.mount import MountedFS
 
 
 @pytest.fixture(scope="module")

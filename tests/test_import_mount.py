@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.support.emulator import RunningEmulator
-from tests.support.mount import MountedFS, temporary_mount
+from harness.emulator import RunningEmulator
+from harness.mount import MountedFS, temporary_mount
 
 
 def _image(path: Path, rng: random.Random, fmt: str) -> None:

@@ -19,8 +19,8 @@ import pytest
 
 from encordfs.fsspec_impl import EncordFileSystem
 from encordfs.ml import IMAGE_EXTENSIONS, EncordImages, ResizeToTensor, load_rgb
-from tests.support.emulator import RunningEmulator
-from tests.support.mount import MountedFS
+from harness.emulator import RunningEmulator
+from harness.mount import MountedFS
 
 torch = pytest.importorskip("torch")
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from tests.support.dirents import getdents_small
-from tests.support.emulator import RunningEmulator
-from tests.support.mount import MountedFS, temporary_mount
+from harness.dirents import getdents_small
+from harness.emulator import RunningEmulator
+from harness.mount import MountedFS, temporary_mount
 
 ROWS = 300
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from encordfs.emulator import synthetic
-from tests.support.emulator import RunningEmulator
-from tests.support.mount import MountedFS, temporary_mount
+from harness.emulator import RunningEmulator
+from harness.mount import MountedFS, temporary_mount
 
 BIG_BYTES = 64 * 1024 * 1024  # big enough that reading its start does not fetch its end
 

@@ -18,8 +18,8 @@ import httpx
 import pytest
 from encord.orm.dataset import DatasetAccessSettings, ImagesDataFetchOptions
 
-from tests.support.emulator import RunningEmulator
-from tests.support.mount import MountedFS
+from harness.emulator import RunningEmulator
+from harness.mount import MountedFS
 
 
 def _x(path: Path, name: str) -> str:

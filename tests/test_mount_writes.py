@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from encord.orm.dataset import DatasetAccessSettings
 
-from tests.support.emulator import RunningEmulator
-from tests.support.mount import MountedFS, temporary_mount
+from harness.emulator import RunningEmulator
+from harness.mount import MountedFS, temporary_mount
 
 META = "user.encord.meta."
 WHOLE = "user.encord.client_metadata"

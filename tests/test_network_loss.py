@@ -2,14 +2,14 @@
 
 Reads of bytes not cached fail with EIO within the retry budget (never a hang), listings, ``stat`` and
 xattrs keep working from the catalog, and the same mount reads again by itself once the emulator is
-back (the short form of ``scripts/soak``'s network suite; see ``soak.suites.network_suite``).
+back (the short form of ``scripts/soak``'s network suite; see ``harness.scenarios.network_suite``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from soak import suites
+from harness import scenarios as suites
 
 
 def test_emulator_down_then_back(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ import pytest
 import encordfs
 from encordfs import config, errors, logs, metrics, mount_helper
 from encordfs.mountpoint import mounted_at
-from tests.support.emulator import RunningEmulator
+from harness.emulator import RunningEmulator
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -9,8 +9,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.support.emulator import RunningEmulator
-from tests.support.mount import MountedFS
+from harness.emulator import RunningEmulator
+from harness.mount import MountedFS
 
 
 def test_prefetch_then_a_second_pass_is_served_from_the_cache(sample_emulator: RunningEmulator) -> None:

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support_http import ByteServer, FakeClock
 
 from encordfs.core.blockcache import (
     Block,
@@ -30,6 +29,7 @@ from encordfs.core.fetch import HttpFetcher
 from encordfs.core.reader import ReadPipeline
 from encordfs.core.urls import SignedUrlCache
 from encordfs.errors import InvalidValue, PermissionDenied, RemoteIOError, Stale
+from harness.http import ByteServer, FakeClock
 
 KiB = 1024
 SMALL = dict(

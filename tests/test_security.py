@@ -10,8 +10,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.support.emulator import RunningEmulator
-from tests.support.mount import MountedFS
+from harness.emulator import RunningEmulator
+from harness.mount import MountedFS
 
 SECRET_PATTERNS = [
     re.compile(r"Signature="),

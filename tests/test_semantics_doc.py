@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 
-from tests.support.mount import MountedFS
+from harness.mount import MountedFS
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "SEMANTICS.md"
 

@@ -8,11 +8,11 @@ import threading
 from datetime import UTC, datetime
 
 import pytest
-from support_http import FakeClock
 
 from encordfs.core.counters import Counters
 from encordfs.core.urls import SignedUrlCache, parse_expiry, redact
 from encordfs.errors import NotFound
+from harness.http import FakeClock
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC).timestamp()  # 1704067200
 

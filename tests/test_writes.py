@@ -685,7 +685,7 @@ def test_sdk_backend_pushes_10000_ops_over_1000_rows_in_few_calls(tmp_path: Path
     from encord.orm.dataset import DatasetAccessSettings
 
     from encordfs.backend.sdk import SdkBackend
-    from tests.support.emulator import RunningEmulator
+    from harness.emulator import RunningEmulator
 
     tree = tmp_path / "tree"
     (tree / "writes").mkdir(parents=True)

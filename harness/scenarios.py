@@ -61,8 +61,8 @@ import numpy as np
 
 from encordfs.emulator import synthetic
 from encordfs.mountpoint import mounted_at
-from tests.support.emulator import RunningEmulator
-from tests.support.mount import MountedFS
+from harness.emulator import RunningEmulator
+from harness.mount import MountedFS
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from soak import suites
-from soak.suites import GiB, MiB
+from harness import scenarios as suites
+from harness.scenarios import GiB, MiB
 
 SUITES = ("hostile", "writes", "network", "bytes", "concurrency")
 SIZES = {

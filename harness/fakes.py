@@ -1,0 +1,48 @@
+"""In-process fakes and record builders for core tests (no kernel, no server)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from encordfs.backend import RowRecord
+
+
+class Clock:
+    """A wall clock the test moves by hand (``clock.now += 61``)."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def row_record(
+    uid: str,
+    ds: str,
+    title: str,
+    data: bytes | None,
+    *,
+    data_type: str = "IMAGE",
+    metadata: dict[str, Any] | None = None,
+) -> RowRecord:
+    """A data row as a backend returns it; ``data`` gives its size (None: unknown)."""
+    return RowRecord(
+        uid=uid,
+        dataset_uid=ds,
+        title=title,
+        data_type=data_type,
+        created_at=1.0e9,
+        last_edited_at=1.5e9,
+        width=4 if data_type == "IMAGE" else None,
+        height=3 if data_type == "IMAGE" else None,
+        frames_per_second=None,
+        duration=None,
+        file_link=f"link/{uid}",
+        file_size=len(data) if data is not None else None,
+        file_type="image/jpeg" if data_type == "IMAGE" else None,
+        storage_location=0,
+        backing_item_uuid=f"item-{uid}",
+        is_image_sequence=False if data_type == "IMG_GROUP" else None,
+        client_metadata=metadata,
+    )

@@ -1,1 +1,0 @@
-"""Shared test helpers (not tests): ``tests.support.emulator`` runs the Encord emulator as a subprocess."""
