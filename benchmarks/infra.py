@@ -26,8 +26,8 @@ from typing import Any
 
 import httpx
 
-from encordfs.cli import spawn_mount
-from encordfs.mountpoint import mounted_at
+from encordfs.control import mounted_at
+from encordfs.control import spawn_argv as spawn_mount
 
 REPO = Path(__file__).resolve().parent.parent
 STOP_TIMEOUT_S = 15.0

@@ -1,10 +1,11 @@
 """The Python API: ``encordfs.mount(...)`` for notebooks, scripts and tests.
 
 ``mount`` starts the same detached ``encordfs mount --foreground`` process the CLI starts
-(``cli.spawn_mount``) and returns once the mount serves, so the mounting process never runs FUSE
-threads itself (a notebook kernel that dies or forks cannot take the mount with it, and the
-mount cannot deadlock the kernel). Options go through ``encordfs.config``, like the CLI's:
-arguments > ``ENCORDFS_*`` environment > ``ENCORDFS_CONFIG`` file > defaults.
+(``control.spawn``) and returns once the mount serves, so the calling process never runs FUSE threads
+itself (a notebook kernel that dies or forks cannot take the mount with it, and the mount cannot
+deadlock the kernel). Options fill the one ``encordfs.settings.Settings``, like the CLI's:
+arguments > ``ENCORDFS_*`` environment > ``ENCORDFS_CONFIG`` file > defaults; any option of
+``encordfs mount`` is accepted as a keyword (``read_only=True``, ``cache_size="20G"``, ...).
 
 The returned ``RunningMount`` is a context manager; leaving the block (or ``unmount()``) waits up to
 ``flush_timeout_s`` for queued metadata changes, unmounts and reaps the process.
@@ -12,14 +13,12 @@ The returned ``RunningMount`` is a context manager; leaving the block (or ``unmo
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from encordfs import errors
-from encordfs.mountpoint import check_usable, mounted_at, unmount
+from encordfs import control, errors, settings
 
 STOP_TIMEOUT_S = 30.0
 
@@ -38,30 +37,24 @@ class RunningMount:
 
     @property
     def mounted(self) -> bool:
-        return self._proc.poll() is None and mounted_at(self.path) is not None
+        return self._proc.poll() is None and control.mounted_at(self.path) is not None
 
     def status(self) -> dict[str, Any]:
         """What ``encordfs status --json`` prints: open handles, write queue, counters."""
-        from encordfs.cli import _read_status
-
-        return _read_status(self.path)
+        return control.status(self.path)
 
     def flush(self, timeout: float = 60.0) -> bool:
         """Push queued metadata changes now; True once none is pending (False when ``timeout`` s passed)."""
-        from encordfs.cli import _flush
-
-        ok, _ = _flush(self.path, timeout)
+        ok, _ = control.flush(self.path, timeout)
         return ok
 
     def unmount(self, flush_timeout_s: float = 10.0) -> None:
         """Flush (up to ``flush_timeout_s``), unmount, and wait for the mount process to end."""
-        if self._proc.poll() is None and mounted_at(self.path):
-            if flush_timeout_s > 0 and not (self.status().get("read_only")):
-                self.flush(flush_timeout_s)
+        if self._proc.poll() is None and control.find(self.path, exact=True) is not None:
             try:
-                unmount(self.path)
+                control.unmount(self.path, timeout_s=flush_timeout_s)
             except errors.Busy:
-                unmount(self.path, lazy=True)
+                control.unmount(self.path, timeout_s=flush_timeout_s, lazy=True)
         try:
             self._proc.wait(STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -78,53 +71,15 @@ class RunningMount:
         return f"<RunningMount {self.path} pid={self.pid}{'' if self.mounted else ' (ended)'}>"
 
 
-def mount(
-    mountpoint: str | Path,
-    *,
-    domain: str | None = None,
-    ssh_key_file: str | Path | None = None,
-    cache_dir: str | Path | None = None,
-    read_only: bool | None = None,
-    allow_other: bool | None = None,
-    metadata_ttl: str | float | None = None,
-    cache_size: str | None = None,
-    uid: int | None = None,
-    gid: int | None = None,
-    file_mode: int | None = None,
-    dir_mode: int | None = None,
-    log_file: str | Path | None = None,
-    verbose: int | None = None,
-    config: str | Path | None = None,
-) -> RunningMount:
+def mount(mountpoint: str | Path, *, config: str | Path | None = None, **options: Any) -> RunningMount:
     """Mount Encord at ``mountpoint`` (an empty directory) and return once it serves.
 
-    ``domain`` defaults to ``$ENCORDFS_DOMAIN`` or Encord's; ``ssh_key_file`` to
-    ``$ENCORD_SSH_KEY_FILE``; the process logs to ``log_file`` (default ``CACHE_DIR/mount.log``).
+    ``options`` are the options of ``encordfs mount`` with underscores (``domain``, ``ssh_key_file``,
+    ``cache_dir``, ``read_only``, ``metadata_ttl``, ...); unknown names raise ``errors.InvalidValue``.
+    The process logs to ``log_file`` (default ``CACHE_DIR/mount.log``).
     """
-    from encordfs import cli
-
-    args = argparse.Namespace(
-        mountpoint=str(mountpoint),
-        config=str(config) if config else None,
-        domain=domain,
-        ssh_key_file=str(ssh_key_file) if ssh_key_file else None,
-        cache_dir=str(cache_dir) if cache_dir else None,
-        read_only=read_only,
-        allow_other=allow_other,
-        include_org_access=None,
-        metadata_ttl=None if metadata_ttl is None else str(metadata_ttl),
-        cache_size=cache_size,
-        max_metadata_bytes=None,
-        uid=uid,
-        gid=gid,
-        file_mode=file_mode,
-        dir_mode=dir_mode,
-        log_file=str(log_file) if log_file else None,
-        log_format=None,
-        verbose=verbose,
-        metrics_port=None,
-    )
-    cli._apply_config(args)
-    path = check_usable(Path(args.mountpoint).expanduser())
-    log_path = cli._detached_log_path(args)
-    return RunningMount(path, cli.spawn_mount(cli._mount_argv(args, path), path, log_path), log_path)
+    given = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()}
+    s = settings.resolve(given, config)
+    path = control.check_mountpoint(mountpoint, s)
+    log_path = s.detached_log_path()
+    return RunningMount(path, control.spawn(s, path, log_path), log_path)

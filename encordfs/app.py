@@ -1,16 +1,19 @@
 """Assembling a mount: settings in, a ready ``EncordFS`` (and what must be closed) out.
 
-The CLI, the Python API and tests build mounts through ``build``; nothing else wires the backend,
-catalog, signed-URL cache, block caches and reader together, so each piece stays replaceable.
+The CLI, the fsspec filesystem and tests build mounts through ``build``; nothing else wires the
+backend, catalog, signed-URL cache, block caches and reader together, so each piece stays
+replaceable. ``Mount.control_handlers`` are what the control socket (``encordfs.control.Server``)
+answers: status, flush, refresh, stop.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from encordfs import errors
 from encordfs.backend import Backend
@@ -22,41 +25,9 @@ from encordfs.core.fs import EncordFS, Options
 from encordfs.core.reader import ReadPipeline
 from encordfs.core.urls import SignedUrlCache
 from encordfs.core.writes import WriteQueue
+from encordfs.settings import Settings
 
 log = logging.getLogger(__name__)
-
-MiB = 1024 * 1024
-GiB = 1024 * MiB
-
-
-@dataclass
-class Settings:
-    domain: str = "https://api.encord.com"
-    cache_dir: Path | None = None
-    # Disk block cache cap. 10 GiB holds an epoch of a mid-sized image dataset; --cache-size changes it.
-    cache_size_bytes: int = 10 * GiB
-    # Keep this much free on the cache's filesystem whatever the cap says, so a full disk never
-    # follows from a mount (mountpoint-s3 does the same with its free-space floor).
-    cache_min_free_bytes: int = 1 * GiB
-    # In-memory block cache: recent blocks of open and recently read files.
-    memory_cache_bytes: int = 256 * MiB
-    metadata_ttl_s: float = 60.0
-    read_only: bool = False
-    max_metadata_bytes: int = 65536
-    # Unmount waits this long for queued metadata changes to land; what is left stays in the journal.
-    unmount_flush_timeout_s: float = 10.0
-    uid: int = field(default_factory=os.getuid)
-    gid: int = field(default_factory=os.getgid)
-    # Permission bits of files and folders as stat shows them; Encord is the authority on access,
-    # these only matter to other local users of an --allow-other mount (default_permissions).
-    file_mode: int = 0o444
-    dir_mode: int = 0o555
-
-
-def default_cache_dir(domain: str) -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    tag = hashlib.sha256(domain.encode()).hexdigest()[:12]
-    return base / "encordfs" / tag
 
 
 def prepare_cache_dir(path: Path) -> Path:
@@ -73,7 +44,33 @@ class Mount:
     fs: EncordFS
     counters: Counters
     cache_dir: Path
-    _closers: list = field(default_factory=list)  # type: ignore[type-arg]
+    _closers: list[Callable[[], None]] = field(default_factory=list)
+    # How long closing waits for queued metadata changes (``stop`` lowers it: the caller flushed already).
+    flush_timeout_s: float = 10.0
+
+    def control_handlers(self) -> dict[str, Callable[..., dict[str, Any]]]:
+        """The control socket's requests (see ``encordfs.control.Server``)."""
+        fs = self.fs
+
+        def status() -> dict[str, Any]:
+            return {"status": fs.status()}
+
+        def flush(timeout_s: float = 60.0) -> dict[str, Any]:
+            if fs.writes is None:
+                return {"ok": True, "writes": {}}
+            ok = fs.writes.flush(max(0.0, min(float(timeout_s), 3600.0)))
+            return {"ok": ok, "writes": fs.writes.status()}
+
+        def refresh(path: str = "/") -> dict[str, Any]:
+            fs.refresh_path(path)
+            return {"ok": True}
+
+        def stop(timeout_s: float = 10.0) -> dict[str, Any]:
+            reply = flush(timeout_s)
+            self.flush_timeout_s = 0.0  # the unmount that follows must not wait again
+            return reply
+
+        return {"status": status, "flush": flush, "refresh": refresh, "stop": stop}
 
     def close(self) -> None:
         for close in reversed(self._closers):
@@ -85,12 +82,13 @@ class Mount:
 
 
 def build(backend: Backend, settings: Settings) -> Mount:
-    cache_dir = prepare_cache_dir(settings.cache_dir or default_cache_dir(settings.domain))
+    cache_dir = prepare_cache_dir(settings.cache_path)
     counters = Counters()
-    closers: list = []  # type: ignore[type-arg]
+    closers: list[Callable[[], None]] = []
+    mount = Mount(None, counters, cache_dir, closers, flush_timeout_s=settings.unmount_flush_timeout_s)  # type: ignore[arg-type]
     try:
         disk = DiskBlockCache(
-            cache_dir / "blocks", settings.cache_size_bytes, settings.cache_min_free_bytes, counters=counters
+            cache_dir / "blocks", settings.cache_size, settings.cache_min_free_bytes, counters=counters
         )
         closers.append(disk.close)
         cache = TieredBlockCache(MemoryBlockCache(settings.memory_cache_bytes, counters=counters), disk)
@@ -106,15 +104,8 @@ def build(backend: Backend, settings: Settings) -> Mount:
             writes = WriteQueue.open(
                 cache_dir / "journal.sqlite", backend.push, on_landed=lambda outcomes: _landed(catalog, outcomes)
             )
-            closers.append(lambda: _close_writes(writes, settings.unmount_flush_timeout_s))
-        options = Options(
-            uid=settings.uid,
-            gid=settings.gid,
-            file_mode=settings.file_mode,
-            dir_mode=settings.dir_mode,
-            metadata_ttl_s=settings.metadata_ttl_s,
-            max_metadata_bytes=settings.max_metadata_bytes,
-        )
+            closers.append(lambda: _close_writes(writes, mount.flush_timeout_s))
+        options = Options.from_settings(settings)
         fs = EncordFS(
             backend,
             catalog,
@@ -130,10 +121,11 @@ def build(backend: Backend, settings: Settings) -> Mount:
             close()
         raise
     closers.insert(0, backend.close)
-    return Mount(fs, counters, cache_dir, closers)
+    mount.fs = fs
+    return mount
 
 
-def _landed(catalog: Catalog, outcomes: list) -> None:  # type: ignore[type-arg]
+def _landed(catalog: Catalog, outcomes: list[Any]) -> None:
     catalog.set_rows_state(
         [(o.row_uid, dict(o.metadata) if o.metadata is not None else None, o.title) for o in outcomes if o.ok]
     )

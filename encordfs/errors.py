@@ -103,16 +103,17 @@ class Unavailable(BackendError):
     """Encord (or the emulator) cannot be reached."""
 
 
-class TransientWriteError(BackendError):
-    """A write that may succeed if retried later (rate limit, server error)."""
+class TransientError(BackendError):
+    """A call (a listing, a signing, a push) that may succeed if retried later: rate limit, server error,
+    a reply that could not be understood. ``retry_after_s``: what the server asked for, if anything."""
 
     def __init__(self, message: str = "", retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
 
 
-class PermanentWriteError(BackendError):
-    """A write that will never succeed as sent (payload too large, invalid arguments)."""
+class PermanentError(BackendError):
+    """A call that will never succeed as sent (payload too large, invalid arguments)."""
 
 
 __all__ = [name for name, value in dict(globals()).items() if isinstance(value, type) and issubclass(value, FsError)]

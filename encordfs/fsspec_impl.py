@@ -46,10 +46,11 @@ import fsspec
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
 from encordfs import errors
-from encordfs.app import Mount, Settings, build, default_cache_dir
+from encordfs.app import Mount, build
 from encordfs.core.catalog import ROOT_INO, Kind
 from encordfs.core.fs import CONTROL_NAME, Attr, EncordFS
 from encordfs.core.xattrs import PREFIX
+from encordfs.settings import Settings, resolve
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +107,10 @@ class _Core:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
-class EncordFileSystem(AbstractFileSystem):  # type: ignore[misc]
+class EncordFileSystem(AbstractFileSystem):
     """Storage options: ``domain`` (default ``$ENCORDFS_DOMAIN`` or Encord's), ``ssh_key_file``
     (default ``$ENCORD_SSH_KEY_FILE``; or the key text in ``$ENCORD_SSH_KEY``), ``cache_dir``,
-    ``metadata_ttl_s`` (default 60), ``include_org_access``."""
+    ``metadata_ttl`` (seconds; default as for a mount), ``include_org_access``."""
 
     protocol = (PROTOCOL,)
     root_marker = ""
@@ -120,19 +121,20 @@ class EncordFileSystem(AbstractFileSystem):  # type: ignore[misc]
         domain: str | None = None,
         ssh_key_file: str | None = None,
         cache_dir: str | None = None,
-        metadata_ttl_s: float = 60.0,
-        include_org_access: bool = False,
+        metadata_ttl: float | str | None = None,
+        include_org_access: bool | None = None,
         **storage_options: Any,
     ) -> None:
+        ttl = storage_options.pop("metadata_ttl_s", metadata_ttl)  # the older name
         super().__init__(**storage_options)
-        from encordfs import config
-
-        merged = config.resolve({"domain": domain, "ssh_key_file": ssh_key_file, "cache_dir": cache_dir})
-        self.domain = merged.domain
-        self.ssh_key_file = merged.ssh_key_file
-        self.cache_dir = Path(merged.cache_dir).expanduser() if merged.cache_dir else None
-        self.metadata_ttl_s = metadata_ttl_s
-        self.include_org_access = include_org_access
+        try:
+            self.settings = resolve({"domain": domain, "ssh_key_file": ssh_key_file, "cache_dir": cache_dir,
+                                     "metadata_ttl": ttl, "include_org_access": include_org_access, "read_only": True})  # fmt: skip
+        except errors.FsError as exc:
+            raise ValueError(f"encord://: {exc}") from None
+        self.domain = self.settings.domain
+        self.ssh_key_file = self.settings.ssh_key_file
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self._core: _Core | None = None
         self._core_lock = threading.Lock()
         self._finalizer: weakref.finalize[[], EncordFileSystem] | None = None
@@ -155,8 +157,8 @@ class EncordFileSystem(AbstractFileSystem):  # type: ignore[misc]
             return self._core.fs
 
     def _build(self) -> _Core:
-        settings = Settings(domain=self.domain, read_only=True, metadata_ttl_s=self.metadata_ttl_s)
-        settings.cache_dir = self.cache_dir or default_cache_dir(self.domain) / "fsspec"
+        own = self.settings.cache_dir or str(self.settings.cache_path / "fsspec")
+        settings = self.settings.model_copy(update={"cache_dir": own})
         try:
             return _Core(self._build_at(settings), None)
         except errors.Busy:
@@ -164,7 +166,7 @@ class EncordFileSystem(AbstractFileSystem):  # type: ignore[misc]
             _sweep_private_caches()
             temp = Path(tempfile.mkdtemp(prefix=f"{PRIVATE_CACHE_PREFIX}{os.getpid()}-"))
             log.info("encord://: %s is in use by another process; caching in %s for this one", settings.cache_dir, temp)
-            settings.cache_dir = temp
+            settings = settings.model_copy(update={"cache_dir": str(temp)})
             try:
                 return _Core(self._build_at(settings), temp)
             except BaseException:
@@ -174,7 +176,7 @@ class EncordFileSystem(AbstractFileSystem):  # type: ignore[misc]
     def _build_at(self, settings: Settings) -> Mount:
         from encordfs.backend.sdk import SdkBackend
 
-        backend = SdkBackend(self.domain, _key_text(self.ssh_key_file), include_org_access=self.include_org_access)
+        backend = SdkBackend(self.domain, _key_text(self.ssh_key_file), include_org_access=settings.include_org_access)
         try:
             return build(backend, settings)
         except BaseException:
@@ -385,7 +387,7 @@ class _Handle:
         self.close()
 
 
-class EncordFile(AbstractBufferedFile):  # type: ignore[misc]
+class EncordFile(AbstractBufferedFile):
     """A read-only file whose ranges come from the core's reader (block cache, read-ahead)."""
 
     def __init__(self, fs: EncordFileSystem, path: str, ino: int, size: int, **kwargs: Any) -> None:

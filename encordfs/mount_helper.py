@@ -8,10 +8,9 @@ command line) and calls it as::
 
 ``contrib/install-mount-helper`` installs ``contrib/mount.encordfs`` there (and as ``mount.encordfs``
 for ``-t encordfs``). This module turns that call into ``encordfs mount MOUNTPOINT --daemon ...``:
-``key=value`` options become ``--key value`` (``ssh_key_file``, ``domain``, ``cache_dir``, ``config``,
-``uid``, ``gid``, ``file_mode``, ``dir_mode``, ``metadata_ttl``, ``cache_size``, ``log_file``,
-``log_format``, ``metrics_port``, ``max_metadata_bytes``), ``ro``/``read_only``, ``allow_other`` and
-``include_org_access`` become flags, generic mount options (``rw``, ``noauto``, ``_netdev``,
+``key=value`` options become ``--key value`` (every non-boolean option of ``encordfs.settings``, and
+``config``), ``ro``/``read_only`` and the other booleans (``allow_other``, ``include_org_access``,
+``passthrough`` → ``--no-passthrough``, ...) become flags, generic mount options (``rw``, ``noauto``, ``_netdev``,
 ``nofail``, ``x-systemd.*``, ...) are ignored, anything else is an error. SOURCE is free text
 (``encord``), except that an ``http(s)://`` SOURCE is the domain when ``domain=`` is not given.
 It returns once the mount serves, as mount(8) expects.
@@ -21,28 +20,12 @@ from __future__ import annotations
 
 import sys
 
-VALUE_OPTIONS = {
-    "domain",
-    "ssh_key_file",
-    "cache_dir",
-    "config",
-    "uid",
-    "gid",
-    "file_mode",
-    "dir_mode",
-    "metadata_ttl",
-    "cache_size",
-    "log_file",
-    "log_format",
-    "metrics_port",
-    "max_metadata_bytes",
-}
-FLAG_OPTIONS = {
-    "ro": "read_only",
-    "read_only": "read_only",
-    "allow_other": "allow_other",
-    "include_org_access": "include_org_access",
-}
+from encordfs.options import BY_NAME, OPTIONS
+
+# Every mount option (encordfs.settings): key=value options, and flags for the booleans.
+VALUE_OPTIONS = {o.name for o in OPTIONS if not o.is_flag and not o.count} | {"config"}
+# -o allow_other → --allow-other; a boolean that defaults to true is turned off: -o no_passthrough.
+FLAG_OPTIONS = {"ro": "read_only"} | {(f"no_{o.name}" if o.default else o.name): o.name for o in OPTIONS if o.is_flag}
 # Options mount(8) and fstab use for themselves; they mean nothing to the filesystem.
 IGNORED = {
     "rw",
@@ -113,7 +96,7 @@ def parse(argv: list[str]) -> tuple[bool, list[str]]:
             out += ["--" + key.replace("_", "-"), value]
             given.add(key)
         elif key in FLAG_OPTIONS and not eq:
-            out.append("--" + FLAG_OPTIONS[key].replace("_", "-"))
+            out.append(BY_NAME[FLAG_OPTIONS[key]].flag)
         elif opt in IGNORED or opt.startswith(IGNORED_PREFIXES):
             continue
         else:

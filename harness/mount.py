@@ -12,12 +12,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
-from encordfs.cli import spawn_mount
-from encordfs.mountpoint import mounted_at
+from encordfs.control import mounted_at
+from encordfs.control import spawn_argv as spawn_mount
 
 
 class MountedFS:
-    def __init__(self, domain: str, key_file: str | Path, workdir: Path, *extra: str) -> None:
+    def __init__(
+        self, domain: str, key_file: str | Path, workdir: Path, *extra: str, env: dict[str, str] | None = None
+    ) -> None:
         self.domain = domain
         self.key_file = str(key_file)
         self.workdir = workdir
@@ -25,6 +27,7 @@ class MountedFS:
         self.cache_dir = workdir / "cache"
         self.log_path = workdir / "mount.log"
         self.extra = list(extra)
+        self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
 
     def argv(self) -> list[str]:
@@ -48,7 +51,7 @@ class MountedFS:
     def __enter__(self) -> MountedFS:
         self.path.mkdir(parents=True, exist_ok=True)
         try:
-            self.proc = spawn_mount(self.argv(), self.path, self.log_path)
+            self.proc = spawn_mount(self.argv(), self.path, self.log_path, env=self.env)
         except BaseException:  # e.g. interrupted (a test timeout) after the mount came up: not left behind
             self.stop()
             raise
@@ -86,13 +89,17 @@ class MountedFS:
 
 @contextmanager
 def temporary_mount(
-    domain: str, key_file: str | Path | None, *extra: str, prefix: str = "encordfs-mnt-"
+    domain: str,
+    key_file: str | Path | None,
+    *extra: str,
+    prefix: str = "encordfs-mnt-",
+    env: dict[str, str] | None = None,
 ) -> Iterator[MountedFS]:
     """A mount in a fresh temp dir (mount point, cache, log), removed with it afterwards."""
     assert key_file is not None, "the emulator made no demo key"
     workdir = Path(tempfile.mkdtemp(prefix=prefix))
     try:
-        with MountedFS(domain, key_file, workdir, *extra) as mounted:
+        with MountedFS(domain, key_file, workdir, *extra, env=env) as mounted:
             yield mounted
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

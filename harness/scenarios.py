@@ -59,8 +59,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+from encordfs.control import mounted_at
 from encordfs.emulator import synthetic
-from encordfs.mountpoint import mounted_at
 from harness.emulator import RunningEmulator
 from harness.mount import MountedFS
 

@@ -21,8 +21,9 @@ import pytest
 
 pytest.importorskip("encordfs.fuse.kernel")
 
-from encordfs.cli import _mount_argv, build_parser
-from encordfs.mountpoint import mounted_at
+from encordfs.cli import build_parser
+from encordfs.control import mounted_at
+from encordfs.settings import mount_argv, resolve
 from harness.dirents import getdents_small
 from harness.emulator import RunningEmulator
 from harness.mount import MountedFS, temporary_mount
@@ -168,7 +169,6 @@ def test_clean_shutdown(sample_emulator: RunningEmulator, how: str) -> None:
 def test_binding_option_reaches_the_mount_process() -> None:
     args = build_parser().parse_args(["mount", "/mnt/x", "--binding", "kernel", "--domain", "http://d"])
     assert args.binding == "kernel"
-    argv = _mount_argv(args, Path("/mnt/x"))
+    argv = mount_argv(resolve({"binding": args.binding, "domain": args.domain}), Path("/mnt/x"))
     assert argv[argv.index("--binding") + 1] == "kernel"
-    default = build_parser().parse_args(["mount", "/mnt/x", "--domain", "http://d"])
-    assert "--binding" not in _mount_argv(default, Path("/mnt/x"))
+    assert "--binding" not in mount_argv(resolve({"domain": "http://d", "binding": "mfusepy"}), Path("/mnt/x"))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from encordfs.mountpoint import mounted_at
+from encordfs.control import mounted_at
 from harness.emulator import RunningEmulator, make_keypair
 
 

@@ -23,8 +23,9 @@ import httpx
 import pytest
 
 import encordfs
-from encordfs import config, errors, logs, metrics, mount_helper
-from encordfs.mountpoint import mounted_at
+from encordfs import errors, logs, metrics, mount_helper
+from encordfs import settings as config
+from encordfs.control import mounted_at
 from harness.emulator import RunningEmulator
 
 REPO = Path(__file__).resolve().parent.parent
@@ -132,7 +133,7 @@ def test_config_precedence_cli_env_file_defaults(tmp_path: Path, monkeypatch: py
     assert merged.uid == 9  # command line over environment and file
     assert merged.cache_dir == "/env/cache"  # environment over file
     assert merged.domain == "http://file" and merged.file_mode == 0o440 and merged.read_only  # file over defaults
-    assert merged.ssh_key_file == "/env/key" and merged.dir_mode is None and merged.log_format == "text"  # defaults
+    assert merged.ssh_key_file == "/env/key" and merged.dir_mode == 0o555 and merged.log_format == "text"  # defaults
     monkeypatch.setenv("ENCORDFS_CONFIG", str(toml))
     assert config.resolve({}).domain == "http://file"  # the file may also come from the environment
     toml.write_text('domian = "typo"\n')

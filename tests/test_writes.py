@@ -203,9 +203,9 @@ class QueueMachine(RuleBasedStateMachine):
     @rule(fault=st.sampled_from([None, "transient", "permanent"]))
     def push(self, fault: str | None) -> None:
         if fault == "transient":
-            self.mem.push_faults.append(errors.TransientWriteError("503"))
+            self.mem.push_faults.append(errors.TransientError("503"))
         elif fault == "permanent":
-            self.mem.row_errors["row-0"] = errors.PermanentWriteError("413")
+            self.mem.row_errors["row-0"] = errors.PermanentError("413")
         self.queue.push_round()
         self.mem.push_faults.clear()
         self.mem.row_errors.clear()
@@ -414,7 +414,7 @@ def test_edits_made_during_a_push_stay_pending(tmp_path: Path) -> None:
 
 def test_concurrent_writers_while_the_worker_pushes(tmp_path: Path) -> None:
     mem = _backend(40)
-    mem.push_faults += [errors.TransientWriteError("503")] * 3
+    mem.push_faults += [errors.TransientError("503")] * 3
     queue = WriteQueue.open(
         tmp_path / "j.sqlite3",
         mem.push,
@@ -457,7 +457,7 @@ def test_retry_policy_is_capped_full_jitter_with_retry_after_floor() -> None:
 def test_transient_error_backs_off_honouring_retry_after_then_lands(tmp_path: Path) -> None:
     mem = _backend(1)
     queue, clock = _manual(tmp_path / "j.sqlite3", mem.push)
-    mem.push_faults.append(errors.TransientWriteError("429", retry_after_s=7))
+    mem.push_faults.append(errors.TransientError("429", retry_after_s=7))
     queue.set_key(_ref(0), "a", 1)
     queue.push_round()
     status = queue.status()
@@ -473,7 +473,7 @@ def test_transient_error_backs_off_honouring_retry_after_then_lands(tmp_path: Pa
 
 def test_worker_retries_transient_errors_and_flush_waits(tmp_path: Path) -> None:
     mem = _backend(2)
-    mem.push_faults += [errors.TransientWriteError("503"), errors.TransientWriteError("429", retry_after_s=0.05)]
+    mem.push_faults += [errors.TransientError("503"), errors.TransientError("429", retry_after_s=0.05)]
     queue = WriteQueue.open(
         tmp_path / "j.sqlite3", mem.push, config=QueueConfig(debounce_s=0.01), retry=RetryPolicy(base_s=0.01)
     )
@@ -490,7 +490,7 @@ def test_permanent_error_parks_the_row_until_the_user_edits_it_again(tmp_path: P
     mem = _backend(2)
     path = tmp_path / "j.sqlite3"
     queue, _ = _manual(path, mem.push)
-    mem.row_errors["row-0"] = errors.PermanentWriteError("payload too large (413)")
+    mem.row_errors["row-0"] = errors.PermanentError("payload too large (413)")
     queue.set_key(_ref(0), "huge", "x" * 100)
     queue.set_key(_ref(1), "fine", 1)
     queue.push_round()
@@ -517,7 +517,7 @@ def test_permanent_error_parks_the_row_until_the_user_edits_it_again(tmp_path: P
 def test_discard_drops_a_parked_row(tmp_path: Path) -> None:
     mem = _backend(1)
     queue, _ = _manual(tmp_path / "j.sqlite3", mem.push)
-    mem.row_errors["row-0"] = errors.PermanentWriteError("403")
+    mem.row_errors["row-0"] = errors.PermanentError("403")
     queue.set_key(_ref(0), "a", 1)
     queue.push_round()
     assert queue.discard("row-0") == 1
@@ -528,7 +528,7 @@ def test_discard_drops_a_parked_row(tmp_path: Path) -> None:
 def test_413_on_a_bulk_call_is_bisected_so_innocent_rows_land(tmp_path: Path) -> None:
     mem = _backend(16)
     queue, _ = _manual(tmp_path / "j.sqlite3", mem.push)
-    mem.reject_rows["row-5"] = errors.PermanentWriteError("payload too large (413)")
+    mem.reject_rows["row-5"] = errors.PermanentError("payload too large (413)")
     for i in range(16):
         queue.set_key(_ref(i), "n", i)
     queue.push_round()

@@ -97,8 +97,8 @@ class Backend(Protocol):
     def push(self, patches: list[RowPatch]) -> dict[str, PushOutcome]:
         """Apply each row's final change (``RowChange.apply_metadata`` onto the *current* server
         metadata, fetched in the same call). Idempotent: pushing a change that already landed gives the
-        same state. At most ``BULK_LIMIT`` patches per call. Raises ``TransientWriteError`` /
-        ``PermanentWriteError`` when the whole call failed (the write queue bisects permanent ones);
+        same state. At most ``BULK_LIMIT`` patches per call. Raises ``TransientError`` /
+        ``PermanentError`` when the whole call failed (the write queue bisects permanent ones);
         a failure confined to one row is that row's ``PushOutcome.error``. Every patch gets an outcome.
         """
         ...

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 from encordfs.backend import BULK_LIMIT, ChildRecord, DatasetRecord, PushOutcome, RowPatch, RowRecord
-from encordfs.errors import BackendError, NotFound, PermanentWriteError
+from encordfs.errors import BackendError, NotFound, PermanentError
 
 
 class MemoryBackend:
@@ -82,7 +82,7 @@ class MemoryBackend:
             if self.push_faults:
                 raise self.push_faults.pop(0)
             if len(patches) > BULK_LIMIT:
-                raise PermanentWriteError(f"payload too large (413): {len(patches)} items")
+                raise PermanentError(f"payload too large (413): {len(patches)} items")
             for patch in patches:
                 if patch.row_uid in self.reject_rows:
                     raise self.reject_rows[patch.row_uid]
@@ -93,7 +93,7 @@ class MemoryBackend:
         if patch.row_uid in self.row_errors:
             return PushOutcome(patch.row_uid, error=self.row_errors[patch.row_uid])
         if at is None:
-            return PushOutcome(patch.row_uid, error=PermanentWriteError("row not found (404)"))
+            return PushOutcome(patch.row_uid, error=PermanentError("row not found (404)"))
         ds, i = at
         row = self.rows[ds][i]
         metadata = patch.change.apply_metadata(row.client_metadata)

@@ -24,13 +24,13 @@ import os
 import re
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import ijson  # type: ignore[import-untyped]
+import ijson
 import requests
 from encord import EncordUserClient
 from encord import exceptions as enc_exc
@@ -85,26 +85,48 @@ def _ts(value: datetime | str | None) -> float:
     return value.timestamp()
 
 
-def _translate(exc: Exception, what: str) -> errors.FsError:
-    """SDK exception → our error family. Messages name the operation, never a URL or key."""
-    if isinstance(exc, (enc_exc.SshKeyNotFound, enc_exc.AuthenticationError)):
-        return errors.AuthError(f"{what}: Encord refused the key or token (unregistered key, or wrong --domain?)")
-    if isinstance(exc, enc_exc.AuthorisationError):
-        return errors.PermissionDenied(f"{what}: not authorised")
-    if isinstance(exc, enc_exc.ResourceNotFoundError):
-        return errors.NotFound(f"{what}: not found")
-    if isinstance(exc, enc_exc.RateLimitExceededError):
-        return errors.TransientWriteError(f"{what}: rate limited", retry_after_s=getattr(exc, "retry_after", None))
-    if isinstance(exc, enc_exc.PayloadTooLargeError):
-        return errors.PermanentWriteError(f"{what}: payload too large (413)")
-    if isinstance(exc, enc_exc.InvalidArgumentsError):
-        return errors.PermanentWriteError(f"{what}: invalid arguments (400)")
-    if isinstance(exc, enc_exc.RequestException) and "session.send failed" in str(exc):
-        return errors.Unavailable(f"{what}: cannot reach Encord")
-    if isinstance(exc, (enc_exc.UnknownException, enc_exc.GenericServerError)):
-        return errors.TransientWriteError(f"{what}: server error")
-    if isinstance(exc, OSError):
-        return errors.Unavailable(f"{what}: {type(exc).__name__}")
+# SDK exception type → our error family, first match wins (foreign exceptions are translated here,
+# by type, never by message text). Messages name the operation, never a URL or key.
+_AUTH = "Encord refused the key or token (unregistered key, or wrong --domain?)"
+_ERRORS: tuple[
+    tuple[type[BaseException] | tuple[type[BaseException], ...], Callable[[str, Any], errors.FsError]], ...
+] = (
+    ((enc_exc.SshKeyNotFound, enc_exc.AuthenticationError), lambda what, e: errors.AuthError(f"{what}: {_AUTH}")),
+    (enc_exc.AuthorisationError, lambda what, e: errors.PermissionDenied(f"{what}: not authorised")),
+    (enc_exc.ResourceNotFoundError, lambda what, e: errors.NotFound(f"{what}: not found")),
+    (
+        enc_exc.RateLimitExceededError,
+        lambda what, e: errors.TransientError(f"{what}: rate limited", retry_after_s=getattr(e, "retry_after", None)),
+    ),
+    (enc_exc.PayloadTooLargeError, lambda what, e: errors.PermanentError(f"{what}: payload too large (413)")),
+    (enc_exc.InvalidArgumentsError, lambda what, e: errors.PermanentError(f"{what}: invalid arguments (400)")),
+    (
+        (enc_exc.UnknownException, enc_exc.GenericServerError),
+        lambda what, e: errors.TransientError(f"{what}: server error"),
+    ),
+    (
+        (requests.ConnectionError, requests.Timeout, OSError),
+        lambda what, e: errors.Unavailable(f"{what}: cannot reach Encord ({type(e).__name__})"),
+    ),
+    # The SDK wraps a failed send in RequestException; the cause says what failed. Anything else it raises
+    # for a response it could not make sense of (HTML from a proxy, a wrong --domain): transient.
+    (
+        (enc_exc.RequestException, requests.RequestException),
+        lambda what, e: errors.TransientError(
+            f"{what}: unexpected reply from Encord ({type(e).__name__}; is --domain right?)"
+        ),
+    ),
+)
+
+
+def _translate(exc: BaseException, what: str) -> errors.FsError:
+    """SDK exception → our error family by ``_ERRORS``; a wrapped send failure by its cause."""
+    cause = exc.__cause__
+    if isinstance(exc, enc_exc.RequestException) and isinstance(cause, (requests.RequestException, OSError)):
+        exc = cause
+    for types, make in _ERRORS:
+        if isinstance(exc, types):
+            return make(what, exc)
     return errors.BackendError(f"{what}: {type(exc).__name__}")
 
 
@@ -272,7 +294,7 @@ class SdkBackend:
         ``get_storage_items`` (current metadata) and one bundled ``update`` → one ``patch-bulk``: two
         calls per 1000 rows. Rows without one: the deprecated ``DataRow.save`` (wire §6.1), per
         dataset one ``get_dataset`` + one ``list_data_rows``, then one call per row. Whole-call
-        failures raise ``Transient``/``PermanentWriteError``; the SDK never retries PATCH, the queue does.
+        failures raise ``TransientError``/``PermanentError``; the SDK never retries PATCH, the queue does.
         """
         out: dict[str, PushOutcome] = {}
         backed: list[RowPatch] = []
@@ -283,7 +305,7 @@ class SdkBackend:
             elif _is_uuid(patch.item_uuid):
                 backed.append(patch)
             else:
-                out[patch.row_uid] = PushOutcome(patch.row_uid, error=errors.PermanentWriteError("bad item uuid"))
+                out[patch.row_uid] = PushOutcome(patch.row_uid, error=errors.PermanentError("bad item uuid"))
         for start in range(0, len(backed), BULK_LIMIT):
             out.update(self._push_items(backed[start : start + BULK_LIMIT]))
         for dataset_uid, group in legacy.items():
@@ -307,9 +329,7 @@ class SdkBackend:
         for patch in patches:
             assert patch.item_uuid is not None
             if (item := items.get(patch.item_uuid)) is None:
-                out[patch.row_uid] = PushOutcome(
-                    patch.row_uid, error=errors.PermanentWriteError("storage item not found")
-                )
+                out[patch.row_uid] = PushOutcome(patch.row_uid, error=errors.PermanentError("storage item not found"))
             else:
                 metadata = item.client_metadata
                 out[patch.row_uid] = PushOutcome(
@@ -326,7 +346,7 @@ class SdkBackend:
         out = {}
         for patch in patches:
             if (row := rows.get(patch.row_uid)) is None:
-                out[patch.row_uid] = PushOutcome(patch.row_uid, error=errors.PermanentWriteError("data row not found"))
+                out[patch.row_uid] = PushOutcome(patch.row_uid, error=errors.PermanentError("data row not found"))
                 continue
             try:
                 with _sdk_write(f"saving data row {patch.row_uid}"), warnings.catch_warnings():
@@ -392,7 +412,7 @@ def _parse_rows(response: requests.Response, dataset_uid: str, context: Any) -> 
     except requests.RequestException as exc:
         raise enc_exc.RequestException(
             f"Request session.send failed while reading: {type(exc).__name__}", context=context
-        ) from None
+        ) from exc
     if status == [200] and seen_rows:
         return
     _check_envelope(bytes(kept), status, context)
@@ -477,12 +497,12 @@ def _is_uuid(text: str) -> bool:
 
 def _as_write_error(exc: errors.FsError) -> errors.BackendError:
     """A translated error, classified for the write queue: will resending the same change ever work?"""
-    if isinstance(exc, (errors.TransientWriteError, errors.PermanentWriteError)):
+    if isinstance(exc, (errors.TransientError, errors.PermanentError)):
         return exc
     if isinstance(exc, (errors.PermissionDenied, errors.NotFound)):
-        return errors.PermanentWriteError(exc.message)  # 403 / 404: not for this row, ever (400 is already permanent)
+        return errors.PermanentError(exc.message)  # 403 / 404: not for this row, ever (400 is already permanent)
     # AuthError (401: the key, not the row), Unavailable, unknown: retry with backoff, park nothing.
-    return errors.TransientWriteError(exc.message)
+    return errors.TransientError(exc.message)
 
 
 @contextlib.contextmanager

@@ -47,6 +47,7 @@ from encordfs.core import names, xattrs
 from encordfs.core.catalog import ROOT_INO, Catalog, Entry, Kind, Node
 from encordfs.core.journal import RowRef
 from encordfs.core.writes import WriteQueue
+from encordfs.settings import Settings, default
 
 log = logging.getLogger(__name__)
 
@@ -107,19 +108,22 @@ class OpenFile:
 
 @dataclass(frozen=True, slots=True)
 class Options:
+    """What the core takes from ``encordfs.settings.Settings`` (defaults, and their reasons, are there)."""
+
     uid: int
     gid: int
-    # Metadata TTL: how long a loaded listing is served before it is loaded again. 60 s, like
-    # mountpoint-s3's default metadata TTL for mutable buckets: fresh enough for interactive use,
-    # while a training epoch over a folder costs one listing call per minute, not one per file.
-    metadata_ttl_s: float = 60.0
-    file_mode: int = 0o444
-    dir_mode: int = 0o555
-    # Client metadata larger than this (compact JSON, bytes) is refused with E2BIG before it is
-    # queued: 64 KiB is what the emulator answers 413 to, and Encord's own limit is undocumented.
-    max_metadata_bytes: int = 65536
+    metadata_ttl_s: float = default("metadata_ttl")  # a loaded listing is served this long, then reloaded
+    file_mode: int = default("file_mode")
+    dir_mode: int = default("dir_mode")
+    max_metadata_bytes: int = default("max_metadata_bytes")  # larger metadata is refused with E2BIG
     # How long fsync on a file waits for its row's queued changes to land before failing with EIO.
     fsync_timeout_s: float = 30.0
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> Options:
+        uid, gid = s.owner
+        return cls(uid=uid, gid=gid, metadata_ttl_s=s.metadata_ttl, file_mode=s.file_mode, dir_mode=s.dir_mode,
+                   max_metadata_bytes=s.max_metadata_bytes)  # fmt: skip
 
 
 def iso(ts: float | None) -> str | None:
@@ -441,6 +445,13 @@ class EncordFS:
         deadline = time.monotonic() + timeout_s
         while self._refreshing and time.monotonic() < deadline:
             time.sleep(0.01)
+
+    def refresh_path(self, path: str) -> None:
+        """``encordfs refresh PATH``: reload the folder at ``path`` (relative to the mount) now."""
+        ino = self.resolve(path)
+        if ino != ROOT_INO and (ino >= CONTROL_INO or not self.node(ino).kind.is_dir):
+            raise errors.InvalidValue(f"{path}: refresh a folder, not a file")
+        self.refresh(ino)
 
     def refresh(self, ino: int) -> None:
         """Load a folder from Encord now, whatever its age."""

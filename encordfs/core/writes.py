@@ -448,14 +448,14 @@ class WriteQueue:
         started = self._monotonic()
         try:
             outcomes = self._push([s.patch for s in snaps])
-        except errors.PermanentWriteError as exc:
+        except errors.PermanentError as exc:
             self._note_call(failed=True, error=exc)
             if len(snaps) > 1:  # which row is guilty? halve until it is alone
                 mid = len(snaps) // 2
                 return self._push_batch(snaps[:mid]) and self._push_batch(snaps[mid:])
             self._settle(snaps, {}, {snaps[0].patch.row_uid: _reason(exc)}, transient=None)
             return True
-        except Exception as exc:  # TransientWriteError, Unavailable, AuthError, a backend bug: retry later
+        except Exception as exc:  # TransientError, Unavailable, AuthError, a backend bug: retry later
             if not isinstance(exc, errors.BackendError):
                 log.exception("write push failed unexpectedly")
             self._note_call(failed=True, error=exc)
@@ -469,10 +469,10 @@ class WriteQueue:
             outcome = outcomes.get(snap.patch.row_uid)
             if outcome is not None and outcome.ok:
                 landed[snap.patch.row_uid] = outcome
-            elif outcome is not None and isinstance(outcome.error, errors.PermanentWriteError):
+            elif outcome is not None and isinstance(outcome.error, errors.PermanentError):
                 parked[snap.patch.row_uid] = _reason(outcome.error)
             else:
-                transient = (outcome.error if outcome is not None else None) or errors.TransientWriteError(
+                transient = (outcome.error if outcome is not None else None) or errors.TransientError(
                     "the backend reported nothing for a row"
                 )
         self._settle(snaps, landed, parked, transient=transient)

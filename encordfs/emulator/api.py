@@ -118,7 +118,7 @@ def _opt_str(obj: dict[str, Any], key: str) -> str | None:
     value = obj.get(key)
     if value is not None and not isinstance(value, str):
         raise ApiError(400, f"{key} must be a string")
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def legacy_endpoint(body: bytes) -> str:

@@ -164,7 +164,7 @@ def _probe_image(fh: BinaryIO, path: Path, mime: str) -> MediaInfo:
 _MAX_MOOV = 64 * 1024 * 1024
 
 
-def _iter_boxes(buf: bytes, start: int = 0, end: int | None = None):  # type: ignore[no-untyped-def]
+def _iter_boxes(buf: bytes, start: int = 0, end: int | None = None):
     """Yield (type, payload_start, payload_end) for the boxes in buf[start:end]."""
     end = len(buf) if end is None else end
     pos = start

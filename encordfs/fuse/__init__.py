@@ -82,9 +82,10 @@ def load(name: str | None) -> ModuleType:
 
         return libfuse
     if name == "kernel":
+        import importlib
+
         try:
-            from encordfs.fuse import kernel
-        except ImportError as exc:  # not built yet on this tree
-            raise errors.FsError(f"--binding kernel is not available: {exc}") from None
-        return kernel
+            return importlib.import_module("encordfs.fuse.kernel")
+        except ImportError as exc:
+            raise errors.FsError(f"--binding kernel is not available here: {exc}") from None
     raise errors.InvalidValue(f"unknown binding {name!r} (choose from {', '.join(BINDINGS)})")

@@ -22,6 +22,7 @@ os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")  # libfuse 3; must precede t
 import mfusepy  # noqa: E402
 
 from encordfs import errors  # noqa: E402
+from encordfs.control import mounted_at  # noqa: E402
 from encordfs.core.fs import Attr, EncordFS  # noqa: E402
 from encordfs.core.xattrs import is_foreign as is_foreign_xattr  # noqa: E402
 from encordfs.fuse import BLKSIZE, Timeouts, blocks, log_level, ns, stat_dict  # noqa: E402
@@ -58,14 +59,16 @@ def _read_only(*_: Any) -> int:
     raise mfusepy.FuseOSError(errno.EROFS)
 
 
-class FuseOperations(mfusepy.Operations):  # type: ignore[misc]
+class FuseOperations(mfusepy.Operations):
     use_ns = True
 
     def __init__(self, fs: EncordFS, timeouts: Timeouts) -> None:
         self.fs = fs
+        self.served = False  # the kernel's INIT arrived: the mount was up
         self._timeouts = (timeouts.attr_s, timeouts.entry_s, timeouts.negative_s)
 
     def init_with_config(self, conn: Any, config: Any) -> None:
+        self.served = True
         if config is not None:
             config.use_ino = 1
             config.attr_timeout, config.entry_timeout, config.negative_timeout = self._timeouts
@@ -167,15 +170,15 @@ class FuseOperations(mfusepy.Operations):  # type: ignore[misc]
         self.fs.close()
 
     # Content and tree changes are refused: the mount mirrors Encord, it does not upload.
-    write = create = mkdir = unlink = rmdir = truncate = symlink = link = mknod = _read_only  # type: ignore[assignment]
-    chmod = chown = utimens = _read_only  # type: ignore[assignment]
+    write = create = mkdir = unlink = rmdir = truncate = symlink = link = mknod = _read_only
+    chmod = chown = utimens = _read_only
 
 
 FUSE_READDIR_PLUS = 1  # libfuse 3: readdir's flags (the kernel sent READDIRPLUS)
 FUSE_FILL_DIR_PLUS = 2  # libfuse 3: the filler's flags (this entry carries full attributes)
 
 
-class _FUSE(mfusepy.FUSE):  # type: ignore[misc]
+class _FUSE(mfusepy.FUSE):
     """mfusepy with readdirplus. mfusepy fills READDIRPLUS replies with names only (``flags=0``), so
     the kernel drops them and sends a LOOKUP per entry: a first ``ls -l`` of 100k rows cost 100k
     round trips through Python. Here the entries carry their full attributes with
@@ -184,7 +187,7 @@ class _FUSE(mfusepy.FUSE):  # type: ignore[misc]
 
     def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int) -> int:
         if not flags & FUSE_READDIR_PLUS or path is None:
-            return super().readdir_fuse_3(path, buf, filler, offset, fip, flags)  # type: ignore[no-any-return]
+            return super().readdir_fuse_3(path, buf, filler, offset, fip, flags)
         st = mfusepy.c_stat()
         encoding, errs = self.encoding, self.errors
         for name, attr, off in self.operations.readdir_plus(path.decode(encoding, errs), offset):
@@ -230,4 +233,9 @@ def run(
     try:
         _FUSE(ops, mountpoint, raw_fi=True, **options)
     except RuntimeError as exc:
+        # libfuse returns non-zero when a signal (SIGINT, SIGTERM, SIGHUP) ended its loop, after it has
+        # unmounted: a requested stop that unmounted cleanly is a success, not "could not mount".
+        if ops.served and not mounted_at(mountpoint):
+            log.info("stopped by a signal; %s is unmounted", mountpoint)
+            return
         raise errors.FsError(f"libfuse could not mount {mountpoint} (status {exc})") from None
