@@ -30,7 +30,7 @@ from harness import scenarios as suites
 
 XATTR_ERRNOS = {errno.EINVAL, errno.EPERM, errno.ENOTSUP, errno.ENODATA, errno.EEXIST, errno.E2BIG}
 PATH_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG, errno.EINVAL}
-RENAME_ERRNOS = {errno.EINVAL, errno.EEXIST, errno.ENAMETOOLONG, errno.ENOENT}
+RENAME_ERRNOS = {errno.EPERM, errno.EEXIST, errno.ENAMETOOLONG, errno.ENOENT}
 
 
 class _Fetcher:

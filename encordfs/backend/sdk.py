@@ -32,6 +32,7 @@ from typing import Any
 
 import ijson
 import requests
+from cryptography.exceptions import UnsupportedAlgorithm
 from encord import EncordUserClient
 from encord import exceptions as enc_exc
 from encord.common.time_parser import parse_datetime
@@ -105,17 +106,19 @@ _ERRORS: tuple[
         lambda what, e: errors.TransientError(f"{what}: server error"),
     ),
     (
-        (requests.ConnectionError, requests.Timeout, OSError),
+        (requests.ConnectionError, requests.Timeout),
         lambda what, e: errors.Unavailable(f"{what}: cannot reach Encord ({type(e).__name__})"),
     ),
-    # The SDK wraps a failed send in RequestException; the cause says what failed. Anything else it raises
-    # for a response it could not make sense of (HTML from a proxy, a wrong --domain): transient.
+    # The SDK wraps a failed send in RequestException; the cause says what failed (above). Anything else
+    # requests or the SDK raise is a reply they could not make sense of (HTML from a proxy, a wrong
+    # --domain): transient. (requests' exceptions are OSErrors too, hence this order.)
     (
         (enc_exc.RequestException, requests.RequestException),
         lambda what, e: errors.TransientError(
             f"{what}: unexpected reply from Encord ({type(e).__name__}; is --domain right?)"
         ),
     ),
+    (OSError, lambda what, e: errors.Unavailable(f"{what}: cannot reach Encord ({type(e).__name__})")),
 )
 
 
@@ -141,16 +144,39 @@ def _sdk(what: str) -> Iterator[None]:
         raise _translate(exc, what) from None
 
 
+_KEY_HINT = "encordfs needs an unencrypted OpenSSH Ed25519 private key (ssh-keygen -t ed25519 -N '' -f FILE)"
+
+
 def load_key(path: Path) -> str:
-    """Read an OpenSSH private key file; a clear error if it is missing or unreadable."""
+    """Read and check an OpenSSH private key file. Every problem is one line that says what is wrong
+    and what is expected; the key's content never appears in it."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     try:
-        text = path.expanduser().read_text(encoding="ascii")
+        raw = path.expanduser().read_bytes()
     except FileNotFoundError:
         raise errors.AuthError(f"SSH key file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise errors.AuthError(f"cannot read SSH key file {path}: {type(exc).__name__}") from None
-    if "PRIVATE KEY" not in text:
-        raise errors.AuthError(f"{path} is not an OpenSSH private key")
+    except OSError as exc:
+        raise errors.AuthError(f"cannot read SSH key file {path}: {exc.strerror}") from None
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise errors.AuthError(f"{path} is not a text key file; {_KEY_HINT}") from None
+    if "-----BEGIN OPENSSH PRIVATE KEY-----" not in text:
+        kind = "a public key" if text.startswith(("ssh-", "ecdsa-")) else "not an OpenSSH private key"
+        if "-----BEGIN RSA PRIVATE KEY-----" in text or "-----BEGIN PRIVATE KEY-----" in text:
+            kind = "a PEM private key, not an OpenSSH Ed25519 one"
+        raise errors.AuthError(f"{path} is {kind}; {_KEY_HINT}")
+    try:
+        key = serialization.load_ssh_private_key(raw, password=None)
+    except TypeError:  # "Password was not given but private key is encrypted"
+        raise errors.AuthError(f"{path} is protected by a passphrase; {_KEY_HINT}") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise errors.AuthError(f"{path} could not be parsed as a private key; {_KEY_HINT}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        algorithm = type(key).__name__.removeprefix("_").replace("PrivateKey", "") or "another type"
+        raise errors.AuthError(f"{path} is an {algorithm} key; {_KEY_HINT}")
     return text
 
 

@@ -30,11 +30,14 @@ The catalog is a cache of the server: ``synchronous=NORMAL`` is enough, a lost t
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
@@ -44,6 +47,8 @@ from typing import Any
 import orjson
 
 from encordfs.core import names
+
+log = logging.getLogger(__name__)
 
 ROOT_INO = 1
 # Entries per ``sync_children`` batch: one SELECT of the batch's uids (SQLite's default limit of 999
@@ -181,6 +186,15 @@ def _batches(entries: Iterable[Entry], size: int) -> Iterator[list[Entry]]:
         yield batch
 
 
+def _move_aside(path: Path) -> Path:
+    """Rename a damaged SQLite file (and its WAL and shared-memory files) out of the way."""
+    aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(f"{path}{suffix}", f"{aside}{suffix}")
+    return aside
+
+
 class Catalog:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -195,7 +209,18 @@ class Catalog:
         # folder ino -> when it was loaded: a read-through copy of the ``loaded:<ino>`` state rows,
         # asked on every lookup. Plain dict operations are atomic under the GIL; writers hold the lock.
         self._loaded: dict[int, float] = {}
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            self._open_writer()
+        except sqlite3.DatabaseError as exc:
+            # The catalog is a cache of what Encord says: a damaged one is moved aside and rebuilt.
+            with contextlib.suppress(AttributeError, sqlite3.Error):
+                self._writer.close()
+            aside = _move_aside(path)
+            log.warning("catalog %s is damaged (%s); moved it to %s and rebuilding it from Encord", path, exc, aside)
+            self._open_writer()
+
+    def _open_writer(self) -> None:
+        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
         os.close(fd)
         self._writer = self._connect()
         # The writer's page cache: a first load inserts 100k rows into three indexes keyed by random

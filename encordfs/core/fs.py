@@ -619,6 +619,8 @@ class EncordFS:
     def getxattr(self, ino: int, name: str) -> bytes:
         if xattrs.is_foreign(name):
             raise errors.NotSupported(name)
+        if not xattrs.is_text(name):
+            raise errors.NoData("attribute name is not UTF-8")
         source = self._xattr_source(ino)
         found = None
         if source is not None:
@@ -652,8 +654,8 @@ class EncordFS:
         )
 
     def setxattr(self, ino: int, name: str, value: bytes, flags: int) -> None:
-        if xattrs.is_foreign(name):
-            raise errors.NotSupported(name)
+        if xattrs.is_foreign(name) or not xattrs.is_text(name):
+            raise errors.NotSupported("only user.encord.* names in UTF-8 can be set")
         if name in (CONTROL_XATTR_REFRESH, CONTROL_XATTR_FLUSH):
             return self._control(ino, name, value)
         if name != xattrs.CLIENT_METADATA and not name.startswith(xattrs.META_PREFIX):
@@ -688,6 +690,8 @@ class EncordFS:
     def removexattr(self, ino: int, name: str) -> None:
         if xattrs.is_foreign(name):
             raise errors.NotSupported(name)
+        if not xattrs.is_text(name):
+            raise errors.NoData("attribute name is not UTF-8")
         if not name.startswith(xattrs.META_PREFIX):
             if name.startswith((xattrs.PREFIX, CONTROL_XATTR_PREFIX)):
                 raise errors.NotPermitted(f"{name} cannot be removed")
@@ -724,9 +728,15 @@ class EncordFS:
                 "moving rows between folders is not supported; rename within a folder changes the title"
             )
         self._writable_row(node.ino, "rename")
-        # Also refuses "/" (rule 1) and names over 255 bytes (rule 4): EINVAL, as docs/SEMANTICS.md says.
-        if names.base_name(new_name, None, is_dir=node.kind.is_dir) != new_name:
-            raise errors.InvalidValue(f"{new_name!r} is not a name encordfs would show for that title")
+        # The new name must be what every mount would show for that title (a fixed point of the naming
+        # rules, with the row's own MIME type: "notes" for a text row would show as "notes.txt").
+        # EPERM, not EINVAL: GNU mv reports EINVAL as "cannot move ... to a subdirectory of itself".
+        mime = node.fields.get("file_type") if not node.kind.is_dir else None
+        if names.base_name(new_name, mime, is_dir=node.kind.is_dir) != new_name:
+            raise errors.NotPermitted(
+                f"{new_name!r} is not a name encordfs would show for that title "
+                f"(it would show as {names.base_name(new_name, mime, is_dir=node.kind.is_dir)!r})"
+            )
         existing = self.catalog.lookup_key(old_parent, new_name)
         if existing is not None and existing.ino != node.ino:
             raise errors.Exists(f"{new_name} already exists (or differs only in case)")
@@ -787,6 +797,10 @@ def _parse_json(value: bytes, name: str) -> Any:
         parsed = json.loads(value.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise errors.InvalidValue(f"{name}: value is not valid JSON (strings need quotes: '\"train\"')") from None
+    try:  # "\ud800" is valid JSON, but a lone surrogate is no text Encord (or UTF-8) can hold
+        xattrs.compact_json(parsed).encode("utf-8")
+    except UnicodeEncodeError:
+        raise errors.InvalidValue(f"{name}: value holds a lone UTF-16 surrogate, which is not text") from None
     return parsed
 
 

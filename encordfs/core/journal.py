@@ -35,6 +35,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from encordfs import errors
+
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -108,10 +110,18 @@ class Journal:
         os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))  # create 0600 before SQLite does
         os.chmod(path, 0o600)
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.executescript(_SCHEMA)
-        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.executescript(_SCHEMA)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            # Unlike the catalog, the journal may hold edits that exist nowhere else: never delete it.
+            raise errors.FsError(
+                f"the write journal {path} is damaged ({exc}); it may hold metadata changes not yet pushed "
+                f"to Encord. Keep a copy, then move it aside to mount without them: mv {path} {path}.damaged"
+            ) from None
         return cls(conn, path)
 
     @contextlib.contextmanager

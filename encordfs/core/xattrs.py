@@ -26,6 +26,15 @@ def is_foreign(name: str) -> bool:
     return not name.startswith("user.")
 
 
+def is_text(name: str) -> bool:
+    """False for a name that was not valid UTF-8 (the bindings decode names with surrogateescape)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 # One encoder for every value: ``json.dumps`` with options builds a new encoder per call, which was
 # most of the cost of a getxattr (``getfattr -d`` asks for ~20 values per file).
 _compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
