@@ -364,3 +364,46 @@ def test_a_domain_that_answers_html_says_so(tmp_path: Path, emu: RunningEmulator
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert "is --domain right?" in done.stderr
     assert find(tmp_path / "m") is None
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if text.encode() in f.read():
+                        found.append(int(pid))
+            except OSError:
+                continue
+    return found
+
+
+def test_demo_cleans_up_after_ctrl_c_even_when_its_stdout_is_gone(tmp_path: Path) -> None:
+    """``scripts/demo | tee log`` then Ctrl-C: tee dies with the demo's pipe, the cleanup must not."""
+    mnt, data = tmp_path / "demo-mnt", tmp_path / "demo-data"
+    proc = subprocess.Popen([sys.executable, "-m", "encordfs", "demo", str(mnt), "--data-dir", str(data)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not mounted_at(mnt) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert mounted_at(mnt), "the demo did not mount"
+        assert proc.stdout is not None
+        proc.stdout.close()  # the reader (tee) is gone: every later print hits a broken pipe
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(60) in (0, 130)
+        assert not mounted_at(mnt)
+        deadline = time.monotonic() + 15
+        while _processes_mentioning(str(data)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _processes_mentioning(str(data)), "the emulator or the mount outlived the demo"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if mounted_at(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+        for pid in _processes_mentioning(str(data)):
+            os.kill(pid, signal.SIGKILL)
