@@ -29,6 +29,8 @@ Suites (each returns a dict of figures; ``MUST_BE_ZERO`` names the ones that mus
 ``hostile_suite``      random xattr names/values/flags, path components and renames through a real
                        mount: every call returns or fails with an expected errno, the mount survives,
                        and a failed call queues nothing.
+``names_suite``        titles that used to fail a folder's load (NFC/NFD pairs, a base name and every
+                       ``~id`` form of another row's name): every load lists every row, uniquely named.
 ``concurrency_suite``  ``threads`` threads of readers (bytes checked), writers (setxattr) and refreshers
                        (``encordfs refresh`` and the refresh xattr, then a listing) for ``duration_s``
                        under light faults: no error, no hang, RSS of the mount process bounded.
@@ -72,6 +74,7 @@ META = "user.encord.meta."
 RSS_LIMIT_MB = 1536  # 256 MiB memory block cache + read budget + interpreter, with room to spare
 OP_DEADLINE_S = 75.0  # a read may take the 30 s retry budget plus a 10 s stall; 75 s is a hang
 MUST_BE_ZERO = (
+    "names_failed_loads",
     "wrong_bytes",
     "read_errors",
     "lost_writes",
@@ -833,6 +836,73 @@ def hostile_suite(ws: Workspace, cases: int = 400, seed: int = 11) -> dict[str, 
         "hangs": dog.hangs,
         "max_rss_mb": rss.max_mb,
     }
+
+
+def names_suite(ws: Workspace, rounds: int = 6, seed: int = 13) -> dict[str, Any]:
+    """Hostile titles that used to break a folder's load: NFC/NFD pairs of one title (and case
+    variants), and sets that take a base name and every ``~id`` form of another row's name before
+    that row is (re)named. A load fails when the listing errors, misses a row the server has, or
+    shows two names that collide (case or normalization). Loads happen through ``encordfs refresh``
+    on a live mount, then once more on a fresh mount."""
+    import unicodedata
+
+    from encordfs.core.names import name_key
+
+    ws.reset(data=True)
+    assert ws.emu is not None
+    rng = random.Random(seed)
+    client = ws.emu.client()
+    dataset = "soak-real"
+    ds_hash = next(d["dataset"].dataset_hash for d in client.get_datasets() if d["dataset"].title == dataset)
+    failed: list[str] = []
+    loads = 0
+
+    def check(mnt: Path, what: str) -> None:
+        nonlocal loads
+        loads += 1
+        folder = mnt / dataset
+        try:
+            shown = os.listdir(folder)
+            for name in shown:
+                os.stat(folder / name)
+                for spelling in {unicodedata.normalize("NFC", name), unicodedata.normalize("NFD", name)}:
+                    os.stat(folder / spelling)  # any normalization of a shown name finds it
+        except OSError as exc:
+            failed.append(f"{what}: {exc!r}")
+            return
+        server = client.get_dataset(ds_hash).data_rows
+        if len(shown) != len(server):
+            failed.append(f"{what}: {len(shown)} names for {len(server)} rows")
+        if len({name_key(n) for n in shown}) != len(shown):
+            failed.append(f"{what}: two names collide")
+
+    with ws.mount() as m:
+        check(m.path, "first load")
+        for r in range(rounds):
+            word = "".join(rng.choice("aeiouéèñüçåø") for _ in range(rng.randint(2, 6)))
+            title = f"{word}-{r}.jpg"
+            for variant in {unicodedata.normalize("NFC", title), unicodedata.normalize("NFD", title), title.upper()}:
+                ws.emu.add_row(dataset, variant, rng.randbytes(rng.randint(1, 2000)))
+            victim = ws.emu.add_row(dataset, f"victim-{r}-{rng.random()}.jpg", b"v" * 10)["data_hash"]
+            tag = "".join(c for c in victim if c.isalnum())
+            base = f"shot-{r}.jpg"
+            for crafted in [base, *(f"shot-{r}~{tag[:w]}.jpg" for w in (8, 16, 64))]:
+                ws.emu.add_row(dataset, crafted, b"a" * 10)
+            subprocess.run([sys.executable, "-m", "encordfs", "refresh", str(m.path / dataset)], check=False,
+                           capture_output=True, timeout=120)  # fmt: skip
+            check(m.path, f"round {r}: after adding")
+            row = next(row for row in client.get_dataset(ds_hash).data_rows if row.uid == victim)
+            row.title = base  # the victim now wants a name whose every ~id form is taken
+            row.save()
+            done = subprocess.run([sys.executable, "-m", "encordfs", "refresh", str(m.path / dataset)],
+                                  capture_output=True, text=True, timeout=120)  # fmt: skip
+            if done.returncode != 0:
+                failed.append(f"round {r}: refresh failed: {done.stderr.strip()[-300:]}")
+            check(m.path, f"round {r}: after the rename")
+    with ws.mount() as fresh:
+        check(fresh.path, "fresh mount")
+    ws.reset(data=True)
+    return {"names_loads": loads, "names_failed_loads": len(failed), "names_failures": failed[:10]}
 
 
 def _hostile_call(

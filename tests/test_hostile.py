@@ -233,3 +233,12 @@ def test_real_mount_fuzz(tmp_path: Path) -> None:
     ) as ws:
         figures = suites.hostile_suite(ws, cases=150)
     assert figures["hostile_failures"] == 0 and figures["hangs"] == 0, figures
+
+
+def test_real_mount_hostile_titles_always_load(tmp_path: Path) -> None:
+    """NFC/NFD pairs and ~id exhaustion sets, added to a loaded folder and loaded again: no failed load."""
+    with suites.Workspace(
+        tmp_path, suites.WorkspaceSpec(large_rows=1, large_bytes=1000, small_rows=2, real_files=1)
+    ) as ws:
+        figures = suites.names_suite(ws, rounds=2)
+    assert figures["names_loads"] >= 6 and figures["names_failed_loads"] == 0, figures

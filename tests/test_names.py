@@ -101,3 +101,52 @@ def test_a_replaced_row_takes_the_plain_name(tmp_path: Path) -> None:
         "new00002": "k~new00002.jpg",
     }
     catalog.close()
+
+
+def test_nfc_and_nfd_spellings_are_one_name_and_either_finds_it(tmp_path: Path) -> None:
+    import unicodedata
+
+    catalog = Catalog(tmp_path / "c.sqlite")
+    nfc, nfd = unicodedata.normalize("NFC", "café.jpg"), unicodedata.normalize("NFD", "café.jpg")
+    assert nfc != nfd
+    catalog.sync_children(1, [_entry("a-uid-0001", nfd), _entry("b-uid-0002", nfc)], 1)
+    shown = {n.uid: n.name for n in catalog.children(1)}
+    assert shown["a-uid-0001"] == nfd  # the title's own bytes are shown
+    assert shown["b-uid-0002"] != nfc and shown["b-uid-0002"].startswith("café~")  # not a second "café.jpg"
+    for spelling in (nfc, nfd):
+        found = catalog.lookup(1, spelling)
+        assert found is not None and found.uid == "a-uid-0001"
+        assert catalog.lookup_ino(1, spelling) == found.ino
+    assert catalog.lookup(1, "CAFÉ.jpg") is None  # lookups stay case-sensitive
+
+
+def test_titles_crafted_to_take_every_tilde_form_still_load(tmp_path: Path) -> None:
+    """A base name plus its ~id forms for another row's id: that row still gets a unique name."""
+    victim = "0123456789abcdef0123456789abcdef-victim"
+    tag = "".join(c for c in victim if c.isalnum())
+    crafted = ["shot.jpg", *(f"shot~{tag[:w]}.jpg" for w in (8, 16, 64))]
+    entries = [_entry(f"attacker-{i:04d}", t) for i, t in enumerate(crafted)] + [_entry(victim, "shot.jpg")]
+    catalog = Catalog(tmp_path / "c.sqlite")
+    catalog.sync_children(1, entries, 1)
+    got = {n.uid: n.name for n in catalog.children(1)}
+    assert len(got) == len(entries) and len({names.name_key(n) for n in got.values()}) == len(entries)
+    assert got[victim].startswith("shot~") and got[victim].endswith("~2.jpg")
+    catalog.sync_children(1, list(reversed(entries)), 2)  # reloads keep every name (sticky)
+    assert {n.uid: n.name for n in catalog.children(1)} == got
+
+
+def test_an_older_catalog_gets_the_new_keys(tmp_path: Path) -> None:
+    import sqlite3
+    import unicodedata
+
+    path = tmp_path / "c.sqlite"
+    catalog = Catalog(path)
+    catalog.sync_children(1, [_entry("a-uid-0001", unicodedata.normalize("NFD", "é.jpg"))], 1)
+    catalog.close()
+    raw = sqlite3.connect(path)
+    raw.execute("UPDATE nodes SET name_key = lower(name)")  # what version 1 stored
+    raw.execute("PRAGMA user_version=1")
+    raw.commit()
+    raw.close()
+    catalog = Catalog(path)
+    assert catalog.lookup(1, unicodedata.normalize("NFC", "é.jpg")) is not None

@@ -29,6 +29,7 @@ SIZES = {
         trials=20,
         seconds=20.0,
         cases=300,
+        name_rounds=4,
     ),
     "full": dict(
         spec=suites.WorkspaceSpec(large_rows=1300, large_bytes=8 * MiB + 4321),
@@ -36,6 +37,7 @@ SIZES = {
         trials=50,
         seconds=60.0,
         cases=1000,
+        name_rounds=12,
     ),
 }
 HEADLINE = (
@@ -51,6 +53,8 @@ HEADLINE = (
     "op_errors",
     "hostile_cases",
     "hostile_failures",
+    "names_loads",
+    "names_failed_loads",
     "network_eio_worst_s",
     "network_recovered_s",
     "network_failures",
@@ -117,7 +121,7 @@ def _run(name: str, ws: suites.Workspace, size: dict[str, Any]) -> dict[str, Any
     if name == "network":
         return suites.network_suite(ws)
     if name == "hostile":
-        return suites.hostile_suite(ws, cases=size["cases"])
+        return {**suites.hostile_suite(ws, cases=size["cases"]), **suites.names_suite(ws, rounds=size["name_rounds"])}
     return suites.concurrency_suite(ws, duration_s=size["seconds"])
 
 
@@ -138,6 +142,8 @@ def _headline(details: dict[str, Any], faults: int) -> dict[str, Any]:
             "op_errors",
             "hostile_cases",
             "hostile_failures",
+            "names_loads",
+            "names_failed_loads",
             "network_failures",
         )
     }

@@ -31,6 +31,7 @@ The catalog is a cache of the server: ``synchronous=NORMAL`` is enough, a lost t
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -51,6 +52,7 @@ from encordfs.core import names
 log = logging.getLogger(__name__)
 
 ROOT_INO = 1
+SCHEMA_VERSION = 2  # 2: name keys ignore Unicode normalization (names rule 5)
 # Entries per ``sync_children`` batch: one SELECT of the batch's uids (SQLite's default limit of 999
 # host parameters bounds it), then bulk UPDATE / INSERT. Bigger batches gain little past a few hundred.
 SYNC_BATCH = 500
@@ -229,12 +231,31 @@ class Catalog:
         self._writer.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
         with self._write_lock:
             self._writer.executescript(_SCHEMA)
+            self._migrate_locked()
             # Inodes of a fresh catalog start above ROOT_INO.
             self._writer.execute(
                 "INSERT OR IGNORE INTO sqlite_sequence(name, seq) SELECT 'nodes', ? WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name='nodes')",
                 (ROOT_INO,),
             )
             self._writer.commit()
+
+    def _migrate_locked(self) -> None:
+        """Bring an older catalog's derived columns up to date (``SCHEMA_VERSION``)."""
+        conn = self._writer
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version >= SCHEMA_VERSION:
+            return
+        # 2: name keys ignore Unicode normalization too. Two names of an old catalog may now collide:
+        # then the folder listings are dropped (it is a cache) and rebuilt with the new rule.
+        conn.create_function("name_key", 1, names.name_key, deterministic=True)
+        try:
+            conn.execute("UPDATE nodes SET name_key = name_key(name)")
+        except sqlite3.IntegrityError:
+            conn.rollback()
+            conn.execute("DELETE FROM nodes")
+            conn.execute("DELETE FROM state WHERE key LIKE 'loaded:%'")
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        conn.commit()
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
@@ -305,11 +326,9 @@ class Catalog:
         return _node(row) if row else None
 
     def lookup(self, parent: int, name: str) -> Node | None:
-        row = self._one(
-            f"SELECT {_COLUMNS} FROM nodes WHERE parent=? AND name_key=? AND name=?",
-            (parent, names.name_key(name), name),
-        )
-        return _node(row) if row else None
+        """The child named ``name``, or spelled like it in another Unicode normalization (rule 5)."""
+        row = self._one(f"SELECT {_COLUMNS} FROM nodes WHERE parent=? AND name_key=?", (parent, names.name_key(name)))
+        return _node(row) if row and names.same_spelling(row[4], name) else None
 
     def lookup_key(self, parent: int, name: str) -> Node | None:
         """The child whose name equals ``name`` ignoring case (what a new name would collide with)."""
@@ -336,10 +355,8 @@ class Catalog:
 
     def lookup_ino(self, parent: int, name: str) -> int | None:
         """Just the inode of a child (what path resolution needs)."""
-        row = self._one(
-            "SELECT ino FROM nodes WHERE parent=? AND name_key=? AND name=?", (parent, names.name_key(name), name)
-        )
-        return None if row is None else int(row[0])
+        row = self._one("SELECT ino, name FROM nodes WHERE parent=? AND name_key=?", (parent, names.name_key(name)))
+        return None if row is None or not names.same_spelling(row[1], name) else int(row[0])
 
     def stat_fields(self, ino: int) -> tuple[Kind, int, float] | None:
         """(kind, size, mtime) of a node: what ``getattr`` needs, without the xattr columns."""
@@ -561,14 +578,18 @@ class Catalog:
     def _free_name_locked(self, conn: sqlite3.Connection, parent: int, e: Entry, own_ino: int = -1) -> str:
         is_dir = e.kind.is_dir
         base = names.base_name(e.title, e.mime_type, is_dir=is_dir)
-        candidates = [base] + [names.disambiguated(base, e.uid, is_dir=is_dir, width=w) for w in (8, 16, 64)]
-        for candidate in candidates:
+        candidates = itertools.chain(
+            [base],
+            (names.disambiguated(base, e.uid, is_dir=is_dir, width=w) for w in (8, 16, 64)),
+            (names.numbered(base, e.uid, n, is_dir=is_dir) for n in itertools.count(2)),
+        )
+        for candidate in candidates:  # ends: a folder holds finitely many names
             hit = conn.execute(
                 "SELECT ino FROM nodes WHERE parent=? AND name_key=?", (parent, names.name_key(candidate))
             ).fetchone()
             if hit is None or hit[0] == own_ino:
                 return candidate
-        raise RuntimeError(f"no free name for {e.uid!r}")  # unreachable: uids are unique per folder
+        raise AssertionError("unreachable")
 
     def _assign_name_locked(self, conn: sqlite3.Connection, parent: int, ino: int, e: Entry) -> None:
         name = self._free_name_locked(conn, parent, e, own_ino=ino)

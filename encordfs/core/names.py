@@ -11,10 +11,14 @@ with hypothesis):
 3. A file whose title has no extension gets one from its MIME type (``image/jpeg`` → ``.jpg``);
    folders (datasets, groups) never get one.
 4. A name longer than 255 bytes (UTF-8) is cut on a character boundary, keeping the extension.
-5. Uniqueness is per folder and ignores case (``Dog.png`` and ``dog.png`` collide), so a copy to
-   a case-insensitive disk loses nothing. The first row to claim a name keeps it; any later one gets
-   ``stem~<first 8 characters of its id>.ext`` (16, then 64 characters if even that collides), which
-   only depends on the row itself.
+5. Uniqueness is per folder and ignores case and Unicode normalization (``Dog.png`` and
+   ``dog.png`` collide, and so do the NFC and NFD spellings of ``é.png``), so a copy to a
+   case-insensitive or normalizing disk (macOS) loses nothing. The first row to claim a name keeps
+   it; any later one gets ``stem~<first 8 characters of its id>.ext`` (16, then 64 characters if
+   even that collides, then ``stem~<id>~2.ext``, ``~3``, ... until one is free: titles crafted to
+   take every ``~id`` form cannot leave a row without a name). A name keeps the title's own code
+   points for display; a lookup by another normalization of it (NFC for NFD, or the reverse) finds
+   it, while lookups stay case-sensitive.
 6. Names are sticky: the catalog remembers them, so a row keeps its name while other rows are added
    or removed; it changes only when the row's own title changes.
 """
@@ -22,6 +26,7 @@ with hypothesis):
 from __future__ import annotations
 
 import re
+import unicodedata
 
 MAX_NAME_BYTES = 255
 RESERVED = ".encordfs"  # the mount's hidden control folder
@@ -108,5 +113,17 @@ def disambiguated(base: str, uid: str, *, is_dir: bool = False, width: int = 8) 
 
 
 def name_key(name: str) -> str:
-    """What two names must not share within one folder (case-insensitive, rule 5)."""
-    return name.casefold()
+    """What two names must not share within one folder (case- and normalization-insensitive, rule 5)."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).casefold())
+
+
+def same_spelling(a: str, b: str) -> bool:
+    """Whether two names differ at most by Unicode normalization (what a lookup forgives)."""
+    return a == b or unicodedata.normalize("NFC", a) == unicodedata.normalize("NFC", b)
+
+
+def numbered(base: str, uid: str, n: int, *, is_dir: bool = False) -> str:
+    """Rule 5's last resort: ``stem~<id>~<n>.ext`` for the n-th try (n >= 2)."""
+    stem, ext = (base, "") if is_dir else split_ext(base)
+    tag = "".join(c for c in uid if c.isalnum())[:64] or "x"
+    return _fit(stem, f"~{tag}~{n}{ext}")
