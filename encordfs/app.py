@@ -8,6 +8,7 @@ answers: status, flush, refresh, stop.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from encordfs.core.fetch import HttpFetcher
 from encordfs.core.fs import EncordFS, Options
 from encordfs.core.reader import ReadPipeline
 from encordfs.core.urls import SignedUrlCache
-from encordfs.core.writes import WriteQueue
+from encordfs.core.writes import QueueConfig, WriteQueue
 from encordfs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -101,8 +102,14 @@ def build(backend: Backend, settings: Settings) -> Mount:
         closers.append(reader.close)
         writes = None
         if not settings.read_only:
+            queue_config = QueueConfig()
+            if settings.write_reassert_after_s is not None:
+                queue_config = dataclasses.replace(queue_config, reassert_after_s=settings.write_reassert_after_s)
             writes = WriteQueue.open(
-                cache_dir / "journal.sqlite", backend.push, on_landed=lambda outcomes: _landed(catalog, outcomes)
+                cache_dir / "journal.sqlite",
+                backend.push,
+                config=queue_config,
+                on_landed=lambda outcomes: _landed(catalog, outcomes),
             )
             closers.append(lambda: _close_writes(writes, mount.flush_timeout_s))
         options = Options.from_settings(settings)

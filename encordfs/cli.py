@@ -105,7 +105,9 @@ def serve(s: Settings, mountpoint: Path) -> int:
     from encordfs.core.catalog import ROOT_INO
 
     binding = bindings.load(s.binding)
-    backend = SdkBackend(s.domain, _key_text(s), include_org_access=s.include_org_access)
+    backend = SdkBackend(
+        s.domain, _key_text(s), include_org_access=s.include_org_access, read_timeout_s=s.api_timeout_s
+    )
     mount = build(backend, s)
     server = metrics_server = None
     try:

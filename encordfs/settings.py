@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     # How long a stopping mount waits for queued metadata changes before leaving them in the journal
     # (``encordfs unmount --timeout`` overrides it for that stop).
     unmount_flush_timeout_s: float = Field(10.0, ge=0)
+    # How long one API call may wait for its reply (None: the SDK backend's 120 s); tests shorten it.
+    api_timeout_s: float | None = Field(None, gt=0)
+    # After a push of unknown outcome, its row's final state is pushed once more this much later
+    # (None: the write queue's default, longer than the API timeout; see core.writes "Late duplicates").
+    write_reassert_after_s: float | None = Field(None, ge=0)
 
     @classmethod
     def settings_customise_sources(

@@ -29,6 +29,8 @@ Suites (each returns a dict of figures; ``MUST_BE_ZERO`` names the ones that mus
 ``hostile_suite``      random xattr names/values/flags, path components and renames through a real
                        mount: every call returns or fails with an expected errno, the mount survives,
                        and a failed call queues nothing.
+``stale_suite``        a push held by the server past the mount's timeout lands after newer values:
+                       the newest value must be back once the late-duplicate window has passed.
 ``names_suite``        titles that used to fail a folder's load (NFC/NFD pairs, a base name and every
                        ``~id`` form of another row's name): every load lists every row, uniquely named.
 ``concurrency_suite``  ``threads`` threads of readers (bytes checked), writers (setxattr) and refreshers
@@ -75,6 +77,7 @@ RSS_LIMIT_MB = 1536  # 256 MiB memory block cache + read budget + interpreter, w
 OP_DEADLINE_S = 75.0  # a read may take the 30 s retry budget plus a 10 s stall; 75 s is a hang
 MUST_BE_ZERO = (
     "names_failed_loads",
+    "stale_overwrites",
     "wrong_bytes",
     "read_errors",
     "lost_writes",
@@ -218,12 +221,12 @@ class Workspace:
         self.emu.reset(data=data)
 
     @contextmanager
-    def mount(self, *extra: str, workdir: Path | None = None) -> Iterator[MountedFS]:
+    def mount(self, *extra: str, workdir: Path | None = None, env: dict[str, str] | None = None) -> Iterator[MountedFS]:
         self._mounts += 1
         work = workdir or self.root / f"mount-{self._mounts}"
         own = workdir is None
         try:
-            with MountedFS(self.domain, self.key_file, work, *extra) as mounted:
+            with MountedFS(self.domain, self.key_file, work, *extra, env=env) as mounted:
                 yield mounted
         finally:
             logs = self.root / "logs"
@@ -603,6 +606,46 @@ def writes_suite(ws: Workspace, trials: int, seed: int = 7, files_n: int = 12) -
         "kill_after_s": {"min": round(min(kill_points), 3), "max": round(max(kill_points), 3)} if kill_points else {},
         "max_rss_mb": rss.max_mb,
     }
+
+
+def stale_suite(ws: Workspace, rounds: int = 2, files_n: int = 3, held_s: float = 4.0) -> dict[str, Any]:
+    """Late duplicates: the emulator holds a push longer than the mount's API timeout and applies it
+    after the mount's retry and a newer value have landed (a stale overwrite, seen as ``stale_seen``).
+    The mount must re-assert the newest value once its window has passed: ``stale_overwrites`` counts
+    rows whose server value is not the last acknowledged one at the end."""
+    ws.reset()
+    window_s = held_s + 4.0
+    env = {**os.environ, "ENCORDFS_API_TIMEOUT_S": "1.5", "ENCORDFS_WRITE_REASSERT_AFTER_S": str(window_s)}
+    seen = stale = 0
+    with ws.mount(env=env) as m:
+        files = files_of(m.path, "soak-small")[:files_n]
+        uids = {f: os.getxattr(f, "user.encord.uid").decode() for f in files}
+        for r in range(rounds):
+            hold = [
+                {"endpoint": e, "latency_ms": int(held_s * 1000)} for e in ("v2.items.patch*", "legacy.datarow.post")
+            ]
+            ws.admin("POST", "faults", hold)
+            for f in files:
+                os.setxattr(f, META + "stale", json.dumps(f"old-{r}").encode())
+            time.sleep(1.0)  # the push is out and held by the server
+            ws.admin("DELETE", "faults")  # the mount's retry goes through at once
+            encordfs_cli("flush", str(m.path), "--timeout", "30")
+            for f in files:
+                os.setxattr(f, META + "stale", json.dumps(f"new-{r}").encode())
+            encordfs_cli("flush", str(m.path), "--timeout", "30")
+            time.sleep(held_s)  # the held request has been applied by now
+            server = _server_metadata(ws, "soak-small")
+            seen += sum(1 for f in files if server[uids[f]].get("stale") == f"old-{r}")
+            deadline = time.monotonic() + window_s + 20
+            while time.monotonic() < deadline:
+                server = _server_metadata(ws, "soak-small")
+                if all(server[uids[f]].get("stale") == f"new-{r}" for f in files):
+                    break
+                time.sleep(0.5)
+            stale += sum(1 for f in files if server[uids[f]].get("stale") != f"new-{r}")
+        reasserts = _status(m.path)["writes"].get("reasserts_total", 0)
+    ws.reset(data=True)
+    return {"stale_rounds": rounds * len(files), "stale_seen": seen, "stale_overwrites": stale, "reasserts": reasserts}
 
 
 def _server_metadata(ws: Workspace, dataset_title: str) -> dict[str, dict[str, Any]]:

@@ -306,3 +306,12 @@ def test_concurrent_readers_writers_refreshes(workspace: suites.Workspace) -> No
     assert figures["hangs"] == 0 and figures["op_errors"] == 0, figures
     assert figures["ops"]["read"] > 0 and figures["ops"]["setxattr"] > 0 and figures["ops"]["refresh"] > 0, figures
     assert 0 < figures["max_rss_mb"] < suites.RSS_LIMIT_MB
+
+
+def test_a_push_held_past_the_timeout_does_not_leave_a_stale_value(tmp_path: Path) -> None:
+    with suites.Workspace(
+        tmp_path, suites.WorkspaceSpec(large_rows=1, large_bytes=1000, small_rows=3, real_files=1)
+    ) as ws:
+        figures = suites.stale_suite(ws, rounds=1, files_n=2)
+    assert figures["stale_overwrites"] == 0, figures
+    assert figures["stale_seen"] >= 1 and figures["reasserts"] >= 1, figures  # the race did happen

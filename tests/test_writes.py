@@ -765,3 +765,49 @@ def test_sdk_backend_pushes_10000_ops_over_1000_rows_in_few_calls(tmp_path: Path
 
 if __name__ == "__main__" and sys.argv[1:2] == ["writer"]:
     _writer_main(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+
+
+def test_a_late_duplicate_of_a_push_of_unknown_outcome_is_repaired_by_a_reassert(tmp_path: Path) -> None:
+    """The first push times out on our side but the server applies it later, after a newer push:
+    once the late-duplicate window has passed, the newest landed state is pushed once more."""
+    mem = _backend(1)
+    late: list[RowPatch] = []
+
+    def push(patches: list[RowPatch]) -> dict[str, PushOutcome]:
+        if not late:
+            late.extend(patches)  # the server holds this request and applies it later
+            raise errors.Unavailable("read timed out")
+        return mem.push(patches)
+
+    queue, clock = _manual(tmp_path / "j.sqlite3", push, reassert_after_s=30.0)
+    queue.set_key(_ref(0), "split", "train")
+    queue.push_round()  # times out: doubtful
+    clock.now += 5
+    queue.push_round()  # the retry lands "train"
+    queue.set_key(_ref(0), "split", "val")
+    queue.push_round()  # lands "val"
+    assert mem.row("row-0").client_metadata == {"orig": 0, "split": "val"}
+    mem.push(late)  # the held request lands now: a stale overwrite
+    assert mem.row("row-0").client_metadata == {"orig": 0, "split": "train"}
+    assert queue.push_round() == 0  # still inside the window: nothing yet
+    status = queue.status()
+    assert status["reasserts_pending"] == 1 and status["pending_rows"] == 0
+    clock.now += 31
+    assert queue._wait_s_locked() == 0  # the worker would wake for it
+    assert queue.push_round() == 1
+    assert mem.row("row-0").client_metadata == {"orig": 0, "split": "val"}  # the newest state wins again
+    assert queue.status()["reasserts_total"] == 1 and queue.status()["reasserts_pending"] == 0
+    assert queue._wait_s_locked() is None
+    queue.close(flush_timeout_s=0)
+
+
+def test_pending_memory_is_per_row_not_per_edit(tmp_path: Path) -> None:
+    mem = _backend(2)
+    queue, clock = _manual(tmp_path / "j.sqlite3", mem.push)
+    for i in range(3000):
+        queue.set_key(_ref(i % 2), f"k{i % 7}", i)
+    assert queue.status()["pending_ops"] == 3000
+    assert all(isinstance(r.ops, int) for r in queue._rows.values())  # a count, not a list of ops
+    queue.push_round()
+    assert mem.row("row-1").client_metadata is not None and mem.row("row-1").client_metadata["k3"] == 2999
+    queue.close(flush_timeout_s=0)

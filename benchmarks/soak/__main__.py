@@ -47,6 +47,8 @@ HEADLINE = (
     "faults_injected",
     "writes",
     "lost_writes",
+    "stale_seen",
+    "stale_overwrites",
     "kill_trials",
     "max_rss_mb",
     "hangs",
@@ -117,7 +119,7 @@ def _run(name: str, ws: suites.Workspace, size: dict[str, Any]) -> dict[str, Any
     if name == "bytes":
         return suites.bytes_suite(ws, total_bytes=size["bytes"])
     if name == "writes":
-        return suites.writes_suite(ws, trials=size["trials"])
+        return {**suites.writes_suite(ws, trials=size["trials"]), **suites.stale_suite(ws)}
     if name == "network":
         return suites.network_suite(ws)
     if name == "hostile":
@@ -137,6 +139,8 @@ def _headline(details: dict[str, Any], faults: int) -> dict[str, Any]:
             "read_errors",
             "writes",
             "lost_writes",
+            "stale_seen",
+            "stale_overwrites",
             "kill_trials",
             "hangs",
             "op_errors",

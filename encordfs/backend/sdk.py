@@ -183,11 +183,16 @@ def load_key(path: Path) -> str:
 class SdkBackend:
     """``Backend`` over the official SDK. Thread-safe: the SDK builds a new session per call."""
 
-    def __init__(self, domain: str, ssh_key: str, *, include_org_access: bool = False) -> None:
+    def __init__(
+        self, domain: str, ssh_key: str, *, include_org_access: bool = False, read_timeout_s: float | None = None
+    ) -> None:
+        requests_settings = _REQUESTS
+        if read_timeout_s is not None:
+            requests_settings = dataclasses.replace(_REQUESTS, read_timeout=max(1, int(read_timeout_s)))
         with _sdk("loading the SSH key"):
             try:
                 self._client = EncordUserClient.create_with_ssh_private_key(
-                    ssh_private_key=ssh_key, domain=domain, requests_settings=_REQUESTS
+                    ssh_private_key=ssh_key, domain=domain, requests_settings=requests_settings
                 )
             except ValueError as exc:  # the SDK's message for a non-Ed25519 or malformed key
                 raise errors.AuthError(f"unusable SSH key: {str(exc).splitlines()[0][:120]}") from None

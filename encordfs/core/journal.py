@@ -188,6 +188,19 @@ class Journal:
         ]
         return ops, {uid: Parked(reason, since) for uid, reason, since in parked}
 
+    def row_ops(self, row_uid: str, after_seq: int = 0) -> list[Op]:
+        """A row's pending ops after ``after_seq``, in order (the ``ops_by_row`` index)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT seq, row_uid, dataset_uid, item_uuid, row_title, kind, key, value, base_version, created_at"
+                " FROM ops WHERE row_uid = ? AND seq > ? ORDER BY seq",
+                (row_uid, after_seq),
+            ).fetchall()
+        return [
+            Op(seq, RowRef(uid, ds, item, title), OpKind(kind), key, json.loads(value), base, created)
+            for seq, uid, ds, item, title, kind, key, value, base, created in rows
+        ]
+
     def settle(self, done: Mapping[str, int], parked: Mapping[str, Parked]) -> None:
         """One transaction: delete ops with ``seq <= done[row]``; record ``parked`` rows."""
         if not done and not parked:

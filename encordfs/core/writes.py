@@ -42,6 +42,16 @@ Pushing
     honouring ``retry_after_s``, 5xx, network, anything not known to be permanent) back the whole
     queue off by the one ``core.retry.RetryPolicy``; success resets it.
 
+Late duplicates (the stale-overwrite guard; copied to docs/SEMANTICS.md)
+    A push whose outcome is unknown (the call timed out, the connection reset, a 5xx) may still be
+    applied by the server later, possibly after a newer push of the same row, which it would then
+    overwrite. Encord's API has no conditional update, so the queue repairs instead of preventing:
+    such a row is *doubtful* for ``reassert_after_s`` (300 s, beyond the API's 120 s read timeout);
+    every change of it that lands meanwhile is composed into a *re-assert*, and once the window has
+    passed and nothing newer is pending, that final state is pushed once more (idempotent: a final
+    state, not an increment). A late duplicate therefore wins for at most that window. The re-assert
+    lives in memory: a crash within the window loses the repair, never an edit.
+
 Read-your-writes
     ``view(row, server_metadata, server_title)`` applies the row's pending change onto what the
     catalog has. After a change lands, the catalog may still hold the old server state until its next
@@ -146,16 +156,30 @@ class QueueConfig:
     max_delay_s: float = 5.0
     batch_rows: int = BULK_LIMIT  # rows per push call; the bulk endpoints' maximum
     landed_ttl_s: float = 60.0  # the catalog's metadata TTL: until then it may show pre-push state
+    # A push whose outcome is unknown (a timeout, a reset, a 5xx) may still be applied by the server
+    # later, over a newer push. Such rows' final landed state is pushed once more after this long
+    # (see "Late duplicates" in the module docstring): longer than the API's read timeout (120 s), so
+    # a request the server still held is done by then.
+    reassert_after_s: float = 300.0
     close_join_s: float = 10.0  # extra time ``close`` gives a push in flight after the flush timeout
 
 
 @dataclass(slots=True)
 class _Row:
+    """A row's pending edits, summarised: the journal holds the ops themselves (memory is per row,
+    not per edit: 10,000 edits of one row cost one of these)."""
+
     ref: RowRef  # from the latest op (a later op may know the backing item)
-    ops: list[Op]
-    change: RowChange
+    change: RowChange  # coalesce() of the row's pending ops
+    ops: int  # how many
+    last_seq: int
+    first_at: float  # created_at of the oldest pending op
     parked: Parked | None = None
     inflight: bool = False
+
+    @classmethod
+    def of(cls, ops: list[Op], parked: Parked | None = None) -> _Row:
+        return cls(ops[-1].row, coalesce(ops), len(ops), ops[-1].seq, ops[0].created_at, parked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +196,7 @@ class _Counters:
     push_seconds_total: float = 0.0  # wall time inside successful push calls: rows ÷ this = push throughput
     last_error: str | None = None
     last_push_at: float | None = None  # unix seconds of the last successful push call
+    reasserts_total: int = 0  # landed states pushed once more after a push of unknown outcome
 
 
 class WriteQueue:
@@ -200,6 +225,10 @@ class WriteQueue:
         self._round_lock = threading.Lock()
         self._rows: dict[str, _Row] = {}
         self._landed: dict[str, tuple[RowChange, float]] = {}
+        # Rows whose push had an unknown outcome: uid -> monotonic time until which it may still land.
+        self._doubtful: dict[str, float] = {}
+        # Landed final states to push once more: uid -> (row, change, due) (see "Late duplicates").
+        self._reassert: dict[str, tuple[RowRef, RowChange, float]] = {}
         self._dirty_since: float | None = None
         self._last_op_at = 0.0  # monotonic time of the latest append (trailing debounce)
         self._failures = 0
@@ -246,7 +275,7 @@ class WriteQueue:
             by_row.setdefault(op.row.uid, []).append(op)
         with self._lock:
             for uid, row_ops in by_row.items():
-                self._rows[uid] = _Row(row_ops[-1].row, row_ops, coalesce(row_ops), parked.get(uid))
+                self._rows[uid] = _Row.of(row_ops, parked.get(uid))
             if any(r.parked is None for r in self._rows.values()):
                 self._dirty_since = self._monotonic()
 
@@ -273,10 +302,11 @@ class WriteQueue:
             except (sqlite3.Error, OSError) as exc:  # not durable, so the edit failed
                 raise errors.FsError(f"cannot journal the edit: {type(exc).__name__}: {exc}") from None
             if state is None:
-                self._rows[row.uid] = _Row(row, [op], op_change(op))
+                self._rows[row.uid] = _Row.of([op])
             else:
                 state.ref, state.parked = row, None
-                state.ops.append(op)
+                state.ops += 1
+                state.last_seq = op.seq
                 state.change = compose(state.change, op_change(op))
             self._last_op_at = self._monotonic()
             if self._dirty_since is None:
@@ -392,8 +422,10 @@ class WriteQueue:
             now, c = self._clock(), self._counters
             return {
                 "pending_rows": len(pending),
-                "pending_ops": sum(len(r.ops) for r in pending),
-                "oldest_pending_age_s": max(0.0, now - min(r.ops[0].created_at for r in pending)) if pending else 0.0,
+                "pending_ops": sum(r.ops for r in pending),
+                "oldest_pending_age_s": max(0.0, now - min(r.first_at for r in pending)) if pending else 0.0,
+                "reasserts_pending": len(self._reassert),
+                "reasserts_total": c.reasserts_total,
                 "pushed_rows_total": c.pushed_rows_total,
                 "push_calls_total": c.push_calls_total,
                 "failed_push_calls_total": c.failed_push_calls_total,
@@ -405,7 +437,7 @@ class WriteQueue:
                         "title": r.change.title or r.ref.title,
                         "reason": r.parked.reason,
                         "since": r.parked.since,
-                        "ops": len(r.ops),
+                        "ops": r.ops,
                     }
                     for uid, r in parked
                     if r.parked is not None
@@ -420,7 +452,7 @@ class WriteQueue:
         push them (bisecting permanent bulk failures). Returns the number of rows taken."""
         with self._round_lock:
             with self._lock:
-                snaps = self._take_batch_locked()
+                snaps = self._take_batch_locked() or self._due_reasserts_locked(self._monotonic())
             if not snaps:
                 return 0
             try:
@@ -435,13 +467,13 @@ class WriteQueue:
 
     def _take_batch_locked(self) -> list[_Snap]:
         ready = [r for r in self._rows.values() if r.parked is None and not r.inflight]
-        ready.sort(key=lambda r: r.ops[-1].seq)  # oldest last edit first; later edits win on shared items
+        ready.sort(key=lambda r: r.last_seq)  # oldest last edit first; later edits win on shared items
         taken = ready[: self._config.batch_rows]
         for state in taken:
             state.inflight = True
         if len(taken) == len(ready):
             self._dirty_since = None
-        return [_Snap(RowPatch(s.ref.uid, s.ref.dataset_uid, s.ref.item_uuid, s.change), s.ops[-1].seq) for s in taken]
+        return [_Snap(RowPatch(s.ref.uid, s.ref.dataset_uid, s.ref.item_uuid, s.change), s.last_seq) for s in taken]
 
     def _push_batch(self, snaps: list[_Snap]) -> bool:
         """Push one batch; False if a transient failure ended the round (the rest waits for backoff)."""
@@ -505,19 +537,27 @@ class WriteQueue:
             park = {
                 uid: Parked(reason, self._clock())
                 for uid, reason in parked.items()
-                if (state := self._rows.get(uid)) is not None and state.ops[-1].seq <= by_uid[uid].max_seq
+                if (state := self._rows.get(uid)) is not None and state.last_seq <= by_uid[uid].max_seq
             }
             done = {uid: by_uid[uid].max_seq for uid in landed}
             self._journal.settle(done, park)
             now = self._monotonic()
             self._expire_landed_locked(now)
             expires = now + self._config.landed_ttl_s
+            if transient is not None:  # the call's outcome is unknown: the server may still apply it
+                for uid, snap in by_uid.items():
+                    if uid not in done:
+                        self._doubtful[uid] = now + self._config.reassert_after_s
+                        if snap.max_seq < 0:  # a re-assert that failed: try it again later
+                            self._note_landed_locked(snap.patch, now)
             for uid, max_seq in done.items():
                 self._mark_done_locked(uid, max_seq, by_uid[uid].patch.change, expires)
+                self._note_landed_locked(by_uid[uid].patch, now)
             for uid, mark in park.items():
                 self._rows[uid].parked = mark
                 log.warning("write to row %s parked: %s", uid, mark.reason)
             self._counters.pushed_rows_total += len(done)
+            self._counters.reasserts_total += sum(1 for uid in done if by_uid[uid].max_seq < 0)
             if transient is not None:
                 self._back_off_locked(getattr(transient, "retry_after_s", None))
             else:  # the service answered: stop backing off
@@ -543,11 +583,40 @@ class WriteQueue:
         state = self._rows.get(uid)
         if state is None:
             return
-        state.ops = [op for op in state.ops if op.seq > max_seq]
-        if state.ops:
-            state.change = coalesce(state.ops)
-        else:
+        if state.last_seq <= max_seq:
             del self._rows[uid]
+            return
+        # Edited during its push: the ops after the pushed ones are still pending; the journal has them.
+        rest = self._journal.row_ops(uid, after_seq=max_seq)
+        self._rows[uid] = _Row.of(rest, state.parked) if rest else state
+
+    def _note_landed_locked(self, patch: RowPatch, now: float) -> None:
+        """A row landed: if an earlier push of it may still be applied late, plan to push its final
+        state once more when that can no longer happen (composed with whatever lands meanwhile)."""
+        until = self._doubtful.get(patch.row_uid)
+        if until is None:
+            return
+        if until <= now:
+            del self._doubtful[patch.row_uid]
+        earlier = self._reassert.get(patch.row_uid)
+        change = compose(earlier[1], patch.change) if earlier is not None else patch.change
+        due = max(until, earlier[2] if earlier is not None else until)
+        ref = RowRef(patch.row_uid, patch.dataset_uid, patch.item_uuid, change.title or "")
+        self._reassert[patch.row_uid] = (ref, change, due)
+
+    def _due_reasserts_locked(self, now: float) -> list[_Snap]:
+        """Re-assert rows whose late-duplicate window has passed and that have nothing pending (a
+        pending change is pushed first, then composed into the re-assert)."""
+        for uid in [u for u, until in self._doubtful.items() if until <= now and u not in self._reassert]:
+            del self._doubtful[uid]  # never landed again: nothing to repair
+        out = []
+        for uid, (ref, change, due) in list(self._reassert.items()):
+            if due > now or uid in self._rows or self._doubtful.get(uid, 0.0) > now:
+                continue
+            del self._reassert[uid]
+            self._doubtful.pop(uid, None)
+            out.append(_Snap(RowPatch(ref.uid, ref.dataset_uid, ref.item_uuid, change), -1))
+        return out
 
     # -- the worker -------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -570,9 +639,10 @@ class WriteQueue:
 
     def _wait_s_locked(self) -> float | None:
         """Seconds until the next round is due; None when there is nothing to push."""
-        if not any(r.parked is None and not r.inflight for r in self._rows.values()):
-            return None
         now = self._monotonic()
+        if not any(r.parked is None and not r.inflight for r in self._rows.values()):
+            dues = [due for _, _, due in self._reassert.values()] + list(self._doubtful.values())
+            return max(0.0, min(dues) - now) if self._reassert and dues else None
         due = self._not_before if self._failures else now
         if self._dirty_since is not None and not self._urgent:
             quiet = max(self._dirty_since, self._last_op_at) + self._config.debounce_s
