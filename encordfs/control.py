@@ -475,8 +475,8 @@ def unmount(path: str | Path, *, timeout_s: float = 10.0, lazy: bool = False) ->
             reply = request(
                 reg,
                 "stop",
-                max(0.5, deadline - time.monotonic() - 1.0),
-                timeout_s=max(0.0, deadline - time.monotonic() - 2.0),
+                max(0.5, deadline - time.monotonic() - 0.5),
+                timeout_s=max(0.0, deadline - time.monotonic() - 1.0),  # leaves a second to unmount and exit
             )
             writes = reply.get("writes") or {}
             out.pending_rows, out.parked_rows = int(writes.get("pending_rows") or 0), len(writes.get("parked") or [])

@@ -407,3 +407,37 @@ def test_demo_cleans_up_after_ctrl_c_even_when_its_stdout_is_gone(tmp_path: Path
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
         for pid in _processes_mentioning(str(data)):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_unmount_waits_for_queued_writes_within_its_timeout(tmp_path: Path, emu: RunningEmulator) -> None:
+    """Pushes are refused while we unmount: ``--timeout 3`` waits about that long (not the mount's own
+    10 s), says what it left, and the next mount pushes it."""
+    with _DaemonMount(emu, tmp_path) as m:
+        f = m.first_file()
+        uid = os.getxattr(f, "user.encord.uid").decode()
+        emu.add_faults(
+            [{"endpoint": e, "status": 503} for e in ("v2.items.patch*", "v2.items.get_bulk", "legacy.datarow.post")]
+        )
+        try:
+            os.setxattr(f, META + "unmount_probe", b'"queued"')
+            started = time.monotonic()
+            done = _encordfs("unmount", str(m.path), "--timeout", "3", timeout=60)
+            took = time.monotonic() - started
+        finally:
+            emu.reset()
+        assert done.returncode == 0 and "1 row(s) pending" in done.stderr, done.stderr
+        assert 1.5 <= took < 8, took  # waited for the queue (not the mount's own 10 s), then stopped
+        assert process_state(m.pid) == "gone"
+        again = m.mount()  # the journal is pushed by the next mount
+        assert again.returncode == 0, again.stderr
+        assert _encordfs("flush", str(m.path), "--timeout", "30").returncode == 0
+        from encord.orm.dataset import DatasetAccessSettings
+
+        client = emu.client()
+        ds_hash = next(
+            d["dataset"].dataset_hash for d in client.get_datasets() if d["dataset"].title == "street-scenes"
+        )
+        ds = client.get_dataset(ds_hash, dataset_access_settings=DatasetAccessSettings(fetch_client_metadata=True))
+        assert next(r for r in ds.data_rows if r.uid == uid).client_metadata.get("unmount_probe") == "queued"
+        os.removexattr(m.first_file(), META + "unmount_probe")
+        assert _encordfs("flush", str(m.path), "--timeout", "30").returncode == 0

@@ -811,3 +811,39 @@ def test_pending_memory_is_per_row_not_per_edit(tmp_path: Path) -> None:
     queue.push_round()
     assert mem.row("row-1").client_metadata is not None and mem.row("row-1").client_metadata["k3"] == 2999
     queue.close(flush_timeout_s=0)
+
+
+def test_an_internal_error_of_push_parks_the_guilty_row_instead_of_looping(tmp_path: Path) -> None:
+    mem = _backend(3)
+
+    def buggy(patches: list[RowPatch]) -> dict[str, PushOutcome]:
+        if any(p.row_uid == "row-1" for p in patches):
+            raise TypeError("a bug that fails this row every time")
+        return mem.push(patches)
+
+    queue, clock = _manual(tmp_path / "j.sqlite3", buggy)
+    for i in range(3):
+        queue.set_key(_ref(i), "a", i)
+    queue.push_round()
+    status = queue.status()
+    assert status["pending_rows"] == 0 and [p["row"] for p in status["parked"]] == ["row-1"]
+    assert "internal error: TypeError" in status["parked"][0]["reason"]
+    assert mem.row("row-0").client_metadata == {"orig": 0, "a": 0} and mem.row("row-2").client_metadata == {
+        "orig": 2,
+        "a": 2,
+    }
+    assert queue._wait_s_locked() is None  # nothing left to retry
+    queue.close(flush_timeout_s=0)
+
+
+def test_the_journal_really_syncs_every_commit(tmp_path: Path) -> None:
+    """``synchronous=FULL`` is what makes a returned append survive power loss: NORMAL would pass every
+    other test, so it is checked here on the connection the queue uses."""
+    from encordfs.core.journal import Journal
+
+    journal = Journal.open(tmp_path / "j.sqlite3")
+    try:
+        assert journal._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert journal._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        journal.close()

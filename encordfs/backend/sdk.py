@@ -140,8 +140,12 @@ def _sdk(what: str) -> Iterator[None]:
     except errors.FsError:
         raise
     except Exception as exc:  # the one place SDK errors become ours
-        log.debug("%s failed: %s", what, type(exc).__name__)
-        raise _translate(exc, what) from None
+        translated = _translate(exc, what)
+        if type(translated) is errors.BackendError:  # not in the table: keep the traceback for a bug report
+            log.warning("%s failed with an unexpected %s", what, type(exc).__name__, exc_info=True)
+        else:
+            log.debug("%s failed: %s", what, type(exc).__name__)
+        raise translated from None
 
 
 _KEY_HINT = "encordfs needs an unencrypted OpenSSH Ed25519 private key (ssh-keygen -t ed25519 -N '' -f FILE)"
@@ -532,7 +536,11 @@ def _as_write_error(exc: errors.FsError) -> errors.BackendError:
         return exc
     if isinstance(exc, (errors.PermissionDenied, errors.NotFound)):
         return errors.PermanentError(exc.message)  # 403 / 404: not for this row, ever (400 is already permanent)
-    # AuthError (401: the key, not the row), Unavailable, unknown: retry with backoff, park nothing.
+    if type(exc) is errors.BackendError:
+        # An SDK error no table entry knows (a bug, ours or the SDK's): resending the same change gives
+        # the same error, so the row is parked with the reason instead of retried forever.
+        return errors.PermanentError(f"{exc.message} (unexpected; see the log)")
+    # AuthError (401: the key, not the row), Unavailable: retry with backoff, park nothing.
     return errors.TransientError(exc.message)
 
 

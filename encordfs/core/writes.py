@@ -67,8 +67,9 @@ Invariants
 Threads and lock order: ``_round_lock`` → ``_lock`` (the condition's lock) → ``Journal._lock``.
 ``push`` and ``on_landed`` are called with no lock but ``_round_lock`` held. Only two places here
 catch ``Exception`` (a bug in a backend or the journal must not kill the queue): ``_push_batch``
-around ``push`` (treated as transient) and the worker's loop around a whole round; both log, record
-``last_error`` and back off.
+around ``push`` (an internal error, not a ``BackendError``, parks the rows it was pushing like a
+permanent error, bisected, rather than retrying a bug forever) and the worker's loop around a whole
+round (logs, records ``last_error`` and backs off).
 """
 
 from __future__ import annotations
@@ -487,12 +488,18 @@ class WriteQueue:
                 return self._push_batch(snaps[:mid]) and self._push_batch(snaps[mid:])
             self._settle(snaps, {}, {snaps[0].patch.row_uid: _reason(exc)}, transient=None)
             return True
-        except Exception as exc:  # TransientError, Unavailable, AuthError, a backend bug: retry later
-            if not isinstance(exc, errors.BackendError):
-                log.exception("write push failed unexpectedly")
+        except errors.BackendError as exc:  # TransientError, Unavailable, AuthError: retry later
             self._note_call(failed=True, error=exc)
             self._settle(snaps, {}, {}, transient=exc)
             return False
+        except Exception as exc:  # a programming error: the same push fails the same way; park, do not loop
+            log.exception("write push failed with an internal error")
+            self._note_call(failed=True, error=exc)
+            if len(snaps) > 1:
+                mid = len(snaps) // 2
+                return self._push_batch(snaps[:mid]) and self._push_batch(snaps[mid:])
+            self._settle(snaps, {}, {snaps[0].patch.row_uid: f"internal error: {_reason(exc)}"}, transient=None)
+            return True
         self._note_call(failed=False, error=None, seconds=self._monotonic() - started)
         landed: dict[str, PushOutcome] = {}
         parked: dict[str, str] = {}
