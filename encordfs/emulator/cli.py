@@ -14,6 +14,11 @@ already-imported dir, or ``--sample`` on a data dir that has the sample, imports
 ``--generate TITLE:ROWS[:BYTES]`` for a title it generated before (``emulator.synthetic``: ROWS IMAGE
 rows whose BYTES-byte blobs are generated on the fly, never stored).
 
+Shape: ``--shape recorded`` serves the same data the way payloads recorded from the real service look
+(rows without a storage item, float sizes, ``image/jpg``, sequences as one MP4, other date forms, legacy
+errors on HTTP 400; ``emulator.shapes``, ``docs/RECORDED-SHAPES.md``); ``--shape default`` (the default)
+is the emulator's reading of the SDK.
+
 Faults: ``--fault RULE_JSON`` (repeatable) installs rules as if posted to ``/_emulator/faults`` and
 ``--clock-skew SECONDS`` sets the blob signer's skew (``/_emulator/settings``); ``/_emulator/reset``
 clears both (see ``emulator.faults``).
@@ -32,7 +37,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from encordfs.emulator import auth, faults, synthetic
+from encordfs.emulator import auth, faults, shapes, synthetic
 from encordfs.emulator.server import (
     DEFAULT_MAX_METADATA_BYTES,
     DEFAULT_URL_TTL_S,
@@ -106,6 +111,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="BENCHMARKS ONLY: signed URLs point at URL/<blob key> (a web server whose root is "
         "<data-dir>/blobs, e.g. nginx); that server does not check signatures or expiry",
+    )
+    parser.add_argument(
+        "--shape",
+        choices=sorted(shapes.SHAPES),
+        default=shapes.DEFAULT.name,
+        help="how data is rendered: 'default' (the emulator's reading of the SDK) or 'recorded' (as payloads "
+        "recorded from the real service look; docs/RECORDED-SHAPES.md)",
     )
     parser.add_argument("--latency-ms", type=int, default=0, help="added delay on every API call (not blobs)")
     parser.add_argument(
@@ -192,6 +204,7 @@ def _serve(args: argparse.Namespace, data_dir: Path) -> int:
         max_metadata_bytes=args.max_metadata_bytes,
         blob_base_url=getattr(args, "blob_base_url", None),
         faults=getattr(args, "faults", None) or [],
+        shape=shapes.SHAPES[getattr(args, "shape", None) or shapes.DEFAULT.name],
     )
     skew_s = float(getattr(args, "clock_skew_s", 0.0) or 0.0)
     if skew_s:
