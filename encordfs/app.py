@@ -122,7 +122,11 @@ def build(backend: Backend, settings: Settings) -> Mount:
             urls,
             options,
             writes=writes,
-            status_extra=lambda: {"counters": counters.snapshot(), "cache_dir": str(cache_dir)},
+            status_extra=lambda: {
+                "counters": counters.snapshot(),
+                "cache_dir": str(cache_dir),
+                "sign_refusals": urls.failures(),
+            },
         )
         closers.append(fs.close)
     except BaseException:

@@ -348,6 +348,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     )
     if status.get("writes"):
         print("\n".join(_describe_writes(status["writes"])))
+    for handle, reason in (status.get("sign_refusals") or {}).items():
+        print(f"not readable: {handle}: {reason}")
     counters = status.get("counters") or {}
     if counters:
         print("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items())))

@@ -84,6 +84,7 @@ class RunningEmulator:
 
     def __init__(self, args: list[str] | None = None, data_dir: Path | None = None) -> None:
         self.args = list(args or [])
+        self.shape = self.args[self.args.index("--shape") + 1] if "--shape" in self.args else "default"
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix="emu-test-"))
         self.domain = ""
