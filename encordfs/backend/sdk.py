@@ -268,23 +268,31 @@ class SdkBackend:
 
     def list_children(self, groups: list[GroupRef]) -> dict[str, Members]:
         """Members by row uid (see the module docstring); one row's failure is its ``Members.error``.
-        A failure of the one bulk item fetch (Encord unreachable, the key refused) raises."""
+        The bulk item fetch failing because Encord is unreachable or refuses the key raises; failing
+        otherwise (an item gone or forbidden fails the whole call) leaves each group to its other source."""
         items: dict[str, Any] = {}
+        missing: str | None = None
         backed = [g.item_uuid for g in groups if g.item_uuid]
         for start in range(0, len(backed), BULK_LIMIT):
-            with _sdk("loading group items"):
-                for item in self._client.get_storage_items(backed[start : start + BULK_LIMIT], sign_url=True):
-                    items[str(item.uuid)] = item
+            try:
+                with _sdk("loading group items"):
+                    for item in self._client.get_storage_items(backed[start : start + BULK_LIMIT], sign_url=True):
+                        items[str(item.uuid)] = item
+            except (errors.Unavailable, errors.AuthError):
+                raise
+            except errors.FsError as exc:
+                missing = exc.message
 
         def members(group: GroupRef) -> tuple[str, Members]:
-            return group.row_uid, self._members(group, items.get(group.item_uuid or ""))
+            return group.row_uid, self._members(group, items.get(group.item_uuid or ""), missing)
 
         with ThreadPoolExecutor(max_workers=CHILD_FETCH_CONCURRENCY) as pool:
             return dict(pool.map(members, groups))
 
-    def _members(self, group: GroupRef, item: Any) -> Members:
+    def _members(self, group: GroupRef, item: Any, missing: str | None = None) -> Members:
         """Child items of the storage item; else, for image groups and sequences, the legacy
-        ``images_data``; and a sequence's video. ``error`` only when nothing at all came back."""
+        ``images_data``; and a sequence's video. ``error`` only when nothing at all came back
+        (``missing``: why the storage item could not be fetched)."""
         reasons: list[str] = []
         kids: list[ChildRecord] = []
         video = None
@@ -297,7 +305,7 @@ class SdkBackend:
             except errors.FsError as exc:
                 reasons.append(exc.message)
         elif group.item_uuid:
-            reasons.append(f"Encord did not return storage item {group.item_uuid}")
+            reasons.append(missing or f"Encord did not return storage item {group.item_uuid}")
         if not kids and group.data_type == "IMG_GROUP":
             try:
                 kids = self._images_data(group)

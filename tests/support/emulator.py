@@ -151,6 +151,10 @@ class RunningEmulator:
     def add_faults(self, rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return self._admin("POST", "faults", rules)  # type: ignore[no-any-return]
 
+    def clear_faults(self) -> None:
+        """Drop every fault rule (counters stay, unlike ``reset``)."""
+        self._admin("DELETE", "faults")
+
     def add_row(
         self, dataset: str, title: str, data: bytes, client_metadata: dict[str, Any] | None = None
     ) -> dict[str, Any]:
