@@ -12,6 +12,8 @@ import errno
 import json
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -316,3 +318,20 @@ def test_sequence_with_neither_video_nor_frames_is_an_empty_folder_with_the_reas
     with pytest.raises(OSError) as err:
         os.getxattr(folder / "burst", "user.encord.error")
     assert err.value.errno == errno.ENODATA
+
+
+def test_metadata_of_a_row_without_storage_item_lands_through_datarow_save(emu: RunningEmulator) -> None:
+    emu.reset(data=True)
+    with temporary_mount(emu.domain, emu.key_file) as mnt:
+        path = next(p for p in sorted((mnt.path / "shots").iterdir()) if _x(p, "backing_item_uuid") == "null")
+        os.setxattr(path, "user.encord.meta.reviewed", b"true")
+        done = subprocess.run(
+            [sys.executable, "-m", "encordfs", "flush", str(mnt.path), "--timeout", "60"],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr
+        uid = _x(path, "uid")
+    row = next(r for r in _dataset(emu.client()).data_rows if r.uid == uid)
+    assert row.client_metadata == {"reviewed": True}
+    assert emu.stats()["legacy.datarow.post"] >= 1
