@@ -415,7 +415,7 @@ class SdkBackend:
         try:
             found = self._refetch_row(dataset_uid, row_uid, signed_url=bool(whole), images=bool(images))
         except errors.FsError as exc:  # refused or failed: that row only, as EIO
-            refused = errors.BackendError(f"signing data row {row_uid}: {exc.message}")
+            refused = errors.BackendError(f"signing {exc.message}")  # "signing data row <uid>: not authorised"
             return dict.fromkeys(keys, refused)
         out: dict[str, str | errors.BackendError | None] = dict.fromkeys(whole, found.signed_url)
         by_hash = {str(image.image_hash): image.signed_url for image in found.images_data or []}
