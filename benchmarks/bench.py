@@ -26,6 +26,13 @@ Figures
     P3               warm epoch from the disk block cache (remount, page cache dropped) ÷ local disk.
     P4               Encord API calls (emulator's count) per 1,000 cold file reads: from before the mount
                      starts to the end of the P2 read phase, listing included.
+    P4_legacy        the same for rows without a storage item: the small files imported into a second
+                     emulator with ``--shape recorded`` (every third row has no storage item), a fresh
+                     mount reads exactly those rows (8 threads); API calls from before the mount to the
+                     end of the reads (listing included) per 1,000 of them. The legacy data-row call has
+                     no bulk form, so the floor is 1,000 (one call per file) plus the listing's calls;
+                     ``P4_legacy_signs`` counts the signing calls alone (the mount's ``urls.legacy_signs``).
+                     ``--only-legacy`` runs this phase alone (no nginx, rclone or big file).
     rand4k_*, ttfb   random 4 KiB preads in the big file on a fresh mount; time to first 4 KiB of files
                      never read in that mount (the first one also pays for signing).
     setxattr_*       ``os.setxattr(user.encord.meta.k)`` on mounted rows.
@@ -47,6 +54,7 @@ Figures
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -96,6 +104,8 @@ GOALS: dict[str, tuple[str, float]] = {
     "P2_rclone": (">=", 1.5),
     "P3": (">=", 0.7),
     "P4": ("<=", 3),
+    # One call per file (no bulk form of the legacy call exists) plus the listing's calls amortised.
+    "P4_legacy": ("<=", 1010),
     "setxattr_p99_ms": ("<=", 5),
     "flush_rows_per_s": (">=", 1000),
     "ls_first_ratio": ("<=", 2),
@@ -120,6 +130,9 @@ ROWS: list[tuple[str, str, str]] = [
     ("P3_warm_files_s", "files/s", "  remount, disk block cache, 8 threads"),
     ("P3_local_files_s", "files/s", "  local disk, 8 threads"),
     ("P4", "calls", "API calls per 1,000 cold file reads"),
+    ("P4_legacy", "calls", "  the same for rows without a storage item (--shape recorded)"),
+    ("P4_legacy_signs", "calls", "    of which legacy data-row signing calls"),
+    ("legacy_files_s", "files/s", "    rows without a storage item through the mount, 8 threads"),
     ("rand4k_p50_ms", "ms", "random 4 KiB read in the big file, p50"),
     ("rand4k_p99_ms", "ms", "random 4 KiB read in the big file, p99"),
     ("ttfb_ms", "ms", "time to first byte (open + 4 KiB), median"),
@@ -341,6 +354,7 @@ class Bench:
         self.phase_warm(emu, small_src, cache_p2)
         self.phase_latency_and_writes(emu, big_src, small_src)
         infra.stop_process(emu.proc)
+        self.phase_legacy(small_src)
         try:
             self.phase_listing()
         except subprocess.TimeoutExpired as exc:
@@ -348,6 +362,46 @@ class Bench:
                 f"listing figures incomplete: `{' '.join(map(str, exc.cmd))}` took over {exc.timeout:.0f} s"
             )
         self.phase_ml()
+
+    def run_legacy_only(self) -> None:
+        log(f"generating data: {self.sizes.small_count} × {self.sizes.small_bytes // 1024} KiB")
+        sizes = Sizes(**{**self.sizes.__dict__, "big_bytes": 1})
+        _, small_src = make_source(self.work / "src", sizes)
+        self.phase_legacy(small_src)
+
+    def phase_legacy(self, small_src: list[Path]) -> None:
+        """P4_legacy: rows without a storage item, read cold through a mount of a ``--shape recorded`` emulator."""
+        root = self.work / "legacy-src"  # the small dataset alone, by a symlink (the importer follows it)
+        root.mkdir()
+        (root / "small").symlink_to(small_src[0].parent, target_is_directory=True)
+        log("P4_legacy: the small files in a --shape recorded emulator (every third row without a storage item)")
+        emu = infra.start_emulator(
+            self.stack, self.work / "emu-recorded", ["--import", str(root), "--shape", "recorded"],
+            self.work / "emulator-recorded.log",
+        )  # fmt: skip
+        try:
+            calls0 = emu.api_calls()
+            with mounted(lambda: self.mount(emu)) as m:
+                folder = m.path / "small"
+                paths = [
+                    p for p in sorted(folder.iterdir()) if os.getxattr(p, "user.encord.backing_item_uuid") == b"null"
+                ]
+                assert len(paths) >= len(small_src) // 3 - 1, len(paths)
+                with self.spy(m, "legacy"):
+                    secs, total = read_parallel(paths)
+                calls = emu.api_calls() - calls0
+                self.snapshot_counters(m, "legacy")
+                self.verify(
+                    paths[:: max(1, len(paths) // 25)],
+                    [small_src[0].parent / p.name for p in paths][:: max(1, len(paths) // 25)],
+                )
+            assert total == len(paths) * self.sizes.small_bytes
+            self.fig["P4_legacy"] = calls / (len(paths) / 1000)
+            self.fig["P4_legacy_signs"] = self.counters["legacy"].get("urls.legacy_signs", 0) / (len(paths) / 1000)
+            self.fig["legacy_files_s"] = len(paths) / secs
+            self.notes.append(f"P4_legacy: {calls} API calls for {len(paths)} rows without a storage item")
+        finally:
+            infra.stop_process(emu.proc)
 
     def phase_ml(self) -> None:
         """Issue 7's loader figures: a 4-worker DataLoader over the sample, epoch 1 / epoch 2 / local disk."""
@@ -679,6 +733,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller sizes (≤ 5 minutes)")
     parser.add_argument("--json", type=Path, help="write the figures as one flat JSON object")
     parser.add_argument("--profile", action="store_true", help="py-spy the mount during read phases (benchmarks/out/)")
+    parser.add_argument(
+        "--only-legacy", action="store_true", help="only P4_legacy (rows without a storage item; no nginx or rclone)"
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("benchmarks/run: needs root (drop_caches, nginx, FUSE mounts)", file=sys.stderr)
@@ -688,7 +745,7 @@ def main(argv: list[str] | None = None) -> int:
     with Cleanup() as stack:
         bench = Bench(stack, sizes, args.quick, args.profile)
         try:
-            bench.run()
+            bench.run_legacy_only() if args.only_legacy else bench.run()
         finally:
             elapsed = time.monotonic() - t0
             mode = (
@@ -706,7 +763,7 @@ def main(argv: list[str] | None = None) -> int:
                     keep = {k: v for k, v in counters.items() if k.startswith(("fetch.", "cache.", "urls.", "reader."))}
                     print(f"counters[{phase}]: " + ", ".join(f"{k}={v}" for k, v in sorted(keep.items())))
             png = OUT / ("bench-quick.png" if args.quick else "bench.png")
-            if fig:
+            if fig and importlib.util.find_spec("matplotlib") is not None:  # benchmarks/run installs it
                 plot(fig, png, title)
                 print(f"plot: {png}")
             if args.json:

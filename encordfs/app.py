@@ -120,7 +120,11 @@ def build(backend: Backend, settings: Settings) -> Mount:
             urls,
             options,
             writes=writes,
-            status_extra=lambda: {"counters": counters.snapshot(), "cache_dir": str(cache_dir)},
+            status_extra=lambda: {
+                "counters": counters.snapshot(),
+                "cache_dir": str(cache_dir),
+                "sign_refusals": urls.failures(),
+            },
         )
         closers.append(fs.close)
     except BaseException:
@@ -139,7 +143,9 @@ def _landed(catalog: Catalog, outcomes: list[Any]) -> None:
 
 
 def _close_writes(writes: WriteQueue, timeout_s: float) -> None:
-    left = writes.close(flush_timeout_s=timeout_s)
+    # A stop that already flushed (``encordfs unmount``: timeout 0) does not wait long for a push in
+    # flight either: the unmount's caller is waiting for this process to end.
+    left = writes.close(flush_timeout_s=timeout_s, join_s=1.0 if timeout_s <= 0 else None)
     pending, parked = left.get("pending_rows", 0), len(left.get("parked", []))
     if pending or parked:
         log.warning(

@@ -179,6 +179,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     _say(f"{control.canonical(args.mountpoint)}: encordfs, {mode}, {status.get('open_handles', 0)} open file(s)")
     if status.get("writes"):
         _say("\n".join(_describe_writes(status["writes"])))
+    for handle, reason in (status.get("sign_refusals") or {}).items():
+        _say(f"not readable: {handle}: {reason}")
     counters = status.get("counters") or {}
     if counters:
         _say("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items())))

@@ -84,6 +84,7 @@ class RunningEmulator:
 
     def __init__(self, args: list[str] | None = None, data_dir: Path | None = None) -> None:
         self.args = list(args or [])
+        self.shape = self.args[self.args.index("--shape") + 1] if "--shape" in self.args else "default"
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix="emu-test-"))
         self.domain = ""
@@ -149,6 +150,10 @@ class RunningEmulator:
 
     def add_faults(self, rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return self._admin("POST", "faults", rules)  # type: ignore[no-any-return]
+
+    def clear_faults(self) -> None:
+        """Drop every fault rule (counters stay, unlike ``reset``)."""
+        self._admin("DELETE", "faults")
 
     def add_row(
         self, dataset: str, title: str, data: bytes, client_metadata: dict[str, Any] | None = None

@@ -63,3 +63,25 @@ def sample_emulator() -> Iterator[RunningEmulator]:
 def sample_mount(sample_emulator: RunningEmulator) -> Iterator[MountedFS]:
     with temporary_mount(sample_emulator.domain, sample_emulator.key_file) as mounted:
         yield mounted
+
+
+@pytest.fixture(scope="session")
+def recorded_emulator() -> Iterator[RunningEmulator]:
+    """The sample served as payloads recorded from the real service look (``--shape recorded``)."""
+    with RunningEmulator(["--sample", "--shape", "recorded"]) as emu:
+        yield emu
+
+
+@pytest.fixture(scope="session", params=["default", "recorded"])
+def shape_emulator(request: pytest.FixtureRequest) -> RunningEmulator:
+    """The sample emulator in each shape: tests using it run once per shape."""
+    emu: RunningEmulator = request.getfixturevalue(
+        "sample_emulator" if request.param == "default" else "recorded_emulator"
+    )
+    return emu
+
+
+@pytest.fixture(scope="module")
+def shape_mount(shape_emulator: RunningEmulator) -> Iterator[MountedFS]:
+    with temporary_mount(shape_emulator.domain, shape_emulator.key_file) as mounted:
+        yield mounted

@@ -33,7 +33,8 @@ def _assert_clean_failure(done: subprocess.CompletedProcess[str], mountpoint: Pa
 
 
 @pytest.mark.parametrize("foreground", [False, True])
-def test_unregistered_key(tmp_path: Path, sample_emulator: RunningEmulator, foreground: bool) -> None:
+def test_unregistered_key(tmp_path: Path, shape_emulator: RunningEmulator, foreground: bool) -> None:
+    """The same one line and exit 1 whatever form the refusal takes (recorded shape: HTTP 400 envelopes)."""
     stranger = make_keypair(tmp_path)
     (tmp_path / "mnt").mkdir()
     extra = ["--foreground"] if foreground else []
@@ -41,14 +42,15 @@ def test_unregistered_key(tmp_path: Path, sample_emulator: RunningEmulator, fore
         "mount",
         str(tmp_path / "mnt"),
         "--domain",
-        sample_emulator.domain,
+        shape_emulator.domain,
         "--ssh-key-file",
         str(stranger),
         "--cache-dir",
         str(tmp_path / "c"),
         *extra,
     )
-    _assert_clean_failure(done, tmp_path / "mnt", "refused")
+    _assert_clean_failure(done, tmp_path / "mnt", "refused the key")
+    assert done.returncode == 1
 
 
 def test_missing_key_file(tmp_path: Path, sample_emulator: RunningEmulator) -> None:

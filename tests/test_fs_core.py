@@ -284,3 +284,127 @@ def test_non_standard_json_is_refused() -> None:
             _parse_json(bad, "user.encord.meta.x")
         assert e.value.errno == errno.EINVAL
     assert _parse_json(b'{"a": 1.5e3}', "x") == {"a": 1500.0}
+
+
+# ---------------------------------------------------------------------------------- rows without a storage item
+
+
+@pytest.fixture()
+def legacy_world(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A dataset the way recorded payloads look: rows without a storage item, a group without one, an
+    image sequence with a video and frames, a DICOM series whose slices have no extension, and an image
+    sequence with neither video nor frames."""
+    from dataclasses import replace
+
+    from encordfs.backend import legacy_key
+
+    backend = MemoryBackend()
+    backend.add_dataset(DatasetRecord("ds", "old", "", 1e9, 1e9, 0, None, "admin"))
+    for i in range(6):
+        row = replace(_row(f"L{i}", "ds", f"scan_{i}", b"x" * (i + 1)), backing_item_uuid=None, file_type="image/jpg")
+        backend.add_row(row, bytes([65 + i]) * (i + 1))
+    backend.add_row(_row("new", "ds", "new.jpg", b"n" * 5), b"n" * 5)
+    group = replace(_row("G", "ds", "burst", None, data_type="IMG_GROUP"), backing_item_uuid=None)
+    backend.add_row(group)
+    for i in range(2):
+        image = ChildRecord(f"img{i}", f"f{i}", i, "image", None, "image/jpg", 3, 1, 1, 1e9, 1e9, "encord")
+        backend.add_child(
+            legacy_key("ds", "G"), replace(image, sign_key=legacy_key("ds", "G", f"img{i}")), b"ab" + bytes([i])
+        )
+    backend.add_row(_row("S", "ds", "timelapse", None, data_type="IMG_GROUP"))
+    for i in range(2):
+        frame = ChildRecord(f"fr{i}", f"{i:03d}.png", i, "image", None, "image/png", 2, 4, 3, 1e9, 1e9, "encord")
+        backend.add_child("item-S", replace(frame, sign_key=legacy_key("ds", "S", f"fr{i}")), b"F" + bytes([i]))
+    video = ChildRecord("item-S", "timelapse", 0, "imageSequence", "v", "video/mp4", 8, 4, 3, 1e9, 1e9, "encord")
+    backend.add_video("item-S", replace(video, frames_per_second=25.0, duration=0.08), b"\0\0\0\x1cftyp")
+    backend.add_row(_row("D", "ds", "ct", None, data_type="DICOM"))
+    dicom = ChildRecord("sl0", "slice_0", 0, "dicomFile", None, "application/octet-stream", 4, 2, 2, 1e9, 1e9, "encord")
+    backend.add_child("item-D", dicom, b"DICM")
+    backend.add_row(_row("E", "ds", "empty-seq", None, data_type="IMG_GROUP"))
+    backend.member_errors["item-E"] = "listing the members of E: not authorised; data row E: not authorised"
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    urls = SignedUrlCache(backend.sign)
+    reader = ReadPipeline(
+        MemoryFetcher(backend), MemoryBlockCache(1 << 24), small_file_bytes=1 << 20, part_bytes=1 << 20,
+        memory_budget_bytes=1 << 24,
+    )  # fmt: skip
+    fs = EncordFS(backend, catalog, reader, urls, Options(uid=0, gid=0))
+    yield fs, backend, urls
+    fs.close()
+    reader.close()
+    catalog.close()
+
+
+def test_legacy_rows_are_read_one_call_each_and_never_with_siblings(legacy_world) -> None:  # type: ignore[no-untyped-def]
+    fs, backend, urls = legacy_world
+    names = [n for n, _ in fs.readdir(fs.resolve("/old"))]
+    assert names[:7] == [f"scan_{i}.jpg" for i in range(6)] + ["new.jpg"]  # image/jpg → .jpg
+    assert fs.getxattr(fs.resolve("/old/scan_0.jpg"), "user.encord.backing_item_uuid") == b"null"
+    for i in range(6):
+        assert _read_all(fs, f"/old/scan_{i}.jpg") == bytes([65 + i]) * (i + 1)
+    assert backend.calls["sign_legacy"] == 6  # one per legacy row: none signed along with a sibling
+    assert urls.counters.get("urls.legacy_signs") == 6
+    assert _read_all(fs, "/old/scan_3.jpg") == b"DDDD"  # cached like any URL
+    assert backend.calls["sign_legacy"] == 6
+    assert _read_all(fs, "/old/new.jpg") == b"nnnnn"  # a backed sibling: no legacy row signed with it
+    assert backend.calls["sign_legacy"] == 6
+
+
+def test_a_refused_legacy_row_is_eio_for_that_file_only(legacy_world) -> None:  # type: ignore[no-untyped-def]
+    from encordfs.backend import legacy_key
+
+    fs, backend, urls = legacy_world
+    fs.readdir(fs.resolve("/old"))
+    backend.refused[legacy_key("ds", "L2")] = errors.BackendError("signing data row L2: not authorised")
+    with pytest.raises(errors.FsError) as e:
+        _read_all(fs, "/old/scan_2.jpg")
+    assert e.value.errno == errno.EIO
+    assert _read_all(fs, "/old/scan_1.jpg") == b"BB"
+    assert urls.failures() == {legacy_key("ds", "L2"): "signing data row L2: not authorised"}
+    assert urls.counters.get("urls.sign_refusals") == 1
+    del backend.refused[legacy_key("ds", "L2")]
+    assert _read_all(fs, "/old/scan_2.jpg") == b"CCC"  # a refusal is not cached
+    assert urls.failures() == {}
+
+
+def test_groups_without_item_sequences_with_video_and_unlistable_groups(legacy_world) -> None:  # type: ignore[no-untyped-def]
+    fs, backend, _ = legacy_world
+    assert [n for n, _ in fs.readdir(fs.resolve("/old/burst"))] == ["f0.jpg", "f1.jpg"]
+    assert _read_all(fs, "/old/burst/f1.jpg") == b"ab\x01"
+    seq = [n for n, _ in fs.readdir(fs.resolve("/old/timelapse"))]
+    assert seq == ["000.png", "001.png", "timelapse.mp4"]
+    video = fs.resolve("/old/timelapse/timelapse.mp4")
+    assert _read_all(fs, "/old/timelapse/timelapse.mp4") == b"\0\0\0\x1cftyp"
+    assert fs.getxattr(video, "user.encord.item_type") == b"imageSequence"
+    assert fs.getxattr(video, "user.encord.frames_per_second") == b"25.0"
+    assert fs.getxattr(video, "user.encord.backing_item_uuid") == b"item-S"
+    assert "user.encord.index" not in fs.listxattr(video)
+    assert [n for n, _ in fs.readdir(fs.resolve("/old/ct"))] == ["slice_0.dcm"]  # a DICOM slice is .dcm
+    empty = fs.resolve("/old/empty-seq")
+    assert list(fs.readdir(empty)) == []
+    assert b"not authorised" in fs.getxattr(empty, "user.encord.error")
+    assert "user.encord.error" in fs.listxattr(empty)
+    burst = fs.resolve("/old/burst")
+    assert "user.encord.error" not in fs.listxattr(burst)
+    with pytest.raises(errors.FsError) as e:
+        fs.getxattr(burst, "user.encord.error")
+    assert e.value.errno == errno.ENODATA
+    del backend.member_errors["item-E"]
+    fs.refresh(empty)
+    assert "user.encord.error" in fs.listxattr(empty)  # still nothing there: "no members"
+    assert fs.getxattr(empty, "user.encord.error") == b"Encord lists no members for this row"
+
+
+def test_sizes_dates_and_errors_in_the_sdk_backend_forms() -> None:
+    from encordfs.backend.sdk import _int, _stream_ts, _ts
+
+    for raw in (3560366, 3560366.0, "3560366.0", "3560366"):
+        assert _int(raw) == 3560366 and isinstance(_int(raw), int)
+    for raw in (None, "None", True, float("nan"), -1, "x"):
+        assert _int(raw) is None
+    instant = 1675951923.0  # 2023-02-09 14:12:03 UTC
+    for text in ("2023-02-09 14:12:03", "Thu, 09 Feb 2023 14:12:03 UTC", "2023-02-09T14:12:03", "2023-02-09T14:12:03Z"):
+        assert _ts(text) == instant, text
+    assert _ts("2023-02-09T14:12:03.472959") == instant + 0.472959
+    assert _stream_ts("2023-02-09T14:12:03.472959") == instant  # a DataRow keeps whole seconds, as the SDK's
+    assert _ts("2023-02-09T15:12:03+01:00") == instant

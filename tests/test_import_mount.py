@@ -1,5 +1,6 @@
 """A folder nobody on the team made, imported with --import, mounted: tree, bytes and metadata
-match the folder, and a plain SDK client sees the same datasets and rows."""
+match the folder, and a plain SDK client sees the same datasets and rows. Runs once per emulator shape
+(default, and ``--shape recorded``: every third row without a storage item, float sizes, ``image/jpg``)."""
 
 from __future__ import annotations
 
@@ -53,15 +54,15 @@ def folder() -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def mounted(folder: Path) -> Iterator[tuple[RunningEmulator, MountedFS]]:
-    with RunningEmulator(["--import", str(folder)]) as emu:
+@pytest.fixture(scope="module", params=["default", "recorded"])
+def mounted(folder: Path, request: pytest.FixtureRequest) -> Iterator[tuple[RunningEmulator, MountedFS]]:
+    with RunningEmulator(["--import", str(folder), "--shape", request.param]) as emu:
         with temporary_mount(emu.domain, emu.key_file) as mnt:
             yield emu, mnt
 
 
 def test_tree_bytes_and_metadata_match_the_folder(folder: Path, mounted: tuple[RunningEmulator, MountedFS]) -> None:
-    _, mnt = mounted
+    emu, mnt = mounted
     assert sorted(os.listdir(mnt.path)) == sorted(p.name for p in folder.iterdir())
     for dataset in folder.iterdir():
         sources = sorted(p for p in dataset.iterdir() if not p.name.endswith(".metadata.json"))
@@ -74,10 +75,12 @@ def test_tree_bytes_and_metadata_match_the_folder(folder: Path, mounted: tuple[R
                 ] == ["b1.png", "b2.png", "b10.png"]
                 for member in src.iterdir():
                     assert (shown / member.name).read_bytes() == member.read_bytes()
+                    assert (shown / member.name).stat().st_size == member.stat().st_size
                 assert os.getxattr(shown, "user.encord.data_type") == b"IMG_GROUP"
             else:
                 assert shown.read_bytes() == src.read_bytes()
                 assert shown.stat().st_size == src.stat().st_size
+                assert os.getxattr(shown, "user.encord.file_size") == str(src.stat().st_size).encode()
             sidecar = src.parent / (src.name + ".metadata.json")
             metadata = json.loads(sidecar.read_text()) if sidecar.exists() else {}
             assert json.loads(os.getxattr(shown, "user.encord.client_metadata")) == metadata
@@ -86,6 +89,8 @@ def test_tree_bytes_and_metadata_match_the_folder(folder: Path, mounted: tuple[R
         assert shown_img.size == src_img.size
         assert os.getxattr(img, "user.encord.width") == str(src_img.size[0]).encode()
     assert os.getxattr(mnt.path / "Holiday Photos 2025" / "broken.jpg", "user.encord.width") == b"null"
+    backing = [os.getxattr(p, "user.encord.backing_item_uuid") for p in (mnt.path / "Holiday Photos 2025").iterdir()]
+    assert (b"null" in backing) == (emu.shape == "recorded")  # rows without a storage item, read above
 
 
 def test_sdk_sees_the_same_datasets_and_rows(folder: Path, mounted: tuple[RunningEmulator, MountedFS]) -> None:

@@ -427,6 +427,10 @@ def test_unmount_waits_for_queued_writes_within_its_timeout(tmp_path: Path, emu:
             emu.reset()
         assert done.returncode == 0 and "1 row(s) pending" in done.stderr, done.stderr
         assert 1.5 <= took < 8, took  # waited for the queue (not the mount's own 10 s), then stopped
+        if "still releasing" in done.stderr:  # allowed, when said: then it ends within seconds
+            deadline = time.monotonic() + 10
+            while process_state(m.pid) != "gone" and time.monotonic() < deadline:
+                time.sleep(0.1)
         assert process_state(m.pid) == "gone"
         again = m.mount()  # the journal is pushed by the next mount
         assert again.returncode == 0, again.stderr

@@ -1,7 +1,10 @@
-"""A real mount of the sample workspace, checked against the real SDK's view of the emulator.
+"""A real mount of the sample workspace, checked against the real SDK's view of the emulator, once
+per shape (``shape_emulator``: the default shape and ``--shape recorded``).
 
-Every file's sha256 is compared with the bytes the emulator serves for its storage item (signed
-through the SDK, downloaded separately), and every xattr with the SDK's DataRow / ImageData.
+Every file's sha256 is compared with the bytes the SDK signs for it, downloaded separately: a storage
+item's signed URL, or for a row without one (recorded shape) ``DataRow.refetch_data(signed_url=True)``
+and a group's ``images_data`` signed URLs. Every xattr is compared with the SDK's DataRow / ImageData;
+sizes are integers whatever form the service sent them in.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -36,9 +40,17 @@ def _json_or_none(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+_INT = re.compile(r"[0-9]+")
+
+
+def _backing(row: Any) -> str | None:
+    value = row.get("backing_item_uuid")  # the SDK property raises for rows without one
+    return str(value) if value else None
+
+
 @pytest.fixture(scope="module")
-def sdk_view(sample_emulator: RunningEmulator) -> dict[str, Any]:
-    client = sample_emulator.client()
+def sdk_view(shape_emulator: RunningEmulator) -> dict[str, Any]:
+    client = shape_emulator.client()
     view: dict[str, Any] = {}
     for entry in client.get_datasets():
         ds = client.get_dataset(
@@ -48,8 +60,8 @@ def sdk_view(sample_emulator: RunningEmulator) -> dict[str, Any]:
     return view
 
 
-def test_tree_matches_sdk(sample_mount: MountedFS, sdk_view: dict[str, Any]) -> None:
-    mnt = sample_mount.path
+def test_tree_matches_sdk(shape_mount: MountedFS, sdk_view: dict[str, Any]) -> None:
+    mnt = shape_mount.path
     assert sorted(os.listdir(mnt)) == sorted(sdk_view)
     for title, ds in sdk_view.items():
         entries = list((mnt / title).iterdir())
@@ -59,25 +71,68 @@ def test_tree_matches_sdk(sample_mount: MountedFS, sdk_view: dict[str, Any]) -> 
         assert _x(mnt / title, "dataset_hash") == ds["hash"]
 
 
-def test_every_file_matches_stored_bytes(sample_mount: MountedFS, sample_emulator: RunningEmulator) -> None:
-    files = [p for p in sample_mount.path.rglob("*") if p.is_file()]
+def _sdk_urls(client: Any, sdk_view: dict[str, Any]) -> dict[str, str]:
+    """Signed URLs as a plain SDK user gets them, by data hash (single-file rows without a storage
+    item), image hash / child item uuid (group members) and storage item uuid (items, a sequence's video)."""
+    urls: dict[str, str] = {}
+    backed: list[str] = []
+    for ds in sdk_view.values():
+        for row in ds["rows"].values():
+            if (item := _backing(row)) is not None:
+                backed.append(item)
+            elif row.data_type.to_upper_case_string() != "IMG_GROUP":
+                row.refetch_data(signed_url=True)
+                urls[row.uid] = row.signed_url
+    for item in client.get_storage_items(backed, sign_url=True):
+        if item._orm_item.signed_url:
+            urls[str(item.uuid)] = item._orm_item.signed_url
+        for child in item.get_child_items(get_signed_urls=True):
+            urls[str(child.uuid)] = child._orm_item.signed_url
+    for ds in sdk_view.values():
+        for row in ds["rows"].values():
+            if row.data_type.to_upper_case_string() == "IMG_GROUP":
+                row.refetch_data(images_data_fetch_options=ImagesDataFetchOptions(fetch_signed_urls=True))
+                for image in row.images_data or []:
+                    urls.setdefault(image.image_hash, image.signed_url)
+    return urls
+
+
+def _source_id(path: Path, mnt: Path) -> str:
+    """The id ``_sdk_urls`` knows the file's bytes by, from its xattrs."""
+    if path.parent.parent == mnt:  # a single-file row
+        backing = _x(path, "backing_item_uuid")
+        return _x(path, "uid") if backing == "null" else backing
+    if _x(path, "item_type") == "imageSequence":  # a sequence's video
+        return _x(path, "backing_item_uuid")
+    return _x(path, "image_hash")
+
+
+def test_every_file_matches_stored_bytes(
+    shape_mount: MountedFS, shape_emulator: RunningEmulator, sdk_view: dict[str, Any]
+) -> None:
+    files = [p for p in shape_mount.path.rglob("*") if p.is_file()]
     assert len(files) >= 150
-    item_of = {
-        p: _x(p, "image_hash") if p.parent.parent != sample_mount.path else _x(p, "backing_item_uuid") for p in files
-    }
-    client = sample_emulator.client()
-    items = client.get_storage_items(list(set(item_of.values())), sign_url=True)
-    urls = {str(i.uuid): i._orm_item.signed_url for i in items}
+    urls = _sdk_urls(shape_emulator.client(), sdk_view)
+    legacy = 0
     with httpx.Client() as http:
-        for path, item in item_of.items():
-            expected = http.get(urls[item]).raise_for_status().content
+        for path in files:
+            source = _source_id(path, shape_mount.path)
+            expected = http.get(urls[source]).raise_for_status().content
             data = path.read_bytes()
             assert hashlib.sha256(data).hexdigest() == hashlib.sha256(expected).hexdigest(), path
             assert path.stat().st_size == len(expected)
+            assert _INT.fullmatch(_x(path, "file_size")), path
+            legacy += path.parent.parent == shape_mount.path and _x(path, "backing_item_uuid") == "null"
+    if shape_emulator.shape == "recorded":  # every third row: all of them read above
+        assert legacy >= 30
+        counters = json.loads((shape_mount.path / ".encordfs" / "status.json").read_text())["counters"]
+        assert legacy <= counters["urls.legacy_signs"] <= legacy + 5  # one call per legacy row (+ group re-signs)
+    else:
+        assert legacy == 0
 
 
-def test_row_xattrs_match_sdk(sample_mount: MountedFS, sdk_view: dict[str, Any]) -> None:
-    mnt = sample_mount.path
+def test_row_xattrs_match_sdk(shape_mount: MountedFS, sdk_view: dict[str, Any]) -> None:
+    mnt = shape_mount.path
     checked = 0
     for title, ds in sdk_view.items():
         for path in (mnt / title).iterdir():
@@ -88,12 +143,13 @@ def test_row_xattrs_match_sdk(sample_mount: MountedFS, sdk_view: dict[str, Any])
             assert _x(path, "last_edited_at") == _iso(row.last_edited_at)
             assert _x(path, "width") == _json_or_none(row.width)
             assert _x(path, "height") == _json_or_none(row.height)
-            assert _x(path, "file_size") == _json_or_none(row.file_size)
+            size = _x(path, "file_size")
+            assert size == "null" if row.file_size is None else (_INT.fullmatch(size) and int(size) == row.file_size)
             assert _x(path, "file_type") == (row.file_type if row.file_type is not None else "null")
             assert _x(path, "file_link") == (row.file_link if row.file_link is not None else "null")
             assert _x(path, "frames_per_second") == _json_or_none(row.frames_per_second)
             assert _x(path, "duration") == _json_or_none(row.duration)
-            assert _x(path, "backing_item_uuid") == str(row.backing_item_uuid)
+            assert _x(path, "backing_item_uuid") == (_backing(row) or "null")
             assert _x(path, "is_image_sequence") == _json_or_none(row.is_image_sequence)
             assert _x(path, "storage_location") == row.storage_location.name
             metadata = dict(row.client_metadata or {})
@@ -108,28 +164,57 @@ def test_row_xattrs_match_sdk(sample_mount: MountedFS, sdk_view: dict[str, Any])
     assert checked >= 100
 
 
-def test_group_members_match_images_data(sample_mount: MountedFS, sdk_view: dict[str, Any]) -> None:
-    groups = 0
+def test_group_members_match_images_data(
+    shape_mount: MountedFS, shape_emulator: RunningEmulator, sdk_view: dict[str, Any]
+) -> None:
+    groups = legacy = 0
     for title, ds in sdk_view.items():
         for row in ds["rows"].values():
             if row.data_type.to_upper_case_string() != "IMG_GROUP":
                 continue
             row.refetch_data(images_data_fetch_options=ImagesDataFetchOptions(fetch_signed_urls=False))
-            folder = next(p for p in (sample_mount.path / title).iterdir() if _x(p, "uid") == row.uid)
-            members = sorted(folder.iterdir(), key=lambda p: int(_x(p, "index")))
+            folder = next(p for p in (shape_mount.path / title).iterdir() if _x(p, "uid") == row.uid)
+            members = sorted(
+                (p for p in folder.iterdir() if _x(p, "item_type") != "imageSequence"),
+                key=lambda p: int(_x(p, "index")),
+            )
+            assert row.images_data
             assert [_x(p, "image_hash") for p in members] == [str(i.image_hash) for i in row.images_data]
             for path, image in zip(members, row.images_data):
                 assert _x(path, "title") == image.title
                 assert _x(path, "file_type") == image.file_type
+                assert _INT.fullmatch(_x(path, "file_size"))
                 assert int(_x(path, "file_size")) == image.file_size == path.stat().st_size
                 assert int(_x(path, "width")) == image.width
                 assert int(_x(path, "height")) == image.height
             groups += 1
+            legacy += _backing(row) is None
     assert groups >= 2
+    assert legacy >= 2 if shape_emulator.shape == "recorded" else legacy == 0
 
 
-def test_dicom_series_is_a_folder_of_slices(sample_mount: MountedFS) -> None:
-    series = [p for p in (sample_mount.path / "medical").iterdir() if p.is_dir()]
+def test_image_sequence_shows_frames_and_its_video(shape_mount: MountedFS, shape_emulator: RunningEmulator) -> None:
+    """Frames from child items (default) or images_data (recorded); the MP4 beside them when the service has one."""
+    folder = shape_mount.path / "street-scenes" / "traffic-timelapse"
+    assert _x(folder, "is_image_sequence") == "true"
+    entries = sorted(os.listdir(folder))
+    frames = [e for e in entries if not e.endswith(".mp4")]
+    assert len(frames) >= 3
+    if shape_emulator.shape == "recorded":
+        assert "traffic-timelapse.mp4" in entries
+        video = folder / "traffic-timelapse.mp4"
+        assert _x(video, "item_type") == "imageSequence" and _x(video, "file_type") == "video/mp4"
+        assert (_x(video, "width"), _x(video, "height")) == (_x(folder, "width"), _x(folder, "height"))
+        assert video.read_bytes()[4:8] == b"ftyp"
+        with pytest.raises(OSError) as err:
+            os.getxattr(folder, "user.encord.error")
+        assert err.value.errno == errno.ENODATA
+    else:
+        assert not any(e.endswith(".mp4") for e in entries)
+
+
+def test_dicom_series_is_a_folder_of_slices(shape_mount: MountedFS) -> None:
+    series = [p for p in (shape_mount.path / "medical").iterdir() if p.is_dir()]
     assert series
     for folder in series:
         assert _x(folder, "data_type") == "DICOM"
@@ -138,8 +223,8 @@ def test_dicom_series_is_a_folder_of_slices(sample_mount: MountedFS) -> None:
         assert all(p.read_bytes()[128:132] == b"DICM" for p in slices)
 
 
-def test_writes_are_refused(sample_mount: MountedFS) -> None:
-    folder = sample_mount.path / "street-scenes"
+def test_writes_are_refused(shape_mount: MountedFS) -> None:
+    folder = shape_mount.path / "street-scenes"
     target = next(p for p in folder.iterdir() if p.is_file())
     before = target.read_bytes()
     for action in (
@@ -147,7 +232,7 @@ def test_writes_are_refused(sample_mount: MountedFS) -> None:
         lambda: open(folder / "new.jpg", "wb"),
         lambda: os.mkdir(folder / "newdir"),
         lambda: os.unlink(target),
-        lambda: os.rmdir(sample_mount.path / "medical"),
+        lambda: os.rmdir(shape_mount.path / "medical"),
         lambda: os.truncate(target, 0),
         lambda: os.chmod(target, 0o777),
     ):
@@ -157,8 +242,8 @@ def test_writes_are_refused(sample_mount: MountedFS) -> None:
     assert target.read_bytes() == before
 
 
-def test_unknown_xattr_and_foreign_namespaces(sample_mount: MountedFS) -> None:
-    target = next(p for p in (sample_mount.path / "street-scenes").iterdir() if p.is_file())
+def test_unknown_xattr_and_foreign_namespaces(shape_mount: MountedFS) -> None:
+    target = next(p for p in (shape_mount.path / "street-scenes").iterdir() if p.is_file())
     with pytest.raises(OSError) as err:
         os.getxattr(target, "user.encord.no_such_field")
     assert err.value.errno == errno.ENODATA

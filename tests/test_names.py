@@ -43,6 +43,21 @@ def test_specific_rules() -> None:
     assert names.base_name("  spaced.jpg  ") == "spaced.jpg"
     assert names.base_name("") == "untitled"
     assert names.base_name("scan_0001", "image/jpeg") == "scan_0001.jpg"
+    # Non-standard aliases services send (Encord: image/jpg), with parameters and any case.
+    for mime, ext in (
+        ("image/jpg", ".jpg"),
+        ("IMAGE/JPG; charset=binary", ".jpg"),
+        ("image/pjpeg", ".jpg"),
+        ("image/x-png", ".png"),
+        ("image/x-ms-bmp", ".bmp"),
+        ("image/tif", ".tiff"),
+        ("audio/x-wav", ".wav"),
+        ("audio/mp3", ".mp3"),
+        ("audio/x-flac", ".flac"),
+        ("application/x-dicom", ".dcm"),
+        ("video/x-msvideo", ".avi"),
+    ):
+        assert names.base_name("scan_0001", mime) == "scan_0001" + ext, mime
     assert names.base_name("volume.nii.gz", "application/x-nifti") == "volume.nii.gz"
     assert names.base_name("group", "image/jpeg", is_dir=True) == "group"
     long = names.base_name("é" * 300 + ".png")

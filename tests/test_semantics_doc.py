@@ -1,12 +1,16 @@
-"""docs/SEMANTICS.md stays true: its xattr table equals what a real mount lists."""
+"""docs/SEMANTICS.md stays true: its xattr table equals what real mounts list -- of the sample in the
+default shape, and in the recorded shape with one image sequence made unlistable (its storage item and
+its legacy data row refused), so that a sequence's video and ``user.encord.error`` are listed too."""
 
 from __future__ import annotations
 
 import os
 import re
 from pathlib import Path
+from typing import Any
 
-from harness.mount import MountedFS
+from harness.emulator import RunningEmulator
+from harness.mount import temporary_mount
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "SEMANTICS.md"
 
@@ -29,11 +33,10 @@ def _listed(path: Path) -> set[str]:
     return names
 
 
-def test_xattr_table_matches_the_mount(sample_mount: MountedFS) -> None:
-    doc = _documented()
-    mnt = sample_mount.path
-    seen: dict[str, set[str]] = {}
+_KINDS = {b"dicomFile": "DICOM slice", b"imageSequence": "sequence video"}
 
+
+def _walk(mnt: Path, seen: dict[str, set[str]]) -> None:
     def note(path: Path, kind: str) -> None:
         for name in _listed(path):
             seen.setdefault(name, set()).add(kind)
@@ -44,8 +47,36 @@ def test_xattr_table_matches_the_mount(sample_mount: MountedFS) -> None:
             note(entry, "row")
             if entry.is_dir():
                 for member in entry.iterdir():
-                    is_dicom = os.getxattr(member, "user.encord.item_type") == b"dicomFile"
-                    note(member, "DICOM slice" if is_dicom else "member")
+                    note(member, _KINDS.get(os.getxattr(member, "user.encord.item_type"), "member"))
+
+
+def _refuse_one_sequence(emu: RunningEmulator) -> None:
+    client = emu.client()
+    for entry in client.get_datasets():
+        rows: list[Any] = client.get_dataset(entry["dataset"].dataset_hash).data_rows
+        for row in rows:
+            if row.get("is_optimised_image_group") and row.get("backing_item_uuid"):
+                emu.add_faults(
+                    [
+                        {"endpoint": "v2.items.get_bulk", "uid": str(row["backing_item_uuid"]), "status": 403},
+                        {"endpoint": "legacy.datarow.get", "uid": row.uid, "status": 403},
+                    ]
+                )
+                return
+    raise AssertionError("the sample has no image sequence")
+
+
+def test_xattr_table_matches_the_mount(sample_emulator: RunningEmulator, recorded_emulator: RunningEmulator) -> None:
+    doc = _documented()
+    seen: dict[str, set[str]] = {}
+    with temporary_mount(sample_emulator.domain, sample_emulator.key_file) as mounted:
+        _walk(mounted.path, seen)
+    _refuse_one_sequence(recorded_emulator)
+    try:
+        with temporary_mount(recorded_emulator.domain, recorded_emulator.key_file) as mounted:
+            _walk(mounted.path, seen)
+    finally:
+        recorded_emulator.clear_faults()
     # Every listed name is documented, and every documented name is listed somewhere.
     assert set(seen) == set(doc), set(seen) ^ set(doc)
     for name, kinds in seen.items():

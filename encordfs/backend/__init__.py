@@ -3,7 +3,17 @@
 The core never sees SDK objects: backends turn them into these frozen records. Two backends
 implement ``Backend``: ``backend.sdk.SdkBackend`` (the only module that imports ``encord``) and
 ``backend.memory.MemoryBackend`` (an in-process fake for core tests that run without a kernel or a
-server). Times are unix seconds (float, UTC).
+server). Times are unix seconds (float, UTC); sizes and dimensions are ``int`` whatever form the
+service sent them in (``400.0``, ``"400.0"``).
+
+Handles: the core reads a file through ``Backend.sign`` and lists a composite row through
+``Backend.list_children``, each keyed by the node's *handle*. For a row or member with a storage item
+the handle is that item's uuid; rows created before Encord's storage API have none
+(``backing_item_uuid`` null), and their handles are legacy keys made here (:func:`legacy_key`):
+``legacy:<dataset hash>/<data hash>`` for a row, ``legacy:<dataset hash>/<data hash>/<image hash>`` for
+an image of a group reached through the legacy ``images_data``. A backend signs a legacy key with the
+legacy data-row call, one call per row (every image of a group in that one call); the core never
+signs a legacy row together with its siblings (:func:`costs_a_call`).
 """
 
 from __future__ import annotations
@@ -13,6 +23,32 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from encordfs.errors import BackendError
+
+LEGACY_PREFIX = "legacy:"
+
+
+def legacy_key(dataset_uid: str, row_uid: str, image_hash: str | None = None) -> str:
+    """The handle of a row without a storage item, or of one image of such a group (module docstring)."""
+    tail = f"/{image_hash}" if image_hash else ""
+    return f"{LEGACY_PREFIX}{dataset_uid}/{row_uid}{tail}"
+
+
+def parse_legacy_key(handle: str) -> tuple[str, str, str | None] | None:
+    """(dataset uid, row uid, image hash or None) of a legacy key; None for any other handle."""
+    if not handle.startswith(LEGACY_PREFIX):
+        return None
+    parts = handle[len(LEGACY_PREFIX) :].split("/")
+    if len(parts) == 2 and all(parts):
+        return parts[0], parts[1], None
+    if len(parts) == 3 and all(parts):
+        return parts[0], parts[1], parts[2]
+    return None
+
+
+def costs_a_call(handle: str) -> bool:
+    """A handle that costs one API call of its own to sign (a legacy row): never signed with siblings."""
+    parsed = parse_legacy_key(handle)
+    return parsed is not None and parsed[2] is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,12 +85,18 @@ class RowRecord:
     is_image_sequence: bool | None
     client_metadata: Mapping[str, Any] | None
 
+    @property
+    def handle(self) -> str:
+        """What ``Backend.sign`` / ``Backend.list_children`` take for this row (module docstring)."""
+        return self.backing_item_uuid or legacy_key(self.dataset_uid, self.uid)
+
 
 @dataclass(frozen=True, slots=True)
 class ChildRecord:
-    """One member of a composite row (an image of a group, a slice of a DICOM series)."""
+    """One member of a composite row (an image of a group, a slice of a DICOM series), or an image
+    sequence's video (``item_type`` ``imageSequence``: the sequence's own storage item)."""
 
-    item_uuid: str  # storage item uuid; signable through ``Backend.sign``
+    item_uuid: str  # storage item uuid (= ``ImageData.image_hash``)
     title: str
     index: int  # frame / slice order
     item_type: str  # storage item type: image, dicomFile, ...
@@ -70,6 +112,33 @@ class ChildRecord:
     dicom_series_uid: str | None = None
     dicom_study_uid: str | None = None
     signed_url: str | None = None
+    sign_key: str | None = None  # the handle when it is not ``item_uuid`` (an image reached through images_data)
+    frames_per_second: float | None = None  # a video's
+    duration: float | None = None  # a video's, seconds
+
+    @property
+    def handle(self) -> str:
+        """What ``Backend.sign`` takes for this member."""
+        return self.sign_key or self.item_uuid
+
+
+@dataclass(frozen=True, slots=True)
+class GroupRef:
+    """A composite row whose members ``Backend.list_children`` is asked for."""
+
+    dataset_uid: str
+    row_uid: str
+    data_type: str  # IMG_GROUP, DICOM, GROUP, ...
+    item_uuid: str | None  # its storage item; None for a row without one (legacy)
+
+
+@dataclass(frozen=True, slots=True)
+class Members:
+    """What ``Backend.list_children`` found for one composite row."""
+
+    children: list[ChildRecord]  # in frame / slice order
+    video: ChildRecord | None = None  # an image sequence's video, when the service has one
+    error: str | None = None  # why nothing could be listed, when neither members nor a video came back
 
 
 # Data types whose rows are folders of children rather than single files.
@@ -86,12 +155,16 @@ class Backend(Protocol):
         """Every row of a dataset with its client metadata: one ``get_dataset`` call."""
         ...
 
-    def list_children(self, group_item_uuids: list[str]) -> dict[str, list[ChildRecord]]:
-        """Members of composite rows by backing item uuid, signed where the API signs them."""
+    def list_children(self, groups: list[GroupRef]) -> dict[str, Members]:
+        """Members of composite rows by row uid, signed where the API signs them: from the storage
+        item's child items, else (image groups and sequences) the legacy ``images_data``; an image
+        sequence's video too. A failure confined to one row is that row's ``Members.error``."""
         ...
 
-    def sign(self, item_uuids: list[str]) -> dict[str, str | None]:
-        """Signed URLs for single-file storage items, in bulk (the backend chunks to its limit)."""
+    def sign(self, handles: list[str]) -> dict[str, str | BackendError | None]:
+        """Signed URLs by handle: storage items in bulk (the backend chunks to its limit), legacy keys
+        one row per call (bounded concurrency). ``None``: the item cannot be signed (gone); a
+        ``BackendError``: the service refused that one row (its neighbours are unaffected)."""
         ...
 
     def push(self, patches: list[RowPatch]) -> dict[str, PushOutcome]:

@@ -1,7 +1,11 @@
 """An in-memory ``Backend`` for core tests: no server, no SDK, deterministic, observable.
 
-Blobs are plain bytes; ``sign`` returns ``mem://`` URLs that ``MemoryBackend.fetch`` resolves, so the
-reader can be driven through a plain ``fetch`` callable. Every call is counted in ``calls``.
+Blobs are plain bytes keyed by handle (a storage item uuid, or a legacy key for rows without one);
+``sign`` returns ``mem://`` URLs that ``MemoryBackend.fetch`` resolves, so the reader can be driven
+through a plain ``fetch`` callable. Every call is counted in ``calls`` (``sign_legacy``: one per legacy
+row signed, as the real service's one data-row call per row). ``refused`` (handle → error) makes
+``sign`` report that one handle as refused; ``member_errors`` (group handle → reason) makes
+``list_children`` report a group as unlistable.
 
 Writes: ``push`` applies each ``RowPatch`` onto the row's current metadata (the same conflict rule as
 the SDK backend, via ``RowChange.apply_metadata``) and logs the row uids of every call in
@@ -18,7 +22,18 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
 
-from encordfs.backend import BULK_LIMIT, ChildRecord, DatasetRecord, PushOutcome, RowPatch, RowRecord
+from encordfs.backend import (
+    BULK_LIMIT,
+    ChildRecord,
+    DatasetRecord,
+    GroupRef,
+    Members,
+    PushOutcome,
+    RowPatch,
+    RowRecord,
+    legacy_key,
+    parse_legacy_key,
+)
 from encordfs.errors import BackendError, NotFound, PermanentError
 
 
@@ -26,8 +41,11 @@ class MemoryBackend:
     def __init__(self) -> None:
         self.datasets: dict[str, DatasetRecord] = {}
         self.rows: dict[str, list[RowRecord]] = {}
-        self.children: dict[str, list[ChildRecord]] = {}
-        self.blobs: dict[str, bytes] = {}  # item uuid -> bytes
+        self.children: dict[str, list[ChildRecord]] = {}  # group handle -> members
+        self.videos: dict[str, ChildRecord] = {}  # image sequence handle -> its video
+        self.blobs: dict[str, bytes] = {}  # handle -> bytes
+        self.refused: dict[str, BackendError] = {}  # handle -> why the service refuses to sign it
+        self.member_errors: dict[str, str] = {}  # group handle -> why its members cannot be listed
         self.calls: Counter[str] = Counter()
         self.push_log: list[list[str]] = []  # row uids of every push call, failed ones included
         self.push_faults: list[BaseException] = []
@@ -42,12 +60,16 @@ class MemoryBackend:
 
     def add_row(self, row: RowRecord, data: bytes | None = None) -> None:
         self.rows[row.dataset_uid].append(row)
-        if data is not None and row.backing_item_uuid:
-            self.blobs[row.backing_item_uuid] = data
+        if data is not None:
+            self.blobs[row.handle] = data
 
-    def add_child(self, group_item_uuid: str, child: ChildRecord, data: bytes) -> None:
-        self.children.setdefault(group_item_uuid, []).append(child)
-        self.blobs[child.item_uuid] = data
+    def add_child(self, group_handle: str, child: ChildRecord, data: bytes) -> None:
+        self.children.setdefault(group_handle, []).append(child)
+        self.blobs[child.handle] = data
+
+    def add_video(self, group_handle: str, video: ChildRecord, data: bytes) -> None:
+        self.videos[group_handle] = video
+        self.blobs[video.handle] = data
 
     def remove_row(self, dataset_uid: str, row_uid: str) -> None:
         self.rows[dataset_uid] = [r for r in self.rows[dataset_uid] if r.uid != row_uid]
@@ -63,13 +85,26 @@ class MemoryBackend:
             raise NotFound(f"dataset {dataset_uid} not found")
         return iter(list(self.rows[dataset_uid]))
 
-    def list_children(self, group_item_uuids: list[str]) -> dict[str, list[ChildRecord]]:
-        self._count("list_children", len(group_item_uuids))
-        return {u: sorted(self.children.get(u, []), key=lambda c: c.index) for u in group_item_uuids}
+    def list_children(self, groups: list[GroupRef]) -> dict[str, Members]:
+        self._count("list_children", len(groups))
+        return {g.row_uid: self._members(g) for g in groups}
 
-    def sign(self, item_uuids: list[str]) -> dict[str, str | None]:
+    def _members(self, group: GroupRef) -> Members:
+        handle = group.item_uuid or legacy_key(group.dataset_uid, group.row_uid)
+        if handle in self.member_errors:
+            return Members([], error=self.member_errors[handle])
+        kids = sorted(self.children.get(handle, []), key=lambda c: c.index)
+        video = self.videos.get(handle)
+        error = "Encord lists no members for this row" if not kids and video is None else None
+        return Members(kids, video, error if group.data_type in ("IMG_GROUP", "DICOM") else None)
+
+    def sign(self, handles: list[str]) -> dict[str, str | BackendError | None]:
         self._count("sign")
-        return {u: (f"mem://{u}" if u in self.blobs else None) for u in item_uuids}
+        self._count("sign_legacy", len({p[:2] for h in handles if (p := parse_legacy_key(h)) is not None}))
+        out: dict[str, str | BackendError | None] = {}
+        for h in handles:
+            out[h] = self.refused.get(h) or (f"mem://{h}" if h in self.blobs else None)
+        return out
 
     def fetch(self, url: str, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` of the blob behind a ``mem://`` URL."""

@@ -6,10 +6,25 @@ permanent, ``_as_write_error``), so nothing above it knows the SDK exists.
 
 Calls, per the wire reference (shared/encord-wire.md §7): datasets come from ``get_datasets``; a
 dataset's rows from one ``get_dataset`` request (with client metadata), streamed (below); group members from one bulk
-``get_storage_items`` for the groups plus one ``get_child_items(get_signed_urls=True)`` per group
-(bounded concurrency); signed URLs from ``get_storage_items(sign_url=True)`` in chunks of at most
-``BULK_LIMIT`` items. The SDK retries idempotent calls itself; we lower its connect retries so an
-unreachable domain fails in seconds rather than after its 9 s backoff per call.
+``get_storage_items(sign_url=True)`` for the groups (which also signs an image sequence's video) plus
+one ``get_child_items(get_signed_urls=True)`` per group (bounded concurrency); signed URLs from
+``get_storage_items(sign_url=True)`` in chunks of at most ``BULK_LIMIT`` items. The SDK retries
+idempotent calls itself; we lower its connect retries so an unreachable domain fails in seconds rather
+than after its 9 s backoff per call.
+
+Rows without a storage item (created before Encord's storage API: ``backing_item_uuid`` null) are
+reached through the legacy data-row call, the request ``DataRow.refetch_data(signed_url=True)`` sends
+(wire §5.1; with ``images_data_fetch_options=ImagesDataFetchOptions(fetch_signed_urls=True)`` for the
+images of a group). The API has no bulk form of it, so it costs one call per row (a group's images come
+in its one call); at most ``LEGACY_CONCURRENCY`` run at once across the mount. The call is sent through
+the SDK's own querier for the row's dataset (``_refetch_row``), so a row needs no ``get_dataset`` first.
+The same call lists the images of an image group or sequence whose storage item lists no children
+(the real service lists a sequence's frames only there; its storage item is the sequence's MP4).
+
+Forms: sizes and dimensions come as ints, floats (``3560366.0``) or text (``"5468354.0"``) and leave
+here as ints (``_int``); times come in the three forms the SDK's ``parse_datetime`` reads
+(``2022-01-05 18:51:05``, ``Thu, 09 Feb 2023 14:12:03 UTC``, ISO 8601 with or without a zone; no zone
+means UTC) and leave as unix seconds (``_ts``).
 """
 
 from __future__ import annotations
@@ -20,8 +35,10 @@ import functools
 import itertools
 import json
 import logging
+import math
 import os
 import re
+import threading
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -44,23 +61,35 @@ from encord.http.constants import RequestsSettings
 from encord.http.error_utils import check_error_response
 from encord.http.querier import Querier, create_new_session
 from encord.http.query_methods import QueryMethods
+from encord.orm.dataset import DataRow as OrmDataRow
 from encord.orm.dataset import Dataset as OrmDataset
-from encord.orm.dataset import DatasetAccessSettings
+from encord.orm.dataset import DatasetAccessSettings, ImagesDataFetchOptions
+from encord.orm.storage import StorageItemType
 
 from encordfs import errors
 from encordfs.backend import (
     BULK_LIMIT,
     ChildRecord,
     DatasetRecord,
+    GroupRef,
+    Members,
     PushOutcome,
     RowChange,
     RowPatch,
     RowRecord,
+    legacy_key,
+    parse_legacy_key,
 )
 
 log = logging.getLogger(__name__)
 
 CHILD_FETCH_CONCURRENCY = 4  # parallel child-items calls; the SDK opens one connection per call
+# Legacy data-row calls in flight at once, across every thread of the mount: each signs one row (there is
+# no bulk form), so a burst of opens of legacy files runs this many at a time instead of one per FUSE
+# thread; 8 keeps the 8-thread benchmark readers busy without opening dozens of connections at once.
+LEGACY_CONCURRENCY = 8
+# Storage API names of the legacy ``storage_location`` ints (images_data carries the int).
+_STORAGE_NAMES = {0: "encord", 1: "s3", 2: "gcp", 3: "azure", 4: "s3Compatible"}
 
 # Retries: the SDK retries GET/POST on 413/429/5xx itself. Two status retries with a short backoff
 # keep a FUSE thread from waiting the SDK's default 9 s; one connect retry makes an unreachable
@@ -76,7 +105,11 @@ STREAM_CHUNK_BYTES = 1 << 16
 
 
 def _ts(value: datetime | str | None) -> float:
-    """Unix seconds of an SDK datetime or wire timestamp (naive means UTC, as the SDK assumes); None → 0."""
+    """Unix seconds of an SDK datetime or wire timestamp (naive means UTC, as the SDK assumes); None → 0.
+
+    Wire forms seen from the service (docs/RECORDED-SHAPES.md): ``2022-01-05 18:51:05``,
+    ``Thu, 09 Feb 2023 14:12:03 UTC`` and ISO 8601 with or without a zone; all read by the SDK's parser.
+    """
     if value is None:
         return 0.0
     if isinstance(value, str):
@@ -84,6 +117,22 @@ def _ts(value: datetime | str | None) -> float:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.timestamp()
+
+
+def _int(value: Any) -> int | None:
+    """A size or dimension as an int, whatever form it came in (``400``, ``400.0``, ``"400.0"``);
+    None when missing or not a finite non-negative number (``"None"`` strings, booleans, NaN)."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    if number != number or number in (float("inf"), float("-inf")) or number < 0:
+        return None
+    return int(number)
 
 
 # SDK exception type → our error family, first match wins (foreign exceptions are translated here,
@@ -202,6 +251,7 @@ class SdkBackend:
                 raise errors.AuthError(f"unusable SSH key: {str(exc).splitlines()[0][:120]}") from None
         self._include_org_access = include_org_access
         self._dataset_settings = DatasetAccessSettings(fetch_client_metadata=True)
+        self._legacy_slots = threading.BoundedSemaphore(LEGACY_CONCURRENCY)
 
     # -- listing --------------------------------------------------------------------------------
     def list_datasets(self) -> list[DatasetRecord]:
@@ -273,22 +323,95 @@ class SdkBackend:
         wire["backing_item_uuid"] = str(backing) if backing else None
         return _row_from_json(dataset_uid, wire)
 
-    def list_children(self, group_item_uuids: list[str]) -> dict[str, list[ChildRecord]]:
-        if not group_item_uuids:
-            return {}
-        items = []
-        for start in range(0, len(group_item_uuids), BULK_LIMIT):
-            chunk = group_item_uuids[start : start + BULK_LIMIT]
-            with _sdk("loading group items"):
-                items.extend(self._client.get_storage_items(chunk, sign_url=False))
+    def list_children(self, groups: list[GroupRef]) -> dict[str, Members]:
+        """Members by row uid (see the module docstring); one row's failure is its ``Members.error``.
+        The bulk item fetch failing because Encord is unreachable or refuses the key raises; failing
+        otherwise (an item gone or forbidden fails the whole call) leaves each group to its other source."""
+        items: dict[str, Any] = {}
+        missing: str | None = None
+        backed = [g.item_uuid for g in groups if g.item_uuid]
+        for start in range(0, len(backed), BULK_LIMIT):
+            try:
+                with _sdk("loading group items"):
+                    for item in self._client.get_storage_items(backed[start : start + BULK_LIMIT], sign_url=True):
+                        items[str(item.uuid)] = item
+            except (errors.Unavailable, errors.AuthError):
+                raise
+            except errors.FsError as exc:
+                missing = exc.message
 
-        def children_of(item: Any) -> tuple[str, list[ChildRecord]]:
-            with _sdk("listing group members"):
-                kids = list(item.get_child_items(get_signed_urls=True))
-            return str(item.uuid), [self._child(i, k) for i, k in enumerate(kids)]
+        def members(group: GroupRef) -> tuple[str, Members]:
+            return group.row_uid, self._members(group, items.get(group.item_uuid or ""), missing)
 
         with ThreadPoolExecutor(max_workers=CHILD_FETCH_CONCURRENCY) as pool:
-            return dict(pool.map(children_of, items))
+            return dict(pool.map(members, groups))
+
+    def _members(self, group: GroupRef, item: Any, missing: str | None = None) -> Members:
+        """Child items of the storage item; else, for image groups and sequences, the legacy
+        ``images_data``; and a sequence's video. ``error`` only when nothing at all came back
+        (``missing``: why the storage item could not be fetched)."""
+        reasons: list[str] = []
+        kids: list[ChildRecord] = []
+        video = None
+        if item is not None:
+            if item.item_type == StorageItemType.IMAGE_SEQUENCE and (item.mime_type or "").startswith("video/"):
+                video = self._child(0, item)
+            try:
+                with _sdk(f"listing the members of {group.row_uid}"):
+                    kids = [self._child(i, k) for i, k in enumerate(item.get_child_items(get_signed_urls=True))]
+            except errors.FsError as exc:
+                reasons.append(exc.message)
+        elif group.item_uuid:
+            reasons.append(missing or f"Encord did not return storage item {group.item_uuid}")
+        if not kids and group.data_type == "IMG_GROUP":
+            try:
+                kids = self._images_data(group)
+            except errors.FsError as exc:
+                reasons.append(exc.message)
+        elif not kids and not group.item_uuid:
+            reasons.append(f"{group.row_uid} has no storage item, and only image groups list members without one")
+        if kids or video is not None or group.data_type not in ("IMG_GROUP", "DICOM"):
+            return Members(kids, video)
+        return Members([], None, "; ".join(reasons) or "Encord lists no members and no video for this row")
+
+    def _images_data(self, group: GroupRef) -> list[ChildRecord]:
+        """A group's images through the legacy call, signed (one call)."""
+        row = self._refetch_row(group.dataset_uid, group.row_uid, signed_url=False, images=True)
+        return [
+            ChildRecord(
+                item_uuid=str(image.image_hash),
+                title=image.title,
+                index=index,
+                item_type="image",
+                file_link=image.file_link,
+                file_type=image.file_type,
+                file_size=_int(image.file_size),
+                width=_int(image.width),
+                height=_int(image.height),
+                created_at=_ts(image.created_at),
+                last_edited_at=_ts(image.last_edited_at),
+                storage_location=_storage_name(image.storage_location),
+                signed_url=image.signed_url,
+                sign_key=legacy_key(group.dataset_uid, group.row_uid, str(image.image_hash)),
+            )
+            for index, image in enumerate(row.images_data or [])
+        ]
+
+    def _refetch_row(self, dataset_uid: str, row_uid: str, *, signed_url: bool, images: bool) -> Any:
+        """The request ``DataRow.refetch_data(signed_url=..., images_data_fetch_options=
+        ImagesDataFetchOptions(fetch_signed_urls=True) if images)`` sends, through the SDK's querier for
+        the dataset; returns the SDK's ``DataRow``. At most ``LEGACY_CONCURRENCY`` at once."""
+        fetch_images = dataclasses.asdict(ImagesDataFetchOptions(fetch_signed_urls=True)) if images else None
+        payload = {
+            "additional_data": {
+                "signed_url": signed_url,
+                "images_data_fetch_options": fetch_images,
+                "client_metadata": False,
+            }
+        }
+        querier = Querier(self._client._config.config, resource_type=TYPE_DATASET, resource_id=dataset_uid)
+        with self._legacy_slots, _sdk(f"data row {row_uid}"):
+            return querier.basic_getter(OrmDataRow, uid=row_uid, payload=payload)
 
     @staticmethod
     def _child(index: int, item: Any) -> ChildRecord:
@@ -300,9 +423,9 @@ class SdkBackend:
             item_type=str(getattr(item.item_type, "value", item.item_type)),
             file_link=item.url,
             file_type=item.mime_type,
-            file_size=item.file_size,
-            width=item.width,
-            height=item.height,
+            file_size=_int(item.file_size),
+            width=_int(item.width),
+            height=_int(item.height),
             created_at=_ts(item.created_at),
             last_edited_at=_ts(item.last_edited_at),
             storage_location=str(getattr(item.storage_location, "value", item.storage_location)),
@@ -310,16 +433,50 @@ class SdkBackend:
             dicom_series_uid=item.dicom_series_uid,
             dicom_study_uid=item.dicom_study_uid,
             signed_url=orm.signed_url,
+            frames_per_second=item.fps,
+            duration=item.duration,
         )
 
     # -- signing ----------------------------------------------------------------------------------
-    def sign(self, item_uuids: list[str]) -> dict[str, str | None]:
-        out: dict[str, str | None] = {}
-        for start in range(0, len(item_uuids), BULK_LIMIT):
-            chunk = item_uuids[start : start + BULK_LIMIT]
+    def sign(self, handles: list[str]) -> dict[str, str | errors.BackendError | None]:
+        """Storage items in bulk; legacy keys by row (``_sign_legacy``). A whole bulk call that fails
+        raises; a legacy row the service refuses is that row's ``BackendError`` (EIO for its file only)."""
+        out: dict[str, str | errors.BackendError | None] = {}
+        legacy: dict[tuple[str, str], list[str]] = {}
+        items = []
+        for handle in handles:
+            parsed = parse_legacy_key(handle)
+            if parsed is None:
+                items.append(handle)
+            else:
+                legacy.setdefault(parsed[:2], []).append(handle)
+        for start in range(0, len(items), BULK_LIMIT):
+            chunk = items[start : start + BULK_LIMIT]
             with _sdk(f"signing {len(chunk)} item(s)"):
                 for item in self._client.get_storage_items(chunk, sign_url=True):
                     out[str(item.uuid)] = item._orm_item.signed_url
+        if len(legacy) == 1:
+            ((row, keys),) = legacy.items()
+            out.update(self._sign_legacy(row, keys))
+        elif legacy:
+            with ThreadPoolExecutor(max_workers=LEGACY_CONCURRENCY) as pool:
+                for signed in pool.map(lambda pair: self._sign_legacy(*pair), legacy.items()):
+                    out.update(signed)
+        return out
+
+    def _sign_legacy(self, row: tuple[str, str], keys: list[str]) -> dict[str, str | errors.BackendError | None]:
+        """One legacy data-row call signs the row and/or every image of it that ``keys`` name."""
+        dataset_uid, row_uid = row
+        images = {parsed[2]: key for key in keys if (parsed := parse_legacy_key(key)) and parsed[2]}
+        whole = [key for key in keys if key not in images.values()]
+        try:
+            found = self._refetch_row(dataset_uid, row_uid, signed_url=bool(whole), images=bool(images))
+        except errors.FsError as exc:  # refused or failed: that row only, as EIO
+            refused = errors.BackendError(f"signing {exc.message}")  # "signing data row <uid>: not authorised"
+            return dict.fromkeys(keys, refused)
+        out: dict[str, str | errors.BackendError | None] = dict.fromkeys(whole, found.signed_url)
+        by_hash = {str(image.image_hash): image.signed_url for image in found.images_data or []}
+        out.update({key: by_hash.get(image_hash) for image_hash, key in images.items()})
         return out
 
     # -- writes ----------------------------------------------------------------------------------
@@ -481,7 +638,9 @@ class _Sink:
 
 @functools.lru_cache(maxsize=4096)
 def _stream_ts(text: str) -> float:
-    return _ts(text)
+    """A DataRow time in whole seconds: the SDK's ``DataRow`` keeps its times as ``%Y-%m-%d %H:%M:%S``
+    text, so a sub-second part the service sent (ISO form) is dropped there too."""
+    return float(math.floor(_ts(text)))
 
 
 @functools.lru_cache(maxsize=64)
@@ -499,12 +658,12 @@ def _row_from_json(dataset_uid: str, r: dict[str, Any]) -> RowRecord:
         data_type=_data_type(r["data_type"]),
         created_at=_stream_ts(r["created_at"]),
         last_edited_at=_stream_ts(r["last_edited_at"]),
-        width=r["width"],
-        height=r["height"],
+        width=_int(r["width"]),
+        height=_int(r["height"]),
         frames_per_second=r["frames_per_second"],
         duration=r["duration"],
         file_link=r["file_link"],
-        file_size=r["file_size"],
+        file_size=_int(r["file_size"]),
         file_type=r["file_type"],
         storage_location=int(r["storage_location"]),
         backing_item_uuid=_canonical_uuid(backing) if backing else None,
@@ -520,6 +679,12 @@ def _canonical_uuid(text: str) -> str:
     """``str(uuid.UUID(text))`` (what the SDK's DataRow does), without building a UUID when the wire
     text is already canonical, as Encord sends it (a third of the cost of a row)."""
     return text if _CANONICAL_UUID.fullmatch(text) else str(uuid.UUID(text))
+
+
+def _storage_name(location: Any) -> str:
+    """The storage API name (``encord``, ``s3``, ...) of a legacy ``storage_location`` (int or enum)."""
+    number = _int(getattr(location, "value", location))
+    return _STORAGE_NAMES.get(number if number is not None else -1, str(location))
 
 
 def _is_uuid(text: str) -> bool:

@@ -87,7 +87,7 @@ class Entry:
     uid: str
     title: str
     mime_type: str | None
-    item_uuid: str | None  # storage item: signed for files, listed for groups
+    handle: str | None  # what the backend signs (files) or lists (groups): ``encordfs.backend`` handles
     size: int
     ctime: float
     mtime: float
@@ -103,7 +103,7 @@ class Node:
     uid: str
     name: str
     title: str
-    item_uuid: str | None
+    handle: str | None
     size: int
     ctime: float
     mtime: float
@@ -131,7 +131,7 @@ CREATE TABLE IF NOT EXISTS nodes(
     name TEXT NOT NULL,
     name_key TEXT NOT NULL,
     title TEXT NOT NULL,
-    item_uuid TEXT,
+    item_uuid TEXT,  -- the node's backend handle (a storage item uuid, or a legacy key)
     size INTEGER NOT NULL,
     ctime REAL NOT NULL,
     mtime REAL NOT NULL,
@@ -341,7 +341,7 @@ class Catalog:
         )
 
     def file_items(self, parent: int, after_ino: int = 0, limit: int = 1000) -> list[tuple[int, str]]:
-        """(ino, item uuid) of signable files in a folder, in inode order from ``after_ino``."""
+        """(ino, handle) of signable files in a folder, in inode order from ``after_ino``."""
         rows = self._all(
             "SELECT ino, item_uuid FROM nodes WHERE parent=? AND ino>=? AND kind IN (?, ?) AND item_uuid IS NOT NULL ORDER BY ino LIMIT ?",
             (parent, after_ino, Kind.ROW, Kind.CHILD, limit),
@@ -382,6 +382,11 @@ class Catalog:
         self._loaded[ino] = float(row[0])
         return float(row[0])
 
+    def load_error(self, ino: int) -> str | None:
+        """Why the folder's members could not be listed at its last load, or None."""
+        row = self._one("SELECT value FROM state WHERE key=?", (f"error:{ino}",))
+        return None if row is None else str(row[0])
+
     # -- writes -----------------------------------------------------------------------------------
     def mark_loaded(self, ino: int, when: float) -> None:
         with self._write_lock:
@@ -410,8 +415,9 @@ class Catalog:
             conn.executemany("UPDATE nodes SET title=? WHERE uid=? AND kind IN (?, ?)", titles)
             conn.commit()
 
-    def sync_children(self, parent: int, entries: Iterable[Entry], when: float) -> int:
+    def sync_children(self, parent: int, entries: Iterable[Entry], when: float, error: str | None = None) -> int:
         """Make ``parent``'s children exactly ``entries`` (streamed); returns how many there are.
+        ``error``: why the folder's members could not be listed (kept until the next sync; ``load_error``).
 
         Existing children keep inode and name unless their title changed; new ones get a name by the
         rules of ``core.names``; children that did not come back are deleted with their members.
@@ -431,6 +437,10 @@ class Catalog:
                 for ino, e in renamed:
                     self._assign_name_locked(conn, parent, ino, e)
                 conn.execute("INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)", (f"loaded:{parent}", when))
+                if error is None:
+                    conn.execute("DELETE FROM state WHERE key=?", (f"error:{parent}",))
+                else:
+                    conn.execute("INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)", (f"error:{parent}", error))
                 conn.commit()
             except BaseException:
                 conn.rollback()
@@ -471,10 +481,10 @@ class Catalog:
                 fresh.append((e, fields, metadata))
                 continue
             ino, old_title, old_kind = old[0], old[1], old[2]
-            if old[1:] == (e.title, int(e.kind), e.item_uuid, e.size, e.ctime, e.mtime, fields, metadata):
+            if old[1:] == (e.title, int(e.kind), e.handle, e.size, e.ctime, e.mtime, fields, metadata):
                 touched.append((gen, ino))
                 continue
-            updates.append((int(e.kind), e.title, e.item_uuid, e.size, e.ctime, e.mtime, fields, metadata, gen, ino))
+            updates.append((int(e.kind), e.title, e.handle, e.size, e.ctime, e.mtime, fields, metadata, gen, ino))
             if old_title != e.title or old_kind != int(e.kind):
                 renamed.append((ino, e))
         if touched:
@@ -532,7 +542,7 @@ class Catalog:
                                 placeholder,
                                 placeholder,
                                 e.title,
-                                e.item_uuid,
+                                e.handle,
                                 e.size,
                                 e.ctime,
                                 e.mtime,
@@ -555,7 +565,7 @@ class Catalog:
                     base,
                     key,
                     e.title,
-                    e.item_uuid,
+                    e.handle,
                     e.size,
                     e.ctime,
                     e.mtime,
@@ -605,6 +615,7 @@ class Catalog:
             grandchildren = [r[0] for r in conn.execute(f"SELECT ino FROM nodes WHERE parent IN ({marks})", batch)]
             conn.execute(f"DELETE FROM nodes WHERE ino IN ({marks})", batch)
             conn.execute(f"DELETE FROM state WHERE key IN ({marks})", [f"loaded:{i}" for i in batch])
+            conn.execute(f"DELETE FROM state WHERE key IN ({marks})", [f"error:{i}" for i in batch])
             for ino in batch:
                 self._loaded.pop(ino, None)
             stale.extend(grandchildren)

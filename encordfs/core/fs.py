@@ -7,10 +7,16 @@ directly with ``backend.memory.MemoryBackend``.
 
 Loading: the root lists datasets (one ``list_datasets``); a dataset folder loads its rows (one
 ``get_dataset``); the first use of any group folder in a dataset loads the members of all that
-dataset's groups at once (one bulk item fetch plus one child listing per group), and keeps the
-signed URLs that come with them. Opening a file whose URL is not cached signs it together with up to
+dataset's groups at once (one bulk item fetch plus one child listing per group; image groups and
+sequences whose storage item lists no children, and groups without a storage item, list their images
+through the legacy ``images_data``: one call per group), and keeps the signed URLs that come with
+them. An image sequence's video, when the service has one, is a file ``<sequence name>.mp4`` inside
+its folder beside the frames. A group whose members cannot be listed is an empty folder whose
+``user.encord.error`` says why. Opening a file whose URL is not cached signs it together with up to
 999 of its unsigned siblings (one ``get-bulk``), so reading a folder costs one signing call per
-1,000 files.
+1,000 files -- except a row without a storage item (a legacy row), which costs one data-row call of
+its own and is signed alone (never with siblings: each would be a call). Nodes carry the backend's
+*handle* (``encordfs.backend``): a storage item uuid, or a legacy key.
 
 Paths: the adapter is path-based, so every call resolves a path; ``PathCache`` keeps path → inode
 for 64k paths and is dropped whenever the catalog's ``version`` moves (a child inserted, deleted or
@@ -41,7 +47,9 @@ from encordfs.backend import (
     Backend,
     ChildRecord,
     DatasetRecord,
+    GroupRef,
     RowRecord,
+    costs_a_call,
 )
 from encordfs.core import names, xattrs
 from encordfs.core.catalog import ROOT_INO, Catalog, Entry, Kind, Node
@@ -69,6 +77,8 @@ CONTROL_FILES = {"status.json": CONTROL_INO + 1}
 CONTROL_XATTR_PREFIX = "user.encordfs."
 CONTROL_XATTR_REFRESH = CONTROL_XATTR_PREFIX + "refresh"
 CONTROL_XATTR_FLUSH = CONTROL_XATTR_PREFIX + "flush"
+# The read-only xattr field of a group folder whose members could not be listed at its last load.
+ERROR_FIELD = "error"
 
 
 class Handle(Protocol):
@@ -175,7 +185,7 @@ def _row_entry(r: RowRecord) -> Entry:
         r.uid,
         r.title,
         r.file_type,
-        r.backing_item_uuid,
+        r.handle,
         0 if composite else (r.file_size or 0),
         r.created_at,
         r.last_edited_at,
@@ -208,12 +218,50 @@ def _child_entry(c: ChildRecord) -> Entry:
         Kind.CHILD,
         c.item_uuid,
         c.title,
-        c.file_type,
-        c.item_uuid,
+        _naming_mime(c),
+        c.handle,
         c.file_size or 0,
         c.created_at,
         c.last_edited_at,
         fields,
+    )
+
+
+def _naming_mime(c: ChildRecord) -> str | None:
+    """The MIME type a member's name takes its extension from: a DICOM slice is ``.dcm`` whatever
+    type it was given (Encord titles slices without an extension)."""
+    return "application/dicom" if c.item_type == "dicomFile" else c.file_type
+
+
+def _video_entry(v: ChildRecord) -> Entry:
+    """An image sequence's video, a file in the sequence's folder beside the frames."""
+    fields: dict[str, Any] = {
+        "backing_item_uuid": v.item_uuid,
+        "item_type": v.item_type,
+        "file_link": v.file_link,
+        "file_type": v.file_type,
+        "file_size": v.file_size,
+        "storage_location": v.storage_location,
+        "created_at": iso(v.created_at),
+        "last_edited_at": iso(v.last_edited_at),
+        "width": v.width,
+        "height": v.height,
+        "frames_per_second": v.frames_per_second,
+        "duration": v.duration,
+    }
+    mime = v.file_type if v.file_type and v.file_type.startswith("video/") else "video/mp4"
+    return Entry(
+        Kind.CHILD, v.item_uuid, v.title, mime, v.handle, v.file_size or 0, v.created_at, v.last_edited_at, fields
+    )
+
+
+def _group_ref(node: Node) -> GroupRef:
+    fields = node.fields
+    return GroupRef(
+        dataset_uid=str(fields.get("dataset_hash") or ""),
+        row_uid=node.uid,
+        data_type=str(fields.get("data_type") or ""),
+        item_uuid=fields.get("backing_item_uuid"),
     )
 
 
@@ -482,7 +530,7 @@ class EncordFS:
             entry.uid,
             title,
             entry.mime_type,
-            entry.item_uuid,
+            entry.handle,
             entry.size,
             entry.ctime,
             entry.mtime,
@@ -491,7 +539,9 @@ class EncordFS:
         )
 
     def _load_groups(self, dataset_ino: int, first: Node) -> None:
-        """Members of every not-yet-loaded group of a dataset (and ``first``), in one batch."""
+        """Members of every not-yet-loaded group of a dataset (and ``first``), in one batch. A group
+        that cannot be listed becomes an empty folder with the reason (``ERROR_FIELD``), never a
+        failed listing; only a whole-batch failure (Encord unreachable) raises."""
         now = self.clock()
         wanted = [first] + [
             g
@@ -499,16 +549,22 @@ class EncordFS:
             if g.ino != first.ino
             and ((loaded := self.catalog.loaded_at(g.ino)) is None or now - loaded >= self.options.metadata_ttl_s)
         ]
-        wanted = [g for g in wanted if g.item_uuid]
-        by_item = self.backend.list_children([g.item_uuid for g in wanted if g.item_uuid])
+        found = self.backend.list_children([_group_ref(g) for g in wanted])
         for group in wanted:
-            kids = by_item.get(group.item_uuid or "", [])
-            for kid in kids:
+            members = found.get(group.uid)
+            if members is None:
+                self.catalog.sync_children(group.ino, (), now, error="Encord did not answer for this row")
+                continue
+            listed = list(members.children) + ([members.video] if members.video is not None else [])
+            for kid in listed:
                 if kid.signed_url:
-                    self.urls.put(kid.item_uuid, kid.signed_url)
-            self.catalog.sync_children(group.ino, (_child_entry(k) for k in kids), now)
-        if not first.item_uuid:
-            self.catalog.mark_loaded(first.ino, now)
+                    self.urls.put(kid.handle, kid.signed_url)
+            entries = [_child_entry(k) for k in members.children]
+            if members.video is not None:
+                entries.append(_video_entry(members.video))
+            if members.error:
+                log.warning("members of %s could not be listed: %s", group.name, members.error)
+            self.catalog.sync_children(group.ino, entries, now, error=members.error)
 
     # -- reading ----------------------------------------------------------------------------------
     def open(self, ino: int, writable: bool) -> OpenFile:
@@ -519,8 +575,8 @@ class EncordFS:
             raise errors.IsADirectory(node.name)
         if writable:
             raise errors.ReadOnly(f"{node.name}: file contents are read-only")
-        if not node.item_uuid:
-            raise errors.RemoteIOError(f"{node.name}: no storage item to read from")
+        if not node.handle:
+            raise errors.RemoteIOError(f"{node.name}: nothing to read from")
         handle = self.reader.open(self._content_key(node), node.size, self._url_source(node))
         return OpenFile(self._add_handle(node, handle), direct_io=False)
 
@@ -572,30 +628,37 @@ class EncordFS:
     def _content_key(node: Node) -> str:
         # Content identity: item id, size and last edit. A re-uploaded item changes one of these,
         # so blocks of the old content are never served for the new one.
-        return f"{node.item_uuid}:{node.size}:{node.mtime:.6f}"
+        return f"{node.handle}:{node.size}:{node.mtime:.6f}"
 
     def _url_source(self, node: Node) -> Callable[[bool], str]:
-        """The reader's ``url_source`` for a file: bulk-signs its folder before the first use."""
-        item = node.item_uuid
+        """The reader's ``url_source`` for a file: bulk-signs its folder before the first use (a
+        legacy row is signed alone: see the module docstring)."""
+        item = node.handle
         assert item is not None
         source = self.urls.source(item)
+        alone = costs_a_call(item)
 
         def url(force_resign: bool = False) -> str:
             # An item already in another reader's signing batch joins that call (in ``source``)
             # instead of starting a small batch of its own: concurrent readers of one folder then
             # still cost one signing call per 1,000 files.
-            if not force_resign and not self.urls.is_fresh(item) and not self.urls.is_pending(item):
+            if not alone and not force_resign and not self.urls.is_fresh(item) and not self.urls.is_pending(item):
                 self._sign_siblings(node)
             return source(force_resign)
 
         return url
 
     def _sign_siblings(self, node: Node) -> None:
-        """Sign ``node`` and up to 999 unsigned files after it in its folder, in one call."""
-        item = node.item_uuid
+        """Sign ``node`` and up to 999 unsigned files after it in its folder, in one call (legacy rows
+        left out: each would cost a call of its own)."""
+        item = node.handle
         assert item is not None
         siblings = self.catalog.file_items(node.parent, after_ino=node.ino, limit=BULK_LIMIT * 4)
-        unsigned = [u for _, u in siblings if u != item and not self.urls.is_fresh(u) and not self.urls.is_pending(u)]
+        unsigned = [
+            u
+            for _, u in siblings
+            if u != item and not costs_a_call(u) and not self.urls.is_fresh(u) and not self.urls.is_pending(u)
+        ]
         self.urls.prime([item] + unsigned[: BULK_LIMIT - 1])
 
     # -- xattrs -----------------------------------------------------------------------------------
@@ -614,7 +677,10 @@ class EncordFS:
             return None
         node = self.node(ino)
         metadata, title = self._view(node)
-        return node.fields, title, metadata, node.kind.is_row
+        fields = node.fields
+        if node.kind == Kind.GROUP and (error := self.catalog.load_error(ino)) is not None:
+            fields[ERROR_FIELD] = error
+        return fields, title, metadata, node.kind.is_row
 
     def getxattr(self, ino: int, name: str) -> bytes:
         if xattrs.is_foreign(name):
@@ -649,8 +715,12 @@ class EncordFS:
 
     @staticmethod
     def _ref(node: Node, title: str) -> RowRef:
+        fields = node.fields
         return RowRef(
-            uid=node.uid, dataset_uid=str(node.fields.get("dataset_hash") or ""), item_uuid=node.item_uuid, title=title
+            uid=node.uid,
+            dataset_uid=str(fields.get("dataset_hash") or ""),
+            item_uuid=fields.get("backing_item_uuid"),
+            title=title,
         )
 
     def setxattr(self, ino: int, name: str, value: bytes, flags: int) -> None:

@@ -8,8 +8,9 @@ with hypothesis):
    removed.
 2. An empty result becomes ``untitled``; ``.``, ``..`` and ``.encordfs`` (the hidden control folder)
    get a ``_`` in front.
-3. A file whose title has no extension gets one from its MIME type (``image/jpeg`` → ``.jpg``);
-   folders (datasets, groups) never get one.
+3. A file whose title has no extension gets one from its MIME type (``image/jpeg`` and the
+   non-standard ``image/jpg`` → ``.jpg``, ``image/x-png`` → ``.png``, ...); a DICOM slice always gets
+   ``.dcm`` (its type is taken as ``application/dicom``); folders (datasets, groups) never get one.
 4. A name longer than 255 bytes (UTF-8) is cut on a character boundary, keeping the extension.
 5. Uniqueness is per folder and ignores case and Unicode normalization (``Dog.png`` and
    ``dog.png`` collide, and so do the NFC and NFD spellings of ``é.png``), so a copy to a
@@ -35,9 +36,23 @@ SLASH_STANDIN = "\u2215"
 _CONTROL = re.compile(r"[\x01-\x1f\x7f]")
 _EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,5}(\.gz)?$")
 
-# MIME type → extension, for titles without one. Common types first; mimetypes as a fallback.
+# MIME type → extension, for titles without one. Common types first, then the non-standard aliases
+# services and browsers send (Encord sends ``image/jpg``: docs/RECORDED-SHAPES.md), which the
+# ``mimetypes`` fallback does not know; parameters (``; charset=...``) and case are ignored.
 _MIME_EXT = {
     "image/jpeg": ".jpg",
+    "image/jpg": ".jpg",
+    "image/pjpeg": ".jpg",
+    "image/x-png": ".png",
+    "image/apng": ".png",
+    "image/x-ms-bmp": ".bmp",
+    "image/x-bmp": ".bmp",
+    "image/x-windows-bmp": ".bmp",
+    "image/tif": ".tiff",
+    "image/x-tiff": ".tiff",
+    "image/x-webp": ".webp",
+    "image/heic": ".heic",
+    "image/heif": ".heif",
     "image/png": ".png",
     "image/webp": ".webp",
     "image/bmp": ".bmp",
@@ -48,10 +63,26 @@ _MIME_EXT = {
     "video/quicktime": ".mov",
     "video/webm": ".webm",
     "video/x-matroska": ".mkv",
+    "video/x-m4v": ".m4v",
+    "video/avi": ".avi",
+    "video/x-msvideo": ".avi",
     "audio/wav": ".wav",
     "audio/x-wav": ".wav",
+    "audio/wave": ".wav",
+    "audio/vnd.wave": ".wav",
     "audio/mpeg": ".mp3",
+    "audio/mp3": ".mp3",
+    "audio/x-mp3": ".mp3",
+    "audio/mpeg3": ".mp3",
+    "audio/x-mpeg-3": ".mp3",
     "audio/flac": ".flac",
+    "audio/x-flac": ".flac",
+    "audio/ogg": ".ogg",
+    "audio/mp4": ".m4a",
+    "audio/x-m4a": ".m4a",
+    "application/x-pdf": ".pdf",
+    "text/json": ".json",
+    "text/x-json": ".json",
     "application/pdf": ".pdf",
     "text/plain": ".txt",
     "application/json": ".json",
@@ -59,6 +90,7 @@ _MIME_EXT = {
     "application/xml": ".xml",
     "text/xml": ".xml",
     "application/dicom": ".dcm",
+    "application/x-dicom": ".dcm",
     "application/x-nifti": ".nii",
 }
 

@@ -9,7 +9,10 @@ Owns
     ``redact``        a URL without its query, fragment and user info: the only form that may be logged or
                       put into an error message.
     ``SignedUrlCache`` item id -> (url, expires_at), signing through one injected seam,
-                      ``sign_many(ids) -> {id: url | None}`` (``None``: the item cannot be signed, e.g. gone).
+                      ``sign_many(ids) -> {id: url | None | FsError}`` (``None``: the item cannot be signed,
+                      e.g. gone; an ``FsError``: the service refused that one id -- a ``get`` of it raises
+                      that error, the other ids of the call are served, and the reason is kept in
+                      ``failures()`` until the id is signed again). Ids are ``encordfs.backend`` handles.
 
 Expiry policy
     A URL is served while ``clock() < expires_at - margin``. ``margin_s`` (default 60 s) covers the
@@ -31,6 +34,10 @@ Forced re-sign after a 403
     remembers (per thread) the URL it last handed out, and ``get(item_id, stale_url=...)`` re-signs only
     if the cache still holds that stale URL -- otherwise somebody already replaced it.
 
+Counters: ``urls.signs`` signing calls made through the seam, ``urls.urls_signed`` URLs they returned,
+``urls.legacy_signs`` rows without a storage item among them (each one API call of its own: the legacy
+data-row call), ``urls.sign_refusals`` ids the service refused, and hits, misses and re-signs.
+
 Lock order: ``SignedUrlCache._lock`` is a leaf; ``sign_many`` is never called with it held.
 """
 
@@ -41,17 +48,19 @@ import binascii
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-from encordfs.backend import BULK_LIMIT
+from encordfs.backend import BULK_LIMIT, parse_legacy_key
 from encordfs.core.counters import Counters
-from encordfs.errors import NotFound
+from encordfs.errors import FsError, NotFound
 
-SignMany = Callable[[list[str]], dict[str, "str | None"]]
+SignMany = Callable[[list[str]], Mapping[str, "str | FsError | None"]]
+# Refusals kept for ``failures()`` (the status shows them): the most recent ones.
+MAX_FAILURES_KEPT = 100
 
 _AMZ_DATE_FORMAT = "%Y%m%dT%H%M%SZ"
 
@@ -143,7 +152,7 @@ class _Flight:
 
     def __init__(self) -> None:
         self.done = threading.Event()
-        self.urls: dict[str, str | None] = {}
+        self.urls: dict[str, str | FsError | None] = {}
         self.error: BaseException | None = None
 
 
@@ -168,6 +177,7 @@ class SignedUrlCache:
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
         self._flights: dict[str, _Flight] = {}
+        self._failures: dict[str, str] = {}  # id -> why the service refused to sign it (bounded, newest last)
 
     # -- public surface
 
@@ -190,6 +200,8 @@ class SignedUrlCache:
             if flight.error is not None:
                 raise flight.error
             signed = flight.urls.get(item_id)
+            if isinstance(signed, FsError):
+                raise signed
             if signed is None:
                 raise NotFound(f"item {item_id} has no signed URL (deleted, or not readable)")
             if owner or signed != stale_url:
@@ -238,6 +250,11 @@ class SignedUrlCache:
         with self._lock:
             return item_id in self._flights
 
+    def failures(self) -> dict[str, str]:
+        """Ids the service refused to sign at their last attempt, with the reason (for the status)."""
+        with self._lock:
+            return dict(self._failures)
+
     def invalidate(self, item_id: str) -> None:
         with self._lock:
             self._entries.pop(item_id, None)
@@ -276,6 +293,9 @@ class SignedUrlCache:
         """Sign ``item_ids`` (already registered under ``flight``) and wake the waiters."""
         try:
             self.counters.inc("urls.signs")
+            legacy_rows = {p[:2] for i in item_ids if (p := parse_legacy_key(i)) is not None}
+            if legacy_rows:
+                self.counters.inc("urls.legacy_signs", len(legacy_rows))
             signed = self._sign_many(list(item_ids))
             flight.urls = {i: signed.get(i) for i in item_ids}
         except Exception as exc:  # handed to every waiter; each re-raises it
@@ -288,8 +308,16 @@ class SignedUrlCache:
         with self._lock:
             for item_id in item_ids:
                 url = flight.urls.get(item_id)
-                if url is not None:
+                if isinstance(url, FsError):
+                    self._entries.pop(item_id, None)
+                    self._failures.pop(item_id, None)
+                    self._failures[item_id] = url.message
+                    if len(self._failures) > MAX_FAILURES_KEPT:
+                        del self._failures[next(iter(self._failures))]
+                    self.counters.inc("urls.sign_refusals")
+                elif url is not None:
                     self._entries[item_id] = self._entry(url, now)
+                    self._failures.pop(item_id, None)
                     self.counters.inc("urls.urls_signed")
                 else:
                     self._entries.pop(item_id, None)

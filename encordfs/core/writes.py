@@ -656,9 +656,11 @@ class WriteQueue:
             due = max(due, min(quiet, self._dirty_since + max(self._config.max_delay_s, self._config.debounce_s)))
         return due - now
 
-    def close(self, flush_timeout_s: float = 5.0) -> dict[str, Any]:
+    def close(self, flush_timeout_s: float = 5.0, join_s: float | None = None) -> dict[str, Any]:
         """Final flush attempt, stop the worker, close the journal. Returns ``status()`` at close:
-        whatever is still pending stays in the journal and is pushed by the next ``open``."""
+        whatever is still pending stays in the journal and is pushed by the next ``open``. A push still
+        in flight is given ``join_s`` (default ``close_join_s``) to finish; past that it is abandoned
+        (its rows are replayed by the next ``open``: pushes are final states, so landing twice is fine)."""
         if self._thread is not None and flush_timeout_s > 0:
             self.flush(flush_timeout_s)
         with self._cond:
@@ -667,7 +669,7 @@ class WriteQueue:
             self._cond.notify_all()
             thread = self._thread
         if thread is not None:
-            thread.join(self._config.close_join_s)
+            thread.join(self._config.close_join_s if join_s is None else join_s)
             if thread.is_alive():  # a push is hung: leave the journal open for it, replay next time
                 log.warning("write worker still pushing at close; its rows will be replayed on next mount")
                 return self.status()

@@ -137,6 +137,27 @@ def legacy_endpoint(body: bytes) -> str:
     return "legacy.other"
 
 
+def request_ids(family: Family, params: dict[str, str], body: bytes) -> frozenset[str]:
+    """The ids a request names (lower case), for fault rules with a ``uid``: a legacy call's
+    ``values.uid``; a v2 call's path uuids and a body's ``itemUuids``."""
+    ids = set(params.values())
+    try:
+        parsed = json.loads(body) if body else None
+    except (ValueError, UnicodeDecodeError):
+        parsed = None
+    if isinstance(parsed, dict):
+        if family == "legacy":
+            values = parsed.get("values")
+            uid = values.get("uid") if isinstance(values, dict) else None
+            if isinstance(uid, str):
+                ids.add(uid)
+        else:
+            uuids = parsed.get("itemUuids", parsed.get("item_uuids"))
+            if isinstance(uuids, list):
+                ids.update(u for u in uuids if isinstance(u, str))
+    return frozenset(i.lower() for i in ids)
+
+
 @dataclass(frozen=True)
 class Route:
     method: str
@@ -151,6 +172,7 @@ class Api:
 
     def __init__(self, store: Store, signer: Callable[[], UrlSigner], max_metadata_bytes: int) -> None:
         self._store = store
+        self._shape = store.shape
         self._signer = signer
         self._max_metadata_bytes = max_metadata_bytes
 
@@ -287,7 +309,7 @@ class Api:
 
     def item_get(self, req: Request) -> Response:
         item = self._store.item(req.params["item"])
-        return json_response(shapes.storage_item(item, self._sign(req.q_bool("signUrl"))))
+        return json_response(shapes.storage_item(item, self._sign(req.q_bool("signUrl")), shape=self._shape))
 
     def items_get_bulk(self, req: Request) -> Response:
         body = req.json()
@@ -298,13 +320,17 @@ class Api:
             raise ApiError(400, f"at most {MAX_BULK_ITEMS} items per get-bulk request, got {len(uuids)}")
         sign = self._sign(parse_bool(body.get("signUrls", body.get("sign_urls")), "signUrls"))
         items = self._store.items_by_uuid([u.lower() for u in uuids])
-        return json_response({"results": [shapes.storage_item(i, sign) for i in items], "nextPageToken": None})
+        return json_response(
+            {"results": [shapes.storage_item(i, sign, shape=self._shape) for i in items], "nextPageToken": None}
+        )
 
     def item_children(self, req: Request) -> Response:
         item = self._store.item(req.params["item"], req.params["folder"])
         sign = self._sign(req.q_bool("signUrls"))
         children = self._store.child_items(item["id"])
-        return json_response({"results": [shapes.storage_item(c, sign) for c in children], "nextPageToken": None})
+        return json_response(
+            {"results": [shapes.storage_item(c, sign, shape=self._shape) for c in children], "nextPageToken": None}
+        )
 
     def _patch(self, raw: Any) -> ItemPatch:
         if not isinstance(raw, dict):
@@ -319,7 +345,7 @@ class Api:
     def item_patch(self, req: Request) -> Response:
         patch = self._patch(req.json())
         (item,) = self._store.patch_items([(req.params["item"], patch)], folder_uuid=req.params["folder"])
-        return json_response(shapes.storage_item(item, None))
+        return json_response(shapes.storage_item(item, None, shape=self._shape))
 
     def items_patch_bulk(self, req: Request) -> Response:
         body = req.json()
@@ -330,7 +356,9 @@ class Api:
             raise ApiError(400, f"at most {MAX_BULK_ITEMS} items per patch-bulk request, got {len(patches)}")
         parsed = [(u.lower(), self._patch(p)) for u, p in patches.items()]  # all validated before any write
         items = self._store.patch_items(parsed)
-        return json_response({"results": [shapes.storage_item(i, None) for i in items], "nextPageToken": None})
+        return json_response(
+            {"results": [shapes.storage_item(i, None, shape=self._shape) for i in items], "nextPageToken": None}
+        )
 
     # ------------------------------------------------------------------ v2: folders
 
@@ -353,20 +381,22 @@ class Api:
         )
 
     def folder_get(self, req: Request) -> Response:
-        return json_response(shapes.storage_folder(self._store.folder(req.params["folder"])))
+        return json_response(shapes.storage_folder(self._store.folder(req.params["folder"]), self._shape))
 
     def folder_items(self, req: Request) -> Response:
         params = self._page_params(req)
         sign = self._sign(req.q_bool("signUrls"))
         with_metadata = bool(req.q_bool("includeClientMetadata", True))
         items, token = self._store.list_folder_items(req.params["folder"], params)
-        results = [shapes.storage_item(i, sign, with_metadata=with_metadata) for i in items]
+        results = [shapes.storage_item(i, sign, with_metadata=with_metadata, shape=self._shape) for i in items]
         return json_response({"results": results, "nextPageToken": token})
 
     def folders_list(self, req: Request) -> Response:
         req.q_bool("includeOrgAccess")  # accepted (validated); the single user sees every folder
         folders, token = self._store.list_root_folders(self._page_params(req))
-        return json_response({"results": [shapes.storage_folder(f) for f in folders], "nextPageToken": token})
+        return json_response(
+            {"results": [shapes.storage_folder(f, self._shape) for f in folders], "nextPageToken": token}
+        )
 
     def folder_subfolders(self, req: Request) -> Response:
         self._store.folder(req.params["folder"])
@@ -556,4 +586,14 @@ def _image_size(data: bytes) -> tuple[int | None, int | None]:
         return None, None
 
 
-__all__ = ["ROUTES", "AdminApi", "Api", "Request", "Response", "find_route", "legacy_endpoint", "probe_media"]
+__all__ = [
+    "ROUTES",
+    "AdminApi",
+    "Api",
+    "Request",
+    "Response",
+    "find_route",
+    "legacy_endpoint",
+    "probe_media",
+    "request_ids",
+]

@@ -14,6 +14,11 @@ already-imported dir, or ``--sample`` on a data dir that has the sample, imports
 ``--generate TITLE:ROWS[:BYTES]`` for a title it generated before (``emulator.synthetic``: ROWS IMAGE
 rows whose BYTES-byte blobs are generated on the fly, never stored).
 
+Shape: ``--shape recorded`` serves the same data the way payloads recorded from the real service look
+(rows without a storage item, float sizes, ``image/jpg``, sequences as one MP4, other date forms, legacy
+errors on HTTP 400; ``emulator.shapes``, ``docs/RECORDED-SHAPES.md``); ``--shape default`` (the default)
+is the emulator's reading of the SDK.
+
 Faults: ``--fault RULE_JSON`` (repeatable) installs rules as if posted to ``/_emulator/faults`` and
 ``--clock-skew SECONDS`` sets the blob signer's skew (``/_emulator/settings``); ``/_emulator/reset``
 clears both (see ``emulator.faults``).
@@ -32,7 +37,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from encordfs.emulator import auth, faults, synthetic
+from encordfs.emulator import auth, faults, shapes, synthetic
 from encordfs.emulator.server import (
     DEFAULT_MAX_METADATA_BYTES,
     DEFAULT_URL_TTL_S,
@@ -107,6 +112,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="BENCHMARKS ONLY: signed URLs point at URL/<blob key> (a web server whose root is "
         "<data-dir>/blobs, e.g. nginx); that server does not check signatures or expiry",
     )
+    parser.add_argument(
+        "--shape",
+        choices=sorted(shapes.SHAPES),
+        default=shapes.DEFAULT.name,
+        help="how data is rendered: 'default' (the emulator's reading of the SDK) or 'recorded' (as payloads "
+        "recorded from the real service look; docs/RECORDED-SHAPES.md)",
+    )
     parser.add_argument("--latency-ms", type=int, default=0, help="added delay on every API call (not blobs)")
     parser.add_argument(
         "--fault",
@@ -154,8 +166,9 @@ def run(args: argparse.Namespace) -> int:
     temp_dir: Path | None = None
     try:
         if args.data_dir is None:
-            temp_dir = Path(tempfile.mkdtemp(prefix="encordfs-emulator-"))
-        data_dir = (args.data_dir or temp_dir).expanduser()
+            temp_dir = data_dir = Path(tempfile.mkdtemp(prefix="encordfs-emulator-"))
+        else:
+            data_dir = Path(args.data_dir).expanduser()
         return _serve(args, data_dir)
     except CliError as exc:
         print(f"encordfs emulator: error: {exc}", file=sys.stderr, flush=True)
@@ -192,6 +205,7 @@ def _serve(args: argparse.Namespace, data_dir: Path) -> int:
         max_metadata_bytes=args.max_metadata_bytes,
         blob_base_url=getattr(args, "blob_base_url", None),
         faults=getattr(args, "faults", None) or [],
+        shape=shapes.SHAPES[getattr(args, "shape", None) or shapes.DEFAULT.name],
     )
     skew_s = float(getattr(args, "clock_skew_s", 0.0) or 0.0)
     if skew_s:

@@ -9,7 +9,8 @@ the reply format of the API family that was called (wire reference §2):
   retry policy sees them; 429 and 413 become ``RateLimitExceededError`` / ``PayloadTooLargeError``).
   Everything else is an envelope ``{"status": <code>, "response": ["<CODE>"], "payload": msg}`` on
   HTTP 200, where ``response`` is a one-element list (a bare string would degrade to
-  ``GenericServerError``).
+  ``GenericServerError``). The recorded shape (``shapes.RECORDED``) sends envelopes as the real service
+  was recorded doing: HTTP 400 and ``"status": 400`` (``legacy_http_status``).
 * **blob** (signed URLs): an S3-style XML error document.
 
 ``Retry-After`` is added whenever the error carries one (faults with ``retry_after``).
@@ -65,8 +66,9 @@ class Rendered:
     headers: dict[str, str]
 
 
-def render(family: Family, err: ApiError) -> Rendered:
-    """Render ``err`` in the reply format of ``family`` (see the module docstring)."""
+def render(family: Family, err: ApiError, legacy_http_status: int | None = None) -> Rendered:
+    """Render ``err`` in the reply format of ``family`` (see the module docstring). ``legacy_http_status``:
+    the HTTP status (and envelope ``status``) of legacy error envelopes; ``None`` = HTTP 200, ``status`` = ``err.status``."""
     headers = dict(err.headers)
     if err.retry_after_s is not None:
         headers["Retry-After"] = str(err.retry_after_s)
@@ -79,7 +81,8 @@ def render(family: Family, err: ApiError) -> Rendered:
         return Rendered(err.status, "application/xml", body, headers)
     if family == "legacy" and err.status not in _LEGACY_OUT_OF_ENVELOPE and err.status < 500:
         code = err.legacy_code or _LEGACY_CODES.get(err.status, "UNKNOWN_ERROR")
-        envelope = {"status": err.status, "response": [code], "payload": err.message}
-        return Rendered(200, "application/json", json.dumps(envelope).encode(), headers)
+        status = err.status if legacy_http_status is None else legacy_http_status
+        envelope = {"status": status, "response": [code], "payload": err.message}
+        return Rendered(legacy_http_status or 200, "application/json", json.dumps(envelope).encode(), headers)
     body = json.dumps({"message": err.message}).encode()
     return Rendered(err.status, "application/json", body, headers)

@@ -9,6 +9,10 @@ Rules
     ``{"endpoint": GLOB, "status": N, "count": N, "rate": P, "retry_after": S, "latency_ms": MS,
     "drop_after_bytes": N, "truncate_after_bytes": N, "stall_ms": MS, "stall_after_bytes": N}``
 
+    ``"uid": ID`` narrows a rule to requests that name that id: a legacy call's ``values.uid`` (a data
+    hash), a v2 path's item or folder uuid, or one of a ``get-bulk`` body's ``itemUuids`` (so one row
+    or item can be refused while its neighbours are served).
+
     Every matching rule contributes its ``latency_ms``. A rule with an *action* -- ``status`` (answer
     that error, with ``Retry-After`` when given), or a body fault (blob responses only) -- fires on a
     ``rate`` coin toss while its ``count`` lasts; the first rule that fires decides the request's
@@ -73,6 +77,7 @@ FAULT_KINDS = ("status", "drop", "truncate", "stall")
 _RULE_KEYS = frozenset(
     {
         "endpoint",
+        "uid",
         "status",
         "count",
         "rate",
@@ -92,6 +97,7 @@ _SETTING_KEYS = frozenset({"url_ttl_s", "clock_skew_s"})
 class FaultRule:
     endpoint: str
     status: int | None = None
+    uid: str | None = None  # only requests naming this id (see the module docstring)
     count: int | None = None  # remaining firings; None = unlimited
     rate: float = 1.0
     retry_after: int | None = None
@@ -113,6 +119,7 @@ class FaultRule:
             rule = cls(
                 endpoint=raw["endpoint"],
                 status=_opt_int(raw.get("status")),
+                uid=None if raw.get("uid") is None else str(raw["uid"]).lower(),
                 count=_opt_int(raw.get("count")),
                 rate=float(raw.get("rate", 1.0)),
                 retry_after=_opt_int(raw.get("retry_after")),
@@ -256,6 +263,11 @@ class Faults:
         with self._lock:
             return dict(self._injected)
 
+    def targets_ids(self) -> bool:
+        """Whether any rule has a ``uid`` (only then does the server work out the ids a request names)."""
+        with self._lock:
+            return any(r.uid is not None for r in self._rules)
+
     def rules(self) -> list[dict[str, Any]]:
         with self._lock:
             return [asdict(r) for r in self._rules]
@@ -279,17 +291,17 @@ class Faults:
     def clock_skew_s(self) -> float:
         return self._settings.clock_skew_s
 
-    def apply(self, endpoint: str, body_faults: bool = False) -> Decision:
+    def apply(self, endpoint: str, body_faults: bool = False, uids: frozenset[str] = frozenset()) -> Decision:
         """The delay and the action (error or body fault, at most one) for one request.
 
         ``body_faults`` says whether the endpoint can honour body faults (blobs); rules with one
-        never fire elsewhere.
+        never fire elsewhere. ``uids``: the ids the request names (lower case), for rules with ``uid``.
         """
         delay_ms = 0
         fired: FaultRule | None = None
         with self._lock:
             for rule in self._rules:
-                if not fnmatch.fnmatchcase(endpoint, rule.endpoint):
+                if not fnmatch.fnmatchcase(endpoint, rule.endpoint) or (rule.uid is not None and rule.uid not in uids):
                     continue
                 delay_ms += rule.latency_ms
                 kind = rule.kind()

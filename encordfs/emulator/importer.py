@@ -56,9 +56,10 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from encordfs.emulator import media
+from encordfs.emulator.sample import GroupKind
 from encordfs.emulator.spec import DatasetSpec, FileSpec, GroupSpec, MediaInfo
 
 log = logging.getLogger(__name__)
@@ -172,7 +173,10 @@ def _group(directory: Path, metadata: dict[str, Any] | None) -> GroupSpec | None
         if len(sizes) > 1:
             log.warning("image sequence %s mixes frame sizes %s", directory, sorted(sizes))
     return GroupSpec(
-        title=directory.name, kind=kind, children=[spec(p, i) for p, i in images], client_metadata=metadata
+        title=directory.name,
+        kind=cast(GroupKind, kind),
+        children=[spec(p, i) for p, i in images],
+        client_metadata=metadata,
     )
 
 

@@ -2,9 +2,10 @@
 
 :class:`Emulator` is the Python API (tests, benchmarks, the CLI)::
 
-    emu = Emulator(data_dir, authorized_keys=["ssh-ed25519 AAAA..."])
+    emu = Emulator(data_dir, authorized_keys=["ssh-ed25519 AAAA..."], shape=shapes.RECORDED)  # shape optional
     emu.store.ingest(spec)          # optional, before start: becomes part of the startup state
     emu.start()                     # binds, snapshots the startup state, serves in daemon threads
+                                    # (recorded shape: first gives image sequences their MP4, ``mp4``)
     emu.key_file                    # the data dir's demo key when authorized_keys was empty
     emu.domain                      # "http://127.0.0.1:PORT" — pass as the SDK's domain=
     emu.stop()
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from encordfs.emulator import auth, errors, synthetic
+from encordfs.emulator import auth, errors, mp4, shapes, synthetic
 from encordfs.emulator.api import (
     AdminApi,
     Api,
@@ -46,6 +47,7 @@ from encordfs.emulator.api import (
     Response,
     find_route,
     legacy_endpoint,
+    request_ids,
 )
 from encordfs.emulator.blobs import (
     BLOB_PREFIX,
@@ -80,6 +82,7 @@ class Emulator:
         clock: Callable[[], float] = time.time,
         blob_base_url: str | None = None,  # benchmarks only: see ``blobs`` (signatures go unchecked)
         faults: Iterable[FaultRule] = (),  # rules in force from the start (``--fault``); reset clears them
+        shape: shapes.Shape = shapes.DEFAULT,  # how data is rendered (``--shape``; see ``shapes``)
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
@@ -90,6 +93,7 @@ class Emulator:
         self.max_metadata_bytes = max_metadata_bytes
         self.clock = clock
         self.blob_base_url = blob_base_url
+        self.shape = shape
         self.stats = Stats()
         self.faults = Faults()
         self.faults.add(list(faults))
@@ -109,7 +113,7 @@ class Emulator:
         with self._store_lock:
             if self._store is None:
                 self.data_dir.mkdir(parents=True, exist_ok=True)
-                self._store = Store.open(self.data_dir)
+                self._store = Store.open(self.data_dir, self.shape)
             return self._store
 
     def start(self) -> Emulator:
@@ -119,6 +123,10 @@ class Emulator:
             self.key_file, line = auth.ensure_demo_key(self.data_dir)
             self.authorized_keys = [line]
         store.set_keys([auth.keyid_from_line(line) for line in self.authorized_keys])
+        if self.shape.sequence_video:
+            made = store.ensure_sequence_videos(mp4.encode_frames)
+            if made:
+                log.info("made the MP4 of %d image sequence(s)", made)
         server = _Server((self.host, self.port), _Handler)
         server.app = self
         self._server = server
@@ -232,7 +240,8 @@ class _Handler(BaseHTTPRequestHandler):
         if route is not None and route.family == "legacy":
             endpoint = legacy_endpoint(body)
         app.stats.api_call(endpoint)
-        decision = app.faults.apply(endpoint)
+        uids = request_ids(family, params, body) if app.faults.targets_ids() else frozenset()
+        decision = app.faults.apply(endpoint, uids=uids)
         delay_s = decision.delay_s + app.latency_ms / 1000.0
         if delay_s > 0:
             time.sleep(delay_s)
@@ -282,7 +291,7 @@ class _Handler(BaseHTTPRequestHandler):
     # ------------------------------------------------------------------ responses
 
     def _send_error(self, family: Family, err: ApiError) -> None:
-        out = errors.render(family, err)
+        out = errors.render(family, err, self.server.app.shape.legacy_error_http_status)
         self._send(Response(out.status, out.body, out.content_type, out.headers))
 
     def _send(self, response: Response) -> None:
@@ -415,10 +424,10 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             first_last = parse_range(self.headers.get("Range"), info.size)
         except RangeNotSatisfiable:
-            err = ApiError(
+            refusal = ApiError(
                 416, "The requested range is not satisfiable", headers={"Content-Range": f"bytes */{info.size}"}
             )
-            self._send_error("blob", err)
+            self._send_error("blob", refusal)
             return
         start, count = (0, info.size) if first_last is None else (first_last[0], first_last[1] - first_last[0] + 1)
         if info.path is None:

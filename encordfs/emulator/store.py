@@ -21,6 +21,11 @@ Model (one copy of every fact):
 * ``rows`` — legacy data rows: ``data_hash``, ``data_type``, ``is_optimised`` and ``item_id``. A row
   has no title, metadata or timestamps of its own: those are its backing item's, so a write through
   ``DataRow.save()`` is visible through the storage API and vice versa.
+* Under the recorded shape (``shapes.RECORDED``) the same tables are *served* differently: rows the
+  shape makes legacy, their members and an image sequence's frames do not exist for the storage API
+  (``_hidden_sql``: 403 on lookups, left out of listings), and an image sequence item carries the MP4
+  of its frames (``ensure_sequence_videos``: ``blob_key``, ``file_size``, ``mime_type``, ``duration``,
+  ``fps`` of the item, which the default shape never shows).
 * ``imports`` — (source, dataset title) pairs already ingested: importing the same source twice, or
   restarting with the same data dir, never duplicates a dataset.
 * ``users``, ``user_keys`` (keyid → user), ``bearer_tokens`` (sha256 of the token → user; tokens
@@ -47,7 +52,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,8 +188,9 @@ def compact_json(value: Any) -> str:
 class Store:
     """All emulator state. Open with :meth:`open`; thread-safe."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, shape: shapes.Shape = shapes.DEFAULT) -> None:
         self.data_dir = data_dir
+        self.shape = shape
         self.blob_dir = data_dir / "blobs"
         self._db_path = data_dir / DB_NAME
         self._write_lock = threading.RLock()
@@ -195,8 +201,8 @@ class Store:
     # ------------------------------------------------------------------ lifecycle
 
     @classmethod
-    def open(cls, data_dir: Path) -> Store:
-        store = cls(data_dir)
+    def open(cls, data_dir: Path, shape: shapes.Shape = shapes.DEFAULT) -> Store:
+        store = cls(data_dir, shape)
         store._init()
         return store
 
@@ -401,6 +407,7 @@ class Store:
         if isinstance(row, FileSpec) and row.media.data_type == "DICOM":
             # A lone DICOM file is a one-slice series: DICOM rows are always series (file_link null).
             row = GroupSpec(row.title, "dicom_series", [row], row.client_metadata)
+        data_type: str
         if isinstance(row, FileSpec):
             item_id, item_uuid = self._insert_file_item_locked(conn, ds_hash, folder_uuid, row, None, None, now)
             data_type, is_optimised = row.media.data_type, None
@@ -516,7 +523,7 @@ class Store:
         )
         with self._read() as conn:
             rows = conn.execute(sql, [user_id, 1 if org else 0, *args]).fetchall()
-        return [shapes.dataset_info(r, r["role"]) for r in rows]
+        return [shapes.dataset_info(r, r["role"], self.shape) for r in rows]
 
     def _is_org_admin(self, user_id: int) -> bool:
         with self._read() as conn:
@@ -560,7 +567,7 @@ class Store:
                         if pending["row_id"] == row["row_id"]:
                             group.append(pending)
                         pending = children.fetchone()
-                yield shapes.row_json(row, with_metadata=with_metadata, children=group)
+                yield shapes.row_json(row, with_metadata=with_metadata, children=group, shape=self.shape)
 
     @staticmethod
     def _row_filter_sql(flt: RowFilter | None) -> tuple[str, list[Any]]:
@@ -605,7 +612,7 @@ class Store:
             row = self._row_locked(conn, data_hash)
             children = self._children_locked(conn, row["id"]) if row["data_type"] == "IMG_GROUP" else None
         return shapes.row_json(
-            row, with_metadata=with_metadata, sign=sign, children=children, sign_children=sign_images
+            row, with_metadata=with_metadata, sign=sign, children=children, sign_children=sign_images, shape=self.shape
         )
 
     def update_row(self, data_hash: str, title: str | None, metadata_json: str | None) -> None:
@@ -615,13 +622,27 @@ class Store:
 
     # ------------------------------------------------------------------ storage items (v2)
 
+    def _hidden_sql(self, items: str) -> str:
+        """SQL condition on the ``items`` table (or alias) ``items``: the item does not exist for the
+        storage API under the shape -- it backs a row served without a storage item, is a member of
+        such a row, or is a frame of an image sequence whose frames only ``images_data`` lists."""
+        legacy = self.shape.legacy_sql("r")
+        if legacy == "0" and not self.shape.sequence_video:
+            return "0"
+        return (
+            f"(EXISTS (SELECT 1 FROM rows r WHERE r.item_id = COALESCE({items}.group_id, {items}.id) AND {legacy})"
+            f" OR ({items}.group_id IS NOT NULL AND {int(self.shape.sequence_video)} AND EXISTS ("
+            f"SELECT 1 FROM items g WHERE g.id = {items}.group_id AND g.item_type = 'imageSequence')))"
+        )
+
     def items_by_uuid(self, uuids: Sequence[str]) -> list[sqlite3.Row]:
         """Items in request order; 403 naming the first unknown uuid (SDK: "no access")."""
         found: dict[str, sqlite3.Row] = {}
+        hidden = self._hidden_sql("items")
         with self._read() as conn:
             for start in range(0, len(uuids), 500):
                 chunk = list(uuids[start : start + 500])
-                q = f"SELECT * FROM items WHERE uuid IN ({','.join('?' * len(chunk))})"
+                q = f"SELECT * FROM items WHERE uuid IN ({','.join('?' * len(chunk))}) AND NOT {hidden}"
                 found.update((r["uuid"], r) for r in conn.execute(q, chunk))
         missing = [u for u in uuids if u not in found]
         if missing:
@@ -630,14 +651,20 @@ class Store:
 
     def item(self, item_uuid: str, folder_uuid: str | None = None) -> sqlite3.Row:
         with self._read() as conn:
-            row = conn.execute("SELECT * FROM items WHERE uuid = ?", (item_uuid,)).fetchone()
+            row = conn.execute(
+                f"SELECT * FROM items WHERE uuid = ? AND NOT {self._hidden_sql('items')}", (item_uuid,)
+            ).fetchone()
         if row is None or (folder_uuid is not None and row["folder_uuid"] != folder_uuid):
             raise ApiError(403, f"storage item {item_uuid} does not exist or you have no access to it")
         return row
 
     def child_items(self, item_id: int) -> list[sqlite3.Row]:
+        """Members the storage API lists (none for an image sequence under the recorded shape)."""
         with self._read() as conn:
-            return self._children_locked(conn, item_id)
+            return conn.execute(
+                f"SELECT * FROM items WHERE group_id = ? AND NOT {self._hidden_sql('items')} ORDER BY position",
+                (item_id,),
+            ).fetchall()
 
     @staticmethod
     def _children_locked(conn: sqlite3.Connection, item_id: int) -> list[sqlite3.Row]:
@@ -649,8 +676,11 @@ class Store:
         """Apply all patches in one transaction (all or nothing); return the updated items."""
         with self._write() as conn:
             ids = []
+            hidden = self._hidden_sql("items")
             for item_uuid, patch in patches:
-                row = conn.execute("SELECT id, folder_uuid FROM items WHERE uuid = ?", (item_uuid,)).fetchone()
+                row = conn.execute(
+                    f"SELECT id, folder_uuid FROM items WHERE uuid = ? AND NOT {hidden}", (item_uuid,)
+                ).fetchone()
                 if row is None or (folder_uuid is not None and row["folder_uuid"] != folder_uuid):
                     raise ApiError(403, f"storage item {item_uuid} does not exist or you have no access to it")
                 self._patch_item_locked(conn, row["id"], patch)
@@ -659,7 +689,8 @@ class Store:
 
     @staticmethod
     def _patch_item_locked(conn: sqlite3.Connection, item_id: int, patch: ItemPatch) -> None:
-        sets, args = [], []
+        sets: list[str] = []
+        args: list[Any] = []
         for column, value in (
             ("name", patch.name),
             ("description", patch.description),
@@ -685,7 +716,7 @@ class Store:
         self.folder(folder_uuid)
         if params.is_in_dataset is False:  # every item of a backing folder is in its dataset
             return [], None
-        where, args = ["folder_uuid = ?", "group_id IS NULL"], [folder_uuid]
+        where, args = ["folder_uuid = ?", "group_id IS NULL", f"NOT {self._hidden_sql('items')}"], [folder_uuid]
         if params.search:
             where.append("name LIKE ?")
             args.append(f"%{params.search}%")
@@ -719,6 +750,48 @@ class Store:
             return rows, None
         rows = rows[: params.page_size]
         return rows, _encode_token(rows[-1][column], rows[-1]["id"])
+
+    # ------------------------------------------------------------------ image sequence videos
+
+    def ensure_sequence_videos(self, encode: Callable[[list[Path]], tuple[bytes, MediaInfo]]) -> int:
+        """Give every image sequence that has frames but no video one: ``encode(frame paths)`` → MP4
+        bytes and their media info, stored as the sequence item's blob (idempotent; returns how many
+        were made). Only the recorded shape shows these (``shapes``); the default shape hides them."""
+        with self._read() as conn:
+            sequences = conn.execute(
+                "SELECT i.id, d.hash FROM items i JOIN rows r ON r.item_id = i.id JOIN datasets d ON d.id = r.dataset_id "
+                "WHERE i.item_type = 'imageSequence' AND i.blob_key IS NULL ORDER BY i.id"
+            ).fetchall()
+            frames = {
+                seq_id: [
+                    self.blob_dir / c["blob_key"]
+                    for c in self._children_locked(conn, seq_id)
+                    if c["blob_key"] and synthetic.parse_key(c["blob_key"]) is None
+                ]
+                for seq_id, _ in sequences
+            }
+        made = 0
+        for seq_id, ds_hash in sequences:
+            if not frames[seq_id]:
+                continue  # nothing to encode: the sequence stays without a video
+            data, info = encode(frames[seq_id])
+            blob_key, size = self._store_blob_bytes(data)
+            with self._write() as conn:
+                conn.execute(
+                    "UPDATE items SET blob_key = ?, file_link = ?, file_size = ?, mime_type = ?, duration = ?, fps = ?"
+                    " WHERE id = ? AND blob_key IS NULL",
+                    (
+                        blob_key,
+                        f"cord-data/{ds_hash}/{blob_key}",
+                        size,
+                        info.mime_type,
+                        info.duration_s,
+                        info.fps,
+                        seq_id,
+                    ),
+                )
+            made += 1
+        return made
 
     # ------------------------------------------------------------------ blobs
 
