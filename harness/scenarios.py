@@ -29,6 +29,7 @@ Suites (each returns a dict of figures; ``MUST_BE_ZERO`` names the ones that mus
 ``hostile_suite``      random xattr names/values/flags, path components and renames through a real
                        mount: every call returns or fails with an expected errno, the mount survives,
                        and a failed call queues nothing.
+``siblings_suite``     rows deleted on the server after the listing: every other row stays readable.
 ``stale_suite``        a push held by the server past the mount's timeout lands after newer values:
                        the newest value must be back once the late-duplicate window has passed.
 ``names_suite``        titles that used to fail a folder's load (NFC/NFD pairs, a base name and every
@@ -77,6 +78,7 @@ RSS_LIMIT_MB = 1536  # 256 MiB memory block cache + read budget + interpreter, w
 OP_DEADLINE_S = 75.0  # a read may take the 30 s retry budget plus a 10 s stall; 75 s is a hang
 MUST_BE_ZERO = (
     "names_failed_loads",
+    "sibling_sign_failures",
     "stale_overwrites",
     "wrong_bytes",
     "read_errors",
@@ -606,6 +608,32 @@ def writes_suite(ws: Workspace, trials: int, seed: int = 7, files_n: int = 12) -
         "kill_after_s": {"min": round(min(kill_points), 3), "max": round(max(kill_points), 3)} if kill_points else {},
         "max_rss_mb": rss.max_mb,
     }
+
+
+def siblings_suite(ws: Workspace, every: int = 5) -> dict[str, Any]:
+    """Rows deleted on the server after a mount listed them: every other row must stay readable
+    (the real bulk signing call refuses all its ids when one is gone). ``sibling_sign_failures``
+    counts reads of existing rows that failed."""
+    ws.reset(data=True)
+    assert ws.emu is not None
+    failures = 0
+    with ws.mount() as m:
+        files = files_of(m.path, "soak-small")
+        doomed = set(files[::every])
+        for f in doomed:
+            ws.emu.delete_row(os.getxattr(f, "user.encord.uid").decode())
+        for f in files:
+            if f in doomed:
+                continue
+            try:
+                want = ws.expected(f)
+                size = f.stat().st_size
+                if f.read_bytes() != want(0, size):
+                    failures += 1
+            except OSError:
+                failures += 1
+    ws.reset(data=True)
+    return {"sibling_reads": len(files) - len(doomed), "sibling_sign_failures": failures}
 
 
 def stale_suite(ws: Workspace, rounds: int = 2, files_n: int = 3, held_s: float = 4.0) -> dict[str, Any]:

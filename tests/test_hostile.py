@@ -242,3 +242,11 @@ def test_real_mount_hostile_titles_always_load(tmp_path: Path) -> None:
     ) as ws:
         figures = suites.names_suite(ws, rounds=2)
     assert figures["names_loads"] >= 6 and figures["names_failed_loads"] == 0, figures
+
+
+def test_real_mount_deleted_siblings_never_fail_a_read(tmp_path: Path) -> None:
+    with suites.Workspace(
+        tmp_path, suites.WorkspaceSpec(large_rows=1, large_bytes=1000, small_rows=12, real_files=1)
+    ) as ws:
+        figures = suites.siblings_suite(ws, every=4)
+    assert figures["sibling_reads"] >= 8 and figures["sibling_sign_failures"] == 0, figures

@@ -262,3 +262,35 @@ def test_forced_resign_from_many_threads_signs_once() -> None:
     assert len(signer.calls) == 2  # the first signing, then one forced re-sign
     assert len(results) == 8 and len(set(results)) == 1
     assert counters.get("urls.resigns_forced") == 1
+
+
+def test_the_url_cache_is_bounded_least_recently_used_out() -> None:
+    calls: list[list[str]] = []
+
+    def sign(ids: list[str]) -> dict[str, str | None]:
+        calls.append(ids)
+        return {i: f"https://b/{i}?Expires=9999999999&Signature=x" for i in ids}
+
+    cache = SignedUrlCache(sign, max_entries=100)
+    cache.prime([f"i{n}" for n in range(1000)])
+    assert len(cache._entries) == 100
+    assert cache.is_fresh("i999") and not cache.is_fresh("i0")
+    cache.get("i0")  # evicted: signed again
+    assert calls[-1] == ["i0"]
+
+
+def test_one_refused_id_does_not_fail_the_others() -> None:
+    from encordfs.errors import PermissionDenied
+
+    def sign(ids: list[str]) -> dict[str, str | None]:
+        if "gone" in ids:
+            raise PermissionDenied("one or more items do not exist")  # the real bulk call refuses them all
+        return {i: f"https://b/{i}?Expires=9999999999&Signature=x" for i in ids}
+
+    cache = SignedUrlCache(sign)
+    ids = [f"i{n}" for n in range(40)]
+    cache.prime(ids[:20] + ["gone"] + ids[20:])
+    assert all(cache.is_fresh(i) for i in ids) and not cache.is_fresh("gone")
+    assert cache.counters.snapshot()["urls.sign_splits"] >= 1
+    with pytest.raises(PermissionDenied):
+        cache.get("gone")

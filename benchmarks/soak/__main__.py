@@ -57,6 +57,7 @@ HEADLINE = (
     "hostile_failures",
     "names_loads",
     "names_failed_loads",
+    "sibling_sign_failures",
     "network_eio_worst_s",
     "network_recovered_s",
     "network_failures",
@@ -123,7 +124,11 @@ def _run(name: str, ws: suites.Workspace, size: dict[str, Any]) -> dict[str, Any
     if name == "network":
         return suites.network_suite(ws)
     if name == "hostile":
-        return {**suites.hostile_suite(ws, cases=size["cases"]), **suites.names_suite(ws, rounds=size["name_rounds"])}
+        return {
+            **suites.hostile_suite(ws, cases=size["cases"]),
+            **suites.names_suite(ws, rounds=size["name_rounds"]),
+            **suites.siblings_suite(ws),
+        }
     return suites.concurrency_suite(ws, duration_s=size["seconds"])
 
 
@@ -148,6 +153,7 @@ def _headline(details: dict[str, Any], faults: int) -> dict[str, Any]:
             "hostile_failures",
             "names_loads",
             "names_failed_loads",
+            "sibling_sign_failures",
             "network_failures",
         )
     }

@@ -34,7 +34,13 @@ Forced re-sign after a 403
     remembers (per thread) the URL it last handed out, and ``get(item_id, stale_url=...)`` re-signs only
     if the cache still holds that stale URL -- otherwise somebody already replaced it.
 
-Counters: ``urls.signs`` signing calls made through the seam, ``urls.urls_signed`` URLs they returned,
+One bad id
+    The real bulk call refuses all its ids (403) when one item is gone or forbidden. A refused call of
+    several ids is split in halves until the bad ones are alone (``_sign_split``: about 2 log2(n) extra
+    calls per bad id, at most ``SPLIT_BUDGET`` per flight); a bad id gets the refusal (EACCES/ENOENT for
+    its file only) and every other id its URL, so a deleted neighbour never fails a read.
+
+Counters: ``urls.signs`` signing calls made through the seam, ``urls.sign_splits`` refused calls split, ``urls.urls_signed`` URLs they returned,
 ``urls.legacy_signs`` rows without a storage item among them (each one API call of its own: the legacy
 data-row call), ``urls.sign_refusals`` ids the service refused, and hits, misses and re-signs.
 
@@ -54,13 +60,20 @@ from datetime import UTC, datetime
 from typing import Protocol
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+import cachetools
+
 from encordfs.backend import BULK_LIMIT, parse_legacy_key
 from encordfs.core.counters import Counters
-from encordfs.errors import FsError, NotFound
+from encordfs.errors import FsError, NotFound, PermissionDenied
 
 SignMany = Callable[[list[str]], Mapping[str, "str | FsError | None"]]
 # Refusals kept for ``failures()`` (the status shows them): the most recent ones.
 MAX_FAILURES_KEPT = 100
+# Signed URLs kept (LRU): 64k URLs of a few hundred bytes, tens of MB at most, cover a window of 64
+# signing batches ahead of and behind the readers.
+MAX_URLS = 65536
+# Extra signing calls one flight may spend splitting a refused bulk call (about 2 log2(1000) = 20 per bad id).
+SPLIT_BUDGET = 64
 
 _AMZ_DATE_FORMAT = "%Y%m%dT%H%M%SZ"
 
@@ -167,6 +180,7 @@ class SignedUrlCache:
         default_ttl_s: float = 300.0,
         batch: int = BULK_LIMIT,
         counters: Counters | None = None,
+        max_entries: int = MAX_URLS,
     ) -> None:
         self._sign_many = sign_many
         self._clock = clock
@@ -175,7 +189,9 @@ class SignedUrlCache:
         self._batch = max(1, min(batch, BULK_LIMIT))
         self.counters = counters if counters is not None else Counters()
         self._lock = threading.Lock()
-        self._entries: dict[str, _Entry] = {}
+        # Bounded, least recently used out first: an epoch over a million files must not keep a million
+        # URLs (a few hundred bytes each). An evicted URL is signed again, with its siblings, if needed.
+        self._entries: cachetools.LRUCache[str, _Entry] = cachetools.LRUCache(maxsize=max_entries)
         self._flights: dict[str, _Flight] = {}
         self._failures: dict[str, str] = {}  # id -> why the service refused to sign it (bounded, newest last)
 
@@ -296,12 +312,29 @@ class SignedUrlCache:
             legacy_rows = {p[:2] for i in item_ids if (p := parse_legacy_key(i)) is not None}
             if legacy_rows:
                 self.counters.inc("urls.legacy_signs", len(legacy_rows))
-            signed = self._sign_many(list(item_ids))
+            signed = self._sign_split(list(item_ids), [SPLIT_BUDGET])
             flight.urls = {i: signed.get(i) for i in item_ids}
         except Exception as exc:  # handed to every waiter; each re-raises it
             flight.error = exc
         finally:
             self._land_flight(item_ids, flight)
+
+    def _sign_split(self, item_ids: list[str], budget: list[int]) -> Mapping[str, str | FsError | None]:
+        """``sign_many``, surviving one bad id: the real bulk call refuses all of them (403/404) when one
+        item is gone or forbidden, so a refused call of several ids is split in halves until the bad
+        ones are alone; they get the refusal, the others their URLs. At most ``budget[0]`` extra calls
+        (shared by the recursion); past it, the ids of a refused part all get the refusal."""
+        try:
+            return self._sign_many(item_ids)
+        except (PermissionDenied, NotFound) as exc:
+            if len(item_ids) == 1 or budget[0] < 2:
+                return dict.fromkeys(item_ids, exc)
+        budget[0] -= 2
+        self.counters.inc("urls.sign_splits")
+        mid = len(item_ids) // 2
+        out = dict(self._sign_split(item_ids[:mid], budget))
+        out.update(self._sign_split(item_ids[mid:], budget))
+        return out
 
     def _land_flight(self, item_ids: list[str], flight: _Flight) -> None:
         now = self._clock()
