@@ -12,7 +12,9 @@ It plays the storage bucket behind Encord's signed URLs:
 - ``/hop/<n>/blob/...`` answers 302 to ``/hop/<n-1>/...`` (``/blob/...`` at 0): ``n`` redirects,
   the query kept; ``redirect(url, hops)`` builds such a URL;
 - ``ignore_range = True`` answers every GET with 200 and the whole object, as a server without
-  range support; ``rewrite(status, headers, body) -> (status, headers, body)`` edits any answer;
+  range support; ``rewrite(status, headers, body) -> (status, headers, body)`` edits any answer (a
+  ``Content-Length`` it sets is sent as is: more than the body, and the connection is closed after it);
+- ``connections`` counts accepted TCP connections (keep-alive checks);
 - ``ByteServer(tls=server_context)`` serves HTTPS (``tests.support.tls``); ``base_url`` says so.
 
 Keep-alive (HTTP/1.1) and Nagle off, as the ceilings note the stdlib server needs.
@@ -53,6 +55,7 @@ class ByteServer:
         self.clock = clock
         self.tls = tls
         self.ignore_range = False
+        self.connections = 0  # TCP connections accepted
         self.rewrite: Callable[[int, dict[str, str], bytes], Answer] | None = None
         self.blobs: dict[str, bytes] = {}
         self.log: list[Hit] = []
@@ -166,7 +169,10 @@ class ByteServer:
                     self.send_response(status)
                     for key, value in headers.items():
                         self.send_header(key, value)
-                    self.send_header("Content-Length", str(len(body)))
+                    if "Content-Length" not in headers:
+                        self.send_header("Content-Length", str(len(body)))
+                    elif int(headers["Content-Length"]) != len(body):
+                        self.close_connection = True  # a body shorter than announced: end it by closing
                     self.end_headers()
                     self.wfile.write(body)
                 except (BrokenPipeError, ConnectionResetError):
@@ -180,6 +186,8 @@ class ByteServer:
 
             def get_request(self) -> tuple[socket.socket, object]:
                 sock, address = self.socket.accept()
+                with server._lock:
+                    server.connections += 1
                 if server.tls is not None:
                     sock = server.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
                 return sock, address

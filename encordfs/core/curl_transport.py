@@ -131,6 +131,8 @@ class CurlTransport:
     def get(
         self, url: str, start: int, out: memoryview, accept: Accept, timeout_s: float, stall_timeout_s: float
     ) -> Reply:
+        if self._closed:
+            raise TransportError(Failure.FATAL, "transport closed")
         transfer = self._take()
         transfer.prepare(url, start, out, accept, timeout_s, stall_timeout_s)
         refused: str | None = "transport closed"

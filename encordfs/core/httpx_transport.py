@@ -17,12 +17,19 @@ Failures, by table (``_failure``): timeouts -> ``STALL``; a certificate that doe
 ``TLS``; other connect, read and protocol errors -> ``NETWORK``; anything else httpx raises (bad URL,
 unsupported scheme, too many redirects) -> ``FATAL``.
 
-Lock order: none here; httpx's pool is thread-safe. A ``client`` passed in is not closed by ``close``.
+At most ``max_connections`` GETs at once: callers queue on ``_slots`` (a semaphore, waited for at most
+the stall timeout, like a connection) rather than in httpcore's pool. httpcore 1.0.9's sync pool can
+close a connection it has already handed to a queued request (encode/httpcore#1110, open): that
+request then hangs until its read timeout. With the semaphore no request ever queues inside httpcore.
+
+Lock order: ``_slots`` is a leaf (httpx's pool locks are taken inside it). A ``client`` passed in is
+not closed by ``close``.
 """
 
 from __future__ import annotations
 
 import ssl
+import threading
 import time
 
 import httpx
@@ -40,14 +47,29 @@ class HttpxTransport:
     ) -> None:
         self._owns_client = client is None
         self._client = client if client is not None else _default_client(max_connections, ca_file)
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._closed = False
 
     def close(self) -> None:
+        self._closed = True
         if self._owns_client:
             self._client.close()
 
     def get(
         self, url: str, start: int, out: memoryview, accept: Accept, timeout_s: float, stall_timeout_s: float
     ) -> Reply:
+        if not self._slots.acquire(timeout=min(stall_timeout_s, timeout_s)):
+            raise TransportError(Failure.STALL, "no free connection within the stall timeout")
+        try:
+            return self._get(url, start, out, accept, timeout_s, stall_timeout_s)
+        finally:
+            self._slots.release()
+
+    def _get(
+        self, url: str, start: int, out: memoryview, accept: Accept, timeout_s: float, stall_timeout_s: float
+    ) -> Reply:
+        if self._closed:
+            raise TransportError(Failure.FATAL, "transport closed")
         deadline = time.monotonic() + timeout_s
         headers = {**_HEADERS, "Range": f"bytes={start}-{start + len(out) - 1}"}
         pos = 0
