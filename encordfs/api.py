@@ -95,6 +95,8 @@ def mount(
     log_file: str | Path | None = None,
     verbose: int | None = None,
     config: str | Path | None = None,
+    http_client: str | None = None,
+    ca_file: str | Path | None = None,
 ) -> RunningMount:
     """Mount Encord at ``mountpoint`` (an empty directory) and return once it serves.
 
@@ -123,8 +125,11 @@ def mount(
         log_format=None,
         verbose=verbose,
         metrics_port=None,
+        http_client=http_client,
+        ca_file=str(ca_file) if ca_file else None,
     )
     cli._apply_config(args)
+    cli._check_ca_file(args)
     path = check_usable(Path(args.mountpoint).expanduser())
     log_path = cli._detached_log_path(args)
     return RunningMount(path, cli.spawn_mount(cli._mount_argv(args, path), path, log_path), log_path)

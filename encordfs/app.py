@@ -51,6 +51,10 @@ class Settings:
     # these only matter to other local users of an --allow-other mount (default_permissions).
     file_mode: int = 0o444
     dir_mode: int = 0o555
+    # The read path's HTTP client (core.fetch): libcurl unless told otherwise, httpx if pycurl is missing.
+    http_client: str = "curl"
+    # A PEM bundle trusted instead of the system's store (--ca-file); None: the system's.
+    ca_file: str | None = None
 
 
 def default_cache_dir(domain: str) -> Path:
@@ -97,7 +101,7 @@ def build(backend: Backend, settings: Settings) -> Mount:
         catalog = Catalog(cache_dir / "catalog.sqlite")
         closers.append(catalog.close)
         urls = SignedUrlCache(backend.sign, counters=counters)
-        fetcher = HttpFetcher(counters=counters)
+        fetcher = HttpFetcher(settings.http_client, ca_file=settings.ca_file, counters=counters)
         closers.append(fetcher.close)
         reader = ReadPipeline(fetcher, cache, counters)
         closers.append(reader.close)

@@ -70,6 +70,8 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         s.cache_size_bytes = _size(args.cache_size)
     if args.max_metadata_bytes:
         s.max_metadata_bytes = args.max_metadata_bytes
+    s.http_client = getattr(args, "http_client", None) or s.http_client
+    s.ca_file = getattr(args, "ca_file", None) or None
     return s
 
 
@@ -122,6 +124,8 @@ CONFIG_OPTIONS = (
     "log_format",
     "verbose",
     "metrics_port",
+    "http_client",
+    "ca_file",
 )
 
 
@@ -134,8 +138,17 @@ def _apply_config(args: argparse.Namespace) -> None:
         setattr(args, name, getattr(merged, name))
 
 
+def _check_ca_file(args: argparse.Namespace) -> None:
+    """A bad --ca-file is a one-line error before anything is mounted; a good one becomes absolute."""
+    if getattr(args, "ca_file", None):
+        from encordfs.core.fetch import check_ca_file
+
+        args.ca_file = check_ca_file(args.ca_file)
+
+
 def cmd_mount(args: argparse.Namespace) -> int:
     _apply_config(args)
+    _check_ca_file(args)
     mountpoint = check_usable(Path(args.mountpoint).expanduser())
     if not args.foreground:
         return _mount_in_background(args, mountpoint)
@@ -153,6 +166,10 @@ def _serve(args: argparse.Namespace, mountpoint: Path) -> int:
     from encordfs.core.catalog import ROOT_INO
 
     settings = _settings(args)
+    if args.ca_file:
+        # The encord SDK makes a requests session per call, with no hook for ``verify``; requests
+        # reads this variable for every one of them (it wins over CURL_CA_BUNDLE and certifi).
+        os.environ["REQUESTS_CA_BUNDLE"] = args.ca_file
     backend = SdkBackend(args.domain, _key_text(args), include_org_access=args.include_org_access)
     mount = build(backend, settings)
     metrics_server = None
@@ -201,12 +218,14 @@ def _mount_argv(args: argparse.Namespace, mountpoint: Path) -> list[str]:
         "metrics_port",
         "log_file",
         "log_format",
+        "http_client",
+        "ca_file",
     ):
         if getattr(args, option, None) is not None:
             value = getattr(args, option)
             argv += [
                 "--" + option.replace("_", "-"),
-                str(Path(value).expanduser().resolve()) if option == "log_file" else str(value),
+                str(Path(value).expanduser().resolve()) if option in ("log_file", "ca_file") else str(value),
             ]
     for option in ("file_mode", "dir_mode"):
         if getattr(args, option, None) is not None:
@@ -576,6 +595,19 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
         "--metrics-port", type=int, default=None, metavar="PORT", help="serve Prometheus /metrics on 127.0.0.1:PORT"
     )
     p.add_argument("-v", "--verbose", action="count", default=None, help="-v info, -vv debug")
+    p.add_argument(
+        "--http-client",
+        choices=("curl", "httpx"),
+        default=None,
+        help="HTTP client of the read path: curl (default; libcurl via pycurl) or httpx (pure Python)",
+    )
+    p.add_argument(
+        "--ca-file",
+        default=None,
+        metavar="FILE",
+        help="PEM bundle of CA certificates to trust instead of the system's (byte server and Encord API), "
+        "e.g. a corporate proxy's",
+    )
     p.add_argument(
         "--binding",
         choices=("kernel", "mfusepy"),

@@ -54,6 +54,8 @@ class MountConfig(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     verbose: int = 0
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    http_client: Literal["curl", "httpx"] = "curl"  # the read path's transport (core.fetch)
+    ca_file: str | None = None  # PEM bundle trusted instead of the system's, for the byte server and the SDK
 
     @field_validator("file_mode", "dir_mode", mode="before")
     @classmethod

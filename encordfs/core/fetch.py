@@ -23,7 +23,8 @@ TLS trust
     PEM bundle (like ``curl --cacert``); without it, OpenSSL's default store (the system's, or
     ``SSL_CERT_FILE``/``SSL_CERT_DIR``). ``check_ca_file`` is what the CLI runs before mounting. A
     certificate that does not verify fails the read with ``EIO`` at once (no retry: it would not
-    verify the next time either) and a warning naming the reason and the redacted URL.
+    verify the next time either); the error names the reason and the redacted URL, and the FUSE
+    adapter logs it as a warning, like every ``EIO``.
 
 Algorithm (``fetch_into``)
     Retries follow the one ``core.retry.RetryPolicy`` (``READ_RETRY`` by default: full-jitter backoff
@@ -46,7 +47,7 @@ Algorithm (``fetch_into``)
     other statuses          ``RemoteIOError``
     Failure.NETWORK         refused or reset connection, DNS, cut body: retried like a 5xx
     Failure.STALL           no byte for ``stall_timeout_s``, or the call's time ran out: retried
-    Failure.TLS             the certificate does not verify -> ``RemoteIOError`` at once, logged
+    Failure.TLS             the certificate does not verify -> ``RemoteIOError`` at once
     Failure.FATAL           not an http(s) URL, more than 5 redirects -> ``RemoteIOError``
     short body              announced shorter (Content-Length / Content-Range) -> ``Stale``;
                             ended early without saying so -> retried like a network error
@@ -285,8 +286,7 @@ class HttpFetcher:
         except TransportError as exc:
             self.counters.inc("fetch.bytes_fetched", exc.received)
             reason = _scrub(exc.reason, url)
-            if exc.failure is Failure.TLS:
-                log.warning("TLS: cannot trust %s: %s", redact(url), reason)
+            if exc.failure is Failure.TLS:  # the FUSE adapter logs it (a warning, as every EIO)
                 raise RemoteIOError(f"TLS: cannot trust {redact(url)}: {reason}") from None
             if exc.failure is Failure.FATAL:
                 raise RemoteIOError(f"cannot fetch {redact(url)}: {reason}") from None

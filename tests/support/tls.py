@@ -4,14 +4,17 @@
 ``server.pem`` (the server's certificate followed by the CA's, a full chain) and ``server.key``
 (unencrypted), and returns their paths. ``server_context(pki)`` is an ``ssl.SSLContext`` that serves
 with them; wrap a listening socket with it (``context.wrap_socket(sock, server_side=True)``) or point
-nginx at the two files. EC P-256 keys: quick to make, cheap to handshake.
+nginx at the two files. EC P-256 keys: quick to make, cheap to handshake. ``TlsProxy`` puts TLS in
+front of a plain server (the emulator), for mounts whose API and blob URLs are HTTPS.
 """
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+import socket
 import ssl
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,3 +99,70 @@ def server_context(pki: Pki) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(pki.cert_file, pki.key_file)
     return context
+
+
+class TlsProxy:
+    """TLS in front of a plain TCP server on 127.0.0.1: ``https://127.0.0.1:{port}`` -> ``target_port``.
+
+    The listening port exists from construction (so URLs naming it can be made before the target
+    runs); ``start(target_port)`` begins accepting. One thread per direction per connection; a
+    client that refuses the certificate just ends its connection. ``close`` stops accepting.
+    """
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self._context = context
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._target = 0
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def start(self, target_port: int) -> TlsProxy:
+        self._target = target_port
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._listener.close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> TlsProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                raw, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
+
+    def _serve(self, raw: socket.socket) -> None:
+        try:
+            client = self._context.wrap_socket(raw, server_side=True)
+            upstream = socket.create_connection(("127.0.0.1", self._target))
+        except OSError:  # ssl.SSLError included: the client refused our certificate
+            raw.close()
+            return
+        back = threading.Thread(target=_pump, args=(upstream, client), daemon=True)
+        back.start()
+        _pump(client, upstream)
+        back.join(timeout=30)
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    """Copy until either side ends, then close both (which ends the other direction's pump too)."""
+    try:
+        while data := source.recv(256 * 1024):
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for sock in (source, sink):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the other direction's recv; close alone would not
+            except OSError:
+                pass
+            sock.close()
