@@ -352,3 +352,62 @@ def test_without_pycurl_curl_falls_back_to_httpx_with_one_warning(
             f.close()
     warned = [r.getMessage() for r in caplog.records if "pycurl" in r.getMessage()]
     assert len(warned) == 1 and "httpx" in warned[0], warned
+
+
+def test_default_trust_is_openssls_store_and_follows_ssl_cert_file(
+    tls_server: ByteServer, pki: Pki, make_fetcher: Callable[..., HttpFetcher], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without ca_file both transports use OpenSSL's default store, which SSL_CERT_FILE replaces (for
+    # libcurl this also proves the wheel's built-in CA path, a CentOS one, is not what is used).
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca_file))
+    assert make_fetcher().fetch(source(tls_server), 0, 1000) == DATA[:1000]
+
+
+# ---------------------------------------------------------------------------------------------- proxies, closing
+
+
+def test_proxy_from_the_environment(
+    server: ByteServer, make_fetcher: Callable[..., HttpFetcher], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The byte server plays the proxy too: it answers absolute-form requests for any host.
+    for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "all_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", server.base_url)
+    fetcher = make_fetcher()
+    url = server.sign("a").replace(server.base_url, "http://blob.invalid")  # resolvable by the proxy only
+    assert fetcher.fetch(lambda force: url, 100, 5100) == DATA[100:5100]
+    assert [h.status for h in server.hits("a")] == [206]
+
+
+def test_close_while_a_fetch_waits_ends_it(
+    server: ByteServer, make_fetcher: Callable[..., HttpFetcher], http_client: str
+) -> None:
+    """libcurl's loop fails the transfers in flight at once; httpx's ends at its timeout (1 s here).
+    Either way the caller gets EIO, never a hang (a mount closes its reader, which waits, first)."""
+    import threading
+
+    gate = threading.Event()
+
+    def hold(status: int, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
+        gate.wait(10)  # the server sits on the request until the test lets go
+        return status, headers, body
+
+    server.rewrite = hold
+    fetcher = make_fetcher(retry=RetryPolicy(base_s=0.001, cap_s=0.01, max_attempts=10, budget_s=1))
+    outcome: list[BaseException | bytes] = []
+
+    def run() -> None:
+        try:
+            outcome.append(fetcher.fetch(source(server), 0, 100))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    reader = threading.Thread(target=run)
+    reader.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    fetcher.close()
+    reader.join(5)
+    gate.set()
+    assert not reader.is_alive() and time.monotonic() - started < (0.5 if http_client == "curl" else 2)
+    assert len(outcome) == 1 and isinstance(outcome[0], RemoteIOError), outcome
