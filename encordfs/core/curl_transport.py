@@ -40,9 +40,11 @@ transfers wait in libcurl's queue) and as many kept.
 
 Timeouts: ``TIMEOUT_MS`` is the fetcher's time left for the call, ``CONNECTTIMEOUT_MS`` the smaller
 of that and the stall timeout. Stalls are the loop's: each transfer notes the time of its last
-received byte (header or body, or its submission); the loop wakes at the earliest
-``last + stall_timeout_s`` and abandons the transfers that have reached it (``remove_handle``:
-libcurl closes their connections). libcurl's own ``LOW_SPEED_TIME`` counts whole seconds only.
+received body byte (or its submission); the loop wakes at the earliest ``last + stall_timeout_s``,
+counts header lines that came in since its previous look as activity (``HEADERFUNCTION`` is a bare
+``list.append``, no Python frame per line, so they carry no time stamp), and abandons the transfers
+that received nothing (``remove_handle``: libcurl closes their connections). libcurl's own
+``LOW_SPEED_TIME`` counts whole seconds only.
 
 Failures, by table (``_FAILURES``): libcurl's result code -> ``Failure``; codes not listed (connect,
 send, receive errors, a body shorter than announced, HTTP/2 stream errors, TLS handshakes cut short)
@@ -221,7 +223,8 @@ class _Transfer:
         c.setopt(pycurl.SSL_VERIFYPEER, 1)
         c.setopt(pycurl.SSL_VERIFYHOST, 2)
         c.setopt(pycurl.WRITEFUNCTION, self._write)
-        c.setopt(pycurl.HEADERFUNCTION, self._header)
+        self.lines: list[bytes] = []  # every header line received, responses after redirects included
+        c.setopt(pycurl.HEADERFUNCTION, self.lines.append)  # a C method: no Python frame per line
         self.done = threading.Lock()
         self.done.acquire()  # released by the loop when the transfer ends
         self.out = memoryview(b"")
@@ -229,7 +232,7 @@ class _Transfer:
         self.length = self.pos = 0
         self.stall_timeout_s = 0.0
         self.active_at = 0.0
-        self.lines: list[bytes] = []
+        self.lines_seen = 0  # len(lines) at the loop's last stall check
         self.status = 0
         self.headers: dict[str, str] = {}
         self.judged = False
@@ -251,21 +254,16 @@ class _Transfer:
         self.out, self.accept, self.length, self.pos = out, accept, len(out), 0
         self.stall_timeout_s = stall_timeout_s
         self.active_at = _now()
-        self.lines, self.status, self.headers = [], 0, {}
+        self.lines.clear()
+        self.lines_seen, self.status, self.headers = 0, 0, {}
         self.judged, self.refusal, self.full, self.failure = False, None, False, None
         self.code, self.message = 0, ""
 
     def release_buffers(self) -> None:
-        self.out, self.accept, self.refusal, self.lines = memoryview(b""), None, None, []
+        self.out, self.accept, self.refusal = memoryview(b""), None, None
+        self.lines.clear()
 
     # -- libcurl's callbacks (loop thread); they must not raise
-
-    def _header(self, line: bytes) -> None:
-        self.active_at = _now()
-        if line.startswith(b"HTTP/"):
-            self.lines = [line]  # a new response (after a redirect or a 1xx): forget the previous one
-        else:
-            self.lines.append(line)
 
     def _write(self, data: bytes) -> int | None:
         self.active_at = _now()
@@ -289,10 +287,14 @@ class _Transfer:
         """Parse the final response's head and let the fetcher accept or refuse it (once)."""
         self.judged = True
         try:
-            first = self.lines[0].split(None, 2) if self.lines else []
+            lines = self.lines
+            at = len(lines) - 1  # the final response's status line: the last one (redirects, 1xx before it)
+            while at > 0 and not lines[at].startswith(b"HTTP/"):
+                at -= 1
+            first = lines[at].split(None, 2) if lines else []
             self.status = int(first[1]) if len(first) > 1 else 0
             headers = self.headers
-            for line in self.lines[1:]:
+            for line in lines[at + 1 :]:
                 name, sep, value = line.decode("latin-1").partition(":")
                 if sep:
                     headers[name.strip().lower()] = value.strip()
@@ -445,6 +447,9 @@ class _Loop:
         """Abandon the transfers that received nothing for their stall timeout; plan the next check."""
         next_check = math.inf
         for transfer in list(self._active.values()):
+            if len(transfer.lines) != transfer.lines_seen:  # header lines came in since the last check
+                transfer.lines_seen = len(transfer.lines)
+                transfer.active_at = max(transfer.active_at, now - 0.001)
             due = transfer.active_at + transfer.stall_timeout_s
             if now >= due:
                 self._end(transfer.handle).fail(
