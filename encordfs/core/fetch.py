@@ -338,7 +338,7 @@ def make_transport(
     if http_client == "curl":
         try:
             from encordfs.core.curl_transport import CurlTransport
-        except (ImportError, OSError) as exc:  # not installed, or its libcurl does not load
+        except (ImportError, OSError, AttributeError) as exc:  # not installed, its libcurl does not load, too old
             _warn_fallback(exc)
         else:
             return CurlTransport(max_connections=max_connections, ca_file=ca)
