@@ -44,6 +44,7 @@ class Hit:
     name: str
     range: str | None
     status: int
+    accept_encoding: str | None = None
 
 
 Answer = tuple[int, dict[str, str], bytes]
@@ -115,7 +116,7 @@ class ByteServer:
             return False
         return hmac.compare_digest(signature, self._mac(name, expires)) and now < expires
 
-    def _answer(self, path: str, range_header: str | None) -> Answer:
+    def _answer(self, path: str, range_header: str | None, accept_encoding: str | None = None) -> Answer:
         hop = _HOP.match(path)
         if hop is not None:
             hops, rest = int(hop.group(1)), hop.group(2)
@@ -130,7 +131,7 @@ class ByteServer:
         if self.rewrite is not None:
             status, headers, body = self.rewrite(status, headers, body)
         with self._lock:
-            self.log.append(Hit(name, range_header, status))
+            self.log.append(Hit(name, range_header, status, accept_encoding))
         return status, headers, body
 
     def _route(self, name: str, query: dict[str, list[str]], range_header: str | None, fault: int | None) -> Answer:
@@ -164,7 +165,9 @@ class ByteServer:
                 super().setup()
 
             def do_GET(self) -> None:  # noqa: N802 (stdlib naming)
-                status, headers, body = server._answer(self.path, self.headers.get("Range"))
+                status, headers, body = server._answer(
+                    self.path, self.headers.get("Range"), self.headers.get("Accept-Encoding")
+                )
                 try:
                     self.send_response(status)
                     for key, value in headers.items():

@@ -201,6 +201,7 @@ def test_connections_are_kept_across_requests_and_error_answers(
         start = n * 1000
         assert fetcher.fetch(source(server), start, start + 5000) == DATA[start : start + 5000]
     assert server.connections == 1
+    assert {h.accept_encoding for h in server.hits("a")} == {"identity"}  # bytes as stored, never compressed
 
 
 def test_closed_fetcher_fails_with_eio(server: ByteServer, make_fetcher: Callable[..., HttpFetcher]) -> None:
