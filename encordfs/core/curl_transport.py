@@ -14,7 +14,7 @@ Shape
     takes an idle ``_Transfer`` (an easy handle configured once, with its callbacks bound to the
     transfer), sets the four per-request options (URL, range, timeouts), appends it to the submit
     queue, wakes the loop (an eventfd, only when the queue was empty) and blocks on the transfer's
-    ``done`` lock. The loop thread (``_Loop``) owns the ``CurlMulti``: an epoll over libcurl's sockets
+    own eventfd (written by the loop with the GIL let go, so the caller runs at once). The loop thread (``_Loop``) owns the ``CurlMulti``: an epoll over libcurl's sockets
     and the eventfd (``M_SOCKETFUNCTION``/``M_TIMERFUNCTION``, ``socket_action``), so each wake-up
     costs libcurl's work for the sockets that are ready, not a scan of every transfer. Finished
     transfers (``info_read``) are released to their callers; the easy handle goes back to the idle
@@ -52,11 +52,12 @@ are ``NETWORK``. libcurl's messages name hosts, never queries; the fetcher scrub
 
 Invariants: libcurl is called from the loop thread only, except ``setopt`` on an idle easy handle by
 the thread that took it. A transfer's state is written by the loop while it is in flight and read by
-its caller after ``done`` is released (the lock orders the two). A caller waits at most
-``timeout_s + stall_timeout_s + 10 s``: if the loop died, the call fails instead of hanging.
+its caller after the loop signalled its eventfd, exactly once per transfer (the syscalls order the
+two). A caller waits at most ``timeout_s + stall_timeout_s + 10 s``: if the loop died, the call
+fails instead of hanging.
 
 Lock order: ``CurlTransport._lock`` (submit queue, idle list, loop start) is a leaf, never held while
-libcurl runs. Each ``_Transfer.done`` is held by nobody while in flight (it is a signal, not a guard).
+libcurl runs. Transfers hold no lock: their eventfds are signals, not guards.
 """
 
 from __future__ import annotations
@@ -147,12 +148,12 @@ class CurlTransport:
                     self._queue.append(transfer)
                     wake = len(self._queue) == 1
         if refused is not None:
-            transfer.handle.close()
+            transfer.close()
             raise TransportError(Failure.FATAL, refused)
         assert loop is not None
         if wake:
             loop.wake()
-        if not transfer.done.acquire(timeout=timeout_s + stall_timeout_s + _CALLER_GRACE_S):
+        if not transfer.wait(timeout_s + stall_timeout_s + _CALLER_GRACE_S):
             # The loop is gone or stuck: fail rather than hang. The transfer is never reused.
             raise TransportError(Failure.FATAL, loop.dead or "libcurl's event loop did not answer")
         try:
@@ -168,7 +169,7 @@ class CurlTransport:
         if loop is not None:
             loop.stop()
         for transfer in idle:
-            transfer.handle.close()
+            transfer.close()
         try:
             self._share.close()
         except pycurl.error:
@@ -186,7 +187,7 @@ class CurlTransport:
             if not self._closed and len(self._idle) < self._max_connections:
                 self._idle.append(transfer)
                 return
-        transfer.handle.close()
+        transfer.close()
 
     def _start_locked(self) -> _Loop:
         self._loop = _Loop(self._max_connections, self._lock, self._queue)
@@ -225,8 +226,12 @@ class _Transfer:
         c.setopt(pycurl.WRITEFUNCTION, self._write)
         self.lines: list[bytes] = []  # every header line received, responses after redirects included
         c.setopt(pycurl.HEADERFUNCTION, self.lines.append)  # a C method: no Python frame per line
-        self.done = threading.Lock()
-        self.done.acquire()  # released by the loop when the transfer ends
+        # The loop signals the end of a transfer through an eventfd: ``os.eventfd_write`` lets go of
+        # the GIL around the syscall, so the woken caller can run at once (a ``Lock.release`` wakes it
+        # while the loop still holds the GIL: measured ~10% more CPU per small GET).
+        self._done_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._done_poll = select.poll()
+        self._done_poll.register(self._done_fd, select.POLLIN)
         self.out = memoryview(b"")
         self.accept: Accept | None = None
         self.length = self.pos = 0
@@ -311,14 +316,25 @@ class _Transfer:
         if code == 0 and not self.judged:
             self._judge()  # a response without a body (416 with nothing, a 0-byte 200)
         self.code, self.message = code, message
-        self.done.release()
+        os.eventfd_write(self._done_fd, 1)
 
     def fail(self, failure: TransportError) -> None:
         self.failure = failure
-        self.done.release()
+        os.eventfd_write(self._done_fd, 1)
+
+    def wait(self, timeout_s: float) -> bool:
+        """The caller's side: True once the loop has finished or failed the transfer."""
+        if not self._done_poll.poll(timeout_s * 1000):
+            return False
+        os.eventfd_read(self._done_fd)
+        return True
+
+    def close(self) -> None:
+        self.handle.close()
+        os.close(self._done_fd)
 
     def result(self) -> Reply:
-        """The caller's view once ``done``: a ``Reply``, the fetcher's own refusal, or a failure."""
+        """The caller's view once signalled: a ``Reply``, the fetcher's own refusal, or a failure."""
         if self.refusal is not None:
             raise self.refusal
         if self.full:
