@@ -16,7 +16,7 @@ CPU is this process's user+system time over the phase (``time.process_time``: ev
 client, the transport's own included; nginx is another process). Contenders run interleaved, round
 after round (``--rounds``, default 3), and the table shows medians, so a noisy VM slows them alike.
 
-Contenders: ``curl`` (libcurl multi, HTTP/2 when offered), ``curl-h1`` (libcurl, HTTP/1.1 only),
+Contenders: ``curl`` (libcurl multi, HTTP/1.1: the default), ``curl-h2`` (libcurl, HTTP/2 when offered),
 ``httpx`` (the pure-Python fallback), and ``old-stdlib`` / ``old-httpx``: the fetcher of git revision
 ``--old`` (default ``6784a6c``, the last with the ``http.client`` pool), loaded from ``git show``, so
 the transport it replaced stays measurable. ``--tls`` serves HTTPS with a throwaway CA (the
@@ -135,10 +135,10 @@ def load_old(rev: str) -> ModuleType:
 def make_contender(name: str, old: Callable[[], ModuleType], ca_file: str | None) -> Any:
     if name == "curl":
         return HttpFetcher(http_client="curl", ca_file=ca_file)
-    if name == "curl-h1":
+    if name == "curl-h2":
         from encordfs.core.curl_transport import CurlTransport
 
-        return HttpFetcher(transport=CurlTransport(ca_file=ca_file, http2=False))
+        return HttpFetcher(transport=CurlTransport(ca_file=ca_file, http2=True))
     if name == "httpx":
         return HttpFetcher(http_client="httpx", ca_file=ca_file)
     if name == "old-stdlib":

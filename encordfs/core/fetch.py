@@ -11,7 +11,7 @@ Layers
 
     ``curl`` (``core.curl_transport``, the default): libcurl's multi interface through pycurl, one
     event-loop thread driving every transfer (the GIL is released while libcurl waits); per request a
-    C-speed HTTP stack, kept connections, TLS session reuse, HTTP/2 when the server offers it (ALPN),
+    C-speed HTTP stack, kept connections, TLS session reuse (HTTP/1.1: HTTP/2 measured slower here),
     proxies from the environment (``http_proxy``, ``https_proxy``, ``no_proxy``; libcurl ignores an
     upper-case ``HTTP_PROXY``). Measured 3-4x cheaper per small request than ``http.client`` on this
     project's 2-core machine, where the mount is CPU-bound (``benchmarks/transport.py``).
