@@ -412,3 +412,10 @@ def test_close_while_a_fetch_waits_ends_it(
     gate.set()
     assert not reader.is_alive() and time.monotonic() - started < (0.5 if http_client == "curl" else 2)
     assert len(outcome) == 1 and isinstance(outcome[0], RemoteIOError), outcome
+
+
+def test_non_ascii_names_are_fetched(server: ByteServer, make_fetcher: Callable[..., HttpFetcher]) -> None:
+    server.add("città é 東京.jpg", DATA[:5000])
+    url = server.sign("città é 東京.jpg").replace("%C3%A0", "à")  # an IRI-style URL, as a store might hand out
+    assert not url.isascii()
+    assert make_fetcher().fetch(lambda force: url, 0, 5000) == DATA[:5000]

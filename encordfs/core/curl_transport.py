@@ -61,8 +61,8 @@ its caller after the loop signalled its eventfd, exactly once per transfer (the 
 two). A caller waits at most ``timeout_s + stall_timeout_s + 10 s``: if the loop died, the call
 fails instead of hanging.
 
-Lock order: ``CurlTransport._lock`` (submit queue, idle list, loop start) is a leaf, never held while
-libcurl runs. Transfers hold no lock: their eventfds are signals, not guards.
+Lock order: ``CurlTransport._lock`` (submit queue, idle list, loop start, the wake-up write) is a
+leaf, never held while libcurl runs. Transfers hold no lock: their eventfds are signals, not guards.
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ import ssl
 import threading
 import time
 from collections.abc import Mapping
+from urllib.parse import quote
 
 import pycurl
 
@@ -102,6 +103,7 @@ _FAILURES: Mapping[int, Failure] = {
 }
 
 _now = time.monotonic
+_URL_SAFE = ":/?#[]@!$&'()*+,;=%~"  # what percent-encoding a non-ASCII URL leaves alone (RFC 3986)
 
 
 def default_ca() -> tuple[str | None, str | None]:
@@ -144,20 +146,21 @@ class CurlTransport:
         transfer = self._take()
         transfer.prepare(url, start, out, accept, timeout_s, stall_timeout_s)
         refused: str | None = "transport closed"
-        loop, wake = None, False
+        loop = None
         with self._lock:
             if not self._closed:
                 loop = self._loop if self._loop is not None else self._start_locked()
                 refused = loop.dead  # a dead loop drains the queue once, after ``dead`` is set
                 if refused is None:
                     self._queue.append(transfer)
-                    wake = len(self._queue) == 1
+                    if len(self._queue) == 1:
+                        # Under the lock: ``close`` cannot close the eventfd (and the number be
+                        # reused by some file) between this decision and the write.
+                        loop.wake()
         if refused is not None:
             transfer.close()
             raise TransportError(Failure.FATAL, refused)
         assert loop is not None
-        if wake:
-            loop.wake()
         if not transfer.wait(timeout_s + stall_timeout_s + _CALLER_GRACE_S):
             # The loop is gone or stuck: fail rather than hang. The transfer is never reused.
             raise TransportError(Failure.FATAL, loop.dead or "libcurl's event loop did not answer")
@@ -257,7 +260,8 @@ class _Transfer:
         self, url: str, start: int, out: memoryview, accept: Accept, timeout_s: float, stall_timeout_s: float
     ) -> None:
         c = self.handle
-        c.setopt(pycurl.URL, url)
+        # libcurl takes bytes: a URL with non-ASCII characters is sent percent-encoded (as httpx does).
+        c.setopt(pycurl.URL, url if url.isascii() else quote(url, safe=_URL_SAFE))
         c.setopt(pycurl.RANGE, f"{start}-{start + len(out) - 1}")
         c.setopt(pycurl.TIMEOUT_MS, max(1, math.ceil(timeout_s * 1000)))
         c.setopt(pycurl.CONNECTTIMEOUT_MS, max(1, math.ceil(min(timeout_s, stall_timeout_s) * 1000)))
