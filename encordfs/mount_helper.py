@@ -10,9 +10,10 @@ command line) and calls it as::
 for ``-t encordfs``). This module turns that call into ``encordfs mount MOUNTPOINT --daemon ...``:
 ``key=value`` options become ``--key value`` (``ssh_key_file``, ``domain``, ``cache_dir``, ``config``,
 ``uid``, ``gid``, ``file_mode``, ``dir_mode``, ``metadata_ttl``, ``cache_size``, ``log_file``,
-``log_format``, ``metrics_port``, ``max_metadata_bytes``, ``http_client``, ``ca_file``), ``ro``/``read_only``, ``allow_other`` and
-``include_org_access`` become flags, generic mount options (``rw``, ``noauto``, ``_netdev``,
-``nofail``, ``x-systemd.*``, ...) are ignored, anything else is an error. SOURCE is free text
+``log_format``, ``metrics_port``, ``max_metadata_bytes``, ``http_client``, ``ca_file``),
+``ro``/``read_only``, ``allow_other`` and ``include_org_access`` become flags, generic mount options
+(``rw``, ``noauto``, ``_netdev``, ``nofail``, ``x-systemd.*``, ...) are ignored, anything else is an
+error. SOURCE is free text
 (``encord``), except that an ``http(s)://`` SOURCE is the domain when ``domain=`` is not given.
 It returns once the mount serves, as mount(8) expects.
 """
