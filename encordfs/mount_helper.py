@@ -13,9 +13,8 @@ for ``-t encordfs``). This module turns that call into ``encordfs mount MOUNTPOI
 ``log_format``, ``metrics_port``, ``max_metadata_bytes``, ``http_client``, ``ca_file``),
 ``ro``/``read_only``, ``allow_other`` and ``include_org_access`` become flags, generic mount options
 (``rw``, ``noauto``, ``_netdev``, ``nofail``, ``x-systemd.*``, ...) are ignored, anything else is an
-error. SOURCE is free text
-(``encord``), except that an ``http(s)://`` SOURCE is the domain when ``domain=`` is not given.
-It returns once the mount serves, as mount(8) expects.
+error. SOURCE is free text (``encord``), except that an ``http(s)://`` SOURCE is the domain when
+``domain=`` is not given. It returns once the mount serves, as mount(8) expects.
 """
 
 from __future__ import annotations
