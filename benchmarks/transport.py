@@ -35,7 +35,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -119,12 +118,12 @@ def start_nginx(stack: Cleanup, root: Path, work: Path, tls: tuple[Path, Path] |
     return f"{'https' if tls else 'http'}://127.0.0.1:{port}"
 
 
-def load_old(rev: str) -> ModuleType:
-    """The fetcher module of ``rev``, imported from ``git show`` output under a private name."""
+def load_old(rev: str, directory: Path) -> ModuleType:
+    """The fetcher module of ``rev``, imported from ``git show`` output (written to ``directory``)."""
     source = subprocess.run(
         ["git", "show", f"{rev}:encordfs/core/fetch.py"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout
-    path = Path(tempfile.mkdtemp(prefix="old-fetch-")) / f"fetch_{rev}.py"
+    path = directory / f"fetch_{rev}.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location(f"fetch_{rev}", path)
     assert spec is not None and spec.loader is not None
@@ -226,13 +225,14 @@ def main() -> None:
     small_bytes, big_bytes = args.small_kib * KiB, args.big_mib * MiB
     cached: dict[str, ModuleType] = {}
 
-    def old() -> ModuleType:
-        if "m" not in cached:
-            cached["m"] = load_old(args.old)
-        return cached["m"]
-
     with Cleanup() as stack:
         work = stack.temp_dir("bench-transport-")
+
+        def old() -> ModuleType:
+            if "m" not in cached:
+                cached["m"] = load_old(args.old, work)
+            return cached["m"]
+
         root = work / "root"
         root.mkdir()
         rng = random.Random(0)
