@@ -96,7 +96,7 @@ def build(backend: Backend, settings: Settings) -> Mount:
         catalog = Catalog(cache_dir / "catalog.sqlite")
         closers.append(catalog.close)
         urls = SignedUrlCache(backend.sign, counters=counters)
-        fetcher = HttpFetcher(counters=counters)
+        fetcher = HttpFetcher(settings.http_client, ca_file=settings.ca_file, counters=counters)
         closers.append(fetcher.close)
         reader = ReadPipeline(fetcher, cache, counters)
         closers.append(reader.close)

@@ -105,6 +105,10 @@ def serve(s: Settings, mountpoint: Path) -> int:
     from encordfs.core.catalog import ROOT_INO
 
     binding = bindings.load(s.binding)
+    if s.ca_file:
+        # The encord SDK makes a requests session per call, with no hook for ``verify``; requests reads
+        # this variable for every one of them (it wins over CURL_CA_BUNDLE and certifi).
+        os.environ["REQUESTS_CA_BUNDLE"] = s.ca_file
     backend = SdkBackend(
         s.domain, _key_text(s), include_org_access=s.include_org_access, read_timeout_s=s.api_timeout_s
     )

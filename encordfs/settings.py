@@ -119,6 +119,30 @@ class Settings(BaseSettings):
     def _path(cls, value: str | None) -> str | None:
         return None if value in (None, "") else os.path.abspath(os.path.expanduser(str(value)))
 
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file(cls, value: str | None) -> str | None:
+        """A bad --ca-file is a one-line error before anything is mounted (never silently insecure)."""
+        if value is None:
+            return None
+        import ssl
+
+        try:
+            context = ssl.create_default_context(cafile=value)
+        except FileNotFoundError:
+            raise ValueError(f"{value} does not exist") from None
+        except IsADirectoryError:
+            raise ValueError(f"{value} is a directory, not a PEM file") from None
+        except PermissionError:
+            raise ValueError(f"{value} is not readable") from None
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise ValueError(
+                f"{value} holds no usable PEM certificate ({getattr(exc, 'reason', None) or type(exc).__name__})"
+            ) from None
+        if not context.cert_store_stats().get("x509"):
+            raise ValueError(f"{value} holds no certificate")
+        return value
+
     @field_validator("cache_size", mode="before")
     @classmethod
     def _size(cls, value: Any) -> Any:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from encordfs.core.fetch import HTTP_CLIENTS
 from harness.emulator import RunningEmulator
 from harness.mount import MountedFS, temporary_mount
 
@@ -51,6 +52,12 @@ def no_mount_left_behind() -> Iterator[None]:
     yield
     left = _our_mounts() - before
     assert not left, f"tests left mounts behind: {left}"
+
+
+@pytest.fixture(params=HTTP_CLIENTS)
+def http_client(request: pytest.FixtureRequest) -> str:
+    """The read path's transport: a test asking for this runs over libcurl (the default) and httpx."""
+    return str(request.param)
 
 
 @pytest.fixture(scope="session")

@@ -202,16 +202,16 @@ def test_bad_settings_are_400(emu: Emulator) -> None:
 # ---------------------------------------------------------------------------------------------- the fetcher
 
 
-def _fetcher(counters: Counters, **kw: Any) -> HttpFetcher:
+def _fetcher(http_client: str, counters: Counters, **kw: Any) -> HttpFetcher:
     policy = RetryPolicy(
         base_s=0.01, cap_s=0.05, max_retry_after_s=2.0, max_attempts=10, budget_s=kw.pop("budget_s", 10.0)
     )
-    return HttpFetcher(counters=counters, retry=policy, **kw)
+    return HttpFetcher(http_client, counters=counters, retry=policy, **kw)
 
 
-def test_fetcher_survives_drops_truncations_and_stalls(emu: Emulator) -> None:
+def test_fetcher_survives_drops_truncations_and_stalls(emu: Emulator, http_client: str) -> None:
     counters = Counters()
-    fetcher = _fetcher(counters, stall_timeout_s=0.5)
+    fetcher = _fetcher(http_client, counters, stall_timeout_s=0.5)
     _admin(
         emu,
         "POST",
@@ -235,9 +235,9 @@ def test_fetcher_survives_drops_truncations_and_stalls(emu: Emulator) -> None:
     assert _admin(emu, "GET", "stats")["faults.injected"] == 4
 
 
-def test_endless_stall_is_eio_within_budget_not_a_hang(emu: Emulator) -> None:
+def test_endless_stall_is_eio_within_budget_not_a_hang(emu: Emulator, http_client: str) -> None:
     counters = Counters()
-    fetcher = _fetcher(counters, stall_timeout_s=0.4, budget_s=1.5)
+    fetcher = _fetcher(http_client, counters, stall_timeout_s=0.4, budget_s=1.5)
     _admin(emu, "POST", "faults", {"endpoint": "blob.get", "stall_ms": 4000, "stall_after_bytes": 10})
     url = _url(emu)
     started = time.monotonic()
@@ -251,7 +251,7 @@ def test_endless_stall_is_eio_within_budget_not_a_hang(emu: Emulator) -> None:
     assert counters.get("fetch.stalls") >= 2
 
 
-def test_expired_url_during_retries_is_replaced_not_refused_twice(emu: Emulator) -> None:
+def test_expired_url_during_retries_is_replaced_not_refused_twice(emu: Emulator, http_client: str) -> None:
     """1-second URLs and a retry storm: each retry asks the source again, so no URL is refused twice."""
     _admin(emu, "POST", "settings", {"url_ttl_s": 1})
     _admin(emu, "POST", "faults", {"endpoint": "blob.get", "status": 503, "count": 6})
@@ -266,7 +266,9 @@ def test_expired_url_during_retries_is_replaced_not_refused_twice(emu: Emulator)
         return str(current["url"])
 
     fetcher = HttpFetcher(
-        counters=counters, retry=RetryPolicy(base_s=0.5, cap_s=0.5, rand=lambda: 0.999, max_attempts=10, budget_s=10)
+        http_client,
+        counters=counters,
+        retry=RetryPolicy(base_s=0.5, cap_s=0.5, rand=lambda: 0.999, max_attempts=10, budget_s=10),
     )
     try:
         assert fetcher.fetch(source, 0, 1000) == _expected(emu, 0, 1000)

@@ -61,8 +61,9 @@ def counters() -> Counters:
 
 
 @pytest.fixture
-def fetcher(counters: Counters) -> Iterator[HttpFetcher]:
-    fetcher = HttpFetcher(counters=counters, retry_budget_s=5.0, backoff_base_s=0.001, backoff_cap_s=0.01)
+def fetcher(counters: Counters, http_client: str) -> Iterator[HttpFetcher]:
+    fetcher = HttpFetcher(http_client, counters=counters, retry_budget_s=5.0, backoff_base_s=0.001, backoff_cap_s=0.01)
+    assert fetcher.transport.name == http_client
     yield fetcher
     fetcher.close()
 
@@ -362,10 +363,10 @@ def test_retries_injected_server_errors_then_succeeds(
     assert [h.status for h in server.hits("a")] == [500, 503, 429, 206]
 
 
-def test_past_retry_budget_fails_quickly_with_eio(server: ByteServer, counters: Counters) -> None:
+def test_past_retry_budget_fails_quickly_with_eio(server: ByteServer, counters: Counters, http_client: str) -> None:
     server.add("a", b"x" * 1000)
     server.inject(*([500] * 1000))
-    fetcher = HttpFetcher(counters=counters, retry_budget_s=0.3, backoff_base_s=0.01, backoff_cap_s=0.05)
+    fetcher = HttpFetcher(http_client, counters=counters, retry_budget_s=0.3, backoff_base_s=0.01, backoff_cap_s=0.05)
     started = time.monotonic()
     try:
         with pytest.raises(RemoteIOError) as info:
