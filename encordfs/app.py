@@ -18,7 +18,7 @@ from encordfs.core.blockcache import DiskBlockCache, MemoryBlockCache, TieredBlo
 from encordfs.core.catalog import Catalog
 from encordfs.core.counters import Counters
 from encordfs.core.fetch import HttpFetcher
-from encordfs.core.fs import EncordFS, Options
+from encordfs.core.fs import INVALIDATE_INODE, EncordFS, Options
 from encordfs.core.reader import ReadPipeline
 from encordfs.core.urls import SignedUrlCache
 from encordfs.core.writes import WriteQueue
@@ -102,9 +102,12 @@ def build(backend: Backend, settings: Settings) -> Mount:
         reader = ReadPipeline(fetcher, cache, counters)
         closers.append(reader.close)
         writes = None
+        built: list[EncordFS] = []  # the fs, once it exists: landed writes are announced to its binding
         if not settings.read_only:
             writes = WriteQueue.open(
-                cache_dir / "journal.sqlite", backend.push, on_landed=lambda outcomes: _landed(catalog, outcomes)
+                cache_dir / "journal.sqlite",
+                backend.push,
+                on_landed=lambda outcomes: _landed(catalog, outcomes, built[0] if built else None),
             )
             closers.append(lambda: _close_writes(writes, settings.unmount_flush_timeout_s))
         options = Options(
@@ -124,6 +127,7 @@ def build(backend: Backend, settings: Settings) -> Mount:
             writes=writes,
             status_extra=lambda: {"counters": counters.snapshot(), "cache_dir": str(cache_dir)},
         )
+        built.append(fs)
         closers.append(fs.close)
     except BaseException:
         for close in reversed(closers):
@@ -133,10 +137,15 @@ def build(backend: Backend, settings: Settings) -> Mount:
     return Mount(fs, counters, cache_dir, closers)
 
 
-def _landed(catalog: Catalog, outcomes: list) -> None:  # type: ignore[type-arg]
+def _landed(catalog: Catalog, outcomes: list, fs: EncordFS | None = None) -> None:  # type: ignore[type-arg]
+    touched: list[tuple[int, int]] | None = [] if fs is not None and fs.on_invalidate is not None else None
     catalog.set_rows_state(
-        [(o.row_uid, dict(o.metadata) if o.metadata is not None else None, o.title) for o in outcomes if o.ok]
+        [(o.row_uid, dict(o.metadata) if o.metadata is not None else None, o.title) for o in outcomes if o.ok],
+        touched,
     )
+    for parent, ino in touched or ():
+        assert fs is not None
+        fs.invalidate(INVALIDATE_INODE, parent, ino)
 
 
 def _close_writes(writes: WriteQueue, timeout_s: float) -> None:

@@ -122,6 +122,8 @@ CONFIG_OPTIONS = (
     "log_format",
     "verbose",
     "metrics_port",
+    "binding",
+    "passthrough",
 )
 
 
@@ -164,7 +166,14 @@ def _serve(args: argparse.Namespace, mountpoint: Path) -> int:
         # Kernel attribute and entry timeouts follow the metadata TTL: the kernel asks again exactly
         # when the catalog would reload. Negative lookups: 5 s, so new rows appear quickly.
         timeouts = bindings.Timeouts(attr_s=settings.metadata_ttl_s, entry_s=settings.metadata_ttl_s)
-        fuse.run(mount.fs, str(mountpoint), timeouts=timeouts, read_only=args.read_only, allow_other=args.allow_other)
+        fuse.run(
+            mount.fs,
+            str(mountpoint),
+            timeouts=timeouts,
+            read_only=args.read_only,
+            allow_other=args.allow_other,
+            passthrough=getattr(args, "passthrough", True) is not False,
+        )
     finally:
         if metrics_server is not None:
             metrics_server.shutdown()
@@ -192,6 +201,8 @@ def _mount_argv(args: argparse.Namespace, mountpoint: Path) -> list[str]:
     for flag in ("read_only", "allow_other", "include_org_access"):
         if getattr(args, flag, False):
             argv.append("--" + flag.replace("_", "-"))
+    if getattr(args, "passthrough", None) is False:
+        argv.append("--no-passthrough")
     for option in (
         "metadata_ttl",
         "cache_size",
@@ -580,7 +591,14 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
         "--binding",
         choices=("kernel", "mfusepy"),
         default=None,
-        help="FUSE binding: mfusepy (default; libfuse 3) or kernel (speaks /dev/fuse itself, passthrough)",
+        help="FUSE binding: mfusepy (default; libfuse 3) or kernel (speaks /dev/fuse itself, passthrough); $ENCORDFS_BINDING",
+    )
+    p.add_argument(
+        "--no-passthrough",
+        dest="passthrough",
+        action="store_false",
+        default=None,
+        help="kernel binding: serve every read in the mount process, never through kernel passthrough",
     )
 
 

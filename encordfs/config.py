@@ -54,6 +54,10 @@ class MountConfig(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     verbose: int = 0
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    # FUSE binding (None: the default, mfusepy); ENCORDFS_BINDING=kernel runs every mount on the kernel one.
+    binding: Literal["kernel", "mfusepy"] | None = None
+    # Kernel passthrough reads of cached files (kernel binding, where the kernel allows it).
+    passthrough: bool = True
 
     @field_validator("file_mode", "dir_mode", mode="before")
     @classmethod
