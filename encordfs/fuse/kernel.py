@@ -532,13 +532,20 @@ class _Session:
         if granted & abi.PASSTHROUGH:
             self.passthrough = _Passthrough(self.fd)
         missing = [name for bit, name in abi.INIT_FLAG_NAMES.items() if wanted & bit and not granted & bit]
-        level = logging.INFO if missing else logging.DEBUG
-        log.log(
-            level,
-            "FUSE protocol 7.%d (kernel 7.%d)%s",
+        log.info(
+            "kernel binding: FUSE protocol 7.%d (kernel 7.%d), passthrough %s%s",
             self.minor,
             minor,
+            "offered" if granted & abi.PASSTHROUGH else "off",
             f"; not offered, served without: {', '.join(missing)}" if missing else "",
+        )
+        log.debug(
+            "INIT: kernel offered flags %#x; granted %s; max_readahead %d, max_pages %d, %d workers",
+            flags,
+            ", ".join(name for bit, name in abi.INIT_FLAG_NAMES.items() if granted & bit),
+            max_readahead,
+            MAX_PAGES if granted & abi.MAX_PAGES else 32,
+            WORKERS,
         )
         self._write_init(unique, abi.KERNEL_MAJOR, self.minor, max_readahead, granted)
         return True

@@ -1,0 +1,284 @@
+"""What only the kernel binding does: invalidations that keep long kernel TTLs truthful, kernel
+passthrough, the fusermount3 mount, and answers to requests it cannot serve.
+
+The refresh test runs a real mount process against the emulator. The passthrough tests serve an
+in-memory core from a thread of this process (``kernel.run`` on a real ``/dev/fuse`` mount), with a
+tiny wrapper whose ``open`` names a local backing file, so they can count the READs that reach Python.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import errno
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from encordfs import errors
+from encordfs.backend import DatasetRecord, RowRecord
+from encordfs.backend.memory import MemoryBackend
+from encordfs.core.blockcache import MemoryBlockCache
+from encordfs.core.catalog import ROOT_INO, Catalog
+from encordfs.core.fs import CONTROL_INO, EncordFS, OpenFile, Options
+from encordfs.core.reader import ReadPipeline
+from encordfs.core.urls import SignedUrlCache
+from encordfs.fuse import Timeouts, kernel
+from encordfs.mountpoint import mounted_at, wait_mounted
+from tests.support.emulator import RunningEmulator
+from tests.support.mount import temporary_mount
+
+if not os.path.exists("/dev/fuse"):  # pragma: no cover
+    pytest.skip("no /dev/fuse", allow_module_level=True)
+
+
+# -- invalidations through a real mount ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[RunningEmulator]:
+    with RunningEmulator(["--generate", "warm:6:1000"]) as emu:
+        yield emu
+
+
+def _refresh(path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "encordfs", "refresh", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_refresh_reaches_a_warm_kernel_cache_at_once(emulator: RunningEmulator) -> None:
+    """With hour-long kernel TTLs, ``encordfs refresh`` still shows a row renamed on the server (new
+    name, old name gone) and a row replaced by one of another size, at once: the binding told the
+    kernel which names and attributes went stale."""
+    with temporary_mount(
+        emulator.domain, emulator.key_file, "--binding", "kernel", "--metadata-ttl", "3600", prefix="encordfs-inval-"
+    ) as m:
+        folder = m.path / "warm"
+        names = sorted(os.listdir(folder))
+        renamed, replaced = folder / names[0], folder / names[1]
+        new_name = "renamed-on-the-server.jpg"
+        before = {p: p.stat() for p in (renamed, replaced)}
+        old_bytes = replaced.read_bytes()  # in the page cache too
+        assert not (folder / new_name).exists()  # a negative entry, cached
+        item = os.getxattr(renamed, "user.encord.backing_item_uuid").decode()
+        title = os.getxattr(replaced, "user.encord.title").decode()
+        new_bytes = b"\xff\xd8 replaced " * 300
+
+        emulator.client().get_storage_item(item).update(name=new_name)
+        emulator.delete_row(os.getxattr(replaced, "user.encord.uid").decode())
+        emulator.add_row("warm", title, new_bytes)
+        # Within the TTL the kernel answers from its caches: nothing changed yet.
+        assert renamed.exists() and not (folder / new_name).exists()
+        assert replaced.stat().st_size == before[replaced].st_size == len(old_bytes)
+
+        _refresh(folder)
+        assert not renamed.exists()
+        assert (folder / new_name).stat().st_ino == before[renamed].st_ino
+        assert replaced.stat().st_size == len(new_bytes)
+        assert replaced.read_bytes() == new_bytes
+        assert sorted(os.listdir(folder)) == sorted([new_name] + names[1:])
+
+
+# -- passthrough, in this process --------------------------------------------------------------------
+
+
+def _row(uid: str, title: str, data: bytes) -> RowRecord:
+    return RowRecord(
+        uid=uid,
+        dataset_uid="ds1",
+        title=title,
+        data_type="IMAGE",
+        created_at=1.0e9,
+        last_edited_at=1.5e9,
+        width=4,
+        height=3,
+        frames_per_second=None,
+        duration=None,
+        file_link=f"link/{uid}",
+        file_size=len(data),
+        file_type="image/jpeg",
+        storage_location=0,
+        backing_item_uuid=f"item-{uid}",
+        is_image_sequence=None,
+        client_metadata=None,
+    )
+
+
+CONTENT = {"a.jpg": b"\xff\xd8 alpha " * 5000, "b.jpg": b"\xff\xd8 bravo " * 3000, "c.jpg": b"\xff\xd8 charlie " * 7}
+
+
+class MemoryFetcher:
+    """The reader's range fetcher over MemoryBackend's mem:// URLs."""
+
+    def __init__(self, backend: MemoryBackend) -> None:
+        self.backend = backend
+
+    def fetch_into(self, url_source: Callable[[bool], str], start: int, out: memoryview) -> None:
+        data = self.backend.fetch(url_source(False), start, start + len(out))
+        if len(data) != len(out):
+            raise errors.RemoteIOError("short read")
+        out[:] = data
+
+
+class Served:
+    """An in-memory core mounted by ``kernel.run`` on a thread of this process. ``backing`` maps a
+    file name to the local file its opens name (the stand-in for the block cache's copy)."""
+
+    def __init__(self, fs: EncordFS, path: Path, backing: dict[str, Path]) -> None:
+        self.fs = fs
+        self.path = path
+        self.backing = backing
+        self.reads = 0
+        self.error: BaseException | None = None
+        self.thread: threading.Thread | None = None
+
+    def status(self) -> dict[str, Any]:
+        return self.fs.status()["passthrough"]  # type: ignore[no-any-return]
+
+
+def _wrap(fs: EncordFS, served: Served) -> None:
+    open_, read = fs.open, fs.read
+
+    def opened(ino: int, writable: bool) -> OpenFile:
+        result = open_(ino, writable)
+        local = served.backing.get(fs.node(ino).name) if ino < CONTROL_INO else None
+        return dataclasses.replace(result, backing=str(local) if local else None)
+
+    def counted(fh: int, offset: int, length: int) -> Any:
+        served.reads += 1
+        return read(fh, offset, length)
+
+    fs.open, fs.read = opened, counted  # type: ignore[method-assign]
+
+
+@pytest.fixture()
+def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
+    started: list[tuple[Served, Any]] = []
+
+    def start(*, passthrough: bool = True, backing: bool = True) -> Served:
+        backend = MemoryBackend()
+        backend.add_dataset(DatasetRecord("ds1", "street", "d", 1e9, 1e9, 0, "folder1", "admin"))
+        local: dict[str, Path] = {}
+        for i, (name, data) in enumerate(CONTENT.items()):
+            backend.add_row(_row(f"r{i}", name, data), data)
+            if backing and name != "c.jpg":  # c.jpg: the core has no local copy to offer
+                local[name] = tmp_path / f"backing-{name}"
+                local[name].write_bytes(data)
+        catalog = Catalog(tmp_path / "catalog.sqlite")
+        reader = ReadPipeline(MemoryFetcher(backend), MemoryBlockCache(64 << 20))
+        fs = EncordFS(backend, catalog, reader, SignedUrlCache(backend.sign), Options(uid=0, gid=0))
+        fs.refresh(ROOT_INO)
+        path = tmp_path / "mnt"
+        path.mkdir()
+        served = Served(fs, path, local)
+        _wrap(fs, served)
+
+        def run() -> None:
+            try:
+                kernel.run(fs, str(path), timeouts=Timeouts(60, 60), read_only=True, passthrough=passthrough)
+            except BaseException as exc:  # surfaced by the test
+                served.error = exc
+
+        served.thread = threading.Thread(target=run, daemon=True)
+        served.thread.start()
+        assert wait_mounted(path, 10, served.thread.is_alive), served.error
+        started.append((served, [fs.close, reader.close, catalog.close]))
+        return served
+
+    yield start
+    for served, closers in started:
+        if mounted_at(served.path):
+            subprocess.run(["fusermount3", "-u", "-z", str(served.path)], capture_output=True)
+        assert served.thread is not None
+        served.thread.join(15)
+        assert not served.thread.is_alive()
+        for close in closers:
+            close()
+
+
+def _read(path: Path) -> bytes:
+    with open(path, "rb", buffering=0) as f:
+        return f.read()
+
+
+def test_passthrough_reads_never_reach_python(serve: Callable[..., Served]) -> None:
+    served = serve()
+    folder = served.path / "street"
+    assert _read(folder / "a.jpg") == CONTENT["a.jpg"]
+    assert served.reads == 0
+    assert served.status() == {"enabled": True, "opens": 1, "backing_ids": 1}
+    # every opener of an inode with a passthrough handle open is passthrough too (one backing id)
+    with open(folder / "a.jpg", "rb", buffering=0) as first, open(folder / "a.jpg", "rb", buffering=0) as second:
+        assert first.read(100) == CONTENT["a.jpg"][:100]
+        second.seek(40_000)
+        assert second.read(10) == CONTENT["a.jpg"][40_000:40_010]
+    assert _read(folder / "b.jpg") == CONTENT["b.jpg"]
+    assert served.reads == 0
+    assert served.status() == {"enabled": True, "opens": 4, "backing_ids": 2}
+    # no backing file from the core: served by this process, as without passthrough
+    assert _read(folder / "c.jpg") == CONTENT["c.jpg"]
+    assert served.reads > 0
+    assert served.status()["opens"] == 4
+
+
+def test_passthrough_id_lives_until_the_kernel_forgets_the_inode(serve: Callable[..., Served]) -> None:
+    served = serve()
+    target = served.path / "street" / "a.jpg"
+    for _ in range(3):
+        assert _read(target) == CONTENT["a.jpg"]
+    assert served.status() == {"enabled": True, "opens": 3, "backing_ids": 1}  # reused, not re-registered
+    # drop the kernel's dentries and inodes: FORGET brings the lookup count to 0, the id is closed
+    deadline = time.monotonic() + 10
+    while served.status()["backing_ids"] and time.monotonic() < deadline:
+        Path("/proc/sys/vm/drop_caches").write_text("2")
+        time.sleep(0.1)
+    assert served.status()["backing_ids"] == 0
+    assert _read(target) == CONTENT["a.jpg"] and served.reads == 0
+
+
+def test_no_passthrough_option_serves_every_read(serve: Callable[..., Served]) -> None:
+    served = serve(passthrough=False)
+    assert _read(served.path / "street" / "a.jpg") == CONTENT["a.jpg"]
+    assert served.reads > 0
+    assert served.status() == {"enabled": False, "opens": 0, "backing_ids": 0}
+
+
+def _xattr_call(func: str, path: Path, size: int, name: str | None = None) -> tuple[int, int]:
+    """(result, errno) of libc getxattr/listxattr with a ``size``-byte buffer (0: the size probe)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(max(size, 1))
+    args: list[Any] = [os.fsencode(path)] + ([name.encode()] if name is not None else []) + [buf, ctypes.c_size_t(size)]
+    result = getattr(libc, func)(*args)
+    return result, ctypes.get_errno() if result < 0 else 0
+
+
+def test_xattr_size_protocol_and_refusals(serve: Callable[..., Served]) -> None:
+    served = serve(backing=False)
+    folder = served.path / "street"
+    target = folder / "a.jpg"
+    assert _read(target) == CONTENT["a.jpg"]
+    assert _xattr_call("getxattr", target, 0, "user.encord.title") == (len(b"a.jpg"), 0)
+    assert _xattr_call("getxattr", target, 2, "user.encord.title") == (-1, errno.ERANGE)
+    needed, _ = _xattr_call("listxattr", target, 0)
+    assert needed == len(b"".join(n.encode() + b"\0" for n in os.listxattr(target)))
+    assert _xattr_call("listxattr", target, 3) == (-1, errno.ERANGE)
+    with pytest.raises(OSError) as info:
+        os.getxattr(target, "user.encord.no_such_field")
+    assert info.value.errno == errno.ENODATA
+    with pytest.raises(OSError) as info:
+        os.getxattr(target, "security.selinux")
+    assert info.value.errno == errno.ENOTSUP
+    with pytest.raises(OSError) as info:
+        os.mkdir(folder / "new")
+    assert info.value.errno == errno.EROFS
+    assert os.statvfs(served.path).f_namemax == 255
+    assert served.error is None
