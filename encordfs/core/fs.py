@@ -30,6 +30,7 @@ Seams for a binding (both optional, ``None`` by default; the mfusepy binding use
   listener must not block on the kernel (queue the notification, write it from another thread).
   First loads announce nothing (no kernel can have cached what was never listed).
 - ``binding_status()`` returns a dict merged into ``status()`` (e.g. passthrough counters).
+- ``would_wait(folder)`` tells a binding which lookups and listings may wait for Encord.
 """
 
 from __future__ import annotations
@@ -395,6 +396,14 @@ class EncordFS:
         if ino != ROOT_INO:
             self.paths.put(path, ino, parent, version)
         return ino
+
+    def would_wait(self, folder: int) -> bool:
+        """Whether a lookup or listing in ``folder`` may wait for Encord now (it was never loaded; a
+        stale folder is served as it is while it refreshes in the background). Bindings serve such
+        requests where a slow answer holds up no other."""
+        if folder >= CONTROL_INO:
+            return False
+        return self.catalog.loaded_at(folder) is None
 
     def readdir(self, ino: int, after_ino: int = 0) -> Iterator[tuple[str, Attr]]:
         """Children with their attributes, in inode order, from the first inode above ``after_ino``

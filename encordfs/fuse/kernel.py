@@ -33,18 +33,22 @@ Errors are mapped in one place (``_Session._serve``): ``errors.FsError`` → its
 ``log_level``; a request that cannot be parsed → ``EIO``, logged; any other exception → ``EIO``,
 logged once with its traceback. Every request that expects an answer gets one, whatever happened.
 
-Threads: ``WORKERS`` workers, each reading requests on its own clone of the session fd
-(``FUSE_DEV_IOC_CLONE``; the shared fd when cloning is refused, e.g. without access to
-``/dev/fuse``) into a preallocated buffer and answering on the fd the request came from, with
-``os.write``/``os.writev`` (a READ's bytes, a view of a cached block included, go out without a
-copy). One notifier thread writes invalidations: they must never be written while serving a request
+Threads: ``WORKERS`` workers, each with its own clone of the session fd (``FUSE_DEV_IOC_CLONE``;
+the shared fd when cloning is refused, e.g. without access to ``/dev/fuse``) and preallocated
+buffers, answering on the fd the request came from with ``os.write``/``os.writev`` (a READ's bytes, a
+view of a cached block included, go out without a copy). Leader/follower (``_Session._loop``): one
+worker reads and serves inline whatever cannot wait (lookups, attributes, listings of loaded
+folders, opens, xattr reads: answered from SQLite or memory); before a request that may wait (a
+READ, a journaled change, fsync, a folder never loaded) it hands reading to a parked worker. Every
+request handed to another thread cost a wakeup and two GIL transfers, which doubled the CPU of a
+small request. One notifier thread writes invalidations: they must never be written while serving a request
 (the kernel takes the folder's lock for an entry invalidation, which the very request being served
 may hold: a ``setfattr`` refresh holds the folder's), so ``EncordFS.on_invalidate`` only queues them.
 The main thread waits for a signal (SIGTERM, SIGINT, SIGHUP: unmount, then exit) or for the kernel to
 end the connection (``fusermount3 -u``, ``umount``: the workers read ENODEV).
 
-Lock order: ``_Passthrough._lock`` is a leaf (the backing ioctls are made under it); nothing else here
-takes a lock. One process: measured, a second process would not pay while the core's catalog and
+Lock order: ``_Session._lead`` (held while reading and serving inline, never while parked on
+another lock of this module) → ``_Passthrough._lock`` (a leaf; the backing ioctls are made under it). One process: measured, a second process would not pay while the core's catalog and
 caches live in this one (see ``benchmarks/op_costs.py``).
 
 Passthrough (protocol 7.40+, root): when the core's ``open`` names a ``backing`` file, the binding
@@ -111,6 +115,11 @@ WANTED = (
     | abi.SETXATTR_EXT
     | abi.INIT_EXT
 )
+# Requests that may wait (see ``_Session._may_wait``); everything else is answered from SQLite or
+# memory in microseconds and is served by the reading worker itself.
+SLOW_OPS = frozenset({Op.READ, Op.SETXATTR, Op.REMOVEXATTR, Op.RENAME, Op.RENAME2, Op.FSYNC})
+FOLDER_OPS = frozenset({Op.LOOKUP, Op.READDIR, Op.READDIRPLUS})
+_HEAD = struct.Struct("=IIQQ")  # the in header's len, opcode, unique, nodeid
 DT_SHIFT = 12  # dirent type = (st_mode & S_IFMT) >> 12
 READ_ONLY_OPS = (Op.WRITE, Op.CREATE, Op.MKNOD, Op.MKDIR, Op.SYMLINK, Op.LINK, Op.UNLINK, Op.RMDIR)
 MS_RDONLY, MS_NOSUID, MS_NODEV = 1, 2, 4
@@ -493,6 +502,7 @@ class _Session:
         self.finished = threading.Event()
         self._alive = 0
         self._alive_lock = threading.Lock()
+        self._lead = threading.Lock()  # held by the one worker reading requests (see ``_loop``)
         self._handlers: dict[int, Handler] = {}
 
     # -- INIT ------------------------------------------------------------------------------------------
@@ -623,6 +633,13 @@ class _Session:
         }
 
     def _loop(self, w: _Worker) -> None:
+        """Leader/follower: the worker holding ``_lead`` reads the next request and serves it inline
+        when it cannot wait on anything slow, so a stream of lookups, getattrs and listings costs no
+        thread switch at all (handing every request to another thread doubled the CPU per request:
+        a wakeup and two GIL transfers each). Before a request that may wait (``_may_wait``) it hands
+        reading to a parked worker and serves it on its own; then it parks until it leads again."""
+        lead = self._lead
+        lead.acquire()
         try:
             while True:
                 try:
@@ -632,16 +649,35 @@ class _Session:
                         continue  # ENOENT: the request was interrupted before we read it
                     if exc.errno != errno.ENODEV:  # ENODEV: unmounted, the connection is over
                         log.error("reading /dev/fuse failed: %s", exc.strerror)
-                    return
-                try:
-                    self._serve(w, n)
-                except Exception:  # a failure to answer must not end the worker
-                    log.exception("FUSE worker error")
+                    return  # the next leader reads ENODEV too, and so on
+                if n >= abi.IN_HEADER.size and self._may_wait(w.buf):
+                    lead.release()
+                    try:
+                        self._serve_safely(w, n)
+                    finally:
+                        lead.acquire()
+                else:
+                    self._serve_safely(w, n)
         finally:
+            lead.release()
             with self._alive_lock:
                 self._alive -= 1
                 if self._alive == 0:
                     self.finished.set()
+
+    def _may_wait(self, buf: bytearray) -> bool:
+        """Whether a request may wait for the network, the disk or another request: reads (bytes may
+        have to be fetched), journaled changes, fsync, and names or listings of a folder never loaded."""
+        _, opcode, _, nodeid = _HEAD.unpack_from(buf)
+        if opcode in SLOW_OPS:
+            return True
+        return opcode in FOLDER_OPS and self.fs.would_wait(nodeid)
+
+    def _serve_safely(self, w: _Worker, n: int) -> None:
+        try:
+            self._serve(w, n)
+        except Exception:  # a failure to answer must not end the worker
+            log.exception("FUSE worker error")
 
     def _serve(self, w: _Worker, n: int) -> None:
         """One request: the one place where errors become errnos."""
