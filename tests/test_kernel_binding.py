@@ -161,10 +161,18 @@ def _wrap(fs: EncordFS, served: Served) -> None:
 
 
 @pytest.fixture()
-def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
+def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Served]]:
     started: list[tuple[Served, Any]] = []
 
-    def start(*, passthrough: bool = True, backing: bool = True) -> Served:
+    def start(*, passthrough: bool = True, backing: bool = True, fusermount: bool = False) -> Served:
+        if fusermount:  # the unprivileged path, taken by root here
+            monkeypatch.setattr(
+                kernel,
+                "_mount",
+                lambda path, *, read_only, allow_other: kernel._mount_with_fusermount(
+                    path, read_only=read_only, extra=[]
+                ),
+            )
         backend = MemoryBackend()
         backend.add_dataset(DatasetRecord("ds1", "street", "d", 1e9, 1e9, 0, "folder1", "admin"))
         local: dict[str, Path] = {}
@@ -282,3 +290,40 @@ def test_xattr_size_protocol_and_refusals(serve: Callable[..., Served]) -> None:
     assert info.value.errno == errno.EROFS
     assert os.statvfs(served.path).f_namemax == 255
     assert served.error is None
+
+
+def _in_proc_mounts(path: Path) -> str | None:
+    """The type mounted at ``path`` from /proc/mounts, without touching the mount (it may not serve)."""
+    for line in Path("/proc/mounts").read_text().splitlines():
+        fields = line.split()
+        if fields[1] == str(path):
+            return fields[2]
+    return None
+
+
+def test_fusermount3_mount_serves(serve: Callable[..., Served]) -> None:
+    served = serve(fusermount=True)
+    assert _in_proc_mounts(served.path) == "fuse.encordfs"
+    assert _read(served.path / "street" / "b.jpg") == CONTENT["b.jpg"]
+    subprocess.run(["fusermount3", "-u", str(served.path)], check=True)
+    assert served.thread is not None
+    served.thread.join(15)
+    assert not served.thread.is_alive() and served.error is None
+
+
+def test_fusermount3_mount_goes_when_its_process_dies(tmp_path: Path) -> None:
+    """auto_unmount: when the mount process's fds close (it was killed), fusermount3 unmounts."""
+    path = tmp_path / "mnt"
+    path.mkdir()
+    mounted = kernel._mount_with_fusermount(str(path), read_only=True, extra=[])
+    try:
+        assert _in_proc_mounts(path) == "fuse.encordfs"
+    finally:
+        os.close(mounted.fd)  # what the kernel does for a killed process
+        assert mounted.watch is not None and mounted.fusermount is not None
+        mounted.watch.close()
+    deadline = time.monotonic() + 10
+    while _in_proc_mounts(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _in_proc_mounts(path) is None
+    assert mounted.fusermount.wait(10) == 0

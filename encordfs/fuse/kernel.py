@@ -883,10 +883,10 @@ class _Session:
     def _opendir(w: _Worker, unique: int, nodeid: int, arg: memoryview) -> bytes:
         return abi.OPEN_REPLY.pack(abi.OPEN_REPLY.size, 0, unique, 0, 0, 0)
 
-    def _readdir(self, w: _Worker, unique: int, nodeid: int, arg: memoryview) -> bytes | None:
+    def _readdir(self, w: _Worker, unique: int, nodeid: int, arg: memoryview) -> memoryview | None:
         return self._list(w, unique, nodeid, arg, plus=False)
 
-    def _readdirplus(self, w: _Worker, unique: int, nodeid: int, arg: memoryview) -> bytes | None:
+    def _readdirplus(self, w: _Worker, unique: int, nodeid: int, arg: memoryview) -> memoryview | None:
         return self._list(w, unique, nodeid, arg, plus=True)
 
     def _list(self, w: _Worker, unique: int, nodeid: int, arg: memoryview, *, plus: bool) -> memoryview | None:
@@ -1056,8 +1056,8 @@ def run(
             session.stop()
             mounted.close()
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _wait(session: _Session, mounted: _Mount, signalled: threading.Event) -> None:
