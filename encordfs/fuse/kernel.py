@@ -676,8 +676,10 @@ class _Session:
     def _serve_safely(self, w: _Worker, n: int) -> None:
         try:
             self._serve(w, n)
-        except Exception:  # a failure to answer must not end the worker
+        except Exception:  # a failure to answer must neither end the worker nor leave the kernel waiting
             log.exception("FUSE worker error")
+            if n >= abi.IN_HEADER.size:  # (a second answer to a request is refused by the kernel: harmless)
+                self._send(w, abi.OUT_HEADER.pack(abi.OUT_HEADER.size, -errno.EIO, _HEAD.unpack_from(w.buf)[2]))
 
     def _serve(self, w: _Worker, n: int) -> None:
         """One request: the one place where errors become errnos."""
