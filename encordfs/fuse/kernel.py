@@ -54,8 +54,9 @@ caches live in this one (see ``benchmarks/op_costs.py``).
 Passthrough (protocol 7.40+, root): when the core's ``open`` names a ``backing`` file, the binding
 registers it (``FUSE_DEV_IOC_BACKING_OPEN``) and answers ``FOPEN_PASSTHROUGH`` with its id; the
 kernel then reads that file itself and no READ reaches Python. One backing id per inode, reused by
-later opens, closed when the kernel forgets the inode and no handle uses it, when the content
-changed and no handle uses it, or at the end. Per inode, not per open: while a passthrough handle is
+later opens, closed when the kernel forgets the inode (FORGET brings the lookups counted for it to 0)
+and no handle uses it, when the content changed and no handle uses it, or at the end. Lookups are
+counted only for inodes that have such a state, so memory does not grow with what the kernel lists. Per inode, not per open: while a passthrough handle is
 open every open is passthrough with that id, while a cached handle is open none is (the kernel fails
 either mix with EIO), and ``FOPEN_KEEP_CACHE`` is never combined with it.
 """
@@ -276,19 +277,26 @@ def _mount_with_fusermount(mountpoint: str, *, read_only: bool, extra: list[str]
 
 
 class _Backed:
-    """One inode's passthrough state: its backing id (0: none) and the handles open on it."""
+    """One inode's passthrough state: its backing id (0: none), the handles open on it and the kernel's
+    lookups of it since the state was made (the kernel held at least one then: it opened the inode)."""
 
-    __slots__ = ("backing_id", "path", "passthrough_handles", "cached_handles")
+    __slots__ = ("backing_id", "path", "passthrough_handles", "cached_handles", "lookups")
 
     def __init__(self) -> None:
         self.backing_id = 0
         self.path: str | None = None
         self.passthrough_handles = 0
         self.cached_handles = 0
+        self.lookups = 1
 
 
 class _Passthrough:
-    """Backing ids per inode (see the module docstring) and the lookup counts that bound their life.
+    """Backing ids per inode (see the module docstring), their handles and lookup counts.
+
+    Only inodes opened while passthrough is on have a state, so nothing here grows with what the
+    kernel has listed. A count that started at 1 may be lower than the kernel's: an id is then
+    closed early (a FORGET after an error path), which costs a registration at the next open, never
+    a wrong answer: the per-inode rule depends on open handles only, and those are exact.
 
     Lock: ``_lock``, a leaf; the BACKING_OPEN/CLOSE ioctls are made under it (a few microseconds).
     """
@@ -296,29 +304,30 @@ class _Passthrough:
     def __init__(self, fd: int) -> None:
         self._fd = fd
         self._lock = threading.Lock()
-        self._lookups: dict[int, int] = {}
         self._inodes: dict[int, _Backed] = {}
         self._handles: dict[int, tuple[int, bool]] = {}  # fh -> (inode, passthrough?)
         self.usable = True
         self.opens = 0
 
-    def looked_up(self, inos: list[int], delta: int = 1) -> None:
-        """The kernel now holds ``delta`` more lookups of each inode (negative: a reply that never arrived)."""
-        with self._lock:
-            for ino in inos:
-                self._forget_locked(ino, -delta)
+    def looked_up(self, inos: list[int], delta: int = 1) -> list[int]:
+        """The kernel now holds ``delta`` more lookups of each inode (negative: a reply that never
+        arrived). Returns the inodes counted (those with a state), to undo with ``-delta``."""
+        tracked = [ino for ino in inos if ino in self._inodes]  # a racing open only lowers a count
+        if tracked:
+            with self._lock:
+                for ino in tracked:
+                    if (state := self._inodes.get(ino)) is not None:
+                        state.lookups += delta
+        return tracked
 
     def forget(self, ino: int, count: int) -> None:
-        with self._lock:
-            self._forget_locked(ino, count)
-
-    def _forget_locked(self, ino: int, count: int) -> None:
-        left = self._lookups.get(ino, 0) - count
-        if left > 0:
-            self._lookups[ino] = left
+        if ino not in self._inodes:
             return
-        self._lookups.pop(ino, None)
-        self._drop_if_idle_locked(ino)
+        with self._lock:
+            state = self._inodes.get(ino)
+            if state is not None:
+                state.lookups -= count
+                self._drop_if_unused_locked(ino, state)
 
     def open(self, ino: int, fh: int, backing: str | None) -> int:
         """Record an open of a regular file; the backing id to answer with (0: serve reads here)."""
@@ -353,8 +362,7 @@ class _Passthrough:
                 state.passthrough_handles -= 1
             else:
                 state.cached_handles -= 1
-            if ino not in self._lookups:
-                self._drop_if_idle_locked(ino)
+            self._drop_if_unused_locked(ino, state)
 
     def content_changed(self, ino: int) -> None:
         """The bytes changed: the next open registers the new backing file (once no handle uses the old)."""
@@ -362,7 +370,7 @@ class _Passthrough:
             state = self._inodes.get(ino)
             if state is not None and state.passthrough_handles == 0:
                 self._close_locked(state)
-                self._drop_if_idle_locked(ino)
+                self._drop_if_unused_locked(ino, state)
 
     def close_all(self) -> None:
         with self._lock:
@@ -371,13 +379,17 @@ class _Passthrough:
             self._inodes.clear()
 
     def status(self) -> dict[str, int]:
-        return {"opens": self.opens, "backing_ids": sum(1 for s in self._inodes.values() if s.backing_id)}
+        return {"opens": self.opens, "backing_ids": sum(1 for s in list(self._inodes.values()) if s.backing_id)}
 
-    def _drop_if_idle_locked(self, ino: int) -> None:
-        state = self._inodes.get(ino)
-        if state is not None and state.passthrough_handles == 0 and state.cached_handles == 0:
-            self._close_locked(state)
-            del self._inodes[ino]
+    def _drop_if_unused_locked(self, ino: int, state: _Backed) -> None:
+        """Forget an inode's state once no handle is open and either it holds no backing id or the
+        kernel forgot the inode."""
+        if state.passthrough_handles or state.cached_handles:
+            return
+        if state.backing_id and state.lookups > 0:
+            return  # kept for the next open
+        self._close_locked(state)
+        del self._inodes[ino]
 
     def _register_locked(self, path: str) -> int:
         try:
@@ -789,9 +801,9 @@ class _Session:
         pt = self.passthrough
         if pt is None:
             return reply
-        pt.looked_up([ino])  # counted before the kernel can forget it; undone if the reply is lost
-        if not self._send(w, reply):
-            pt.looked_up([ino], -1)
+        counted = pt.looked_up([ino])  # before the kernel can forget it; undone if the reply is lost
+        if not self._send(w, reply) and counted:
+            pt.looked_up(counted, -1)
         return None
 
     def _forget(self, w: _Worker, unique: int, nodeid: int, arg: memoryview) -> None:
@@ -956,9 +968,9 @@ class _Session:
         pt = self.passthrough
         if pt is None or not linked:
             return reply
-        pt.looked_up(linked)  # the kernel links every entry it is given (ignoring "." and "..")
-        if not self._send(w, reply):
-            pt.looked_up(linked, -1)
+        counted = pt.looked_up(linked)  # the kernel links every entry it is given (ignoring "." and "..")
+        if not self._send(w, reply) and counted:
+            pt.looked_up(counted, -1)
         return None
 
     # -- extended attributes ---------------------------------------------------------------------------
