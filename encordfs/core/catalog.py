@@ -328,6 +328,14 @@ class Catalog:
         )
         return None if row is None else int(row[0])
 
+    def lookup_stat(self, parent: int, name: str) -> tuple[int, Kind, int, float] | None:
+        """(ino, kind, size, mtime) of a child by name: ``lookup_ino`` and ``stat_fields`` in one query."""
+        row = self._one(
+            "SELECT ino, kind, size, mtime FROM nodes WHERE parent=? AND name_key=? AND name=?",
+            (parent, names.name_key(name), name),
+        )
+        return None if row is None else (int(row[0]), Kind(row[1]), int(row[2]), float(row[3]))
+
     def stat_fields(self, ino: int) -> tuple[Kind, int, float] | None:
         """(kind, size, mtime) of a node: what ``getattr`` needs, without the xattr columns."""
         row = self._one("SELECT kind, size, mtime FROM nodes WHERE ino=?", (ino,))

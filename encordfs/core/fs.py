@@ -376,6 +376,16 @@ class EncordFS:
             raise errors.NotFound(name)
         return ino
 
+    def lookup_attr(self, parent: int, name: str) -> Attr:
+        """``getattr(lookup_ino(parent, name))`` with one catalog query (an inode-based LOOKUP)."""
+        if parent >= CONTROL_INO or (parent == ROOT_INO and name == CONTROL_NAME):
+            return self.getattr(self.lookup_ino(parent, name))
+        self._ensure_loaded(parent)
+        found = self.catalog.lookup_stat(parent, name)
+        if found is None:
+            raise errors.NotFound(name)
+        return self._attr(*found)
+
     def resolve(self, path: str) -> int:
         """Inode of an absolute path (the path-based adapter's entry point).
 

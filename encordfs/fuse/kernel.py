@@ -791,17 +791,17 @@ class _Session:
     def _lookup(self, w: _Worker, unique: int, nodeid: int, arg: memoryview) -> bytes | None:
         name = _name(arg)
         try:
-            ino = self.fs.lookup_ino(nodeid, name)
+            attr = self.fs.lookup_attr(nodeid, name)
         except errors.NotFound:
             nv, nvn = self.negative_valid
             if nv == 0 and nvn == 0:
                 raise
             return abi.ENTRY_REPLY.pack(abi.ENTRY_REPLY.size, 0, unique, 0, 0, nv, 0, nvn, 0, *_NO_ATTR)
-        reply = self._entry(unique, self.fs.getattr(ino))
+        reply = self._entry(unique, attr)
         pt = self.passthrough
         if pt is None:
             return reply
-        counted = pt.looked_up([ino])  # before the kernel can forget it; undone if the reply is lost
+        counted = pt.looked_up([attr.ino])  # before the kernel can forget it; undone if the reply is lost
         if not self._send(w, reply) and counted:
             pt.looked_up(counted, -1)
         return None
