@@ -327,3 +327,8 @@ def test_fusermount3_mount_goes_when_its_process_dies(tmp_path: Path) -> None:
         time.sleep(0.05)
     assert _in_proc_mounts(path) is None
     assert mounted.fusermount.wait(10) == 0
+
+
+def test_fusermount3_failure_says_why(tmp_path: Path) -> None:
+    with pytest.raises(errors.FsError, match="fusermount3 could not mount .*No such file"):
+        kernel._mount_with_fusermount(str(tmp_path / "missing"), read_only=True, extra=[])

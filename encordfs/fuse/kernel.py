@@ -1,64 +1,62 @@
 """The kernel binding (``--binding kernel``): speaks the FUSE protocol on ``/dev/fuse`` itself,
 inode-based, over the core ``EncordFS``; no libfuse. Message layouts are in ``encordfs.fuse._abi``.
 
-It owns the mount (``mount(2)`` as root; ``fusermount3`` with ``auto_unmount`` otherwise, the
-``/dev/fuse`` fd handed back over a socketpair with SCM_RIGHTS), the INIT negotiation, the request
-loop, the kernel's lookup counts where passthrough needs them, backing ids, and the notifications
-that tell the kernel a cached name or attribute went stale. It translates and nothing else: no
-caching, policy or network call. A kernel node id is the core's inode (root 1, generation 0: the
-catalog never reuses an inode).
+**Owns** the mount (``mount(2)`` as root; else ``fusermount3 -o auto_unmount``, which hands the
+``/dev/fuse`` fd back over a socketpair with SCM_RIGHTS and unmounts when this process dies), the INIT
+negotiation, the request loop, backing ids for passthrough (and the lookup counts that bound their
+life), and the notifications that tell the kernel a cached name or attribute went stale. It
+translates and nothing else: no caching, policy or network call. A kernel node id is the core's
+inode (root 1, generation 0: the catalog never reuses an inode).
 
-Negotiated (each only when the kernel offers it; an older kernel is logged once at INFO and served
-with what it has, down to protocol 7.23): 1 MiB reads (``MAX_PAGES``, 256 pages), asynchronous and
-parallel reads and directory operations (``ASYNC_READ``, ``PARALLEL_DIROPS``), ``DO_READDIRPLUS`` with
-``READDIRPLUS_AUTO`` (libfuse's default: full attributes on a folder's first batch and whenever
-entries are being looked up, names only for a plain ``find``), ``AUTO_INVAL_DATA`` (cached pages go
-when a refreshed mtime or size says the bytes changed; explicit content notifications add to it),
-``ATOMIC_O_TRUNC`` (``O_TRUNC`` reaches OPEN and is refused there), ``SETXATTR_EXT``, ``INIT_EXT``
-and, when offered and not disabled, ``PASSTHROUGH`` with ``max_stack_depth`` 2 (the cache may sit
-on overlayfs); never ``WRITEBACK_CACHE``, locks (the kernel keeps POSIX and BSD locks locally, as
-with libfuse) or export support.
+**Negotiated**, each only when the kernel offers it (an older kernel is logged once at INFO and served
+with what it has, down to protocol 7.23): 1 MiB reads (``MAX_PAGES``, 256 pages); ``ASYNC_READ`` and
+``PARALLEL_DIROPS``; ``DO_READDIRPLUS`` with ``READDIRPLUS_AUTO`` (libfuse's default: attributes with
+a folder's first batch and whenever its entries are being looked up, names only for a plain
+``find``); ``AUTO_INVAL_DATA`` (pages go when a refreshed mtime or size says the bytes changed, on
+top of explicit content invalidations); ``ATOMIC_O_TRUNC`` (``O_TRUNC`` reaches OPEN, refused there);
+``SETXATTR_EXT``; ``INIT_EXT``; and unless disabled ``PASSTHROUGH`` with ``max_stack_depth`` 2 (the
+cache may sit on overlayfs). Never ``WRITEBACK_CACHE`` (it excludes passthrough; nothing is written),
+locks (the kernel keeps POSIX and BSD locks locally, as with libfuse) or export support.
 
-Answers match the mfusepy binding's: content writes, create, mkdir, unlink, rmdir, link, symlink,
-mknod, chmod, chown, truncate and utimes → ``EROFS``; ACCESS, READLINK, locks, ioctl, poll, bmap,
-lseek, fallocate, copy_file_range, statx, tmpfile, syncfs → ``ENOSYS`` (the kernel then falls back
-for good, as it does with libfuse); xattr calls never ``ENOSYS`` (the kernel would stop sending
-them); a ``getxattr`` of a name outside ``user.`` → ``ENOTSUP`` before anything else. A failed
-lookup is a negative entry (node id 0) cached for ``timeouts.negative_s``. Readdir offsets: "." 1,
-".." 2, a child its inode + 2, so a listing resumes exactly. Opens set ``FOPEN_NOFLUSH`` (read-only
-files have nothing to flush; libfuse's mount stops FLUSH with one ENOSYS instead), and
-``FOPEN_KEEP_CACHE`` (normal files), ``FOPEN_DIRECT_IO`` (control files) or ``FOPEN_PASSTHROUGH``.
+**Answers** match the mfusepy binding's: content writes, create, mkdir, unlink, rmdir, link, symlink,
+mknod, chmod, chown, truncate, utimes → ``EROFS``; ACCESS, READLINK, locks, ioctl, poll, bmap, lseek,
+fallocate, copy_file_range, statx, tmpfile, syncfs → ``ENOSYS`` (the kernel falls back for good, as
+with libfuse); xattr calls never ``ENOSYS`` (the kernel would stop sending them for good); a
+``getxattr`` of a name outside ``user.`` → ``ENOTSUP`` before anything else. A failed lookup is a
+negative entry (node id 0) cached for ``timeouts.negative_s``. Readdir offsets: "." 1, ".." 2, a
+child its inode + 2, so a listing resumes exactly. Opens set ``FOPEN_NOFLUSH`` (read-only files have
+nothing to flush; libfuse's mount stops FLUSH with one ENOSYS instead) and ``FOPEN_KEEP_CACHE``
+(normal files), ``FOPEN_DIRECT_IO`` (control files) or ``FOPEN_PASSTHROUGH``.
 
-Errors are mapped in one place (``_Session._serve``): ``errors.FsError`` → its errno, logged by
+**Errors** are mapped in one place (``_Session._serve``): ``errors.FsError`` → its errno, logged by
 ``log_level``; a request that cannot be parsed → ``EIO``, logged; any other exception → ``EIO``,
 logged once with its traceback. Every request that expects an answer gets one, whatever happened.
 
-Threads: ``WORKERS`` workers, each with its own clone of the session fd (``FUSE_DEV_IOC_CLONE``;
+**Threads.** ``WORKERS`` workers, each with its own clone of the session fd (``FUSE_DEV_IOC_CLONE``;
 the shared fd when cloning is refused, e.g. without access to ``/dev/fuse``) and preallocated
-buffers, answering on the fd the request came from with ``os.write``/``os.writev`` (a READ's bytes, a
-view of a cached block included, go out without a copy). Leader/follower (``_Session._loop``): one
-worker reads and serves inline whatever cannot wait (lookups, attributes, listings of loaded
-folders, opens, xattr reads: answered from SQLite or memory); before a request that may wait (a
-READ, a journaled change, fsync, a folder never loaded) it hands reading to a parked worker. Every
-request handed to another thread cost a wakeup and two GIL transfers, which doubled the CPU of a
-small request. One notifier thread writes invalidations: they must never be written while serving a request
-(the kernel takes the folder's lock for an entry invalidation, which the very request being served
-may hold: a ``setfattr`` refresh holds the folder's), so ``EncordFS.on_invalidate`` only queues them.
-The main thread waits for a signal (SIGTERM, SIGINT, SIGHUP: unmount, then exit) or for the kernel to
-end the connection (``fusermount3 -u``, ``umount``: the workers read ENODEV).
+buffers, answering on the fd the request came from with ``os.write``/``os.writev`` (a READ's bytes,
+a view of a cached block included, go out without a copy). Leader/follower (``_Session._loop``):
+one worker reads and serves inline whatever cannot wait (lookups, attributes, listings of loaded
+folders, opens, xattr reads: SQLite or memory); before a request that may wait (a READ, a journaled
+change, fsync, a folder never loaded) it hands reading to a parked worker. A handoff per request
+cost a wakeup and two GIL transfers, which doubled the CPU of a small request. One notifier thread
+writes invalidations, never a worker: the kernel takes the folder's lock for an entry invalidation,
+which the request being served may hold (a ``setfattr`` refresh holds the folder's), so
+``EncordFS.on_invalidate`` only queues. The main thread waits for a signal (SIGTERM, SIGINT, SIGHUP:
+unmount, then return) or for the kernel to end the connection (``fusermount3 -u``, ``umount``: the
+workers read ENODEV). One process: several would not pay (see ``WORKERS``).
 
-Lock order: ``_Session._lead`` (held while reading and serving inline, never while parked on
-another lock of this module) → ``_Passthrough._lock`` (a leaf; the backing ioctls are made under it). One process: measured, a second process would not pay while the core's catalog and
-caches live in this one (see ``benchmarks/op_costs.py``).
+**Lock order:** ``_Session._lead`` (held while reading and serving inline; never taken while holding
+another lock here) → ``_Passthrough._lock`` (a leaf; the backing ioctls are made under it).
 
-Passthrough (protocol 7.40+, root): when the core's ``open`` names a ``backing`` file, the binding
-registers it (``FUSE_DEV_IOC_BACKING_OPEN``) and answers ``FOPEN_PASSTHROUGH`` with its id; the
-kernel then reads that file itself and no READ reaches Python. One backing id per inode, reused by
-later opens, closed when the kernel forgets the inode (FORGET brings the lookups counted for it to 0)
-and no handle uses it, when the content changed and no handle uses it, or at the end. Lookups are
-counted only for inodes that have such a state, so memory does not grow with what the kernel lists. Per inode, not per open: while a passthrough handle is
-open every open is passthrough with that id, while a cached handle is open none is (the kernel fails
-either mix with EIO), and ``FOPEN_KEEP_CACHE`` is never combined with it.
+**Passthrough** (protocol 7.40+, CAP_SYS_ADMIN): when the core's ``open`` names a ``backing`` file,
+the binding registers it (``FUSE_DEV_IOC_BACKING_OPEN``) and answers ``FOPEN_PASSTHROUGH`` with its
+id; the kernel then reads that file itself and no READ reaches Python. One backing id per inode,
+reused by later opens, closed when the kernel forgets the inode and no handle uses it, when its
+content changed and no handle uses it, or at the end. Lookups are counted only for inodes with such
+a state, so memory does not grow with what the kernel lists. Decided per inode, not per open: while
+a passthrough handle is open every open is passthrough with that id, while a cached handle is open
+none is (the kernel fails either mix with EIO), and ``FOPEN_KEEP_CACHE`` never goes with it.
 """
 
 from __future__ import annotations
@@ -75,6 +73,7 @@ import socket
 import stat
 import struct
 import subprocess
+import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -157,7 +156,9 @@ def _attr_fields(a: Attr) -> tuple[int, ...]:
     """``fuse_attr`` in ``_abi.ATTR`` order: the same values as ``stat_dict`` (atime = mtime)."""
     msec, mnsec = timespec(a.mtime)
     csec, cnsec = timespec(a.ctime)
-    return (a.ino, a.size, blocks(a.size), msec, msec, csec, mnsec, mnsec, cnsec, a.mode, a.nlink, a.uid, a.gid, 0, BLKSIZE, 0)  # fmt: skip
+    # ino size blocks atime mtime ctime atimensec mtimensec ctimensec mode nlink uid gid rdev blksize flags
+    return (a.ino, a.size, blocks(a.size), msec, msec, csec, mnsec, mnsec, cnsec, a.mode, a.nlink, a.uid, a.gid, 0,
+            BLKSIZE, 0)  # fmt: skip
 
 
 _NO_ATTR = (0,) * 16
@@ -242,33 +243,34 @@ def _mount_with_fusermount(mountpoint: str, *, read_only: bool, extra: list[str]
         raise errors.FsError("not allowed to mount(2) and fusermount3 is not installed (package fuse3)")
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     options = ",".join(["fsname=encordfs", "subtype=encordfs", "auto_unmount"] + (["ro"] if read_only else []) + extra)
-    try:
-        proc = subprocess.Popen(
-            [tool, "-o", options, "--", mountpoint],
-            env={**os.environ, "_FUSE_COMMFD": str(theirs.fileno())},
-            pass_fds=(theirs.fileno(),),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-    finally:
-        theirs.close()
-    try:
-        _, ancillary, _, _ = ours.recvmsg(1, socket.CMSG_SPACE(4))
-    except OSError:
-        ancillary = []
-    fds = [
-        struct.unpack_from("=i", data)[0]
-        for level, kind, data in ancillary
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS and len(data) >= 4
-    ]
-    if not fds:
-        ours.close()
-        proc.wait(10)
-        reason = (proc.stderr.read().decode(errors="replace").strip() if proc.stderr else "") or "no fd received"
-        raise errors.FsError(f"fusermount3 could not mount {mountpoint}: {reason}")
-    if proc.stderr is not None:
-        proc.stderr.close()
+    # fusermount3 outlives the mount; its stderr goes to a file, never to a pipe that could close on it
+    with tempfile.TemporaryFile() as stderr:
+        try:
+            proc = subprocess.Popen(
+                [tool, "-o", options, "--", mountpoint],
+                env={**os.environ, "_FUSE_COMMFD": str(theirs.fileno())},
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        finally:
+            theirs.close()
+        try:
+            _, ancillary, _, _ = ours.recvmsg(1, socket.CMSG_SPACE(4))
+        except OSError:
+            ancillary = []
+        fds = [
+            struct.unpack_from("=i", data)[0]
+            for level, kind, data in ancillary
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS and len(data) >= 4
+        ]
+        if not fds:
+            ours.close()
+            proc.wait(10)
+            stderr.seek(0)
+            reason = stderr.read().decode(errors="replace").strip() or "no fd received"
+            raise errors.FsError(f"fusermount3 could not mount {mountpoint}: {reason}")
     os.set_inheritable(fds[0], False)
     return _Mount(mountpoint, fds[0], proc, ours)
 
