@@ -44,7 +44,12 @@ writes invalidations, never a worker: the kernel takes the folder's lock for an 
 which the request being served may hold (a ``setfattr`` refresh holds the folder's), so
 ``EncordFS.on_invalidate`` only queues. The main thread waits for a signal (SIGTERM, SIGINT, SIGHUP:
 unmount, then return) or for the kernel to end the connection (``fusermount3 -u``, ``umount``: the
-workers read ENODEV). One process: several would not pay (see ``WORKERS``).
+workers read ENODEV).
+
+**One process.** Measured with 1, 2 and 4 client processes doing lookups: the mount used 37-52% of
+one core while the 2-core machine was 100% busy (clients, the kernel's FUSE work): a second serving
+process would find no idle core, and it would have to share the catalog, caches and write queue.
+Revisit on machines where the mount sits at 100% of one core with cores idle.
 
 **Lock order:** ``_Session._lead`` (held while reading and serving inline; never taken while holding
 another lock here) → ``_Passthrough._lock`` (a leaf; the backing ioctls are made under it).
