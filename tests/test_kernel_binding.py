@@ -12,6 +12,7 @@ import ctypes
 import dataclasses
 import errno
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +32,8 @@ from encordfs.core.fs import CONTROL_INO, EncordFS, OpenFile, Options
 from encordfs.core.reader import ReadPipeline
 from encordfs.core.urls import SignedUrlCache
 from encordfs.fuse import Timeouts, kernel
+from encordfs.fuse import _abi as abi
+from encordfs.fuse._abi import Op
 from encordfs.mountpoint import mounted_at, wait_mounted
 from tests.support.emulator import RunningEmulator
 from tests.support.mount import temporary_mount
@@ -129,6 +132,19 @@ class MemoryFetcher:
         out[:] = data
 
 
+def _memory_fs(tmp_path: Path) -> tuple[EncordFS, list[Callable[[], None]]]:
+    """The core over a MemoryBackend holding ``CONTENT`` in dataset "street"; and its closers."""
+    backend = MemoryBackend()
+    backend.add_dataset(DatasetRecord("ds1", "street", "d", 1e9, 1e9, 0, "folder1", "admin"))
+    for i, (name, data) in enumerate(CONTENT.items()):
+        backend.add_row(_row(f"r{i}", name, data), data)
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    reader = ReadPipeline(MemoryFetcher(backend), MemoryBlockCache(64 << 20))
+    fs = EncordFS(backend, catalog, reader, SignedUrlCache(backend.sign), Options(uid=0, gid=0))
+    fs.refresh(ROOT_INO)
+    return fs, [fs.close, reader.close, catalog.close]
+
+
 class Served:
     """An in-memory core mounted by ``kernel.run`` on a thread of this process. ``backing`` maps a
     file name to the local file its opens name (the stand-in for the block cache's copy)."""
@@ -173,18 +189,12 @@ def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[
                     path, read_only=read_only, extra=[]
                 ),
             )
-        backend = MemoryBackend()
-        backend.add_dataset(DatasetRecord("ds1", "street", "d", 1e9, 1e9, 0, "folder1", "admin"))
+        fs, closers = _memory_fs(tmp_path)
         local: dict[str, Path] = {}
-        for i, (name, data) in enumerate(CONTENT.items()):
-            backend.add_row(_row(f"r{i}", name, data), data)
+        for name, data in CONTENT.items():
             if backing and name != "c.jpg":  # c.jpg: the core has no local copy to offer
                 local[name] = tmp_path / f"backing-{name}"
                 local[name].write_bytes(data)
-        catalog = Catalog(tmp_path / "catalog.sqlite")
-        reader = ReadPipeline(MemoryFetcher(backend), MemoryBlockCache(64 << 20))
-        fs = EncordFS(backend, catalog, reader, SignedUrlCache(backend.sign), Options(uid=0, gid=0))
-        fs.refresh(ROOT_INO)
         path = tmp_path / "mnt"
         path.mkdir()
         served = Served(fs, path, local)
@@ -199,7 +209,7 @@ def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[
         served.thread = threading.Thread(target=run, daemon=True)
         served.thread.start()
         assert wait_mounted(path, 10, served.thread.is_alive), served.error
-        started.append((served, [fs.close, reader.close, catalog.close]))
+        started.append((served, closers))
         return served
 
     yield start
@@ -332,3 +342,73 @@ def test_fusermount3_mount_goes_when_its_process_dies(tmp_path: Path) -> None:
 def test_fusermount3_failure_says_why(tmp_path: Path) -> None:
     with pytest.raises(errors.FsError, match="fusermount3 could not mount .*No such file"):
         kernel._mount_with_fusermount(str(tmp_path / "missing"), read_only=True, extra=[])
+
+
+# -- answers, without a kernel -----------------------------------------------------------------------
+
+
+class Asker:
+    """Feeds requests to a session's ``_serve_safely`` and reads its answers from a SEQPACKET socket
+    standing in for /dev/fuse (one message per answer, as the device keeps them)."""
+
+    def __init__(self, fs: EncordFS) -> None:
+        self.ours, self.device = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.session = kernel._Session(fs, self.device.fileno(), Timeouts(60, 60), passthrough=False, debug=True)
+        self.session._handlers = self.session._handler_table()
+        self.worker = kernel._Worker(self.device.fileno())
+        self.unique = 100
+
+    def ask(self, opcode: int, nodeid: int, arg: bytes = b"") -> tuple[int, bytes] | None:
+        """(errno as the kernel sees it, body) of the answer; None when there is none."""
+        self.unique += 1
+        msg = abi.IN_HEADER.pack(abi.IN_HEADER.size + len(arg), opcode, self.unique, nodeid, 0, 0, 0, 0, 0) + arg
+        self.worker.buf[: len(msg)] = msg
+        self.session._serve_safely(self.worker, len(msg))
+        self.ours.settimeout(0.2)
+        try:
+            reply = self.ours.recv(1 << 21)
+        except TimeoutError:
+            return None
+        length, error, unique = abi.OUT_HEADER.unpack_from(reply)
+        assert (length, unique) == (len(reply), self.unique)
+        return -error, reply[abi.OUT_HEADER.size :]
+
+
+def test_every_request_is_answered_with_the_right_errno(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    fs, closers = _memory_fs(tmp_path)
+    asker = Asker(fs)
+    try:
+        ok, body = asker.ask(Op.LOOKUP, ROOT_INO, b"street\0") or (None, b"")
+        assert ok == 0
+        street = abi.ENTRY_OUT.unpack_from(body)[0]
+        ok, body = asker.ask(Op.LOOKUP, street, b"nope.jpg\0") or (None, b"")
+        assert ok == 0 and abi.ENTRY_OUT.unpack_from(body)[:3] == (0, 0, 5)  # negative entry, 5 s
+        assert asker.ask(Op.LOOKUP, street, b"no NUL") == (errno.EIO, b"")  # cannot be parsed
+        assert asker.ask(Op.READ, street, b"short") == (errno.EIO, b"")
+        assert asker.ask(Op.GETATTR, 999_999, abi.GETATTR_IN.pack(0, 0, 0)) == (errno.ENOENT, b"")
+        assert asker.ask(Op.LOOKUP, street + 1, b"x\0") == (errno.ENOTDIR, b"")  # a file's "child"
+        for op in (Op.MKDIR, Op.UNLINK, Op.CREATE, Op.WRITE, Op.SYMLINK, Op.LINK, Op.RMDIR, Op.MKNOD):
+            assert asker.ask(op, street, b"x\0\0") == (errno.EROFS, b"")
+        assert asker.ask(Op.SETATTR, street, abi.SETATTR_IN.pack(abi.FATTR_MODE, 0, 0)) == (errno.EROFS, b"")
+        for op in (Op.ACCESS, Op.READLINK, Op.IOCTL, Op.LSEEK, Op.STATX, 4096):
+            assert asker.ask(op, street, b"\0" * 16) == (errno.ENOSYS, b"")
+        xattr_in = abi.GETXATTR_IN.pack(100, 0)
+        assert asker.ask(Op.GETXATTR, street + 1, xattr_in + b"security.selinux\0") == (errno.ENOTSUP, b"")
+        assert asker.ask(Op.GETXATTR, street + 1, xattr_in + b"user.encord.nope\0") == (errno.ENODATA, b"")
+        rename2 = abi.RENAME2_IN.pack(street, abi.RENAME_EXCHANGE, 0) + b"a.jpg\0b.jpg\0"
+        assert asker.ask(Op.RENAME2, street, rename2) == (errno.EINVAL, b"")
+        for op, arg in ((Op.FORGET, abi.FORGET_IN.pack(1)), (Op.INTERRUPT, abi.INTERRUPT_IN.pack(1))):
+            assert asker.ask(op, street, arg) is None  # no answer expected, none sent
+
+        def broken(ino: int) -> None:
+            raise RuntimeError("a bug")
+
+        fs.getattr = broken  # type: ignore[method-assign,assignment]
+        assert asker.ask(Op.GETATTR, street, abi.GETATTR_IN.pack(0, 0, 0)) == (errno.EIO, b"")
+        assert "internal error in GETATTR" in caplog.text and "a bug" in caplog.text
+        assert "cannot parse a LOOKUP request" in caplog.text
+    finally:
+        asker.ours.close()
+        asker.device.close()
+        for close in closers:
+            close()
