@@ -412,3 +412,25 @@ def test_every_request_is_answered_with_the_right_errno(tmp_path: Path, caplog: 
         asker.device.close()
         for close in closers:
             close()
+
+
+def test_binding_and_passthrough_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from encordfs.cli import _apply_config, _mount_argv, build_parser
+
+    monkeypatch.delenv("ENCORDFS_CONFIG", raising=False)
+    monkeypatch.setenv("ENCORDFS_BINDING", "kernel")
+    monkeypatch.setenv("ENCORDFS_PASSTHROUGH", "0")
+    args = build_parser().parse_args(["mount", "/mnt/x", "--domain", "http://d"])
+    _apply_config(args)
+    assert (args.binding, args.passthrough) == ("kernel", False)
+    argv = _mount_argv(args, Path("/mnt/x"))
+    assert argv[argv.index("--binding") + 1] == "kernel" and "--no-passthrough" in argv
+    monkeypatch.delenv("ENCORDFS_PASSTHROUGH")
+    args = build_parser().parse_args(["mount", "/mnt/x", "--domain", "http://d", "--binding", "mfusepy"])
+    _apply_config(args)
+    assert (args.binding, args.passthrough) == ("mfusepy", True)  # the command line wins
+    assert "--no-passthrough" not in _mount_argv(args, Path("/mnt/x"))
+    assert build_parser().parse_args(["mount", "/mnt/x", "--no-passthrough"]).passthrough is False
+    monkeypatch.setenv("ENCORDFS_BINDING", "pyfuse3")
+    with pytest.raises(errors.InvalidValue, match="binding"):
+        _apply_config(build_parser().parse_args(["mount", "/mnt/x"]))
