@@ -919,23 +919,19 @@ class _Session:
         pos = abi.OUT_HEADER.size
         linked: list[int] = []
         fixed = abi.DIRENTPLUS if plus else abi.DIRENT
-        heads: list[tuple[bytes, int, int, Attr | None]] = []
-        if offset < 1:
-            heads.append((b".", nodeid, stat.S_IFDIR, None))
-        if offset < 2:
-            heads.append((b"..", abi.UNKNOWN_INO, 0, None))
+        # (name, d_ino, type, offset); as libfuse lists them: ".." has no inode or type of its own here
+        dots = [(b".", nodeid, stat.S_IFDIR >> DT_SHIFT, 1), (b"..", abi.UNKNOWN_INO, 0, 2)][offset:]
         ev, evn = self.entry_valid
         av, avn = self.attr_valid
         try:
-            for i, (raw, ino, mode, _) in enumerate(heads):
+            for raw, ino, dtype, off in dots:
                 reclen = abi.align8(fixed.size + len(raw))
                 if pos + reclen > end:
                     break
-                off = offset + i + 1 if offset < 2 else offset
-                if plus:
-                    fixed.pack_into(out, pos, 0, 0, 0, 0, 0, 0, *_NO_ATTR, ino, off, len(raw), mode >> DT_SHIFT)
+                if plus:  # node id 0: the kernel links no entry for these
+                    fixed.pack_into(out, pos, 0, 0, 0, 0, 0, 0, *_NO_ATTR, ino, off, len(raw), dtype)
                 else:
-                    fixed.pack_into(out, pos, ino, off, len(raw), mode >> DT_SHIFT)
+                    fixed.pack_into(out, pos, ino, off, len(raw), dtype)
                 out[pos + fixed.size : pos + fixed.size + len(raw)] = raw
                 pos += reclen
             else:
