@@ -6,7 +6,7 @@ then, one operation kind at a time and single-threaded: ``stat`` of each file (a
 ``stat`` again (kernel cache), ``open``+``close``, ``open``+``read``+``close`` (a READ served from
 the disk block cache) and the same again (kernel page cache, ``keep_cache``). Prints microseconds
 per file: wall, and the mount process's user+system CPU from ``/proc/PID/stat``. Pass mount options
-after ROWS (e.g. ``--binding pyfuse3``) to compare.
+after ROWS (e.g. ``--binding kernel``, ``--binding mfusepy``) to compare the bindings.
 """
 
 from __future__ import annotations

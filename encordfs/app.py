@@ -22,7 +22,7 @@ from encordfs.core.blockcache import DiskBlockCache, MemoryBlockCache, TieredBlo
 from encordfs.core.catalog import Catalog
 from encordfs.core.counters import Counters
 from encordfs.core.fetch import HttpFetcher
-from encordfs.core.fs import EncordFS, Options
+from encordfs.core.fs import INVALIDATE_INODE, EncordFS, Options
 from encordfs.core.reader import ReadPipeline
 from encordfs.core.urls import SignedUrlCache
 from encordfs.core.writes import QueueConfig, WriteQueue
@@ -101,6 +101,7 @@ def build(backend: Backend, settings: Settings) -> Mount:
         reader = ReadPipeline(fetcher, cache, counters)
         closers.append(reader.close)
         writes = None
+        built: list[EncordFS] = []  # the fs, once it exists: landed writes are announced to its binding
         if not settings.read_only:
             queue_config = QueueConfig()
             if settings.write_reassert_after_s is not None:
@@ -109,7 +110,7 @@ def build(backend: Backend, settings: Settings) -> Mount:
                 cache_dir / "journal.sqlite",
                 backend.push,
                 config=queue_config,
-                on_landed=lambda outcomes: _landed(catalog, outcomes),
+                on_landed=lambda outcomes: _landed(catalog, outcomes, built[0] if built else None),
             )
             closers.append(lambda: _close_writes(writes, mount.flush_timeout_s))
         options = Options.from_settings(settings)
@@ -126,6 +127,7 @@ def build(backend: Backend, settings: Settings) -> Mount:
                 "sign_refusals": urls.failures(),
             },
         )
+        built.append(fs)
         closers.append(fs.close)
     except BaseException:
         for close in reversed(closers):
@@ -136,10 +138,15 @@ def build(backend: Backend, settings: Settings) -> Mount:
     return mount
 
 
-def _landed(catalog: Catalog, outcomes: list[Any]) -> None:
+def _landed(catalog: Catalog, outcomes: list[Any], fs: EncordFS | None = None) -> None:
+    touched: list[tuple[int, int]] | None = [] if fs is not None and fs.on_invalidate is not None else None
     catalog.set_rows_state(
-        [(o.row_uid, dict(o.metadata) if o.metadata is not None else None, o.title) for o in outcomes if o.ok]
+        [(o.row_uid, dict(o.metadata) if o.metadata is not None else None, o.title) for o in outcomes if o.ok],
+        touched,
     )
+    for parent, ino in touched or ():
+        assert fs is not None
+        fs.invalidate(INVALIDATE_INODE, parent, ino)
 
 
 def _close_writes(writes: WriteQueue, timeout_s: float) -> None:

@@ -38,13 +38,15 @@ def kernel_mount(sample_emulator: RunningEmulator) -> Iterator[MountedFS]:
 
 
 def _tree(root: Path) -> dict[str, Any]:
-    """Every path under ``root`` → (mode, size, mtime, sha256 or None, xattrs)."""
+    """Every path under ``root`` → (stat fields but the inode, sha256 or None, xattrs)."""
     out: dict[str, Any] = {}
     for path in sorted(root.rglob("*")):
         st = path.lstat()
         digest = hashlib.sha256(path.read_bytes()).hexdigest() if stat.S_ISREG(st.st_mode) else None
         xattrs = {name: os.getxattr(path, name) for name in os.listxattr(path)}
-        out[str(path.relative_to(root))] = (st.st_mode, st.st_size, st.st_mtime_ns, digest, xattrs)
+        fields = (st.st_mode, st.st_nlink, st.st_uid, st.st_gid, st.st_size, st.st_blocks, st.st_blksize)
+        times = (st.st_mtime_ns, st.st_ctime_ns)  # atime: the kernel may move it on a read (relatime)
+        out[str(path.relative_to(root))] = (fields, times, digest, xattrs)
     return out
 
 

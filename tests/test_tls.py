@@ -21,8 +21,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from encordfs.control import mounted_at
 
+from encordfs.control import mounted_at
 from encordfs.emulator import synthetic
 from harness.emulator import RunningEmulator
 from harness.mount import MountedFS

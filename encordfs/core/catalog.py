@@ -40,7 +40,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
 from typing import Any
@@ -118,6 +118,18 @@ class Node:
     @property
     def client_metadata(self) -> dict[str, Any] | None:
         return None if self.client_metadata_json is None else json.loads(self.client_metadata_json)
+
+
+@dataclass(slots=True)
+class SyncChanges:
+    """What one ``sync_children`` changed that a kernel may hold in its caches, for the caller to
+    announce (``EncordFS.on_invalidate``): ``names`` whose meaning changed in the folder (a child
+    deleted or inserted, and both the old and the new name of a renamed one) and ``inodes`` of
+    children whose ``stat`` changed (size, times or kind). Collected only when asked for: a first
+    load of a million rows has nothing to announce and builds nothing."""
+
+    names: list[str] = field(default_factory=list)
+    inodes: list[int] = field(default_factory=list)
 
 
 _COLUMNS = "ino, parent, kind, uid, name, title, item_uuid, size, ctime, mtime, fields, client_metadata"
@@ -358,6 +370,14 @@ class Catalog:
         row = self._one("SELECT ino, name FROM nodes WHERE parent=? AND name_key=?", (parent, names.name_key(name)))
         return None if row is None or not names.same_spelling(row[1], name) else int(row[0])
 
+    def lookup_stat(self, parent: int, name: str) -> tuple[int, Kind, int, float] | None:
+        """(ino, kind, size, mtime) of a child by name: ``lookup_ino`` and ``stat_fields`` in one query."""
+        row = self._one(
+            "SELECT ino, kind, size, mtime FROM nodes WHERE parent=? AND name_key=? AND name=?",
+            (parent, names.name_key(name), name),
+        )
+        return None if row is None else (int(row[0]), Kind(row[1]), int(row[2]), float(row[3]))
+
     def stat_fields(self, ino: int) -> tuple[Kind, int, float] | None:
         """(kind, size, mtime) of a node: what ``getattr`` needs, without the xattr columns."""
         row = self._one("SELECT kind, size, mtime FROM nodes WHERE ino=?", (ino,))
@@ -405,37 +425,61 @@ class Catalog:
             conn.commit()
             self.version += 1
 
-    def set_rows_state(self, states: list[tuple[str, dict[str, Any] | None, str | None]]) -> None:
-        """Record the server's state of rows after a push landed: (uid, metadata, title), one transaction."""
+    def set_rows_state(
+        self,
+        states: list[tuple[str, dict[str, Any] | None, str | None]],
+        touched: list[tuple[int, int]] | None = None,
+    ) -> None:
+        """Record the server's state of rows after a push landed: (uid, metadata, title), one
+        transaction. ``touched``, when given, receives (parent, inode) of every row updated."""
         metadata = [(_compact(m), uid, Kind.ROW, Kind.GROUP) for uid, m, _ in states if m is not None]
         titles = [(t, uid, Kind.ROW, Kind.GROUP) for uid, _, t in states if t is not None]
         with self._write_lock:
             conn = self._writer
             conn.executemany("UPDATE nodes SET client_metadata=? WHERE uid=? AND kind IN (?, ?)", metadata)
             conn.executemany("UPDATE nodes SET title=? WHERE uid=? AND kind IN (?, ?)", titles)
+            if touched is not None:
+                for uid, _, _ in states:
+                    touched.extend(
+                        conn.execute(
+                            "SELECT parent, ino FROM nodes WHERE uid=? AND kind IN (?, ?)", (uid, Kind.ROW, Kind.GROUP)
+                        ).fetchall()
+                    )
             conn.commit()
 
-    def sync_children(self, parent: int, entries: Iterable[Entry], when: float, error: str | None = None) -> int:
+    def sync_children(
+        self,
+        parent: int,
+        entries: Iterable[Entry],
+        when: float,
+        changes: SyncChanges | None = None,
+        error: str | None = None,
+    ) -> int:
         """Make ``parent``'s children exactly ``entries`` (streamed); returns how many there are.
         ``error``: why the folder's members could not be listed (kept until the next sync; ``load_error``).
 
         Existing children keep inode and name unless their title changed; new ones get a name by the
         rules of ``core.names``; children that did not come back are deleted with their members.
         Work is done per batch of ``SYNC_BATCH`` entries (see the module docstring), so memory stays
-        flat whatever the folder's size.
+        flat whatever the folder's size. ``changes``, when given, receives what changed (valid once
+        this returns; on failure nothing was changed).
         """
         with self._write_lock:
             conn = self._writer
             try:
                 gen = self._next_gen_locked(conn)
-                renamed: list[tuple[int, Entry]] = []
+                renamed: list[tuple[int, Entry, str]] = []
                 count = changed = 0
                 for batch in _batches(entries, SYNC_BATCH):
                     count += len(batch)
-                    changed += self._sync_batch_locked(conn, parent, batch, gen, renamed)
-                changed += self._delete_stale_locked(conn, parent, gen)
-                for ino, e in renamed:
-                    self._assign_name_locked(conn, parent, ino, e)
+                    changed += self._sync_batch_locked(conn, parent, batch, gen, renamed, changes)
+                changed += self._delete_stale_locked(conn, parent, gen, changes)
+                for ino, e, old_name in renamed:
+                    new_name = self._assign_name_locked(conn, parent, ino, e)
+                    if changes is not None:
+                        # A placeholder (NUL-prefixed) was never visible; a kind change keeps the name
+                        # but not what it is, so the name is announced either way.
+                        changes.names.extend(n for n in (old_name, new_name) if not n.startswith("\x00"))
                 conn.execute("INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)", (f"loaded:{parent}", when))
                 if error is None:
                     conn.execute("DELETE FROM state WHERE key=?", (f"error:{parent}",))
@@ -458,7 +502,13 @@ class Catalog:
         return gen
 
     def _sync_batch_locked(
-        self, conn: sqlite3.Connection, parent: int, batch: list[Entry], gen: int, renamed: list[tuple[int, Entry]]
+        self,
+        conn: sqlite3.Connection,
+        parent: int,
+        batch: list[Entry],
+        gen: int,
+        renamed: list[tuple[int, Entry, str]],
+        changes: SyncChanges | None,
     ) -> int:
         """Upsert one batch (distinct uids): one SELECT for the batch, bulk UPDATEs, bulk INSERTs.
         Returns how many children were inserted (the structural change)."""
@@ -466,7 +516,7 @@ class Catalog:
         existing = {
             r[0]: r[1:]
             for r in conn.execute(
-                f"SELECT uid, ino, title, kind, item_uuid, size, ctime, mtime, fields, client_metadata FROM nodes WHERE parent=? AND uid IN ({marks})",
+                f"SELECT uid, ino, title, kind, item_uuid, size, ctime, mtime, fields, client_metadata, name FROM nodes WHERE parent=? AND uid IN ({marks})",
                 [parent, *(e.uid for e in batch)],
             )
         }
@@ -481,12 +531,14 @@ class Catalog:
                 fresh.append((e, fields, metadata))
                 continue
             ino, old_title, old_kind = old[0], old[1], old[2]
-            if old[1:] == (e.title, int(e.kind), e.handle, e.size, e.ctime, e.mtime, fields, metadata):
+            if old[1:9] == (e.title, int(e.kind), e.handle, e.size, e.ctime, e.mtime, fields, metadata):
                 touched.append((gen, ino))
                 continue
             updates.append((int(e.kind), e.title, e.handle, e.size, e.ctime, e.mtime, fields, metadata, gen, ino))
             if old_title != e.title or old_kind != int(e.kind):
-                renamed.append((ino, e))
+                renamed.append((ino, e, old[9]))
+            if changes is not None and old[4:7] != (e.size, e.ctime, e.mtime):
+                changes.inodes.append(ino)
         if touched:
             conn.executemany("UPDATE nodes SET gen=? WHERE ino=?", touched)
         if updates:
@@ -495,7 +547,7 @@ class Catalog:
                 updates,
             )
         if fresh:
-            self._insert_locked(conn, parent, fresh, gen, renamed)
+            self._insert_locked(conn, parent, fresh, gen, renamed, changes)
         return len(fresh)
 
     def _insert_locked(
@@ -504,7 +556,8 @@ class Catalog:
         parent: int,
         fresh: list[tuple[Entry, str, str | None]],
         gen: int,
-        deferred: list[tuple[int, Entry]],
+        deferred: list[tuple[int, Entry, str]],
+        changes: SyncChanges | None,
     ) -> None:
         """Insert new children in stream order. Base names that are free (in the folder and in this
         batch) are bulk-inserted; a collision flushes what is pending and takes the slow path
@@ -552,11 +605,13 @@ class Catalog:
                             )
                         ],
                     )
-                    deferred.append((int(conn.execute("SELECT last_insert_rowid()").fetchone()[0]), e))
+                    deferred.append((int(conn.execute("SELECT last_insert_rowid()").fetchone()[0]), e, placeholder))
                     continue
                 base = self._free_name_locked(conn, parent, e)
                 key = names.name_key(base)
             taken.add(key)
+            if changes is not None:
+                changes.names.append(base)
             pending.append(
                 (
                     parent,
@@ -601,13 +656,19 @@ class Catalog:
                 return candidate
         raise AssertionError("unreachable")
 
-    def _assign_name_locked(self, conn: sqlite3.Connection, parent: int, ino: int, e: Entry) -> None:
+    def _assign_name_locked(self, conn: sqlite3.Connection, parent: int, ino: int, e: Entry) -> str:
         name = self._free_name_locked(conn, parent, e, own_ino=ino)
         conn.execute("UPDATE nodes SET name=?, name_key=? WHERE ino=?", (name, names.name_key(name), ino))
+        return name
 
-    def _delete_stale_locked(self, conn: sqlite3.Connection, parent: int, gen: int) -> int:
+    def _delete_stale_locked(
+        self, conn: sqlite3.Connection, parent: int, gen: int, changes: SyncChanges | None = None
+    ) -> int:
         """Delete ``parent``'s children not seen in this sync (``gen`` differs), with their members."""
-        stale = [r[0] for r in conn.execute("SELECT ino FROM nodes WHERE parent=? AND gen<>?", (parent, gen))]
+        rows = conn.execute("SELECT ino, name FROM nodes WHERE parent=? AND gen<>?", (parent, gen)).fetchall()
+        stale = [r[0] for r in rows]
+        if changes is not None:
+            changes.names.extend(r[1] for r in rows)  # a deleted group's members go with its name
         deleted = len(stale)
         while stale:
             batch, stale = stale[:500], stale[500:]

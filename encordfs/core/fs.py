@@ -24,6 +24,19 @@ renamed by a refresh or a rename). A hit still runs the parent folder's TTL chec
 delays a refresh. Readdir streams from the catalog and resumes after an inode.
 
 Errors: every failure is an ``errors.FsError``; nothing here knows errno values.
+
+Seams for a binding (both optional, ``None`` by default; the mfusepy binding uses neither):
+
+- ``on_invalidate(kind, parent_ino, name_or_ino)`` is called after the catalog changed something a
+  kernel may hold in its entry, attribute or page caches, so that their timeouts can be long:
+  ``"entry"`` (parent, name): the name's meaning changed (a row added, deleted or renamed by a
+  refresh, a rename through the mount); ``"inode"`` (parent, ino): attributes (a landed write);
+  ``"content"`` (parent, ino): attributes and bytes (size or times changed on the server). It is
+  called on whatever thread changed the catalog, often while a FUSE request is being served: a
+  listener must not block on the kernel (queue the notification, write it from another thread).
+  First loads announce nothing (no kernel can have cached what was never listed).
+- ``binding_status()`` returns a dict merged into ``status()`` (e.g. passthrough counters).
+- ``would_wait(folder)`` tells a binding which lookups and listings may wait for Encord.
 """
 
 from __future__ import annotations
@@ -52,7 +65,7 @@ from encordfs.backend import (
     costs_a_call,
 )
 from encordfs.core import names, xattrs
-from encordfs.core.catalog import ROOT_INO, Catalog, Entry, Kind, Node
+from encordfs.core.catalog import ROOT_INO, Catalog, Entry, Kind, Node, SyncChanges
 from encordfs.core.journal import RowRef
 from encordfs.core.writes import WriteQueue
 from encordfs.settings import Settings, default
@@ -79,6 +92,12 @@ CONTROL_XATTR_REFRESH = CONTROL_XATTR_PREFIX + "refresh"
 CONTROL_XATTR_FLUSH = CONTROL_XATTR_PREFIX + "flush"
 # The read-only xattr field of a group folder whose members could not be listed at its last load.
 ERROR_FIELD = "error"
+
+# ``on_invalidate`` kinds (see the module docstring)
+INVALIDATE_ENTRY = "entry"
+INVALIDATE_INODE = "inode"
+INVALIDATE_CONTENT = "content"
+Invalidate = Callable[[str, int, "str | int"], None]
 
 
 class Handle(Protocol):
@@ -114,6 +133,9 @@ class Attr:
 class OpenFile:
     fh: int
     direct_io: bool  # control files: generated content whose size stat cannot know
+    # A local file holding the whole content at its own offsets (the block cache's copy), which a
+    # binding may hand to the kernel for passthrough reads; None: reads come through ``read``.
+    backing: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,6 +370,8 @@ class EncordFS:
         self._load_locks: dict[int, threading.Lock] = {}
         self._load_locks_lock = threading.Lock()
         self.paths = PathCache(lambda: catalog.version)
+        self.on_invalidate: Invalidate | None = None
+        self.binding_status: Callable[[], dict[str, Any]] | None = None
 
     # -- attributes -------------------------------------------------------------------------------
     def getattr(self, ino: int) -> Attr:
@@ -404,6 +428,16 @@ class EncordFS:
             raise errors.NotFound(name)
         return ino
 
+    def lookup_attr(self, parent: int, name: str) -> Attr:
+        """``getattr(lookup_ino(parent, name))`` with one catalog query (an inode-based LOOKUP)."""
+        if parent >= CONTROL_INO or (parent == ROOT_INO and name == CONTROL_NAME):
+            return self.getattr(self.lookup_ino(parent, name))
+        self._ensure_loaded(parent)
+        found = self.catalog.lookup_stat(parent, name)
+        if found is None:
+            raise errors.NotFound(name)
+        return self._attr(*found)
+
     def resolve(self, path: str) -> int:
         """Inode of an absolute path (the path-based adapter's entry point).
 
@@ -424,6 +458,14 @@ class EncordFS:
         if ino != ROOT_INO:
             self.paths.put(path, ino, parent, version)
         return ino
+
+    def would_wait(self, folder: int) -> bool:
+        """Whether a lookup or listing in ``folder`` may wait for Encord now (it was never loaded; a
+        stale folder is served as it is while it refreshes in the background). Bindings serve such
+        requests where a slow answer holds up no other."""
+        if folder >= CONTROL_INO:
+            return False
+        return self.catalog.loaded_at(folder) is None
 
     def readdir(self, ino: int, after_ino: int = 0) -> Iterator[tuple[str, Attr]]:
         """Children with their attributes, in inode order, from the first inode above ``after_ino``
@@ -505,18 +547,49 @@ class EncordFS:
         """Load a folder from Encord now, whatever its age."""
         now = self.clock()
         if ino == ROOT_INO:
-            self.catalog.sync_children(ROOT_INO, (_dataset_entry(d) for d in self.backend.list_datasets()), now)
+            changes = self._changes(ROOT_INO)
+            self.catalog.sync_children(
+                ROOT_INO, (_dataset_entry(d) for d in self.backend.list_datasets()), now, changes
+            )
+            self._announce(ROOT_INO, changes)
             return
         node = self.node(ino)
         if node.kind == Kind.DATASET:
+            changes = self._changes(ino)
             self.catalog.sync_children(
-                ino, (self._with_queued_title(_row_entry(r)) for r in self.backend.iter_rows(node.uid)), now
+                ino, (self._with_queued_title(_row_entry(r)) for r in self.backend.iter_rows(node.uid)), now, changes
             )
             self._load_seconds[ino] = max(0.0, self.clock() - now)
+            self._announce(ino, changes)
         elif node.kind == Kind.GROUP:
             self._load_groups(node.parent, first=node)
         else:
             raise errors.NotADirectory(node.name)
+
+    # -- telling a binding what changed -------------------------------------------------------------
+    def _changes(self, folder: int) -> SyncChanges | None:
+        """A collector for a sync of ``folder`` when someone listens and the folder was listed before."""
+        if self.on_invalidate is None or self.catalog.loaded_at(folder) is None:
+            return None
+        return SyncChanges()
+
+    def _announce(self, folder: int, changes: SyncChanges | None) -> None:
+        if changes is None:
+            return
+        for name in changes.names:
+            self.invalidate(INVALIDATE_ENTRY, folder, name)
+        for ino in changes.inodes:
+            self.invalidate(INVALIDATE_CONTENT, folder, ino)
+
+    def invalidate(self, kind: str, parent: int, what: str | int) -> None:
+        """Tell the binding's listener (if any) that a kernel may hold something stale; never raises."""
+        listener = self.on_invalidate
+        if listener is None:
+            return
+        try:
+            listener(kind, parent, what)
+        except Exception:  # a listener's failure must not fail the change that was made
+            log.exception("invalidation listener failed")
 
     def _with_queued_title(self, entry: Entry) -> Entry:
         """A row renamed by the user keeps its new name while the rename is queued or just landed."""
@@ -564,7 +637,9 @@ class EncordFS:
                 entries.append(_video_entry(members.video))
             if members.error:
                 log.warning("members of %s could not be listed: %s", group.name, members.error)
-            self.catalog.sync_children(group.ino, entries, now, error=members.error)
+            changes = self._changes(group.ino)
+            self.catalog.sync_children(group.ino, entries, now, changes, error=members.error)
+            self._announce(group.ino, changes)
 
     # -- reading ----------------------------------------------------------------------------------
     def open(self, ino: int, writable: bool) -> OpenFile:
@@ -604,6 +679,8 @@ class EncordFS:
         out["writes"] = self.writes.status() if self.writes is not None else None
         if self.status_extra is not None:
             out.update(self.status_extra())
+        if self.binding_status is not None:
+            out.update(self.binding_status())
         return out
 
     def read(self, fh: int, offset: int, length: int) -> bytes | memoryview:
@@ -813,6 +890,8 @@ class EncordFS:
         assert self.writes is not None
         self.writes.set_title(self._ref(node, new_name), new_name, base_version=node.mtime)
         self.catalog.rename(node.ino, new_name, new_name)
+        self.invalidate(INVALIDATE_ENTRY, old_parent, old_name)
+        self.invalidate(INVALIDATE_ENTRY, old_parent, new_name)
 
     def fsync(self, fh: int) -> None:
         """Waits until the row's queued changes have landed (or fails with EIO after the timeout)."""

@@ -51,6 +51,11 @@ def ns(seconds: float) -> int:
     return int(seconds * 1e9)
 
 
+def timespec(seconds: float) -> tuple[int, int]:
+    """Unix seconds as (seconds, nanoseconds 0..999,999,999), by the same rounding as ``ns``."""
+    return divmod(ns(seconds), 1_000_000_000)
+
+
 def stat_dict(a: Attr) -> dict[str, int]:
     """An ``Attr`` as a ``stat`` mapping (times in nanoseconds)."""
     mtime_ns = ns(a.mtime)

@@ -25,7 +25,7 @@ from encordfs import errors  # noqa: E402
 from encordfs.control import mounted_at  # noqa: E402
 from encordfs.core.fs import Attr, EncordFS  # noqa: E402
 from encordfs.core.xattrs import is_foreign as is_foreign_xattr  # noqa: E402
-from encordfs.fuse import BLKSIZE, Timeouts, blocks, log_level, ns, stat_dict  # noqa: E402
+from encordfs.fuse import BLKSIZE, Timeouts, blocks, log_level, stat_dict, timespec  # noqa: E402
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -204,9 +204,9 @@ class _FUSE(mfusepy.FUSE):
             st.st_blocks = blocks(attr.size)
             st.st_blksize = BLKSIZE
             # the same nanoseconds as getattr's (``stat_dict``)
-            st.st_mtimespec.tv_sec, st.st_mtimespec.tv_nsec = sec, nsec = divmod(ns(attr.mtime), 1_000_000_000)
+            st.st_mtimespec.tv_sec, st.st_mtimespec.tv_nsec = sec, nsec = timespec(attr.mtime)
             st.st_atimespec.tv_sec, st.st_atimespec.tv_nsec = sec, nsec
-            st.st_ctimespec.tv_sec, st.st_ctimespec.tv_nsec = divmod(ns(attr.ctime), 1_000_000_000)
+            st.st_ctimespec.tv_sec, st.st_ctimespec.tv_nsec = timespec(attr.ctime)
             if filler(buf, name.encode(encoding, errs), st, off, FUSE_FILL_DIR_PLUS) != 0:
                 break
         return 0
@@ -221,8 +221,11 @@ def run(
     allow_other: bool = False,
     foreground: bool = True,
     debug: bool = False,
+    passthrough: bool = True,
 ) -> None:
-    """Mount and serve until unmounted. Raises ``errors.FsError`` when the mount cannot start."""
+    """Mount and serve until unmounted. Raises ``errors.FsError`` when the mount cannot start.
+    ``passthrough`` is accepted for the common signature and ignored: libfuse 3.14's high-level API
+    has no passthrough."""
     ops = FuseOperations(fs, timeouts)
     options: dict[str, Any] = {"fsname": "encordfs", "subtype": "encordfs", "foreground": foreground, "debug": debug}
     if read_only:

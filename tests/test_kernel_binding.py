@@ -1,0 +1,437 @@
+"""What only the kernel binding does: invalidations that keep long kernel TTLs truthful, kernel
+passthrough, the fusermount3 mount, and answers to requests it cannot serve.
+
+The refresh test runs a real mount process against the emulator. The passthrough tests serve an
+in-memory core from a thread of this process (``kernel.run`` on a real ``/dev/fuse`` mount), with a
+tiny wrapper whose ``open`` names a local backing file, so they can count the READs that reach Python.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import errno
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from encordfs import errors
+from encordfs.backend import DatasetRecord, RowRecord
+from encordfs.backend.memory import MemoryBackend
+from encordfs.control import mounted_at, wait_mounted
+from encordfs.core.blockcache import MemoryBlockCache
+from encordfs.core.catalog import ROOT_INO, Catalog
+from encordfs.core.fs import CONTROL_INO, EncordFS, OpenFile, Options
+from encordfs.core.reader import ReadPipeline
+from encordfs.core.urls import SignedUrlCache
+from encordfs.fuse import Timeouts, kernel
+from encordfs.fuse import _abi as abi
+from encordfs.fuse._abi import Op
+from harness.emulator import RunningEmulator
+from harness.mount import temporary_mount
+
+if not os.path.exists("/dev/fuse"):  # pragma: no cover
+    pytest.skip("no /dev/fuse", allow_module_level=True)
+
+
+# -- invalidations through a real mount ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[RunningEmulator]:
+    with RunningEmulator(["--generate", "warm:6:1000"]) as emu:
+        yield emu
+
+
+def _refresh(path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "encordfs", "refresh", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_refresh_reaches_a_warm_kernel_cache_at_once(emulator: RunningEmulator) -> None:
+    """With hour-long kernel TTLs, ``encordfs refresh`` still shows a row renamed on the server (new
+    name, old name gone) and a row replaced by one of another size, at once: the binding told the
+    kernel which names and attributes went stale."""
+    with temporary_mount(
+        emulator.domain, emulator.key_file, "--binding", "kernel", "--metadata-ttl", "3600", prefix="encordfs-inval-"
+    ) as m:
+        folder = m.path / "warm"
+        names = sorted(os.listdir(folder))
+        renamed, replaced = folder / names[0], folder / names[1]
+        new_name = "renamed-on-the-server.jpg"
+        before = {p: p.stat() for p in (renamed, replaced)}
+        old_bytes = replaced.read_bytes()  # in the page cache too
+        assert not (folder / new_name).exists()  # a negative entry, cached
+        item = os.getxattr(renamed, "user.encord.backing_item_uuid").decode()
+        title = os.getxattr(replaced, "user.encord.title").decode()
+        new_bytes = b"\xff\xd8 replaced " * 300
+
+        emulator.client().get_storage_item(item).update(name=new_name)
+        emulator.delete_row(os.getxattr(replaced, "user.encord.uid").decode())
+        emulator.add_row("warm", title, new_bytes)
+        # Within the TTL the kernel answers from its caches: nothing changed yet.
+        assert renamed.exists() and not (folder / new_name).exists()
+        assert replaced.stat().st_size == before[replaced].st_size == len(old_bytes)
+
+        _refresh(folder)
+        assert not renamed.exists()
+        assert (folder / new_name).stat().st_ino == before[renamed].st_ino
+        assert replaced.stat().st_size == len(new_bytes)
+        assert replaced.read_bytes() == new_bytes
+        assert sorted(os.listdir(folder)) == sorted([new_name] + names[1:])
+
+
+# -- passthrough, in this process --------------------------------------------------------------------
+
+
+def _row(uid: str, title: str, data: bytes) -> RowRecord:
+    return RowRecord(
+        uid=uid,
+        dataset_uid="ds1",
+        title=title,
+        data_type="IMAGE",
+        created_at=1.0e9,
+        last_edited_at=1.5e9,
+        width=4,
+        height=3,
+        frames_per_second=None,
+        duration=None,
+        file_link=f"link/{uid}",
+        file_size=len(data),
+        file_type="image/jpeg",
+        storage_location=0,
+        backing_item_uuid=f"item-{uid}",
+        is_image_sequence=None,
+        client_metadata=None,
+    )
+
+
+CONTENT = {"a.jpg": b"\xff\xd8 alpha " * 5000, "b.jpg": b"\xff\xd8 bravo " * 3000, "c.jpg": b"\xff\xd8 charlie " * 7}
+
+
+class MemoryFetcher:
+    """The reader's range fetcher over MemoryBackend's mem:// URLs."""
+
+    def __init__(self, backend: MemoryBackend) -> None:
+        self.backend = backend
+
+    def fetch_into(self, url_source: Callable[[bool], str], start: int, out: memoryview) -> None:
+        data = self.backend.fetch(url_source(False), start, start + len(out))
+        if len(data) != len(out):
+            raise errors.RemoteIOError("short read")
+        out[:] = data
+
+
+def _memory_fs(tmp_path: Path) -> tuple[EncordFS, list[Callable[[], None]]]:
+    """The core over a MemoryBackend holding ``CONTENT`` in dataset "street"; and its closers."""
+    backend = MemoryBackend()
+    backend.add_dataset(DatasetRecord("ds1", "street", "d", 1e9, 1e9, 0, "folder1", "admin"))
+    for i, (name, data) in enumerate(CONTENT.items()):
+        backend.add_row(_row(f"r{i}", name, data), data)
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    reader = ReadPipeline(MemoryFetcher(backend), MemoryBlockCache(64 << 20))
+    fs = EncordFS(backend, catalog, reader, SignedUrlCache(backend.sign), Options(uid=0, gid=0))
+    fs.refresh(ROOT_INO)
+    return fs, [fs.close, reader.close, catalog.close]
+
+
+class Served:
+    """An in-memory core mounted by ``kernel.run`` on a thread of this process. ``backing`` maps a
+    file name to the local file its opens name (the stand-in for the block cache's copy)."""
+
+    def __init__(self, fs: EncordFS, path: Path, backing: dict[str, Path]) -> None:
+        self.fs = fs
+        self.path = path
+        self.backing = backing
+        self.reads = 0
+        self.error: BaseException | None = None
+        self.thread: threading.Thread | None = None
+
+    def status(self) -> dict[str, Any]:
+        return self.fs.status()["passthrough"]  # type: ignore[no-any-return]
+
+
+def _wrap(fs: EncordFS, served: Served) -> None:
+    open_, read = fs.open, fs.read
+
+    def opened(ino: int, writable: bool) -> OpenFile:
+        result = open_(ino, writable)
+        local = served.backing.get(fs.node(ino).name) if ino < CONTROL_INO else None
+        return dataclasses.replace(result, backing=str(local) if local else None)
+
+    def counted(fh: int, offset: int, length: int) -> Any:
+        served.reads += 1
+        return read(fh, offset, length)
+
+    fs.open, fs.read = opened, counted  # type: ignore[method-assign]
+
+
+@pytest.fixture()
+def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Served]]:
+    started: list[tuple[Served, Any]] = []
+
+    def start(*, passthrough: bool = True, backing: bool = True, fusermount: bool = False) -> Served:
+        if fusermount:  # the unprivileged path, taken by root here
+            monkeypatch.setattr(
+                kernel,
+                "_mount",
+                lambda path, *, read_only, allow_other: kernel._mount_with_fusermount(
+                    path, read_only=read_only, extra=[]
+                ),
+            )
+        fs, closers = _memory_fs(tmp_path)
+        local: dict[str, Path] = {}
+        for name, data in CONTENT.items():
+            if backing and name != "c.jpg":  # c.jpg: the core has no local copy to offer
+                local[name] = tmp_path / f"backing-{name}"
+                local[name].write_bytes(data)
+        path = tmp_path / "mnt"
+        path.mkdir()
+        served = Served(fs, path, local)
+        _wrap(fs, served)
+
+        def run() -> None:
+            try:
+                kernel.run(fs, str(path), timeouts=Timeouts(60, 60), read_only=True, passthrough=passthrough)
+            except BaseException as exc:  # surfaced by the test
+                served.error = exc
+
+        served.thread = threading.Thread(target=run, daemon=True)
+        served.thread.start()
+        assert wait_mounted(path, 10, served.thread.is_alive), served.error
+        started.append((served, closers))
+        return served
+
+    yield start
+    for served, closers in started:
+        if mounted_at(served.path):
+            subprocess.run(["fusermount3", "-u", "-z", str(served.path)], capture_output=True)
+        assert served.thread is not None
+        served.thread.join(15)
+        assert not served.thread.is_alive()
+        for close in closers:
+            close()
+
+
+def _read(path: Path) -> bytes:
+    with open(path, "rb", buffering=0) as f:
+        return f.read()
+
+
+def test_passthrough_reads_never_reach_python(serve: Callable[..., Served]) -> None:
+    served = serve()
+    folder = served.path / "street"
+    assert _read(folder / "a.jpg") == CONTENT["a.jpg"]
+    assert served.reads == 0
+    assert served.status() == {"enabled": True, "opens": 1, "backing_ids": 1}
+    # every opener of an inode with a passthrough handle open is passthrough too (one backing id)
+    with open(folder / "a.jpg", "rb", buffering=0) as first, open(folder / "a.jpg", "rb", buffering=0) as second:
+        assert first.read(100) == CONTENT["a.jpg"][:100]
+        second.seek(40_000)
+        assert second.read(10) == CONTENT["a.jpg"][40_000:40_010]
+    assert _read(folder / "b.jpg") == CONTENT["b.jpg"]
+    assert served.reads == 0
+    assert served.status() == {"enabled": True, "opens": 4, "backing_ids": 2}
+    # no backing file from the core: served by this process, as without passthrough
+    assert _read(folder / "c.jpg") == CONTENT["c.jpg"]
+    assert served.reads > 0
+    assert served.status()["opens"] == 4
+
+
+def test_passthrough_id_lives_until_the_kernel_forgets_the_inode(serve: Callable[..., Served]) -> None:
+    served = serve()
+    target = served.path / "street" / "a.jpg"
+    for _ in range(3):
+        assert _read(target) == CONTENT["a.jpg"]
+    assert served.status() == {"enabled": True, "opens": 3, "backing_ids": 1}  # reused, not re-registered
+    # drop the kernel's dentries and inodes: FORGET brings the lookup count to 0, the id is closed
+    deadline = time.monotonic() + 10
+    while served.status()["backing_ids"] and time.monotonic() < deadline:
+        Path("/proc/sys/vm/drop_caches").write_text("2")
+        time.sleep(0.1)
+    assert served.status()["backing_ids"] == 0
+    assert _read(target) == CONTENT["a.jpg"] and served.reads == 0
+
+
+def test_no_passthrough_option_serves_every_read(serve: Callable[..., Served]) -> None:
+    served = serve(passthrough=False)
+    assert _read(served.path / "street" / "a.jpg") == CONTENT["a.jpg"]
+    assert served.reads > 0
+    assert served.status() == {"enabled": False, "opens": 0, "backing_ids": 0}
+
+
+def _xattr_call(func: str, path: Path, size: int, name: str | None = None) -> tuple[int, int]:
+    """(result, errno) of libc getxattr/listxattr with a ``size``-byte buffer (0: the size probe)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(max(size, 1))
+    args: list[Any] = [os.fsencode(path)] + ([name.encode()] if name is not None else []) + [buf, ctypes.c_size_t(size)]
+    result = getattr(libc, func)(*args)
+    return result, ctypes.get_errno() if result < 0 else 0
+
+
+def test_xattr_size_protocol_and_refusals(serve: Callable[..., Served]) -> None:
+    served = serve(backing=False)
+    folder = served.path / "street"
+    target = folder / "a.jpg"
+    assert _read(target) == CONTENT["a.jpg"]
+    assert _xattr_call("getxattr", target, 0, "user.encord.title") == (len(b"a.jpg"), 0)
+    assert _xattr_call("getxattr", target, 2, "user.encord.title") == (-1, errno.ERANGE)
+    needed, _ = _xattr_call("listxattr", target, 0)
+    assert needed == len(b"".join(n.encode() + b"\0" for n in os.listxattr(target)))
+    assert _xattr_call("listxattr", target, 3) == (-1, errno.ERANGE)
+    with pytest.raises(OSError) as info:
+        os.getxattr(target, "user.encord.no_such_field")
+    assert info.value.errno == errno.ENODATA
+    with pytest.raises(OSError) as info:
+        os.getxattr(target, "security.selinux")
+    assert info.value.errno == errno.ENOTSUP
+    with pytest.raises(OSError) as info:
+        os.mkdir(folder / "new")
+    assert info.value.errno == errno.EROFS
+    assert os.statvfs(served.path).f_namemax == 255
+    assert served.error is None
+
+
+def _in_proc_mounts(path: Path) -> str | None:
+    """The type mounted at ``path`` from /proc/mounts, without touching the mount (it may not serve)."""
+    for line in Path("/proc/mounts").read_text().splitlines():
+        fields = line.split()
+        if fields[1] == str(path):
+            return fields[2]
+    return None
+
+
+def test_fusermount3_mount_serves(serve: Callable[..., Served]) -> None:
+    served = serve(fusermount=True)
+    assert _in_proc_mounts(served.path) == "fuse.encordfs"
+    assert _read(served.path / "street" / "b.jpg") == CONTENT["b.jpg"]
+    subprocess.run(["fusermount3", "-u", str(served.path)], check=True)
+    assert served.thread is not None
+    served.thread.join(15)
+    assert not served.thread.is_alive() and served.error is None
+
+
+def test_fusermount3_mount_goes_when_its_process_dies(tmp_path: Path) -> None:
+    """auto_unmount: when the mount process's fds close (it was killed), fusermount3 unmounts."""
+    path = tmp_path / "mnt"
+    path.mkdir()
+    mounted = kernel._mount_with_fusermount(str(path), read_only=True, extra=[])
+    try:
+        assert _in_proc_mounts(path) == "fuse.encordfs"
+    finally:
+        os.close(mounted.fd)  # what the kernel does for a killed process
+        assert mounted.watch is not None and mounted.fusermount is not None
+        mounted.watch.close()
+    deadline = time.monotonic() + 10
+    while _in_proc_mounts(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _in_proc_mounts(path) is None
+    assert mounted.fusermount.wait(10) == 0
+
+
+def test_fusermount3_failure_says_why(tmp_path: Path) -> None:
+    with pytest.raises(errors.FsError, match="fusermount3 could not mount .*No such file"):
+        kernel._mount_with_fusermount(str(tmp_path / "missing"), read_only=True, extra=[])
+
+
+# -- answers, without a kernel -----------------------------------------------------------------------
+
+
+class Asker:
+    """Feeds requests to a session's ``_serve_safely`` and reads its answers from a SEQPACKET socket
+    standing in for /dev/fuse (one message per answer, as the device keeps them)."""
+
+    def __init__(self, fs: EncordFS) -> None:
+        self.ours, self.device = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.session = kernel._Session(fs, self.device.fileno(), Timeouts(60, 60), passthrough=False, debug=True)
+        self.session._handlers = self.session._handler_table()
+        self.worker = kernel._Worker(self.device.fileno())
+        self.unique = 100
+
+    def ask(self, opcode: int, nodeid: int, arg: bytes = b"") -> tuple[int, bytes] | None:
+        """(errno as the kernel sees it, body) of the answer; None when there is none."""
+        self.unique += 1
+        msg = abi.IN_HEADER.pack(abi.IN_HEADER.size + len(arg), opcode, self.unique, nodeid, 0, 0, 0, 0, 0) + arg
+        self.worker.buf[: len(msg)] = msg
+        self.session._serve_safely(self.worker, len(msg))
+        self.ours.settimeout(0.2)
+        try:
+            reply = self.ours.recv(1 << 21)
+        except TimeoutError:
+            return None
+        length, error, unique = abi.OUT_HEADER.unpack_from(reply)
+        assert (length, unique) == (len(reply), self.unique)
+        return -error, reply[abi.OUT_HEADER.size :]
+
+
+def test_every_request_is_answered_with_the_right_errno(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    fs, closers = _memory_fs(tmp_path)
+    asker = Asker(fs)
+    try:
+        ok, body = asker.ask(Op.LOOKUP, ROOT_INO, b"street\0") or (None, b"")
+        assert ok == 0
+        street = abi.ENTRY_OUT.unpack_from(body)[0]
+        ok, body = asker.ask(Op.LOOKUP, street, b"nope.jpg\0") or (None, b"")
+        assert ok == 0 and abi.ENTRY_OUT.unpack_from(body)[:3] == (0, 0, 5)  # negative entry, 5 s
+        assert asker.ask(Op.LOOKUP, street, b"no NUL") == (errno.EIO, b"")  # cannot be parsed
+        assert asker.ask(Op.READ, street, b"short") == (errno.EIO, b"")
+        assert asker.ask(Op.GETATTR, 999_999, abi.GETATTR_IN.pack(0, 0, 0)) == (errno.ENOENT, b"")
+        assert asker.ask(Op.LOOKUP, street + 1, b"x\0") == (errno.ENOTDIR, b"")  # a file's "child"
+        for op in (Op.MKDIR, Op.UNLINK, Op.CREATE, Op.WRITE, Op.SYMLINK, Op.LINK, Op.RMDIR, Op.MKNOD):
+            assert asker.ask(op, street, b"x\0\0") == (errno.EROFS, b"")
+        assert asker.ask(Op.SETATTR, street, abi.SETATTR_IN.pack(abi.FATTR_MODE, 0, 0)) == (errno.EROFS, b"")
+        for op in (Op.ACCESS, Op.READLINK, Op.IOCTL, Op.LSEEK, Op.STATX, 4096):
+            assert asker.ask(op, street, b"\0" * 16) == (errno.ENOSYS, b"")
+        xattr_in = abi.GETXATTR_IN.pack(100, 0)
+        assert asker.ask(Op.GETXATTR, street + 1, xattr_in + b"security.selinux\0") == (errno.ENOTSUP, b"")
+        assert asker.ask(Op.GETXATTR, street + 1, xattr_in + b"user.encord.nope\0") == (errno.ENODATA, b"")
+        rename2 = abi.RENAME2_IN.pack(street, abi.RENAME_EXCHANGE, 0) + b"a.jpg\0b.jpg\0"
+        assert asker.ask(Op.RENAME2, street, rename2) == (errno.EINVAL, b"")
+        for op, arg in ((Op.FORGET, abi.FORGET_IN.pack(1)), (Op.INTERRUPT, abi.INTERRUPT_IN.pack(1))):
+            assert asker.ask(op, street, arg) is None  # no answer expected, none sent
+
+        def broken(ino: int) -> None:
+            raise RuntimeError("a bug")
+
+        fs.getattr = broken  # type: ignore[method-assign,assignment]
+        assert asker.ask(Op.GETATTR, street, abi.GETATTR_IN.pack(0, 0, 0)) == (errno.EIO, b"")
+        assert "internal error in GETATTR" in caplog.text and "a bug" in caplog.text
+        assert "cannot parse a LOOKUP request" in caplog.text
+    finally:
+        asker.ours.close()
+        asker.device.close()
+        for close in closers:
+            close()
+
+
+def test_binding_and_passthrough_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from encordfs.cli import _given, build_parser
+    from encordfs.settings import mount_argv, resolve
+
+    monkeypatch.delenv("ENCORDFS_CONFIG", raising=False)
+    monkeypatch.setenv("ENCORDFS_BINDING", "kernel")
+    monkeypatch.setenv("ENCORDFS_PASSTHROUGH", "0")
+    args = build_parser().parse_args(["mount", "/mnt/x", "--domain", "http://d"])
+    s = resolve(_given(args))
+    assert (s.binding, s.passthrough) == ("kernel", False)
+    argv = mount_argv(s, Path("/mnt/x"))
+    assert argv[argv.index("--binding") + 1] == "kernel" and "--no-passthrough" in argv
+    monkeypatch.delenv("ENCORDFS_PASSTHROUGH")
+    args = build_parser().parse_args(["mount", "/mnt/x", "--domain", "http://d", "--binding", "mfusepy"])
+    s = resolve(_given(args))
+    assert (s.binding, s.passthrough) == ("mfusepy", True)  # the command line wins
+    assert "--no-passthrough" not in mount_argv(s, Path("/mnt/x"))
+    assert build_parser().parse_args(["mount", "/mnt/x", "--no-passthrough"]).passthrough is False
+    monkeypatch.setenv("ENCORDFS_BINDING", "pyfuse3")
+    with pytest.raises(errors.InvalidValue, match="binding"):
+        resolve(_given(build_parser().parse_args(["mount", "/mnt/x"])))
