@@ -6,15 +6,18 @@ catalog, signed-URL cache, block caches and reader together, so each piece stays
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
+import shutil
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from encordfs import errors
 from encordfs.backend import Backend
-from encordfs.core.blockcache import DiskBlockCache, MemoryBlockCache, TieredBlockCache
+from encordfs.core.blockcache import DiskFileCache, MemoryBlockCache, TieredBlockCache
 from encordfs.core.catalog import Catalog
 from encordfs.core.counters import Counters
 from encordfs.core.fetch import HttpFetcher
@@ -51,6 +54,9 @@ class Settings:
     # these only matter to other local users of an --allow-other mount (default_permissions).
     file_mode: int = 0o444
     dir_mode: int = 0o555
+    # Hand out the disk cache's complete files at open (``OpenFile.backing``) for a binding that can
+    # open files in FUSE passthrough mode; that binding turns it on (mfusepy cannot, so: off).
+    backing_files: bool = False
 
 
 def default_cache_dir(domain: str) -> Path:
@@ -89,8 +95,9 @@ def build(backend: Backend, settings: Settings) -> Mount:
     counters = Counters()
     closers: list = []  # type: ignore[type-arg]
     try:
-        disk = DiskBlockCache(
-            cache_dir / "blocks", settings.cache_size_bytes, settings.cache_min_free_bytes, counters=counters
+        retire_block_cache(cache_dir)
+        disk = DiskFileCache(
+            cache_dir / "files", settings.cache_size_bytes, settings.cache_min_free_bytes, counters=counters
         )
         closers.append(disk.close)
         cache = TieredBlockCache(MemoryBlockCache(settings.memory_cache_bytes, counters=counters), disk)
@@ -114,6 +121,7 @@ def build(backend: Backend, settings: Settings) -> Mount:
             dir_mode=settings.dir_mode,
             metadata_ttl_s=settings.metadata_ttl_s,
             max_metadata_bytes=settings.max_metadata_bytes,
+            backing_files=settings.backing_files,
         )
         fs = EncordFS(
             backend,
@@ -122,7 +130,11 @@ def build(backend: Backend, settings: Settings) -> Mount:
             urls,
             options,
             writes=writes,
-            status_extra=lambda: {"counters": counters.snapshot(), "cache_dir": str(cache_dir)},
+            status_extra=lambda: {
+                "counters": counters.snapshot(),
+                "cache_dir": str(cache_dir),
+                "disk_cache": disk.stats(),
+            },
         )
         closers.append(fs.close)
     except BaseException:
@@ -131,6 +143,38 @@ def build(backend: Backend, settings: Settings) -> Mount:
         raise
     closers.insert(0, backend.close)
     return Mount(fs, counters, cache_dir, closers)
+
+
+def retire_block_cache(cache_dir: Path) -> None:
+    """Delete ``CACHE/blocks``, the disk cache of versions before the file cache (a file per block, behind
+    a header: no kernel can read through it), in the background. Its blocks are never served; the file
+    cache starts empty. Left alone while a mount of such a version still holds its LOCK."""
+    old = cache_dir / "blocks"
+    if not old.is_dir():
+        return
+    try:
+        fd = os.open(old / "LOCK", os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        fd = -1
+    except OSError:
+        return
+    try:
+        if fd >= 0:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held until deleted: an old mount now gets Busy
+    except OSError:
+        os.close(fd)
+        log.info("%s is in use by a mount of an earlier encordfs version; left alone", old)
+        return
+
+    def remove() -> None:
+        try:
+            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    log.info("deleting the block cache of an earlier encordfs version (%s) in the background", old)
+    threading.Thread(target=remove, name="encordfs-retire-blocks", daemon=True).start()
 
 
 def _landed(catalog: Catalog, outcomes: list) -> None:  # type: ignore[type-arg]

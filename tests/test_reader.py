@@ -20,10 +20,10 @@ from support_http import ByteServer, FakeClock
 from encordfs.core.blockcache import (
     Block,
     BlockCache,
-    DiskBlockCache,
+    DiskFileCache,
     MemoryBlockCache,
     TieredBlockCache,
-    _write_block_file,
+    _pwrite_all,
 )
 from encordfs.core.counters import Counters
 from encordfs.core.fetch import HttpFetcher
@@ -216,7 +216,7 @@ def test_prefetch_fills_the_cache(
     size = 1024 * KiB + 5
     server.add("big", data_of(5, size))
     server.add("small", data_of(6, 20 * KiB))
-    with DiskBlockCache(tmp_path / "c", capacity_bytes=64 << 20, min_free_bytes=0) as disk:
+    with DiskFileCache(tmp_path / "c", capacity_bytes=64 << 20, min_free_bytes=0) as disk:
         pipeline = make_pipeline(TieredBlockCache(MemoryBlockCache(128 * KiB), disk))
         assert pipeline.prefetch("big:1", size, plain_source(server, "big")) == 17
         assert pipeline.prefetch("small:1", 20 * KiB, plain_source(server, "small")) == 1
@@ -231,7 +231,7 @@ def test_disk_cache_serves_a_remount(server: ByteServer, fetcher: HttpFetcher, t
     size = 300 * KiB
     server.add("big", data_of(7, size))
     for _ in range(2):
-        with DiskBlockCache(tmp_path / "c", capacity_bytes=64 << 20, min_free_bytes=0) as disk:
+        with DiskFileCache(tmp_path / "c", capacity_bytes=64 << 20, min_free_bytes=0) as disk:
             pipeline = ReadPipeline(fetcher, TieredBlockCache(MemoryBlockCache(1 << 20), disk), **SMALL)  # type: ignore[arg-type]
             pipeline.prefetch("big:1", size, plain_source(server, "big"))
             pipeline.close()
@@ -243,13 +243,13 @@ def test_a_part_queued_for_the_disk_is_not_fetched_again(
 ) -> None:
     gate = threading.Event()
 
-    def stuck_disk(path: str, data: Block) -> None:
+    def stuck_disk(fd: int, data: Block, offset: int) -> None:
         assert gate.wait(10)
-        _write_block_file(path, data)
+        _pwrite_all(fd, data, offset)
 
     size = 200 * KiB
     server.add("big", data_of(8, size))
-    with DiskBlockCache(tmp_path / "c", capacity_bytes=64 << 20, min_free_bytes=0, write_file=stuck_disk) as disk:
+    with DiskFileCache(tmp_path / "c", capacity_bytes=64 << 20, min_free_bytes=0, write_part=stuck_disk) as disk:
         pipeline = make_pipeline(TieredBlockCache(MemoryBlockCache(1), disk))  # the memory tier holds nothing
         source = plain_source(server, "big")
         assert read_all(pipeline, "big:1", size, source, chunk=64 * KiB) == server.blobs["big"]  # disk stuck
@@ -265,14 +265,14 @@ def test_a_part_queued_for_the_disk_is_not_fetched_again(
 def test_prefetch_waits_for_a_slow_disk_instead_of_skipping(
     server: ByteServer, make_pipeline: Callable[..., ReadPipeline], tmp_path: Path
 ) -> None:
-    def slow_disk(path: str, data: Block) -> None:
+    def slow_disk(fd: int, data: Block, offset: int) -> None:
         time.sleep(0.01)
-        _write_block_file(path, data)
+        _pwrite_all(fd, data, offset)
 
     size = 1024 * KiB
     server.add("big", data_of(9, size))
-    disk = DiskBlockCache(
-        tmp_path / "c", capacity_bytes=64 << 20, min_free_bytes=0, max_backlog_bytes=64 * KiB, write_file=slow_disk
+    disk = DiskFileCache(
+        tmp_path / "c", capacity_bytes=64 << 20, min_free_bytes=0, max_backlog_bytes=64 * KiB, write_part=slow_disk
     )
     with disk:
         pipeline = make_pipeline(TieredBlockCache(MemoryBlockCache(1), disk))

@@ -38,6 +38,11 @@ Who fetches
     a part is not fetched twice meanwhile, and skips the write when its backlog is full); only
     ``prefetch`` waits for room in that queue, since filling the cache is its point.
 
+Backing files
+    ``open_backing`` serves a binding that can open files in FUSE passthrough mode: an fd of the cache's
+    local file of an item when that file holds every byte; a small file not complete there yet is
+    fetched whole during the open and stored synchronously first, so it is backed from its first open.
+
 Global memory budget
     ``MemoryBudget`` accounts every segment held by any handle or in flight (prefetch too). Readahead only
     uses ``try_acquire`` below 3/4 of the budget (the rest is kept for demand, so a cold handle is not
@@ -66,7 +71,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 
-from encordfs.core.blockcache import Block, BlockCache, BlockKey
+from encordfs.core.blockcache import Block, BlockCache, BlockKey, FileLayout
 from encordfs.core.counters import Counters
 from encordfs.core.fetch import RangeFetcher
 from encordfs.core.urls import UrlSource
@@ -249,6 +254,7 @@ class ReadPipeline:
     def prefetch(self, content_key: str, size: int, url_source: UrlSource) -> int:
         """Warm the block cache with every part of a file; returns the number of parts fetched."""
         part_size = self.part_size_for(size)
+        layout = FileLayout(size, part_size)
         slots = threading.Semaphore(self.max_parallel_per_file)
         pending: list[Future[None]] = []
         for k in range(-(-size // part_size) if size else 0):
@@ -265,7 +271,7 @@ class ReadPipeline:
                 raise
             segment = _Segment(start, end, k, self.budget)
             segment.fill_cache = True
-            pending.append(self._submit(segment, content_key, url_source, on_done=_releaser(segment, slots)))
+            pending.append(self._submit(segment, content_key, layout, url_source, on_done=_releaser(segment, slots)))
         futures_wait(pending)
         for future in pending:
             error = future.exception()
@@ -273,6 +279,31 @@ class ReadPipeline:
                 raise error
         self.counters.inc("reader.prefetch_parts", len(pending))
         return len(pending)
+
+    def open_backing(self, content_key: str, size: int, url_source: UrlSource) -> int | None:
+        """A read-only fd of a local file holding the whole file at its own offsets (for a FUSE
+        passthrough open; the caller closes it), or None when the cache cannot give one.
+
+        A small file (``<= small_file_bytes``) that is not complete in the cache is fetched whole now
+        (joining a fetch of it already in flight, charged to the budget like a demand read) and stored
+        with ``sync``: it was about to be read anyway, and from then on the kernel reads it without us.
+        A large file is backed only once every part is cached. Fetch errors propagate (the open fails as
+        its first read would have).
+        """
+        fd = self.cache.open_complete(content_key, size)
+        if fd is not None or not 0 < size <= self.small_file_bytes:
+            return fd
+        layout = FileLayout(size, self.part_size_for(size))
+        self._acquire_demand(size, requester=None)
+        segment = _Segment(0, size, 0, self.budget)
+        try:
+            self._run_segment(segment, content_key, layout, url_source)
+            data = segment.wait(self.read_timeout_s)
+            self.cache.put((content_key, 0), data, layout, sync=True)
+        finally:
+            segment.drop()
+        self.counters.inc("reader.backing_fills")
+        return self.cache.open_complete(content_key, size)
 
     def part_size_for(self, size: int) -> int:
         """The part size of a file: the whole file when small, else ``part_bytes``."""
@@ -328,12 +359,13 @@ class ReadPipeline:
         self,
         segment: _Segment,
         content_key: str,
+        layout: FileLayout,
         url_source: UrlSource,
         on_done: Callable[[], None],
     ) -> Future[None]:
         """Run ``segment`` in the pool; ``on_done`` is called once it has run (or could not be queued)."""
         try:
-            return self._pool.submit(self._run_pooled, segment, content_key, url_source, on_done)
+            return self._pool.submit(self._run_pooled, segment, content_key, layout, url_source, on_done)
         except RuntimeError:  # the pool is shut down: the pipeline is closing
             if segment.claim():
                 segment.fail(RemoteIOError("read pipeline is closed"))
@@ -343,17 +375,24 @@ class ReadPipeline:
             return failed
 
     def _run_pooled(
-        self, segment: _Segment, content_key: str, url_source: UrlSource, on_done: Callable[[], None]
+        self,
+        segment: _Segment,
+        content_key: str,
+        layout: FileLayout,
+        url_source: UrlSource,
+        on_done: Callable[[], None],
     ) -> None:
         try:
-            self._run_segment(segment, content_key, url_source, from_pool=True)
+            self._run_segment(segment, content_key, layout, url_source, from_pool=True)
             error = segment.future.exception() if segment.future.done() else None
             if error is not None:
                 raise error  # for prefetch, which waits on the pool's futures
         finally:
             on_done()
 
-    def _run_segment(self, segment: _Segment, content_key: str, url_source: UrlSource, from_pool: bool = False) -> None:
+    def _run_segment(
+        self, segment: _Segment, content_key: str, layout: FileLayout, url_source: UrlSource, from_pool: bool = False
+    ) -> None:
         """Fill ``segment`` (no-op unless this thread claims it); errors land in its future."""
         if not segment.claim(unless_dropped=from_pool):
             return
@@ -361,12 +400,12 @@ class ReadPipeline:
             if segment.part is None:
                 segment.finish(self._fetch(url_source, segment.start, segment.end))
             else:
-                self._load_part(segment, (content_key, segment.part), url_source)
+                self._load_part(segment, (content_key, segment.part), layout, url_source)
         except Exception as exc:
             if not segment.future.done():
                 segment.fail(exc)
 
-    def _load_part(self, segment: _Segment, key: BlockKey, url_source: UrlSource) -> None:
+    def _load_part(self, segment: _Segment, key: BlockKey, layout: FileLayout, url_source: UrlSource) -> None:
         cached = self.cache.get(key)
         if cached is not None:
             segment.finish(cached)
@@ -385,7 +424,7 @@ class ReadPipeline:
         try:
             data = self._fetch(url_source, segment.start, segment.end)
             segment.finish(data)  # readers go on before the cache write
-            self.cache.put(key, data, wait=segment.fill_cache)  # the disk tier only queues it
+            self.cache.put(key, data, layout, wait=segment.fill_cache)  # the disk tier only queues it
         finally:
             with self._lock:
                 if self._flights.get(key) is segment.future:
@@ -416,6 +455,7 @@ class ReadHandle:
         self.size = size
         self._url_source = url_source
         self._part_size = pipeline.part_size_for(size)
+        self._layout = FileLayout(size, self._part_size)
         self._small = size <= pipeline.small_file_bytes  # fetched whole, with one GET
         self._lock = threading.Lock()
         self._segments: list[_Segment] = []  # least recently used first
@@ -445,7 +485,7 @@ class ReadHandle:
         pos = offset
         while pos < end:
             segment = self._segment_at(pos, end)
-            self._p._run_segment(segment, self.content_key, self._url_source)  # demand, or steal from the queue
+            self._p._run_segment(segment, self.content_key, self._layout, self._url_source)  # demand, or steal
             try:
                 data = segment.wait(self._p.read_timeout_s)
             except BaseException:
@@ -549,7 +589,7 @@ class ReadHandle:
                 break
             segment = self._add_locked(start, end, part)
             p.counters.inc("reader.readahead_fetches")
-            p._submit(segment, self.content_key, self._url_source, on_done=p._readahead_done)
+            p._submit(segment, self.content_key, self._layout, self._url_source, on_done=p._readahead_done)
             frontier = end
             target = min(self.size, pos + self._window)
         self._frontier = frontier
@@ -585,7 +625,7 @@ class ReadHandle:
                 upto = min(last.end, covering.end)
                 views.append(memoryview(covering.future.result())[pos - covering.start : upto - covering.start])
                 pos = upto
-        self._p.cache.put(key, b"".join(views))
+        self._p.cache.put(key, b"".join(views), self._layout)
         self._p.counters.inc("reader.parts_coalesced")
 
     # -- segment bookkeeping (all under self._lock)
