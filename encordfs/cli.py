@@ -544,7 +544,7 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
         "--ssh-key-file", help="OpenSSH Ed25519 private key registered with Encord (default: $ENCORD_SSH_KEY_FILE)"
     )
     p.add_argument(
-        "--cache-dir", help="where the catalog and block cache live (default: ~/.cache/encordfs/<domain hash>)"
+        "--cache-dir", help="where the catalog and disk cache live (default: ~/.cache/encordfs/<domain hash>)"
     )
     p.add_argument("--read-only", action="store_true", default=None, help="mount read-only (no metadata writes)")
     p.add_argument(
@@ -560,7 +560,7 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
         help="also show datasets the key sees through its organisation",
     )
     p.add_argument("--metadata-ttl", default=None, help="minimal | SECONDS | indefinite (default 60)")
-    p.add_argument("--cache-size", default=None, help="disk block cache cap, e.g. 10G (default 10G)")
+    p.add_argument("--cache-size", default=None, help="disk cache cap, e.g. 10G (default 10G)")
     p.add_argument(
         "--max-metadata-bytes", type=int, default=None, help="refuse client metadata larger than this (default 65536)"
     )
