@@ -47,9 +47,9 @@ Writes
     offset) and renames it into place, so a path never names a half-made file and a replaced file never
     changes under an fd that has it open; later parts are written in place with one ``pwrite`` into a
     hole of that file. A failed write is counted (``cache.write_errors``), logged (at most once a minute)
-    and dropped; the index rows of landed parts are committed in batches (when idle, every 256 changes
-    or 1 s, at close). ``close`` lets the writer drain the queue (at most the backlog), then drops what is
-    left after ``close_timeout_s``.
+    and dropped; the index rows of landed parts are committed in batches (after 50 ms without work,
+    during a stream every 128 changes or 0.25 s, at close). ``close`` lets the writer drain the queue
+    (at most the backlog), then drops what is left after ``close_timeout_s``.
 
 Reads
     One ``open`` + ``preadv`` straight into a buffer of the part's recorded length. A part read short
@@ -269,8 +269,14 @@ CREATE TABLE IF NOT EXISTS parts (
 ) WITHOUT ROWID;
 """
 _TOUCH_BATCH = 4096  # hits remembered before the writer persists them (~0.5 MiB of dict)
-_COMMIT_CHANGES = 256  # index changes (parts landed, items dropped) the writer holds before committing ...
-_COMMIT_INTERVAL_S = 1.0  # ... or this long: a crash forgets at most that much (the files are then re-fetched)
+# The writer commits index changes (parts landed, files dropped) once the queue has been empty for
+# _COMMIT_QUIET_S, and during a stream every _COMMIT_CHANGES changes or _COMMIT_INTERVAL_S. A commit costs
+# ~15 us of CPU and a change ~8 us here (WAL, no fsync). A process killed before a commit (SIGTERM while
+# it drains its queue at unmount, kill -9) forgets those parts: their bytes are fetched again, and a
+# file whose first part was never recorded is deleted at the next open.
+_COMMIT_QUIET_S = 0.05
+_COMMIT_CHANGES = 128
+_COMMIT_INTERVAL_S = 0.25
 _ERROR_LOG_INTERVAL_S = 60.0  # a failing disk logs once a minute, counters count every failure
 _CHARGE_UNIT = 4096  # filesystem block: what a part really takes on disk, rounded up
 
@@ -542,18 +548,20 @@ class DiskFileCache:
         while True:
             with self._changed:
                 if not self._queue and not self._closing and len(self._touched) < _TOUCH_BATCH:
-                    self._changed.wait(_COMMIT_INTERVAL_S if self._index_changes else self.touch_persist_interval_s)
+                    self._changed.wait(_COMMIT_QUIET_S if self._index_changes else self.touch_persist_interval_s)
                 while self._dropping and self._queue:
                     self._land_locked(self._queue.popleft())  # dropped unwritten: never indexed
                 key = self._queue.popleft() if self._queue else None
                 queued = self._pending[key] if key is not None else None
-                done = key is None and self._closing
+                idle, changes = key is None, bool(self._index_changes)
+                done = idle and self._closing
                 due = time.monotonic() - self._committed_at >= _COMMIT_INTERVAL_S
                 commit = (
                     done
                     or len(self._touched) >= _TOUCH_BATCH
                     or len(self._index_changes) >= _COMMIT_CHANGES
-                    or (due and (key is None or bool(self._index_changes)))
+                    or (idle and (changes or due))
+                    or (changes and due)
                 )
             if key is not None and queued is not None:
                 try:
