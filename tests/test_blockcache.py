@@ -115,6 +115,7 @@ def test_parts_land_at_their_own_offsets_of_one_sparse_file(tmp_path: Path) -> N
         assert path.stat().st_blocks * 512 < len(data)  # ... that takes no space
         assert [cache.contains(("doc:v1", k)) for k in range(3)] == [True, False, True]
         assert cache.complete_path("doc:v1", len(data)) is None  # not complete: no backing file
+        assert cache.stats() == {"used_bytes": PART + 4 * KiB, "items": 1, "complete_items": 0, "backlog_bytes": 0}
         assert cache.get(("doc:v1", 1)) is None
         cache.put(("doc:v1", 1), data[PART : 2 * PART], layout)
         assert cache.flush(5)
@@ -122,6 +123,7 @@ def test_parts_land_at_their_own_offsets_of_one_sparse_file(tmp_path: Path) -> N
         assert path.read_bytes() == data
         assert [cache.get(("doc:v1", k)) for k in range(3)] == [data[:PART], data[PART : 2 * PART], data[2 * PART :]]
         assert cache.used_bytes == 2 * PART + 4 * KiB  # the 100-byte part is charged a 4 KiB block
+        assert cache.stats()["complete_items"] == 1
         assert cache.counters.get("cache.bytes_written") == len(data)
 
 
@@ -181,6 +183,7 @@ def test_parts_and_their_checksums_survive_reopen(tmp_path: Path) -> None:
         assert again.get(("other:v", 0)) is None
         assert again.counters.snapshot()["cache.hits_disk"] == 2
         assert again.used_bytes == 2 * PART + 4 * KiB
+        assert again.stats()["complete_items"] == 1 and again.stats()["items"] == 2
 
 
 def _crc(data: bytes) -> int:

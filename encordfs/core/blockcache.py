@@ -332,6 +332,7 @@ class DiskFileCache:
         self._changed = threading.Condition(self._lock)  # queue, pending or closing changed
         self._items: OrderedDict[str, _Item] = OrderedDict()  # file name -> item, least recently used first
         self._used_bytes = 0
+        self._complete_items = 0
         self._undeletable: dict[str, int] = {}  # evicted, but the unlink failed: name -> bytes still counted
         self._undeletable_retry_at = 0.0
         self._touched: dict[str, int] = {}  # name -> wall-clock ns of its last hit, not yet in the index
@@ -373,11 +374,10 @@ class DiskFileCache:
     def stats(self) -> dict[str, int]:
         """For ``status``: bytes used, items (and how many are complete), bytes queued."""
         with self._lock:
-            complete = sum(1 for item in self._items.values() if item.complete)
             return {
                 "used_bytes": self._used_bytes,
                 "items": len(self._items),
-                "complete_items": complete,
+                "complete_items": self._complete_items,
                 "backlog_bytes": self._backlog_bytes,
             }
 
@@ -604,6 +604,7 @@ class DiskFileCache:
                 written = False  # evicted, or found damaged, while we wrote: the bytes went to an unlinked file
             if written and item is not None:
                 item.parts[index] = (len(data), crc)
+                self._complete_items += item.complete
                 item.charged_bytes += charge
                 self._used_bytes += charge
                 self._written_since_check += charge
@@ -752,6 +753,7 @@ class DiskFileCache:
                 item.charged_bytes = max(sum(_charge(length) for length, _ in item.parts.values()), on_disk[name])
                 self._items[name] = item
                 self._used_bytes += item.charged_bytes
+                self._complete_items += item.complete
             self._make_room_locked(0)  # the capacity may have been lowered since the last mount
         self._commit_index()
 
@@ -795,6 +797,7 @@ class DiskFileCache:
         """Drop an item from the index and delete its file (open fds keep reading it). A failed unlink
         keeps its bytes counted until a retry succeeds."""
         del self._items[item.name]
+        self._complete_items -= item.complete
         self._touched.pop(item.name, None)
         self._index_changes.append(("drop", item.name))
         if self._unlink_locked(item.name):
