@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -559,6 +560,27 @@ def test_complete_path_only_when_every_byte_is_present_and_verified(tmp_path: Pa
         path = cache.complete_path("f", len(data))
         assert path is not None and hashlib.sha256(Path(path).read_bytes()).digest() == hashlib.sha256(data).digest()
         assert cache.counters.get("cache.backing_opens") == 1
+
+
+def test_a_big_complete_file_is_sealed_and_trusted_while_untouched(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    big, small = content(10, 3 * PART), content(11, PART)
+    with open_cache(root, seal_min_bytes=2 * PART) as cache:
+        put_file(cache, "big", big)
+        cache.put(*whole("small", small))
+    assert cache.counters.get("cache.sealed_files") == 1  # by close at the latest; the small file is not sealed
+    with open_cache(root, seal_min_bytes=2 * PART) as cache:
+        assert cache.complete_path("big", len(big)) is not None
+        assert cache.get(("big", 1)) == big[PART : 2 * PART]
+        assert cache.counters.get("cache.verified_bytes") == 0  # fsynced complete, same inode and ctime since
+        assert cache.complete_path("small", PART) is not None
+        assert cache.counters.get("cache.verified_bytes") == PART  # not sealed: read and checked
+    time.sleep(0.05)  # past the kernel's coarse clock tick: the edit below gets a later ctime
+    _flip(item_path(root, "big"), PART + 3)  # same inode, new ctime
+    with open_cache(root, seal_min_bytes=2 * PART) as cache:
+        assert cache.complete_path("big", len(big)) is None
+        assert cache.counters.get("cache.corrupt_disk") == 1
+        assert cache.counters.get("cache.verified_bytes") == 0
 
 
 def test_an_evicted_file_keeps_reading_through_an_open_fd(tmp_path: Path) -> None:

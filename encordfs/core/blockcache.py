@@ -54,9 +54,10 @@ Writes
 Reads
     One ``open`` + ``preadv`` straight into a buffer of the part's recorded length. A part read short
     (the file was truncated) is damage. The crc32 (~2 ms per 8 MiB here) is checked on the first hit in
-    this session of a part inherited from a previous owner: that is where damage can come from (a crash
-    or power loss before the kernel wrote a part back -- data is never fsynced, the index may be --, bit
-    rot, someone editing the dir); parts this process wrote are trusted (it wrote them to that inode).
+    this session of a part inherited from a previous owner (``cache.verified_bytes``): that is where
+    damage can come from (a crash or power loss before the kernel wrote a part back -- parts are not
+    fsynced, the index may be --, bit rot, someone editing the dir); parts this process wrote are trusted
+    (it wrote them to that inode), and so are the parts of a sealed file.
     Damage of any part drops the whole item: its file is deleted, the lookup is a miss
     (``cache.corrupt_disk``), never wrong bytes. A read that raced with the item's eviction is a miss
     too: the lookup checks, after reading, that the item it read is still the indexed one (an evicted
@@ -64,11 +65,21 @@ Reads
 
 Complete files and passthrough
     ``open_complete(content_key, size)`` returns a read-only fd of the item's file when every part is
-    present, the file is ``size`` long and every inherited part has passed its crc32 (a big inherited
-    file is read whole once per session for that, off nobody's read path but the opener's); the caller
-    owns the fd. ``complete_path`` is the same as a path. An fd keeps its file whatever happens next:
-    eviction only unlinks, and a complete file is never written again (a new incarnation of the same
-    name is a new inode, renamed over it).
+    present, the file is ``size`` long and every inherited part has passed its crc32 (an unsealed
+    inherited file is read whole once per session for that, on the opener's thread); the caller owns the
+    fd. ``complete_path`` is the same as a path. An fd keeps its file whatever happens next: eviction only
+    unlinks, and a complete file is never written again (a new incarnation of the same name is a new
+    inode, renamed over it).
+
+Sealed files
+    Reading a 1 GiB file whole to check it at its first open of a session would cost a passthrough
+    reader ~20% of the read. So once a file of at least ``seal_min_bytes`` (64 MiB) is complete, the
+    writer (when idle, and at close) fsyncs it (``fdatasync``) and records its inode number and ctime in the
+    index (``cache.sealed_files``). At the next open a sealed file whose inode and ctime are unchanged is
+    trusted without a crc check: its bytes reached the disk before the seal was recorded, and any change
+    to the file since -- a write, a truncate, a copy or restore over it, a chmod -- sets a new ctime,
+    which nobody can set back. What a seal does not catch is the disk itself rotting bits under an
+    unchanged inode; smaller files are cheaper to check at open than to fsync, and are not sealed.
 
 Eviction and space
     Items, oldest first, keep the total under ``capacity_bytes`` and the filesystem's free space above
@@ -239,7 +250,7 @@ def _statvfs_free_bytes(path: Path) -> int:
 class _Item:
     """One item's file as indexed: its layout, the parts present, what it is charged."""
 
-    __slots__ = ("name", "layout", "parts", "unverified", "charged_bytes")
+    __slots__ = ("name", "layout", "parts", "unverified", "charged_bytes", "seal")
 
     def __init__(self, name: str, layout: FileLayout) -> None:
         self.name = name
@@ -247,6 +258,7 @@ class _Item:
         self.parts: dict[int, tuple[int, int]] = {}  # part index -> (length, crc32)
         self.unverified: set[int] = set()  # inherited from a previous owner, crc not checked yet
         self.charged_bytes = 0
+        self.seal: tuple[int, int] | None = None  # as indexed: (st_ino, st_ctime_ns) once fsynced complete
 
     @property
     def complete(self) -> bool:
@@ -261,7 +273,8 @@ class _Queued(NamedTuple):
 _SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
-    name TEXT PRIMARY KEY, size INTEGER NOT NULL, part_bytes INTEGER NOT NULL, used_ns INTEGER NOT NULL
+    name TEXT PRIMARY KEY, size INTEGER NOT NULL, part_bytes INTEGER NOT NULL, used_ns INTEGER NOT NULL,
+    sealed_ino INTEGER, sealed_ctime_ns INTEGER
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS parts (
     name TEXT NOT NULL, part INTEGER NOT NULL, length INTEGER NOT NULL, crc32 INTEGER NOT NULL,
@@ -310,6 +323,9 @@ class DiskFileCache:
         close_timeout_s: float = 30.0,  # the backlog is <= 64 MiB: a healthy disk drains it in < 1 s
         # a sync put (an open waiting for its small file) gives up after this: the open then reads normally
         sync_timeout_s: float = 10.0,
+        # A complete file at least this big is fsynced once and sealed (see the module docstring): the next
+        # owner trusts it without reading it whole. Smaller ones are cheaper to check than to fsync.
+        seal_min_bytes: int = 64 * MiB,
         write_part: Callable[[int, Block, int], None] | None = None,  # (fd, data, offset): a seam for tests
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -323,6 +339,7 @@ class DiskFileCache:
         self.touch_persist_interval_s = touch_persist_interval_s
         self.close_timeout_s = close_timeout_s
         self.sync_timeout_s = sync_timeout_s
+        self.seal_min_bytes = seal_min_bytes
         self._free_bytes = free_bytes
         self._write_part = write_part if write_part is not None else _pwrite_all
         self._clock = clock
@@ -339,6 +356,7 @@ class DiskFileCache:
         self._index_changes: list[tuple[object, ...]] = []  # for the index, in the order they happened
         self._pending: dict[BlockKey, _Queued] = {}  # queued or being written; served by lookup meanwhile
         self._queue: deque[BlockKey] = deque()
+        self._to_seal: list[_Item] = []  # complete, big, not fsynced yet: sealed when the writer is idle
         self._backlog_bytes = 0
         self._writer: threading.Thread | None = None
         self._closing = False
@@ -410,6 +428,8 @@ class DiskFileCache:
                 item.unverified.discard(index)
         if data is None:
             self.counters.inc("cache.corrupt_disk")
+        elif verify:
+            self.counters.inc("cache.verified_bytes", length)
         return data
 
     def contains(self, key: BlockKey) -> bool:
@@ -482,6 +502,7 @@ class DiskFileCache:
                 self.counters.inc("cache.corrupt_disk")
             return None
         self.counters.inc("cache.backing_opens")
+        self.counters.inc("cache.verified_bytes", sum(length for length, _ in to_verify.values()))
         return fd
 
     def complete_path(self, content_key: str, size: int) -> str | None:
@@ -547,13 +568,14 @@ class DiskFileCache:
         """Land queued parts in order; commit the index and hit recency in batches, when idle, at close."""
         while True:
             with self._changed:
-                if not self._queue and not self._closing and len(self._touched) < _TOUCH_BATCH:
+                if not (self._queue or self._closing or self._to_seal) and len(self._touched) < _TOUCH_BATCH:
                     self._changed.wait(_COMMIT_QUIET_S if self._index_changes else self.touch_persist_interval_s)
                 while self._dropping and self._queue:
                     self._land_locked(self._queue.popleft())  # dropped unwritten: never indexed
                 key = self._queue.popleft() if self._queue else None
                 queued = self._pending[key] if key is not None else None
-                idle, changes = key is None, bool(self._index_changes)
+                to_seal = self._to_seal.pop() if key is None and self._to_seal and not self._dropping else None
+                idle, changes = key is None and to_seal is None, bool(self._index_changes)
                 done = idle and self._closing
                 due = time.monotonic() - self._committed_at >= _COMMIT_INTERVAL_S
                 commit = (
@@ -571,6 +593,8 @@ class DiskFileCache:
                     with self._changed:
                         if key in self._pending:
                             self._land_locked(key)
+            if to_seal is not None:
+                self._seal(to_seal)
             if commit:
                 self._commit_index()
             if done:
@@ -605,6 +629,8 @@ class DiskFileCache:
             if written and item is not None:
                 item.parts[index] = (len(data), crc)
                 self._complete_items += item.complete
+                if item.complete and layout.size_bytes >= self.seal_min_bytes:
+                    self._to_seal.append(item)
                 item.charged_bytes += charge
                 self._used_bytes += charge
                 self._written_since_check += charge
@@ -670,7 +696,7 @@ class DiskFileCache:
         item = _Item(name, layout)
         self._items[name] = item
         self._used_bytes -= self._undeletable.pop(name, 0)  # a file we failed to delete was renamed over
-        self._index_changes.append(("add", name, layout.size_bytes, layout.part_bytes, time.time_ns()))
+        self._index_changes.append(("add", name, layout.size_bytes, layout.part_bytes, time.time_ns(), None, None))
         return item
 
     def _land_locked(self, key: BlockKey) -> None:
@@ -678,6 +704,26 @@ class DiskFileCache:
         queued = self._pending.pop(key)
         self._backlog_bytes -= len(queued.data)
         self._changed.notify_all()
+
+    def _seal(self, item: _Item) -> None:
+        """fsync a complete file and record its inode and ctime: from then on its bytes are on the disk, and
+        any later change to the file (a write, a truncate, a copy over it) changes one of the two."""
+        try:
+            fd = os.open(self._path(item.name), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fdatasync(fd)
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            self._write_failed(item.name, exc)
+            return
+        with self._lock:
+            sealed = self._items.get(item.name) is item and st.st_size == item.layout.size_bytes  # the fd was its file
+            if sealed:
+                self._index_changes.append(("seal", item.name, st.st_ino, st.st_ctime_ns))
+        if sealed:
+            self.counters.inc("cache.sealed_files")
 
     def _commit_index(self) -> None:
         """Write the index changes and hit times gathered since the last commit, in one transaction."""
@@ -731,7 +777,7 @@ class DiskFileCache:
         for leftover in os.scandir(self._tmp_dir):
             _unlink_quietly(leftover.path)
         items = self._read_index()
-        on_disk: dict[str, int] = {}  # name -> bytes allocated
+        on_disk: dict[str, tuple[int, int, int]] = {}  # name -> (bytes allocated, st_ino, st_ctime_ns)
         for fan in range(256):
             fan_dir = f"{self._root}/{fan:02x}"
             os.makedirs(fan_dir, mode=0o700, exist_ok=True)
@@ -741,7 +787,7 @@ class DiskFileCache:
                 if item is None or not entry.is_file(follow_symlinks=False) or st.st_size != item.layout.size_bytes:
                     _unlink_quietly(entry.path)  # not indexed (a crash before its row), or not the size indexed
                 else:
-                    on_disk[entry.name] = st.st_blocks * 512
+                    on_disk[entry.name] = (st.st_blocks * 512, st.st_ino, st.st_ctime_ns)
         with self._lock:
             for name, item in items.items():
                 if name not in on_disk or not item.parts:
@@ -749,8 +795,10 @@ class DiskFileCache:
                     if name in on_disk:
                         _unlink_quietly(self._path(name))
                     continue
-                item.unverified = set(item.parts)
-                item.charged_bytes = max(sum(_charge(length) for length, _ in item.parts.values()), on_disk[name])
+                allocated, ino, ctime_ns = on_disk[name]
+                sealed = item.complete and item.seal == (ino, ctime_ns)  # fsynced complete, untouched since
+                item.unverified = set() if sealed else set(item.parts)
+                item.charged_bytes = max(sum(_charge(length) for length, _ in item.parts.values()), allocated)
                 self._items[name] = item
                 self._used_bytes += item.charged_bytes
                 self._complete_items += item.complete
@@ -873,9 +921,11 @@ def _read_items(db: sqlite3.Connection) -> dict[str, _Item]:
     db.executescript(_SCHEMA)
     db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
     items: dict[str, _Item] = {}
-    for name, size, part_bytes, _ in db.execute("SELECT name, size, part_bytes, used_ns FROM items ORDER BY used_ns"):
+    rows = db.execute("SELECT name, size, part_bytes, sealed_ino, sealed_ctime_ns FROM items ORDER BY used_ns")
+    for name, size, part_bytes, ino, ctime_ns in rows:
         if isinstance(size, int) and isinstance(part_bytes, int) and size > 0 and part_bytes > 0:
-            items[name] = _Item(name, FileLayout(size, part_bytes))
+            item = items[name] = _Item(name, FileLayout(size, part_bytes))
+            item.seal = (ino, ctime_ns) if isinstance(ino, int) and isinstance(ctime_ns, int) else None
     for name, index, length, crc in db.execute("SELECT name, part, length, crc32 FROM parts"):
         item = items.get(name)
         if item is not None and isinstance(index, int) and length == item.layout.part_length(index):
@@ -888,9 +938,12 @@ def _apply_change(db: sqlite3.Connection, change: tuple[object, ...]) -> None:
     if kind == "part":
         db.execute("INSERT OR REPLACE INTO parts VALUES (?, ?, ?, ?)", change[1:])
         return
+    if kind == "seal":
+        db.execute("UPDATE items SET sealed_ino = ?, sealed_ctime_ns = ? WHERE name = ?", (*change[2:], name))
+        return
     db.execute("DELETE FROM parts WHERE name = ?", (name,))
     if kind == "add":
-        db.execute("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?)", change[1:])
+        db.execute("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?)", change[1:])
     else:
         db.execute("DELETE FROM items WHERE name = ?", (name,))
 
