@@ -13,6 +13,9 @@ jobs on a shared VM) falls on both. Per tree and repetition:
   its disk cache on a remount with the page cache dropped; ``p3`` divides the latter by a read of the
   local source files, page cache dropped, in the same repetition.
 
+Each read also records the CPU seconds the mount process spent on it (``*_cpu_s``): on a shared VM the
+wall-clock rates swing with other jobs, CPU per byte much less.
+
 Medians are printed per tree; the JSON holds every sample.
 """
 
@@ -23,7 +26,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -76,12 +78,12 @@ def main(argv: list[str] | None = None) -> int:
 def one_tree(b: bench.Bench, emu: infra.Emulator, big_src: Path, small_src: list[Path], tag: str) -> dict[str, float]:
     out: dict[str, float] = {}
     big_cache = b.work / f"big-{tag}"
-    secs, n = read_big(b, emu, big_src, big_cache, drop=False)
+    secs, n, out["p1_cpu_s"] = read_big(b, emu, big_src, big_cache, drop=False)
     out["p1_MBps"] = n / secs / 1e6
     for _ in range(4):  # fill what the cold pass's disk backlog skipped
         if not read_big(b, emu, big_src, big_cache, drop=False, fetched_only=True)[1]:
             break
-    secs, n = read_big(b, emu, big_src, big_cache, drop=True)
+    secs, n, out["p1_warm_cpu_s"] = read_big(b, emu, big_src, big_cache, drop=True)
     out["p1_warm_MBps"] = n / secs / 1e6
 
     small_cache = b.work / f"small-{tag}"
@@ -92,7 +94,9 @@ def one_tree(b: bench.Bench, emu: infra.Emulator, big_src: Path, small_src: list
             os.listdir(m.path / "small")
             if phase == "p3":
                 b.drop()
+            cpu0 = cpu_s(m.pid)
             secs, total = bench.read_parallel(paths)
+            out[f"{phase}_cpu_s"] = cpu_s(m.pid) - cpu0
         assert total == count * b.sizes.small_bytes
         out[f"{phase}_files_s"] = count / secs
     b.drop()
@@ -105,21 +109,28 @@ def one_tree(b: bench.Bench, emu: infra.Emulator, big_src: Path, small_src: list
 
 def read_big(
     b: bench.Bench, emu: infra.Emulator, big_src: Path, cache: Path, drop: bool, fetched_only: bool = False
-) -> tuple[float, int]:
-    """(seconds, bytes) of one read of the big file on a new mount of ``cache``; with ``fetched_only``,
-    (seconds, bytes fetched from the server)."""
+) -> tuple[float, int, float]:
+    """(seconds, bytes, mount CPU seconds) of one read of the big file on a new mount of ``cache``; with
+    ``fetched_only`` the bytes are those fetched from the server."""
     with mounted(lambda: b.mount(emu, cache)) as m:
         path = m.path / "big" / big_src.name
         os.listdir(path.parent)
         if drop:
             b.drop()
-        t0 = time.perf_counter()
+        cpu0 = cpu_s(m.pid)
         secs, n = bench.read_parallel([path], threads=1)
+        cpu = cpu_s(m.pid) - cpu0
         status: dict[str, Any] = json.loads((m.path / ".encordfs" / "status.json").read_text())
     assert n == big_src.stat().st_size
     if fetched_only:
-        return time.perf_counter() - t0, int(status.get("counters", {}).get("fetch.bytes_fetched", 0))
-    return secs, n
+        return secs, int(status.get("counters", {}).get("fetch.bytes_fetched", 0)), cpu
+    return secs, n, cpu
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":
