@@ -575,6 +575,12 @@ def test_a_big_complete_file_is_sealed_and_trusted_while_untouched(tmp_path: Pat
         assert cache.counters.get("cache.verified_bytes") == 0  # fsynced complete, same inode and ctime since
         assert cache.complete_path("small", PART) is not None
         assert cache.counters.get("cache.verified_bytes") == PART  # not sealed: read and checked
+    with open_cache(root, seal_min_bytes=PART) as cache:  # sealed after a whole check at open
+        assert cache.complete_path("small", PART) is not None
+        assert cache.counters.get("cache.verified_bytes") == PART
+    with open_cache(root, seal_min_bytes=PART) as cache:
+        assert cache.complete_path("small", PART) is not None
+        assert cache.counters.get("cache.verified_bytes") == 0
     time.sleep(0.05)  # past the kernel's coarse clock tick: the edit below gets a later ctime
     _flip(item_path(root, "big"), PART + 3)  # same inode, new ctime
     with open_cache(root, seal_min_bytes=2 * PART) as cache:

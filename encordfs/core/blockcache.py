@@ -74,12 +74,14 @@ Complete files and passthrough
 Sealed files
     Reading a 1 GiB file whole to check it at its first open of a session would cost a passthrough
     reader ~20% of the read. So once a file of at least ``seal_min_bytes`` (64 MiB) is complete, the
-    writer (when idle, and at close) fsyncs it (``fdatasync``) and records its inode number and ctime in the
-    index (``cache.sealed_files``). At the next open a sealed file whose inode and ctime are unchanged is
-    trusted without a crc check: its bytes reached the disk before the seal was recorded, and any change
-    to the file since -- a write, a truncate, a copy or restore over it, a chmod -- sets a new ctime,
-    which nobody can set back. What a seal does not catch is the disk itself rotting bits under an
-    unchanged inode; smaller files are cheaper to check at open than to fsync, and are not sealed.
+    writer (when idle, and at close) fsyncs it (``fdatasync``) and records its inode number and ctime
+    in the index (``cache.sealed_files``); so it does with an inherited unsealed one once
+    ``open_complete`` has checked it whole. At the next open a sealed file whose inode and ctime are
+    unchanged is trusted without a crc check: its bytes reached the disk before the seal was recorded,
+    and any change to the file since -- a write, a truncate, a copy or restore over it, a chmod -- sets
+    a new ctime, which nobody can set back. What a seal does not catch is the disk itself rotting bits
+    under an unchanged inode; smaller files are cheaper to check at open than to fsync, and are not
+    sealed.
 
 Eviction and space
     Items, oldest first, keep the total under ``capacity_bytes`` and the filesystem's free space above
@@ -495,6 +497,9 @@ class DiskFileCache:
             elif current:
                 item.unverified.difference_update(to_verify)
                 self._note_hit_locked(name)
+                if to_verify and size >= self.seal_min_bytes:  # inherited unsealed, checked whole: seal it now
+                    self._to_seal.append(item)
+                    self._start_writer_locked()
         if not (current and sound):
             if fd >= 0:
                 os.close(fd)
