@@ -311,7 +311,7 @@ def test_crash_mid_write_loses_at_most_unrecorded_parts(tmp_path: Path) -> None:
             cache.put(("f", i), bytes([i]) * {PART}, layout)
         cache.put(("new", 0), bytes([7]) * 100, FileLayout(100, 100))
         cache.flush(10)
-        time.sleep(0.5)  # the writer commits the index once idle for 50 ms
+        time.sleep(0.5)  # the writer commits the index once its queue is empty
         cache.put(("f", 2), bytes([2]) * {PART}, layout)
         cache.put(("g", 0), bytes([2]) * 100, FileLayout(100, 100))
         cache.flush(10)
