@@ -192,6 +192,24 @@ def test_small_file_one_get_then_served_from_cache(
     assert len(hits) == 1 and hits[0].range == f"bytes=0-{30 * KiB - 1}"
 
 
+def test_a_sequential_read_caches_every_part_the_first_one_included(
+    server: ByteServer, make_pipeline: Callable[..., ReadPipeline], counters: Counters
+) -> None:
+    """The first part of a stream is fetched as growing ramp requests (not as one part) and read far
+    past before its last ramp arrives: it is still collected and cached whole, so the file ends up
+    complete in the cache (a passthrough backing file) and a second read fetches nothing."""
+    size = 5 * 64 * KiB + 999
+    server.add("big", data_of(21, size))
+    cache = MemoryBlockCache(16 << 20, counters=counters)
+    pipeline = make_pipeline(cache)
+    assert read_all(pipeline, "big:1", size, plain_source(server, "big"), chunk=4 * KiB) == server.blobs["big"]
+    assert all(cache.contains(("big:1", k)) for k in range(6))
+    assert counters.get("reader.parts_coalesced") == 1
+    server.reset_log()
+    assert read_all(pipeline, "big:1", size, plain_source(server, "big"), chunk=4 * KiB) == server.blobs["big"]
+    assert server.hits() == []
+
+
 def test_parts_are_shared_between_handles(server: ByteServer, make_pipeline: Callable[..., ReadPipeline]) -> None:
     size = 500 * KiB
     server.add("big", data_of(4, size))

@@ -26,9 +26,10 @@ Sequential detection and readahead
     ending at ``pos`` the handle keeps ``[pos, pos + window)`` requested; each readahead request (and
     each sequential read that still had to fetch on demand) doubles the window up to
     ``max_window_bytes``. Requests never cross part boundaries; once the window reaches a part they are
-    whole parts. The ramp requests of a stream's first part are joined and cached as that part once
-    consumed (``_cache_ramped_part``), so every part of a sequentially read file ends up cached. Readahead is bounded per handle (``max_parallel_per_file`` in flight, ``max_window_bytes``
-    held ahead) and overall (``max_parallel_total`` in flight = pool size).
+    whole parts. The ramp requests of a stream's first part are copied into one buffer as they are read
+    and cached as that part once it is whole (``_collect_ramp``), so every part of a sequentially read
+    file ends up cached. Readahead is bounded per handle (``max_parallel_per_file`` in flight,
+    ``max_window_bytes`` held ahead) and overall (``max_parallel_total`` in flight = pool size).
 
 Who fetches
     A demand segment (the bytes a read needs now) is fetched inline by the reading thread. Readahead
@@ -58,7 +59,8 @@ Invariants
     a fetched part is complete before it enters the cache.
 
 Lock order: ``ReadHandle._lock`` -> ``ReadPipeline._lock`` -> ``MemoryBudget._cond``, and
-``ReadHandle._lock`` -> ``_Segment._lock`` -> ``MemoryBudget._cond``. The pipeline never takes a handle's
+``ReadHandle._lock`` -> ``_Segment._lock`` -> ``MemoryBudget._cond``; ``ReadHandle._ramp_lock`` ->
+(the cache's lock, ``MemoryBudget._cond``), never together with ``ReadHandle._lock``. The pipeline never takes a handle's
 lock while holding its own (``_shed`` copies the handle list first). No lock is held while fetching,
 waiting for a segment, or waiting for budget (``MemoryBudget.acquire`` calls ``shed`` unlocked).
 """
@@ -436,6 +438,31 @@ class ReadPipeline:
         return buf
 
 
+class _RampPart:
+    """One part being collected from ramp segments: its bytes, and which of them have arrived."""
+
+    def __init__(self, index: int, start: int, length: int) -> None:
+        self.index = index
+        self.start = start
+        self.buf = bytearray(length)
+        self._spans: list[list[int]] = []  # arrived ranges relative to ``start``, sorted, merged
+
+    def add(self, start: int, data: memoryview) -> bool:
+        """Copy ``data`` (the file's bytes from ``start``); True once every byte of the part is in."""
+        lo = start - self.start
+        hi = min(lo + len(data), len(self.buf))
+        self.buf[lo:hi] = data[: hi - lo]
+        spans = sorted([*self._spans, [lo, hi]])
+        merged = [spans[0]]
+        for span in spans[1:]:
+            if span[0] <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], span[1])
+            else:
+                merged.append(span)
+        self._spans = merged
+        return merged == [[0, len(self.buf)]]
+
+
 def _releaser(segment: _Segment, slots: threading.Semaphore) -> Callable[[], None]:
     """For prefetch: when its fetch is done, let the segment go (releasing its charge) and free a slot."""
 
@@ -464,6 +491,8 @@ class ReadHandle:
         self._last_end: int | None = None
         self._sequential = False
         self._closed = False
+        self._ramp_lock = threading.Lock()
+        self._ramp: _RampPart | None = None  # the first part of a stream, collected from its ramp requests
 
     # -- public surface
 
@@ -496,7 +525,7 @@ class ReadHandle:
             pieces.append(memoryview(data)[pos - segment.start : upto - segment.start])
             pos = upto
             if segment.part is None and upto == segment.end:
-                self._cache_ramped_part(segment)
+                self._collect_ramp(segment, data)
         with self._lock:
             self._last_end = end
             if self._sequential:
@@ -511,6 +540,10 @@ class ReadHandle:
             for segment in self._segments:
                 segment.drop()
             self._segments.clear()
+        with self._ramp_lock:
+            ramp, self._ramp = self._ramp, None
+        if ramp is not None:
+            self._p.budget.release(len(ramp.buf))
         self._p._forget(self)
 
     # -- reading
@@ -604,29 +637,38 @@ class ReadHandle:
             return part_start, part_end, part
         return self._ramp_locked(frontier, part, part_start, part_end, frontier + self._window)
 
-    def _cache_ramped_part(self, last: _Segment) -> None:
-        """A ramp segment ending a part was consumed: if held segments cover that part, cache it whole.
+    def _collect_ramp(self, segment: _Segment, data: Block) -> None:
+        """A ramp segment was read to its end: copy it into the part it belongs to, and cache that part
+        once whole.
 
-        Without this, the first part of every large file (fetched as growing ramp requests) would never
-        enter the block cache. Costs one copy of one part, once per stream start.
+        Without this the first part of every stream (fetched as growing ramp requests, which are read
+        past and dropped long before the last one arrives) would never be cached, and a file read from
+        start to end would never be complete in the cache (no passthrough backing file). Only a ramp
+        that starts at its part's start begins a collection; the buffer (one part) is charged to the
+        budget like readahead, and not collected when that does not fit. One copy of one part per
+        stream start.
         """
-        part = (last.end - 1) // self._part_size
+        part = segment.start // self._part_size
         part_start = part * self._part_size
+        part_length = min(self._part_size, self.size - part_start)
         key = (self.content_key, part)
-        if last.end != min(part_start + self._part_size, self.size) or self._p.cache.contains(key):
-            return
-        views: list[memoryview] = []
-        with self._lock:
-            pos = part_start
-            while pos < last.end:
-                covering = next((s for s in self._segments if s.start <= pos < s.end and s.future.done()), None)
-                if covering is None or covering.future.exception() is not None:
+        with self._ramp_lock:
+            ramp = self._ramp
+            if ramp is None or ramp.index != part:
+                if segment.start != part_start or self._closed or self._p.cache.contains(key):
                     return
-                upto = min(last.end, covering.end)
-                views.append(memoryview(covering.future.result())[pos - covering.start : upto - covering.start])
-                pos = upto
-        self._p.cache.put(key, b"".join(views), self._layout)
-        self._p.counters.inc("reader.parts_coalesced")
+                if not self._p.budget.try_acquire(part_length, self._p._readahead_limit_bytes):
+                    return
+                if ramp is not None:
+                    self._p.budget.release(len(ramp.buf))  # a new stream start: the old one is abandoned
+                ramp = self._ramp = _RampPart(part, part_start, part_length)
+            whole = ramp.add(segment.start, memoryview(data)[: segment.end - segment.start])
+            if whole:
+                self._ramp = None
+        if whole:
+            self._p.cache.put(key, ramp.buf, self._layout)
+            self._p.budget.release(part_length)
+            self._p.counters.inc("reader.parts_coalesced")
 
     # -- segment bookkeeping (all under self._lock)
 
