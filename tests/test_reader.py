@@ -210,6 +210,26 @@ def test_a_sequential_read_caches_every_part_the_first_one_included(
     assert server.hits() == []
 
 
+def test_the_first_part_is_collected_when_reads_arrive_out_of_order(
+    server: ByteServer, make_pipeline: Callable[..., ReadPipeline], counters: Counters
+) -> None:
+    size = 3 * 64 * KiB
+    server.add("big", data_of(22, size))
+    source = server.blobs["big"]
+    cache = MemoryBlockCache(16 << 20, counters=counters)
+    handle = make_pipeline(cache).open("big:1", size, plain_source(server, "big"))
+    try:
+        # parallel FUSE threads: the bytes after 8 KiB come first, then the first 8 KiB, then the rest
+        assert handle.read(8 * KiB, 16 * KiB) == source[8 * KiB : 24 * KiB]
+        assert handle.read(0, 8 * KiB) == source[: 8 * KiB]
+        for offset in range(24 * KiB, size, 4 * KiB):
+            assert handle.read(offset, 4 * KiB) == source[offset : offset + 4 * KiB]
+    finally:
+        handle.close()
+    assert all(cache.contains(("big:1", k)) for k in range(3))
+    assert counters.get("reader.parts_coalesced") == 1
+
+
 def test_parts_are_shared_between_handles(server: ByteServer, make_pipeline: Callable[..., ReadPipeline]) -> None:
     size = 500 * KiB
     server.add("big", data_of(4, size))

@@ -151,6 +151,7 @@ class _Segment:
         self.end = end
         self.part = part
         self.fill_cache = False  # prefetch: wait for room in a slow cache tier rather than skip it
+        self.collected = False  # a ramp segment copied into the part being collected (``_collect_ramp``)
         self.future: Future[Block] = Future()
         self._budget = budget
         self._lock = threading.Lock()
@@ -524,7 +525,7 @@ class ReadHandle:
             upto = min(end, segment.end)
             pieces.append(memoryview(data)[pos - segment.start : upto - segment.start])
             pos = upto
-            if segment.part is None and upto == segment.end:
+            if segment.part is None:
                 self._collect_ramp(segment, data)
         with self._lock:
             self._last_end = end
@@ -638,37 +639,57 @@ class ReadHandle:
         return self._ramp_locked(frontier, part, part_start, part_end, frontier + self._window)
 
     def _collect_ramp(self, segment: _Segment, data: Block) -> None:
-        """A ramp segment was read to its end: copy it into the part it belongs to, and cache that part
+        """A read used a ramp segment: copy it (once) into the part it belongs to, and cache that part
         once whole.
 
         Without this the first part of every stream (fetched as growing ramp requests, which are read
         past and dropped long before the last one arrives) would never be cached, and a file read from
-        start to end would never be complete in the cache (no passthrough backing file). Only a ramp
-        that starts at its part's start begins a collection; the buffer (one part) is charged to the
-        budget like readahead, and not collected when that does not fit. One copy of one part per
-        stream start.
+        start to end would never be complete in the cache (no passthrough backing file). A collection
+        begins with the ramp that starts at its part's start (and takes the ramp segments of that part
+        the handle still holds: parallel reads arrive out of order); the buffer (one part) is charged to
+        the budget like readahead, and nothing is collected when that does not fit. One copy of one part
+        per stream start.
         """
+        if segment.collected:
+            return
         part = segment.start // self._part_size
         part_start = part * self._part_size
         part_length = min(self._part_size, self.size - part_start)
         key = (self.content_key, part)
         with self._ramp_lock:
+            starting = self._ramp is None or self._ramp.index != part
+        held: list[_Segment] = []
+        if starting:
+            if segment.start != part_start or self._closed or self._p.cache.contains(key):
+                return
+            held = self._fetched_ramps(part_start, part_start + part_length)
+        with self._ramp_lock:
             ramp = self._ramp
             if ramp is None or ramp.index != part:
-                if segment.start != part_start or self._closed or self._p.cache.contains(key):
-                    return
-                if not self._p.budget.try_acquire(part_length, self._p._readahead_limit_bytes):
+                if not starting or not self._p.budget.try_acquire(part_length, self._p._readahead_limit_bytes):
                     return
                 if ramp is not None:
                     self._p.budget.release(len(ramp.buf))  # a new stream start: the old one is abandoned
                 ramp = self._ramp = _RampPart(part, part_start, part_length)
-            whole = ramp.add(segment.start, memoryview(data)[: segment.end - segment.start])
+            whole = False
+            for used, block in [*((s, s.future.result()) for s in held), (segment, data)]:
+                used.collected = True
+                whole = ramp.add(used.start, memoryview(block)[: used.end - used.start])
             if whole:
                 self._ramp = None
         if whole:
             self._p.cache.put(key, ramp.buf, self._layout)
             self._p.budget.release(part_length)
             self._p.counters.inc("reader.parts_coalesced")
+
+    def _fetched_ramps(self, start: int, end: int) -> list[_Segment]:
+        """The fetched ramp segments held inside ``[start, end)`` (takes ``self._lock``)."""
+        with self._lock:
+            return [
+                s
+                for s in self._segments
+                if s.part is None and start <= s.start and s.end <= end and s.future.done() and not s.failed()
+            ]
 
     # -- segment bookkeeping (all under self._lock)
 
