@@ -932,9 +932,9 @@ def _read_items(db: sqlite3.Connection) -> dict[str, _Item]:
             item = items[name] = _Item(name, FileLayout(size, part_bytes))
             item.seal = (ino, ctime_ns) if isinstance(ino, int) and isinstance(ctime_ns, int) else None
     for name, index, length, crc in db.execute("SELECT name, part, length, crc32 FROM parts"):
-        item = items.get(name)
-        if item is not None and isinstance(index, int) and length == item.layout.part_length(index):
-            item.parts[index] = (length, crc)
+        owner = items.get(name)
+        if owner is not None and isinstance(index, int) and length == owner.layout.part_length(index):
+            owner.parts[index] = (length, crc)
     return items
 
 
