@@ -28,7 +28,7 @@ Figures
     P2_*             N × 100 KiB with 8 reader threads: mount files/s ÷ direct httpx GETs of pre-signed URLs
                      (8 threads, one pooled client) / the naive SDK loop (``refetch_data(signed_url=True)``
                      + GET per row, on a subset) / ``rclone mount`` of the nginx (http backend).
-    P3               warm epoch from the disk block cache (remount, page cache dropped) ÷ local disk.
+    P3               warm epoch from the disk cache (remount, page cache dropped) ÷ local disk.
     P4               Encord API calls (emulator's count) per 1,000 cold file reads: from before the mount
                      starts to the end of the P2 read phase, listing included.
     rand4k_*, ttfb   random 4 KiB preads in the big file on a fresh mount; time to first 4 KiB of files
@@ -129,8 +129,8 @@ ROWS: list[tuple[str, str, str]] = [
     ("P2_sdk_files_s", "files/s", "  refetch_data(signed_url=True) + GET per row"),
     ("P2_rclone", "x", "  mount ÷ rclone mount"),
     ("P2_rclone_files_s", "files/s", "  rclone mount (http backend), 8 threads"),
-    ("P3", "x", "warm epoch: block cache ÷ local disk"),
-    ("P3_warm_files_s", "files/s", "  remount, disk block cache, 8 threads"),
+    ("P3", "x", "warm epoch: disk cache ÷ local disk"),
+    ("P3_warm_files_s", "files/s", "  remount, disk cache, 8 threads"),
     ("P3_local_files_s", "files/s", "  local disk, 8 threads"),
     ("P4", "calls", "API calls per 1,000 cold file reads"),
     ("rand4k_p50_ms", "ms", "random 4 KiB read in the big file, p50"),

@@ -31,7 +31,7 @@ DiskFileCache layout
     batches (no extra file, fsync or rename per part), recency is a column updated in batches instead
     of a ``utime`` per file, xattrs are not on every filesystem, and the project already relies on
     SQLite for its catalog and journal. The index can only be behind or ahead of the files after a
-    crash, and both are safe (see Integrity). On open, the index and a scan of the fan-out dirs are
+    crash, and both are safe (see Reads). On open, the index and a scan of the fan-out dirs are
     reconciled: files without an item row are deleted, rows without a file (or whose file has another
     size) are dropped, an index that cannot be read is deleted with every file.
 
@@ -96,10 +96,11 @@ Eviction and space
     ``free_check_interval_s``; eviction goes on with the next item.
 
 Recency
-    A hit moves the item to the end of the in-memory LRU and remembers the wall-clock time; the writer
-    copies those times to the index in batches (when idle, every 4096 hits, at close), so recency
-    survives a remount without a syscall on the read path. A crash loses the recency of the unpersisted
-    hits only.
+    A hit (and an ``open_complete``: a passthrough reader sends no reads) moves the item to the end of
+    the in-memory LRU and remembers the wall-clock time; the writer copies those times to the index with
+    its next commit (at the latest after ``touch_persist_interval_s`` idle or 4096 hits, and at close),
+    so recency survives a remount without a syscall on the read path. A crash loses the recency of the
+    unpersisted hits only.
 
 Exclusive ownership
     A second ``DiskFileCache`` on the same dir (another mount process, or another object in this one --
