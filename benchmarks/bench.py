@@ -1,8 +1,9 @@
 """encordfs benchmarks (GitHub issues 3, 4 and 5): one run, every figure, side by side.
 
-Run it as ``benchmarks/run [--quick] [--json FILE] [--profile]`` (the wrapper installs nginx, rclone and
-matplotlib when missing). Prints a table with each figure's goal and PASS/FAIL, writes
-``benchmarks/out/bench[-quick].png``, and with ``--json FILE`` a flat JSON object of the figures.
+Run it as ``benchmarks/run [--quick] [--json FILE] [--profile] [--only PHASES]`` (the wrapper installs
+nginx, rclone and matplotlib when missing; without rclone P2_rclone is skipped, without matplotlib the
+plot). Prints a table with each figure's goal and PASS/FAIL, writes ``benchmarks/out/bench[-quick].png``,
+and with ``--json FILE`` a flat JSON object of the figures.
 
 Setup (one run): synthetic files (random bytes behind a ``%PDF-`` header, so the emulator's importer
 takes them as PDF rows without parsing) are imported into a fresh emulator whose signed URLs point at
@@ -20,10 +21,14 @@ Cold and warm
 Figures
     P1               1 GiB sequential read through the mount (1 MiB ``readinto``) ÷ one streaming httpx GET
                      of the same signed URL; median of the repetitions of each.
+    P1_warm          the same file again after a remount, from the disk cache (page cache dropped) ÷ reading
+                     the cache's own file of it directly (page cache dropped). Passes on remounts first
+                     fill the parts the cold pass's disk backlog skipped (up to 4, until one fetches
+                     nothing). The goal is for passthrough.
     P2_*             N × 100 KiB with 8 reader threads: mount files/s ÷ direct httpx GETs of pre-signed URLs
                      (8 threads, one pooled client) / the naive SDK loop (``refetch_data(signed_url=True)``
                      + GET per row, on a subset) / ``rclone mount`` of the nginx (http backend).
-    P3               warm epoch from the disk block cache (remount, page cache dropped) ÷ local disk.
+    P3               warm epoch from the disk cache (remount, page cache dropped) ÷ local disk.
     P4               Encord API calls (emulator's count) per 1,000 cold file reads: from before the mount
                      starts to the end of the P2 read phase, listing included.
     P4_legacy        the same for rows without a storage item: the small files imported into a second
@@ -32,7 +37,7 @@ Figures
                      end of the reads (listing included) per 1,000 of them. The legacy data-row call has
                      no bulk form, so the floor is 1,000 (one call per file) plus the listing's calls;
                      ``P4_legacy_signs`` counts the signing calls alone (the mount's ``urls.legacy_signs``).
-                     ``--only-legacy`` runs this phase alone (no nginx, rclone or big file).
+                     ``--only legacy`` runs this phase alone (no nginx, rclone or big file).
     rand4k_*, ttfb   random 4 KiB preads in the big file on a fresh mount; time to first 4 KiB of files
                      never read in that mount (the first one also pays for signing).
     setxattr_*       ``os.setxattr(user.encord.meta.k)`` on mounted rows.
@@ -59,6 +64,7 @@ import json
 import math
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -78,6 +84,8 @@ from benchmarks.infra import Cleanup, EncordMount, RcloneMount, drop_caches, mou
 MiB = 1 << 20
 OUT = infra.REPO / "benchmarks" / "out"
 THREADS = 8
+# What ``--only`` can name, in run order. ``big_warm`` needs ``big``, ``warm`` needs ``small``.
+PHASES = ("big", "big_warm", "small", "warm", "latency", "legacy", "listing", "ml")
 
 
 @dataclass(frozen=True)
@@ -99,6 +107,7 @@ QUICK = Sizes(256 * MiB, 2_000, 100 * 1024, 2, 200, 200, 500, 20_000, 100_000)
 # name -> (direction, goal): ">=" figures must reach the goal, "<=" ones must stay under it.
 GOALS: dict[str, tuple[str, float]] = {
     "P1": (">=", 0.9),
+    "P1_warm": (">=", 0.9),
     "P2_direct": (">=", 0.8),
     "P2_sdk": (">=", 5),
     "P2_rclone": (">=", 1.5),
@@ -119,6 +128,9 @@ ROWS: list[tuple[str, str, str]] = [
     ("P1", "x", "big file: mount ÷ direct GET"),
     ("P1_mount_MBps", "MB/s", "  mount, sequential 1 MiB reads"),
     ("P1_direct_MBps", "MB/s", "  direct streaming httpx GET"),
+    ("P1_warm", "x", "big file after a remount: disk cache ÷ its file read directly"),
+    ("P1_warm_mount_MBps", "MB/s", "  mount, from the disk cache, page cache dropped"),
+    ("P1_warm_file_MBps", "MB/s", "  the cache file read directly, page cache dropped"),
     ("P2_mount_files_s", "files/s", "small files through the mount, 8 threads"),
     ("P2_direct", "x", "  mount ÷ direct parallel GETs"),
     ("P2_direct_files_s", "files/s", "  direct httpx GETs, 8 threads"),
@@ -126,8 +138,8 @@ ROWS: list[tuple[str, str, str]] = [
     ("P2_sdk_files_s", "files/s", "  refetch_data(signed_url=True) + GET per row"),
     ("P2_rclone", "x", "  mount ÷ rclone mount"),
     ("P2_rclone_files_s", "files/s", "  rclone mount (http backend), 8 threads"),
-    ("P3", "x", "warm epoch: block cache ÷ local disk"),
-    ("P3_warm_files_s", "files/s", "  remount, disk block cache, 8 threads"),
+    ("P3", "x", "warm epoch: disk cache ÷ local disk"),
+    ("P3_warm_files_s", "files/s", "  remount, disk cache, 8 threads"),
     ("P3_local_files_s", "files/s", "  local disk, 8 threads"),
     ("P4", "calls", "API calls per 1,000 cold file reads"),
     ("P4_legacy", "calls", "  the same for rows without a storage item (--shape recorded)"),
@@ -291,8 +303,11 @@ def stream_get(url: str) -> tuple[float, int]:
 
 
 class Bench:
-    def __init__(self, stack: Cleanup, sizes: Sizes, quick: bool, profile: bool) -> None:
+    def __init__(
+        self, stack: Cleanup, sizes: Sizes, quick: bool, profile: bool, phases: Sequence[str] = PHASES
+    ) -> None:
         self.stack = stack
+        self.phases = set(phases)
         self.sizes = sizes
         self.quick = quick
         self.profile = profile
@@ -349,19 +364,28 @@ class Bench:
         warm_page_cache([big_src, *small_src])
         log(f"ready in {time.monotonic() - t_start:.0f} s")
 
-        self.phase_big(emu, big_src, big_url)
-        cache_p2 = self.phase_small(emu, small_src, small_urls, small_hash, nginx_url)
-        self.phase_warm(emu, small_src, cache_p2)
-        self.phase_latency_and_writes(emu, big_src, small_src)
+        if "big" in self.phases:
+            cache_big = self.phase_big(emu, big_src, big_url)
+            if "big_warm" in self.phases:
+                self.phase_big_warm(emu, big_src, cache_big)
+        if "small" in self.phases:
+            cache_p2 = self.phase_small(emu, small_src, small_urls, small_hash, nginx_url)
+            if "warm" in self.phases:
+                self.phase_warm(emu, small_src, cache_p2)
+        if "latency" in self.phases:
+            self.phase_latency_and_writes(emu, big_src, small_src)
         infra.stop_process(emu.proc)
-        self.phase_legacy(small_src)
-        try:
-            self.phase_listing()
-        except subprocess.TimeoutExpired as exc:
-            self.notes.append(
-                f"listing figures incomplete: `{' '.join(map(str, exc.cmd))}` took over {exc.timeout:.0f} s"
-            )
-        self.phase_ml()
+        if "legacy" in self.phases:
+            self.phase_legacy(small_src)
+        if "listing" in self.phases:
+            try:
+                self.phase_listing()
+            except subprocess.TimeoutExpired as exc:
+                self.notes.append(
+                    f"listing figures incomplete: `{' '.join(map(str, exc.cmd))}` took over {exc.timeout:.0f} s"
+                )
+        if "ml" in self.phases:
+            self.phase_ml()
 
     def run_legacy_only(self) -> None:
         log(f"generating data: {self.sizes.small_count} × {self.sizes.small_bytes // 1024} KiB")
@@ -432,9 +456,11 @@ class Bench:
                 signed[str(item.uuid)] = item._orm_item.signed_url  # the bulk-signed URL, without a refetch
         return signed[items["big"][0]], [signed[i] for i in items["small"]], datasets["small"]
 
-    def phase_big(self, emu: infra.Emulator, big_src: Path, big_url: str) -> None:
+    def phase_big(self, emu: infra.Emulator, big_src: Path, big_url: str) -> Path:
+        """P1; returns the cache dir of the last repetition."""
         size = big_src.stat().st_size
         mount_rates, direct_rates = [], []
+        cache_dir = self.work
         for rep in range(self.sizes.big_reps):
             log(f"P1 big file, repetition {rep + 1}/{self.sizes.big_reps}")
             secs, n = stream_get(big_url)
@@ -447,11 +473,54 @@ class Bench:
                     secs, n = read_parallel([path], threads=1)
                 assert n == size, (n, size)
                 mount_rates.append(n / secs / 1e6)
+                cache_dir = m.cache_dir
                 if rep == 0:
                     self.snapshot_counters(m, "big")
         self.fig["P1_mount_MBps"] = statistics.median(mount_rates)
         self.fig["P1_direct_MBps"] = statistics.median(direct_rates)
         self.fig["P1"] = self.fig["P1_mount_MBps"] / self.fig["P1_direct_MBps"]
+        return cache_dir
+
+    def phase_big_warm(self, emu: infra.Emulator, big_src: Path, cache_dir: Path) -> None:
+        size = big_src.stat().st_size
+        for fill in range(1, 5):  # the disk cache skips parts its write backlog cannot take: read until none is
+            log(f"P1_warm: fill what earlier passes left out of the disk cache (pass {fill} on a remount)")
+            with mounted(lambda: self.mount(emu, cache_dir)) as m:
+                path = m.path / "big" / big_src.name
+                os.listdir(path.parent)
+                read_parallel([path], threads=1)
+                self.snapshot_counters(m, "big_fill")
+            if not self.counters.get("big_fill", {}).get("fetch.bytes_fetched", 0):
+                break
+        log("P1_warm: the big file from the disk cache of a remount, page cache dropped")
+        with mounted(lambda: self.mount(emu, cache_dir)) as m:
+            path = m.path / "big" / big_src.name
+            os.listdir(path.parent)
+            self.drop()
+            with self.spy(m, "big_warm"):
+                secs, n = read_parallel([path], threads=1)
+            assert n == size, (n, size)
+            self.snapshot_counters(m, "big_warm")
+        fetched = self.counters.get("big_warm", {}).get("fetch.bytes_fetched", 0)
+        if fetched:
+            self.notes.append(f"P1_warm: {fetched / MiB:.0f} MiB of the warm pass came from the server")
+        cached = self.cache_file_of(cache_dir, size)
+        if cached is None:
+            self.notes.append("P1_warm skipped: the disk cache holds no single file of the big file (old layout?)")
+            return
+        log("P1_warm: the cache's file of it read directly, page cache dropped")
+        self.drop()
+        file_secs, file_n = read_parallel([cached], threads=1)
+        assert file_n == size, (file_n, size)
+        self.fig["P1_warm_mount_MBps"] = n / secs / 1e6
+        self.fig["P1_warm_file_MBps"] = file_n / file_secs / 1e6
+        self.fig["P1_warm"] = self.fig["P1_warm_mount_MBps"] / self.fig["P1_warm_file_MBps"]
+
+    @staticmethod
+    def cache_file_of(cache_dir: Path, size: int) -> Path | None:
+        """The disk cache's file of the one file of ``size`` bytes (``CACHE/files/ab/<sha256>``), if any."""
+        found = [p for p in (cache_dir / "files").glob("[0-9a-f][0-9a-f]/*") if p.stat().st_size == size]
+        return found[0] if len(found) == 1 else None
 
     def phase_small(
         self, emu: infra.Emulator, small_src: list[Path], urls: list[str], ds_hash: str, nginx_url: str
@@ -482,18 +551,22 @@ class Bench:
         log(f"P2 naive SDK loop ({k} rows)")
         self.fig["P2_sdk_files_s"] = self.sdk_loop(emu, ds_hash, k)
 
-        log("P2 rclone mount")
-        blob_names = [u.split("?", 1)[0].rsplit("/", 1)[1] for u in urls]
-        with mounted(lambda: RcloneMount(nginx_url, self.work / "rclone-mnt", self.work)) as r:
-            os.listdir(r.path)
-            secs, total = read_parallel([r.path / b for b in blob_names])
-        assert total == n * self.sizes.small_bytes, total
-        self.fig["P2_rclone_files_s"] = n / secs
+        if shutil.which("rclone"):
+            log("P2 rclone mount")
+            blob_names = [u.split("?", 1)[0].rsplit("/", 1)[1] for u in urls]
+            with mounted(lambda: RcloneMount(nginx_url, self.work / "rclone-mnt", self.work)) as r:
+                os.listdir(r.path)
+                secs, total = read_parallel([r.path / b for b in blob_names])
+            assert total == n * self.sizes.small_bytes, total
+            self.fig["P2_rclone_files_s"] = n / secs
+        else:
+            self.notes.append("P2_rclone skipped: rclone is not installed (benchmarks/run installs it)")
 
         mount = self.fig["P2_mount_files_s"]
         self.fig["P2_direct"] = mount / self.fig["P2_direct_files_s"]
         self.fig["P2_sdk"] = mount / self.fig["P2_sdk_files_s"]
-        self.fig["P2_rclone"] = mount / self.fig["P2_rclone_files_s"]
+        if "P2_rclone_files_s" in self.fig:
+            self.fig["P2_rclone"] = mount / self.fig["P2_rclone_files_s"]
         return cache_dir
 
     def sdk_loop(self, emu: infra.Emulator, ds_hash: str, k: int) -> float:
@@ -734,18 +807,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the figures as one flat JSON object")
     parser.add_argument("--profile", action="store_true", help="py-spy the mount during read phases (benchmarks/out/)")
     parser.add_argument(
-        "--only-legacy", action="store_true", help="only P4_legacy (rows without a storage item; no nginx or rclone)"
+        "--only", default=",".join(PHASES), help=f"comma-separated phases to run (default all: {','.join(PHASES)})"
     )
     args = parser.parse_args(argv)
+    phases = [p for p in args.only.split(",") if p]
+    if not phases or set(phases) - set(PHASES):
+        parser.error(f"--only takes phases among {', '.join(PHASES)}")
     if os.geteuid() != 0:
         print("benchmarks/run: needs root (drop_caches, nginx, FUSE mounts)", file=sys.stderr)
         return 2
     sizes = QUICK if args.quick else FULL
     t0 = time.monotonic()
     with Cleanup() as stack:
-        bench = Bench(stack, sizes, args.quick, args.profile)
+        bench = Bench(stack, sizes, args.quick, args.profile, phases)
         try:
-            bench.run_legacy_only() if args.only_legacy else bench.run()
+            bench.run_legacy_only() if phases == ["legacy"] else bench.run()
         finally:
             elapsed = time.monotonic() - t0
             mode = (
@@ -763,7 +839,9 @@ def main(argv: list[str] | None = None) -> int:
                     keep = {k: v for k, v in counters.items() if k.startswith(("fetch.", "cache.", "urls.", "reader."))}
                     print(f"counters[{phase}]: " + ", ".join(f"{k}={v}" for k, v in sorted(keep.items())))
             png = OUT / ("bench-quick.png" if args.quick else "bench.png")
-            if fig and importlib.util.find_spec("matplotlib") is not None:  # benchmarks/run installs it
+            if fig and importlib.util.find_spec("matplotlib") is None:
+                print("plot: skipped (matplotlib is not installed; benchmarks/run installs it)")
+            elif fig:
                 plot(fig, png, title)
                 print(f"plot: {png}")
             if args.json:

@@ -259,7 +259,13 @@ class EncordMount:
         return float("nan")
 
     def stop(self) -> None:
+        """Unmount, then let the process finish closing by itself (its disk cache drains its write queue
+        and commits its index, as after a user's ``fusermount3 -u``) before stopping it."""
         _unmount(self.path)
+        try:
+            self.proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pass
         stop_process(self.proc)
 
 

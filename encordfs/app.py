@@ -9,8 +9,11 @@ answers: status, flush, refresh, stop.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import logging
 import os
+import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +21,7 @@ from typing import Any
 
 from encordfs import errors
 from encordfs.backend import Backend
-from encordfs.core.blockcache import DiskBlockCache, MemoryBlockCache, TieredBlockCache
+from encordfs.core.blockcache import DiskFileCache, MemoryBlockCache, TieredBlockCache
 from encordfs.core.catalog import Catalog
 from encordfs.core.counters import Counters
 from encordfs.core.fetch import HttpFetcher
@@ -88,9 +91,8 @@ def build(backend: Backend, settings: Settings) -> Mount:
     closers: list[Callable[[], None]] = []
     mount = Mount(None, counters, cache_dir, closers, flush_timeout_s=settings.unmount_flush_timeout_s)  # type: ignore[arg-type]
     try:
-        disk = DiskBlockCache(
-            cache_dir / "blocks", settings.cache_size, settings.cache_min_free_bytes, counters=counters
-        )
+        retire_block_cache(cache_dir)
+        disk = DiskFileCache(cache_dir / "files", settings.cache_size, settings.cache_min_free_bytes, counters=counters)
         closers.append(disk.close)
         cache = TieredBlockCache(MemoryBlockCache(settings.memory_cache_bytes, counters=counters), disk)
         catalog = Catalog(cache_dir / "catalog.sqlite")
@@ -125,6 +127,7 @@ def build(backend: Backend, settings: Settings) -> Mount:
                 "counters": counters.snapshot(),
                 "cache_dir": str(cache_dir),
                 "sign_refusals": urls.failures(),
+                "disk_cache": disk.stats(),
             },
         )
         built.append(fs)
@@ -136,6 +139,38 @@ def build(backend: Backend, settings: Settings) -> Mount:
     closers.insert(0, backend.close)
     mount.fs = fs
     return mount
+
+
+def retire_block_cache(cache_dir: Path) -> None:
+    """Delete ``CACHE/blocks``, the disk cache of versions before the file cache (a file per block, behind
+    a header: no kernel can read through it), in the background. Its blocks are never served; the file
+    cache starts empty. Left alone while a mount of such a version still holds its LOCK."""
+    old = cache_dir / "blocks"
+    if not old.is_dir():
+        return
+    try:
+        fd = os.open(old / "LOCK", os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        fd = -1
+    except OSError:
+        return
+    try:
+        if fd >= 0:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held until deleted: an old mount now gets Busy
+    except OSError:
+        os.close(fd)
+        log.info("%s is in use by a mount of an earlier encordfs version; left alone", old)
+        return
+
+    def remove() -> None:
+        try:
+            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    log.info("deleting the block cache of an earlier encordfs version (%s) in the background", old)
+    threading.Thread(target=remove, name="encordfs-retire-blocks", daemon=True).start()
 
 
 def _landed(catalog: Catalog, outcomes: list[Any], fs: EncordFS | None = None) -> None:

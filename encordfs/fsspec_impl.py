@@ -21,7 +21,7 @@ only copy the same bytes again). Pass ``cache_type=...`` to ``open`` to choose a
 
 Processes: the core is built on first use and rebuilt in a forked child (a PyTorch DataLoader worker),
 whose copy of the parent's threads and SQLite connections is not usable. The disk block cache belongs
-to one process at a time (``DiskBlockCache`` holds a lock): the first process uses ``cache_dir``
+to one process at a time (``DiskFileCache`` holds a lock): the first process uses ``cache_dir``
 (default ``<the mount's default cache dir>/fsspec``); any other process that finds it taken (a forked
 worker, a mount on the same dir) caches in a private temporary directory, removed at close or, if
 the process was killed, by the next process that needs one.

@@ -1,48 +1,87 @@
-"""Block caches: LRU by bytes, disk persistence, integrity, the free-space floor, exclusive ownership."""
+"""Block caches: LRU by bytes in memory; on disk one sparse file per item at its own offsets, a durable
+record of its parts, integrity, the capacity and free-space limits, exclusive ownership, the writer's
+backlog, complete files for passthrough."""
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from encordfs.app import retire_block_cache
 from encordfs.core.blockcache import (
     Block,
-    DiskBlockCache,
+    DiskFileCache,
+    FileLayout,
     MemoryBlockCache,
     TieredBlockCache,
-    _write_block_file,
+    _pwrite_all,
 )
 from encordfs.core.counters import Counters
-from encordfs.errors import Busy
+from encordfs.errors import Busy, InvalidValue
 
 KiB = 1024
+PART = 8 * KiB  # parts of 8 KiB (a multiple of the 4 KiB charge unit: charges equal lengths)
 
 
-def block(tag: int, size: int = 10 * KiB) -> bytes:
+def block(tag: int, size: int = PART) -> bytes:
     return bytes([tag % 256]) * size
+
+
+def content(seed: int, size: int) -> bytes:
+    return hashlib.shake_256(f"{seed}".encode()).digest(size)
+
+
+def whole(key: str, data: bytes) -> tuple[tuple[str, int], bytes, FileLayout]:
+    """``put`` arguments of a one-part file."""
+    return (key, 0), data, FileLayout(len(data), len(data))
+
+
+def put_file(cache: DiskFileCache | TieredBlockCache, key: str, data: bytes, part_bytes: int = PART) -> None:
+    layout = FileLayout(len(data), part_bytes)
+    for k in range(layout.part_count):
+        cache.put((key, k), data[k * part_bytes : (k + 1) * part_bytes], layout)
+
+
+def item_path(root: Path, key: str) -> Path:
+    name = hashlib.sha256(key.encode()).hexdigest()
+    return root / name[:2] / name
+
+
+def item_files(root: Path) -> list[Path]:
+    return [p for p in root.glob("[0-9a-f][0-9a-f]/*") if p.is_file()]
+
+
+def open_cache(root: Path, **kwargs: object) -> DiskFileCache:
+    options: dict[str, object] = {"capacity_bytes": 1 << 20, "min_free_bytes": 0, **kwargs}
+    return DiskFileCache(root, **options)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------------- memory
 
 
 def test_memory_lru_by_bytes() -> None:
-    cache = MemoryBlockCache(capacity_bytes=30 * KiB)
+    cache = MemoryBlockCache(capacity_bytes=3 * PART)
     for i in range(3):
         cache.put(("f:1", i), block(i))
     assert cache.get(("f:1", 0)) == block(0)  # 0 is now the most recent
     cache.put(("f:1", 3), block(3))
     assert cache.get(("f:1", 1)) is None  # the least recently used went
     assert [cache.contains(("f:1", i)) for i in range(4)] == [True, False, True, True]
-    assert cache.used_bytes <= 30 * KiB
+    assert cache.used_bytes <= 3 * PART
     snap = cache.counters.snapshot()
     assert snap["cache.evictions_mem"] == 1 and snap["cache.hits_mem"] == 1 and snap["cache.misses"] == 1
+    assert cache.open_complete("f:1", 4 * PART) is None  # memory backs no file
 
 
 def test_memory_block_larger_than_capacity_is_not_stored() -> None:
@@ -57,308 +96,303 @@ def test_changed_content_is_a_different_key() -> None:
     assert cache.get(("item:120:2024-02-01", 0)) is None
 
 
-# ---------------------------------------------------------------------------------------------- disk
+# ---------------------------------------------------------------------------------------------- disk: layout
 
 
-def test_disk_put_get_and_survives_reopen(tmp_path: Path) -> None:
-    root = tmp_path / "cache"
-    with DiskBlockCache(root, capacity_bytes=1 << 20, min_free_bytes=0) as cache:
-        cache.put(("item:5:t", 0), b"hello")
-        cache.put(("item:5:t", 1), b"world")
-        assert cache.get(("item:5:t", 1)) == b"world"
-    with DiskBlockCache(root, capacity_bytes=1 << 20, min_free_bytes=0) as again:
-        assert again.get(("item:5:t", 0)) == b"hello"
-        assert again.get(("item:6:t", 0)) is None  # another content key
-        assert again.counters.snapshot()["cache.hits_disk"] == 1
-
-
-def test_disk_permissions(tmp_path: Path) -> None:
-    root = tmp_path / "cache"
-    with DiskBlockCache(root, capacity_bytes=1 << 20, min_free_bytes=0) as cache:
-        cache.put(("k", 0), b"x")
+def test_parts_land_at_their_own_offsets_of_one_sparse_file(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    data = content(1, 2 * PART + 100)  # three parts, the last one short
+    layout = FileLayout(len(data), PART)
+    with open_cache(root) as cache:
+        cache.put(("doc:v1", 2), data[2 * PART :], layout)
+        cache.put(("doc:v1", 0), data[:PART], layout)
         assert cache.flush(5)
-        files = [p for p in (root / "blocks").rglob("*") if p.is_file()]
+        (path,) = item_files(root)
+        assert path == item_path(root, "doc:v1")
+        assert path.stat().st_size == len(data)  # the whole file's length from the first part
+        on_disk = path.read_bytes()
+        assert on_disk[:PART] == data[:PART] and on_disk[2 * PART :] == data[2 * PART :]
+        assert on_disk[PART : 2 * PART] == bytes(PART)  # part 1 is a hole ...
+        assert path.stat().st_blocks * 512 < len(data)  # ... that takes no space
+        assert [cache.contains(("doc:v1", k)) for k in range(3)] == [True, False, True]
+        assert cache.complete_path("doc:v1", len(data)) is None  # not complete: no backing file
+        assert cache.stats() == {"used_bytes": PART + 4 * KiB, "items": 1, "complete_items": 0, "backlog_bytes": 0}
+        assert cache.get(("doc:v1", 1)) is None
+        cache.put(("doc:v1", 1), data[PART : 2 * PART], layout)
+        assert cache.flush(5)
+        assert cache.complete_path("doc:v1", len(data)) == str(path)
+        assert path.read_bytes() == data
+        assert [cache.get(("doc:v1", k)) for k in range(3)] == [data[:PART], data[PART : 2 * PART], data[2 * PART :]]
+        assert cache.used_bytes == 2 * PART + 4 * KiB  # the 100-byte part is charged a 4 KiB block
+        assert cache.stats()["complete_items"] == 1
+        assert cache.counters.get("cache.bytes_written") == len(data)
+
+
+def test_a_part_that_does_not_fit_its_layout_is_refused(tmp_path: Path) -> None:
+    with open_cache(tmp_path / "c") as cache:
+        with pytest.raises(InvalidValue):
+            cache.put(("f", 0), b"x" * 10, FileLayout(20, 8))  # part 0 of that layout is 8 bytes
+        with pytest.raises(InvalidValue):
+            cache.put(("f", 3), b"x" * 4, FileLayout(20, 8))  # there is no part 3
+
+
+def test_another_part_size_for_the_same_content_starts_the_file_anew(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    data = content(2, 4 * PART)
+    with open_cache(root) as cache:
+        put_file(cache, "f:v", data, part_bytes=PART)
+        assert cache.flush(5) and cache.complete_path("f:v", len(data)) is not None
+        cache.put(("f:v", 0), data[: 2 * PART], FileLayout(len(data), 2 * PART))  # a reader with 16 KiB parts
+        assert cache.flush(5)
+        assert cache.complete_path("f:v", len(data)) is None and cache.used_bytes == 2 * PART
+        assert cache.get(("f:v", 0)) == data[: 2 * PART] and not cache.contains(("f:v", 1))
+
+
+def test_permissions(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    with open_cache(root) as cache:
+        cache.put(*whole("k", b"x"))
+        assert cache.flush(5)
     assert stat.S_IMODE(root.stat().st_mode) == 0o700
     assert {stat.S_IMODE(p.stat().st_mode) for p in root.rglob("*") if p.is_dir()} == {0o700}
-    assert len(files) == 1 and stat.S_IMODE(files[0].stat().st_mode) == 0o600
+    files = [p for p in root.rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"LOCK", "index.sqlite", item_path(root, "k").name}
+    assert {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o600}
 
 
-def test_disk_lru_eviction_under_cap_and_recency_survives_reopen(tmp_path: Path) -> None:
-    root = tmp_path / "cache"
-    cap = 3 * (10 * KiB + 20)  # three blocks with their headers
-    with DiskBlockCache(root, capacity_bytes=cap, min_free_bytes=0) as cache:
+# ---------------------------------------------------------------------------------------------- disk: the record
+
+
+def test_parts_and_their_checksums_survive_reopen(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    data = content(3, 3 * PART)
+    layout = FileLayout(len(data), PART)
+    with open_cache(root) as cache:
+        cache.put(("big:v", 0), data[:PART], layout)
+        cache.put(("big:v", 2), data[2 * PART :], layout)
+        cache.put(*whole("small:v", b"hello"))
+    with sqlite3.connect(root / "index.sqlite") as db:
+        rows = db.execute("SELECT part, length, crc32 FROM parts ORDER BY name, part").fetchall()
+    db.close()
+    assert sorted(rows) == sorted(
+        [(0, PART, _crc(data[:PART])), (2, PART, _crc(data[2 * PART :])), (0, 5, _crc(b"hello"))]
+    )
+    with open_cache(root) as again:
+        assert [again.contains(("big:v", k)) for k in range(3)] == [True, False, True]
+        assert again.get(("big:v", 2)) == data[2 * PART :]
+        assert again.get(("small:v", 0)) == b"hello"
+        assert again.get(("other:v", 0)) is None
+        assert again.counters.snapshot()["cache.hits_disk"] == 2
+        assert again.used_bytes == 2 * PART + 4 * KiB
+        assert again.stats()["complete_items"] == 1 and again.stats()["items"] == 2
+
+
+def _crc(data: bytes) -> int:
+    import zlib
+
+    return zlib.crc32(data)
+
+
+def test_reconciling_the_index_with_the_files_on_open(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    with open_cache(root) as cache:
         for i in range(3):
-            cache.put(("f", i), block(i))
-            assert cache.flush(5)
-            _bump_mtimes(root, i)
-        assert cache.get(("f", 0)) == block(0)  # touched: now the most recent, on disk from close
-    with DiskBlockCache(root, capacity_bytes=cap, min_free_bytes=0) as cache:
-        cache.put(("f", 3), block(3))
-        assert cache.flush(5)
-        assert not cache.contains(("f", 1))
-        assert all(cache.contains(("f", i)) for i in (0, 2, 3))
-        assert cache.used_bytes <= cap
-        assert cache.counters.get("cache.evictions_disk") == 1
-    assert sum(p.stat().st_size for p in (root / "blocks").rglob("*") if p.is_file()) <= cap
+            cache.put(*whole(f"f{i}", block(i)))
+    orphan = root / "ab" / ("ab" + "0" * 62)
+    orphan.write_bytes(b"not indexed")  # e.g. a crash between the rename and the index commit
+    item_path(root, "f0").unlink()  # indexed, but gone
+    os.truncate(item_path(root, "f1"), PART // 2)  # indexed, but not the indexed size
+    with open_cache(root) as cache:
+        assert not orphan.exists()
+        assert [cache.contains(("f" + str(i), 0)) for i in range(3)] == [False, False, True]
+        assert not item_path(root, "f1").exists()
+        assert cache.used_bytes == PART and cache.counters.get("cache.corrupt_disk") == 0
+    with sqlite3.connect(root / "index.sqlite") as db:
+        assert db.execute("SELECT count(*) FROM items").fetchone()[0] == 1
+    db.close()
 
 
-def _bump_mtimes(root: Path, step: int) -> None:
-    """Age every file already written, so ordering by mtime does not depend on timer resolution."""
-    for path in (root / "blocks").rglob("*"):
-        if path.is_file():
-            st = path.stat()
-            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - 10**9 * (10 - step)))
+def test_an_unreadable_index_starts_the_cache_empty(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    with open_cache(root) as cache:
+        cache.put(*whole("f", block(1)))
+    for suffix in ("-wal", "-shm"):
+        Path(f"{root}/index.sqlite{suffix}").unlink(missing_ok=True)
+    (root / "index.sqlite").write_bytes(b"this is not a database" * 100)
+    with open_cache(root) as cache:
+        assert not cache.contains(("f", 0)) and cache.used_bytes == 0 and item_files(root) == []
+        cache.put(*whole("f", block(2)))
+        assert cache.flush(5) and cache.get(("f", 0)) == block(2)
 
 
-def test_disk_lowered_capacity_evicts_on_open(tmp_path: Path) -> None:
-    root = tmp_path / "cache"
-    with DiskBlockCache(root, capacity_bytes=1 << 20, min_free_bytes=0) as cache:
-        for i in range(5):
-            cache.put(("f", i), block(i))
-    with DiskBlockCache(root, capacity_bytes=2 * (10 * KiB + 20), min_free_bytes=0) as cache:
-        assert len(list((root / "blocks").rglob("*.*"))) == 0  # close drained the queue, no tmp names
-        assert cache.used_bytes <= 2 * (10 * KiB + 20)
+def test_hits_make_no_syscall_but_recency_is_persisted_at_close(tmp_path: Path) -> None:
+    root = tmp_path / "c"
 
+    def used_ns() -> int:
+        with sqlite3.connect(root / "index.sqlite") as db:
+            value = db.execute("SELECT used_ns FROM items").fetchone()[0]
+        db.close()
+        return int(value)
 
-def test_disk_free_space_floor(tmp_path: Path) -> None:
-    disk_bytes, others = 200 * KiB, [0]  # a fake filesystem: free = size - other files - our blocks
-
-    def free_bytes(path: Path) -> int:
-        ours = sum(p.stat().st_size for p in (path / "blocks").rglob("*") if p.is_file())
-        return disk_bytes - others[0] - ours
-
-    cache = DiskBlockCache(
-        tmp_path / "c", capacity_bytes=1 << 30, min_free_bytes=150 * KiB, free_bytes=free_bytes, free_check_bytes=0
-    )  # free_check_bytes=0: statvfs before every write, so the test sees others' usage at once
-    with cache:
-        for i in range(6):
-            cache.put(("f", i), block(i))
-            assert cache.flush(5)
-        assert free_bytes(tmp_path) >= 150 * KiB
-        assert cache.contains(("f", 5)) and not cache.contains(("f", 0))
-        assert cache.counters.get("cache.evictions_disk") >= 2
-        others[0] = 195 * KiB  # someone else filled the disk
-        cache.put(("f", 6), block(6))
-        assert cache.flush(5)
-        assert not cache.contains(("f", 6)) and cache.used_bytes == 0  # gives space back, never fills the disk
-        assert cache.counters.get("cache.skipped_disk") == 1
-
-
-def test_disk_corrupted_or_missing_file_is_a_miss(tmp_path: Path) -> None:
-    with DiskBlockCache(tmp_path / "c", capacity_bytes=1 << 20, min_free_bytes=0) as cache:
-        cache.put(("f", 0), block(0))
-        cache.put(("f", 1), block(1))
-        cache.put(("f", 2), block(2))
-    # damaged between owners (crash, power loss, bit rot): the crc32 is checked on a block's first hit
-    with DiskBlockCache(tmp_path / "c", capacity_bytes=1 << 20, min_free_bytes=0) as cache:
-        paths = [p for p in (tmp_path / "c" / "blocks").rglob("*") if p.is_file()]
-        by_content = {p.read_bytes()[-1]: p for p in paths}
-        flipped = bytearray(by_content[0].read_bytes())
-        flipped[100] ^= 0xFF
-        by_content[0].write_bytes(bytes(flipped))
-        by_content[1].write_bytes(by_content[1].read_bytes()[:50])
-        by_content[2].unlink()
-        assert cache.get(("f", 0)) is None
-        assert cache.get(("f", 1)) is None
-        assert cache.get(("f", 2)) is None
-        assert not cache.contains(("f", 0)) and cache.used_bytes == 0
-        assert cache.counters.get("cache.corrupt_disk") == 3
-        cache.put(("f", 0), block(0))  # and it can be written again
-        assert cache.flush(5)
+    with open_cache(root) as cache:
+        cache.put(*whole("f", block(0)))
+    before = used_ns()
+    with open_cache(root) as cache:
+        st = item_path(root, "f").stat()
         assert cache.get(("f", 0)) == block(0)
+        assert used_ns() == before  # nothing written for a hit ...
+        assert item_path(root, "f").stat().st_mtime_ns == st.st_mtime_ns  # ... not even a utime
+    assert used_ns() > before
 
 
-def test_disk_clears_leftover_tmp_files(tmp_path: Path) -> None:
+# ---------------------------------------------------------------------------------------------- disk: integrity
+
+
+def test_damaged_truncated_or_missing_files_are_misses_never_wrong_bytes(tmp_path: Path) -> None:
     root = tmp_path / "c"
-    DiskBlockCache(root, capacity_bytes=1 << 20, min_free_bytes=0).close()
-    (root / "tmp" / "half-written").write_bytes(b"x")
-    with DiskBlockCache(root, capacity_bytes=1 << 20, min_free_bytes=0):
-        assert list((root / "tmp").iterdir()) == []
+    big = content(4, 3 * PART)
+    with open_cache(root) as cache:
+        cache.put(*whole("f0", block(0)))
+        cache.put(*whole("f1", block(1)))
+        cache.put(*whole("f2", block(2)))
+        put_file(cache, "big", big)
+    # damaged between owners (crash, power loss, bit rot): each inherited part's crc32 is checked on its first hit
+    with open_cache(root) as cache:
+        _flip(item_path(root, "f0"), 100)
+        os.truncate(item_path(root, "f1"), 100)  # truncated while mounted
+        item_path(root, "f2").unlink()
+        _flip(item_path(root, "big"), PART + 5)  # part 1 of three
+        assert [cache.get((f"f{i}", 0)) for i in range(3)] == [None, None, None]
+        assert cache.get(("big", 0)) == big[:PART]  # a sound part of a damaged file ...
+        assert cache.get(("big", 1)) is None  # ... until its damaged part is found: the whole file goes
+        assert not cache.contains(("big", 0)) and not item_path(root, "big").exists()
+        assert cache.used_bytes == 0 and cache.counters.get("cache.corrupt_disk") == 4
+        cache.put(*whole("f0", block(0)))  # and it can be written again
+        assert cache.flush(5) and cache.get(("f0", 0)) == block(0)
 
 
-def test_second_owner_in_same_process_is_refused(tmp_path: Path) -> None:
+def test_an_index_ahead_of_its_data_is_caught(tmp_path: Path) -> None:
+    """Power loss can keep the index's commit and lose the data it describes (a hole reads as zeros)."""
     root = tmp_path / "c"
-    with DiskBlockCache(root, capacity_bytes=1 << 20, min_free_bytes=0):
-        with pytest.raises(Busy, match=rf"cache dir .* is in use by another encordfs mount \(pid {os.getpid()}\)"):
-            DiskBlockCache(root, capacity_bytes=1 << 20, min_free_bytes=0)
-    DiskBlockCache(root, capacity_bytes=1 << 20, min_free_bytes=0).close()  # released on close
+    data = content(5, 2 * PART)
+    with open_cache(root) as cache:
+        put_file(cache, "f", data)
+    with open(item_path(root, "f"), "r+b") as f:
+        f.seek(PART)
+        f.write(bytes(PART))
+    with open_cache(root) as cache:
+        assert cache.complete_path("f", len(data)) is None  # verified before it could back a file
+        assert cache.counters.get("cache.corrupt_disk") == 1 and not cache.contains(("f", 0))
 
 
-def test_second_owner_in_another_process_is_refused(tmp_path: Path) -> None:
-    root = tmp_path / "c"
-    holder = textwrap.dedent(
-        f"""
-        import sys
-        from pathlib import Path
-        from encordfs.core.blockcache import DiskBlockCache
-        cache = DiskBlockCache(Path({str(root)!r}), capacity_bytes=1 << 20, min_free_bytes=0)
-        print("ready", flush=True)
-        sys.stdin.read()
-        """
-    )
-    proc = subprocess.Popen([sys.executable, "-c", holder], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        with pytest.raises(Busy) as info:
-            DiskBlockCache(root, capacity_bytes=1 << 20, min_free_bytes=0)
-        assert f"(pid {proc.pid})" in str(info.value)
-        assert info.value.errno == 16
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        proc.wait(10)
-        proc.stdout.close() if proc.stdout else None
-    DiskBlockCache(root, capacity_bytes=1 << 20, min_free_bytes=0).close()  # the dead owner's lock is gone
+def _flip(path: Path, at: int) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[at] ^= 0xFF
+    path.write_bytes(bytes(raw))
 
 
-# ---------------------------------------------------------------------------------------------- tiered
-
-
-def test_tiered_promotes_disk_hits_and_counts_once(tmp_path: Path) -> None:
-    counters = Counters()
-    disk = DiskBlockCache(tmp_path / "c", capacity_bytes=1 << 20, min_free_bytes=0, counters=counters)
-    memory = MemoryBlockCache(capacity_bytes=15 * KiB, counters=counters)
-    with disk:
-        cache = TieredBlockCache(memory, disk)
-        cache.put(("f", 0), block(0))
-        cache.put(("f", 1), block(1))  # pushes block 0 out of memory; both on disk
-        assert cache.get(("f", 1)) == block(1)
-        assert cache.get(("f", 0)) == block(0)  # from disk, promoted
-        assert cache.get(("f", 0)) == block(0)  # from memory
-        assert cache.get(("f", 9)) is None
-        assert cache.flush(5)
-        snap = counters.snapshot()
-        assert (snap["cache.hits_mem"], snap["cache.hits_disk"], snap["cache.misses"]) == (2, 1, 1)
-        assert snap["cache.bytes_written"] == 2 * (10 * KiB + 20)
-
-
-# ---------------------------------------------------------------------------------------------- disk writer
-
-
-class GatedDisk:
-    """A ``write_file`` seam: writes for real, but each write first waits until the gate opens."""
-
-    def __init__(self) -> None:
-        self.gate = threading.Event()
-        self.started = threading.Semaphore(0)
-        self.written: list[str] = []
-
-    def __call__(self, path: str, data: Block) -> None:
-        self.started.release()
-        assert self.gate.wait(10)
-        _write_block_file(path, data)
-        self.written.append(path)
-
-
-def test_put_returns_before_the_disk_write_and_serves_the_queued_block(tmp_path: Path) -> None:
-    disk = GatedDisk()
-    with DiskBlockCache(tmp_path / "c", capacity_bytes=1 << 20, min_free_bytes=0, write_file=disk) as cache:
-        cache.put(("f", 0), block(0))  # returns although the disk is stuck
-        assert disk.started.acquire(timeout=5)
-        assert cache.contains(("f", 0)) and cache.get(("f", 0)) == block(0)  # the queued buffer
-        assert cache.used_bytes == 0 and cache.backlog_bytes == 10 * KiB
-        assert not cache.flush(0.05)
-        disk.gate.set()
-        assert cache.flush(5)
-        assert cache.used_bytes == 10 * KiB + 20 and cache.backlog_bytes == 0
-        assert cache.get(("f", 0)) == block(0)  # now from the file
-        assert cache.counters.get("cache.hits_disk") == 2
-
-
-def test_full_backlog_skips_the_disk_instead_of_waiting(tmp_path: Path) -> None:
-    disk = GatedDisk()
-    cache = DiskBlockCache(
-        tmp_path / "c", capacity_bytes=1 << 20, min_free_bytes=0, max_backlog_bytes=25 * KiB, write_file=disk
-    )
-    with cache:
-        for i in range(4):
-            cache.put(("f", i), block(i))  # 0 is being written, 1 queued, 2 and 3 do not fit
-        assert cache.counters.get("cache.skipped_disk_backlog") == 2
-        assert [cache.contains(("f", i)) for i in range(4)] == [True, True, False, False]
-        disk.gate.set()
-        assert cache.flush(5)
-        cache.put(("f", 2), block(2))  # room again
-        assert cache.flush(5)
-        assert [cache.contains(("f", i)) for i in range(4)] == [True, True, True, False]
-        assert cache.used_bytes == 3 * (10 * KiB + 20)
-
-
-def test_put_with_wait_waits_for_room_instead_of_skipping(tmp_path: Path) -> None:
-    disk = GatedDisk()
-    cache = DiskBlockCache(
-        tmp_path / "c", capacity_bytes=1 << 20, min_free_bytes=0, max_backlog_bytes=15 * KiB, write_file=disk
-    )
-    with cache:
-        cache.put(("f", 0), block(0))
-        waiter = threading.Thread(target=cache.put, args=(("f", 1), block(1)), kwargs={"wait": True})
-        waiter.start()
-        waiter.join(0.1)
-        assert waiter.is_alive() and not cache.contains(("f", 1))
-        disk.gate.set()
-        waiter.join(5)
-        assert cache.flush(5) and cache.contains(("f", 1))
-        assert cache.counters.get("cache.skipped_disk_backlog") == 0
-
-
-def test_close_drains_the_queue(tmp_path: Path) -> None:
-    root = tmp_path / "c"
-    disk = GatedDisk()
-    cache = DiskBlockCache(root, capacity_bytes=1 << 20, min_free_bytes=0, write_file=disk)
-    for i in range(3):
-        cache.put(("f", i), block(i))
-    threading.Timer(0.2, disk.gate.set).start()
-    cache.close()  # waits for the writer
-    assert len(disk.written) == 3
-    cache.put(("f", 9), block(9))  # after close: ignored
-    with DiskBlockCache(root, capacity_bytes=1 << 20, min_free_bytes=0) as again:
-        assert [again.get(("f", i)) for i in range(3)] == [block(i) for i in range(3)]
-        assert not again.contains(("f", 9))
-
-
-def test_close_drops_what_a_stuck_disk_did_not_write(tmp_path: Path) -> None:
-    root = tmp_path / "c"
-    disk = GatedDisk()
-    cache = DiskBlockCache(root, capacity_bytes=1 << 20, min_free_bytes=0, write_file=disk, close_timeout_s=0.5)
-    for i in range(3):
-        cache.put(("f", i), block(i))
-    assert disk.started.acquire(timeout=5)
-    threading.Timer(0.8, disk.gate.set).start()  # after the first wait of close: the queue is dropped
-    cache.close()
-    assert len(disk.written) == 1  # the write in progress finished, the queued ones were dropped
-    with DiskBlockCache(root, capacity_bytes=1 << 20, min_free_bytes=0) as again:
-        assert again.get(("f", 0)) == block(0)
-        assert not again.contains(("f", 1)) and not again.contains(("f", 2))
-        assert again.used_bytes == 10 * KiB + 20  # nothing indexed without its file, nothing left over
-    assert list((root / "tmp").iterdir()) == []
-
-
-def test_crash_mid_write_leaves_only_tmp_files(tmp_path: Path) -> None:
+def test_crash_mid_write_loses_at_most_unrecorded_parts(tmp_path: Path) -> None:
     root = tmp_path / "c"
     crasher = textwrap.dedent(
         f"""
-        import os
+        import os, time
         from pathlib import Path
-        from encordfs.core.blockcache import DiskBlockCache, _write_block_file
+        from encordfs.core.blockcache import DiskFileCache, FileLayout, _pwrite_all
 
-        def write_file(path, data):
-            if data[0] == 2:  # the third block: die halfway through writing it
-                with open(path, "wb") as f:
-                    f.write(b"EFSBLK01" + bytes(100))
+        def write_part(fd, data, offset):
+            if data[0] == 2:  # die halfway through writing the third part
+                os.pwrite(fd, data[: len(data) // 2], offset)
                 os._exit(3)
-            _write_block_file(path, data)
+            _pwrite_all(fd, data, offset)
 
-        cache = DiskBlockCache(Path({str(root)!r}), capacity_bytes=1 << 20, min_free_bytes=0, write_file=write_file)
-        for i in range(4):
-            cache.put(("f", i), bytes([i]) * 10240)
+        cache = DiskFileCache(Path({str(root)!r}), capacity_bytes=1 << 20, min_free_bytes=0, write_part=write_part)
+        layout = FileLayout(4 * {PART}, {PART})
+        for i in range(2):
+            cache.put(("f", i), bytes([i]) * {PART}, layout)
+        cache.put(("new", 0), bytes([7]) * 100, FileLayout(100, 100))
+        cache.flush(10)
+        time.sleep(0.5)  # the writer commits the index once its queue is empty
+        cache.put(("f", 2), bytes([2]) * {PART}, layout)
+        cache.put(("g", 0), bytes([2]) * 100, FileLayout(100, 100))
         cache.flush(10)
         """
     )
     assert subprocess.run([sys.executable, "-c", crasher], timeout=60, check=False).returncode == 3
-    assert len(list((root / "tmp").iterdir())) == 1
-    with DiskBlockCache(root, capacity_bytes=1 << 20, min_free_bytes=0) as cache:
+    with open_cache(root) as cache:
         assert list((root / "tmp").iterdir()) == []
         assert [cache.get(("f", i)) for i in range(4)] == [block(0), block(1), None, None]
-        assert cache.counters.get("cache.corrupt_disk") == 0 and cache.used_bytes == 2 * (10 * KiB + 20)
+        assert cache.get(("new", 0)) == bytes([7]) * 100 and cache.get(("g", 0)) is None
+        assert cache.counters.get("cache.corrupt_disk") == 0
+        assert cache.complete_path("f", 4 * PART) is None
+
+
+# ---------------------------------------------------------------------------------------------- disk: space
+
+
+def test_lru_eviction_under_cap_and_recency_survives_reopen(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    cap = 3 * PART
+    with open_cache(root, capacity_bytes=cap) as cache:
+        for i in range(3):
+            cache.put(*whole(f"f{i}", block(i)))
+            assert cache.flush(5)
+        assert cache.get(("f0", 0)) == block(0)  # touched: now the most recent, in the index from close
+    with open_cache(root, capacity_bytes=cap) as cache:
+        cache.put(*whole("f3", block(3)))
+        assert cache.flush(5)
+        assert not cache.contains(("f1", 0))
+        assert all(cache.contains((f"f{i}", 0)) for i in (0, 2, 3))
+        assert cache.used_bytes <= cap
+        assert cache.counters.get("cache.evictions_disk") == 1
+    assert sorted(p.name for p in item_files(root)) == sorted(item_path(root, f"f{i}").name for i in (0, 2, 3))
+
+
+def test_a_file_being_filled_is_not_evicted_for_its_own_parts(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    data = content(6, 4 * PART)
+    with open_cache(root, capacity_bytes=3 * PART) as cache:
+        cache.put(*whole("old", block(9)))
+        put_file(cache, "big", data)
+        assert cache.flush(5)
+        assert not cache.contains(("old", 0))  # the older file made room
+        assert [cache.contains(("big", k)) for k in range(4)] == [True, True, True, False]  # then: no room
+        assert cache.counters.get("cache.skipped_disk") == 1 and cache.used_bytes == 3 * PART
+        assert [cache.get(("big", k)) for k in range(3)] == [data[k * PART : (k + 1) * PART] for k in range(3)]
+
+
+def test_lowered_capacity_evicts_on_open(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    with open_cache(root) as cache:
+        for i in range(5):
+            cache.put(*whole(f"f{i}", block(i)))
+    with open_cache(root, capacity_bytes=2 * PART) as cache:
+        assert cache.used_bytes <= 2 * PART and len(item_files(root)) == 2
+        assert cache.contains(("f4", 0)) and cache.contains(("f3", 0))
+
+
+def test_free_space_floor(tmp_path: Path) -> None:
+    disk_bytes, others = 200 * KiB, [0]  # a fake filesystem: free = size - other files - our files
+
+    def free_bytes(path: Path) -> int:
+        ours = sum(p.stat().st_blocks * 512 for p in item_files(path))
+        return disk_bytes - others[0] - ours
+
+    # free_check_bytes=0: statvfs before every write, so the test sees others' usage at once
+    cache = open_cache(
+        tmp_path / "c", capacity_bytes=1 << 30, min_free_bytes=150 * KiB, free_bytes=free_bytes, free_check_bytes=0
+    )
+    with cache:
+        for i in range(8):
+            cache.put(*whole(f"f{i}", block(i)))
+            assert cache.flush(5)
+        assert free_bytes(tmp_path / "c") >= 150 * KiB
+        assert cache.contains(("f7", 0)) and not cache.contains(("f0", 0))
+        assert cache.counters.get("cache.evictions_disk") >= 2
+        others[0] = 195 * KiB  # someone else filled the disk
+        cache.put(*whole("f8", block(8)))
+        assert cache.flush(5)
+        assert not cache.contains(("f8", 0)) and cache.used_bytes == 0  # gives space back, never fills the disk
+        assert cache.counters.get("cache.skipped_disk") == 1
 
 
 def test_statvfs_only_every_n_bytes_or_seconds(tmp_path: Path) -> None:
@@ -369,35 +403,346 @@ def test_statvfs_only_every_n_bytes_or_seconds(tmp_path: Path) -> None:
         calls.append(path)
         return 1 << 40
 
-    cache = DiskBlockCache(
+    cache = open_cache(
         tmp_path / "c",
         capacity_bytes=1 << 30,
-        min_free_bytes=0,
         free_bytes=free_bytes,
-        free_check_bytes=35 * KiB,
+        free_check_bytes=4 * PART + 1,
         free_check_interval_s=5.0,
         clock=lambda: now[0],
     )
     with cache:
         before = len(calls)  # open checks once
-        for i in range(3):
-            cache.put(("f", i), block(i))
-        assert cache.flush(5) and len(calls) == before  # 30 KiB written: the estimate still holds
-        cache.put(("f", 3), block(3))
-        cache.put(("f", 4), block(4))
-        assert cache.flush(5) and len(calls) == before + 1  # past 35 KiB: measured again
+        for i in range(4):
+            cache.put(*whole(f"f{i}", block(i)))
+        assert cache.flush(5) and len(calls) == before  # 4 parts written: the estimate still holds
+        cache.put(*whole("f4", block(4)))
+        cache.put(*whole("f5", block(5)))
+        assert cache.flush(5) and len(calls) == before + 1  # past 4 parts: measured again
         now[0] += 6.0
-        cache.put(("f", 5), block(5))
+        cache.put(*whole("f6", block(6)))
         assert cache.flush(5) and len(calls) == before + 2  # and after 5 s
 
 
-def test_hits_do_not_touch_files_but_recency_is_persisted_at_close(tmp_path: Path) -> None:
+def test_a_failed_unlink_keeps_its_bytes_counted_until_a_retry_succeeds(tmp_path: Path) -> None:
     root = tmp_path / "c"
-    with DiskBlockCache(root, capacity_bytes=1 << 20, min_free_bytes=0) as cache:
-        cache.put(("f", 0), block(0))
+    now = [0.0]
+    with open_cache(root, capacity_bytes=2 * PART, clock=lambda: now[0]) as cache:
+        cache.put(*whole("a", block(1)))
+        cache.put(*whole("b", block(2)))
         assert cache.flush(5)
-        (path,) = [p for p in (root / "blocks").rglob("*") if p.is_file()]
-        os.utime(path, ns=(10**18, 10**18))  # an old file
-        assert cache.get(("f", 0)) == block(0)
-        assert path.stat().st_mtime_ns == 10**18  # no utime on the read path
-    assert path.stat().st_mtime_ns > 10**18
+        stuck = item_path(root, "a")
+        stuck.unlink()
+        (stuck / "x").mkdir(parents=True)  # a non-empty directory: unlink() fails (EISDIR)
+        cache.put(*whole("c", block(3)))
+        assert cache.flush(5)
+        assert cache.counters.get("cache.unlink_errors") == 1
+        # a's bytes are still counted, so b had to go as well for c to fit
+        assert [cache.contains((k, 0)) for k in "abc"] == [False, False, True]
+        assert cache.used_bytes == 2 * PART and cache.counters.get("cache.evictions_disk") == 2
+        (stuck / "x").rmdir()
+        stuck.rmdir()  # whatever blocked the unlink is gone: the retry finds nothing left to delete
+        now[0] += 10.0
+        cache.put(*whole("d", block(4)))
+        assert cache.flush(5)
+        assert cache.used_bytes == 2 * PART and cache.contains(("c", 0)) and cache.contains(("d", 0))
+        assert cache.counters.get("cache.evictions_disk") == 2
+
+
+def test_a_failed_write_is_counted_and_dropped(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    failing = [True]
+
+    def disk(fd: int, data: Block, offset: int) -> None:
+        if failing[0]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        _pwrite_all(fd, data, offset)
+
+    with open_cache(root, write_part=disk) as cache:
+        cache.put(*whole("f", block(1)))
+        assert cache.flush(5)
+        assert cache.counters.get("cache.write_errors") == 1 and cache.counters.get("cache.skipped_disk") == 0
+        assert not cache.contains(("f", 0)) and cache.used_bytes == 0
+        assert list((root / "tmp").iterdir()) == [] and item_files(root) == []
+        failing[0] = False
+        cache.put(*whole("f", block(1)))
+        assert cache.flush(5) and cache.get(("f", 0)) == block(1)
+
+
+# ---------------------------------------------------------------------------------------------- disk: ownership
+
+
+def test_second_owner_in_same_process_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    with open_cache(root):
+        with pytest.raises(Busy, match=rf"cache dir .* is in use by another encordfs mount \(pid {os.getpid()}\)"):
+            open_cache(root)
+    open_cache(root).close()  # released on close
+
+
+def test_second_owner_in_another_process_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    holder = textwrap.dedent(
+        f"""
+        import sys
+        from pathlib import Path
+        from encordfs.core.blockcache import DiskFileCache
+        cache = DiskFileCache(Path({str(root)!r}), capacity_bytes=1 << 20, min_free_bytes=0)
+        print("ready", flush=True)
+        sys.stdin.read()
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", holder], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        with pytest.raises(Busy) as info:
+            open_cache(root)
+        assert f"(pid {proc.pid})" in str(info.value)
+        assert info.value.errno == 16
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(10)
+        proc.stdout.close() if proc.stdout else None
+    open_cache(root).close()  # the dead owner's lock is gone
+
+
+def test_the_block_cache_of_an_earlier_version_is_deleted_never_served(tmp_path: Path) -> None:
+    old = tmp_path / "blocks"
+    (old / "blocks" / "ab").mkdir(parents=True)
+    (old / "blocks" / "ab" / "ab12").write_bytes(b"EFSBLK01" + bytes(20))
+    (old / "LOCK").write_text("123\n")
+    retire_block_cache(tmp_path)
+    for _ in range(200):
+        if not old.exists():
+            break
+        threading.Event().wait(0.01)
+    assert not old.exists()
+    retire_block_cache(tmp_path)  # nothing left to do
+
+
+def test_an_earlier_version_still_mounted_keeps_its_block_cache(tmp_path: Path) -> None:
+    import fcntl
+
+    old = tmp_path / "blocks"
+    old.mkdir()
+    fd = os.open(old / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        retire_block_cache(tmp_path)
+        assert (old / "LOCK").exists()
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------- complete files
+
+
+def test_complete_path_only_when_every_byte_is_present_and_verified(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    data = content(7, 3 * PART - 1)
+    with open_cache(root) as cache:
+        assert cache.complete_path("f", len(data)) is None  # nothing
+        put_file(cache, "f", data)
+        cache.put(("g", 0), data[:PART], FileLayout(len(data), PART))
+        assert cache.flush(5)
+        assert cache.complete_path("g", len(data)) is None  # one part of three
+        assert cache.complete_path("f", len(data) + 1) is None  # another size: another content
+        path = cache.complete_path("f", len(data))
+        assert path is not None and Path(path).is_absolute() and Path(path).read_bytes() == data
+        assert cache.counters.get("cache.backing_opens") == 1
+    with open_cache(root) as cache:
+        _flip(item_path(root, "f"), 2 * PART + 1)  # damage found by the verification of inherited parts
+        assert cache.complete_path("f", len(data)) is None
+        assert cache.counters.get("cache.corrupt_disk") == 1
+        put_file(cache, "f", data)
+        assert cache.flush(5)
+        path = cache.complete_path("f", len(data))
+        assert path is not None and hashlib.sha256(Path(path).read_bytes()).digest() == hashlib.sha256(data).digest()
+        assert cache.counters.get("cache.backing_opens") == 1
+
+
+def test_a_big_complete_file_is_sealed_and_trusted_while_untouched(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    big, small = content(10, 3 * PART), content(11, PART)
+    with open_cache(root, seal_min_bytes=2 * PART) as cache:
+        put_file(cache, "big", big)
+        cache.put(*whole("small", small))
+    assert cache.counters.get("cache.sealed_files") == 1  # by close at the latest; the small file is not sealed
+    with open_cache(root, seal_min_bytes=2 * PART) as cache:
+        assert cache.complete_path("big", len(big)) is not None
+        assert cache.get(("big", 1)) == big[PART : 2 * PART]
+        assert cache.counters.get("cache.verified_bytes") == 0  # fsynced complete, same inode and ctime since
+        assert cache.complete_path("small", PART) is not None
+        assert cache.counters.get("cache.verified_bytes") == PART  # not sealed: read and checked
+    with open_cache(root, seal_min_bytes=PART) as cache:  # sealed after a whole check at open
+        assert cache.complete_path("small", PART) is not None
+        assert cache.counters.get("cache.verified_bytes") == PART
+    with open_cache(root, seal_min_bytes=PART) as cache:
+        assert cache.complete_path("small", PART) is not None
+        assert cache.counters.get("cache.verified_bytes") == 0
+    time.sleep(0.05)  # past the kernel's coarse clock tick: the edit below gets a later ctime
+    _flip(item_path(root, "big"), PART + 3)  # same inode, new ctime
+    with open_cache(root, seal_min_bytes=2 * PART) as cache:
+        assert cache.complete_path("big", len(big)) is None
+        assert cache.counters.get("cache.corrupt_disk") == 1
+        assert cache.counters.get("cache.verified_bytes") == 0
+
+
+def test_an_evicted_file_keeps_reading_through_an_open_fd(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    data = content(8, 2 * PART)
+    with open_cache(root, capacity_bytes=2 * PART) as cache:
+        put_file(cache, "a", data)
+        assert cache.flush(5)
+        fd = cache.open_complete("a", len(data))
+        assert fd is not None
+        try:
+            put_file(cache, "b", content(9, 2 * PART))  # evicts a
+            assert cache.flush(5) and not cache.contains(("a", 0)) and not item_path(root, "a").exists()
+            assert os.pread(fd, len(data), 0) == data  # a passthrough backing handle keeps working
+            put_file(cache, "a", data)  # a comes back: a new file, renamed over the name ...
+            assert cache.flush(5)
+            assert os.fstat(fd).st_ino != item_path(root, "a").stat().st_ino  # ... not the one the fd has
+            assert os.pread(fd, len(data), 0) == data
+        finally:
+            os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------- tiered
+
+
+def test_tiered_promotes_disk_hits_and_counts_once(tmp_path: Path) -> None:
+    counters = Counters()
+    disk = open_cache(tmp_path / "c", counters=counters)
+    memory = MemoryBlockCache(capacity_bytes=PART + PART // 2, counters=counters)
+    with disk:
+        cache = TieredBlockCache(memory, disk)
+        cache.put(*whole("f0", block(0)))
+        cache.put(*whole("f1", block(1)))  # pushes f0 out of memory; both on disk
+        assert cache.get(("f1", 0)) == block(1)
+        assert cache.get(("f0", 0)) == block(0)  # from disk, promoted
+        assert cache.get(("f0", 0)) == block(0)  # from memory
+        assert cache.get(("f9", 0)) is None
+        assert cache.flush(5)
+        snap = counters.snapshot()
+        assert (snap["cache.hits_mem"], snap["cache.hits_disk"], snap["cache.misses"]) == (2, 1, 1)
+        assert snap["cache.bytes_written"] == 2 * PART
+        assert cache.complete_path("f0", PART) is not None
+
+
+# ---------------------------------------------------------------------------------------------- disk writer
+
+
+class GatedDisk:
+    """A ``write_part`` seam: writes for real, but each write first waits until the gate opens."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.started = threading.Semaphore(0)
+        self.written: list[bytes] = []
+
+    def __call__(self, fd: int, data: Block, offset: int) -> None:
+        self.started.release()
+        assert self.gate.wait(10)
+        _pwrite_all(fd, data, offset)
+        self.written.append(bytes(data[:1]))
+
+
+def test_put_returns_before_the_disk_write_and_serves_the_queued_part(tmp_path: Path) -> None:
+    disk = GatedDisk()
+    with open_cache(tmp_path / "c", write_part=disk) as cache:
+        cache.put(*whole("f", block(0)))  # returns although the disk is stuck
+        assert disk.started.acquire(timeout=5)
+        assert cache.contains(("f", 0)) and cache.get(("f", 0)) == block(0)  # the queued buffer
+        assert cache.used_bytes == 0 and cache.backlog_bytes == PART
+        assert not cache.flush(0.05)
+        disk.gate.set()
+        assert cache.flush(5)
+        assert cache.used_bytes == PART and cache.backlog_bytes == 0
+        assert cache.get(("f", 0)) == block(0)  # now from the file
+        assert cache.counters.get("cache.hits_disk") == 2
+
+
+def test_full_backlog_skips_the_disk_instead_of_waiting(tmp_path: Path) -> None:
+    disk = GatedDisk()
+    with open_cache(tmp_path / "c", max_backlog_bytes=2 * PART + PART // 2, write_part=disk) as cache:
+        for i in range(4):
+            cache.put(*whole(f"f{i}", block(i)))  # f0 is being written, f1 queued, f2 and f3 do not fit
+        assert cache.counters.get("cache.skipped_disk_backlog") == 2
+        assert [cache.contains((f"f{i}", 0)) for i in range(4)] == [True, True, False, False]
+        disk.gate.set()
+        assert cache.flush(5)
+        cache.put(*whole("f2", block(2)))  # room again
+        assert cache.flush(5)
+        assert [cache.contains((f"f{i}", 0)) for i in range(4)] == [True, True, True, False]
+        assert cache.used_bytes == 3 * PART
+
+
+def test_put_with_wait_waits_for_room_instead_of_skipping(tmp_path: Path) -> None:
+    disk = GatedDisk()
+    with open_cache(tmp_path / "c", max_backlog_bytes=PART + PART // 2, write_part=disk) as cache:
+        cache.put(*whole("f0", block(0)))
+        waiter = threading.Thread(target=cache.put, args=whole("f1", block(1)), kwargs={"wait": True})
+        waiter.start()
+        waiter.join(0.1)
+        assert waiter.is_alive() and not cache.contains(("f1", 0))
+        disk.gate.set()
+        waiter.join(5)
+        assert cache.flush(5) and cache.contains(("f1", 0))
+        assert cache.counters.get("cache.skipped_disk_backlog") == 0
+
+
+def test_a_sync_put_jumps_the_queue_and_returns_once_landed(tmp_path: Path) -> None:
+    disk = GatedDisk()
+    with open_cache(tmp_path / "c", max_backlog_bytes=2 * PART, write_part=disk) as cache:
+        for i in range(3):
+            cache.put(*whole(f"f{i}", block(i)))  # f0 being written, f1 queued, f2 skipped: backlog full
+        assert disk.started.acquire(timeout=5)
+        landed = threading.Event()
+
+        def open_small() -> None:
+            cache.put(*whole("small", block(7)), sync=True)  # past the cap, to the head of the queue
+            landed.set()
+
+        opener = threading.Thread(target=open_small)
+        opener.start()
+        assert not landed.wait(0.1)
+        disk.gate.set()
+        assert landed.wait(5)
+        opener.join(5)
+        assert disk.written[:2] == [block(0, 1), block(7, 1)]  # right after the write in progress
+        assert cache.complete_path("small", PART) is not None
+        assert cache.counters.get("cache.skipped_disk_backlog") == 1
+
+
+def test_close_drains_the_queue(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    disk = GatedDisk()
+    cache = open_cache(root, write_part=disk)
+    for i in range(3):
+        cache.put(*whole(f"f{i}", block(i)))
+    threading.Timer(0.2, disk.gate.set).start()
+    cache.close()  # waits for the writer
+    assert len(disk.written) == 3
+    cache.put(*whole("f9", block(9)))  # after close: ignored
+    with open_cache(root) as again:
+        assert [again.get((f"f{i}", 0)) for i in range(3)] == [block(i) for i in range(3)]
+        assert not again.contains(("f9", 0))
+
+
+def test_close_drops_what_a_stuck_disk_did_not_write(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    disk = GatedDisk()
+    cache = open_cache(root, write_part=disk, close_timeout_s=0.5)
+    for i in range(3):
+        cache.put(*whole(f"f{i}", block(i)))
+    assert disk.started.acquire(timeout=5)
+    threading.Timer(0.8, disk.gate.set).start()  # after the first wait of close: the queue is dropped
+    cache.close()
+    assert len(disk.written) == 1  # the write in progress finished, the queued ones were dropped
+    with open_cache(root) as again:
+        assert again.get(("f0", 0)) == block(0)
+        assert not again.contains(("f1", 0)) and not again.contains(("f2", 0))
+        assert again.used_bytes == PART  # nothing indexed without its file, nothing left over
+    assert list((root / "tmp").iterdir()) == []

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import errno
+import hashlib
+import os
+import random
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,7 @@ import pytest
 from encordfs import errors
 from encordfs.backend import ChildRecord, DatasetRecord
 from encordfs.backend.memory import MemoryBackend
-from encordfs.core.blockcache import MemoryBlockCache
+from encordfs.core.blockcache import DiskFileCache, MemoryBlockCache, TieredBlockCache
 from encordfs.core.catalog import ROOT_INO, Catalog
 from encordfs.core.fs import EncordFS, Options
 from encordfs.core.reader import ReadPipeline
@@ -408,3 +411,103 @@ def test_sizes_dates_and_errors_in_the_sdk_backend_forms() -> None:
     assert _ts("2023-02-09T14:12:03.472959") == instant + 0.472959
     assert _stream_ts("2023-02-09T14:12:03.472959") == instant  # a DataRow keeps whole seconds, as the SDK's
     assert _ts("2023-02-09T15:12:03+01:00") == instant
+
+
+# ---------------------------------------------------------------------------------------------- backing files
+
+MiB = 1 << 20
+
+
+@pytest.fixture()
+def backed(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A core whose reader has a disk tier, with backing files on: (fs, disk, fetcher, sources by path)."""
+    rng = random.Random(5)
+    backend = MemoryBackend()
+    backend.add_dataset(DatasetRecord("ds1", "data", "d", 1e9, 1e9, 0, "folder1", "admin"))
+    sources = {}
+    for uid, title, size in [("s1", "a.bin", 300_000), ("s2", "b.bin", 500_000), ("b1", "big.bin", 3 * MiB + 5)]:
+        data = rng.randbytes(size)
+        backend.add_row(_row(uid, "ds1", title, data), data)
+        sources[f"/data/{title}"] = data
+    # Room for big.bin and one small file beside it: a third file evicts the oldest.
+    disk = DiskFileCache(tmp_path / "files", capacity_bytes=3 * MiB + MiB // 2, min_free_bytes=0)
+    fetcher = MemoryFetcher(backend)
+    reader = ReadPipeline(
+        fetcher,
+        TieredBlockCache(MemoryBlockCache(8 * MiB), disk),
+        small_file_bytes=MiB,
+        part_bytes=MiB,
+        memory_budget_bytes=16 * MiB,
+    )
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    fs = EncordFS(backend, catalog, reader, SignedUrlCache(backend.sign), Options(uid=0, gid=0, backing_files=True))
+    yield fs, disk, fetcher, sources
+    fs.close()
+    reader.close()
+    disk.close()
+    catalog.close()
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_path(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def test_a_small_file_fetched_at_open_is_handed_out_as_a_backing_file(backed) -> None:  # type: ignore[no-untyped-def]
+    fs, disk, fetcher, sources = backed
+    opened = fs.open(fs.resolve("/data/a.bin"), writable=False)
+    assert opened.backing is not None and fetcher.requests == 1  # fetched whole, during the open
+    assert _sha(_read_path(opened.backing)) == _sha(sources["/data/a.bin"])  # what the binding would open
+    assert bytes(fs.read(opened.fh, 0, MiB)) == sources["/data/a.bin"]  # the fallback: reads still work
+    again = fs.open(fs.resolve("/data/a.bin"), writable=False)
+    assert again.backing is not None and _sha(_read_path(again.backing)) == _sha(sources["/data/a.bin"])
+    assert fetcher.requests == 1
+    held = {path: os.stat(path).st_ino for path in (opened.backing, again.backing)}
+    fs.release(opened.fh)
+    fs.release(again.fh)
+    for path, ino in held.items():  # release closed the backing fds
+        with pytest.raises(FileNotFoundError):
+            if os.stat(path).st_ino != ino:  # the fd number was reused by someone else
+                raise FileNotFoundError(path)
+
+
+def test_a_backing_path_stays_valid_when_the_cache_evicts_the_file(backed) -> None:  # type: ignore[no-untyped-def]
+    fs, disk, _, sources = backed
+    first = fs.open(fs.resolve("/data/a.bin"), writable=False)
+    assert first.backing is not None
+    assert disk.complete_path(fs._content_key(fs.node(fs.resolve("/data/a.bin"))), 300_000) is not None
+    # Fill the cache past its cap: a.bin's file is evicted before "the binding" opens the path.
+    whole = b"".join(bytes(fs.read(fs.open(fs.resolve("/data/big.bin"), False).fh, k * MiB, MiB)) for k in range(4))
+    assert whole == sources["/data/big.bin"]
+    second = fs.open(fs.resolve("/data/b.bin"), writable=False)
+    assert second.backing is not None and disk.flush(5)
+    assert disk.counters.get("cache.evictions_disk") >= 1
+    assert disk.complete_path(fs._content_key(fs.node(fs.resolve("/data/a.bin"))), 300_000) is None
+    assert _sha(_read_path(first.backing)) == _sha(sources["/data/a.bin"])
+    assert _sha(_read_path(second.backing)) == _sha(sources["/data/b.bin"])
+
+
+def test_a_big_file_is_backed_once_every_part_is_cached(backed) -> None:  # type: ignore[no-untyped-def]
+    fs, disk, fetcher, sources = backed
+    ino = fs.resolve("/data/big.bin")
+    opened = fs.open(ino, writable=False)
+    assert opened.backing is None and fetcher.requests == 0  # a big file is not fetched at open
+    size = len(sources["/data/big.bin"])
+    data = b"".join(bytes(fs.read(opened.fh, offset, 128 * 1024)) for offset in range(0, size, 128 * 1024))
+    assert data == sources["/data/big.bin"]
+    fs.release(opened.fh)
+    assert disk.flush(5)
+    opened = fs.open(ino, writable=False)
+    assert opened.backing is not None and _sha(_read_path(opened.backing)) == _sha(sources["/data/big.bin"])
+    fs.release(opened.fh)
+
+
+def test_without_backing_files_open_fetches_nothing(world) -> None:  # type: ignore[no-untyped-def]
+    fs, _, _, fetcher = world
+    opened = fs.open(fs.resolve("/street/cat.jpg"), writable=False)
+    assert opened.backing is None and fetcher.requests == 0
+    fs.release(opened.fh)

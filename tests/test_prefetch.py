@@ -1,4 +1,4 @@
-"""`encordfs prefetch` fills the block cache: after a remount, a full pass makes no byte-server request."""
+"""`encordfs prefetch` fills the disk cache: after a remount, a full pass makes no byte-server request."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def test_prefetch_then_a_second_pass_is_served_from_the_cache(sample_emulator: R
                 for p in m.path.joinpath("street-scenes").rglob("*")
                 if p.is_file()
             }
-        # A new mount on the same cache dir: the kernel's page cache is gone, the disk block cache is not.
+        # A new mount on the same cache dir: the kernel's page cache is gone, the disk cache is not.
         before = sample_emulator.stats()["blob.requests"]
         with MountedFS(sample_emulator.domain, sample_emulator.key_file, work) as m:
             second = {
@@ -44,6 +44,10 @@ def test_prefetch_then_a_second_pass_is_served_from_the_cache(sample_emulator: R
                     p.read_bytes()
         assert sample_emulator.stats()["blob.requests"] == before
         assert list(second.values()) == list(first.values()) and len(second) >= 80
+        # Each file is one file of the disk cache holding its bytes at their own offsets: what a
+        # passthrough open hands the kernel.
+        cached = {hashlib.sha256(p.read_bytes()).hexdigest() for p in (work / "cache" / "files").glob("??/*")}
+        assert set(first.values()) <= cached
         missing = subprocess.run(
             [sys.executable, "-m", "encordfs", "prefetch", str(work / "nope")], capture_output=True, text=True
         )

@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 from encordfs.core.blockcache import (
     Block,
     BlockCache,
-    DiskBlockCache,
+    DiskFileCache,
     MemoryBlockCache,
     TieredBlockCache,
-    _write_block_file,
+    _pwrite_all,
 )
 from encordfs.core.counters import Counters
 from encordfs.core.fetch import HttpFetcher
@@ -193,6 +193,44 @@ def test_small_file_one_get_then_served_from_cache(
     assert len(hits) == 1 and hits[0].range == f"bytes=0-{30 * KiB - 1}"
 
 
+def test_a_sequential_read_caches_every_part_the_first_one_included(
+    server: ByteServer, make_pipeline: Callable[..., ReadPipeline], counters: Counters
+) -> None:
+    """The first part of a stream is fetched as growing ramp requests (not as one part) and read far
+    past before its last ramp arrives: it is still collected and cached whole, so the file ends up
+    complete in the cache (a passthrough backing file) and a second read fetches nothing."""
+    size = 5 * 64 * KiB + 999
+    server.add("big", data_of(21, size))
+    cache = MemoryBlockCache(16 << 20, counters=counters)
+    pipeline = make_pipeline(cache)
+    assert read_all(pipeline, "big:1", size, plain_source(server, "big"), chunk=4 * KiB) == server.blobs["big"]
+    assert all(cache.contains(("big:1", k)) for k in range(6))
+    assert counters.get("reader.parts_coalesced") == 1
+    server.reset_log()
+    assert read_all(pipeline, "big:1", size, plain_source(server, "big"), chunk=4 * KiB) == server.blobs["big"]
+    assert server.hits() == []
+
+
+def test_the_first_part_is_collected_when_reads_arrive_out_of_order(
+    server: ByteServer, make_pipeline: Callable[..., ReadPipeline], counters: Counters
+) -> None:
+    size = 3 * 64 * KiB
+    server.add("big", data_of(22, size))
+    source = server.blobs["big"]
+    cache = MemoryBlockCache(16 << 20, counters=counters)
+    handle = make_pipeline(cache).open("big:1", size, plain_source(server, "big"))
+    try:
+        # parallel FUSE threads: the bytes after 8 KiB come first, then the first 8 KiB, then the rest
+        assert handle.read(8 * KiB, 16 * KiB) == source[8 * KiB : 24 * KiB]
+        assert handle.read(0, 8 * KiB) == source[: 8 * KiB]
+        for offset in range(24 * KiB, size, 4 * KiB):
+            assert handle.read(offset, 4 * KiB) == source[offset : offset + 4 * KiB]
+    finally:
+        handle.close()
+    assert all(cache.contains(("big:1", k)) for k in range(3))
+    assert counters.get("reader.parts_coalesced") == 1
+
+
 def test_parts_are_shared_between_handles(server: ByteServer, make_pipeline: Callable[..., ReadPipeline]) -> None:
     size = 500 * KiB
     server.add("big", data_of(4, size))
@@ -217,7 +255,7 @@ def test_prefetch_fills_the_cache(
     size = 1024 * KiB + 5
     server.add("big", data_of(5, size))
     server.add("small", data_of(6, 20 * KiB))
-    with DiskBlockCache(tmp_path / "c", capacity_bytes=64 << 20, min_free_bytes=0) as disk:
+    with DiskFileCache(tmp_path / "c", capacity_bytes=64 << 20, min_free_bytes=0) as disk:
         pipeline = make_pipeline(TieredBlockCache(MemoryBlockCache(128 * KiB), disk))
         assert pipeline.prefetch("big:1", size, plain_source(server, "big")) == 17
         assert pipeline.prefetch("small:1", 20 * KiB, plain_source(server, "small")) == 1
@@ -232,7 +270,7 @@ def test_disk_cache_serves_a_remount(server: ByteServer, fetcher: HttpFetcher, t
     size = 300 * KiB
     server.add("big", data_of(7, size))
     for _ in range(2):
-        with DiskBlockCache(tmp_path / "c", capacity_bytes=64 << 20, min_free_bytes=0) as disk:
+        with DiskFileCache(tmp_path / "c", capacity_bytes=64 << 20, min_free_bytes=0) as disk:
             pipeline = ReadPipeline(fetcher, TieredBlockCache(MemoryBlockCache(1 << 20), disk), **SMALL)  # type: ignore[arg-type]
             pipeline.prefetch("big:1", size, plain_source(server, "big"))
             pipeline.close()
@@ -244,13 +282,13 @@ def test_a_part_queued_for_the_disk_is_not_fetched_again(
 ) -> None:
     gate = threading.Event()
 
-    def stuck_disk(path: str, data: Block) -> None:
+    def stuck_disk(fd: int, data: Block, offset: int) -> None:
         assert gate.wait(10)
-        _write_block_file(path, data)
+        _pwrite_all(fd, data, offset)
 
     size = 200 * KiB
     server.add("big", data_of(8, size))
-    with DiskBlockCache(tmp_path / "c", capacity_bytes=64 << 20, min_free_bytes=0, write_file=stuck_disk) as disk:
+    with DiskFileCache(tmp_path / "c", capacity_bytes=64 << 20, min_free_bytes=0, write_part=stuck_disk) as disk:
         pipeline = make_pipeline(TieredBlockCache(MemoryBlockCache(1), disk))  # the memory tier holds nothing
         source = plain_source(server, "big")
         assert read_all(pipeline, "big:1", size, source, chunk=64 * KiB) == server.blobs["big"]  # disk stuck
@@ -266,14 +304,14 @@ def test_a_part_queued_for_the_disk_is_not_fetched_again(
 def test_prefetch_waits_for_a_slow_disk_instead_of_skipping(
     server: ByteServer, make_pipeline: Callable[..., ReadPipeline], tmp_path: Path
 ) -> None:
-    def slow_disk(path: str, data: Block) -> None:
+    def slow_disk(fd: int, data: Block, offset: int) -> None:
         time.sleep(0.01)
-        _write_block_file(path, data)
+        _pwrite_all(fd, data, offset)
 
     size = 1024 * KiB
     server.add("big", data_of(9, size))
-    disk = DiskBlockCache(
-        tmp_path / "c", capacity_bytes=64 << 20, min_free_bytes=0, max_backlog_bytes=64 * KiB, write_file=slow_disk
+    disk = DiskFileCache(
+        tmp_path / "c", capacity_bytes=64 << 20, min_free_bytes=0, max_backlog_bytes=64 * KiB, write_part=slow_disk
     )
     with disk:
         pipeline = make_pipeline(TieredBlockCache(MemoryBlockCache(1), disk))

@@ -23,6 +23,13 @@ for 64k paths and is dropped whenever the catalog's ``version`` moves (a child i
 renamed by a refresh or a rename). A hit still runs the parent folder's TTL check, so caching never
 delays a refresh. Readdir streams from the catalog and resumes after an inode.
 
+Backing files: with ``backing_files`` on (a binding that opens files in FUSE passthrough mode), ``open``
+asks the reader for a local file holding the whole content (the disk cache's file, complete and
+verified; a small file is fetched whole during the open to get there) and hands it out as
+``OpenFile.backing``: ``/proc/self/fd/N`` of an fd the handle holds until ``release``, so an eviction
+between this open and the binding's own open of that path cannot take the file away. Off (the default),
+``open`` does exactly what it did without it.
+
 Errors: every failure is an ``errors.FsError``; nothing here knows errno values.
 
 Seams for a binding (both optional, ``None`` by default; the mfusepy binding uses neither):
@@ -45,6 +52,7 @@ import functools
 import itertools
 import json
 import logging
+import os
 import stat
 import threading
 import time
@@ -107,6 +115,7 @@ class Handle(Protocol):
 
 class Reader(Protocol):
     def open(self, content_key: str, size: int, url_source: Callable[[bool], str]) -> Handle: ...
+    def open_backing(self, content_key: str, size: int, url_source: Callable[[bool], str]) -> int | None: ...
 
 
 class UrlCache(Protocol):
@@ -133,8 +142,9 @@ class Attr:
 class OpenFile:
     fh: int
     direct_io: bool  # control files: generated content whose size stat cannot know
-    # A local file holding the whole content at its own offsets (the block cache's copy), which a
-    # binding may hand to the kernel for passthrough reads; None: reads come through ``read``.
+    # A local file holding the whole file at its own offsets, for a passthrough open (``EncordFS.backing_files``):
+    # ``/proc/self/fd/N`` of an fd this handle holds until ``release(fh)``, so the path stays valid even
+    # if the cache evicts the file meanwhile. None: serve reads through ``read``.
     backing: str | None = None
 
 
@@ -150,6 +160,10 @@ class Options:
     max_metadata_bytes: int = default("max_metadata_bytes")  # larger metadata is refused with E2BIG
     # How long fsync on a file waits for its row's queued changes to land before failing with EIO.
     fsync_timeout_s: float = 30.0
+    # Hand out backing files at open (``OpenFile.backing``) for a binding that can open in passthrough
+    # mode. Off by default: fetching small files whole at open only pays when the kernel then reads
+    # them without us. A binding may also switch ``EncordFS.backing_files`` on once the kernel agreed.
+    backing_files: bool = False
 
     @classmethod
     def from_settings(cls, s: Settings) -> Options:
@@ -364,6 +378,8 @@ class EncordFS:
         # key sees, which have no time of their own), rather than the epoch.
         self._started = clock()
         self._handles: dict[int, tuple[Node | None, Handle]] = {}
+        self._backing_fds: dict[int, int] = {}  # fh -> fd of its backing file, closed at release
+        self.backing_files = options.backing_files
         self._refreshing: set[int] = set()
         self._next_fh = itertools.count(1)
         self._handles_lock = threading.Lock()
@@ -652,13 +668,25 @@ class EncordFS:
             raise errors.ReadOnly(f"{node.name}: file contents are read-only")
         if not node.handle:
             raise errors.RemoteIOError(f"{node.name}: nothing to read from")
-        handle = self.reader.open(self._content_key(node), node.size, self._url_source(node))
-        return OpenFile(self._add_handle(node, handle), direct_io=False)
+        key, source = self._content_key(node), self._url_source(node)
+        handle = self.reader.open(key, node.size, source)
+        backing_fd = None
+        if self.backing_files:
+            try:
+                backing_fd = self.reader.open_backing(key, node.size, source)
+            except BaseException:
+                handle.close()
+                raise
+        fh = self._add_handle(node, handle, backing_fd)
+        backing = None if backing_fd is None else f"/proc/self/fd/{backing_fd}"
+        return OpenFile(fh, direct_io=False, backing=backing)
 
-    def _add_handle(self, node: Node | None, handle: Handle) -> int:
+    def _add_handle(self, node: Node | None, handle: Handle, backing_fd: int | None = None) -> int:
         with self._handles_lock:
             fh = next(self._next_fh)
             self._handles[fh] = (node, handle)
+            if backing_fd is not None:
+                self._backing_fds[fh] = backing_fd
         return fh
 
     def _open_control(self, ino: int, writable: bool) -> OpenFile:
@@ -695,8 +723,11 @@ class EncordFS:
     def release(self, fh: int) -> None:
         with self._handles_lock:
             entry = self._handles.pop(fh, None)
+            backing_fd = self._backing_fds.pop(fh, None)
         if entry is not None:
             entry[1].close()
+        if backing_fd is not None:
+            os.close(backing_fd)
 
     def open_handles(self) -> int:
         return len(self._handles)
@@ -918,8 +949,11 @@ class EncordFS:
         with self._handles_lock:
             handles = list(self._handles.values())
             self._handles.clear()
+            backing_fds, self._backing_fds = list(self._backing_fds.values()), {}
         for _, handle in handles:
             handle.close()
+        for fd in backing_fds:
+            os.close(fd)
 
 
 class _BytesHandle:

@@ -26,9 +26,10 @@ Sequential detection and readahead
     ending at ``pos`` the handle keeps ``[pos, pos + window)`` requested; each readahead request (and
     each sequential read that still had to fetch on demand) doubles the window up to
     ``max_window_bytes``. Requests never cross part boundaries; once the window reaches a part they are
-    whole parts. The ramp requests of a stream's first part are joined and cached as that part once
-    consumed (``_cache_ramped_part``), so every part of a sequentially read file ends up cached. Readahead is bounded per handle (``max_parallel_per_file`` in flight, ``max_window_bytes``
-    held ahead) and overall (``max_parallel_total`` in flight = pool size).
+    whole parts. The ramp requests of a stream's first part are copied into one buffer as they are read
+    and cached as that part once it is whole (``_collect_ramp``), so every part of a sequentially read
+    file ends up cached. Readahead is bounded per handle (``max_parallel_per_file`` in flight,
+    ``max_window_bytes`` held ahead) and overall (``max_parallel_total`` in flight = pool size).
 
 Who fetches
     A demand segment (the bytes a read needs now) is fetched inline by the reading thread. Readahead
@@ -37,6 +38,11 @@ Who fetches
     ``cache.put`` only queues the disk write (the disk tier serves the queued buffer until it lands, so
     a part is not fetched twice meanwhile, and skips the write when its backlog is full); only
     ``prefetch`` waits for room in that queue, since filling the cache is its point.
+
+Backing files
+    ``open_backing`` serves a binding that can open files in FUSE passthrough mode: an fd of the cache's
+    local file of an item when that file holds every byte; a small file not complete there yet is
+    fetched whole during the open and stored synchronously first, so it is backed from its first open.
 
 Global memory budget
     ``MemoryBudget`` accounts every segment held by any handle or in flight (prefetch too). Readahead only
@@ -53,7 +59,8 @@ Invariants
     a fetched part is complete before it enters the cache.
 
 Lock order: ``ReadHandle._lock`` -> ``ReadPipeline._lock`` -> ``MemoryBudget._cond``, and
-``ReadHandle._lock`` -> ``_Segment._lock`` -> ``MemoryBudget._cond``. The pipeline never takes a handle's
+``ReadHandle._lock`` -> ``_Segment._lock`` -> ``MemoryBudget._cond``; ``ReadHandle._ramp_lock`` ->
+(the cache's lock, ``MemoryBudget._cond``), never together with ``ReadHandle._lock``. The pipeline never takes a handle's
 lock while holding its own (``_shed`` copies the handle list first). No lock is held while fetching,
 waiting for a segment, or waiting for budget (``MemoryBudget.acquire`` calls ``shed`` unlocked).
 """
@@ -66,7 +73,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 
-from encordfs.core.blockcache import Block, BlockCache, BlockKey
+from encordfs.core.blockcache import Block, BlockCache, BlockKey, FileLayout
 from encordfs.core.counters import Counters
 from encordfs.core.fetch import RangeFetcher
 from encordfs.core.urls import UrlSource
@@ -144,6 +151,7 @@ class _Segment:
         self.end = end
         self.part = part
         self.fill_cache = False  # prefetch: wait for room in a slow cache tier rather than skip it
+        self.collected = False  # a ramp segment copied into the part being collected (``_collect_ramp``)
         self.future: Future[Block] = Future()
         self._budget = budget
         self._lock = threading.Lock()
@@ -249,6 +257,7 @@ class ReadPipeline:
     def prefetch(self, content_key: str, size: int, url_source: UrlSource) -> int:
         """Warm the block cache with every part of a file; returns the number of parts fetched."""
         part_size = self.part_size_for(size)
+        layout = FileLayout(size, part_size)
         slots = threading.Semaphore(self.max_parallel_per_file)
         pending: list[Future[None]] = []
         for k in range(-(-size // part_size) if size else 0):
@@ -265,7 +274,7 @@ class ReadPipeline:
                 raise
             segment = _Segment(start, end, k, self.budget)
             segment.fill_cache = True
-            pending.append(self._submit(segment, content_key, url_source, on_done=_releaser(segment, slots)))
+            pending.append(self._submit(segment, content_key, layout, url_source, on_done=_releaser(segment, slots)))
         futures_wait(pending)
         for future in pending:
             error = future.exception()
@@ -273,6 +282,31 @@ class ReadPipeline:
                 raise error
         self.counters.inc("reader.prefetch_parts", len(pending))
         return len(pending)
+
+    def open_backing(self, content_key: str, size: int, url_source: UrlSource) -> int | None:
+        """A read-only fd of a local file holding the whole file at its own offsets (for a FUSE
+        passthrough open; the caller closes it), or None when the cache cannot give one.
+
+        A small file (``<= small_file_bytes``) that is not complete in the cache is fetched whole now
+        (joining a fetch of it already in flight, charged to the budget like a demand read) and stored
+        with ``sync``: it was about to be read anyway, and from then on the kernel reads it without us.
+        A large file is backed only once every part is cached. Fetch errors propagate (the open fails as
+        its first read would have).
+        """
+        fd = self.cache.open_complete(content_key, size)
+        if fd is not None or not 0 < size <= self.small_file_bytes:
+            return fd
+        layout = FileLayout(size, self.part_size_for(size))
+        self._acquire_demand(size, requester=None)
+        segment = _Segment(0, size, 0, self.budget)
+        try:
+            self._run_segment(segment, content_key, layout, url_source)
+            data = segment.wait(self.read_timeout_s)
+            self.cache.put((content_key, 0), data, layout, sync=True)
+        finally:
+            segment.drop()
+        self.counters.inc("reader.backing_fills")
+        return self.cache.open_complete(content_key, size)
 
     def part_size_for(self, size: int) -> int:
         """The part size of a file: the whole file when small, else ``part_bytes``."""
@@ -328,12 +362,13 @@ class ReadPipeline:
         self,
         segment: _Segment,
         content_key: str,
+        layout: FileLayout,
         url_source: UrlSource,
         on_done: Callable[[], None],
     ) -> Future[None]:
         """Run ``segment`` in the pool; ``on_done`` is called once it has run (or could not be queued)."""
         try:
-            return self._pool.submit(self._run_pooled, segment, content_key, url_source, on_done)
+            return self._pool.submit(self._run_pooled, segment, content_key, layout, url_source, on_done)
         except RuntimeError:  # the pool is shut down: the pipeline is closing
             if segment.claim():
                 segment.fail(RemoteIOError("read pipeline is closed"))
@@ -343,17 +378,24 @@ class ReadPipeline:
             return failed
 
     def _run_pooled(
-        self, segment: _Segment, content_key: str, url_source: UrlSource, on_done: Callable[[], None]
+        self,
+        segment: _Segment,
+        content_key: str,
+        layout: FileLayout,
+        url_source: UrlSource,
+        on_done: Callable[[], None],
     ) -> None:
         try:
-            self._run_segment(segment, content_key, url_source, from_pool=True)
+            self._run_segment(segment, content_key, layout, url_source, from_pool=True)
             error = segment.future.exception() if segment.future.done() else None
             if error is not None:
                 raise error  # for prefetch, which waits on the pool's futures
         finally:
             on_done()
 
-    def _run_segment(self, segment: _Segment, content_key: str, url_source: UrlSource, from_pool: bool = False) -> None:
+    def _run_segment(
+        self, segment: _Segment, content_key: str, layout: FileLayout, url_source: UrlSource, from_pool: bool = False
+    ) -> None:
         """Fill ``segment`` (no-op unless this thread claims it); errors land in its future."""
         if not segment.claim(unless_dropped=from_pool):
             return
@@ -361,12 +403,12 @@ class ReadPipeline:
             if segment.part is None:
                 segment.finish(self._fetch(url_source, segment.start, segment.end))
             else:
-                self._load_part(segment, (content_key, segment.part), url_source)
+                self._load_part(segment, (content_key, segment.part), layout, url_source)
         except Exception as exc:
             if not segment.future.done():
                 segment.fail(exc)
 
-    def _load_part(self, segment: _Segment, key: BlockKey, url_source: UrlSource) -> None:
+    def _load_part(self, segment: _Segment, key: BlockKey, layout: FileLayout, url_source: UrlSource) -> None:
         cached = self.cache.get(key)
         if cached is not None:
             segment.finish(cached)
@@ -385,7 +427,7 @@ class ReadPipeline:
         try:
             data = self._fetch(url_source, segment.start, segment.end)
             segment.finish(data)  # readers go on before the cache write
-            self.cache.put(key, data, wait=segment.fill_cache)  # the disk tier only queues it
+            self.cache.put(key, data, layout, wait=segment.fill_cache)  # the disk tier only queues it
         finally:
             with self._lock:
                 if self._flights.get(key) is segment.future:
@@ -395,6 +437,31 @@ class ReadPipeline:
         buf = bytearray(end - start)
         self.fetcher.fetch_into(url_source, start, memoryview(buf))
         return buf
+
+
+class _RampPart:
+    """One part being collected from ramp segments: its bytes, and which of them have arrived."""
+
+    def __init__(self, index: int, start: int, length: int) -> None:
+        self.index = index
+        self.start = start
+        self.buf = bytearray(length)
+        self._spans: list[list[int]] = []  # arrived ranges relative to ``start``, sorted, merged
+
+    def add(self, start: int, data: memoryview) -> bool:
+        """Copy ``data`` (the file's bytes from ``start``); True once every byte of the part is in."""
+        lo = start - self.start
+        hi = min(lo + len(data), len(self.buf))
+        self.buf[lo:hi] = data[: hi - lo]
+        spans = sorted([*self._spans, [lo, hi]])
+        merged = [spans[0]]
+        for span in spans[1:]:
+            if span[0] <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], span[1])
+            else:
+                merged.append(span)
+        self._spans = merged
+        return merged == [[0, len(self.buf)]]
 
 
 def _releaser(segment: _Segment, slots: threading.Semaphore) -> Callable[[], None]:
@@ -416,6 +483,7 @@ class ReadHandle:
         self.size = size
         self._url_source = url_source
         self._part_size = pipeline.part_size_for(size)
+        self._layout = FileLayout(size, self._part_size)
         self._small = size <= pipeline.small_file_bytes  # fetched whole, with one GET
         self._lock = threading.Lock()
         self._segments: list[_Segment] = []  # least recently used first
@@ -424,6 +492,8 @@ class ReadHandle:
         self._last_end: int | None = None
         self._sequential = False
         self._closed = False
+        self._ramp_lock = threading.Lock()
+        self._ramp: _RampPart | None = None  # the first part of a stream, collected from its ramp requests
 
     # -- public surface
 
@@ -445,7 +515,7 @@ class ReadHandle:
         pos = offset
         while pos < end:
             segment = self._segment_at(pos, end)
-            self._p._run_segment(segment, self.content_key, self._url_source)  # demand, or steal from the queue
+            self._p._run_segment(segment, self.content_key, self._layout, self._url_source)  # demand, or steal
             try:
                 data = segment.wait(self._p.read_timeout_s)
             except BaseException:
@@ -455,8 +525,8 @@ class ReadHandle:
             upto = min(end, segment.end)
             pieces.append(memoryview(data)[pos - segment.start : upto - segment.start])
             pos = upto
-            if segment.part is None and upto == segment.end:
-                self._cache_ramped_part(segment)
+            if segment.part is None:
+                self._collect_ramp(segment, data)
         with self._lock:
             self._last_end = end
             if self._sequential:
@@ -471,6 +541,10 @@ class ReadHandle:
             for segment in self._segments:
                 segment.drop()
             self._segments.clear()
+        with self._ramp_lock:
+            ramp, self._ramp = self._ramp, None
+        if ramp is not None:
+            self._p.budget.release(len(ramp.buf))
         self._p._forget(self)
 
     # -- reading
@@ -549,7 +623,7 @@ class ReadHandle:
                 break
             segment = self._add_locked(start, end, part)
             p.counters.inc("reader.readahead_fetches")
-            p._submit(segment, self.content_key, self._url_source, on_done=p._readahead_done)
+            p._submit(segment, self.content_key, self._layout, self._url_source, on_done=p._readahead_done)
             frontier = end
             target = min(self.size, pos + self._window)
         self._frontier = frontier
@@ -564,29 +638,58 @@ class ReadHandle:
             return part_start, part_end, part
         return self._ramp_locked(frontier, part, part_start, part_end, frontier + self._window)
 
-    def _cache_ramped_part(self, last: _Segment) -> None:
-        """A ramp segment ending a part was consumed: if held segments cover that part, cache it whole.
+    def _collect_ramp(self, segment: _Segment, data: Block) -> None:
+        """A read used a ramp segment: copy it (once) into the part it belongs to, and cache that part
+        once whole.
 
-        Without this, the first part of every large file (fetched as growing ramp requests) would never
-        enter the block cache. Costs one copy of one part, once per stream start.
+        Without this the first part of every stream (fetched as growing ramp requests, which are read
+        past and dropped long before the last one arrives) would never be cached, and a file read from
+        start to end would never be complete in the cache (no passthrough backing file). A collection
+        begins with the ramp that starts at its part's start (and takes the ramp segments of that part
+        the handle still holds: parallel reads arrive out of order); the buffer (one part) is charged to
+        the budget like readahead, and nothing is collected when that does not fit. One copy of one part
+        per stream start.
         """
-        part = (last.end - 1) // self._part_size
-        part_start = part * self._part_size
-        key = (self.content_key, part)
-        if last.end != min(part_start + self._part_size, self.size) or self._p.cache.contains(key):
+        if segment.collected:
             return
-        views: list[memoryview] = []
-        with self._lock:
-            pos = part_start
-            while pos < last.end:
-                covering = next((s for s in self._segments if s.start <= pos < s.end and s.future.done()), None)
-                if covering is None or covering.future.exception() is not None:
+        part = segment.start // self._part_size
+        part_start = part * self._part_size
+        part_length = min(self._part_size, self.size - part_start)
+        key = (self.content_key, part)
+        with self._ramp_lock:
+            starting = self._ramp is None or self._ramp.index != part
+        held: list[_Segment] = []
+        if starting:
+            if segment.start != part_start or self._closed or self._p.cache.contains(key):
+                return
+            held = self._fetched_ramps(part_start, part_start + part_length)
+        with self._ramp_lock:
+            ramp = self._ramp
+            if ramp is None or ramp.index != part:
+                if not starting or not self._p.budget.try_acquire(part_length, self._p._readahead_limit_bytes):
                     return
-                upto = min(last.end, covering.end)
-                views.append(memoryview(covering.future.result())[pos - covering.start : upto - covering.start])
-                pos = upto
-        self._p.cache.put(key, b"".join(views))
-        self._p.counters.inc("reader.parts_coalesced")
+                if ramp is not None:
+                    self._p.budget.release(len(ramp.buf))  # a new stream start: the old one is abandoned
+                ramp = self._ramp = _RampPart(part, part_start, part_length)
+            whole = False
+            for used, block in [*((s, s.future.result()) for s in held), (segment, data)]:
+                used.collected = True
+                whole = ramp.add(used.start, memoryview(block)[: used.end - used.start])
+            if whole:
+                self._ramp = None
+        if whole:
+            self._p.cache.put(key, ramp.buf, self._layout)
+            self._p.budget.release(part_length)
+            self._p.counters.inc("reader.parts_coalesced")
+
+    def _fetched_ramps(self, start: int, end: int) -> list[_Segment]:
+        """The fetched ramp segments held inside ``[start, end)`` (takes ``self._lock``)."""
+        with self._lock:
+            return [
+                s
+                for s in self._segments
+                if s.part is None and start <= s.start and s.end <= end and s.future.done() and not s.failed()
+            ]
 
     # -- segment bookkeeping (all under self._lock)
 

@@ -308,11 +308,12 @@ class _Passthrough:
     Lock: ``_lock``, a leaf; the BACKING_OPEN/CLOSE ioctls are made under it (a few microseconds).
     """
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, on_refused: Callable[[], None] | None = None) -> None:
         self._fd = fd
         self._lock = threading.Lock()
         self._inodes: dict[int, _Backed] = {}
         self._handles: dict[int, tuple[int, bool]] = {}  # fh -> (inode, passthrough?)
+        self._on_refused = on_refused  # the kernel will not take backing files from this process
         self.usable = True
         self.opens = 0
 
@@ -411,6 +412,8 @@ class _Passthrough:
             if exc.errno in (errno.EPERM, errno.EACCES, errno.EOPNOTSUPP, errno.ENOTTY):
                 self.usable = False
                 log.info("kernel passthrough refused (%s): reads are served by this process", exc.strerror)
+                if self._on_refused is not None:
+                    self._on_refused()
             else:  # e.g. ELOOP: the backing file's filesystem is stacked too deep
                 log.debug("passthrough: backing file refused: %s", exc.strerror)
             return 0
@@ -559,7 +562,8 @@ class _Session:
         self.flags = granted
         self.setxattr_ext = bool(granted & abi.SETXATTR_EXT)
         if granted & abi.PASSTHROUGH:
-            self.passthrough = _Passthrough(self.fd)
+            self.passthrough = _Passthrough(self.fd, on_refused=self._passthrough_refused)
+            self.fs.backing_files = True  # the core now hands out complete cache files at open
         missing = [name for bit, name in abi.INIT_FLAG_NAMES.items() if wanted & bit and not granted & bit]
         log.info(
             "kernel binding: FUSE protocol 7.%d (kernel 7.%d), passthrough %s%s",
@@ -684,12 +688,17 @@ class _Session:
                 if self._alive == 0:
                     self.finished.set()
 
+    def _passthrough_refused(self) -> None:
+        self.fs.backing_files = False  # no more backing files (nor whole fetches at open) for nothing
+
     def _may_wait(self, buf: bytearray) -> bool:
         """Whether a request may wait for the network, the disk or another request: reads (bytes may
         have to be fetched), journaled changes, fsync, and names or listings of a folder never loaded."""
         _, opcode, _, nodeid = _HEAD.unpack_from(buf)
         if opcode in SLOW_OPS:
             return True
+        if opcode == Op.OPEN and self.fs.backing_files:
+            return True  # an uncached small file is fetched whole during a passthrough-capable open
         return opcode in FOLDER_OPS and self.fs.would_wait(nodeid)
 
     def _serve_safely(self, w: _Worker, n: int) -> None:
