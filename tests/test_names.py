@@ -165,3 +165,13 @@ def test_an_older_catalog_gets_the_new_keys(tmp_path: Path) -> None:
     raw.close()
     catalog = Catalog(path)
     assert catalog.lookup(1, unicodedata.normalize("NFC", "é.jpg")) is not None
+
+
+def test_lookup_stat_forgives_normalization_but_not_case(tmp_path: Path) -> None:
+    import unicodedata
+
+    catalog = Catalog(tmp_path / "c.sqlite")
+    catalog.sync_children(1, [_entry("a-uid-0001", unicodedata.normalize("NFD", "über.jpg"))], 1)
+    found = catalog.lookup_stat(1, unicodedata.normalize("NFC", "über.jpg"))
+    assert found is not None and found[0] == catalog.lookup_ino(1, unicodedata.normalize("NFD", "über.jpg"))
+    assert catalog.lookup_stat(1, "ÜBER.jpg") is None

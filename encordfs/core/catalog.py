@@ -373,10 +373,12 @@ class Catalog:
     def lookup_stat(self, parent: int, name: str) -> tuple[int, Kind, int, float] | None:
         """(ino, kind, size, mtime) of a child by name: ``lookup_ino`` and ``stat_fields`` in one query."""
         row = self._one(
-            "SELECT ino, kind, size, mtime FROM nodes WHERE parent=? AND name_key=? AND name=?",
-            (parent, names.name_key(name), name),
+            "SELECT ino, kind, size, mtime, name FROM nodes WHERE parent=? AND name_key=?",
+            (parent, names.name_key(name)),
         )
-        return None if row is None else (int(row[0]), Kind(row[1]), int(row[2]), float(row[3]))
+        if row is None or not names.same_spelling(row[4], name):
+            return None
+        return int(row[0]), Kind(row[1]), int(row[2]), float(row[3])
 
     def stat_fields(self, ino: int) -> tuple[Kind, int, float] | None:
         """(kind, size, mtime) of a node: what ``getattr`` needs, without the xattr columns."""
