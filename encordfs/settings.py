@@ -261,12 +261,13 @@ def _describe(error: Any) -> str:
 
 
 def mount_argv(settings: Settings, mountpoint: Path) -> list[str]:
-    """The command line of a foreground mount process serving ``settings`` at ``mountpoint``: the
-    domain, and every option that differs from its default (paths are already absolute)."""
-    argv = [sys.executable, "-m", "encordfs", "mount", str(mountpoint), "--foreground", "--domain", settings.domain]
+    """The command line of a foreground mount process serving ``settings`` at ``mountpoint``: every
+    option with a value written out (paths are already absolute), defaults included, so the child, which
+    inherits the environment, cannot resolve an ``ENCORDFS_*`` variable the command line overrode."""
+    argv = [sys.executable, "-m", "encordfs", "mount", str(mountpoint), "--foreground"]
     for option in BY_NAME.values():
         value = getattr(settings, option.name)
-        if option.name == "domain" or value == option.default or value is None:
+        if value is None or (option.is_flag and value == option.default):
             continue
         if option.is_flag:
             argv.append(option.flag)

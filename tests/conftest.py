@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from encordfs.core.fetch import HTTP_CLIENTS
+from encordfs.options import BINDINGS
 from harness.emulator import RunningEmulator
 from harness.mount import MountedFS, temporary_mount
 
@@ -60,6 +61,22 @@ def http_client(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(scope="module", params=BINDINGS)
+def binding(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The FUSE binding of the mounts a module starts (``ENCORDFS_BINDING``, which mount processes
+    inherit). A module opts in with ``pytestmark = pytest.mark.usefixtures("binding")``: its tests
+    then run once per binding (bytes, xattrs, writes, renames, refresh, faults, hostile names)."""
+    before = os.environ.get("ENCORDFS_BINDING")
+    os.environ["ENCORDFS_BINDING"] = str(request.param)
+    try:
+        yield str(request.param)
+    finally:
+        if before is None:
+            os.environ.pop("ENCORDFS_BINDING", None)
+        else:
+            os.environ["ENCORDFS_BINDING"] = before
+
+
 @pytest.fixture(scope="session")
 def sample_emulator() -> Iterator[RunningEmulator]:
     with RunningEmulator(["--sample"]) as emu:
@@ -89,6 +106,6 @@ def shape_emulator(request: pytest.FixtureRequest) -> RunningEmulator:
 
 
 @pytest.fixture(scope="module")
-def shape_mount(shape_emulator: RunningEmulator) -> Iterator[MountedFS]:
+def shape_mount(shape_emulator: RunningEmulator, binding: str) -> Iterator[MountedFS]:
     with temporary_mount(shape_emulator.domain, shape_emulator.key_file) as mounted:
         yield mounted

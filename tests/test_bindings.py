@@ -37,6 +37,12 @@ def kernel_mount(sample_emulator: RunningEmulator) -> Iterator[MountedFS]:
         yield mounted
 
 
+@pytest.fixture(scope="module")
+def mfusepy_mount(sample_emulator: RunningEmulator) -> Iterator[MountedFS]:
+    with temporary_mount(sample_emulator.domain, sample_emulator.key_file, "--binding", "mfusepy") as mounted:
+        yield mounted
+
+
 def _tree(root: Path) -> dict[str, Any]:
     """Every path under ``root`` → (stat fields but the inode, sha256 or None, xattrs)."""
     out: dict[str, Any] = {}
@@ -54,8 +60,8 @@ def _first_file(folder: Path) -> Path:
     return next(p for p in sorted(folder.iterdir()) if p.is_file())
 
 
-def test_tree_bytes_and_xattrs_equal_mfusepy(kernel_mount: MountedFS, sample_mount: MountedFS) -> None:
-    ours, theirs = _tree(kernel_mount.path), _tree(sample_mount.path)
+def test_tree_bytes_and_xattrs_equal_mfusepy(kernel_mount: MountedFS, mfusepy_mount: MountedFS) -> None:
+    ours, theirs = _tree(kernel_mount.path), _tree(mfusepy_mount.path)
     assert len(ours) >= 150
     assert ours.keys() == theirs.keys()
     for path in ours:
@@ -169,8 +175,10 @@ def test_clean_shutdown(sample_emulator: RunningEmulator, how: str) -> None:
 
 
 def test_binding_option_reaches_the_mount_process() -> None:
-    args = build_parser().parse_args(["mount", "/mnt/x", "--binding", "kernel", "--domain", "http://d"])
-    assert args.binding == "kernel"
+    args = build_parser().parse_args(["mount", "/mnt/x", "--binding", "mfusepy", "--domain", "http://d"])
+    assert args.binding == "mfusepy"
     argv = mount_argv(resolve({"binding": args.binding, "domain": args.domain}), Path("/mnt/x"))
+    assert argv[argv.index("--binding") + 1] == "mfusepy"
+    # written out even when it is the default: the child inherits ENCORDFS_BINDING, the command line won
+    argv = mount_argv(resolve({"domain": "http://d", "binding": "kernel"}), Path("/mnt/x"))
     assert argv[argv.index("--binding") + 1] == "kernel"
-    assert "--binding" not in mount_argv(resolve({"domain": "http://d", "binding": "mfusepy"}), Path("/mnt/x"))

@@ -296,6 +296,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[suites.Works
         yield ws
 
 
+@pytest.mark.usefixtures("binding")
 def test_bytes_through_a_mount_under_mixed_faults_are_exact(workspace: suites.Workspace) -> None:
     figures = suites.bytes_suite(workspace, total_bytes=20 * suites.MiB, fault_scale=3.0)
     assert figures["bytes_read"] >= 20 * suites.MiB
@@ -303,6 +304,7 @@ def test_bytes_through_a_mount_under_mixed_faults_are_exact(workspace: suites.Wo
     assert figures["faults_injected"] > 0, figures
 
 
+@pytest.mark.usefixtures("binding")
 def test_concurrent_readers_writers_refreshes(workspace: suites.Workspace) -> None:
     figures = suites.concurrency_suite(workspace, duration_s=4.0, threads=16)
     assert figures["hangs"] == 0 and figures["op_errors"] == 0, figures

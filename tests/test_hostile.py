@@ -227,6 +227,7 @@ def test_fuzzed_titles_make_valid_unique_names(titles: list[str]) -> None:
 # ---------------------------------------------------------------------------------------------- a real mount
 
 
+@pytest.mark.usefixtures("binding")
 def test_real_mount_fuzz(tmp_path: Path) -> None:
     with suites.Workspace(
         tmp_path, suites.WorkspaceSpec(large_rows=1, large_bytes=1000, small_rows=6, real_files=1)
@@ -235,6 +236,7 @@ def test_real_mount_fuzz(tmp_path: Path) -> None:
     assert figures["hostile_failures"] == 0 and figures["hangs"] == 0, figures
 
 
+@pytest.mark.usefixtures("binding")
 def test_real_mount_hostile_titles_always_load(tmp_path: Path) -> None:
     """NFC/NFD pairs and ~id exhaustion sets, added to a loaded folder and loaded again: no failed load."""
     with suites.Workspace(
@@ -244,6 +246,7 @@ def test_real_mount_hostile_titles_always_load(tmp_path: Path) -> None:
     assert figures["names_loads"] >= 6 and figures["names_failed_loads"] == 0, figures
 
 
+@pytest.mark.usefixtures("binding")
 def test_real_mount_deleted_siblings_never_fail_a_read(tmp_path: Path) -> None:
     with suites.Workspace(
         tmp_path, suites.WorkspaceSpec(large_rows=1, large_bytes=1000, small_rows=12, real_files=1)

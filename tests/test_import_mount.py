@@ -18,6 +18,9 @@ from PIL import Image
 from harness.emulator import RunningEmulator
 from harness.mount import MountedFS, temporary_mount
 
+# Every mount here runs once per FUSE binding (kernel, mfusepy): see conftest ``binding``.
+pytestmark = pytest.mark.usefixtures("binding")
+
 
 def _image(path: Path, rng: random.Random, fmt: str) -> None:
     w, h = rng.randint(8, 300), rng.randint(8, 200)

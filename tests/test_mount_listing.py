@@ -20,6 +20,9 @@ from harness.dirents import getdents_small
 from harness.emulator import RunningEmulator
 from harness.mount import MountedFS, temporary_mount
 
+# Every mount here runs once per FUSE binding (kernel, mfusepy): see conftest ``binding``.
+pytestmark = pytest.mark.usefixtures("binding")
+
 ROWS = 300
 
 

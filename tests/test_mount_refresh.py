@@ -25,6 +25,9 @@ from encordfs.emulator import synthetic
 from harness.emulator import RunningEmulator
 from harness.mount import MountedFS, temporary_mount
 
+# Every mount here runs once per FUSE binding (kernel, mfusepy): see conftest ``binding``.
+pytestmark = pytest.mark.usefixtures("binding")
+
 BIG_BYTES = 64 * 1024 * 1024  # big enough that reading its start does not fetch its end
 
 

@@ -25,6 +25,9 @@ from encord.orm.dataset import DatasetAccessSettings, ImagesDataFetchOptions
 from harness.emulator import RunningEmulator
 from harness.mount import MountedFS
 
+# Every mount here runs once per FUSE binding (kernel, mfusepy): see conftest ``binding``.
+pytestmark = pytest.mark.usefixtures("binding")
+
 
 def _x(path: Path, name: str) -> str:
     return os.getxattr(path, "user.encord." + name).decode()

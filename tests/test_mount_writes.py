@@ -23,6 +23,9 @@ from encord.orm.dataset import DatasetAccessSettings
 from harness.emulator import RunningEmulator
 from harness.mount import MountedFS, temporary_mount
 
+# Every mount here runs once per FUSE binding (kernel, mfusepy): see conftest ``binding``.
+pytestmark = pytest.mark.usefixtures("binding")
+
 META = "user.encord.meta."
 WHOLE = "user.encord.client_metadata"
 

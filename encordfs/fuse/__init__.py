@@ -2,10 +2,10 @@
 
 Each binding lives in its own module and is the only place its library is imported:
 
+- ``encordfs.fuse.kernel`` (``--binding kernel``, the default): speaks the kernel's FUSE protocol on
+  ``/dev/fuse`` itself, inode-based, with kernel passthrough for cached files where the kernel allows it.
 - ``encordfs.fuse.libfuse`` (``--binding mfusepy``): mfusepy over libfuse 3's high-level, path-based
   API. Portable (any libfuse 3), the fallback.
-- ``encordfs.fuse.kernel`` (``--binding kernel``): speaks the kernel's FUSE protocol on ``/dev/fuse``
-  itself, inode-based, with kernel passthrough for cached files where the kernel allows it.
 
 Bindings translate and nothing else (no caching, policy or network call): arguments in, a call on
 ``EncordFS``, the answer out, and ``errors.FsError`` turned into its errno by ``log_level`` and the
@@ -82,11 +82,11 @@ def log_level(exc: errors.FsError) -> int:
 
 def load(name: str | None) -> ModuleType:
     """The binding module for ``name`` (``None``: the default)."""
-    if name in (None, "mfusepy"):
+    if name == "mfusepy":
         from encordfs.fuse import libfuse
 
         return libfuse
-    if name == "kernel":
+    if name in (None, "kernel"):
         import importlib
 
         try:
