@@ -29,6 +29,8 @@ Suites (each returns a dict of figures; ``MUST_BE_ZERO`` names the ones that mus
 ``hostile_suite``      random xattr names/values/flags, path components and renames through a real
                        mount: every call returns or fails with an expected errno, the mount survives,
                        and a failed call queues nothing.
+``stall_suite``        Encord and the bucket stall: a first listing, a read that signs and a read
+                       of a signed file each answer within ``MAX_OP_WAIT_S`` (35 s): ``max_op_wait_s``.
 ``siblings_suite``     rows deleted on the server after the listing: every other row stays readable.
 ``stale_suite``        a push held by the server past the mount's timeout lands after newer values:
                        the newest value must be back once the late-duplicate window has passed.
@@ -608,6 +610,53 @@ def writes_suite(ws: Workspace, trials: int, seed: int = 7, files_n: int = 12) -
         "kill_after_s": {"min": round(min(kill_points), 3), "max": round(max(kill_points), 3)} if kill_points else {},
         "max_rss_mb": rss.max_mb,
     }
+
+
+MAX_OP_WAIT_S = 35.0  # the longest a FUSE operation may take while Encord and the bucket stall
+
+
+def stall_suite(ws: Workspace, hold_s: float = 120.0) -> dict[str, Any]:
+    """The API and the blob server stall (every API call held ``hold_s``, every blob body stalled from its
+    first byte): a first listing, a read that must sign, and a read of a signed file each answer (EIO)
+    within the retry budget. ``max_op_wait_s`` is the longest any of them took (must be <= 35)."""
+    ws.reset(data=True)
+    dog = Watchdog(deadline_s=MAX_OP_WAIT_S)
+    errnos: Counter[str] = Counter()
+    with ws.mount() as m:
+        os.listdir(m.path)
+        unsigned = files_of(m.path, "soak-small")[0]
+        real = sorted(files_of(m.path, "soak-real"), key=lambda f: f.stat().st_ino)
+        real[0].read_bytes()  # signs it and the files after it (one bulk call), reading only this one
+        signed = next(f for f in real[1:] if f.stat().st_size > 0)
+        hold = int(hold_s * 1000)
+        ws.admin("POST", "faults", [
+            {"endpoint": "v2.*", "latency_ms": hold},
+            {"endpoint": "legacy.*", "latency_ms": hold},
+            {"endpoint": "blob.get", "stall_ms": hold, "stall_after_bytes": 0},
+        ])  # fmt: skip
+        ops: list[tuple[str, Callable[[], object]]] = [
+            ("first listing", lambda: os.listdir(m.path / "soak-large")),
+            ("read that signs", lambda: unsigned.read_bytes()),
+            ("read of a signed file", lambda: signed.read_bytes()),
+        ]
+
+        def run(what: str, call: Callable[[], object]) -> None:
+            try:
+                with dog.op(what):
+                    call()
+                errnos[f"{what}: ok"] += 1
+            except OSError as exc:
+                errnos[f"{what}: {errno.errorcode.get(exc.errno or 0, exc.errno)}"] += 1
+
+        threads = [threading.Thread(target=run, args=op, daemon=True) for op in ops]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(MAX_OP_WAIT_S + 30)
+        dog.stuck()
+        ws.admin("DELETE", "faults")
+    ws.reset(data=True)
+    return {"max_op_wait_s": round(dog.worst_s, 1), "stall_outcomes": dict(errnos), "hangs": dog.hangs}
 
 
 def siblings_suite(ws: Workspace, every: int = 5) -> dict[str, Any]:

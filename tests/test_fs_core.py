@@ -6,6 +6,8 @@ import errno
 import hashlib
 import os
 import random
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from encordfs.core.catalog import ROOT_INO, Catalog
 from encordfs.core.fs import EncordFS, Options
 from encordfs.core.reader import ReadPipeline
 from encordfs.core.urls import SignedUrlCache
+from encordfs.core.writes import WriteQueue
 from harness.fakes import Clock
 from harness.fakes import row_record as _row
 
@@ -511,3 +514,83 @@ def test_without_backing_files_open_fetches_nothing(world) -> None:  # type: ign
     opened = fs.open(fs.resolve("/street/cat.jpg"), writable=False)
     assert opened.backing is None and fetcher.requests == 0
     fs.release(opened.fh)
+
+
+# ---------------------------------------------------------------------------------- bounded waits
+
+
+class _SlowBackend(MemoryBackend):
+    """A MemoryBackend whose listing of ``slow`` datasets yields one row per ``step_s`` (or stalls)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slow: dict[str, float | None] = {}  # dataset uid -> seconds per row (None: stalls)
+        self.release = threading.Event()
+
+    def iter_rows(self, dataset_uid: str):  # type: ignore[no-untyped-def]
+        rows = list(super().iter_rows(dataset_uid))
+        step = self.slow.get(dataset_uid, 0.0)
+        for row in rows:
+            if step is None:
+                self.release.wait(30)
+            elif step:
+                time.sleep(step)
+            yield row
+
+
+def _slow_world(tmp_path: Path, stall_s: float):  # type: ignore[no-untyped-def]
+    backend = _SlowBackend()
+    for ds in ("a", "b"):
+        backend.add_dataset(DatasetRecord(ds, ds, "", 1e9, 1e9, 0, None, "admin"))
+        for i in range(6):
+            backend.add_row(_row(f"{ds}{i}", ds, f"{ds}{i}.jpg", b"x"), b"x")
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    writes = WriteQueue.open(tmp_path / "journal.sqlite", backend.push, start=False)
+    fs = EncordFS(
+        backend, catalog, None, SignedUrlCache(backend.sign), Options(uid=0, gid=0, load_stall_s=stall_s), writes=writes
+    )  # type: ignore[arg-type]
+    return fs, backend, catalog, writes
+
+
+def test_a_stalled_first_load_is_eio_within_the_stall_limit_and_goes_on(tmp_path: Path) -> None:
+    fs, backend, catalog, writes = _slow_world(tmp_path, stall_s=0.5)
+    backend.slow["a"] = None
+    started = time.monotonic()
+    with pytest.raises(errors.RemoteIOError, match="no progress"):
+        fs.lookup_ino(fs.resolve("/a"), "a0.jpg")
+    assert time.monotonic() - started < 3
+    backend.release.set()  # the service answers: the load that went on lands, and the folder serves
+    deadline = time.monotonic() + 10
+    while catalog.loaded_at(fs.resolve("/a")) is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sorted(n for n, _ in fs.readdir(fs.resolve("/a"))) == [f"a{i}.jpg" for i in range(6)]
+    assert fs.status()["folders"]["refresh_failures"] >= 1
+    writes.close(flush_timeout_s=0)
+    catalog.close()
+
+
+def test_a_slow_but_steady_load_is_waited_for(tmp_path: Path) -> None:
+    fs, backend, catalog, writes = _slow_world(tmp_path, stall_s=0.5)
+    backend.slow["a"] = 0.2  # 6 rows: 1.2 s in all, never 0.5 s without one
+    assert len(list(fs.readdir(fs.resolve("/a")))) == 6
+    writes.close(flush_timeout_s=0)
+    catalog.close()
+
+
+def test_a_rename_completes_while_a_slow_refresh_of_another_folder_streams(tmp_path: Path) -> None:
+    """The listing is staged before the catalog's write lock is taken (issue 14.2)."""
+    fs, backend, catalog, writes = _slow_world(tmp_path, stall_s=30)
+    a, b = fs.resolve("/a"), fs.resolve("/b")
+    list(fs.readdir(a)), list(fs.readdir(b))
+    backend.slow["a"] = 0.5  # a 3 s listing
+    refresher = threading.Thread(target=fs.refresh, args=(a,))
+    refresher.start()
+    time.sleep(0.3)  # the slow listing is streaming
+    started = time.monotonic()
+    fs.rename(b, "b1.jpg", b, "renamed.jpg")
+    took = time.monotonic() - started
+    assert refresher.is_alive() and took < 1.0, took
+    refresher.join(10)
+    assert "renamed.jpg" in [n for n, _ in fs.readdir(b)]
+    writes.close(flush_timeout_s=0)
+    catalog.close()

@@ -21,3 +21,12 @@ def test_emulator_down_then_back(tmp_path: Path) -> None:
     assert set(figures["network_eio"]) == {"warm", "cold"}
     assert figures["network_eio_worst_s"] <= 45.0  # the 30 s budget; the kernel may retry a failed page once
     assert figures["network_recovered_s"] is not None and figures["network_recovered_s"] < 30.0
+
+
+def test_a_stalled_service_never_holds_an_operation_past_35_s(tmp_path: Path) -> None:
+    with suites.Workspace(
+        tmp_path, suites.WorkspaceSpec(large_rows=2, large_bytes=1000, small_rows=3, real_files=4)
+    ) as ws:
+        figures = suites.stall_suite(ws)
+    assert figures["hangs"] == 0 and figures["max_op_wait_s"] <= suites.MAX_OP_WAIT_S, figures
+    assert all(not k.endswith(": ok") for k in figures["stall_outcomes"]), figures  # each one failed: EIO

@@ -294,3 +294,39 @@ def test_one_refused_id_does_not_fail_the_others() -> None:
     assert cache.counters.snapshot()["urls.sign_splits"] >= 1
     with pytest.raises(PermissionDenied):
         cache.get("gone")
+
+
+def test_a_signing_call_that_hangs_is_eio_for_its_waiters_within_wait_s_and_lands_later() -> None:
+    import time
+
+    from encordfs.errors import RemoteIOError
+
+    release = threading.Event()
+
+    def slow_sign(ids: list[str]) -> dict[str, str | None]:
+        release.wait(10)
+        return {i: f"https://b/{i}?Expires=9999999999&Signature=x" for i in ids}
+
+    cache = SignedUrlCache(slow_sign, wait_s=0.3)
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            cache.get("a")
+        except BaseException as exc:
+            errors.append(exc)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert time.monotonic() - started < 2 and len(errors) == 3
+    assert all(isinstance(e, RemoteIOError) for e in errors)
+    assert cache.counters.snapshot()["urls.sign_timeouts"] == 3
+    release.set()
+    deadline = time.monotonic() + 5
+    while not cache.is_fresh("a") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert cache.get("a").startswith("https://b/a")  # the slow call landed; no second signing call

@@ -60,6 +60,7 @@ HEADLINE = (
     "sibling_sign_failures",
     "network_eio_worst_s",
     "network_recovered_s",
+    "max_op_wait_s",
     "network_failures",
 )
 
@@ -122,7 +123,7 @@ def _run(name: str, ws: suites.Workspace, size: dict[str, Any]) -> dict[str, Any
     if name == "writes":
         return {**suites.writes_suite(ws, trials=size["trials"]), **suites.stale_suite(ws)}
     if name == "network":
-        return suites.network_suite(ws)
+        return {**suites.network_suite(ws), **suites.stall_suite(ws)}
     if name == "hostile":
         return {
             **suites.hostile_suite(ws, cases=size["cases"]),
@@ -162,6 +163,7 @@ def _headline(details: dict[str, Any], faults: int) -> dict[str, Any]:
     network = details.get("network", {})
     figures["network_eio_worst_s"] = network.get("network_eio_worst_s")
     figures["network_recovered_s"] = network.get("network_recovered_s")
+    figures["max_op_wait_s"] = network.get("max_op_wait_s")
     return figures
 
 
@@ -173,6 +175,8 @@ def _problems(figures: dict[str, Any], size: dict[str, Any], chosen: list[str]) 
         problems.append(f"kill_trials {figures['kill_trials']} < target {size['trials']}")
     if "bytes" in chosen and not figures["faults_injected"]:
         problems.append("no fault was injected")
+    if (figures.get("max_op_wait_s") or 0) > suites.MAX_OP_WAIT_S:
+        problems.append(f"max_op_wait_s {figures['max_op_wait_s']} over {suites.MAX_OP_WAIT_S}")
     if figures["max_rss_mb"] > suites.RSS_LIMIT_MB:
         problems.append(f"max_rss_mb {figures['max_rss_mb']} over {suites.RSS_LIMIT_MB}")
     return problems

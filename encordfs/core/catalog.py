@@ -37,9 +37,10 @@ import logging
 import os
 import queue
 import sqlite3
+import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -183,6 +184,56 @@ def _compact(value: Any) -> str:
         return orjson.dumps(value).decode()
     except TypeError:  # orjson.JSONEncodeError is a TypeError
         return _json_compact(value)
+
+
+# Entries between two progress reports while a listing is staged (a waiter's sign of life); a slow
+# listing reports at least every 0.25 s.
+PROGRESS_EVERY = 256
+# A staged listing stays in memory up to this size, then spills to a temporary file in the cache dir.
+STAGE_IN_MEMORY_BYTES = 32 << 20
+
+
+def _dump_entry(e: Entry) -> bytes:
+    row = [int(e.kind), e.uid, e.title, e.mime_type, e.handle, e.size, e.ctime, e.mtime, e.fields, e.client_metadata]
+    try:
+        return orjson.dumps(row)
+    except (TypeError, orjson.JSONEncodeError):  # integers beyond 64 bits, lone surrogates
+        return json.dumps(row).encode()
+
+
+def _load_entry(line: bytes) -> Entry:
+    try:
+        row = orjson.loads(line)
+    except orjson.JSONDecodeError:  # what ``_dump_entry`` wrote with the stdlib
+        row = json.loads(line)
+    kind, uid, title, mime, handle, size, ctime, mtime, fields, metadata = row
+    return Entry(Kind(kind), uid, title, mime, handle, size, ctime, mtime, fields, metadata)
+
+
+def _stage(entries: Iterable[Entry], spill_dir: Path, progress: Callable[[int], None] | None) -> Iterator[Entry]:
+    """Drain ``entries`` (a listing streaming from the network) before any lock is taken, into memory
+    or, past ``STAGE_IN_MEMORY_BYTES``, a temporary file; then hand them back in order. A slow or
+    trickling listing thus never holds the catalog's write lock."""
+    spool = tempfile.SpooledTemporaryFile(
+        max_size=STAGE_IN_MEMORY_BYTES, mode="w+b", dir=str(spill_dir), prefix="listing-"
+    )
+    pending, reported = 0, time.monotonic()
+    for e in entries:
+        spool.write(_dump_entry(e) + b"\n")
+        pending += 1
+        if progress is not None and (pending >= PROGRESS_EVERY or time.monotonic() - reported >= 0.25):
+            progress(pending)
+            pending, reported = 0, time.monotonic()
+    if progress is not None and pending:
+        progress(pending)
+    spool.seek(0)
+
+    def replay() -> Iterator[Entry]:
+        with spool:
+            for line in spool:
+                yield _load_entry(line)
+
+    return replay()
 
 
 def _batches(entries: Iterable[Entry], size: int) -> Iterator[list[Entry]]:
@@ -456,6 +507,7 @@ class Catalog:
         when: float,
         changes: SyncChanges | None = None,
         error: str | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> int:
         """Make ``parent``'s children exactly ``entries`` (streamed); returns how many there are.
         ``error``: why the folder's members could not be listed (kept until the next sync; ``load_error``).
@@ -464,8 +516,11 @@ class Catalog:
         rules of ``core.names``; children that did not come back are deleted with their members.
         Work is done per batch of ``SYNC_BATCH`` entries (see the module docstring), so memory stays
         flat whatever the folder's size. ``changes``, when given, receives what changed (valid once
-        this returns; on failure nothing was changed).
+        this returns; on failure nothing was changed). The entries are staged first, without the write
+        lock (``_stage``): a slow listing never keeps a rename or another folder's load waiting.
+        ``progress(n)`` is told of entries as they are staged and as they are stored.
         """
+        entries = _stage(entries, self.path.parent, progress)
         with self._write_lock:
             conn = self._writer
             try:
@@ -475,6 +530,8 @@ class Catalog:
                 for batch in _batches(entries, SYNC_BATCH):
                     count += len(batch)
                     changed += self._sync_batch_locked(conn, parent, batch, gen, renamed, changes)
+                    if progress is not None:
+                        progress(len(batch))
                 changed += self._delete_stale_locked(conn, parent, gen, changes)
                 for ino, e, old_name in renamed:
                     new_name = self._assign_name_locked(conn, parent, ino, e)

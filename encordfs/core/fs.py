@@ -57,7 +57,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -160,6 +160,10 @@ class Options:
     max_metadata_bytes: int = default("max_metadata_bytes")  # larger metadata is refused with E2BIG
     # How long fsync on a file waits for its row's queued changes to land before failing with EIO.
     fsync_timeout_s: float = 30.0
+    # A caller waiting for a folder's first load fails with EIO once the load made no progress for this
+    # long (no entry arrived, none was stored): under the read path's 30 s retry budget, so no FUSE
+    # operation waits longer on a stalled service; a load that keeps making progress is waited for.
+    load_stall_s: float = 30.0
     # Hand out backing files at open (``OpenFile.backing``) for a binding that can open in passthrough
     # mode. Off by default: fetching small files whole at open only pays when the kernel then reads
     # them without us. A binding may also switch ``EncordFS.backing_files`` on once the kernel agreed.
@@ -385,6 +389,10 @@ class EncordFS:
         self._handles_lock = threading.Lock()
         self._load_locks: dict[int, threading.Lock] = {}
         self._load_locks_lock = threading.Lock()
+        self._loads: dict[int, _Load] = {}  # first loads in progress (under ``_load_locks_lock``)
+        # Why each folder's last background refresh failed (served as it was meanwhile), for the status.
+        self._refresh_errors: dict[int, str] = {}
+        self._refresh_failures = 0
         self.paths = PathCache(lambda: catalog.version)
         self.on_invalidate: Invalidate | None = None
         self.binding_status: Callable[[], dict[str, Any]] | None = None
@@ -519,10 +527,47 @@ class EncordFS:
             if stale and background:
                 self._refresh_in_background(ino)
             return stale
-        with self._load_lock(ino):
-            if self.catalog.loaded_at(ino) is None:  # another thread may have loaded it meanwhile
-                self.refresh(ino)
+        self._wait_for_load(ino, self._first_load(ino))
         return False
+
+    def _first_load(self, ino: int) -> _Load:
+        """The load of a never-loaded folder, started on a thread of its own if none runs yet."""
+        with self._load_locks_lock:
+            load = self._loads.get(ino)
+            if load is None:
+                load = self._loads[ino] = _Load()
+                threading.Thread(
+                    target=self._run_first_load, args=(ino, load), name=f"encordfs-load-{ino}", daemon=True
+                ).start()
+        return load
+
+    def _run_first_load(self, ino: int, load: _Load) -> None:
+        try:
+            with self._load_lock(ino):
+                if self.catalog.loaded_at(ino) is None:  # another thread may have loaded it meanwhile
+                    self.refresh(ino, progress=load.step)
+        except BaseException as exc:  # handed to every waiter
+            load.error = exc
+        finally:
+            with self._load_locks_lock:
+                self._loads.pop(ino, None)
+            load.done.set()
+
+    def _wait_for_load(self, ino: int, load: _Load) -> None:
+        """Wait while the load progresses (rows arrive, batches land); a load that makes no progress for
+        ``load_stall_s`` (30 s) fails this caller with EIO and goes on in the background."""
+        stall_s = self.options.load_stall_s
+        while not load.done.wait(min(1.0, stall_s)):
+            if time.monotonic() - load.progress_at > stall_s:
+                self._refresh_failures += 1
+                raise errors.RemoteIOError(
+                    f"loading folder {ino} made no progress for {stall_s:g} s ({load.rows} entries so far): "
+                    "Encord is slow or unreachable; it goes on in the background"
+                )
+        if load.error is not None:
+            if isinstance(load.error, errors.FsError):
+                raise load.error
+            raise errors.RemoteIOError(f"loading folder {ino} failed: {type(load.error).__name__}") from None
 
     def _refresh_in_background(self, ino: int) -> None:
         with self._load_locks_lock:
@@ -536,10 +581,16 @@ class EncordFS:
                     loaded = self.catalog.loaded_at(ino)
                     if loaded is None or self._is_stale(ino, loaded):
                         self.refresh(ino)
-            except errors.FsError as exc:
-                log.warning("background refresh failed, serving the old listing: %s", exc)
-            except Exception:
-                log.exception("background refresh failed")
+                self._refresh_errors.pop(ino, None)
+            except Exception as exc:
+                if isinstance(exc, errors.FsError):
+                    log.warning("background refresh failed, serving the old listing: %s", exc)
+                else:
+                    log.exception("background refresh failed")
+                self._refresh_failures += 1
+                self._refresh_errors[ino] = getattr(exc, "message", "") or type(exc).__name__
+                while len(self._refresh_errors) > 100:
+                    del self._refresh_errors[next(iter(self._refresh_errors))]
             finally:
                 with self._load_locks_lock:
                     self._refreshing.discard(ino)
@@ -552,6 +603,12 @@ class EncordFS:
         while self._refreshing and time.monotonic() < deadline:
             time.sleep(0.01)
 
+    def _folder_label(self, ino: int) -> str:
+        if ino == ROOT_INO:
+            return "/"
+        node = self.catalog.get(ino)
+        return node.name if node is not None else str(ino)
+
     def refresh_path(self, path: str) -> None:
         """``encordfs refresh PATH``: reload the folder at ``path`` (relative to the mount) now."""
         ino = self.resolve(path)
@@ -559,22 +616,22 @@ class EncordFS:
             raise errors.InvalidValue(f"{path}: refresh a folder, not a file")
         self.refresh(ino)
 
-    def refresh(self, ino: int) -> None:
-        """Load a folder from Encord now, whatever its age."""
+    def refresh(self, ino: int, progress: Callable[[int], None] | None = None) -> None:
+        """Load a folder from Encord now, whatever its age. ``progress(n)`` is called as entries arrive
+        and as they are stored (a waiter's sign of life)."""
         now = self.clock()
         if ino == ROOT_INO:
             changes = self._changes(ROOT_INO)
             self.catalog.sync_children(
-                ROOT_INO, (_dataset_entry(d) for d in self.backend.list_datasets()), now, changes
+                ROOT_INO, (_dataset_entry(d) for d in self.backend.list_datasets()), now, changes, progress=progress
             )
             self._announce(ROOT_INO, changes)
             return
         node = self.node(ino)
         if node.kind == Kind.DATASET:
             changes = self._changes(ino)
-            self.catalog.sync_children(
-                ino, (self._with_queued_title(_row_entry(r)) for r in self.backend.iter_rows(node.uid)), now, changes
-            )
+            entries = (self._with_queued_title(_row_entry(r)) for r in self.backend.iter_rows(node.uid))
+            self.catalog.sync_children(ino, entries, now, changes, progress=progress)
             self._load_seconds[ino] = max(0.0, self.clock() - now)
             self._announce(ino, changes)
         elif node.kind == Kind.GROUP:
@@ -709,6 +766,10 @@ class EncordFS:
             out.update(self.status_extra())
         if self.binding_status is not None:
             out.update(self.binding_status())
+        out["folders"] = {
+            "refresh_failures": self._refresh_failures,
+            "last_errors": {self._folder_label(ino): why for ino, why in list(self._refresh_errors.items())},
+        }
         return out
 
     def read(self, fh: int, offset: int, length: int) -> bytes | memoryview:
@@ -954,6 +1015,20 @@ class EncordFS:
             handle.close()
         for fd in backing_fds:
             os.close(fd)
+
+
+@dataclass(slots=True)
+class _Load:
+    """A folder's first load: waiters watch ``progress_at`` (monotonic) and wait for ``done``."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+    rows: int = 0
+    progress_at: float = field(default_factory=time.monotonic)
+
+    def step(self, n: int = 1) -> None:
+        self.rows += n
+        self.progress_at = time.monotonic()
 
 
 class _BytesHandle:

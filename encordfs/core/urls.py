@@ -23,9 +23,11 @@ Expiry policy
     servers, aggressive policies) the margin shrinks to half the lifetime, so a fresh URL is never
     "already expiring" (which would re-sign on every call).
 
-Single flight
-    Concurrent ``get``s for one id sign once: the first caller registers a ``_Flight`` and signs outside
-    the lock; the others wait on it. ``prime`` registers one flight per chunk of ``batch`` ids (≤ 1000, the
+Single flight, bounded waits
+    Concurrent ``get``s for one id sign once: the first caller registers a ``_Flight`` and starts the
+    signing call on a thread of its own; every caller, the first included, waits for it at most
+    ``wait_s`` (30 s) and then fails with ``RemoteIOError`` (EIO), so a slow or unreachable service never
+    holds a FUSE thread longer than that; the call still lands in the cache when it completes. ``prime`` registers one flight per chunk of ``batch`` ids (≤ 1000, the
     bulk signing limit), so a ``get`` racing a prime waits for the prime instead of signing again.
 
 Forced re-sign after a 403
@@ -64,11 +66,14 @@ import cachetools
 
 from encordfs.backend import BULK_LIMIT, parse_legacy_key
 from encordfs.core.counters import Counters
-from encordfs.errors import FsError, NotFound, PermissionDenied
+from encordfs.errors import FsError, NotFound, PermissionDenied, RemoteIOError
 
 SignMany = Callable[[list[str]], Mapping[str, "str | FsError | None"]]
 # Refusals kept for ``failures()`` (the status shows them): the most recent ones.
 MAX_FAILURES_KEPT = 100
+# The longest a caller (a FUSE thread) waits for a signing call, its own or another's: under the read
+# path's 30 s retry budget; past it the read fails with EIO and the call lands in the cache later.
+WAIT_S = 30.0
 # Signed URLs kept (LRU): 64k URLs of a few hundred bytes, tens of MB at most, cover a window of 64
 # signing batches ahead of and behind the readers.
 MAX_URLS = 65536
@@ -181,8 +186,10 @@ class SignedUrlCache:
         batch: int = BULK_LIMIT,
         counters: Counters | None = None,
         max_entries: int = MAX_URLS,
+        wait_s: float = WAIT_S,
     ) -> None:
         self._sign_many = sign_many
+        self._wait_s = wait_s
         self._clock = clock
         self._margin_s = margin_s
         self._default_ttl_s = default_ttl_s
@@ -210,9 +217,8 @@ class SignedUrlCache:
                 return url
             assert flight is not None
             if owner:
-                self._run_flight([item_id], flight)
-            else:
-                flight.done.wait()
+                self._start_flight([item_id], flight)
+            self._wait(flight, item_id)
             if flight.error is not None:
                 raise flight.error
             signed = flight.urls.get(item_id)
@@ -247,7 +253,8 @@ class SignedUrlCache:
                 for item_id in todo:
                     self._flights[item_id] = flight
             if todo:
-                self._run_flight(todo, flight)
+                self._start_flight(todo, flight)
+                self._wait(flight, todo[0])
                 if flight.error is not None:
                     raise flight.error
 
@@ -304,6 +311,18 @@ class SignedUrlCache:
     def _fresh_locked(self, item_id: str, now: float) -> bool:
         entry = self._entries.get(item_id)
         return entry is not None and entry.fresh(now, self._margin_s)
+
+    def _start_flight(self, item_ids: list[str], flight: _Flight) -> None:
+        """Sign on a thread of its own: a caller (a FUSE thread) waits at most ``wait_s`` for it, while the
+        call itself may take the SDK's timeouts and retries; its URLs are cached whenever it lands."""
+        threading.Thread(target=self._run_flight, args=(item_ids, flight), name="encordfs-sign", daemon=True).start()
+
+    def _wait(self, flight: _Flight, item_id: str) -> None:
+        if not flight.done.wait(self._wait_s):
+            self.counters.inc("urls.sign_timeouts")
+            raise RemoteIOError(
+                f"signing item {item_id} took longer than {self._wait_s:g} s (Encord is slow or unreachable)"
+            )
 
     def _run_flight(self, item_ids: list[str], flight: _Flight) -> None:
         """Sign ``item_ids`` (already registered under ``flight``) and wake the waiters."""
