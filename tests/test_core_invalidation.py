@@ -45,7 +45,7 @@ def _row(uid: str, title: str, size: int, edited: float = 1.5e9) -> RowRecord:
 
 
 class _NoFetch:
-    def fetch_into(self, url_source: Any, start: int, out: memoryview) -> None:
+    def fetch_into(self, url_source: Any, start: int, out: memoryview, total: int | None = None) -> None:
         raise errors.RemoteIOError("no bytes in these tests")
 
 

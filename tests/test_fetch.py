@@ -419,3 +419,29 @@ def test_non_ascii_names_are_fetched(server: ByteServer, make_fetcher: Callable[
     url = server.sign("città é 東京.jpg").replace("%C3%A0", "à")  # an IRI-style URL, as a store might hand out
     assert not url.isascii()
     assert make_fetcher().fetch(lambda force: url, 0, 5000) == DATA[:5000]
+
+
+# ---------------------------------------------------------------------------------------------- object size
+
+
+def test_an_object_that_grew_or_shrank_is_stale_not_cut(
+    server: ByteServer, make_fetcher: Callable[..., HttpFetcher]
+) -> None:
+    fetcher = make_fetcher()
+    out = memoryview(bytearray(1000))
+    fetcher.fetch_into(source(server), 0, out, total=len(DATA))  # the size the catalog knows: fine
+    assert bytes(out) == DATA[:1000]
+    with pytest.raises(Stale, match="changed on the server"):
+        fetcher.fetch_into(source(server), 0, out, total=len(DATA) - 10)  # it grew since the listing
+    server.ignore_range = True  # a whole-object 200 tells its size by Content-Length
+    with pytest.raises(Stale, match="changed on the server"):
+        fetcher.fetch_into(source(server), 0, out, total=len(DATA) + 10)
+
+
+def test_probe_size_asks_the_object(server: ByteServer, make_fetcher: Callable[..., HttpFetcher]) -> None:
+    server.add("empty", b"")
+    fetcher = make_fetcher()
+    assert fetcher.probe_size(source(server)) == len(DATA)
+    assert fetcher.probe_size(source(server, "empty")) == 0
+    server.ignore_range = True
+    assert fetcher.probe_size(source(server)) == len(DATA)

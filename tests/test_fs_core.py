@@ -32,12 +32,19 @@ class MemoryFetcher:
         self.backend = backend
         self.requests = 0
 
-    def fetch_into(self, url_source, start: int, out: memoryview) -> None:  # type: ignore[no-untyped-def]
+    def fetch_into(self, url_source, start: int, out: memoryview, total: int | None = None) -> None:  # type: ignore[no-untyped-def]
         self.requests += 1
+        blob = self.backend.blobs[url_source(False).removeprefix("mem://")]
+        if total is not None and len(blob) != total:  # as the HTTP fetcher does with Content-Range
+            raise errors.Stale(f"the object is now {len(blob)} bytes, not {total}")
         data = self.backend.fetch(url_source(False), start, start + len(out))
         if len(data) != len(out):
             raise errors.RemoteIOError("short read")
         out[:] = data
+
+    def probe_size(self, url_source) -> int:  # type: ignore[no-untyped-def]
+        self.requests += 1
+        return len(self.backend.blobs[url_source(False).removeprefix("mem://")])
 
 
 @pytest.fixture()
@@ -594,3 +601,42 @@ def test_a_rename_completes_while_a_slow_refresh_of_another_folder_streams(tmp_p
     assert "renamed.jpg" in [n for n, _ in fs.readdir(b)]
     writes.close(flush_timeout_s=0)
     catalog.close()
+
+
+# ---------------------------------------------------------------------------------- sizes (issue 14.8)
+
+
+def test_a_row_without_a_size_gets_its_size_from_the_object(world) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    fs, backend, clock, fetcher = world
+    data = b"no size in the metadata" * 50
+    backend.add_row(replace(_row("r9", "ds1", "unsized.txt", data), file_size=None), data)
+    fs.refresh(fs.resolve("/street"))
+    ino = fs.resolve("/street/unsized.txt")
+    assert fs.getattr(ino).size == len(data)  # asked once, then recorded
+    requests = fetcher.requests
+    listed = dict(fs.readdir(fs.resolve("/street")))
+    assert listed["unsized.txt"].size == len(data) and fetcher.requests == requests
+    assert _read_all(fs, "/street/unsized.txt") == data
+    fs.refresh(fs.resolve("/street"))  # a reload that still has no size keeps what was learnt
+    assert fs.getattr(ino).size == len(data) and fetcher.requests == requests + 1  # + the read
+
+
+def test_an_object_that_grew_on_the_server_is_estale_and_its_folder_reloads(world) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    fs, backend, clock, fetcher = world
+    ino = fs.resolve("/street/cat.jpg")
+    old_size = fs.getattr(ino).size
+    bigger = b"meow" * 100 + b"more bytes since the listing"
+    handle = next(r for r in backend.rows["ds1"] if r.uid == "r1").backing_item_uuid
+    backend.blobs[handle] = bigger  # the object grew; the catalog still says the old size
+    backend.rows["ds1"] = [replace(r, file_size=len(bigger)) if r.uid == "r1" else r for r in backend.rows["ds1"]]
+    fh = fs.open(ino, writable=False).fh
+    with pytest.raises(errors.Stale):
+        fs.read(fh, 0, old_size)  # never the old size's worth of the new object
+    fs.release(fh)
+    fs.wait_refreshes()
+    assert fs.getattr(fs.resolve("/street/cat.jpg")).size == len(bigger)
+    assert _read_all(fs, "/street/cat.jpg") == bigger

@@ -37,7 +37,7 @@ class _Fetcher:
     def __init__(self, backend: MemoryBackend) -> None:
         self.backend = backend
 
-    def fetch_into(self, url_source: Any, start: int, out: memoryview) -> None:
+    def fetch_into(self, url_source: Any, start: int, out: memoryview, total: int | None = None) -> None:
         out[:] = self.backend.fetch(url_source(False), start, start + len(out))
 
 

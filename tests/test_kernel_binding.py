@@ -125,7 +125,9 @@ class MemoryFetcher:
     def __init__(self, backend: MemoryBackend) -> None:
         self.backend = backend
 
-    def fetch_into(self, url_source: Callable[[bool], str], start: int, out: memoryview) -> None:
+    def fetch_into(
+        self, url_source: Callable[[bool], str], start: int, out: memoryview, total: int | None = None
+    ) -> None:
         data = self.backend.fetch(url_source(False), start, start + len(out))
         if len(data) != len(out):
             raise errors.RemoteIOError("short read")

@@ -250,7 +250,7 @@ class _Fetch:
     def __init__(self, backend: MemoryBackend) -> None:
         self.backend = backend
 
-    def fetch_into(self, url_source, start: int, out: memoryview) -> None:  # type: ignore[no-untyped-def]
+    def fetch_into(self, url_source, start: int, out: memoryview, total: int | None = None) -> None:  # type: ignore[no-untyped-def]
         out[:] = self.backend.fetch(url_source(False), start, start + len(out))
 
 

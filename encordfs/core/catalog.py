@@ -31,6 +31,7 @@ The catalog is a cache of the server: ``synchronous=NORMAL`` is enough, a lost t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -53,6 +54,8 @@ from encordfs.core import names
 log = logging.getLogger(__name__)
 
 ROOT_INO = 1
+# ``size`` of a file whose metadata has no size (a null ``file_size``): learnt from the object at first use.
+UNKNOWN_SIZE = -1
 SCHEMA_VERSION = 2  # 2: name keys ignore Unicode normalization (names rule 5)
 # Entries per ``sync_children`` batch: one SELECT of the batch's uids (SQLite's default limit of 999
 # host parameters bounds it), then bulk UPDATE / INSERT. Bigger batches gain little past a few hundred.
@@ -431,6 +434,12 @@ class Catalog:
             return None
         return int(row[0]), Kind(row[1]), int(row[2]), float(row[3])
 
+    def set_size(self, ino: int, size: int) -> None:
+        """Record a file's size learnt from the object itself (its metadata had none: ``UNKNOWN_SIZE``)."""
+        with self._write_lock:
+            self._writer.execute("UPDATE nodes SET size=? WHERE ino=?", (size, ino))
+            self._writer.commit()
+
     def stat_fields(self, ino: int) -> tuple[Kind, int, float] | None:
         """(kind, size, mtime) of a node: what ``getattr`` needs, without the xattr columns."""
         row = self._one("SELECT kind, size, mtime FROM nodes WHERE ino=?", (ino,))
@@ -590,6 +599,8 @@ class Catalog:
                 fresh.append((e, fields, metadata))
                 continue
             ino, old_title, old_kind = old[0], old[1], old[2]
+            if e.size == UNKNOWN_SIZE and old[4] >= 0 and old[6] == e.mtime and old[3] == e.handle:
+                e = dataclasses.replace(e, size=old[4])  # a size learnt from the object stays while it is unchanged
             if old[1:9] == (e.title, int(e.kind), e.handle, e.size, e.ctime, e.mtime, fields, metadata):
                 touched.append((gen, ino))
                 continue

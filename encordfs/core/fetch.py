@@ -114,7 +114,9 @@ Accept = Callable[[int, Headers], None]  # raises to refuse a response before it
 class RangeFetcher(Protocol):
     """The seam the reader depends on; tests may pass any object with this method."""
 
-    def fetch_into(self, url_source: UrlSource, start: int, out: memoryview) -> None: ...
+    def fetch_into(self, url_source: UrlSource, start: int, out: memoryview, total: int | None = None) -> None: ...
+
+    def probe_size(self, url_source: UrlSource) -> int: ...
 
 
 class Failure(enum.Enum):
@@ -230,8 +232,10 @@ class HttpFetcher:
         self.fetch_into(url_source, start, memoryview(buf))
         return bytes(buf)
 
-    def fetch_into(self, url_source: UrlSource, start: int, out: memoryview) -> None:
-        """Fill ``out`` with bytes ``[start, start + len(out))`` or raise an ``FsError``."""
+    def fetch_into(self, url_source: UrlSource, start: int, out: memoryview, total: int | None = None) -> None:
+        """Fill ``out`` with bytes ``[start, start + len(out))`` or raise an ``FsError``. ``total``: the
+        object's size as the catalog knows it; a reply naming another size (Content-Range ``/N``, or a
+        whole-object 200) is ``Stale``: the object changed on the server."""
         if len(out) == 0:
             return
         started = self._clock()
@@ -241,7 +245,7 @@ class HttpFetcher:
         url = url_source(False)
         while True:
             try:
-                self._attempt(url, start, out, deadline)
+                self._attempt(url, start, out, deadline, total)
                 return
             except FsError:  # an answer no retry changes (gone, shorter, Range ignored, bad URL, TLS)
                 self.counters.inc("fetch.errors")
@@ -276,7 +280,7 @@ class HttpFetcher:
 
     # -- one attempt
 
-    def _attempt(self, url: str, start: int, out: memoryview, deadline: float) -> None:
+    def _attempt(self, url: str, start: int, out: memoryview, deadline: float, total: int | None = None) -> None:
         length = len(out)
         timeout_s = max(0.001, deadline - self._clock())
         self.counters.inc("fetch.requests")
@@ -284,6 +288,8 @@ class HttpFetcher:
         def accept(status: int, headers: Headers) -> None:
             self._check_status(status, headers, url)
             self._check_range(status, headers, start, length, url)
+            if total is not None:
+                self._check_total(status, headers, total, url)
 
         try:
             reply = self.transport.get(url, start, out, accept, timeout_s, self.stall_timeout_s)
@@ -323,6 +329,63 @@ class HttpFetcher:
             raise RemoteIOError(f"{redact(url)} answered an unexpected Content-Range")
         if got[1] - got[0] + 1 < length:
             raise Stale(f"{redact(url)} is shorter than expected (Content-Range ends at {got[1]})")
+
+    def _check_total(self, status: int, headers: Headers, total: int, url: str) -> None:
+        """The object's size now (Content-Range ``/N``, or a 200's Content-Length) must be ``total``."""
+        now: int | None = None
+        if status == 206:
+            now = _content_range_total(headers.get("content-range") or "")
+        else:
+            announced = headers.get("content-length")
+            now = int(announced) if announced is not None and announced.isdigit() else None
+        if now is not None and now != total:
+            self.counters.inc("fetch.size_changed")
+            raise Stale(f"{redact(url)} is now {now} bytes, not {total}: it changed on the server")
+
+    def probe_size(self, url_source: UrlSource) -> int:
+        """The object's size, from a one-byte range request (``Content-Range: bytes 0-0/N``; an empty
+        object answers 416 with ``bytes */0``): for rows whose metadata has no size."""
+        found: list[int] = []
+        url = url_source(False)
+
+        def accept(status: int, headers: Headers) -> None:
+            size = _content_range_total(headers.get("content-range") or "")
+            if status == 416 and size == 0:
+                found.append(0)
+                raise _SizeKnown
+            self._check_status(status, headers, url)
+            if status == 200:
+                announced = headers.get("content-length")
+                size = int(announced) if announced is not None and announced.isdigit() else None
+            if size is None:
+                raise RemoteIOError(f"{redact(url)} did not say how large it is")
+            found.append(size)
+
+        self.counters.inc("fetch.size_probes")
+        try:
+            self.transport.get(url, 0, memoryview(bytearray(1)), accept, self.retry_budget_s, self.stall_timeout_s)
+        except _SizeKnown:
+            pass
+        except TransportError as exc:
+            if not found:
+                raise RemoteIOError(f"cannot learn the size of {redact(url)}: {_scrub(exc.reason, url)}") from None
+        except _Refused as refused:
+            raise RemoteIOError(f"{redact(url)} refused the size probe (HTTP {refused.status})") from None
+        except _Retry as retry:
+            raise RemoteIOError(f"cannot learn the size of {redact(url)}: {retry.reason}") from None
+        if not found:
+            raise RemoteIOError(f"{redact(url)} did not say how large it is")
+        return found[0]
+
+
+class _SizeKnown(Exception):
+    """An empty object answered the size probe with 416 (``bytes */0``): the answer, not an error."""
+
+
+def _content_range_total(value: str) -> int | None:
+    """``bytes a-b/N`` or ``bytes */N`` -> N; ``/*`` or anything else -> None."""
+    _, _, total = value.strip().rpartition("/")
+    return int(total) if total.isdigit() else None
 
 
 # ---------------------------------------------------------------------------------------------- transports

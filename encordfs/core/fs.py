@@ -73,7 +73,7 @@ from encordfs.backend import (
     costs_a_call,
 )
 from encordfs.core import names, xattrs
-from encordfs.core.catalog import ROOT_INO, Catalog, Entry, Kind, Node, SyncChanges
+from encordfs.core.catalog import ROOT_INO, UNKNOWN_SIZE, Catalog, Entry, Kind, Node, SyncChanges
 from encordfs.core.journal import RowRef
 from encordfs.core.writes import WriteQueue
 from encordfs.settings import Settings, default
@@ -116,6 +116,7 @@ class Handle(Protocol):
 class Reader(Protocol):
     def open(self, content_key: str, size: int, url_source: Callable[[bool], str]) -> Handle: ...
     def open_backing(self, content_key: str, size: int, url_source: Callable[[bool], str]) -> int | None: ...
+    def probe_size(self, url_source: Callable[[bool], str]) -> int: ...
 
 
 class UrlCache(Protocol):
@@ -226,7 +227,7 @@ def _row_entry(r: RowRecord) -> Entry:
         r.title,
         r.file_type,
         r.handle,
-        0 if composite else (r.file_size or 0),
+        0 if composite else (UNKNOWN_SIZE if r.file_size is None else r.file_size),
         r.created_at,
         r.last_edited_at,
         fields,
@@ -260,7 +261,7 @@ def _child_entry(c: ChildRecord) -> Entry:
         c.title,
         _naming_mime(c),
         c.handle,
-        c.file_size or 0,
+        UNKNOWN_SIZE if c.file_size is None else c.file_size,
         c.created_at,
         c.last_edited_at,
         fields,
@@ -291,7 +292,15 @@ def _video_entry(v: ChildRecord) -> Entry:
     }
     mime = v.file_type if v.file_type and v.file_type.startswith("video/") else "video/mp4"
     return Entry(
-        Kind.CHILD, v.item_uuid, v.title, mime, v.handle, v.file_size or 0, v.created_at, v.last_edited_at, fields
+        Kind.CHILD,
+        v.item_uuid,
+        v.title,
+        mime,
+        v.handle,
+        UNKNOWN_SIZE if v.file_size is None else v.file_size,
+        v.created_at,
+        v.last_edited_at,
+        fields,
     )
 
 
@@ -412,7 +421,24 @@ class EncordFS:
         o = self.options
         if kind.is_dir:
             return Attr(ino, stat.S_IFDIR | o.dir_mode, 2, 0, mtime, mtime, o.uid, o.gid)
+        if size == UNKNOWN_SIZE:
+            size = self._learn_size(ino)
         return Attr(ino, stat.S_IFREG | o.file_mode, 1, size, mtime, mtime, o.uid, o.gid)
+
+    def _learn_size(self, ino: int) -> int:
+        """The size of a file whose metadata has none, from the object itself (a one-byte range request,
+        after signing like a read), recorded in the catalog while the row is unchanged. If the object
+        cannot be asked, 0 for now (it is asked again next time)."""
+        node = self.catalog.get(ino)
+        if node is None or not node.handle or node.size != UNKNOWN_SIZE:
+            return max(0, node.size) if node is not None else 0
+        try:
+            size = self.reader.probe_size(self._url_source(node))
+        except errors.FsError as exc:
+            log.warning("%s: its metadata has no size and the object could not be asked: %s", node.name, exc)
+            return 0
+        self.catalog.set_size(ino, size)
+        return size
 
     def _control_attr(self, ino: int) -> Attr:
         o = self.options
@@ -569,7 +595,7 @@ class EncordFS:
                 raise load.error
             raise errors.RemoteIOError(f"loading folder {ino} failed: {type(load.error).__name__}") from None
 
-    def _refresh_in_background(self, ino: int) -> None:
+    def _refresh_in_background(self, ino: int, force: bool = False) -> None:
         with self._load_locks_lock:
             if ino in self._refreshing:
                 return
@@ -579,7 +605,7 @@ class EncordFS:
             try:
                 with self._load_lock(ino):
                     loaded = self.catalog.loaded_at(ino)
-                    if loaded is None or self._is_stale(ino, loaded):
+                    if force or loaded is None or self._is_stale(ino, loaded):
                         self.refresh(ino)
                 self._refresh_errors.pop(ino, None)
             except Exception as exc:
@@ -725,6 +751,11 @@ class EncordFS:
             raise errors.ReadOnly(f"{node.name}: file contents are read-only")
         if not node.handle:
             raise errors.RemoteIOError(f"{node.name}: nothing to read from")
+        if node.size == UNKNOWN_SIZE:  # the metadata has no size: ask the object before the reader needs it
+            self._learn_size(ino)
+            node = self.node(ino)
+            if node.size == UNKNOWN_SIZE:
+                raise errors.RemoteIOError(f"{node.name}: its size is unknown and the object could not be asked")
         key, source = self._content_key(node), self._url_source(node)
         handle = self.reader.open(key, node.size, source)
         backing_fd = None
@@ -779,7 +810,15 @@ class EncordFS:
             _, handle = self._handles[fh]
         except KeyError:
             raise errors.Stale(f"file handle {fh} is not open") from None
-        return handle.read(offset, length)
+        try:
+            return handle.read(offset, length)
+        except errors.Stale:
+            # The object changed size on the server (grew or shrank): reload its folder now, so the next
+            # lookup and open see what it is; this read fails with ESTALE.
+            node = self._handles.get(fh, (None, None))[0]
+            if node is not None:
+                self._refresh_in_background(node.parent, force=True)
+            raise
 
     def release(self, fh: int) -> None:
         with self._handles_lock:

@@ -283,6 +283,10 @@ class ReadPipeline:
         self.counters.inc("reader.prefetch_parts", len(pending))
         return len(pending)
 
+    def probe_size(self, url_source: UrlSource) -> int:
+        """The object's size, asked of the server (rows whose metadata has none)."""
+        return self.fetcher.probe_size(url_source)
+
     def open_backing(self, content_key: str, size: int, url_source: UrlSource) -> int | None:
         """A read-only fd of a local file holding the whole file at its own offsets (for a FUSE
         passthrough open; the caller closes it), or None when the cache cannot give one.
@@ -401,7 +405,7 @@ class ReadPipeline:
             return
         try:
             if segment.part is None:
-                segment.finish(self._fetch(url_source, segment.start, segment.end))
+                segment.finish(self._fetch(url_source, segment.start, segment.end, layout.size_bytes))
             else:
                 self._load_part(segment, (content_key, segment.part), layout, url_source)
         except Exception as exc:
@@ -425,7 +429,7 @@ class ReadPipeline:
                 raise RemoteIOError(f"waiting for part {key[1]} timed out") from None
             return
         try:
-            data = self._fetch(url_source, segment.start, segment.end)
+            data = self._fetch(url_source, segment.start, segment.end, layout.size_bytes)
             segment.finish(data)  # readers go on before the cache write
             self.cache.put(key, data, layout, wait=segment.fill_cache)  # the disk tier only queues it
         finally:
@@ -433,9 +437,11 @@ class ReadPipeline:
                 if self._flights.get(key) is segment.future:
                     del self._flights[key]
 
-    def _fetch(self, url_source: UrlSource, start: int, end: int) -> bytearray:
+    def _fetch(self, url_source: UrlSource, start: int, end: int, total: int) -> bytearray:
+        """Bytes ``[start, end)`` of a file the catalog says is ``total`` bytes long (an object that grew
+        or shrank on the server is ``Stale``, never served cut or padded)."""
         buf = bytearray(end - start)
-        self.fetcher.fetch_into(url_source, start, memoryview(buf))
+        self.fetcher.fetch_into(url_source, start, memoryview(buf), total=total)
         return buf
 
 
