@@ -29,6 +29,8 @@ Suites (each returns a dict of figures; ``MUST_BE_ZERO`` names the ones that mus
 ``hostile_suite``      random xattr names/values/flags, path components and renames through a real
                        mount: every call returns or fails with an expected errno, the mount survives,
                        and a failed call queues nothing.
+``epoch_suite``        one epoch over a generated dataset (1M tiny rows in the full soak): every file
+                       read once; the mount's RSS must stay under ``EPOCH_RSS_LIMIT_MB`` (400).
 ``stall_suite``        Encord and the bucket stall: a first listing, a read that signs and a read
                        of a signed file each answer within ``MAX_OP_WAIT_S`` (35 s): ``max_op_wait_s``.
 ``siblings_suite``     rows deleted on the server after the listing: every other row stays readable.
@@ -81,6 +83,7 @@ OP_DEADLINE_S = 75.0  # a read may take the 30 s retry budget plus a 10 s stall;
 MUST_BE_ZERO = (
     "names_failed_loads",
     "sibling_sign_failures",
+    "epoch_read_errors",
     "stale_overwrites",
     "wrong_bytes",
     "read_errors",
@@ -609,6 +612,41 @@ def writes_suite(ws: Workspace, trials: int, seed: int = 7, files_n: int = 12) -
         "seconds": round(time.monotonic() - started, 1),
         "kill_after_s": {"min": round(min(kill_points), 3), "max": round(max(kill_points), 3)} if kill_points else {},
         "max_rss_mb": rss.max_mb,
+    }
+
+
+EPOCH_RSS_LIMIT_MB = 400.0  # a whole epoch over a 1M-row dataset: URLs, paths and writes all bounded
+
+
+def epoch_suite(root: Path, rows: int, threads: int = 8, row_bytes: int = 64) -> dict[str, Any]:
+    """One epoch over a generated dataset of ``rows`` tiny rows (every file opened and read once, by
+    ``threads`` readers), with the mount's resident memory sampled throughout (``epoch_max_rss_mb``,
+    must stay under ``EPOCH_RSS_LIMIT_MB``): nothing may grow with the number of files read."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    errors_seen = 0
+    started = time.monotonic()
+    with RunningEmulator(["--generate", f"epoch:{rows}:{row_bytes}"], data_dir=root / "epoch-emulator") as emu:
+        assert emu.key_file is not None
+        with RssSampler(interval_s=1.0) as rss, MountedFS(emu.domain, emu.key_file, root / "epoch-mount") as m:
+            rss.watch(m)
+            folder = m.path / "epoch"
+
+            def read(name: str) -> int:
+                try:
+                    with open(folder / name, "rb") as f:
+                        return len(f.read())
+                except OSError:
+                    return -1
+
+            with ThreadPoolExecutor(threads) as pool:
+                sizes = list(pool.map(read, os.listdir(folder), chunksize=256))
+            errors_seen = sum(1 for n in sizes if n != row_bytes)
+    return {
+        "epoch_rows": rows,
+        "epoch_read_errors": errors_seen,
+        "epoch_seconds": round(time.monotonic() - started, 1),
+        "epoch_max_rss_mb": rss.max_mb,
     }
 
 

@@ -30,3 +30,10 @@ def test_a_stalled_service_never_holds_an_operation_past_35_s(tmp_path: Path) ->
         figures = suites.stall_suite(ws)
     assert figures["hangs"] == 0 and figures["max_op_wait_s"] <= suites.MAX_OP_WAIT_S, figures
     assert all(not k.endswith(": ok") for k in figures["stall_outcomes"]), figures  # each one failed: EIO
+
+
+def test_an_epoch_keeps_the_mounts_memory_bounded(tmp_path: Path) -> None:
+    """The soak's epoch over 1M rows, small: every file read once, no read error, RSS under the limit."""
+    figures = suites.epoch_suite(tmp_path, rows=3000)
+    assert figures["epoch_read_errors"] == 0, figures
+    assert figures["epoch_max_rss_mb"] <= suites.EPOCH_RSS_LIMIT_MB, figures

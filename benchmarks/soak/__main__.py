@@ -20,7 +20,7 @@ from typing import Any
 from harness import scenarios as suites
 from harness.scenarios import GiB, MiB
 
-SUITES = ("hostile", "writes", "network", "bytes", "concurrency")
+SUITES = ("hostile", "writes", "network", "bytes", "concurrency", "epoch")
 SIZES = {
     # mode: workspace spec, bytes to read, kill trials, concurrency seconds, hostile cases
     "quick": dict(
@@ -30,6 +30,7 @@ SIZES = {
         seconds=20.0,
         cases=300,
         name_rounds=4,
+        epoch_rows=100_000,
     ),
     "full": dict(
         spec=suites.WorkspaceSpec(large_rows=1300, large_bytes=8 * MiB + 4321),
@@ -38,6 +39,7 @@ SIZES = {
         seconds=60.0,
         cases=1000,
         name_rounds=12,
+        epoch_rows=1_000_000,
     ),
 }
 HEADLINE = (
@@ -61,6 +63,8 @@ HEADLINE = (
     "network_eio_worst_s",
     "network_recovered_s",
     "max_op_wait_s",
+    "epoch_rows",
+    "epoch_max_rss_mb",
     "network_failures",
 )
 
@@ -130,6 +134,8 @@ def _run(name: str, ws: suites.Workspace, size: dict[str, Any]) -> dict[str, Any
             **suites.names_suite(ws, rounds=size["name_rounds"]),
             **suites.siblings_suite(ws),
         }
+    if name == "epoch":
+        return suites.epoch_suite(ws.root, rows=size["epoch_rows"])
     return suites.concurrency_suite(ws, duration_s=size["seconds"])
 
 
@@ -164,6 +170,10 @@ def _headline(details: dict[str, Any], faults: int) -> dict[str, Any]:
     figures["network_eio_worst_s"] = network.get("network_eio_worst_s")
     figures["network_recovered_s"] = network.get("network_recovered_s")
     figures["max_op_wait_s"] = network.get("max_op_wait_s")
+    epoch = details.get("epoch", {})
+    figures["epoch_rows"] = epoch.get("epoch_rows")
+    figures["epoch_max_rss_mb"] = epoch.get("epoch_max_rss_mb")
+    figures["epoch_read_errors"] = epoch.get("epoch_read_errors", 0)
     return figures
 
 
@@ -177,6 +187,8 @@ def _problems(figures: dict[str, Any], size: dict[str, Any], chosen: list[str]) 
         problems.append("no fault was injected")
     if (figures.get("max_op_wait_s") or 0) > suites.MAX_OP_WAIT_S:
         problems.append(f"max_op_wait_s {figures['max_op_wait_s']} over {suites.MAX_OP_WAIT_S}")
+    if (figures.get("epoch_max_rss_mb") or 0) > suites.EPOCH_RSS_LIMIT_MB:
+        problems.append(f"epoch_max_rss_mb {figures['epoch_max_rss_mb']} over {suites.EPOCH_RSS_LIMIT_MB}")
     if figures["max_rss_mb"] > suites.RSS_LIMIT_MB:
         problems.append(f"max_rss_mb {figures['max_rss_mb']} over {suites.RSS_LIMIT_MB}")
     return problems
