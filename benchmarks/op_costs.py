@@ -1,12 +1,14 @@
 """Where a small-file read spends its time: wall time and mount-process CPU per FUSE operation.
 
-``benchmarks/op_costs.py [ROWS]`` (default 5,000) generates ROWS × 100 KiB rows in the emulator,
-reads them once through a mount (filling the disk block cache), remounts on the same cache dir and
-then, one operation kind at a time and single-threaded: ``stat`` of each file (a LOOKUP each),
-``stat`` again (kernel cache), ``open``+``close``, ``open``+``read``+``close`` (a READ served from
-the disk block cache) and the same again (kernel page cache, ``keep_cache``). Prints microseconds
-per file: wall, and the mount process's user+system CPU from ``/proc/PID/stat``. Pass mount options
-after ROWS (e.g. ``--binding kernel``, ``--binding mfusepy``) to compare the bindings.
+``benchmarks/op_costs.py [ROWS] [MOUNT OPTIONS...]`` (default 5,000 rows) generates ROWS × 100 KiB rows
+in the emulator, reads them once through a mount (filling the disk cache), remounts on the same cache
+dir and then, one operation kind at a time and single-threaded: ``stat`` of each file (a LOOKUP each),
+``stat`` again (kernel cache), ``open``+``close``, ``open``+``read``+``close`` (served from the disk
+cache: by the mount, or by the kernel itself through passthrough) and the same again (kernel page
+cache). Prints microseconds per file: wall, and the mount process's user+system CPU from
+``/proc/PID/stat``. Pass mount options after ROWS (``--binding kernel``, ``--binding mfusepy``,
+``--no-passthrough``) to compare. ``measure`` is what ``benchmarks/bench.py`` runs for its ``op_*``
+figures.
 """
 
 from __future__ import annotations
@@ -24,21 +26,56 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness.emulator import RunningEmulator  # noqa: E402
 from harness.mount import MountedFS  # noqa: E402
 
+STEPS = ("lookup", "stat_cached", "open_close", "read_cached", "read_page_cache")
+LABELS = {
+    "lookup": "lookup (stat)",
+    "stat_cached": "stat, kernel cache",
+    "open_close": "open+close",
+    "read_cached": "open+read, disk cache",
+    "read_page_cache": "open+read, page cache",
+}
+
 
 def cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def main() -> None:
-    rows = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
-    extra = sys.argv[2:]
-    work = Path(tempfile.mkdtemp(prefix="op-costs-"))
+def _open_close(p: str) -> None:
+    os.close(os.open(p, os.O_RDONLY))
+
+
+def _open_read_close(p: str) -> None:
+    fd = os.open(p, os.O_RDONLY)
     try:
-        with RunningEmulator(["--generate", f"ops:{rows}:102400"]) as emu:
+        os.read(fd, 1 << 20)
+    finally:
+        os.close(fd)
+
+
+OPS: dict[str, Callable[[str], object]] = {
+    "lookup": os.stat,
+    "stat_cached": os.stat,
+    "open_close": _open_close,
+    "read_cached": _open_read_close,
+    "read_page_cache": _open_read_close,
+}
+
+
+def measure(
+    rows: int, extra: list[str], emu: RunningEmulator | None = None, show: bool = False
+) -> dict[str, tuple[float, float]]:
+    """Step -> (wall µs, mount CPU µs) per file, for a mount with ``extra`` options."""
+    work = Path(tempfile.mkdtemp(prefix="op-costs-"))
+    out: dict[str, tuple[float, float]] = {}
+    try:
+        own = emu is None
+        if emu is None:
+            emu = RunningEmulator(["--generate", f"ops:{rows}:102400"]).__enter__()
+        try:
             assert emu.key_file is not None
             with MountedFS(emu.domain, emu.key_file, work, *extra) as m:
-                names = sorted(os.listdir(m.path / "ops"))
+                names = sorted(os.listdir(m.path / "ops"))[:rows]
                 for name in names:
                     (m.path / "ops" / name).read_bytes()
             with MountedFS(emu.domain, emu.key_file, work, *extra) as m:
@@ -46,34 +83,28 @@ def main() -> None:
                 pid = m.proc.pid
                 paths = [str(m.path / "ops" / n) for n in names]
                 os.stat(paths[0])  # loads the folder
-
-                def step(label: str, op: Callable[[str], object]) -> None:
+                for step in STEPS:
                     c0, t0 = cpu_s(pid), time.perf_counter()
                     for p in paths:
-                        op(p)
+                        OPS[step](p)
                     wall, cpu = time.perf_counter() - t0, cpu_s(pid) - c0
-                    print(
-                        f"{label:<22} wall {wall / rows * 1e6:7.0f} us   mount cpu {cpu / rows * 1e6:7.0f} us",
-                        flush=True,
-                    )
-
-                def open_close(p: str) -> None:
-                    os.close(os.open(p, os.O_RDONLY))
-
-                def open_read_close(p: str) -> None:
-                    fd = os.open(p, os.O_RDONLY)
-                    try:
-                        os.read(fd, 1 << 20)
-                    finally:
-                        os.close(fd)
-
-                step("lookup (stat)", os.stat)
-                step("stat, kernel cache", os.stat)
-                step("open+close", open_close)
-                step("open+read, disk cache", open_read_close)
-                step("open+read, page cache", open_read_close)
+                    out[step] = (wall / len(paths) * 1e6, cpu / len(paths) * 1e6)
+                    if show:
+                        print(
+                            f"{LABELS[step]:<22} wall {out[step][0]:7.0f} us   mount cpu {out[step][1]:7.0f} us",
+                            flush=True,
+                        )
+        finally:
+            if own:
+                emu.__exit__(None, None, None)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def main() -> None:
+    rows = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
+    measure(rows, sys.argv[2:], show=True)
 
 
 if __name__ == "__main__":
