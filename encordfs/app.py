@@ -4,6 +4,12 @@ The CLI, the fsspec filesystem and tests build mounts through ``build``; nothing
 backend, catalog, signed-URL cache, block caches and reader together, so each piece stays
 replaceable. ``Mount.control_handlers`` are what the control socket (``encordfs.control.Server``)
 answers: status, flush, refresh, stop.
+
+Cluster mode (``settings.shared``; ``encordfs.cluster``) wraps four seams and nothing else: the
+backend (shared signing), the block cache (a shared tier behind the local ones, ``--shared-blocks``),
+the core's ``FolderLoader`` (shared listings) and the write queue's ``on_landed`` (landed writes
+published; other nodes' applied by a subscriber). It needs the account's key fingerprint
+(``account_id``) for its key namespace.
 """
 
 from __future__ import annotations
@@ -14,11 +20,11 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from encordfs import errors
 from encordfs.backend import Backend
-from encordfs.core.blockcache import DiskBlockCache, MemoryBlockCache, TieredBlockCache
+from encordfs.core.blockcache import BlockCache, DiskBlockCache, MemoryBlockCache, TieredBlockCache
 from encordfs.core.catalog import Catalog
 from encordfs.core.counters import Counters
 from encordfs.core.fetch import HttpFetcher
@@ -27,6 +33,9 @@ from encordfs.core.reader import ReadPipeline
 from encordfs.core.urls import SignedUrlCache
 from encordfs.core.writes import QueueConfig, WriteQueue
 from encordfs.settings import Settings
+
+if TYPE_CHECKING:
+    from encordfs.cluster import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -82,17 +91,26 @@ class Mount:
         self._closers.clear()
 
 
-def build(backend: Backend, settings: Settings) -> Mount:
+def build(backend: Backend, settings: Settings, *, account_id: str | None = None) -> Mount:
+    """``account_id``: the Encord account's key fingerprint (``SdkBackend.account_id``), needed by
+    ``--shared`` to keep each account's data apart in Redis."""
     cache_dir = prepare_cache_dir(settings.cache_path)
     counters = Counters()
     closers: list[Callable[[], None]] = []
     mount = Mount(None, counters, cache_dir, closers, flush_timeout_s=settings.unmount_flush_timeout_s)  # type: ignore[arg-type]
+    cluster = None
     try:
+        if settings.shared:
+            cluster = _cluster(settings, account_id, counters, cache_dir)
+            closers.append(cluster.close)
+            backend = cluster.backend(backend)
         disk = DiskBlockCache(
             cache_dir / "blocks", settings.cache_size, settings.cache_min_free_bytes, counters=counters
         )
         closers.append(disk.close)
-        cache = TieredBlockCache(MemoryBlockCache(settings.memory_cache_bytes, counters=counters), disk)
+        cache: BlockCache = TieredBlockCache(MemoryBlockCache(settings.memory_cache_bytes, counters=counters), disk)
+        if cluster is not None:
+            cache = cluster.block_tier(cache)
         catalog = Catalog(cache_dir / "catalog.sqlite")
         closers.append(catalog.close)
         urls = SignedUrlCache(backend.sign, counters=counters)
@@ -109,7 +127,7 @@ def build(backend: Backend, settings: Settings) -> Mount:
                 cache_dir / "journal.sqlite",
                 backend.push,
                 config=queue_config,
-                on_landed=lambda outcomes: _landed(catalog, outcomes),
+                on_landed=lambda outcomes: _landed(catalog, outcomes, cluster),
             )
             closers.append(lambda: _close_writes(writes, mount.flush_timeout_s))
         options = Options.from_settings(settings)
@@ -124,9 +142,14 @@ def build(backend: Backend, settings: Settings) -> Mount:
                 "counters": counters.snapshot(),
                 "cache_dir": str(cache_dir),
                 "sign_refusals": urls.failures(),
+                **({"shared": cluster.status()} if cluster is not None else {}),
             },
+            loader=cluster.folder_loader(catalog) if cluster is not None else None,
         )
         closers.append(fs.close)
+        if cluster is not None:
+            queue = writes
+            cluster.start_feed(catalog, (lambda uid, title: queue.view(uid, None, title)[1]) if queue else None)
     except BaseException:
         for close in reversed(closers):
             close()
@@ -136,10 +159,26 @@ def build(backend: Backend, settings: Settings) -> Mount:
     return mount
 
 
-def _landed(catalog: Catalog, outcomes: list[Any]) -> None:
+def _cluster(settings: Settings, account_id: str | None, counters: Counters, cache_dir: Path) -> Cluster:
+    if not account_id:
+        raise errors.InvalidValue("--shared: this mount has no account fingerprint to keep its data apart in Redis")
+    from encordfs.cluster import Cluster
+
+    cluster = Cluster(settings, account_id, counters, cache_dir)
+    try:
+        cluster.connect()
+    except BaseException:
+        cluster.close()
+        raise
+    return cluster
+
+
+def _landed(catalog: Catalog, outcomes: list[Any], cluster: Cluster | None = None) -> None:
     catalog.set_rows_state(
         [(o.row_uid, dict(o.metadata) if o.metadata is not None else None, o.title) for o in outcomes if o.ok]
     )
+    if cluster is not None:
+        cluster.landed(outcomes)
 
 
 def _close_writes(writes: WriteQueue, timeout_s: float) -> None:

@@ -81,6 +81,32 @@ CONTROL_XATTR_FLUSH = CONTROL_XATTR_PREFIX + "flush"
 ERROR_FIELD = "error"
 
 
+@dataclass(frozen=True, slots=True)
+class FolderLoad:
+    """One load of the root (``key`` ``"root"``) or of a dataset folder (``key``: its uid), as a
+    ``FolderLoader`` gets it."""
+
+    ino: int
+    key: str
+    # The plain load, Encord → catalog; returns the seconds it took. Called at most once per load.
+    from_encord: Callable[[], float]
+    # The user asked for Encord's state now (``encordfs refresh``), not a TTL refresh.
+    force: bool
+    # What a load applies to each entry before the catalog syncs it (a queued rename's title).
+    adjust: Callable[[Entry], Entry]
+
+
+class FolderLoader(Protocol):
+    """Where the root's and dataset folders' listings come from when a mount shares them with other
+    mounts (cluster mode, ``encordfs.cluster``); without one, every load asks Encord."""
+
+    def load(self, job: FolderLoad) -> float | None:
+        """Bring the catalog folder up to date: with ``job.from_encord()``, or another way (then the
+        loader stamps the folder's load time itself). Returns what a load from Encord of this folder
+        costs, seconds (the background-refresh floor, ``REFRESH_COST_FACTOR``), or None if unknown."""
+        ...
+
+
 class Handle(Protocol):
     def read(self, offset: int, length: int) -> bytes | memoryview: ...
     def close(self) -> None: ...
@@ -327,8 +353,10 @@ class EncordFS:
         clock: Callable[[], float] = time.time,
         writes: WriteQueue | None = None,
         status_extra: Callable[[], dict[str, Any]] | None = None,
+        loader: FolderLoader | None = None,
     ) -> None:
         self.backend = backend
+        self.loader = loader
         self.writes = writes
         self.status_extra = status_extra
         self.catalog = catalog
@@ -463,7 +491,7 @@ class EncordFS:
             return stale
         with self._load_lock(ino):
             if self.catalog.loaded_at(ino) is None:  # another thread may have loaded it meanwhile
-                self.refresh(ino)
+                self.refresh(ino, force=False)
         return False
 
     def _refresh_in_background(self, ino: int) -> None:
@@ -477,7 +505,7 @@ class EncordFS:
                 with self._load_lock(ino):
                     loaded = self.catalog.loaded_at(ino)
                     if loaded is None or self._is_stale(ino, loaded):
-                        self.refresh(ino)
+                        self.refresh(ino, force=False)
             except errors.FsError as exc:
                 log.warning("background refresh failed, serving the old listing: %s", exc)
             except Exception:
@@ -501,22 +529,38 @@ class EncordFS:
             raise errors.InvalidValue(f"{path}: refresh a folder, not a file")
         self.refresh(ino)
 
-    def refresh(self, ino: int) -> None:
-        """Load a folder from Encord now, whatever its age."""
-        now = self.clock()
+    def refresh(self, ino: int, *, force: bool = True) -> None:
+        """Load a folder now, whatever its age: from Encord, or (with a ``FolderLoader``) from what
+        another mount loaded, unless ``force`` (the user asked for Encord's current state)."""
         if ino == ROOT_INO:
-            self.catalog.sync_children(ROOT_INO, (_dataset_entry(d) for d in self.backend.list_datasets()), now)
+            self._load(ROOT_INO, "root", self._load_root, force)
             return
         node = self.node(ino)
         if node.kind == Kind.DATASET:
-            self.catalog.sync_children(
-                ino, (self._with_queued_title(_row_entry(r)) for r in self.backend.iter_rows(node.uid)), now
-            )
-            self._load_seconds[ino] = max(0.0, self.clock() - now)
+            seconds = self._load(ino, node.uid, functools.partial(self._load_rows, node), force)
+            if seconds is not None:
+                self._load_seconds[ino] = seconds
         elif node.kind == Kind.GROUP:
             self._load_groups(node.parent, first=node)
         else:
             raise errors.NotADirectory(node.name)
+
+    def _load(self, ino: int, key: str, from_encord: Callable[[], float], force: bool) -> float | None:
+        if self.loader is None:
+            return from_encord()
+        return self.loader.load(FolderLoad(ino, key, from_encord, force, self._with_queued_title))
+
+    def _load_root(self) -> float:
+        now = self.clock()
+        self.catalog.sync_children(ROOT_INO, (_dataset_entry(d) for d in self.backend.list_datasets()), now)
+        return max(0.0, self.clock() - now)
+
+    def _load_rows(self, node: Node) -> float:
+        now = self.clock()
+        self.catalog.sync_children(
+            node.ino, (self._with_queued_title(_row_entry(r)) for r in self.backend.iter_rows(node.uid)), now
+        )
+        return max(0.0, self.clock() - now)
 
     def _with_queued_title(self, entry: Entry) -> Entry:
         """A row renamed by the user keeps its new name while the rename is queued or just landed."""
