@@ -150,7 +150,7 @@ class SharedFolders:
         counters: Counters,
         work_dir: Path,
         metadata_ttl_s: float,
-        adopt_min_rows: int = ADOPT_MIN_ROWS,
+        adopt_min_rows: int | None = None,
         on_image: Callable[[float], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -160,7 +160,7 @@ class SharedFolders:
         self.counters = counters
         self.work_dir = work_dir
         self.metadata_ttl_s = metadata_ttl_s
-        self.adopt_min_rows = adopt_min_rows
+        self.adopt_min_rows = ADOPT_MIN_ROWS if adopt_min_rows is None else adopt_min_rows
         self.on_image = on_image  # called with the image's load time after one is taken (landed catch-up)
         self.clock = clock
         self._have: dict[int, str] = {}  # folder ino -> the version this node holds

@@ -85,6 +85,7 @@ class RedisLink:
         }
         if password is not None and not urlsplit(url).password:
             kwargs["password"] = password
+        self._has_password = bool(urlsplit(url).password) or password is not None
         if ca_file and url.startswith("rediss://"):
             kwargs["ssl_ca_certs"] = ca_file
         self._client = redis.Redis.from_url(url, **kwargs)
@@ -97,19 +98,18 @@ class RedisLink:
 
     def connect(self) -> None:
         """PING once; a Redis that cannot be used is one line (``errors.FsError``), never a traceback."""
+        wants = (
+            f"Redis at {self.where} wants a password: put it in the --shared URL (redis://:PASSWORD@HOST:PORT/DB) "
+            "or in ENCORDFS_REDIS_PASSWORD"
+        )
+        refused = f"Redis at {self.where} refused the password (from the --shared URL or ENCORDFS_REDIS_PASSWORD)"
         try:
             self._client.ping()
         except redis.AuthenticationError:
-            raise errors.AuthError(
-                f"Redis at {self.where} refused the password (from the --shared URL or ENCORDFS_REDIS_PASSWORD)"
-            ) from None
+            raise errors.AuthError(refused if self._has_password else wants) from None
         except redis.ResponseError as exc:
-            text = str(exc).upper()
-            if "NOAUTH" in text or "WRONGPASS" in text or "AUTH" in text:
-                raise errors.AuthError(
-                    f"Redis at {self.where} wants a password: put it in the --shared URL "
-                    "(redis://:PASSWORD@HOST:PORT/DB) or in ENCORDFS_REDIS_PASSWORD"
-                ) from None
+            if "AUTH" in str(exc).upper():
+                raise errors.AuthError(refused if self._has_password else wants) from None
             raise errors.Unavailable(f"Redis at {self.where} refused PING ({_first_word(exc)})") from None
         except redis.TimeoutError:
             raise errors.Unavailable(f"Redis at {self.where} did not answer within {self._timeout_s:g} s") from None

@@ -119,6 +119,10 @@ class SharedBackend:
                 return
             ours = self._lease(missing)
             if ours:
+                # Another node may have published these and dropped its leases between our MGET and our
+                # SETs: look once more before signing.
+                ours = self._recheck(ours, out)
+            if ours:
                 self._sign_ours(ours, out)
             pending = [h for h in missing if h not in out]
             if not pending:
@@ -138,6 +142,17 @@ class SharedBackend:
             lambda p: [p.set(self.keys.url_lease(h), token, nx=True, px=LEASE_MS) for h in handles]
         )
         return [h for h, ok in zip(handles, got) if ok]
+
+    def _recheck(self, ours: list[str], out: Signed) -> list[str]:
+        found = self.link.run(lambda r: r.mget([self.keys.url(h) for h in ours]))
+        late = {h: url for h, raw in zip(ours, found) if (url := _url(raw)) is not None and not self._seen(h, url)}
+        if late:
+            for handle, url in late.items():
+                out[handle] = url
+                self._remember(handle, url)
+            self.counters.inc("shared.url_hits", len(late))
+            self._drop_leases(list(late))
+        return [h for h in ours if h not in late]
 
     def _from_redis(self, pending: list[str], out: Signed) -> list[str]:
         """Answer what Redis holds; returns the handles still missing (a URL this node already got and
