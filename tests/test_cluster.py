@@ -4,6 +4,7 @@ every node); bytes come from a fetcher that counts origin requests per node."""
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -195,6 +196,22 @@ def test_each_url_is_signed_once_per_cluster(nodes: Callable[..., Node], encord:
     assert not errors_seen
     assert encord.calls["sign"] == 1  # 30 files, one bulk call, for three nodes
     assert sum(n.counter("shared.url_hits") for n in many) >= 2 * ROWS
+
+
+def test_nodes_reading_in_different_orders_sign_the_same_windows(nodes: Callable[..., Node], encord: FreshUrls) -> None:
+    encord.add_dataset(DatasetRecord("ds2", "many", "d", 1e9, 1e9, 0, "folder2", "admin"))
+    for i in range(2500):
+        encord.add_row(row_record(f"m{i:05d}", "ds2", f"m{i:05d}.jpg", b"m"), b"m")
+    many = [nodes(name) for name in "abc"]
+    files = [f"/many/m{i:05d}.jpg" for i in range(2500)]
+    for seed, node in enumerate(many):
+        node.names("/many")
+        order = files[:]
+        random.Random(seed).shuffle(order)
+        for path in order[:400]:
+            assert node.read(path) == b"m"
+    assert encord.calls["sign"] == 3  # one per window of 1,000 files, whatever the order or the node
+    assert encord.calls["get_dataset"] == 1
 
 
 def test_a_refused_url_is_signed_again_not_served_again(nodes: Callable[..., Node], encord: FreshUrls) -> None:

@@ -426,6 +426,13 @@ class Catalog:
         )
         return [(int(i), str(u)) for i, u in rows]
 
+    def first_ino(self, parent: int) -> int | None:
+        """The smallest inode among a folder's children (where its listing starts)."""
+        if (a := self._adopted.get(parent)) is not None:
+            return a.base  # an image's ord 0 is its exporter's smallest inode
+        row = self._one("SELECT MIN(ino) FROM nodes WHERE parent=?", (parent,))
+        return None if row is None or row[0] is None else int(row[0])
+
     def groups(self, parent: int) -> list[Node]:
         if (a := self._adopted.get(parent)) is not None:
             return [a.node(r) for r in a.image.groups()]

@@ -154,12 +154,15 @@ class Options:
     max_metadata_bytes: int = default("max_metadata_bytes")  # larger metadata is refused with E2BIG
     # How long fsync on a file waits for its row's queued changes to land before failing with EIO.
     fsync_timeout_s: float = 30.0
+    # Sign fixed windows of a folder rather than "this file and the next 999" (``_sign_siblings``): on in
+    # cluster mode, where nodes reading in different orders must ask for the same batches.
+    aligned_signing: bool = False
 
     @classmethod
     def from_settings(cls, s: Settings) -> Options:
         uid, gid = s.owner
         return cls(uid=uid, gid=gid, metadata_ttl_s=s.metadata_ttl, file_mode=s.file_mode, dir_mode=s.dir_mode,
-                   max_metadata_bytes=s.max_metadata_bytes)  # fmt: skip
+                   max_metadata_bytes=s.max_metadata_bytes, aligned_signing=bool(s.shared))  # fmt: skip
 
 
 def iso(ts: float | None) -> str | None:
@@ -694,10 +697,19 @@ class EncordFS:
 
     def _sign_siblings(self, node: Node) -> None:
         """Sign ``node`` and up to 999 unsigned files after it in its folder, in one call (legacy rows
-        left out: each would cost a call of its own)."""
+        left out: each would cost a call of its own). With ``Options.aligned_signing``, the unsigned
+        files of ``node``'s window instead: inode offsets ``[k·1000, (k+1)·1000)`` from the folder's first
+        inode, the same windows on every node that took the folder from the same published listing,
+        so nodes reading in different orders still ask for the same batches (``encordfs.cluster``)."""
         item = node.handle
         assert item is not None
-        siblings = self.catalog.file_items(node.parent, after_ino=node.ino, limit=BULK_LIMIT * 4)
+        if self.options.aligned_signing:
+            first = self.catalog.first_ino(node.parent) or node.ino
+            start = first + (node.ino - first) // BULK_LIMIT * BULK_LIMIT
+            window = self.catalog.file_items(node.parent, after_ino=start, limit=BULK_LIMIT)
+            siblings = [(ino, u) for ino, u in window if ino < start + BULK_LIMIT]
+        else:
+            siblings = self.catalog.file_items(node.parent, after_ino=node.ino, limit=BULK_LIMIT * 4)
         unsigned = [
             u
             for _, u in siblings
