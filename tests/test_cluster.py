@@ -360,3 +360,18 @@ def test_refreshes_follow_the_ttl_cluster_wide(nodes: Callable[..., Node], encor
     assert encord.calls["get_dataset"] == 2
     b.fs.refresh(b.fs.resolve("/street"))  # encordfs refresh: Encord now, whatever the cluster has
     assert encord.calls["get_dataset"] == 3
+
+
+def test_the_redis_url_and_password_reach_a_detached_mount_by_its_environment_only() -> None:
+    from encordfs.settings import mount_argv, mount_env
+
+    settings = resolve({"shared": "redis://:pw@r:6379/1", "shared_blocks": True, "redis_password": "other"})
+    argv = mount_argv(settings, Path("/mnt/x"))
+    assert "--shared-blocks" in argv and not any("pw" in a or "redis" in a for a in argv)
+    assert mount_env(settings) == {"ENCORDFS_SHARED": "redis://:pw@r:6379/1", "ENCORDFS_REDIS_PASSWORD": "other"}
+    assert "pw" not in repr(settings.redis_password)
+    with pytest.raises(errors.InvalidValue, match="--shared-blocks needs --shared"):
+        resolve({"shared_blocks": True})
+    with pytest.raises(errors.InvalidValue, match=r"^--shared: must be a redis://") as bad:
+        resolve({"shared": "http://:secret@r:6379/0"})
+    assert "secret" not in str(bad.value)

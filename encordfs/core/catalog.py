@@ -172,8 +172,13 @@ CREATE TABLE IF NOT EXISTS state(key TEXT PRIMARY KEY, value);
 """
 
 
+# Kind by value without the enum's lookup (0.9 µs a call; a listing converts every entry's kind).
+KINDS = tuple(Kind)
+assert all(k.value == i for i, k in enumerate(KINDS))
+
+
 def _node(row: tuple[Any, ...]) -> Node:
-    return Node(row[0], row[1], Kind(row[2]), *row[3:])
+    return Node(row[0], row[1], KINDS[row[2]], *row[3:])
 
 
 # One encoder for every row: ``json.dumps`` with options builds a new encoder per call (a third of
@@ -463,11 +468,11 @@ class Catalog:
         if (a := self._adopted.get(parent)) is not None:
             base = a.base
             listed = a.image.listing(max(-1, after_ino - base))
-            return ((o + base, name, Kind(kind), size, mtime) for o, name, kind, size, mtime in listed)
+            return ((o + base, name, KINDS[kind], size, mtime) for o, name, kind, size, mtime in listed)
         rows = self._stream(
             "SELECT ino, name, kind, size, mtime FROM nodes WHERE parent=? AND ino>? ORDER BY ino", (parent, after_ino)
         )
-        return ((r[0], r[1], Kind(r[2]), r[3], r[4]) for r in rows)
+        return ((r[0], r[1], KINDS[r[2]], r[3], r[4]) for r in rows)
 
     def loaded_at(self, ino: int) -> float | None:
         cached = self._loaded.get(ino)

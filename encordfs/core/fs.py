@@ -18,6 +18,12 @@ its folder beside the frames. A group whose members cannot be listed is an empty
 its own and is signed alone (never with siblings: each would be a call). Nodes carry the backend's
 *handle* (``encordfs.backend``): a storage item uuid, or a legacy key.
 
+Shared loads (cluster mode): with a ``FolderLoader`` (``encordfs.cluster``), the root's and dataset
+folders' loads go through it: it may fill the catalog folder from what another mount published
+instead of calling Encord (``FolderLoad.from_encord`` is the plain load, called at most once), and
+``Options.aligned_signing`` makes sibling signing ask for fixed windows of a folder, the same on every
+node. Group members are always listed here.
+
 Paths: the adapter is path-based, so every call resolves a path; ``PathCache`` keeps path → inode
 for 64k paths and is dropped whenever the catalog's ``version`` moves (a child inserted, deleted or
 renamed by a refresh or a rename). A hit still runs the parent folder's TTL check, so caching never
@@ -38,7 +44,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from encordfs import errors
 from encordfs.backend import (
@@ -124,8 +130,10 @@ class UrlCache(Protocol):
     def source(self, item_id: str) -> Callable[[bool], str]: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Attr:
+class Attr(NamedTuple):
+    """What ``stat`` shows. A NamedTuple: a listing builds one per entry, and a frozen dataclass cost
+    three times as much to build (2.1 µs against 0.65 µs here: 1.5 s of a 1M-entry ``ls``)."""
+
     ino: int
     mode: int
     nlink: int
