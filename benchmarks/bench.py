@@ -401,6 +401,9 @@ class Bench:
 
     def phase_cluster(self) -> None:
         s = self.sizes
+        busy = machine_busy_fraction()
+        self.fig.setdefault("machine_busy_before", busy)
+        self.notes.append(f"cluster: the machine was {busy:.0%} busy (other processes) when the phase started")
         log(f"cluster: {s.cluster_files} × 100 KiB read by 1 node, then by {s.cluster_nodes} nodes sharing one Redis")
         size = 100 * 1024
         emu = infra.start_emulator(

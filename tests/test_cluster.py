@@ -375,3 +375,33 @@ def test_the_redis_url_and_password_reach_a_detached_mount_by_its_environment_on
     with pytest.raises(errors.InvalidValue, match=r"^--shared: must be a redis://") as bad:
         resolve({"shared": "http://:secret@r:6379/0"})
     assert "secret" not in str(bad.value)
+
+
+def test_a_node_that_dies_holding_a_lease_loses_it_and_another_takes_over(
+    nodes: Callable[..., Node], encord: FreshUrls, redis_server: RunningRedis
+) -> None:
+    a = nodes("a")
+    keys = a.mount.fs.loader.keys  # type: ignore[union-attr]
+    r = redis_server.client()
+    # a dead node's leases: on the dataset's load, and on signing one file; they expire in 1.5 s
+    r.set(keys.folder_lease("ds1"), "dead", px=1500)
+    t0 = time.monotonic()
+    assert len(a.names()) == ROWS
+    assert time.monotonic() - t0 >= 1.0 and encord.calls["get_dataset"] == 1
+    assert a.counter("shared.leases_waited") >= 1 and a.counter("shared.leases_taken") >= 1
+    handle = a.fs.node(a.fs.resolve("/street/img000.jpg")).handle
+    r.set(keys.url_lease(handle), "dead", px=1500)
+    assert a.read("/street/img000.jpg") == bytes([0]) * 100
+    assert encord.calls["sign"] >= 1
+
+
+def test_a_flushed_redis_is_a_cold_cache_not_an_error(
+    nodes: Callable[..., Node], encord: FreshUrls, redis_server: RunningRedis
+) -> None:
+    a = nodes("a", shared_blocks=True)
+    a.names()
+    _published(a, 2)
+    redis_server.client().flushall()
+    b = nodes("b", shared_blocks=True)
+    assert b.names() == a.names() and b.read("/street/img005.jpg") == bytes([5]) * 105
+    assert encord.calls["get_dataset"] == 2 and b.counter("shared.degraded_events") == 0

@@ -46,7 +46,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from encordfs import errors
 from encordfs.backend import Backend, PushOutcome
@@ -54,6 +54,9 @@ from encordfs.core.blockcache import BlockCache
 from encordfs.core.catalog import Catalog
 from encordfs.core.counters import Counters
 from encordfs.settings import Settings
+
+if TYPE_CHECKING:
+    from encordfs.cluster.blocks import SharedBlockCache
 
 __all__ = ["Cluster"]
 
@@ -85,7 +88,7 @@ class Cluster:
         self.work_dir = cache_dir / "shared"
         self.feed = landed.LandedFeed(self.link, self.keys, counters, landed.node_id())
         self._folders: Any = None
-        self._blocks: BlockCache | None = None
+        self._blocks: SharedBlockCache | None = None
 
     def connect(self) -> None:
         """Reach Redis now, or fail with one line (a mount told to share must not start alone)."""
@@ -138,4 +141,6 @@ class Cluster:
         self.feed.close()
         if self._folders is not None:
             self._folders.close()
+        if self._blocks is not None:
+            self._blocks.stop()  # the local tiers are closed by the mount
         self.link.close()

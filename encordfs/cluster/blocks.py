@@ -106,13 +106,17 @@ class SharedBlockCache:
         with self._cond:
             return self._cond.wait_for(lambda: not self._queue and self._backlog_bytes == 0, timeout_s)
 
-    def close(self) -> None:
+    def stop(self) -> None:
+        """Stop publishing (what is queued is dropped); the local tiers stay open."""
         with self._cond:
             self._closing = True
             self._queue.clear()
             self._backlog_bytes = 0
             self._cond.notify_all()
         self._writer.join(5)
+
+    def close(self) -> None:
+        self.stop()
         self.local.close()
 
     # -- reading
