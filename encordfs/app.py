@@ -150,6 +150,7 @@ def build(backend: Backend, settings: Settings, *, account_id: str | None = None
         if cluster is not None:
             queue = writes
             cluster.start_feed(catalog, (lambda uid, title: queue.view(uid, None, title)[1]) if queue else None)
+            closers.append(cluster.stop_feed)  # closers run last first: the feed stops before the catalog closes
     except BaseException:
         for close in reversed(closers):
             close()

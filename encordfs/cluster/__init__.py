@@ -126,6 +126,9 @@ class Cluster:
     def start_feed(self, catalog: Catalog, title_view: Callable[[str, str], str] | None) -> None:
         self.feed.start(catalog, title_view)
 
+    def stop_feed(self) -> None:
+        self.feed.close()
+
     def landed(self, outcomes: list[PushOutcome]) -> None:
         self.feed.publish(outcomes)
 
