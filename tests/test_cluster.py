@@ -405,3 +405,25 @@ def test_a_flushed_redis_is_a_cold_cache_not_an_error(
     b = nodes("b", shared_blocks=True)
     assert b.names() == a.names() and b.read("/street/img005.jpg") == bytes([5]) * 105
     assert encord.calls["get_dataset"] == 2 and b.counter("shared.degraded_events") == 0
+
+
+def test_a_listing_or_block_of_another_format_is_ignored(
+    nodes: Callable[..., Node], encord: FreshUrls, redis_server: RunningRedis
+) -> None:
+    import json
+
+    a = nodes("a", shared_blocks=True)
+    a.names()
+    a.read("/street/img002.jpg")
+    _published(a, 2)
+    assert a.mount.fs.reader.cache.flush(10)  # type: ignore[attr-defined]
+    r = redis_server.client()
+    for key in r.scan_iter(match="encordfs:*:f:*:m"):
+        manifest = json.loads(r.get(key))
+        r.set(key, json.dumps({**manifest, "format": 99}))
+    for key in r.scan_iter(match="encordfs:*:b:*"):
+        r.set(key, b"EFSRB999" + r.get(key)[8:])
+    b = nodes("b", shared_blocks=True)
+    assert b.names() == a.names() and b.read("/street/img002.jpg") == bytes([2]) * 102
+    assert encord.calls["get_dataset"] == 2 and encord.calls["list_datasets"] == 2
+    assert b.counter("shared.snapshot_rejected") >= 2 and b.counter("shared.block_rejected") == 1
