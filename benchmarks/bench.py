@@ -54,11 +54,26 @@ Figures
     xattr_probe_us   one ``lgetxattr`` of ``security.selinux`` / ``system.posix_acl_access`` on a warm
                      entry (answered ENOTSUP), 20k entries × 2: what each entry would cost if GNU ``ls -l``
                      kept probing (it stops at the first ENOTSUP of a filesystem).
+    cluster_*        issue 15, cluster mode, N nodes simulated as N mount processes on this machine, each with
+                     its own cache dir, one emulator (it serves the bytes itself, so ``blob.bytes`` is the
+                     origin's egress) and one ``redis-server``; ``--only cluster`` runs this phase alone.
+                     ``cluster_api_calls_ratio``: Encord API calls (emulator's count, mounts included) for one
+                     epoch over the files (100 KiB each, every node in its own shuffled order) by N nodes with
+                     ``--shared --shared-blocks`` ÷ the same epoch by one node with ``--shared`` and no peers
+                     (the same code; ``cluster_api_calls_alone`` is that epoch without ``--shared``).
+                     ``cluster_origin_bytes_ratio``: bytes the blob server sent for that N-node epoch ÷ the
+                     unique bytes. ``cluster_redis_down_errors``: read errors on N fresh nodes while Redis is
+                     killed a third into an epoch and restarted 3 s later. ``cluster_join_s``: the first
+                     ``ls -f`` of a generated dataset (1M rows) on a node that joins after another loaded it
+                     (mount, then the timed listing); ``cluster_join_ls_warm_s`` is a second ``ls -f`` on that
+                     node (the listing alone: what FUSE costs for that many entries here), and
+                     ``cluster_join_first_entry_s`` the time to the first entry of the first listing.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import math
@@ -86,7 +101,7 @@ MiB = 1 << 20
 OUT = infra.REPO / "benchmarks" / "out"
 THREADS = 8
 # What ``--only`` can name, in run order. ``big_warm`` needs ``big``, ``warm`` needs ``small``.
-PHASES = ("big", "big_warm", "small", "warm", "latency", "legacy", "listing", "ops", "import", "ml")
+PHASES = ("big", "big_warm", "small", "warm", "latency", "legacy", "listing", "ops", "import", "ml", "cluster")
 
 
 @dataclass(frozen=True)
@@ -100,10 +115,13 @@ class Sizes:
     setxattr_rows: int
     ls_rows: int
     rss_rows: int
+    cluster_nodes: int
+    cluster_files: int
+    cluster_join_rows: int
 
 
-FULL = Sizes(1 << 30, 10_000, 100 * 1024, 3, 1_000, 500, 2_000, 100_000, 1_000_000)
-QUICK = Sizes(256 * MiB, 2_000, 100 * 1024, 2, 200, 200, 500, 20_000, 100_000)
+FULL = Sizes(1 << 30, 10_000, 100 * 1024, 3, 1_000, 500, 2_000, 100_000, 1_000_000, 8, 2_000, 1_000_000)
+QUICK = Sizes(256 * MiB, 2_000, 100 * 1024, 2, 200, 200, 500, 20_000, 100_000, 4, 500, 100_000)
 
 # name -> (direction, goal): ">=" figures must reach the goal, "<=" ones must stay under it.
 GOALS: dict[str, tuple[str, float]] = {
@@ -123,6 +141,11 @@ GOALS: dict[str, tuple[str, float]] = {
     "find_warm_s": ("<=", 0.3),
     "op_cost_ratio": ("<=", 0.5),
     "rss_1m_mb": ("<=", 400),
+    # Issue 15: N nodes cost Encord what one node does.
+    "cluster_api_calls_ratio": ("<=", 1.1),
+    "cluster_origin_bytes_ratio": ("<=", 1.05),
+    "cluster_join_s": ("<=", 5),
+    "cluster_redis_down_errors": ("<=", 0),
 }
 
 # (figure, unit, what) in print order; raw measurements come after the ratio they feed.
@@ -178,6 +201,17 @@ ROWS: list[tuple[str, str, str]] = [
     ("op_read_cached_us", "us", "  open+read of a cached file, kernel binding"),
     ("op_read_cached_us_mfusepy", "us", "  open+read of a cached file, mfusepy"),
     ("mount_import_ms", "ms", "imports of encordfs mount --help"),
+    ("cluster_api_calls_ratio", "x", "cluster: API calls of an epoch by N nodes ÷ by one node"),
+    ("cluster_api_calls_n", "calls", "  N nodes (--shared --shared-blocks)"),
+    ("cluster_api_calls_1", "calls", "  one node (--shared, no peers)"),
+    ("cluster_api_calls_alone", "calls", "  one node without --shared"),
+    ("cluster_origin_bytes_ratio", "x", "  origin bytes of the N-node epoch ÷ unique bytes"),
+    ("cluster_files_s", "files/s", "  files read per second, all N nodes together"),
+    ("cluster_redis_down_errors", "errors", "  read errors, Redis killed and restarted mid-epoch"),
+    ("cluster_join_s", "s", "  first ls -f of the 1M-row dataset on a joining node"),
+    ("cluster_join_first_entry_s", "s", "    its first entry"),
+    ("cluster_join_ls_warm_s", "s", "    a second ls -f on that node (the listing alone)"),
+    ("cluster_first_load_s", "s", "    the first node's ls -f (its load from Encord)"),
 ]
 
 
@@ -404,6 +438,165 @@ class Bench:
             self.phase_import()
         if "ml" in self.phases:
             self.phase_ml()
+        if "cluster" in self.phases:
+            self.phase_cluster()
+
+    # -- cluster mode (issue 15)
+
+    def phase_cluster(self) -> None:
+        s = self.sizes
+        busy = machine_busy_fraction()
+        self.fig.setdefault("machine_busy_before", busy)
+        self.notes.append(f"cluster: the machine was {busy:.0%} busy (other processes) when the phase started")
+        log(f"cluster: {s.cluster_files} × 100 KiB read by 1 node, then by {s.cluster_nodes} nodes sharing one Redis")
+        size = 100 * 1024
+        emu = infra.start_emulator(
+            self.stack, self.work / "emu-cluster", ["--generate", f"cluster:{s.cluster_files}:{size}"],
+            self.work / "emulator-cluster.log",
+        )  # fmt: skip
+        try:
+            emu_admin = _Admin(emu.domain)
+            emu_admin.reset()
+            with mounted(lambda: self.mount(emu)) as m:
+                errs = self.cluster_epoch([m], s.cluster_files)[1]
+            alone = emu_admin.stats()
+            assert errs == 0, f"{errs} read errors in the one-node epoch"
+            self.fig["cluster_api_calls_alone"] = alone["api_calls"]
+
+            # The baseline: one node with --shared and no peers (the same code, the same signing windows).
+            redis = infra.start_redis(self.stack, maxmemory="2gb")
+            emu_admin.reset()
+            with mounted(lambda: self.cluster_mount(emu, redis)) as m:
+                errs = self.cluster_epoch([m], s.cluster_files)[1]
+            one = emu_admin.stats()
+            assert errs == 0, f"{errs} read errors in the one-node epoch"
+            self.fig["cluster_api_calls_1"] = one["api_calls"]
+            redis.client().flushall()
+            emu_admin.reset()
+            with contextlib.ExitStack() as nodes:
+                ms = [
+                    nodes.enter_context(mounted(lambda: self.cluster_mount(emu, redis))) for _ in range(s.cluster_nodes)
+                ]
+                secs, errs = self.cluster_epoch(ms, s.cluster_files)
+                self.snapshot_counters(ms[-1], "cluster")
+            shared = emu_admin.stats()
+            assert errs == 0, f"{errs} read errors in the {s.cluster_nodes}-node epoch"
+            self.fig["cluster_api_calls_n"] = shared["api_calls"]
+            self.fig["cluster_api_calls_ratio"] = shared["api_calls"] / max(1, one["api_calls"])
+            self.fig["cluster_origin_bytes_ratio"] = shared["blob.bytes"] / (s.cluster_files * size)
+            self.fig["cluster_files_s"] = s.cluster_nodes * s.cluster_files / secs
+            self.notes.append(
+                f"cluster: one node {one['api_calls']} API calls ({alone['api_calls']} without --shared: a lone "
+                f"mount signs 'this file and the next 999', which shuffled reads spread over "
+                f"{alone['v2.items.get_bulk']} signing calls); {s.cluster_nodes} nodes {shared['api_calls']} "
+                f"(get_dataset {shared['legacy.dataset']}, sign {shared['v2.items.get_bulk']}, datasets list "
+                f"{shared['v2.datasets.list']}), origin {shared['blob.bytes'] / 1e6:.1f} MB in {shared['blob.requests']} GETs"
+            )
+
+            log(f"cluster: Redis killed and restarted mid-epoch, {s.cluster_nodes} fresh nodes")
+            redis.client().flushall()
+            with contextlib.ExitStack() as nodes:
+                ms = [
+                    nodes.enter_context(mounted(lambda: self.cluster_mount(emu, redis))) for _ in range(s.cluster_nodes)
+                ]
+                outage = threading.Thread(target=self.redis_outage, args=(redis, secs / 3), daemon=True)
+                outage.start()
+                _, errs = self.cluster_epoch(ms, s.cluster_files)
+                outage.join()
+                with contextlib.suppress(RuntimeError):
+                    infra.wait_for(lambda: all(self.counter(m, "shared.rejoins") >= 1 for m in ms), 20, "rejoins")
+                degraded = sum(self.counter(m, "shared.degraded_events") >= 1 for m in ms)
+                rejoined = sum(self.counter(m, "shared.rejoins") >= 1 for m in ms)
+            self.fig["cluster_redis_down_errors"] = errs
+            self.notes.append(
+                f"cluster: Redis outage: {errs} read errors; {degraded}/{len(ms)} nodes saw it, {rejoined} rejoined"
+            )
+        finally:
+            infra.stop_process(emu.proc)
+        self.phase_cluster_join()
+
+    def phase_cluster_join(self) -> None:
+        rows = self.sizes.cluster_join_rows
+        mark = " (quick: fewer rows)" if self.quick else ""
+        log(f"cluster join: {rows} generated rows{mark}; the first node loads them, a second one joins")
+        with Cleanup() as stack:
+            emu = infra.start_emulator(
+                stack, self.work / "emu-join", ["--generate", f"join:{rows}"], self.work / "emu-join.log"
+            )
+            redis = infra.start_redis(stack, maxmemory="2gb")
+            with mounted(lambda: self.cluster_mount(emu, redis, blocks=False)) as first:
+                t0 = time.perf_counter()
+                run_listing(["ls", "-f", str(first.path / "join")])
+                self.fig["cluster_first_load_s"] = time.perf_counter() - t0
+                uid = os.getxattr(first.path / "join", "user.encord.dataset_hash").decode()
+                client = redis.client()
+                infra.wait_for(
+                    lambda: any(client.scan_iter(match=f"*:f:{uid}:m")) and not any(client.scan_iter(match="*:lease")),
+                    600, "the first node to publish the listing",
+                )  # fmt: skip
+                with mounted(lambda: self.cluster_mount(emu, redis, blocks=False)) as joiner:
+                    t0 = time.perf_counter()
+                    with os.scandir(joiner.path / "join") as entries:
+                        next(entries)
+                        self.fig["cluster_join_first_entry_s"] = time.perf_counter() - t0
+                    # the listing the figure is about: a fresh ``ls -f`` (the scandir above took only a batch)
+                    run_listing(["ls", "-f", str(joiner.path / "join")])
+                    self.fig["cluster_join_s"] = time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    run_listing(["ls", "-f", str(joiner.path / "join")])
+                    self.fig["cluster_join_ls_warm_s"] = time.perf_counter() - t0
+                    loads = self.counter(joiner, "shared.snapshot_loads")
+                stats = _Admin(emu.domain).stats()
+            self.notes.append(
+                f"cluster join: get_dataset calls {stats['legacy.dataset']} (the first node's), joiner took "
+                f"{loads} published listings; ls -f of {rows} rows through FUSE costs "
+                f"{self.fig['cluster_join_ls_warm_s']:.1f} s here by itself"
+            )
+
+    def cluster_mount(self, emu: infra.Emulator, redis: Any, blocks: bool = True) -> EncordMount:
+        self.mount_seq += 1
+        n = self.mount_seq
+        extra = ["--shared", redis.url] + (["--shared-blocks"] if blocks else [])
+        return EncordMount(emu, self.work / f"mnt{n}", self.work / f"cache{n}", self.work / f"mount{n}.log", *extra)
+
+    def cluster_epoch(self, ms: list[EncordMount], files: int) -> tuple[float, int]:
+        """Every node reads every file of ``cluster/`` once, each in its own shuffled order, two readers a
+        node, all nodes at once; (seconds, read errors)."""
+        names = [f"img_{i:07d}.jpg" for i in range(1, files + 1)]
+        errors = [0]
+        lock = threading.Lock()
+
+        def read(path: Path) -> int:
+            try:
+                return _read_whole(path)
+            except OSError:
+                with lock:
+                    errors[0] += 1
+                return 0
+
+        jobs: list[Path] = []
+        for seed, m in enumerate(ms):
+            order = names[:]
+            random.Random(seed).shuffle(order)
+            jobs += [m.path / "cluster" / n for n in order]
+        interleaved = [jobs[i + k * files] for i in range(files) for k in range(len(ms))]
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(2 * len(ms)) as pool:
+            list(pool.map(read, interleaved, chunksize=4))
+        return time.perf_counter() - t0, errors[0]
+
+    def redis_outage(self, redis: Any, after_s: float) -> None:
+        time.sleep(after_s)
+        redis.kill()
+        time.sleep(3.0)
+        redis.start()
+
+    def counter(self, m: EncordMount, name: str) -> int:
+        try:
+            status = json.loads((m.path / ".encordfs" / "status.json").read_text())
+        except (OSError, ValueError):
+            return 0
+        return int(status.get("counters", {}).get(name, 0))
 
     def run_legacy_only(self) -> None:
         log(f"generating data: {self.sizes.small_count} × {self.sizes.small_bytes // 1024} KiB")
@@ -795,6 +988,19 @@ class Bench:
                 raise AssertionError(f"{a} differs from {b}")
 
 
+class _Admin:
+    """The emulator's admin endpoints (stats, reset) for the cluster phase."""
+
+    def __init__(self, domain: str) -> None:
+        self.domain = domain
+
+    def stats(self) -> dict[str, int]:
+        return httpx.get(f"{self.domain}/_emulator/stats", timeout=30).json()  # type: ignore[no-any-return]
+
+    def reset(self) -> None:
+        httpx.post(f"{self.domain}/_emulator/reset", json={"data": False}, timeout=30).raise_for_status()
+
+
 # ---------------------------------------------------------------------------------------------- output
 
 
@@ -887,7 +1093,12 @@ def main(argv: list[str] | None = None) -> int:
     with Cleanup() as stack:
         bench = Bench(stack, sizes, args.quick, args.profile, phases)
         try:
-            bench.run_legacy_only() if phases == ["legacy"] else bench.run()
+            if phases == ["legacy"]:
+                bench.run_legacy_only()
+            elif phases == ["cluster"]:
+                bench.phase_cluster()
+            else:
+                bench.run()
         finally:
             elapsed = time.monotonic() - t0
             mode = (

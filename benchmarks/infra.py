@@ -184,6 +184,16 @@ def start_nginx(stack: Cleanup, root: Path, work: Path) -> str:
     return url
 
 
+# ---------------------------------------------------------------------------------------------- redis
+
+
+def start_redis(stack: Cleanup, maxmemory: str) -> Any:
+    """A fresh ``redis-server`` on a free loopback port (no persistence, ``allkeys-lru``), stopped at exit."""
+    from harness.redis import RunningRedis
+
+    return stack.enter_context(RunningRedis(maxmemory=maxmemory))
+
+
 # ---------------------------------------------------------------------------------------------- emulator
 
 

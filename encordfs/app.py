@@ -4,6 +4,12 @@ The CLI, the fsspec filesystem and tests build mounts through ``build``; nothing
 backend, catalog, signed-URL cache, block caches and reader together, so each piece stays
 replaceable. ``Mount.control_handlers`` are what the control socket (``encordfs.control.Server``)
 answers: status, flush, refresh, stop.
+
+Cluster mode (``settings.shared``; ``encordfs.cluster``) wraps four seams and nothing else: the
+backend (shared signing), the block cache (a shared tier behind the local ones, ``--shared-blocks``),
+the core's ``FolderLoader`` (shared listings) and the write queue's ``on_landed`` (landed writes
+published; other nodes' applied by a subscriber). It needs the account's key fingerprint
+(``account_id``) for its key namespace.
 """
 
 from __future__ import annotations
@@ -17,11 +23,11 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from encordfs import errors
 from encordfs.backend import Backend
-from encordfs.core.blockcache import DiskFileCache, MemoryBlockCache, TieredBlockCache
+from encordfs.core.blockcache import BlockCache, DiskFileCache, MemoryBlockCache, TieredBlockCache
 from encordfs.core.catalog import Catalog
 from encordfs.core.counters import Counters
 from encordfs.core.fetch import HttpFetcher
@@ -30,6 +36,9 @@ from encordfs.core.reader import ReadPipeline
 from encordfs.core.urls import SignedUrlCache
 from encordfs.core.writes import QueueConfig, WriteQueue
 from encordfs.settings import Settings
+
+if TYPE_CHECKING:
+    from encordfs.cluster import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -85,16 +94,25 @@ class Mount:
         self._closers.clear()
 
 
-def build(backend: Backend, settings: Settings) -> Mount:
+def build(backend: Backend, settings: Settings, *, account_id: str | None = None) -> Mount:
+    """``account_id``: the Encord account's key fingerprint (``SdkBackend.account_id``), needed by
+    ``--shared`` to keep each account's data apart in Redis."""
     cache_dir = prepare_cache_dir(settings.cache_path)
     counters = Counters()
     closers: list[Callable[[], None]] = []
     mount = Mount(None, counters, cache_dir, closers, flush_timeout_s=settings.unmount_flush_timeout_s)  # type: ignore[arg-type]
+    cluster = None
     try:
+        if settings.shared:
+            cluster = _cluster(settings, account_id, counters, cache_dir)
+            closers.append(cluster.close)
+            backend = cluster.backend(backend)
         retire_block_cache(cache_dir)
         disk = DiskFileCache(cache_dir / "files", settings.cache_size, settings.cache_min_free_bytes, counters=counters)
         closers.append(disk.close)
-        cache = TieredBlockCache(MemoryBlockCache(settings.memory_cache_bytes, counters=counters), disk)
+        cache: BlockCache = TieredBlockCache(MemoryBlockCache(settings.memory_cache_bytes, counters=counters), disk)
+        if cluster is not None:
+            cache = cluster.block_tier(cache)
         catalog = Catalog(cache_dir / "catalog.sqlite")
         closers.append(catalog.close)
         urls = SignedUrlCache(backend.sign, counters=counters)
@@ -112,7 +130,7 @@ def build(backend: Backend, settings: Settings) -> Mount:
                 cache_dir / "journal.sqlite",
                 backend.push,
                 config=queue_config,
-                on_landed=lambda outcomes: _landed(catalog, outcomes, built[0] if built else None),
+                on_landed=lambda outcomes: _landed(catalog, outcomes, built[0] if built else None, cluster),
             )
             closers.append(lambda: _close_writes(writes, mount.flush_timeout_s))
         options = Options.from_settings(settings)
@@ -128,10 +146,16 @@ def build(backend: Backend, settings: Settings) -> Mount:
                 "cache_dir": str(cache_dir),
                 "sign_refusals": urls.failures(),
                 "disk_cache": disk.stats(),
+                **({"shared": cluster.status()} if cluster is not None else {}),
             },
+            loader=cluster.folder_loader(catalog) if cluster is not None else None,
         )
         built.append(fs)
         closers.append(fs.close)
+        if cluster is not None:
+            queue = writes
+            cluster.start_feed(catalog, (lambda uid, title: queue.view(uid, None, title)[1]) if queue else None)
+            closers.append(cluster.stop_feed)  # closers run last first: the feed stops before the catalog closes
     except BaseException:
         for close in reversed(closers):
             close()
@@ -173,7 +197,21 @@ def retire_block_cache(cache_dir: Path) -> None:
     threading.Thread(target=remove, name="encordfs-retire-blocks", daemon=True).start()
 
 
-def _landed(catalog: Catalog, outcomes: list[Any], fs: EncordFS | None = None) -> None:
+def _cluster(settings: Settings, account_id: str | None, counters: Counters, cache_dir: Path) -> Cluster:
+    if not account_id:
+        raise errors.InvalidValue("--shared: this mount has no account fingerprint to keep its data apart in Redis")
+    from encordfs.cluster import Cluster
+
+    cluster = Cluster(settings, account_id, counters, cache_dir)
+    try:
+        cluster.connect()
+    except BaseException:
+        cluster.close()
+        raise
+    return cluster
+
+
+def _landed(catalog: Catalog, outcomes: list[Any], fs: EncordFS | None = None, cluster: Cluster | None = None) -> None:
     touched: list[tuple[int, int]] | None = [] if fs is not None and fs.on_invalidate is not None else None
     catalog.set_rows_state(
         [(o.row_uid, dict(o.metadata) if o.metadata is not None else None, o.title) for o in outcomes if o.ok],
@@ -182,6 +220,8 @@ def _landed(catalog: Catalog, outcomes: list[Any], fs: EncordFS | None = None) -
     for parent, ino in touched or ():
         assert fs is not None
         fs.invalidate(INVALIDATE_INODE, parent, ino)
+    if cluster is not None:
+        cluster.landed(outcomes)
 
 
 def _close_writes(writes: WriteQueue, timeout_s: float) -> None:

@@ -112,10 +112,12 @@ def serve(s: Settings, mountpoint: Path) -> int:
     backend = SdkBackend(
         s.domain, _key_text(s), include_org_access=s.include_org_access, read_timeout_s=s.api_timeout_s
     )
-    mount = build(backend, s)
+    mount = build(backend, s, account_id=backend.account_id)
     server = metrics_server = None
     try:
-        mount.fs.refresh(ROOT_INO)  # proves the key and the domain before anything is mounted
+        # Proves the key and the domain before anything is mounted (in cluster mode a fresh listing that
+        # another node of this account published will do: its namespace is the key's).
+        mount.fs.refresh(ROOT_INO, force=False)
         server = control.Server(mountpoint, mount.cache_dir, s.read_only, mount.control_handlers())
         if s.metrics_port is not None:
             metrics_server = _serve_metrics(s.metrics_port, mount)
@@ -186,6 +188,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         _say("\n".join(_describe_writes(status["writes"])))
     for handle, reason in (status.get("sign_refusals") or {}).items():
         _say(f"not readable: {handle}: {reason}")
+    shared = status.get("shared")
+    if shared:
+        state = "up" if shared.get("up") else "down: carrying on against Encord directly"
+        _say(f"shared: {shared.get('redis')} ({state}){', blocks too' if shared.get('blocks') else ''}")
     counters = status.get("counters") or {}
     if counters:
         _say("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items())))

@@ -277,13 +277,13 @@ def spawn(
     extra_argv: list[str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a detached foreground mount process serving ``settings``; return once it serves."""
-    from encordfs.settings import mount_argv
+    from encordfs.settings import mount_argv, mount_env
 
     return spawn_argv(
         mount_argv(settings, mountpoint) + list(extra_argv or []),
         mountpoint,
         log_path or settings.detached_log_path(),
-        env=env,
+        env={**(os.environ if env is None else env), **mount_env(settings)},
     )
 
 

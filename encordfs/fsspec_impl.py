@@ -178,7 +178,7 @@ class EncordFileSystem(AbstractFileSystem):
 
         backend = SdkBackend(self.domain, _key_text(self.ssh_key_file), include_org_access=settings.include_org_access)
         try:
-            return build(backend, settings)
+            return build(backend, settings, account_id=backend.account_id)
         except BaseException:
             backend.close()
             raise

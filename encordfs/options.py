@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-GiB = 1 << 30
+MiB, GiB = 1 << 20, 1 << 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +25,9 @@ class Option:
     octal: bool = False
     count: bool = False  # -v, -vv
     off_help: str | None = None  # a boolean that defaults to true: the help of its --no-X flag
+    # May hold a secret (a password in a URL): a detached mount gets it through its environment,
+    # never on its command line, where any local user could read it (``settings.mount_env``).
+    secret: bool = False
 
     @property
     def is_flag(self) -> bool:
@@ -105,6 +108,22 @@ OPTIONS: tuple[Option, ...] = (
         "http_client", "curl", "HTTP client for file bytes: curl (libcurl) or httpx (pure Python)", choices=HTTP_CLIENTS
     ),  # fmt: skip
     Option("ca_file", None, "PEM bundle of CAs to trust for Encord and storage (corporate proxies)", metavar="FILE"),
+    # Cluster mode (issue 15, ``encordfs.cluster``): mounts of one account on many nodes share listings and
+    # signed URLs through one Redis (or Valkey). Off unless given: a mount alone needs no Redis.
+    Option(
+        "shared",
+        None,
+        "share listings and signed URLs with the other nodes through Redis: redis://HOST:PORT/DB or rediss://...; "
+        "a password from the URL or $ENCORDFS_REDIS_PASSWORD",
+        metavar="URL",
+        secret=True,
+    ),  # fmt: skip
+    Option("shared_blocks", False, "also share file contents (blocks up to --shared-block-limit) through that Redis"),
+    # 8 MiB: the reader's part size, so every whole small file and every part of a big one can be shared;
+    # Redis takes values up to 512 MB, but one big value blocks its single thread while it is copied.
+    Option(
+        "shared_block_limit", 8 * MiB, "largest block put into Redis with --shared-blocks", metavar="SIZE", shown="8M"
+    ),  # fmt: skip
 )
 
 BY_NAME = {o.name: o for o in OPTIONS}

@@ -21,8 +21,9 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from encordfs import errors
@@ -70,6 +71,9 @@ class Settings(BaseSettings):
     passthrough: bool = _opt("passthrough")
     http_client: str = _opt("http_client")
     ca_file: str | None = _opt("ca_file")
+    shared: str | None = _opt("shared")
+    shared_blocks: bool = _opt("shared_blocks")
+    shared_block_limit: int = _opt("shared_block_limit", ge=0)
 
     # -- not options: tuning with a reason, settable from the environment or the file only
     # Recent blocks of open and recently read files, in memory, beside the disk cache.
@@ -85,6 +89,13 @@ class Settings(BaseSettings):
     # After a push of unknown outcome, its row's final state is pushed once more this much later
     # (None: the write queue's default, longer than the API timeout; see core.writes "Late duplicates").
     write_reassert_after_s: float | None = Field(None, ge=0)
+    # The Redis password of ``--shared`` (``ENCORDFS_REDIS_PASSWORD``) when the URL has none: a secret kept
+    # off command lines. A detached mount gets it through its environment (``mount_env``).
+    redis_password: SecretStr | None = None
+    # The longest one Redis command may take before the mount stops waiting and carries on against Encord
+    # directly (``encordfs.cluster``): long enough for an 8 MiB value over a slow link, short enough that a
+    # stalled Redis costs a read a couple of seconds once, not the 30 s read budget.
+    shared_timeout_s: float = Field(2.0, gt=0, le=60)
 
     @classmethod
     def settings_customise_sources(
@@ -143,7 +154,7 @@ class Settings(BaseSettings):
             raise ValueError(f"{value} holds no certificate")
         return value
 
-    @field_validator("cache_size", mode="before")
+    @field_validator("cache_size", "shared_block_limit", mode="before")
     @classmethod
     def _size(cls, value: Any) -> Any:
         return parse_size(value) if isinstance(value, str) else value
@@ -154,6 +165,20 @@ class Settings(BaseSettings):
         if value < 0:
             raise ValueError("must not be negative")
         return value
+
+    @field_validator("shared")
+    @classmethod
+    def _shared(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        check_redis_url(value.strip())
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _shared_blocks_need_shared(self) -> Settings:
+        if self.shared_blocks and not self.shared:
+            raise ValueError("--shared-blocks needs --shared URL (the Redis the blocks go to)")
+        return self
 
     @field_validator("metadata_ttl", mode="before")
     @classmethod
@@ -201,6 +226,42 @@ class Settings(BaseSettings):
     def detached_log_path(self) -> Path:
         """Where a detached mount logs: ``log_file``, else ``CACHE_DIR/mount.log``."""
         return Path(self.log_file) if self.log_file else self.cache_path / "mount.log"
+
+
+REDIS_SCHEMES = ("redis", "rediss")
+
+
+def check_redis_url(url: str) -> None:
+    """Refuse a ``--shared`` URL that is not ``redis[s]://[[USER]:PASSWORD@]HOST[:PORT][/DB]``. Messages
+    never repeat the URL: it may hold a password."""
+    parts = urlsplit(url)
+    if parts.scheme not in REDIS_SCHEMES:
+        raise ValueError("must be a redis://HOST:PORT/DB or rediss://HOST:PORT/DB URL")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("has a port that is not a number between 1 and 65535") from None
+    if not parts.hostname:
+        raise ValueError("names no host (redis://HOST:PORT/DB)")
+    if port == 0:
+        raise ValueError("has port 0")
+    db = parts.path.strip("/")
+    if db and (not db.isdigit() or int(db) > 1 << 20):
+        raise ValueError("has a database that is not a number (redis://HOST:PORT/0)")
+    if parts.query or parts.fragment:
+        raise ValueError("has a query or fragment; encordfs takes only redis[s]://[:PASSWORD@]HOST:PORT/DB")
+
+
+def redact_redis_url(url: str) -> str:
+    """``scheme://HOST:PORT/DB`` without user or password: what logs and the status may show."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    where = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{where}{f':{port}' if port else ''}/{parts.path.strip('/') or '0'}"
 
 
 def default_cache_dir(domain: str) -> Path:
@@ -257,7 +318,7 @@ def _describe(error: Any) -> str:
         return f"unknown option {where!r}"
     option = BY_NAME[where].flag if where in BY_NAME else where
     message = str(error.get("msg", "")).removeprefix("Value error, ")
-    return f"{option}: {message}"
+    return f"{option}: {message}" if error.get("loc") else message  # a check across options names them itself
 
 
 def mount_argv(settings: Settings, mountpoint: Path) -> list[str]:
@@ -267,7 +328,7 @@ def mount_argv(settings: Settings, mountpoint: Path) -> list[str]:
     argv = [sys.executable, "-m", "encordfs", "mount", str(mountpoint), "--foreground"]
     for option in BY_NAME.values():
         value = getattr(settings, option.name)
-        if value is None or (option.is_flag and value == option.default):
+        if value is None or option.secret or (option.is_flag and value == option.default):
             continue
         if option.is_flag:
             argv.append(option.flag)
@@ -278,3 +339,13 @@ def mount_argv(settings: Settings, mountpoint: Path) -> list[str]:
         else:
             argv += [option.flag, str(value)]
     return argv
+
+
+def mount_env(settings: Settings) -> dict[str, str]:
+    """What a detached mount process gets through its environment rather than ``mount_argv``: the
+    options that may hold a secret, and the Redis password (any local user can read a command line)."""
+    env = {f"ENCORDFS_{o.name.upper()}": str(getattr(settings, o.name)) for o in BY_NAME.values()
+           if o.secret and getattr(settings, o.name) is not None}  # fmt: skip
+    if settings.redis_password is not None:
+        env["ENCORDFS_REDIS_PASSWORD"] = settings.redis_password.get_secret_value()
+    return env

@@ -15,7 +15,7 @@ It plays the storage bucket behind Encord's signed URLs:
   range support; ``rewrite(status, headers, body) -> (status, headers, body)`` edits any answer (a
   ``Content-Length`` it sets is sent as is: more than the body, and the connection is closed after it);
 - ``connections`` counts accepted TCP connections (keep-alive checks);
-- ``ByteServer(tls=server_context)`` serves HTTPS (``tests.support.tls``); ``base_url`` says so.
+- ``ByteServer(tls=server_context)`` serves HTTPS (``harness.tls``); ``base_url`` says so.
 
 Keep-alive (HTTP/1.1) and Nagle off, as the ceilings note the stdlib server needs.
 """

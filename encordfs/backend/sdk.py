@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import itertools
 import json
 import logging
@@ -233,6 +234,19 @@ def load_key(path: Path) -> str:
     return text
 
 
+def key_fingerprint(key_text: str) -> str:
+    """sha256 of the key's OpenSSH public key: names the account (cluster mode keeps accounts apart by
+    it) without revealing anything of the private key."""
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        key = serialization.load_ssh_private_key(key_text.encode(), password=None)
+        public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        public = key_text.encode()  # the SDK refuses such a key anyway; this only has to differ per key
+    return hashlib.sha256(public).hexdigest()
+
+
 class SdkBackend:
     """``Backend`` over the official SDK. Thread-safe: the SDK builds a new session per call."""
 
@@ -250,6 +264,7 @@ class SdkBackend:
             except ValueError as exc:  # the SDK's message for a non-Ed25519 or malformed key
                 raise errors.AuthError(f"unusable SSH key: {str(exc).splitlines()[0][:120]}") from None
         self._include_org_access = include_org_access
+        self.account_id = key_fingerprint(ssh_key)
         self._dataset_settings = DatasetAccessSettings(fetch_client_metadata=True)
         self._legacy_slots = threading.BoundedSemaphore(LEGACY_CONCURRENCY)
 

@@ -22,9 +22,20 @@ meaning (insert, delete, rename), which is what path caches above key on.
 Listings (``child_stats``) stream in inode order from the ``(parent, ino)`` index, resumable from an
 inode (the FUSE adapter's readdir offsets), so no listing is sorted or buffered whole.
 
+Adopted images (cluster mode; ``core.images``): ``adopt_image`` makes a prebuilt image of a folder
+serve that (empty) folder at once: it reserves an inode range ``[base, base + span)`` from the
+AUTOINCREMENT sequence (row ``ord`` of the image is inode ``base + ord``, here and after the copy) and
+records ``image:<folder>`` and ``loaded:<folder>`` in one transaction. Reads of the folder, or of an
+inode in its range, go to the image until a background *fill* has copied it in (one ``INSERT … SELECT``
+under the write lock, after ``FILL_DELAY_S`` or as soon as a write needs the rows: a rename of one of
+them, a sync of the folder or of the root). Metadata that lands meanwhile (``set_rows_state``) is kept
+as a patch that reads of the image apply and the fill writes. A mount that stops before the fill
+forgets the folder's load (the next mount loads it again); a fill that fails does the same.
+
 Threads: readers borrow a pooled connection per query (WAL lets them run beside the writer); the one
 writer connection is used under ``_write_lock``. Lock order: ``_write_lock`` only; no other lock is
-held while taking it.
+held while taking it. ``_adopted`` is read without a lock (dict operations are atomic under the GIL)
+and changed under ``_write_lock``.
 The catalog is a cache of the server: ``synchronous=NORMAL`` is enough, a lost tail is reloaded.
 """
 
@@ -49,7 +60,7 @@ from typing import Any
 
 import orjson
 
-from encordfs.core import names
+from encordfs.core import images, names
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +75,12 @@ SYNC_BATCH = 500
 WRITER_CACHE_KIB = 64 * 1024
 # Pooled reader connections kept open (more are opened under load and closed when given back).
 POOL_SIZE = 16
+# How long an adopted image serves its folder before the fill copies it in (unless a write needs the rows
+# sooner). The fill holds the writer for a while (~15 s per 1M rows on a busy 2-core VM), so it waits for
+# the joining node's first listings: an ``ls`` of a million entries takes well under 30 s.
+FILL_DELAY_S = 30.0
+# After the fill, how long the image file stays for reads that started on it just before.
+IMAGE_GRACE_S = 10.0
 
 
 class Kind(IntEnum):
@@ -171,8 +188,13 @@ CREATE TABLE IF NOT EXISTS state(key TEXT PRIMARY KEY, value);
 """
 
 
+# Kind by value without the enum's lookup (0.9 µs a call; a listing converts every entry's kind).
+KINDS = tuple(Kind)
+assert all(k.value == i for i, k in enumerate(KINDS))
+
+
 def _node(row: tuple[Any, ...]) -> Node:
-    return Node(row[0], row[1], Kind(row[2]), *row[3:])
+    return Node(row[0], row[1], KINDS[row[2]], *row[3:])
 
 
 # One encoder for every row: ``json.dumps`` with options builds a new encoder per call (a third of
@@ -263,6 +285,28 @@ def _move_aside(path: Path) -> Path:
     return aside
 
 
+class _Adopted:
+    """An image serving folder ``parent`` (inodes ``base + ord``) until the fill copies it in."""
+
+    def __init__(self, parent: int, image: images.Image, base: int) -> None:
+        self.parent = parent
+        self.image = image
+        self.base = base
+        self.wanted = threading.Event()  # a write needs the rows: fill now
+        self.filled = threading.Event()  # set when the fill ended (copied in, failed or cancelled)
+        self.cancelled = False
+        self.patches: dict[str, str | None] = {}  # uid -> metadata JSON landed since the adoption
+
+    def holds(self, ino: int) -> bool:
+        return self.base <= ino < self.base + self.image.span
+
+    def node(self, row: Any) -> Node:
+        ord_, kind, uid, name, title, handle, size, ctime, mtime, fields, metadata = row
+        metadata = self.patches.get(uid, metadata)
+        return Node(ord_ + self.base, self.parent, Kind(kind), uid, name, title, handle, size, ctime, mtime, fields,
+                    metadata)  # fmt: skip
+
+
 class Catalog:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -277,6 +321,7 @@ class Catalog:
         # folder ino -> when it was loaded: a read-through copy of the ``loaded:<ino>`` state rows,
         # asked on every lookup. Plain dict operations are atomic under the GIL; writers hold the lock.
         self._loaded: dict[int, float] = {}
+        self._adopted: dict[int, _Adopted] = {}  # folder ino -> the image serving it (module docstring)
         try:
             self._open_writer()
         except sqlite3.DatabaseError as exc:
@@ -298,6 +343,7 @@ class Catalog:
         with self._write_lock:
             self._writer.executescript(_SCHEMA)
             self._migrate_locked()
+            self._drop_unfilled_images_locked()
             # Inodes of a fresh catalog start above ROOT_INO.
             self._writer.execute(
                 "INSERT OR IGNORE INTO sqlite_sequence(name, seq) SELECT 'nodes', ? WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name='nodes')",
@@ -321,6 +367,16 @@ class Catalog:
             conn.execute("DELETE FROM nodes")
             conn.execute("DELETE FROM state WHERE key LIKE 'loaded:%'")
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        conn.commit()
+
+    def _drop_unfilled_images_locked(self) -> None:
+        """Folders adopted by an earlier mount that stopped before their fill: forget their load."""
+        conn = self._writer
+        for key, value in conn.execute("SELECT key, value FROM state WHERE key LIKE 'image:%'").fetchall():
+            parent = key.split(":", 1)[1]
+            conn.execute("DELETE FROM state WHERE key IN (?, ?)", (key, f"loaded:{parent}"))
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                images.remove(Path(json.loads(value)["path"]))
         conn.commit()
 
     def _connect(self) -> sqlite3.Connection:
@@ -378,8 +434,16 @@ class Catalog:
             self._give(conn)
 
     def close(self) -> None:
+        adopted = list(self._adopted.values())
+        for a in adopted:
+            a.cancelled = True
+            a.wanted.set()
+        if adopted:
+            self._writer.interrupt()  # a fill in progress rolls back; the next mount loads the folder again
         with self._write_lock:
             self._writer.close()
+        for a in adopted:
+            a.image.close()
         while True:
             try:
                 self._pool.get_nowait().close()
@@ -387,40 +451,71 @@ class Catalog:
                 break
 
     # -- reads ------------------------------------------------------------------------------------
+    def _adopted_holding(self, ino: int) -> _Adopted | None:
+        """The image whose inode range holds ``ino`` (and which still serves it), if any."""
+        if not self._adopted:
+            return None
+        for a in list(self._adopted.values()):
+            if a.holds(ino):
+                return a
+        return None
+
     def get(self, ino: int) -> Node | None:
+        if (a := self._adopted_holding(ino)) is not None:
+            row = a.image.row(ino - a.base)
+            return a.node(row) if row else None
         row = self._one(f"SELECT {_COLUMNS} FROM nodes WHERE ino=?", (ino,))
         return _node(row) if row else None
 
     def lookup(self, parent: int, name: str) -> Node | None:
         """The child named ``name``, or spelled like it in another Unicode normalization (rule 5)."""
-        row = self._one(f"SELECT {_COLUMNS} FROM nodes WHERE parent=? AND name_key=?", (parent, names.name_key(name)))
-        return _node(row) if row and names.same_spelling(row[4], name) else None
+        found = self.lookup_key(parent, name)
+        return found if found is not None and names.same_spelling(found.name, name) else None
 
     def lookup_key(self, parent: int, name: str) -> Node | None:
         """The child whose name equals ``name`` ignoring case (what a new name would collide with)."""
+        if (a := self._adopted.get(parent)) is not None:
+            row = a.image.row_by_key(names.name_key(name))
+            return a.node(row) if row else None
         row = self._one(f"SELECT {_COLUMNS} FROM nodes WHERE parent=? AND name_key=?", (parent, names.name_key(name)))
         return _node(row) if row else None
 
     def children(self, parent: int) -> Iterator[Node]:
+        if (a := self._adopted.get(parent)) is not None:
+            return (a.node(row) for row in a.image.all_rows())
         return (
             _node(row) for row in self._stream(f"SELECT {_COLUMNS} FROM nodes WHERE parent=? ORDER BY ino", (parent,))
         )
 
     def file_items(self, parent: int, after_ino: int = 0, limit: int = 1000) -> list[tuple[int, str]]:
         """(ino, handle) of signable files in a folder, in inode order from ``after_ino``."""
+        if (a := self._adopted.get(parent)) is not None:
+            return [(o + a.base, h) for o, h in a.image.file_items(max(0, after_ino - a.base), limit)]
         rows = self._all(
             "SELECT ino, item_uuid FROM nodes WHERE parent=? AND ino>=? AND kind IN (?, ?) AND item_uuid IS NOT NULL ORDER BY ino LIMIT ?",
             (parent, after_ino, Kind.ROW, Kind.CHILD, limit),
         )
         return [(int(i), str(u)) for i, u in rows]
 
+    def first_ino(self, parent: int) -> int | None:
+        """The smallest inode among a folder's children (where its listing starts)."""
+        if (a := self._adopted.get(parent)) is not None:
+            return a.base  # an image's ord 0 is its exporter's smallest inode
+        row = self._one("SELECT MIN(ino) FROM nodes WHERE parent=?", (parent,))
+        return None if row is None or row[0] is None else int(row[0])
+
     def groups(self, parent: int) -> list[Node]:
+        if (a := self._adopted.get(parent)) is not None:
+            return [a.node(r) for r in a.image.groups()]
         return [
             _node(r) for r in self._all(f"SELECT {_COLUMNS} FROM nodes WHERE parent=? AND kind=?", (parent, Kind.GROUP))
         ]
 
     def lookup_ino(self, parent: int, name: str) -> int | None:
         """Just the inode of a child (what path resolution needs)."""
+        if (a := self._adopted.get(parent)) is not None:
+            found = a.image.name_of_key(names.name_key(name))
+            return None if found is None or not names.same_spelling(found[1], name) else int(found[0]) + a.base
         row = self._one("SELECT ino, name FROM nodes WHERE parent=? AND name_key=?", (parent, names.name_key(name)))
         return None if row is None or not names.same_spelling(row[1], name) else int(row[0])
 
@@ -442,17 +537,24 @@ class Catalog:
 
     def stat_fields(self, ino: int) -> tuple[Kind, int, float] | None:
         """(kind, size, mtime) of a node: what ``getattr`` needs, without the xattr columns."""
-        row = self._one("SELECT kind, size, mtime FROM nodes WHERE ino=?", (ino,))
+        if (a := self._adopted_holding(ino)) is not None:
+            row = a.image.stat_fields(ino - a.base)
+        else:
+            row = self._one("SELECT kind, size, mtime FROM nodes WHERE ino=?", (ino,))
         return None if row is None else (Kind(row[0]), int(row[1]), float(row[2]))
 
     def child_stats(self, parent: int, after_ino: int = 0) -> Iterator[tuple[int, str, Kind, int, float]]:
         """(ino, name, kind, size, mtime) of the children with inodes above ``after_ino``, in inode
         order, streamed; the result is the folder as of the call, whatever a refresh commits while it
         is iterated (see ``_stream``)."""
+        if (a := self._adopted.get(parent)) is not None:
+            base = a.base
+            listed = a.image.listing(max(-1, after_ino - base))
+            return ((o + base, name, KINDS[kind], size, mtime) for o, name, kind, size, mtime in listed)
         rows = self._stream(
             "SELECT ino, name, kind, size, mtime FROM nodes WHERE parent=? AND ino>? ORDER BY ino", (parent, after_ino)
         )
-        return ((r[0], r[1], Kind(r[2]), r[3], r[4]) for r in rows)
+        return ((r[0], r[1], KINDS[r[2]], r[3], r[4]) for r in rows)
 
     def loaded_at(self, ino: int) -> float | None:
         cached = self._loaded.get(ino)
@@ -479,6 +581,7 @@ class Catalog:
 
     def rename(self, ino: int, title: str, name: str) -> None:
         """Show a queued title change at once (the next sync keeps it: loaders apply queued titles)."""
+        self._await_fill(self._adopted_holding(ino))
         with self._write_lock:
             conn = self._writer
             conn.execute(
@@ -508,6 +611,122 @@ class Catalog:
                         ).fetchall()
                     )
             conn.commit()
+            for a in self._adopted.values():  # rows still served by an image: patched there, written by the fill
+                a.patches.update((uid, text) for text, uid, _, _ in metadata)
+
+    def retitle(self, titles: list[tuple[str, str]]) -> None:
+        """Rows renamed elsewhere (another node's landed write): new title, and the name the naming
+        rules give it in its folder (unlike ``set_rows_state``, whose titles were shown by ``rename``)."""
+        for a in list(self._adopted.values()):
+            self._await_fill(a)
+        changed = False
+        with self._write_lock:
+            conn = self._writer
+            for uid, title in titles:
+                found = conn.execute(
+                    "SELECT ino, parent, kind, fields, title FROM nodes WHERE uid=? AND kind IN (?, ?)",
+                    (uid, Kind.ROW, Kind.GROUP),
+                ).fetchall()
+                for ino, parent, kind, fields, old_title in found:
+                    if old_title == title:
+                        continue
+                    mime = orjson.loads(fields).get("file_type") if kind == Kind.ROW else None
+                    conn.execute("UPDATE nodes SET title=? WHERE ino=?", (title, ino))
+                    entry = Entry(Kind(kind), uid, title, mime, None, 0, 0.0, 0.0, {})
+                    self._assign_name_locked(conn, parent, ino, entry)
+                    changed = True
+            conn.commit()
+            if changed:
+                self.version += 1
+
+    # -- adopted images (module docstring)
+    def adopt_image(self, parent: int, image: images.Image, when: float) -> bool:
+        """Serve the empty folder ``parent`` from ``image`` now (the catalog owns the image from here:
+        it closes and deletes it after the fill). False, and nothing changed, if the folder has children."""
+        self._await_fill(self._adopted.get(parent))
+        with self._write_lock:
+            conn = self._writer
+            if conn.execute("SELECT 1 FROM nodes WHERE parent=? LIMIT 1", (parent,)).fetchone():
+                return False
+            seq = int(conn.execute("SELECT seq FROM sqlite_sequence WHERE name='nodes'").fetchone()[0])
+            base = seq + 1
+            conn.execute("UPDATE sqlite_sequence SET seq=? WHERE name='nodes'", (seq + max(1, image.span),))
+            conn.execute(
+                "INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)",
+                (f"image:{parent}", images.dumps_state(image.path, base, image.span)),
+            )
+            conn.execute("INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)", (f"loaded:{parent}", when))
+            conn.execute("DELETE FROM state WHERE key=?", (f"error:{parent}",))
+            conn.commit()
+            adopted = _Adopted(parent, image, base)
+            self._adopted[parent] = adopted
+            self._loaded[parent] = when
+            self.version += 1
+        threading.Thread(target=self._fill, args=(adopted,), name=f"encordfs-fill-{parent}", daemon=True).start()
+        return True
+
+    def adopted(self) -> dict[int, int]:
+        """Folders served from an image right now: folder ino -> rows (status, tests)."""
+        return {parent: a.image.rows for parent, a in list(self._adopted.items())}
+
+    def fill_now(self, parent: int | None = None) -> None:
+        """Copy images in now and wait (tests; ``None``: all of them)."""
+        for p, a in list(self._adopted.items()):
+            if parent is None or p == parent:
+                self._await_fill(a)
+
+    def _await_fill(self, adopted: _Adopted | None) -> None:
+        if adopted is not None:
+            adopted.wanted.set()
+            adopted.filled.wait()
+
+    def _fill(self, a: _Adopted) -> None:
+        """Copy an adopted image into the catalog (its own thread): after ``FILL_DELAY_S``, or at once
+        when a write needs the rows. A failure forgets the folder's load, so it is loaded again."""
+        a.wanted.wait(FILL_DELAY_S)
+        try:
+            with self._write_lock:
+                if not a.cancelled:
+                    self._fill_locked(a)
+        finally:
+            a.filled.set()
+        if not a.cancelled:
+            time.sleep(IMAGE_GRACE_S)  # listings that began on the image finish on it
+        a.image.close()
+        images.remove(a.image.path)
+
+    def _fill_locked(self, a: _Adopted) -> None:
+        conn = self._writer
+        try:
+            conn.execute("ATTACH DATABASE ? AS img", (str(a.image.path),))
+            try:
+                conn.execute(
+                    "INSERT INTO nodes(ino, parent, kind, uid, name, name_key, title, item_uuid, size, ctime, mtime,"
+                    " fields, client_metadata, gen) SELECT ord + ?, ?, kind, uid, name, name_key, title, handle, size,"
+                    " ctime, mtime, fields, client_metadata, 0 FROM img.rows ORDER BY ord",
+                    (a.base, a.parent),
+                )
+                conn.executemany(
+                    "UPDATE nodes SET client_metadata=? WHERE parent=? AND uid=?",
+                    [(text, a.parent, uid) for uid, text in a.patches.items()],
+                )
+                conn.execute("DELETE FROM state WHERE key=?", (f"image:{a.parent}",))
+                conn.commit()
+            finally:
+                if conn.in_transaction:
+                    conn.rollback()
+                conn.execute("DETACH DATABASE img")
+        except sqlite3.Error as exc:
+            if not a.cancelled:
+                log.warning("copying the image of folder %d into the catalog failed (%s); it will be loaded again",
+                            a.parent, exc)  # fmt: skip
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("DELETE FROM state WHERE key IN (?, ?)", (f"image:{a.parent}", f"loaded:{a.parent}"))
+                    conn.commit()
+                self._loaded.pop(a.parent, None)
+        finally:
+            self._adopted.pop(a.parent, None)
+            self.version += 1
 
     def sync_children(
         self,
@@ -529,6 +748,11 @@ class Catalog:
         lock (``_stage``): a slow listing never keeps a rename or another folder's load waiting.
         ``progress(n)`` is told of entries as they are staged and as they are stored.
         """
+        if parent == ROOT_INO:  # a dataset that went away takes its rows with it: they must be copied in
+            for a in list(self._adopted.values()):
+                self._await_fill(a)
+        else:
+            self._await_fill(self._adopted.get(parent))
         entries = _stage(entries, self.path.parent, progress)
         with self._write_lock:
             conn = self._writer
