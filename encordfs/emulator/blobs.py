@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import os
 import re
 import secrets
@@ -71,7 +72,8 @@ class UrlSigner:
     def sign(self, blob_key: str) -> str:
         path = f"{BLOB_PREFIX}{blob_key}"
         ttl_s = self._ttl_s() if callable(self._ttl_s) else self._ttl_s
-        expires = str(int(self._clock()) + ttl_s)
+        # Rounded up: a URL lives at least ``ttl_s`` (rounding down gave a 1 s URL anywhere from 0 to 1 s).
+        expires = str(math.ceil(self._clock() + ttl_s))
         query = f"?Expires={expires}&Signature={self._mac(path, expires)}"
         if self._blob_base_url is not None:  # benchmark mode: an external server, unverified
             return f"{self._blob_base_url}/{blob_key}{query}"
