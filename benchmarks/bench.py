@@ -49,6 +49,15 @@ Figures
     xattr_probe_us   one ``lgetxattr`` of ``security.selinux`` / ``system.posix_acl_access`` on a warm
                      entry (answered ENOTSUP), 20k entries × 2: what each entry would cost if GNU ``ls -l``
                      kept probing (it stops at the first ENOTSUP of a filesystem).
+    views_ls_ratio   a view by metadata key over the generated 100k-row dataset (``--generate``: client
+                     metadata ``split`` = train for 80% of rows): the first ``ls -l DATASET/@split/train``
+                     ÷ a warm ``ls -l DATASET`` (the dataset loaded and listed once before either).
+    cp_ratio         ``encordfs cp`` of 2,000 × 100 KiB (its own emulator and nginx; fresh cache dirs) ÷ the
+                     same files read through a fresh mount with 8 threads, as files/s. Like P2, the mount's
+                     figure is its read phase (mount start and listing before it); cp's is its copy phase
+                     (what it prints: after its start and listing). ``cp_wall_ratio`` puts the mount's read
+                     phase over the whole ``encordfs cp`` command instead (Python start, SDK import, listing).
+                     ``--only views,cp`` runs these alone (``legacy`` is P4_legacy).
 """
 
 from __future__ import annotations
@@ -59,6 +68,7 @@ import json
 import math
 import os
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -91,6 +101,7 @@ class Sizes:
     setxattr_rows: int
     ls_rows: int
     rss_rows: int
+    cp_files: int = 2_000
 
 
 FULL = Sizes(1 << 30, 10_000, 100 * 1024, 3, 1_000, 500, 2_000, 100_000, 1_000_000)
@@ -112,7 +123,10 @@ GOALS: dict[str, tuple[str, float]] = {
     "ls_warm_s": ("<=", 3),
     "find_warm_s": ("<=", 1),
     "rss_1m_mb": ("<=", 400),
+    "views_ls_ratio": ("<=", 2),
+    "cp_ratio": (">=", 1.0),
 }
+PHASES = ("views", "cp", "legacy")  # what --only can run alone
 
 # (figure, unit, what) in print order; raw measurements come after the ratio they feed.
 ROWS: list[tuple[str, str, str]] = [
@@ -154,6 +168,15 @@ ROWS: list[tuple[str, str, str]] = [
     ("rss_1m_mb", "MB", "mount VmRSS after a full readdir (ls -f) of 1M rows"),
     ("ls_l_1m_s", "s", "  then ls -l of the 1M rows (loaded)"),
     ("rss_1m_ls_l_mb", "MB", "  mount VmRSS after that ls -l"),
+    ("views_ls_ratio", "x", "first ls -l DATASET/@split/train ÷ warm ls -l DATASET (100k rows)"),
+    ("views_ls_first_s", "s", "  first ls -l of the value folder (80k rows)"),
+    ("views_ls_warm_s", "s", "  warm ls -l of the dataset"),
+    ("views_values_s", "s", "  ls -l DATASET/@split (the distinct values)"),
+    ("cp_ratio", "x", "encordfs cp ÷ mount read, 2,000 × 100 KiB, files/s"),
+    ("cp_files_s", "files/s", "  encordfs cp -j 8, copy phase"),
+    ("cp_mount_files_s", "files/s", "  mount, 8 reader threads"),
+    ("cp_wall_ratio", "x", "  mount read ÷ the whole encordfs cp command"),
+    ("cp_wall_s", "s", "  the whole encordfs cp command"),
 ]
 
 
@@ -191,6 +214,18 @@ def make_source(root: Path, sizes: Sizes) -> tuple[Path, list[Path]]:
         path.write_bytes(header + pool[at : at + sizes.small_bytes - len(header)])
         small.append(path)
     return big, small
+
+
+def make_small(folder: Path, count: int, size: int) -> list[Path]:
+    """``count`` files ``fNNNNNN.pdf`` of ``size`` random bytes behind a PDF header in ``folder``."""
+    header = b"%PDF-1.4\n%bench\n"
+    folder.mkdir(parents=True)
+    out = []
+    for i in range(count):
+        path = folder / f"f{i:06d}.pdf"
+        path.write_bytes(header + os.urandom(size - len(header)))
+        out.append(path)
+    return out
 
 
 def warm_page_cache(paths: Sequence[Path]) -> None:
@@ -361,7 +396,80 @@ class Bench:
             self.notes.append(
                 f"listing figures incomplete: `{' '.join(map(str, exc.cmd))}` took over {exc.timeout:.0f} s"
             )
+        self.phase_views()
+        self.phase_cp()
         self.phase_ml()
+
+    def run_only(self, phases: set[str]) -> None:
+        if "legacy" in phases:
+            self.run_legacy_only()
+        if "views" in phases:
+            self.phase_views()
+        if "cp" in phases:
+            self.phase_cp()
+
+    def phase_views(self) -> None:
+        """views_ls_ratio: the first listing of a value folder against a warm listing of its dataset."""
+        rows = self.sizes.ls_rows
+        log(f"views: {rows} generated rows, ls -l DATASET/@split/train")
+        with Cleanup() as stack:
+            emu = infra.start_emulator(
+                stack, self.work / "emu-views", ["--generate", f"views:{rows}"], self.work / "emu-views.log"
+            )
+            with mounted(lambda: self.mount(emu)) as m:
+                ds = m.path / "views"
+                run_listing(["ls", "-l", str(ds)])  # loads the dataset
+                t0 = time.perf_counter()
+                run_listing(["ls", "-l", str(ds)])
+                self.fig["views_ls_warm_s"] = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                run_listing(["ls", "-l", str(ds / "@split" / "train")])
+                self.fig["views_ls_first_s"] = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                run_listing(["ls", "-l", str(ds / "@split")])
+                self.fig["views_values_s"] = time.perf_counter() - t0
+                train = len(os.listdir(ds / "@split" / "train"))
+                assert train == sum(1 for n in range(1, rows + 1) if n % 10 < 8), train
+                assert sorted(os.listdir(ds / "@split")) == ["test", "train", "val"]
+        self.fig["views_ls_ratio"] = self.fig["views_ls_first_s"] / self.fig["views_ls_warm_s"]
+        if self.quick:
+            self.notes.append(f"quick: views on {rows} rows (full: 100,000)")
+
+    def phase_cp(self) -> None:
+        """cp_ratio: ``encordfs cp`` against a mount's 8-thread read of the same 2,000 × 100 KiB files."""
+        n, size = self.sizes.cp_files, self.sizes.small_bytes
+        log(f"cp: {n} × {size // 1024} KiB, mount read (8 threads) then encordfs cp -j 8")
+        src = self.work / "cp-src"
+        files = make_small(src / "cp", n, size)
+        data_dir = self.work / "emu-cp"
+        with Cleanup() as stack:
+            nginx_url = infra.start_nginx(stack, data_dir / "blobs", self.work / "nginx-cp")
+            emu = infra.start_emulator(
+                stack, data_dir, ["--import", str(src), "--blob-base-url", nginx_url], self.work / "emu-cp.log"
+            )
+            warm_page_cache(sorted(p for p in (data_dir / "blobs").rglob("*") if p.is_file()))
+            with mounted(lambda: self.mount(emu)) as m:
+                os.listdir(m.path / "cp")
+                paths = [m.path / "cp" / p.name for p in files]
+                secs, total = read_parallel(paths)
+            assert total == n * size
+            self.fig["cp_mount_files_s"] = n / secs
+            dest = self.work / "cp-dest"
+            argv = [sys.executable, "-m", "encordfs", "cp", "--domain", emu.domain, "--ssh-key-file", emu.key_file,
+                    "--cache-dir", str(self.work / "cp-cache"), "-j", str(THREADS), "-q", "encord://cp", str(dest)]  # fmt: skip
+            t0 = time.perf_counter()
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+            wall = time.perf_counter() - t0
+            if done.returncode != 0:
+                raise RuntimeError(f"encordfs cp failed: {done.stderr.strip()[-500:]}")
+            copied = re.search(r"([0-9,]+) copied \(.*? in ([0-9.]+) s", done.stderr)
+            assert copied is not None and int(copied.group(1).replace(",", "")) == n, done.stderr
+            self.verify([dest / "cp" / p.name for p in files[:: max(1, n // 25)]], files[:: max(1, n // 25)])
+        self.fig["cp_files_s"] = n / float(copied.group(2))
+        self.fig["cp_wall_s"] = wall
+        self.fig["cp_ratio"] = self.fig["cp_files_s"] / self.fig["cp_mount_files_s"]
+        self.fig["cp_wall_ratio"] = secs / wall
+        self.notes.append(f"cp: {done.stderr.strip().splitlines()[-1]}")
 
     def run_legacy_only(self) -> None:
         log(f"generating data: {self.sizes.small_count} × {self.sizes.small_bytes // 1024} KiB")
@@ -736,16 +844,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only-legacy", action="store_true", help="only P4_legacy (rows without a storage item; no nginx or rclone)"
     )
+    parser.add_argument(
+        "--only",
+        type=lambda text: {p.strip() for p in text.split(",") if p.strip()},
+        default=None,
+        metavar="PHASES",
+        help=f"run only these phases, comma-separated: {', '.join(PHASES)} (e.g. --only views,cp)",
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("benchmarks/run: needs root (drop_caches, nginx, FUSE mounts)", file=sys.stderr)
         return 2
+    only = set(args.only or ()) | ({"legacy"} if args.only_legacy else set())
+    if only - set(PHASES):
+        parser.error(
+            f"--only: unknown phase(s) {', '.join(sorted(only - set(PHASES)))} (choose from {', '.join(PHASES)})"
+        )
     sizes = QUICK if args.quick else FULL
     t0 = time.monotonic()
     with Cleanup() as stack:
         bench = Bench(stack, sizes, args.quick, args.profile)
         try:
-            bench.run_legacy_only() if args.only_legacy else bench.run()
+            bench.run_only(only) if only else bench.run()
         finally:
             elapsed = time.monotonic() - t0
             mode = (

@@ -294,12 +294,18 @@ def cmd_cp(args: argparse.Namespace) -> int:
     warning = _key_file_warning(s.ssh_key_file)
     if warning:
         _say(f"encordfs: warning: {warning}", file=sys.stderr)
-    dest = Path(args.dest).expanduser()
-    core = standalone.open_core(s, "cp")
-    try:
-        return copy.main(core.fs, args.sources, dest, metadata=args.metadata, jobs=args.jobs, quiet=args.quiet)
-    finally:
-        core.close()
+    import encordfs.backend.sdk  # noqa: F401  (imported once here, before helper processes fork)
+
+    processes = copy.default_processes() if args.processes is None else args.processes
+    return copy.main(
+        lambda: standalone.open_core(s, "cp"),
+        args.sources,
+        Path(args.dest).expanduser(),
+        metadata=args.metadata,
+        jobs=args.jobs,
+        processes=processes,
+        quiet=args.quiet,
+    )
 
 
 # -- demo ----------------------------------------------------------------------------------------
@@ -479,6 +485,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="xattr",
         help="xattr: the mount's user.encord.* xattrs on each copy (default); sidecar: NAME.metadata.json "
         "beside each row, the emulator's --import format; none: bytes only",
+    )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        metavar="P",
+        help="processes sharing the -j copies (default: one per CPU, at most 4; a copy of small files is "
+        "bound by Python, not the network)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress, only the summary")
     _add_mount_options(p, CP_OPTIONS)

@@ -109,11 +109,13 @@ def test_xattrs_are_the_mounts_and_a_second_run_skips_complete_files(
     part = copy.part_path(dest / "pets" / "cat_01.png")
     os.replace(dest / "pets" / "cat_01.png", part)
     os.truncate(part, 40)
-    os.setxattr(part, copy.IDENTITY_XATTR, b"someone-else:85:0.0")  # not ours: started over
+    with open(part, "r+b") as f:
+        f.write(b"garbage")  # another time than the row's (this write's): not ours, started over
     part2 = copy.part_path(dest / "pets" / "cat_02.png")
     os.replace(dest / "pets" / "cat_02.png", part2)
     os.truncate(part2, 30)
-    os.setxattr(part2, copy.IDENTITY_XATTR, _identity(efs, "pets/cat_02.png"))  # ours: resumed
+    mtime = efs.info("pets/cat_02.png")["mtime"]
+    os.utime(part2, (mtime, mtime))  # the row's time: ours, resumed from byte 30
     (dest / "pets" / "dog_00.png").write_bytes(b"short")
     same_size = dest / "pets" / "dog_01.png"
     same_size.write_bytes(b"\0" * same_size.stat().st_size)
@@ -123,11 +125,6 @@ def test_xattrs_are_the_mounts_and_a_second_run_skips_complete_files(
     assert "5 copied" in done.stderr and "13 already complete" in done.stderr, done.stderr
     assert {p: p.read_bytes() for p in dest.rglob("*.png")} == good
     assert not list(dest.rglob("*" + copy.PART_SUFFIX))
-
-
-def _identity(efs: EncordFileSystem, name: str) -> bytes:
-    info = efs.info(name)
-    return f"{info['encord']['uid']}:{info['size']}:{info['mtime']:.6f}".encode()
 
 
 def test_views_files_and_bad_input(labelled_emulator: RunningEmulator, labelled_tree: Labelled, tmp_path: Path) -> None:
@@ -147,12 +144,16 @@ def test_views_files_and_bad_input(labelled_emulator: RunningEmulator, labelled_
         assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     done = _cp(labelled_emulator, "--metadata", "json", "encord://pets", tmp_path / "x", cache=cache)
     assert done.returncode == 2 and "invalid choice" in done.stderr
+    done = _cp(labelled_emulator, "--processes", "0", "encord://pets", tmp_path / "x", cache=cache)
+    assert done.returncode == 1 and "--processes must be at least 1" in done.stderr
 
 
 def test_a_refused_file_is_listed_and_the_exit_is_1(labelled_emulator: RunningEmulator, tmp_path: Path) -> None:
     labelled_emulator.add_faults([{"endpoint": "blob.get", "status": 404, "count": 1}])
     try:
-        done = _cp(labelled_emulator, "-j", "1", "encord://pets", tmp_path / "out", cache=tmp_path / "cache")
+        # two processes: whichever meets the refusal, the parent's summary lists it
+        done = _cp(labelled_emulator, "-j", "2", "--processes", "2", "encord://pets", tmp_path / "out",
+                   cache=tmp_path / "cache")  # fmt: skip
     finally:
         labelled_emulator.clear_faults()
     assert done.returncode == 1, done.stderr

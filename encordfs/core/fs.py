@@ -727,6 +727,20 @@ class EncordFS:
             raise errors.NoData(name)
         return found
 
+    def all_xattrs(self, ino: int) -> dict[str, bytes]:
+        """Every xattr of a node with its value, as ``listxattr`` and ``getxattr`` give them, from one
+        read of the node (``encordfs cp --metadata xattr`` copies them all)."""
+        source = self._xattr_source(ino)
+        if source is None:
+            return {}
+        fields, title, metadata, has_metadata = source
+        out = {}
+        for name in xattrs.names(fields, title, metadata, has_metadata=has_metadata):
+            value = xattrs.value(name, fields, title, metadata, has_metadata=has_metadata)
+            if value is not None:
+                out[name] = value
+        return out
+
     def listxattr(self, ino: int) -> list[str]:
         source = self._xattr_source(ino)
         if source is None:
