@@ -486,7 +486,7 @@ class Progress:
         self.clock = clock
         self.quiet = quiet
         self.started = clock()
-        self._last = 0.0
+        self._last = self.started  # the first plain line comes after PLAIN_EVERY_S
 
     def line(self, o: Outcome) -> str:
         total_files, total_bytes = len(self.plan.files), self.plan.total_bytes

@@ -169,7 +169,9 @@ def test_ctrl_c_exits_130_and_a_rerun_finishes(labelled_emulator: RunningEmulato
             str(labelled_emulator.key_file), "--cache-dir", str(cache), "-j", "2", "encord://pets", str(dest)]  # fmt: skip
     labelled_emulator.add_faults([{"endpoint": "blob.get", "latency_ms": 400}])
     try:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # SIGINT as a terminal sends it, even if this test runs where it is ignored (a background job)
+        restore = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=restore)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not any(dest.rglob("*.png")):
             time.sleep(0.05)
