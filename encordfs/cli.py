@@ -482,9 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metadata",
         choices=("xattr", "sidecar", "none"),
-        default="xattr",
-        help="xattr: the mount's user.encord.* xattrs on each copy (default); sidecar: NAME.metadata.json "
-        "beside each row, the emulator's --import format; none: bytes only",
+        default="none",
+        help="none: bytes only (default, as cp and rsync); xattr: the mount's user.encord.* xattrs on each "
+        "copy; sidecar: NAME.metadata.json beside each row, the emulator's --import format",
     )
     p.add_argument(
         "--processes",

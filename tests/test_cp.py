@@ -93,8 +93,11 @@ def test_xattrs_are_the_mounts_and_a_second_run_skips_complete_files(
     labelled_emulator: RunningEmulator, tmp_path: Path, efs_of: Any
 ) -> None:
     dest, cache = tmp_path / "copy", tmp_path / "cache"
-    done = _cp(labelled_emulator, "encord://pets", dest, cache=cache)
+    done = _cp(labelled_emulator, "--metadata", "none", "encord://pets", dest, cache=cache)
     assert done.returncode == 0, done.stderr
+    assert not [p for p in dest.rglob("*") if os.listxattr(p)]  # none: bytes only (the default)
+    done = _cp(labelled_emulator, "--metadata", "xattr", "encord://pets", dest, cache=cache)
+    assert done.returncode == 0 and "18 already complete" in done.stderr, done.stderr  # only the metadata
     efs = efs_of(labelled_emulator)
     for name in ("pets/cat_00.png", "pets/burst/frame2.png", "pets/burst", "pets"):
         copied = dest / name
@@ -120,7 +123,7 @@ def test_xattrs_are_the_mounts_and_a_second_run_skips_complete_files(
     same_size = dest / "pets" / "dog_01.png"
     same_size.write_bytes(b"\0" * same_size.stat().st_size)
     (dest / "pets" / "bird_00.png").unlink()
-    done = _cp(labelled_emulator, "encord://pets", dest, cache=cache)
+    done = _cp(labelled_emulator, "--metadata", "xattr", "encord://pets", dest, cache=cache)
     assert done.returncode == 0, done.stderr
     assert "5 copied" in done.stderr and "13 already complete" in done.stderr, done.stderr
     assert {p: p.read_bytes() for p in dest.rglob("*.png")} == good
