@@ -68,6 +68,17 @@ Figures
                      (mount, then the timed listing); ``cluster_join_ls_warm_s`` is a second ``ls -f`` on that
                      node (the listing alone: what FUSE costs for that many entries here), and
                      ``cluster_join_first_entry_s`` the time to the first entry of the first listing.
+    views_ls_ratio   a view by metadata key over the generated 100k-row dataset (``--generate``: client
+                     metadata ``split`` = train for 80% of rows): the first ``ls -l DATASET/@split/train``
+                     ÷ a warm ``ls -l DATASET`` (the dataset loaded and listed once before either).
+    cp_ratio         ``encordfs cp`` of 2,000 × 100 KiB (its own emulator and nginx; fresh cache dirs; its
+                     defaults: ``-j 8``, a process per CPU, ``--metadata none``) ÷ the same files read
+                     through a fresh mount with 8 threads, as files/s (``cp_xattr_ratio``: the same with
+                     ``--metadata xattr``). Like P2, the mount's
+                     figure is its read phase (mount start and listing before it); cp's is its copy phase
+                     (what it prints: after its start and listing). ``cp_wall_ratio`` puts the mount's read
+                     phase over the whole ``encordfs cp`` command instead (Python start, SDK import, listing).
+                     ``--only views,cp`` runs these alone (``legacy`` is P4_legacy).
 """
 
 from __future__ import annotations
@@ -79,6 +90,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -101,7 +113,23 @@ MiB = 1 << 20
 OUT = infra.REPO / "benchmarks" / "out"
 THREADS = 8
 # What ``--only`` can name, in run order. ``big_warm`` needs ``big``, ``warm`` needs ``small``.
-PHASES = ("big", "big_warm", "small", "warm", "latency", "legacy", "listing", "ops", "import", "ml", "cluster")
+PHASES = (
+    "big",
+    "big_warm",
+    "small",
+    "warm",
+    "latency",
+    "legacy",
+    "listing",
+    "ops",
+    "import",
+    "views",
+    "cp",
+    "ml",
+    "cluster",
+)
+# Phases with their own data and servers: ``--only`` a subset of these skips the shared setup.
+STANDALONE = {"legacy", "listing", "ops", "import", "views", "cp", "ml", "cluster"}
 
 
 @dataclass(frozen=True)
@@ -118,6 +146,7 @@ class Sizes:
     cluster_nodes: int
     cluster_files: int
     cluster_join_rows: int
+    cp_files: int = 2_000
 
 
 FULL = Sizes(1 << 30, 10_000, 100 * 1024, 3, 1_000, 500, 2_000, 100_000, 1_000_000, 8, 2_000, 1_000_000)
@@ -146,7 +175,10 @@ GOALS: dict[str, tuple[str, float]] = {
     "cluster_origin_bytes_ratio": ("<=", 1.05),
     "cluster_join_s": ("<=", 5),
     "cluster_redis_down_errors": ("<=", 0),
+    "views_ls_ratio": ("<=", 2),
+    "cp_ratio": (">=", 1.0),
 }
+PHASES = ("views", "cp", "legacy")  # what --only can run alone
 
 # (figure, unit, what) in print order; raw measurements come after the ratio they feed.
 ROWS: list[tuple[str, str, str]] = [
@@ -212,6 +244,17 @@ ROWS: list[tuple[str, str, str]] = [
     ("cluster_join_first_entry_s", "s", "    its first entry"),
     ("cluster_join_ls_warm_s", "s", "    a second ls -f on that node (the listing alone)"),
     ("cluster_first_load_s", "s", "    the first node's ls -f (its load from Encord)"),
+    ("views_ls_ratio", "x", "first ls -l DATASET/@split/train ÷ warm ls -l DATASET (100k rows)"),
+    ("views_ls_first_s", "s", "  first ls -l of the value folder (80k rows)"),
+    ("views_ls_warm_s", "s", "  warm ls -l of the dataset"),
+    ("views_values_s", "s", "  ls -l DATASET/@split (the distinct values)"),
+    ("cp_ratio", "x", "encordfs cp ÷ mount read, 2,000 × 100 KiB, files/s"),
+    ("cp_files_s", "files/s", "  encordfs cp (defaults: -j 8, --metadata none), copy phase"),
+    ("cp_mount_files_s", "files/s", "  mount, 8 reader threads"),
+    ("cp_xattr_ratio", "x", "  the same with --metadata xattr (ext4: a block per file for xattrs)"),
+    ("cp_xattr_files_s", "files/s", "    encordfs cp --metadata xattr, copy phase"),
+    ("cp_wall_ratio", "x", "  mount read ÷ the whole encordfs cp command"),
+    ("cp_wall_s", "s", "  the whole encordfs cp command"),
 ]
 
 
@@ -249,6 +292,18 @@ def make_source(root: Path, sizes: Sizes) -> tuple[Path, list[Path]]:
         path.write_bytes(header + pool[at : at + sizes.small_bytes - len(header)])
         small.append(path)
     return big, small
+
+
+def make_small(folder: Path, count: int, size: int) -> list[Path]:
+    """``count`` files ``fNNNNNN.pdf`` of ``size`` random bytes behind a PDF header in ``folder``."""
+    header = b"%PDF-1.4\n%bench\n"
+    folder.mkdir(parents=True)
+    out = []
+    for i in range(count):
+        path = folder / f"f{i:06d}.pdf"
+        path.write_bytes(header + os.urandom(size - len(header)))
+        out.append(path)
+    return out
 
 
 def warm_page_cache(paths: Sequence[Path]) -> None:
@@ -436,6 +491,10 @@ class Bench:
             self.phase_ops()
         if "import" in self.phases:
             self.phase_import()
+        if "views" in self.phases:
+            self.phase_views()
+        if "cp" in self.phases:
+            self.phase_cp()
         if "ml" in self.phases:
             self.phase_ml()
         if "cluster" in self.phases:
@@ -597,6 +656,90 @@ class Bench:
         except (OSError, ValueError):
             return 0
         return int(status.get("counters", {}).get(name, 0))
+
+    def phase_views(self) -> None:
+        """views_ls_ratio: the first listing of a value folder against a warm listing of its dataset."""
+        rows = self.sizes.ls_rows
+        log(f"views: {rows} generated rows, ls -l DATASET/@split/train")
+        with Cleanup() as stack:
+            emu = infra.start_emulator(
+                stack, self.work / "emu-views", ["--generate", f"views:{rows}"], self.work / "emu-views.log"
+            )
+            with mounted(lambda: self.mount(emu)) as m:
+                ds = m.path / "views"
+                run_listing(["ls", "-l", str(ds)])  # loads the dataset
+                t0 = time.perf_counter()
+                run_listing(["ls", "-l", str(ds)])
+                self.fig["views_ls_warm_s"] = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                run_listing(["ls", "-l", str(ds / "@split" / "train")])
+                self.fig["views_ls_first_s"] = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                run_listing(["ls", "-l", str(ds / "@split")])
+                self.fig["views_values_s"] = time.perf_counter() - t0
+                train = len(os.listdir(ds / "@split" / "train"))
+                assert train == sum(1 for n in range(1, rows + 1) if n % 10 < 8), train
+                assert sorted(os.listdir(ds / "@split")) == ["test", "train", "val"]
+        self.fig["views_ls_ratio"] = self.fig["views_ls_first_s"] / self.fig["views_ls_warm_s"]
+        if self.quick:
+            self.notes.append(f"quick: views on {rows} rows (full: 100,000)")
+
+    def phase_cp(self) -> None:
+        """cp_ratio: ``encordfs cp`` against a mount's 8-thread read of the same 2,000 × 100 KiB files."""
+        n, size = self.sizes.cp_files, self.sizes.small_bytes
+        log(f"cp: {n} × {size // 1024} KiB, mount read (8 threads) then encordfs cp -j 8")
+        src = self.work / "cp-src"
+        files = make_small(src / "cp", n, size)
+        data_dir = self.work / "emu-cp"
+        with Cleanup() as stack:
+            nginx_url = infra.start_nginx(stack, data_dir / "blobs", self.work / "nginx-cp")
+            emu = infra.start_emulator(
+                stack, data_dir, ["--import", str(src), "--blob-base-url", nginx_url], self.work / "emu-cp.log"
+            )
+            warm_page_cache(sorted(p for p in (data_dir / "blobs").rglob("*") if p.is_file()))
+            with mounted(lambda: self.mount(emu)) as m:
+                os.listdir(m.path / "cp")
+                paths = [m.path / "cp" / p.name for p in files]
+                secs, total = read_parallel(paths)
+            assert total == n * size
+            self.fig["cp_mount_files_s"] = n / secs
+            copy_s, wall, line = self.encordfs_cp(emu, files, "none")
+            self.fig["cp_files_s"] = n / copy_s
+            self.fig["cp_wall_s"] = wall
+            self.notes.append(f"cp: {line}")
+            copy_s, _, line = self.encordfs_cp(emu, files, "xattr")
+            self.fig["cp_xattr_files_s"] = n / copy_s
+            self.notes.append(f"cp --metadata xattr: {line}")
+        self.fig["cp_ratio"] = self.fig["cp_files_s"] / self.fig["cp_mount_files_s"]
+        self.fig["cp_wall_ratio"] = secs / self.fig["cp_wall_s"]
+        self.fig["cp_xattr_ratio"] = self.fig["cp_xattr_files_s"] / self.fig["cp_mount_files_s"]
+
+    def encordfs_cp(self, emu: infra.Emulator, files: list[Path], metadata: str) -> tuple[float, float, str]:
+        """(copy phase seconds as cp reports them, the whole command's seconds, its summary line) of one
+        ``encordfs cp`` of the ``cp`` dataset with its defaults into a fresh destination and cache dir."""
+        n = len(files)
+        dest, cache = self.work / f"cp-dest-{metadata}", self.work / f"cp-cache-{metadata}"
+        argv = [sys.executable, "-m", "encordfs", "cp", "--domain", emu.domain, "--ssh-key-file", emu.key_file,
+                "--cache-dir", str(cache), "--metadata", metadata, "-q", "encord://cp", str(dest)]  # fmt: skip
+        t0 = time.perf_counter()
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+        wall = time.perf_counter() - t0
+        if done.returncode != 0:
+            raise RuntimeError(f"encordfs cp failed: {done.stderr.strip()[-500:]}")
+        copied = re.search(r"([0-9,]+) copied \(.*? in ([0-9.]+) s", done.stderr)
+        assert copied is not None and int(copied.group(1).replace(",", "")) == n, done.stderr
+        self.verify([dest / "cp" / p.name for p in files[:: max(1, n // 25)]], files[:: max(1, n // 25)])
+        return float(copied.group(2)), wall, done.stderr.strip().splitlines()[0]
+
+    def run_standalone(self) -> None:
+        """The phases asked for that need none of ``run``'s shared setup, in ``PHASES`` order."""
+        if "legacy" in self.phases:
+            self.run_legacy_only()
+        if "listing" in self.phases:
+            self.phase_listing()
+        for name in ("ops", "import", "views", "cp", "ml", "cluster"):
+            if name in self.phases:
+                getattr(self, f"phase_{name}")()
 
     def run_legacy_only(self) -> None:
         log(f"generating data: {self.sizes.small_count} × {self.sizes.small_bytes // 1024} KiB")
@@ -1093,10 +1236,8 @@ def main(argv: list[str] | None = None) -> int:
     with Cleanup() as stack:
         bench = Bench(stack, sizes, args.quick, args.profile, phases)
         try:
-            if phases == ["legacy"]:
-                bench.run_legacy_only()
-            elif phases == ["cluster"]:
-                bench.phase_cluster()
+            if set(phases) <= STANDALONE:  # no shared setup (nginx, the big file, the small files) needed
+                bench.run_standalone()
             else:
                 bench.run()
         finally:

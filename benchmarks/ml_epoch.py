@@ -8,7 +8,7 @@ files. Prints one JSON object::
 
     {"ml_epoch1_img_s": ..., "ml_epoch2_img_s": ..., "ml_local_img_s": ..., "ml_images": N, "ml_workers": 4}
 
-Needs torch (``pip install torch==2.13.0``); run from the repository root:
+Needs torch (the extra ``encordfs[ml]``: ``pip install torch==2.14.1``); run from the repository root:
 ``.venv/bin/python benchmarks/ml_epoch.py [--workers N] [--repeat N]`` (best of ``repeat`` per figure).
 """
 

@@ -44,10 +44,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.tls import make_pki  # noqa: E402
-
 from benchmarks.infra import Cleanup, free_port, stop_process, wait_for  # noqa: E402
 from encordfs.core.fetch import HttpFetcher  # noqa: E402
+from harness.tls import make_pki  # noqa: E402
 
 KiB, MiB = 1 << 10, 1 << 20
 REPO = Path(__file__).resolve().parents[1]

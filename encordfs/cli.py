@@ -1,4 +1,4 @@
-"""The ``encordfs`` command: mount, unmount, status, flush, refresh, prefetch, demo, emulator.
+"""The ``encordfs`` command: mount, unmount, status, flush, refresh, prefetch, cp, demo, emulator.
 
 Every user mistake ends as one line on stderr (``encordfs: error: ...``) and a non-zero exit: ``main``
 turns ``errors.FsError`` (and an ``OSError`` about a path the user named) into that line, so no
@@ -7,7 +7,8 @@ an encordfs mount). Secrets never appear in output: URLs are shown without their
 path.
 
 Options of ``mount`` are generated from ``encordfs.settings.Settings`` (one definition of each option,
-its default and its help); everything that talks to a running mount goes through ``encordfs.control``.
+its default and its help), and so are ``cp``'s connection and cache options (``CP_OPTIONS``); everything
+that talks to a running mount goes through ``encordfs.control``.
 Heavy imports (the SDK, the core, the emulator) happen inside the subcommand that needs them, so
 ``encordfs mount --help`` or ``encordfs status`` load neither.
 """
@@ -35,6 +36,11 @@ log = logging.getLogger("encordfs")
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+# The options of ``mount`` that ``cp`` takes too: how to reach Encord, where to cache, what to log.
+CP_OPTIONS = (
+    "domain", "ssh_key_file", "cache_dir", "cache_size", "metadata_ttl", "include_org_access",
+    "http_client", "ca_file", "log_file", "log_format", "verbose",
+)  # fmt: skip
 
 
 def _say(*parts: Any, file: Any = None) -> None:
@@ -283,6 +289,36 @@ def cmd_prefetch(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- cp ------------------------------------------------------------------------------------------
+
+
+def cmd_cp(args: argparse.Namespace) -> int:
+    """Copy rows to local files through the core, without a mount (``encordfs.copy``)."""
+    from encordfs import copy, logs, standalone
+    from encordfs import settings as settings_mod
+
+    s = settings_mod.resolve(_given(args), args.config)
+    if "cache_size" not in s.model_fields_set:
+        # A copy reads each byte once: caching it on disk too would write everything twice.
+        s = s.model_copy(update={"cache_size": 0})
+    logs.setup(s.verbose, Path(s.log_file) if s.log_file else None, s.log_format)
+    warning = _key_file_warning(s.ssh_key_file)
+    if warning:
+        _say(f"encordfs: warning: {warning}", file=sys.stderr)
+    import encordfs.backend.sdk  # noqa: F401  (imported once here, before helper processes fork)
+
+    processes = copy.default_processes() if args.processes is None else args.processes
+    return copy.main(
+        lambda: standalone.open_core(s, "cp"),
+        args.sources,
+        Path(args.dest).expanduser(),
+        metadata=args.metadata,
+        jobs=args.jobs,
+        processes=processes,
+        quiet=args.quiet,
+    )
+
+
 # -- demo ----------------------------------------------------------------------------------------
 
 
@@ -381,13 +417,15 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 # -- parser --------------------------------------------------------------------------------------
 
 
-def _add_mount_options(p: argparse.ArgumentParser) -> None:
+def _add_mount_options(p: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
     # Defaults are None ("not given") so that the environment and --config can fill them (settings.resolve).
     p.add_argument(
         "--config", default=None, metavar="FILE", help="TOML file of options (default: $ENCORDFS_CONFIG); "
         "command line > environment > file"
     )  # fmt: skip
     for option in options.OPTIONS:
+        if only is not None and option.name not in only:
+            continue
         if option.count:
             p.add_argument("-v", "--verbose", action="count", default=None, help=option.help)
         elif option.is_flag:
@@ -442,6 +480,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-j", "--jobs", type=int, default=8, help="parallel readers (default %(default)s)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=cmd_prefetch)
+
+    p = sub.add_parser(
+        "cp",
+        help="copy datasets, folders, views or files to a local folder (no mount needed; resumable)",
+        description="Copy rows as files through the same core a mount uses. Each SOURCE lands in "
+        "DEST/<its name> (encord:// alone: every dataset, in DEST). Rerun the same command to resume.",
+    )
+    p.add_argument("sources", nargs="+", metavar="[encord://]DATASET[/PATH]")
+    p.add_argument("dest", metavar="DEST")
+    p.add_argument("-j", "--jobs", type=int, default=8, help="files copied at once (default %(default)s)")
+    p.add_argument(
+        "--metadata",
+        choices=("xattr", "sidecar", "none"),
+        default="none",
+        help="none: bytes only (default, as cp and rsync); xattr: the mount's user.encord.* xattrs on each "
+        "copy; sidecar: NAME.metadata.json beside each row, the emulator's --import format",
+    )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        metavar="P",
+        help="processes sharing the -j copies (default: one per CPU, at most 4; a copy of small files is "
+        "bound by Python, not the network)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress, only the summary")
+    _add_mount_options(p, CP_OPTIONS)
+    p.set_defaults(func=cmd_cp, cache_size=None)
 
     p = sub.add_parser("refresh", help="reload folders from Encord now, whatever their age")
     p.add_argument("paths", nargs="+", metavar="PATH")

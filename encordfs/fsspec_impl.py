@@ -33,9 +33,7 @@ import errno
 import logging
 import multiprocessing.util
 import os
-import shutil
 import stat
-import tempfile
 import threading
 import weakref
 from datetime import UTC, datetime
@@ -46,11 +44,14 @@ import fsspec
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
 from encordfs import errors
-from encordfs.app import Mount, build
 from encordfs.core.catalog import ROOT_INO, Kind
 from encordfs.core.fs import CONTROL_NAME, Attr, EncordFS
+from encordfs.core.views import is_view_ino
 from encordfs.core.xattrs import PREFIX
-from encordfs.settings import Settings, resolve
+from encordfs.settings import resolve
+from encordfs.standalone import PRIVATE_CACHE_PREFIX, Core, open_core
+
+__all__ = ["PRIVATE_CACHE_PREFIX", "PROTOCOL", "EncordFile", "EncordFileSystem"]
 
 log = logging.getLogger(__name__)
 
@@ -62,49 +63,8 @@ def _oserror(exc: errors.FsError, path: str) -> OSError:
     return OSError(exc.errno, str(exc), path)
 
 
-PRIVATE_CACHE_PREFIX = "encordfs-fsspec-"
-
-
-def _sweep_private_caches() -> None:
-    """Remove private cache dirs of processes that are gone (a Pool's workers are killed, not closed)."""
-    for path in Path(tempfile.gettempdir()).glob(PRIVATE_CACHE_PREFIX + "*-*"):
-        pid = path.name.removeprefix(PRIVATE_CACHE_PREFIX).split("-", 1)[0]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(path, ignore_errors=True)
-
-
 def _read_only(path: str = "") -> NoReturn:
     raise PermissionError(errno.EROFS, "encord:// is read-only", path)
-
-
-def _key_text(ssh_key_file: str | None) -> str:
-    from encordfs.backend.sdk import load_key
-
-    if ssh_key_file:
-        return load_key(Path(ssh_key_file).expanduser())
-    text = os.environ.get("ENCORD_SSH_KEY")
-    if text:
-        return text
-    raise errors.AuthError("no SSH key: pass ssh_key_file= or set ENCORD_SSH_KEY_FILE")
-
-
-class _Core:
-    """One built core and what closing it takes; owned by one process (``pid``)."""
-
-    def __init__(self, mount: Mount, temp_dir: Path | None) -> None:
-        self.mount = mount
-        self.fs: EncordFS = mount.fs
-        self.pid = os.getpid()
-        self.temp_dir = temp_dir
-        self.closed = False
-
-    def close(self) -> None:
-        if self.pid != os.getpid() or self.closed:
-            return  # a forked child's copy: its threads and connections belong to the parent
-        self.closed = True
-        self.mount.close()
-        if self.temp_dir is not None:
-            shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 class EncordFileSystem(AbstractFileSystem):
@@ -135,7 +95,7 @@ class EncordFileSystem(AbstractFileSystem):
         self.domain = self.settings.domain
         self.ssh_key_file = self.settings.ssh_key_file
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
-        self._core: _Core | None = None
+        self._core: Core | None = None
         self._core_lock = threading.Lock()
         self._finalizer: weakref.finalize[[], EncordFileSystem] | None = None
 
@@ -147,7 +107,7 @@ class EncordFileSystem(AbstractFileSystem):
         with self._core_lock:
             if self._core is None or self._core.pid != os.getpid():
                 try:
-                    self._core = self._build()
+                    self._core = open_core(self.settings, "fsspec")
                 except errors.FsError as exc:
                     raise _oserror(exc, self.domain) from None
                 self._finalizer = weakref.finalize(self, self._core.close)
@@ -155,33 +115,6 @@ class EncordFileSystem(AbstractFileSystem):
                 # its own finalizers still run, so the private cache dir is removed there too.
                 multiprocessing.util.Finalize(self, self._core.close, exitpriority=10)
             return self._core.fs
-
-    def _build(self) -> _Core:
-        own = self.settings.cache_dir or str(self.settings.cache_path / "fsspec")
-        settings = self.settings.model_copy(update={"cache_dir": own})
-        try:
-            return _Core(self._build_at(settings), None)
-        except errors.Busy:
-            # Another process (a mount, the DataLoader's parent) owns that block cache.
-            _sweep_private_caches()
-            temp = Path(tempfile.mkdtemp(prefix=f"{PRIVATE_CACHE_PREFIX}{os.getpid()}-"))
-            log.info("encord://: %s is in use by another process; caching in %s for this one", settings.cache_dir, temp)
-            settings = settings.model_copy(update={"cache_dir": str(temp)})
-            try:
-                return _Core(self._build_at(settings), temp)
-            except BaseException:
-                shutil.rmtree(temp, ignore_errors=True)
-                raise
-
-    def _build_at(self, settings: Settings) -> Mount:
-        from encordfs.backend.sdk import SdkBackend
-
-        backend = SdkBackend(self.domain, _key_text(self.ssh_key_file), include_org_access=settings.include_org_access)
-        try:
-            return build(backend, settings, account_id=backend.account_id)
-        except BaseException:
-            backend.close()
-            raise
 
     def close(self) -> None:
         """Stop the core's threads and close its caches (also done when the object is collected)."""
@@ -218,7 +151,7 @@ class EncordFileSystem(AbstractFileSystem):
             "ino": attr.ino,
             "mode": attr.mode,
         }
-        if attr.ino == ROOT_INO:
+        if attr.ino == ROOT_INO or is_view_ino(attr.ino):  # view folders (DATASET/@KEY/...) have no fields
             return out
         node = self._fs().node(attr.ino)
         out["encord"] = {**node.fields, "title": node.title}

@@ -11,6 +11,7 @@ from encordfs.core.fetch import HTTP_CLIENTS
 from encordfs.options import BINDINGS
 from harness.emulator import RunningEmulator
 from harness.mount import MountedFS, temporary_mount
+from harness.trees import Labelled, write_labelled
 
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 # Inherited by every mount process this session starts, so its leftovers are told apart from the
@@ -109,3 +110,16 @@ def shape_emulator(request: pytest.FixtureRequest) -> RunningEmulator:
 def shape_mount(shape_emulator: RunningEmulator, binding: str) -> Iterator[MountedFS]:
     with temporary_mount(shape_emulator.domain, shape_emulator.key_file) as mounted:
         yield mounted
+
+
+@pytest.fixture(scope="session")
+def labelled_tree(tmp_path_factory: pytest.TempPathFactory) -> Labelled:
+    """``pets``: labelled images (``label``, ``split``, ``camera.id``), a group, a CSV text row."""
+    return write_labelled(tmp_path_factory.mktemp("labelled"))
+
+
+@pytest.fixture(scope="session")
+def labelled_emulator(labelled_tree: Labelled) -> Iterator[RunningEmulator]:
+    """The labelled tree imported; read-only users share it (tests that write start their own)."""
+    with RunningEmulator(["--import", str(labelled_tree.root)]) as emu:
+        yield emu

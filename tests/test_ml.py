@@ -1,8 +1,10 @@
 """PyTorch over the mount: a DataLoader with 4 workers reads every image of the sample, and each
 sample equals a local decode of the same bytes fetched separately through ``encord://`` (fsspec),
-with labels from client metadata equal to what fsspec's ``info`` reports.
+with labels from client metadata equal to what fsspec's ``info`` reports; and torchvision's
+``ImageFolder`` trains on Encord labels through a view (``DATASET/@label``), with no code of ours.
 
-Needs torch (``pip install torch==2.13.0``, the CPU wheel): skipped without it.
+Needs torch and torchvision (the extra ``encordfs[ml]``: ``torch==2.14.1 torchvision==0.29.1``, which
+``scripts/setup`` installs): skipped without them.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import pytest
 from encordfs.fsspec_impl import EncordFileSystem
 from encordfs.ml import IMAGE_EXTENSIONS, EncordImages, ResizeToTensor, load_rgb
 from harness.emulator import RunningEmulator
-from harness.mount import MountedFS
+from harness.mount import MountedFS, temporary_mount
+from harness.trees import LABELS, Labelled
 
 torch = pytest.importorskip("torch")
 
@@ -86,3 +89,31 @@ def test_same_dataset_class_on_a_local_copy(sample_mount: MountedFS, tmp_path: P
     for i, p in enumerate(local.paths):
         assert torch.equal(local[i][0], mounted[by_name[Path("street-scenes") / p.name]][0])
     assert os.listdir(tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # torchvision's optional image extensions; 2 CPUs
+def test_torchvision_imagefolder_trains_on_encord_labels_through_a_view(
+    labelled_emulator: RunningEmulator, labelled_tree: Labelled
+) -> None:
+    torchvision = pytest.importorskip("torchvision")
+    with temporary_mount(labelled_emulator.domain, labelled_emulator.key_file) as m:
+        root = m.path / "pets" / "@label"
+        data = torchvision.datasets.ImageFolder(str(root), transform=torchvision.transforms.ToTensor())
+        assert data.classes == list(LABELS)
+        got = sorted((str(Path(p).relative_to(root)).split("/", 1)[1], data.classes[t]) for p, t in data.samples)
+        assert got == sorted(labelled_tree.images.items())  # group members too, labelled by their group
+
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 24, len(LABELS)))
+        optimiser = torch.optim.SGD(model.parameters(), lr=0.5)
+        loader = torch.utils.data.DataLoader(data, batch_size=4, shuffle=True, num_workers=2, persistent_workers=True)
+        for _ in range(15):
+            for images, targets in loader:
+                optimiser.zero_grad()
+                loss = torch.nn.functional.cross_entropy(model(images), targets)
+                loss.backward()
+                optimiser.step()
+        with torch.no_grad():
+            images, targets = next(iter(torch.utils.data.DataLoader(data, batch_size=len(data))))
+            accuracy = (model(images).argmax(1) == targets).float().mean().item()
+    assert accuracy == 1.0  # colours per label: a linear model learns them from the mount's files

@@ -67,7 +67,9 @@ log = logging.getLogger(__name__)
 ROOT_INO = 1
 # ``size`` of a file whose metadata has no size (a null ``file_size``): learnt from the object at first use.
 UNKNOWN_SIZE = -1
-SCHEMA_VERSION = 2  # 2: name keys ignore Unicode normalization (names rule 5)
+# 2: name keys ignore Unicode normalization (names rule 5); 3: no name starts with "@" (names rule 2:
+# those are views by metadata key)
+SCHEMA_VERSION = 3
 # Entries per ``sync_children`` batch: one SELECT of the batch's uids (SQLite's default limit of 999
 # host parameters bounds it), then bulk UPDATE / INSERT. Bigger batches gain little past a few hundred.
 SYNC_BATCH = 500
@@ -357,11 +359,17 @@ class Catalog:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version >= SCHEMA_VERSION:
             return
-        # 2: name keys ignore Unicode normalization too. Two names of an old catalog may now collide:
-        # then the folder listings are dropped (it is a cache) and rebuilt with the new rule.
+        # 2: name keys ignore Unicode normalization too; 3: names starting with "@" get a "_" in front.
+        # Two names of an old catalog may now collide: then the folder listings are dropped (it is a
+        # cache) and rebuilt with the new rules.
         conn.create_function("name_key", 1, names.name_key, deterministic=True)
         try:
-            conn.execute("UPDATE nodes SET name_key = name_key(name)")
+            if version < 2:
+                conn.execute("UPDATE nodes SET name_key = name_key(name)")
+            conn.execute(
+                "UPDATE nodes SET name = '_' || name, name_key = name_key('_' || name) WHERE substr(name, 1, 1) = ?",
+                (names.VIEW_MARK,),
+            )
         except sqlite3.IntegrityError:
             conn.rollback()
             conn.execute("DELETE FROM nodes")
@@ -555,6 +563,18 @@ class Catalog:
             "SELECT ino, name, kind, size, mtime FROM nodes WHERE parent=? AND ino>? ORDER BY ino", (parent, after_ino)
         )
         return ((r[0], r[1], KINDS[r[2]], r[3], r[4]) for r in rows)
+
+    def child_metadata(
+        self, parent: int, after_ino: int = 0
+    ) -> Iterator[tuple[int, str, str, Kind, int, float, str, str | None]]:
+        """(ino, uid, name, kind, size, mtime, title, client metadata JSON) of the children above
+        ``after_ino``, in inode order, streamed (as ``child_stats``): what a view by metadata key
+        filters (``core.views``)."""
+        rows = self._stream(
+            "SELECT ino, uid, name, kind, size, mtime, title, client_metadata FROM nodes WHERE parent=? AND ino>? ORDER BY ino",
+            (parent, after_ino),
+        )
+        return ((r[0], r[1], r[2], Kind(r[3]), r[4], r[5], r[6], r[7]) for r in rows)
 
     def loaded_at(self, ino: int) -> float | None:
         cached = self._loaded.get(ino)

@@ -78,9 +78,10 @@ from encordfs.backend import (
     RowRecord,
     costs_a_call,
 )
-from encordfs.core import names, xattrs
+from encordfs.core import names, views, xattrs
 from encordfs.core.catalog import ROOT_INO, UNKNOWN_SIZE, Catalog, Entry, Kind, Node, SyncChanges
 from encordfs.core.journal import RowRef
+from encordfs.core.views import Views, is_view_ino
 from encordfs.core.writes import WriteQueue
 from encordfs.settings import Settings, default
 
@@ -104,6 +105,7 @@ CONTROL_FILES = {"status.json": CONTROL_INO + 1}
 CONTROL_XATTR_PREFIX = "user.encordfs."
 CONTROL_XATTR_REFRESH = CONTROL_XATTR_PREFIX + "refresh"
 CONTROL_XATTR_FLUSH = CONTROL_XATTR_PREFIX + "flush"
+assert views.VIEW_INO_END == CONTROL_INO  # view folders' inodes lie just below the control folder's
 # The read-only xattr field of a group folder whose members could not be listed at its last load.
 ERROR_FIELD = "error"
 
@@ -444,6 +446,11 @@ class EncordFS:
         self.paths = PathCache(lambda: catalog.version)
         self.on_invalidate: Invalidate | None = None
         self.binding_status: Callable[[], dict[str, Any]] | None = None
+        # ``DATASET/@KEY/VALUE`` folders (``core.views``): synthetic inodes, answered by ``views``.
+        self.views = Views(self, catalog)
+        # Set by a binding that can drop kernel entries: called with (folder inode, name) of view
+        # entries that a metadata write or rename may have made wrong (``Views.entries``).
+        self.invalidate_entry: Callable[[int, str], None] | None = None
 
     # -- attributes -------------------------------------------------------------------------------
     def getattr(self, ino: int) -> Attr:
@@ -451,6 +458,8 @@ class EncordFS:
             return self._attr(ROOT_INO, Kind.ROOT, 0, self._started)
         if ino >= CONTROL_INO:
             return self._control_attr(ino)
+        if is_view_ino(ino):
+            return self.views.getattr(ino)
         found = self.catalog.stat_fields(ino)
         if found is None:
             raise errors.NotFound(f"inode {ino} is gone")
@@ -511,7 +520,11 @@ class EncordFS:
             raise errors.NotFound(name)
         if parent > CONTROL_INO:
             raise errors.NotADirectory(name)
+        if is_view_ino(parent):
+            return self.views.lookup(parent, name)
         self._ensure_loaded(parent)
+        if views.is_view_name(name) and parent != ROOT_INO and self._is_dataset(parent):
+            return self.views.key_folder(parent, name)
         ino = self.catalog.lookup_ino(parent, name)
         if ino is None:
             raise errors.NotFound(name)
@@ -519,7 +532,12 @@ class EncordFS:
 
     def lookup_attr(self, parent: int, name: str) -> Attr:
         """``getattr(lookup_ino(parent, name))`` with one catalog query (an inode-based LOOKUP)."""
-        if parent >= CONTROL_INO or (parent == ROOT_INO and name == CONTROL_NAME):
+        if (
+            parent >= CONTROL_INO
+            or (parent == ROOT_INO and name == CONTROL_NAME)
+            or is_view_ino(parent)
+            or views.is_view_name(name)
+        ):
             return self.getattr(self.lookup_ino(parent, name))
         self._ensure_loaded(parent)
         found = self.catalog.lookup_stat(parent, name)
@@ -541,10 +559,12 @@ class EncordFS:
             return ino
         version = self.catalog.version
         ino = parent = ROOT_INO
+        via_view = False  # membership of a view changes with metadata, which ``version`` does not track
         for part in path.split("/"):
             if part:
                 parent, ino = ino, self.lookup_ino(ino, part)
-        if ino != ROOT_INO:
+                via_view = via_view or is_view_ino(ino)
+        if ino != ROOT_INO and not via_view:
             self.paths.put(path, ino, parent, version)
         return ino
 
@@ -556,6 +576,10 @@ class EncordFS:
             return False
         return self.catalog.loaded_at(folder) is None
 
+    def _is_dataset(self, ino: int) -> bool:
+        found = self.catalog.stat_fields(ino)
+        return found is not None and found[0] == Kind.DATASET
+
     def readdir(self, ino: int, after_ino: int = 0) -> Iterator[tuple[str, Attr]]:
         """Children with their attributes, in inode order, from the first inode above ``after_ino``
         (the adapter resumes a listing there). Checks and loading happen before this returns; the
@@ -563,6 +587,8 @@ class EncordFS:
         snapshot is taken, so a stale folder is served as it was, then replaced)."""
         if ino == CONTROL_INO:
             return iter([(name, self._control_attr(i)) for name, i in CONTROL_FILES.items() if i > after_ino])
+        if is_view_ino(ino):
+            return self.views.readdir(ino, after_ino)
         if ino != ROOT_INO and (ino > CONTROL_INO or not self.node(ino).kind.is_dir):
             raise errors.NotADirectory(str(ino))
         stale = self._ensure_loaded(ino, background=False)
@@ -677,6 +703,8 @@ class EncordFS:
     def refresh_path(self, path: str) -> None:
         """``encordfs refresh PATH``: reload the folder at ``path`` (relative to the mount) now."""
         ino = self.resolve(path)
+        if is_view_ino(ino):
+            ino = self.views.dataset_of(ino)
         if ino != ROOT_INO and (ino >= CONTROL_INO or not self.node(ino).kind.is_dir):
             raise errors.InvalidValue(f"{path}: refresh a folder, not a file")
         self.refresh(ino)
@@ -798,6 +826,8 @@ class EncordFS:
     def open(self, ino: int, writable: bool) -> OpenFile:
         if ino >= CONTROL_INO:
             return self._open_control(ino, writable)
+        if is_view_ino(ino):
+            raise errors.IsADirectory(f"view folder {ino}")
         node = self.node(ino)
         if node.kind.is_dir:
             raise errors.IsADirectory(node.name)
@@ -941,10 +971,16 @@ class EncordFS:
         viewed, title = self.writes.view(node.uid, metadata, node.title)
         return (dict(viewed) if viewed is not None else None), title
 
+    def _viewed_metadata(self, uid: str, metadata: dict[str, Any] | None, title: str) -> Any:
+        """A row's metadata as the user sees it, from its uid (``core.views`` filters with this)."""
+        if self.writes is None:
+            return metadata
+        return self.writes.view(uid, metadata, title)[0]
+
     def _xattr_source(self, ino: int) -> tuple[dict[str, Any], str, dict[str, Any] | None, bool] | None:
         """(fields, title, metadata as the user sees it, has metadata) of a node; None for the root
-        and the control folder, which have no xattrs."""
-        if ino == ROOT_INO or ino >= CONTROL_INO:
+        and the control folder, which have no xattrs, and view folders."""
+        if ino == ROOT_INO or ino >= CONTROL_INO or is_view_ino(ino):
             return None
         node = self.node(ino)
         metadata, title = self._view(node)
@@ -967,6 +1003,20 @@ class EncordFS:
             raise errors.NoData(name)
         return found
 
+    def all_xattrs(self, ino: int) -> dict[str, bytes]:
+        """Every xattr of a node with its value, as ``listxattr`` and ``getxattr`` give them, from one
+        read of the node (``encordfs cp --metadata xattr`` copies them all)."""
+        source = self._xattr_source(ino)
+        if source is None:
+            return {}
+        fields, title, metadata, has_metadata = source
+        out = {}
+        for name in xattrs.names(fields, title, metadata, has_metadata=has_metadata):
+            value = xattrs.value(name, fields, title, metadata, has_metadata=has_metadata)
+            if value is not None:
+                out[name] = value
+        return out
+
     def listxattr(self, ino: int) -> list[str]:
         source = self._xattr_source(ino)
         if source is None:
@@ -975,7 +1025,7 @@ class EncordFS:
         return xattrs.names(fields, title, metadata, has_metadata=has_metadata)
 
     def _writable_row(self, ino: int, what: str) -> Node:
-        if ino == ROOT_INO or ino >= CONTROL_INO:
+        if ino == ROOT_INO or ino >= CONTROL_INO or is_view_ino(ino):
             raise errors.NotPermitted(f"{what}: not a data row")
         node = self.node(ino)
         if not node.kind.is_row:
@@ -1015,6 +1065,7 @@ class EncordFS:
                 raise errors.Exists(name)
             self._check_size(parsed, name)
             self.writes.set_metadata(self._ref(node, title), parsed, base_version=node.mtime)
+            self._row_changed(node)
             return None
         key = name[len(xattrs.META_PREFIX) :]
         if not key:
@@ -1026,6 +1077,7 @@ class EncordFS:
         current[key] = parsed
         self._check_size(current, name)
         self.writes.set_key(self._ref(node, title), key, parsed, base_version=node.mtime)
+        self._row_changed(node)
         return None
 
     def removexattr(self, ino: int, name: str) -> None:
@@ -1044,6 +1096,19 @@ class EncordFS:
             raise errors.NoData(name)
         assert self.writes is not None
         self.writes.del_key(self._ref(node, title), key, base_version=node.mtime)
+        self._row_changed(node)
+
+    def _row_changed(self, node: Node, *other_names: str) -> None:
+        """Tell the binding which kernel entries under views a change of this row may have made wrong:
+        through ``invalidate_entry`` if set, else the binding's invalidation listener (``on_invalidate``)."""
+        if (self.invalidate_entry is None and self.on_invalidate is None) or node.kind not in (Kind.ROW, Kind.GROUP):
+            return
+        for name in (node.name, *other_names):
+            for folder, entry in self.views.entries(node.parent, name):
+                if self.invalidate_entry is not None:
+                    self.invalidate_entry(folder, entry)
+                else:
+                    self.invalidate(INVALIDATE_ENTRY, folder, entry)
 
     def _check_size(self, metadata: dict[str, Any], name: str) -> None:
         size = len(xattrs.compact_json(metadata).encode())
@@ -1054,6 +1119,8 @@ class EncordFS:
 
     def _control(self, ino: int, name: str, value: bytes) -> None:
         if name == CONTROL_XATTR_REFRESH:
+            if is_view_ino(ino):
+                ino = self.views.dataset_of(ino)
             if ino != ROOT_INO and (ino >= CONTROL_INO or not self.node(ino).kind.is_dir):
                 raise errors.InvalidValue("refresh a folder, not a file")
             self.refresh(ino)
@@ -1062,13 +1129,28 @@ class EncordFS:
             threading.Thread(target=writes.flush, args=(_parse_timeout(value),), daemon=True).start()
 
     def rename(self, old_parent: int, old_name: str, new_parent: int, new_name: str) -> None:
-        """``mv`` of a row inside its folder: a queued title change. The new name shows at once."""
+        """``mv`` of a row inside its folder: a queued title change. The new name shows at once.
+        With a view folder on either side, ``Views.rename`` decides (a move between value folders
+        sets the key)."""
+        if is_view_ino(old_parent) or is_view_ino(new_parent):
+            return self.views.rename(old_parent, old_name, new_parent, new_name)
         node = self.lookup(old_parent, old_name)
         if new_parent != old_parent:
             raise errors.CrossDevice(
                 "moving rows between folders is not supported; rename within a folder changes the title"
             )
         self._writable_row(node.ino, "rename")
+        self._check_new_name(node, new_name)
+        assert self.writes is not None
+        self.writes.set_title(self._ref(node, new_name), new_name, base_version=node.mtime)
+        self.catalog.rename(node.ino, new_name, new_name)
+        self.invalidate(INVALIDATE_ENTRY, old_parent, old_name)
+        self.invalidate(INVALIDATE_ENTRY, old_parent, new_name)
+        self._row_changed(node, new_name)
+        return None
+
+    def _check_new_name(self, node: Node, new_name: str) -> None:
+        """EPERM or EEXIST if ``node`` may not be renamed to ``new_name`` in its folder."""
         # The new name must be what every mount would show for that title (a fixed point of the naming
         # rules, with the row's own MIME type: "notes" for a text row would show as "notes.txt").
         # EPERM, not EINVAL: GNU mv reports EINVAL as "cannot move ... to a subdirectory of itself".
@@ -1078,14 +1160,9 @@ class EncordFS:
                 f"{new_name!r} is not a name encordfs would show for that title "
                 f"(it would show as {names.base_name(new_name, mime, is_dir=node.kind.is_dir)!r})"
             )
-        existing = self.catalog.lookup_key(old_parent, new_name)
+        existing = self.catalog.lookup_key(node.parent, new_name)
         if existing is not None and existing.ino != node.ino:
             raise errors.Exists(f"{new_name} already exists (or differs only in case)")
-        assert self.writes is not None
-        self.writes.set_title(self._ref(node, new_name), new_name, base_version=node.mtime)
-        self.catalog.rename(node.ino, new_name, new_name)
-        self.invalidate(INVALIDATE_ENTRY, old_parent, old_name)
-        self.invalidate(INVALIDATE_ENTRY, old_parent, new_name)
 
     def fsync(self, fh: int) -> None:
         """Waits until the row's queued changes have landed (or fails with EIO after the timeout)."""

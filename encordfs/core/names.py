@@ -7,7 +7,8 @@ with hypothesis):
    control characters (U+0001–U+001F, U+007F) become ``_``. Leading and trailing white space is
    removed.
 2. An empty result becomes ``untitled``; ``.``, ``..`` and ``.encordfs`` (the hidden control folder)
-   get a ``_`` in front.
+   get a ``_`` in front, and so does a name starting with ``@`` (``@x.jpg`` → ``_@x.jpg``): ``@`` names
+   in a dataset folder are its views by metadata key (``core.views``), so no row may take one.
 3. A file whose title has no extension gets one from its MIME type (``image/jpeg`` and the
    non-standard ``image/jpg`` → ``.jpg``, ``image/x-png`` → ``.png``, ...); a DICOM slice always gets
    ``.dcm`` (its type is taken as ``application/dicom``); folders (datasets, groups) never get one.
@@ -31,6 +32,7 @@ import unicodedata
 
 MAX_NAME_BYTES = 255
 RESERVED = ".encordfs"  # the mount's hidden control folder
+VIEW_MARK = "@"  # names starting with it are views by metadata key (``core.views``), never rows
 UNTITLED = "untitled"
 SLASH_STANDIN = "\u2215"
 _CONTROL = re.compile(r"[\x01-\x1f\x7f]")
@@ -129,7 +131,7 @@ def base_name(title: str, mime_type: str | None = None, *, is_dir: bool = False)
     name = _CONTROL.sub("_", name).strip()
     if not name:
         name = UNTITLED
-    if name in (".", "..") or name.casefold() == RESERVED:
+    if name in (".", "..") or name.casefold() == RESERVED or name.startswith(VIEW_MARK):
         name = "_" + name
     stem, ext = (name, "") if is_dir else split_ext(name)
     if not is_dir and not ext:
