@@ -112,7 +112,7 @@ def serve(s: Settings, mountpoint: Path) -> int:
     backend = SdkBackend(
         s.domain, _key_text(s), include_org_access=s.include_org_access, read_timeout_s=s.api_timeout_s
     )
-    mount = build(backend, s)
+    mount = build(backend, s, mountpoint)
     server = metrics_server = None
     try:
         mount.fs.refresh(ROOT_INO)  # proves the key and the domain before anything is mounted

@@ -101,6 +101,15 @@ OPTIONS: tuple[Option, ...] = (
         "http_client", "curl", "HTTP client for file bytes: curl (libcurl) or httpx (pure Python)", choices=HTTP_CLIENTS
     ),  # fmt: skip
     Option("ca_file", None, "PEM bundle of CAs to trust for Encord and storage (corporate proxies)", metavar="FILE"),
+    # On: behind tens of ms of latency a reader of files one after another waits one round trip per file
+    # without it; it only fetches what a sequential reader or an order hint says comes next, a bounded
+    # window ahead, with background connections and the readahead share of the memory budget.
+    Option(
+        "prefetch",
+        True,
+        "fetch files ahead of readers that follow a folder's listing, and in the order of hints",
+        off_help="never fetch files before they are opened (no lookahead, hints ignored)",
+    ),  # fmt: skip
 )
 
 BY_NAME = {o.name: o for o in OPTIONS}

@@ -360,6 +360,24 @@ class Catalog:
         )
         return [(int(i), str(u)) for i, u in rows]
 
+    def next_files(self, parent: int, after_ino: int, limit: int) -> list[Node]:
+        """Readable files of a folder after ``after_ino``, in listing (inode) order (lookahead)."""
+        rows = self._all(
+            f"SELECT {_COLUMNS} FROM nodes WHERE parent=? AND ino>? AND kind IN (?, ?) AND item_uuid IS NOT NULL "
+            "ORDER BY ino LIMIT ?",
+            (parent, after_ino, Kind.ROW, Kind.CHILD, limit),
+        )
+        return [_node(r) for r in rows]
+
+    def previous_file(self, parent: int, ino: int) -> int | None:
+        """The inode of the readable file listed just before ``ino`` in its folder, if any."""
+        row = self._one(
+            "SELECT ino FROM nodes WHERE parent=? AND ino<? AND kind IN (?, ?) AND item_uuid IS NOT NULL "
+            "ORDER BY ino DESC LIMIT 1",
+            (parent, ino, Kind.ROW, Kind.CHILD),
+        )
+        return None if row is None else int(row[0])
+
     def groups(self, parent: int) -> list[Node]:
         return [
             _node(r) for r in self._all(f"SELECT {_COLUMNS} FROM nodes WHERE parent=? AND kind=?", (parent, Kind.GROUP))

@@ -76,8 +76,14 @@ from concurrent.futures import wait as futures_wait
 from encordfs.core.blockcache import Block, BlockCache, BlockKey, FileLayout
 from encordfs.core.counters import Counters
 from encordfs.core.fetch import RangeFetcher
+from encordfs.core.link import LinkEstimate
 from encordfs.core.urls import UrlSource
 from encordfs.errors import FsError, InvalidValue, RemoteIOError
+
+
+class Throttled(FsError):
+    """A background read was refused because its share of the memory budget is full (not an error)."""
+
 
 MiB = 1 << 20
 
@@ -223,10 +229,14 @@ class ReadPipeline:
         seek_back_bytes: int = MiB,  # reordered reads from parallel FUSE threads stay "sequential"
         read_timeout_s: float = 60.0,  # >= the fetcher's retry budget (30 s) + one socket timeout
         clock: Callable[[], float] = time.monotonic,
+        background_fetcher: RangeFetcher | None = None,
+        link: LinkEstimate | None = None,
     ) -> None:
         if memory_budget_bytes < max(part_bytes, small_file_bytes):
             raise InvalidValue("memory_budget_bytes must hold at least one part and one small file")
         self.fetcher = fetcher
+        self.background_fetcher = background_fetcher if background_fetcher is not None else fetcher
+        self.link = link
         self.cache = cache
         self.counters = counters if counters is not None else Counters()
         self.small_file_bytes = small_file_bytes
@@ -283,6 +293,37 @@ class ReadPipeline:
         self.counters.inc("reader.prefetch_parts", len(pending))
         return len(pending)
 
+    def prefetch_file(self, content_key: str, size: int, url_source: UrlSource) -> int:
+        """Background: bring a file's first part (the whole file when it is small) into the cache, for
+        ``core.prefetch``. Returns the bytes fetched: 0 when the part is cached or already being fetched
+        (nothing is waited for). Never waits for memory: raises ``Throttled`` when the readahead share
+        of the budget is full. A fetch error propagates (the caller drops the file; a demand read later
+        tries again on its own).
+
+        The part is fetched through ``background_fetcher`` and stored like a readahead part (the disk
+        write is queued, waiting for room in its queue: filling the cache is the point), so a later
+        open finds it in memory or on disk, and with backing files on, complete on disk.
+        """
+        if size <= 0:
+            return 0
+        key = (content_key, 0)
+        with self._lock:
+            in_flight = key in self._flights
+        if in_flight or self.cache.contains(key):
+            return 0
+        end = min(self.part_size_for(size), size)
+        if not self.budget.try_acquire(end, self._readahead_limit_bytes):
+            self.counters.inc("reader.readahead_throttled")
+            raise Throttled(f"no room in the read budget for {end} bytes of prefetch")
+        segment = _Segment(0, end, 0, self.budget)
+        segment.fill_cache = True
+        try:
+            self._run_segment(segment, content_key, FileLayout(size, self.part_size_for(size)), url_source, True)
+            segment.wait(self.read_timeout_s)
+        finally:
+            segment.drop()
+        return end
+
     def open_backing(self, content_key: str, size: int, url_source: UrlSource) -> int | None:
         """A read-only fd of a local file holding the whole file at its own offsets (for a FUSE
         passthrough open; the caller closes it), or None when the cache cannot give one.
@@ -328,6 +369,21 @@ class ReadPipeline:
     def _acquire_demand(self, n: int, requester: ReadHandle | None) -> None:
         deadline = self._clock() + self.read_timeout_s
         self.budget.acquire(n, deadline, shed=lambda short: self._shed(short, requester), clock=self._clock)
+
+    def _readahead_limits(self) -> tuple[int, int]:
+        """(GETs in flight per file, bytes held ahead per file) for a sequential stream.
+
+        Twice the link's bandwidth-delay product in flight keeps it busy while each GET waits for its
+        first byte (``core.link``); never fewer than ``max_parallel_per_file`` parts nor a window below
+        ``max_window_bytes``; never more than the pool or a quarter of the readahead budget.
+        """
+        bdp = self.link.bdp_bytes() if self.link is not None else 0
+        if bdp <= 0:
+            return self.max_parallel_per_file, self.max_window_bytes
+        want = 2 * bdp
+        parallel = min(max(self.max_parallel_per_file, -(-want // self.part_bytes) + 1), self.max_parallel_total)
+        window = min(max(self.max_window_bytes, 2 * want), max(self.max_window_bytes, self._readahead_limit_bytes // 4))
+        return parallel, window
 
     def _try_acquire_readahead(self, n: int) -> bool:
         with self._lock:
@@ -396,19 +452,23 @@ class ReadPipeline:
     def _run_segment(
         self, segment: _Segment, content_key: str, layout: FileLayout, url_source: UrlSource, from_pool: bool = False
     ) -> None:
-        """Fill ``segment`` (no-op unless this thread claims it); errors land in its future."""
+        """Fill ``segment`` (no-op unless this thread claims it); errors land in its future. A pool
+        worker's (readahead, prefetch) GETs are background GETs; a reader that claims a queued
+        readahead segment fetches it as demand."""
         if not segment.claim(unless_dropped=from_pool):
             return
         try:
             if segment.part is None:
-                segment.finish(self._fetch(url_source, segment.start, segment.end))
+                segment.finish(self._fetch(url_source, segment.start, segment.end, from_pool))
             else:
-                self._load_part(segment, (content_key, segment.part), layout, url_source)
+                self._load_part(segment, (content_key, segment.part), layout, url_source, from_pool)
         except Exception as exc:
             if not segment.future.done():
                 segment.fail(exc)
 
-    def _load_part(self, segment: _Segment, key: BlockKey, layout: FileLayout, url_source: UrlSource) -> None:
+    def _load_part(
+        self, segment: _Segment, key: BlockKey, layout: FileLayout, url_source: UrlSource, background: bool = False
+    ) -> None:
         cached = self.cache.get(key)
         if cached is not None:
             segment.finish(cached)
@@ -425,7 +485,7 @@ class ReadPipeline:
                 raise RemoteIOError(f"waiting for part {key[1]} timed out") from None
             return
         try:
-            data = self._fetch(url_source, segment.start, segment.end)
+            data = self._fetch(url_source, segment.start, segment.end, background)
             segment.finish(data)  # readers go on before the cache write
             self.cache.put(key, data, layout, wait=segment.fill_cache)  # the disk tier only queues it
         finally:
@@ -433,9 +493,9 @@ class ReadPipeline:
                 if self._flights.get(key) is segment.future:
                     del self._flights[key]
 
-    def _fetch(self, url_source: UrlSource, start: int, end: int) -> bytearray:
+    def _fetch(self, url_source: UrlSource, start: int, end: int, background: bool = False) -> bytearray:
         buf = bytearray(end - start)
-        self.fetcher.fetch_into(url_source, start, memoryview(buf))
+        (self.background_fetcher if background else self.fetcher).fetch_into(url_source, start, memoryview(buf))
         return buf
 
 
@@ -567,7 +627,7 @@ class ReadHandle:
                 segment = self._add_locked(start, end, part)
                 self._frontier = max(self._frontier, end)
                 if self._sequential:  # readahead fell behind this stream: widen it
-                    self._window = min(self._window * 2, self._p.max_window_bytes)
+                    self._window = min(self._window * 2, self._p._readahead_limits()[1])
                 self._schedule_readahead_locked(want_end)
             self._p.counters.inc("reader.demand_fetches")
             return segment
@@ -604,6 +664,7 @@ class ReadHandle:
         if not self._sequential or self._closed:
             return
         p = self._p
+        parallel, window_cap = p._readahead_limits()
         target = min(self.size, pos + self._window)
         frontier = max(self._frontier, pos)
         while frontier < target:
@@ -611,12 +672,9 @@ class ReadHandle:
             if held is not None:
                 frontier = held.end
                 continue
-            if (
-                self._in_flight_locked() >= p.max_parallel_per_file
-                or self._held_ahead_locked(pos) >= p.max_window_bytes
-            ):
+            if self._in_flight_locked() >= parallel or self._held_ahead_locked(pos) >= window_cap:
                 break
-            previous_window, self._window = self._window, min(self._window * 2, p.max_window_bytes)
+            previous_window, self._window = self._window, min(self._window * 2, window_cap)
             start, end, part = self._readahead_range_locked(frontier)
             if not p._try_acquire_readahead(end - start):
                 self._window = previous_window
@@ -712,7 +770,7 @@ class ReadHandle:
         """Hold a new segment (its bytes are already charged); stay within the per-handle cap by LRU."""
         segment = _Segment(start, end, part, self._p.budget)
         self._segments.append(segment)
-        cap = self._p.max_window_bytes + self._part_size
+        cap = self._p._readahead_limits()[1] + self._part_size
         held = sum(s.end - s.start for s in self._segments)
         for old in list(self._segments[:-1]):
             if held <= cap:
@@ -748,4 +806,4 @@ class ReadHandle:
         return freed
 
 
-__all__ = ["MemoryBudget", "ReadHandle", "ReadPipeline"]
+__all__ = ["MemoryBudget", "ReadHandle", "ReadPipeline", "Throttled"]
