@@ -26,7 +26,9 @@ Sequential lookahead (``opened``)
     ``recent_opens`` opens), ``x`` extends that run; a run of ``lookahead_run`` files starts a stream of
     the files listed after ``x`` (``source.next_files``), window ``initial_window``. Parallel readers
     of one folder (8 threads taking chunks in order) each start their own stream; streams skip files
-    already cached or in flight. A random reader almost never makes a run of 3 and starts nothing.
+    already cached or in flight. A random reader almost never makes a run of 4 and starts nothing. A
+    lookahead stream's hits are opens of files no further than a window past what it scheduled: a
+    reader elsewhere in the folder is a miss, not a jump.
 
 Order hints (``hints_open``, ``hints_write``, ``hints_close``)
     The ``/.encordfs/hints`` control file (``core.fs``) takes paths, one per line, in the order a
@@ -127,13 +129,15 @@ class PrefetchConfig:
     ahead_bytes: int = 128 * MiB
     # The most a file's prefetch fetches: its first part (the reader's ``small_file_bytes``).
     file_bytes_cap: int = 8 * MiB
-    lookahead_run: int = 3  # files opened in listing order that start a lookahead stream
+    # Files opened in listing order that start a lookahead stream. A random reader of N files makes such
+    # a run about N x (recent_opens / N) ** (run - 1) times an epoch: 4 keeps it near zero from N ~ 200.
+    lookahead_run: int = 4
     initial_window: int = 4  # files ahead of a new lookahead stream
     hint_initial_window: int = 16  # hints announce intent: start wider
     max_window: int = 1024  # files ahead of one stream, at most
     idle_opens: int = 64  # opens in a stream's scope without a hit that retire it (x4 for hint lists)
     idle_s: float = 30.0  # seconds without a hit that retire a stream
-    recent_opens: int = 32  # opens per folder remembered for run detection
+    recent_opens: int = 16  # opens per folder remembered for run detection (2 per reader of 8 in parallel)
     max_folders: int = 256  # folders whose recent opens are remembered (least recently used go)
     max_streams_per_folder: int = 16
     max_hint_lists: int = 4
@@ -404,8 +408,10 @@ class Prefetcher:
         self._note_run(folder, state, ino)
 
     def _match(self, stream: _Stream, ino: int) -> bool:
+        """A hit: a file the stream holds (for lookahead: no further ahead than a window past what it
+        scheduled; a hint list is the reader's own word, wherever the file is in it)."""
         pos = stream.index.get(ino)
-        if pos is None:
+        if pos is None or (stream.kind == "lookahead" and pos > stream.next_pos + stream.window):
             stream.idle += 1
             return False
         self._hit(stream, pos)
@@ -536,7 +542,7 @@ class Prefetcher:
             self._submit(stream, pos, item, nbytes)
             stream.next_pos += 1
         # what the reader may open next is known, so that an open beyond the window is recognised
-        self._produce_to(stream, limit + 1 + max(stream.window, cfg.page_files))
+        self._produce_to(stream, limit + 1 + stream.window)
         if stream.exhausted and stream.front >= stream.produced - 1:
             self._retire(stream, "finished")
 
