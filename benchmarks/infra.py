@@ -272,7 +272,7 @@ class EncordMount:
 class RcloneMount:
     """``rclone mount :http:`` of the nginx root, default VFS settings (no VFS cache)."""
 
-    def __init__(self, url: str, path: Path, work: Path) -> None:
+    def __init__(self, url: str, path: Path, work: Path, *extra: str) -> None:
         self.path = path
         path.mkdir(parents=True, exist_ok=True)
         conf = work / "rclone.conf"
@@ -291,6 +291,7 @@ class RcloneMount:
             "1h",
             "--attr-timeout",
             "60s",
+            *extra,
         ]
         self.proc = subprocess.Popen(
             argv,
