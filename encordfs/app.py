@@ -180,7 +180,12 @@ def _prefetcher(
     def fetch(item: Item) -> int:
         return reader.prefetch_file(item.key, item.size, item.url_source)
 
-    return Prefetcher(fs, fetch, counters, config, mountpoint=str(mountpoint) if mountpoint else None)
+    def fetch_async(item: Item, done: Callable[[int, errors.FsError | None], None]) -> bool:
+        return reader.prefetch_file_async(item.key, item.size, item.url_source, done)
+
+    return Prefetcher(
+        fs, fetch, counters, config, mountpoint=str(mountpoint) if mountpoint else None, fetch_async=fetch_async
+    )
 
 
 def retire_block_cache(cache_dir: Path) -> None:

@@ -52,8 +52,36 @@ class RecordingFetcher:
         out[:] = self.backend.fetch(f"mem://{item}", start, start + len(out))
 
 
+class AsyncRecordingFetcher(RecordingFetcher):
+    """Also ``fetch_async``, completed on a thread of its own as libcurl's loop would: ``fail_async``
+    names items whose single async attempt fails; ``hold`` (an Event) keeps each transfer in flight
+    until it is set."""
+
+    def __init__(self, backend: MemoryBackend, events: list[tuple[str, str]], lock: threading.Lock) -> None:
+        super().__init__(backend, events, lock)
+        self.fail_async: set[str] = set()
+        self.hold: threading.Event | None = None
+
+    def fetch_async(self, url: str, start: int, out: memoryview, on_done: Any) -> bool:
+        item = url.removeprefix("mem://")
+
+        def run() -> None:
+            if self.hold is not None:
+                self.hold.wait(10)
+            with self.lock:
+                self.events.append(("fetch", item))
+            if item in self.fail_async:
+                on_done(errors.RemoteIOError(f"{item}: injected async failure"))
+                return
+            out[:] = self.backend.fetch(url, start, start + len(out))
+            on_done(None)
+
+        threading.Thread(target=run, daemon=True).start()
+        return True
+
+
 class World:
-    def __init__(self, tmp_path: Path, config: PrefetchConfig, files: int = FILES) -> None:
+    def __init__(self, tmp_path: Path, config: PrefetchConfig, files: int = FILES, use_async: bool = False) -> None:
         self.backend = MemoryBackend()
         self.backend.add_dataset(DatasetRecord("ds1", "street", "d", 1e9, 1e9, 0, "folder1", "admin"))
         self.backend.add_dataset(DatasetRecord("ds2", "other", "d", 1e9, 1e9, 0, "folder2", "admin"))
@@ -65,7 +93,7 @@ class World:
         self.lock = threading.Lock()
         self.counters = Counters()
         self.catalog = Catalog(tmp_path / "catalog.sqlite")
-        self.fetcher = RecordingFetcher(self.backend, self.events, self.lock)
+        self.fetcher = (AsyncRecordingFetcher if use_async else RecordingFetcher)(self.backend, self.events, self.lock)
         urls = SignedUrlCache(self.backend.sign, clock=Clock())
         self.reader = ReadPipeline(
             self.fetcher,
@@ -81,7 +109,12 @@ class World:
         def fetch(item: Item) -> int:
             return self.reader.prefetch_file(item.key, item.size, item.url_source)
 
-        self.prefetcher = Prefetcher(self.fs, fetch, self.counters, config, mountpoint="/mnt/enc")
+        def fetch_async(item: Item, done: Any) -> bool:
+            return self.reader.prefetch_file_async(item.key, item.size, item.url_source, done)
+
+        self.prefetcher = Prefetcher(
+            self.fs, fetch, self.counters, config, mountpoint="/mnt/enc", fetch_async=fetch_async if use_async else None
+        )
         self.fs.prefetcher = self.prefetcher
 
     def close(self) -> None:
@@ -135,8 +168,8 @@ class World:
 def make_world(tmp_path: Path) -> Iterator[Any]:
     made: list[World] = []
 
-    def make(files: int = FILES, **config: Any) -> World:
-        world = World(tmp_path / f"w{len(made)}", PrefetchConfig(**config), files)
+    def make(files: int = FILES, use_async: bool = False, **config: Any) -> World:
+        world = World(tmp_path / f"w{len(made)}", PrefetchConfig(**config), files, use_async)
         made.append(world)
         return world
 
@@ -151,8 +184,9 @@ def name(i: int) -> str:
     return f"/street/f{i:03d}.jpg"
 
 
-def test_a_sequential_reader_gets_the_next_files_fetched_before_it_opens_them(make_world: Any) -> None:
-    w = make_world()
+@pytest.mark.parametrize("use_async", [False, True], ids=["threads", "async"])
+def test_a_sequential_reader_gets_the_next_files_fetched_before_it_opens_them(make_world: Any, use_async: bool) -> None:
+    w = make_world(use_async=use_async)
     w.fs.readdir(w.fs.resolve("/street"))
     for i in range(FILES):
         assert w.read(name(i)) == bytes([i]) * SIZE
@@ -299,3 +333,42 @@ def test_hints_without_a_prefetcher_are_refused(make_world: Any) -> None:
     with pytest.raises(errors.ReadOnly):
         w.fs.write(fh, 0, b"x")
     w.fs.release(fh)
+
+
+def test_a_failed_async_attempt_is_retried_on_a_thread(make_world: Any) -> None:
+    w = make_world(use_async=True, hint_initial_window=4)
+    w.fetcher.fail_async.add("item-r005")
+    w.hint([name(i).encode() for i in range(4, 8)])
+    assert w.prefetcher.wait_idle()
+    assert w.fetched_before_opened() == {f"item-r{i:03d}" for i in range(4, 8)}
+    c = w.counters.snapshot()
+    assert c["prefetch.async_retries"] == 1 and c["prefetch.files"] == 4 and c.get("prefetch.failed", 0) == 0
+    assert w.fetches("item-r005") == 2  # the failed attempt, then the thread's
+    assert w.read(name(5)) == bytes([5]) * SIZE and w.fetches("item-r005") == 2
+
+
+def test_a_demand_read_that_joined_a_failing_prefetch_fetches_on_its_own(make_world: Any) -> None:
+    w = make_world(use_async=True, hint_initial_window=1)
+    w.fetcher.hold = threading.Event()
+    w.fetcher.fail_async.add("item-r009")
+    w.hint([name(9).encode()])
+    assert w.prefetcher.wait_idle(timeout_s=0.5) is False  # held in flight
+    reader_done: list[bytes] = []
+    t = threading.Thread(target=lambda: reader_done.append(_read_when_fetchable(w)))
+    t.start()
+    while w.counters.get("reader.flight_joins") == 0:  # the demand read joined the prefetch's flight
+        threading.Event().wait(0.01)
+    w.fetcher.hold.set()
+    t.join(10)
+    assert reader_done == [bytes([9]) * SIZE]
+    assert w.counters.get("reader.prefetch_failures_refetched") == 1
+    assert w.prefetcher.wait_idle() and w.counters.get("prefetch.async_retries") == 1
+
+
+def _read_when_fetchable(w: World) -> bytes:
+    """Open and read file 9 while its prefetch is held in flight."""
+    fh = w.fs.open(w.fs.resolve(name(9)), writable=False).fh
+    try:
+        return bytes(w.fs.read(fh, 0, 1 << 20))
+    finally:
+        w.fs.release(fh)

@@ -300,6 +300,54 @@ class HttpFetcher:
                 url = url_source(False)
                 resigned = False
 
+    def fetch_async(self, url: str, start: int, out: memoryview, on_done: Callable[[FsError | None], None]) -> bool:
+        """One attempt at ``fetch_into`` without a waiting thread, when the transport can (libcurl's
+        ``submit``); False when it cannot (httpx): use ``fetch_into`` on a thread. ``on_done(error)`` is
+        called once, on the transport's thread (hand over, nothing more), with None once ``out`` holds
+        every byte, else the ``FsError`` of the first failure: no retry and no re-sign here (the caller
+        falls back to ``fetch_into``, which does both). ``url`` is resolved by the caller."""
+        submit = getattr(self.transport, "submit", None)
+        if submit is None or len(out) == 0:
+            return False
+        length = len(out)
+        sent = self._clock()
+        first_byte = [sent]
+        self.counters.inc("fetch.requests")
+        self.counters.inc("fetch.async_requests")
+
+        def accept(status: int, headers: Headers) -> None:
+            first_byte[0] = self._clock()
+            self._check_status(status, headers, url)
+            self._check_range(status, headers, start, length, url)
+
+        def done(reply: Reply | None, error: BaseException | None) -> None:
+            received = reply.received if reply is not None else getattr(error, "received", 0)
+            self.counters.inc("fetch.bytes_fetched", received)
+            outcome: FsError | None = None
+            if error is None and received < length:
+                outcome = RemoteIOError(f"body cut short at {received} of {length} bytes")
+            elif isinstance(error, FsError):
+                outcome = error
+            elif isinstance(error, TransportError):
+                outcome = RemoteIOError(f"cannot fetch {redact(url)}: {_scrub(error.reason, url)}")
+            elif isinstance(error, _Refused):
+                outcome = RemoteIOError(f"{redact(url)} answered HTTP {error.status}")
+            elif isinstance(error, _Retry):
+                outcome = RemoteIOError(f"{redact(url)}: {error.reason}")
+            elif error is not None:
+                outcome = RemoteIOError(f"{redact(url)}: {type(error).__name__}")
+            if outcome is not None:
+                self.counters.inc("fetch.async_failures")
+            elif self.link is not None:
+                self.link.observe(length, first_byte[0] - sent, self._clock() - sent)
+            on_done(outcome)
+
+        try:
+            submit(url, start, out, accept, min(self.retry_budget_s, 60.0), self.stall_timeout_s, done)
+        except TransportError as exc:
+            raise RemoteIOError(f"cannot fetch {redact(url)}: {_scrub(exc.reason, url)}") from None
+        return True
+
     # -- one attempt
 
     def _attempt(self, url: str, start: int, out: memoryview, deadline: float) -> None:
@@ -361,6 +409,27 @@ class _BackgroundFetcher:
 
     def __init__(self, fetcher: HttpFetcher) -> None:
         self._fetcher = fetcher
+
+    def fetch_async(self, url: str, start: int, out: memoryview, on_done: Callable[[FsError | None], None]) -> bool:
+        """``HttpFetcher.fetch_async`` in a background slot; False also when no slot is free now."""
+        f = self._fetcher
+        if not f._background_slots.acquire(blocking=False):
+            return False
+
+        def done(error: FsError | None) -> None:
+            f._background_slots.release()
+            on_done(error)
+
+        try:
+            started = f.fetch_async(url, start, out, done)
+        except BaseException:
+            f._background_slots.release()
+            raise
+        if not started:
+            f._background_slots.release()
+        else:
+            f.counters.inc("fetch.background_requests")
+        return started
 
     def fetch_into(self, url_source: UrlSource, start: int, out: memoryview) -> None:
         f = self._fetcher

@@ -4,9 +4,12 @@ A reader that opens files one after another (``tar``, ``cp -r``, ``rsync``, an u
 waits one first-byte latency per file, and a shuffled loader one per sample: 25 ms each is 40 files
 per second per reader, whatever the bandwidth. This module fetches files before they are opened, in
 the order they will be opened, a bounded window ahead, into the block cache (memory and disk), so an
-open finds its bytes there. It owns no bytes: ``fetch`` (``ReadPipeline.prefetch_file``) fetches a
-file's first part (a small file whole) into the cache; what to fetch comes from ``source``
-(``EncordFS``: the catalog's listing order, path resolution). It never imports the core.
+open finds its bytes there. It owns no bytes: ``fetch_async`` (``ReadPipeline.prefetch_file_async``:
+one GET on libcurl's loop, no thread waiting) or ``fetch`` (``ReadPipeline.prefetch_file``, on one of
+``parallel`` worker threads: httpx, no background connection free, or a retry after the async attempt
+failed) fetches a file's first part (a small file whole) into the cache; what to fetch comes from
+``source`` (``EncordFS``: the catalog's listing order, path resolution). Of the rest of the core it
+knows only the reader's ``Throttled``.
 
 Streams
     Each ordered sequence of files being prefetched is a ``_Stream``: positions 0, 1, 2, ... of
@@ -60,8 +63,10 @@ Bounds (prefetch never delays a demand read and never exceeds its budgets)
 
 Threads
     One planner thread owns every stream, run and counter decision; FUSE threads only post events
-    (``opened``, hint lines) to its queue and return, and ``parallel`` worker threads only run
-    ``fetch`` and post the outcome back. Nothing the planner owns is locked; ``status`` reads a list
+    (``opened``, hint lines) to its queue and return; the transport's thread (``fetch_async``) and
+    ``parallel`` worker threads (``fetch``) only post outcomes back. The planner takes events in
+    batches and schedules once per batch (a wake-up and a pass over the streams per file cost more
+    than the fetch itself on 2 cores). Nothing the planner owns is locked; ``status`` reads a list
     of stream summaries the planner replaces (never mutates). Hint lines arrive as events too and are
     kept by the planner in ``_HintLines`` (its lock is a leaf, for ``status``-style readers).
 """
@@ -81,6 +86,7 @@ from typing import Any, Protocol
 
 from encordfs import errors
 from encordfs.core.counters import Counters
+from encordfs.core.reader import Throttled
 from encordfs.core.urls import UrlSource
 
 log = logging.getLogger(__name__)
@@ -116,6 +122,8 @@ class Source(Protocol):
 
 
 FetchFile = Callable[[Item], int]  # bytes fetched (0: cached already); raises reader.Throttled or FsError
+# Start fetching without a thread; calls back (bytes, error) from the transport's thread; False: cannot.
+FetchFileAsync = Callable[[Item, Callable[[int, "errors.FsError | None"], None]], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,9 +271,11 @@ class Prefetcher:
         config: PrefetchConfig | None = None,
         mountpoint: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        fetch_async: FetchFileAsync | None = None,
     ) -> None:
         self.source = source
         self.fetch = fetch
+        self.fetch_async = fetch_async
         self.counters = counters if counters is not None else Counters()
         self.config = config if config is not None else PrefetchConfig()
         self.mountpoint = mountpoint.rstrip("/") if mountpoint else None
@@ -285,6 +295,7 @@ class Prefetcher:
         self._ahead = 0
         self._fetched: OrderedDict[str, None] = OrderedDict()  # prefetched, not opened since (bounded)
         self._view: list[_Stream] = []
+        self._pings: list[threading.Event] = []
         self._planner = threading.Thread(target=self._plan, name="encordfs-prefetch-plan", daemon=True)
         self._planner.start()
 
@@ -343,18 +354,31 @@ class Prefetcher:
         while True:
             paused = any(s.paused_until for s in self._view)
             try:
-                event = self._events.get(timeout=self.config.throttle_pause_s if paused else 1.0)
+                events = [self._events.get(timeout=self.config.throttle_pause_s if paused else 1.0)]
             except queue.Empty:
-                event = ("tick",)
-            if event is _STOP:
-                for stream in list(self._view):
-                    self._retire(stream, "closed")
-                return
+                events = []
+            while len(events) < 512:  # a batch: streams are pumped once for all of it
+                try:
+                    events.append(self._events.get_nowait())
+                except queue.Empty:
+                    break
+            for event in events:
+                if event is _STOP:
+                    for stream in list(self._view):
+                        self._retire(stream, "closed")
+                    return
+                try:
+                    self._handle(event, lists)
+                except Exception:  # a bug must not end prefetch for the mount's life
+                    log.exception("prefetch planner: %s failed", event[0])
             try:
-                self._handle(event, lists)
+                self._retire_idle()
                 self._pump_all()
-            except Exception:  # a bug must not end prefetch for the mount's life
-                log.exception("prefetch planner: %s failed", event[0])
+            except Exception:
+                log.exception("prefetch planner: scheduling failed")
+            for ping in self._pings:
+                ping.set()
+            self._pings.clear()
 
     def _handle(self, event: tuple[Any, ...], lists: dict[int, _HintLines]) -> None:
         kind = event[0]
@@ -377,8 +401,7 @@ class Prefetcher:
                     self._clear_hints()
                 self._count_dropped(hint_lines)
         elif kind == "ping":
-            event[1].set()
-        self._retire_idle()
+            self._pings.append(event[1])  # answered once the batch has been scheduled
 
     # -- opens
 
@@ -568,6 +591,28 @@ class Prefetcher:
         stream.charged[pos] = nbytes
         self._ahead += nbytes
         self.counters.inc("prefetch.files_queued")
+        if self.fetch_async is not None:
+            if self._start_async(stream, pos, item):
+                return
+        self._to_pool(stream, pos, item)
+
+    def _start_async(self, stream: _Stream, pos: int, item: Item) -> bool:
+        """Fetch without a thread (libcurl); False: not possible now, use a worker thread."""
+        assert self.fetch_async is not None
+
+        def done(nbytes: int, error: errors.FsError | None) -> None:  # the transport's thread: post only
+            self._events.put(("done", stream, pos, item, "ok" if error is None else "async_failed", nbytes))
+
+        try:
+            return self.fetch_async(item, done)
+        except Throttled:
+            self._on_done(stream, pos, item, "throttled", 0)
+        except errors.FsError as exc:
+            log.debug("prefetch of inode %d dropped: %s", item.ino, exc)
+            self._on_done(stream, pos, item, "failed", 0)
+        return True
+
+    def _to_pool(self, stream: _Stream, pos: int, item: Item) -> None:
         try:
             self._pool.submit(self._run, stream, pos, item)
         except RuntimeError:  # shutting down
@@ -575,8 +620,6 @@ class Prefetcher:
 
     def _run(self, stream: _Stream, pos: int, item: Item) -> None:
         """A worker thread: fetch one file, post the outcome to the planner."""
-        from encordfs.core.reader import Throttled  # the one type this module knows of the reader
-
         outcome, nbytes = "failed", 0
         try:
             nbytes = self.fetch(item)
@@ -590,6 +633,10 @@ class Prefetcher:
         self._events.put(("done", stream, pos, item, outcome, nbytes))
 
     def _on_done(self, stream: _Stream, pos: int, item: Item, outcome: str, nbytes: int) -> None:
+        if outcome == "async_failed":  # one attempt failed: a worker thread tries with retries, re-signing
+            self.counters.inc("prefetch.async_retries")
+            self._to_pool(stream, pos, item)
+            return
         self._in_flight -= 1
         stream.in_flight -= 1
         self._in_flight_keys.discard(item.key)

@@ -157,6 +157,7 @@ class _Segment:
         self.end = end
         self.part = part
         self.fill_cache = False  # prefetch: wait for room in a slow cache tier rather than skip it
+        self.prefetch = False  # a prefetch's flight: a reader that joined it fetches itself if it fails
         self.collected = False  # a ramp segment copied into the part being collected (``_collect_ramp``)
         self.future: Future[Block] = Future()
         self._budget = budget
@@ -254,6 +255,7 @@ class ReadPipeline:
         self._lock = threading.Lock()
         self._handles: set[ReadHandle] = set()
         self._flights: dict[BlockKey, Future[Block]] = {}
+        self._prefetch_flights: set[Future[Block]] = set()  # flights of prefetch: their failure fails no reader
         self._pooled_in_flight = 0
 
     # -- public surface
@@ -316,13 +318,90 @@ class ReadPipeline:
             self.counters.inc("reader.readahead_throttled")
             raise Throttled(f"no room in the read budget for {end} bytes of prefetch")
         segment = _Segment(0, end, 0, self.budget)
-        segment.fill_cache = True
+        segment.fill_cache = segment.prefetch = True
         try:
             self._run_segment(segment, content_key, FileLayout(size, self.part_size_for(size)), url_source, True)
             segment.wait(self.read_timeout_s)
         finally:
             segment.drop()
         return end
+
+    def prefetch_file_async(
+        self, content_key: str, size: int, url_source: UrlSource, done: Callable[[int, FsError | None], None]
+    ) -> bool:
+        """``prefetch_file`` without a thread of its own, when the background fetcher has ``fetch_async``
+        (libcurl): the GET runs on the transport's loop, which stores the part (memory, and the disk
+        queue unless its backlog is full) and then calls ``done(bytes, error)`` on that loop thread
+        (hand over, nothing more). One attempt: on an error the caller may try ``prefetch_file``, which
+        retries and re-signs. Returns False when it cannot start this way (httpx; no background
+        connection free): call ``prefetch_file`` on a thread instead. A cached or in-flight part is
+        ``done(0, None)`` at once. Raises ``Throttled`` as ``prefetch_file`` does, and the ``FsError`` of
+        a URL that cannot be had (``url_source`` runs on the calling thread and may sign, one API call).
+        """
+        fetch_async = getattr(self.background_fetcher, "fetch_async", None)
+        key = (content_key, 0)
+        with self._lock:
+            in_flight = key in self._flights
+        if size <= 0 or in_flight or self.cache.contains(key):
+            done(0, None)
+            return True
+        if fetch_async is None:
+            return False
+        part_size = self.part_size_for(size)
+        end = min(part_size, size)
+        if not self.budget.try_acquire(end, self._readahead_limit_bytes):
+            self.counters.inc("reader.readahead_throttled")
+            raise Throttled(f"no room in the read budget for {end} bytes of prefetch")
+        segment = _Segment(0, end, 0, self.budget)
+        segment.claim()
+        try:
+            url = url_source(False)
+        except BaseException:
+            segment.fail(RemoteIOError("no URL"))
+            segment.drop()
+            raise
+        with self._lock:
+            joined = key in self._flights
+            if not joined:
+                self._flights[key] = segment.future
+                self._prefetch_flights.add(segment.future)
+        if joined:  # someone started it meanwhile
+            segment.fail(RemoteIOError("joined"))
+            segment.drop()
+            done(0, None)
+            return True
+        buf = bytearray(end)
+        layout = FileLayout(size, part_size)
+
+        def land(error: FsError | None) -> None:
+            try:
+                if error is None:
+                    segment.finish(buf)  # a demand reader that joined goes on now
+                    self.cache.put(key, buf, layout)  # memory; the disk tier only queues (or skips)
+                else:
+                    segment.fail(error)
+            finally:
+                with self._lock:
+                    if self._flights.get(key) is segment.future:
+                        del self._flights[key]
+                    self._prefetch_flights.discard(segment.future)
+                segment.drop()
+            done(end if error is None else 0, error)
+
+        try:
+            started = bool(fetch_async(url, 0, memoryview(buf), land))
+        except BaseException as exc:
+            land(exc if isinstance(exc, FsError) else RemoteIOError(f"prefetch: {type(exc).__name__}"))
+            return True
+        if not started:
+            with self._lock:
+                if self._flights.get(key) is segment.future:
+                    del self._flights[key]
+                self._prefetch_flights.discard(segment.future)
+            segment.fail(RemoteIOError("not started"))
+            segment.drop()
+            return False
+        return True
 
     def open_backing(self, content_key: str, size: int, url_source: UrlSource) -> int | None:
         """A read-only fd of a local file holding the whole file at its own offsets (for a FUSE
@@ -469,20 +548,32 @@ class ReadPipeline:
     def _load_part(
         self, segment: _Segment, key: BlockKey, layout: FileLayout, url_source: UrlSource, background: bool = False
     ) -> None:
-        cached = self.cache.get(key)
-        if cached is not None:
-            segment.finish(cached)
-            return
-        with self._lock:
-            flight = self._flights.get(key)
+        while True:
+            cached = self.cache.get(key)
+            if cached is not None:
+                segment.finish(cached)
+                return
+            with self._lock:
+                flight = self._flights.get(key)
+                if flight is not None and flight in self._prefetch_flights and _failed(flight):
+                    flight = None  # a failed prefetch is dropped: this reader fetches on its own
+                if flight is None:
+                    self._flights[key] = segment.future
+                    if segment.prefetch:
+                        self._prefetch_flights.add(segment.future)
+                joined_prefetch = flight is not None and flight in self._prefetch_flights
             if flight is None:
-                self._flights[key] = segment.future
-        if flight is not None:
+                break
             self.counters.inc("reader.flight_joins")
             try:
                 segment.finish(flight.result(timeout=self.read_timeout_s))
             except TimeoutError:
                 raise RemoteIOError(f"waiting for part {key[1]} timed out") from None
+            except FsError:
+                if not joined_prefetch:
+                    raise
+                self.counters.inc("reader.prefetch_failures_refetched")
+                continue  # never fail a demand read because a prefetch of it failed
             return
         try:
             data = self._fetch(url_source, segment.start, segment.end, background)
@@ -492,6 +583,7 @@ class ReadPipeline:
             with self._lock:
                 if self._flights.get(key) is segment.future:
                     del self._flights[key]
+                self._prefetch_flights.discard(segment.future)
 
     def _fetch(self, url_source: UrlSource, start: int, end: int, background: bool = False) -> bytearray:
         buf = bytearray(end - start)
@@ -522,6 +614,10 @@ class _RampPart:
                 merged.append(span)
         self._spans = merged
         return merged == [[0, len(self.buf)]]
+
+
+def _failed(future: Future[Block]) -> bool:
+    return future.done() and future.exception() is not None
 
 
 def _releaser(segment: _Segment, slots: threading.Semaphore) -> Callable[[], None]:
