@@ -372,3 +372,21 @@ def _read_when_fetchable(w: World) -> bytes:
         return bytes(w.fs.read(fh, 0, 1 << 20))
     finally:
         w.fs.release(fh)
+
+
+def test_hints_serve_parallel_workers_reading_their_own_batches(make_world: Any) -> None:
+    """A loader's workers each read their own batch of the hinted order at once (worker k: positions
+    10k, 10k+1, ...): files opened before scheduling reached them are skipped, not the files between."""
+    w = make_world(hint_initial_window=2)
+    w.hint([name(i).encode() for i in range(FILES)])
+    assert w.prefetcher.wait_idle()
+    order = [10 * k + j for j in range(10) for k in range(4)]  # 0, 10, 20, 30, 1, 11, 21, 31, ...
+    for i in order:
+        assert w.read(name(i)) == bytes([i]) * SIZE
+        assert w.prefetcher.wait_idle()
+    missed = {f"item-r{i:03d}" for i in range(FILES)} - w.fetched_before_opened()
+    assert missed == {"item-r010", "item-r020", "item-r030"}  # opened before the window (2, 3, 4...) got there
+    assert all(w.fetches(f"item-r{i:03d}") == 1 for i in range(FILES))  # and none fetched twice
+    c = w.counters.snapshot()
+    assert c["hints.overtaken"] == 3 and c["hints.hits"] == FILES - 3 and c["hints.retired_finished"] == 1
+    assert w.prefetcher.status()["ahead_bytes"] == 0

@@ -15,13 +15,16 @@ Streams
     Each ordered sequence of files being prefetched is a ``_Stream``: positions 0, 1, 2, ... of
     ``Item``\\ s it produces lazily (a page of the folder's listing, or a page of resolved hint lines),
     a *front* (the furthest position opened so far), and a *window* (files ahead of the front kept
-    fetched or in flight). An open of a file the stream holds is a *hit*: the front moves there, and if
-    the file had been handed to the fetcher before it was opened (it was *used*) the window grows by
-    one file, up to ``max_window`` (TCP's slow start: it doubles every window's worth of hits while
-    prefetch keeps being used). A stream that gets no hit for ``idle_opens`` opens in its scope (its
-    folder; for hints, the whole mount) or ``idle_s`` seconds is retired, and what it fetched ahead and
-    nobody opened is counted (``prefetch.unused_files``). An open beyond what was scheduled (the reader
-    overtook prefetch) moves scheduling past it.
+    fetched or in flight). An open of a file the stream holds is a *hit*: the front moves there (if it
+    is further), the window grows by one file, up to ``max_window`` (TCP's slow start: it doubles every
+    window's worth of hits while prefetch keeps being used). A stream that gets no hit for
+    ``idle_opens`` opens in its scope (its folder; for hints, the whole mount) or ``idle_s`` seconds is
+    retired, and what it fetched and nobody opened is counted (``prefetch.unused_files``). An open of a
+    file not scheduled yet (the reader overtook prefetch) moves a lookahead stream's scheduling past it
+    (one reader); a hint list only skips that file (its readers are a loader's parallel workers, each
+    at its own place within a few batches of the front: positions up to ``hint_keep_behind`` behind
+    the front still match). A stream ends ("finished") once it has handed out every file and its last
+    one was opened.
 
 Sequential lookahead (``opened``)
     Listing order is inode order (``readdir``). When an open of file ``x`` in a folder follows the open
@@ -52,8 +55,8 @@ Order hints (``hints_open``, ``hints_write``, ``hints_close``)
 Bounds (prefetch never delays a demand read and never exceeds its budgets)
     At most ``parallel`` files are fetched at once, over all streams, each through the fetcher's
     background slots (``HttpFetcher.background``: demand reads keep connections of their own). Bytes
-    fetched ahead of their readers (charged when handed to the fetcher, released when the front passes
-    them, or the stream ends) stay under ``ahead_bytes``: the mount sets it below the memory cache's
+    fetched ahead of their readers (charged when handed to the fetcher, released when that file is
+    opened, falls far behind the front, or the stream ends) stay under ``ahead_bytes``: the mount sets it below the memory cache's
     capacity and the disk cache's, so prefetched files are still cached when they are opened. Each
     fetch takes its memory from the readahead share of the read budget without waiting
     (``Throttled``: the stream pauses ``throttle_pause_s`` and tries again). A demand read of a file
@@ -151,6 +154,9 @@ class PrefetchConfig:
     max_hint_lists: int = 4
     max_hint_lines: int = 10_000_000
     page_files: int = 64  # items produced per catalog query or resolution batch
+    # Positions a hint list keeps matching behind its front: the slowest of a loader's workers is a few
+    # batches behind its fastest (8 workers x 2 batches of 32 in flight = 512).
+    hint_keep_behind: int = 1024
     throttle_pause_s: float = 0.05
 
 
@@ -234,7 +240,8 @@ class _Stream:
         self.next_pos = 0
         self.window = window
         self.in_flight = 0
-        self.charged: dict[int, int] = {}  # position -> bytes counted in ``ahead`` (handed to the fetcher)
+        self.charged: dict[int, int] = {}  # position -> bytes counted in ``ahead``: fetched, not opened yet
+        self.consumed: set[int] = set()  # positions opened before they were scheduled (hint lists)
         self.idle = 0
         self.last_hit = 0.0
         self.paused_until = 0.0
@@ -471,23 +478,33 @@ class Prefetcher:
         stream.idle = 0
         stream.last_hit = self._clock()
         cfg = self.config
+        stream.window = min(stream.window + 1, cfg.max_window)
         if pos < stream.next_pos:  # handed to the fetcher before it was opened: prefetch is used
-            stream.window = min(stream.window + 1, cfg.max_window)
             self.counters.inc(f"{stream.kind}.hits")
-        else:  # the reader overtook prefetch: schedule from past it
-            stream.window = min(stream.window + 1, cfg.max_window)
-            stream.next_pos = pos + 1
+        else:
             self.counters.inc(f"{stream.kind}.overtaken")
-        if pos > stream.front:
-            for passed in [p for p in stream.charged if p <= pos]:
-                self._ahead -= stream.charged.pop(passed)
-            stream.front = pos
-            keep_from = stream.front - max(stream.window, cfg.page_files)
-            while stream.base < keep_from:
-                item = stream.items.pop(stream.base, None)
-                if item is not None and stream.index.get(item.ino) == stream.base:
-                    del stream.index[item.ino]
-                stream.base += 1
+            if stream.kind == "lookahead":  # one reader, past the files before it: schedule from there
+                stream.next_pos = pos + 1
+            else:  # a hint list's readers work in parallel: only this one is taken
+                stream.consumed.add(pos)
+        self._ahead -= stream.charged.pop(pos, 0)
+        if pos <= stream.front:
+            return
+        stream.front = pos
+        # Positions this far behind the front will not be opened any more (a lookahead reader skipped
+        # them; a hint list's slowest worker is within a few batches of its fastest).
+        behind = stream.window if stream.kind == "lookahead" else max(4 * stream.window, cfg.hint_keep_behind)
+        keep_from = stream.front - max(behind, cfg.page_files)
+        while stream.base < keep_from:
+            item = stream.items.pop(stream.base, None)
+            if item is not None and stream.index.get(item.ino) == stream.base:
+                del stream.index[item.ino]
+            charged = stream.charged.pop(stream.base, 0)
+            if charged:
+                self._ahead -= charged
+                self.counters.inc("prefetch.unused_files")
+            stream.consumed.discard(stream.base)
+            stream.base += 1
 
     # -- hints
 
@@ -555,7 +572,14 @@ class Prefetcher:
             if not self._produce_to(stream, pos + 1):
                 break
             item = stream.items.get(pos)
-            if item is None or item.key in self._in_flight_keys or item.key in self._fetched or item.size <= 0:
+            if (
+                item is None
+                or pos in stream.consumed
+                or item.key in self._in_flight_keys
+                or item.key in self._fetched
+                or item.size <= 0
+            ):
+                stream.consumed.discard(pos)
                 stream.next_pos += 1
                 continue
             nbytes = min(item.size, cfg.file_bytes_cap)
@@ -566,8 +590,9 @@ class Prefetcher:
             stream.next_pos += 1
         # what the reader may open next is known, so that an open beyond the window is recognised
         self._produce_to(stream, limit + 1 + stream.window)
-        if stream.exhausted and stream.front >= stream.produced - 1:
-            self._retire(stream, "finished")
+        done = stream.exhausted and stream.next_pos >= stream.produced and not stream.in_flight
+        if done and stream.front >= stream.produced - 1:
+            self._retire(stream, "finished")  # all handed over, and its last file was opened
 
     def _produce_to(self, stream: _Stream, upto: int) -> bool:
         """Produce items until ``upto`` positions exist (or the sequence ends); True if ``upto - 1`` exists."""
@@ -674,9 +699,8 @@ class Prefetcher:
         if stream.done:
             return
         stream.done = True
-        unused = [p for p in stream.charged if p > stream.front]
-        if unused:
-            self.counters.inc("prefetch.unused_files", len(unused))
+        if why != "finished" and stream.charged:  # fetched for readers that went elsewhere
+            self.counters.inc("prefetch.unused_files", len(stream.charged))
         self._ahead -= sum(stream.charged.values())
         stream.charged.clear()
         stream.items.clear()
