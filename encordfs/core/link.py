@@ -61,7 +61,7 @@ class LinkEstimate:
             self._ended.append((now, nbytes))
             self._in_window += nbytes
             window = max(self._window_s, 4 * self._latency_locked())
-            while self._ended and self._ended[0][0] < now - window:
+            while self._ended and self._ended[0][0] <= now - window:
                 self._in_window -= self._ended.popleft()[1]
             rate = self._in_window / window
             self._bandwidth = max(rate, self._decayed_locked(now))
