@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -103,3 +105,12 @@ def test_hints_reach_a_read_only_mount_through_the_control_socket(slow_emulator:
         c = counters(m)
         assert c["hints.lists"] == 1 and c["hints.unknown_paths"] == 1
         assert c.get("prefetch.used", 0) + c.get("prefetch.used_in_flight", 0) >= 39
+        cli = [sys.executable, "-m", "encordfs", "hints"]
+        done = subprocess.run([*cli, str(m.path)], input=f"{m.path}/seq/{names[0]}\n/seq/x\n", text=True,
+                              capture_output=True, timeout=60)  # fmt: skip
+        assert done.returncode == 0 and "2 path(s) hinted" in done.stderr, done.stderr
+        c = counters(m)
+        assert c["hints.lists"] == 2 and c["hints.unknown_paths"] == 2
+    for wrong in ([*cli, "/tmp"], [*cli, str(m.path.parent), "/no/such/file"]):
+        done = subprocess.run(wrong, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert done.returncode != 0 and done.stderr.startswith("encordfs: error: ") and "Traceback" not in done.stderr
