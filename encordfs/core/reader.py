@@ -2,8 +2,10 @@
 
 Owns the bytes between a FUSE ``read(offset, length)`` and the HTTP fetcher: per-handle segments,
 sequential detection, readahead, a shared worker pool, single-flight part fetches, the global memory
-budget, and ``prefetch``. It depends on two seams only: a ``RangeFetcher`` (``fetch_into``) and a
-``BlockCache``; URLs come from the ``url_source`` given to ``open``.
+budget, and ``prefetch``/``prefetch_file``. It depends on two seams only: a ``RangeFetcher``
+(``fetch_into``; optionally a second one for background GETs, ``background_fetcher``, and its
+``fetch_async``) and a ``BlockCache``; URLs come from the ``url_source`` given to ``open``. An
+optional ``link`` (``core.link.LinkEstimate``) sizes readahead from the bandwidth-delay product.
 
 Parts
     A file is cut into parts of ``part_bytes``; part ``k`` is ``[k*P, min((k+1)*P, size))`` and is cached
@@ -26,7 +28,11 @@ Sequential detection and readahead
     ending at ``pos`` the handle keeps ``[pos, pos + window)`` requested; each readahead request (and
     each sequential read that still had to fetch on demand) doubles the window up to
     ``max_window_bytes``. Requests never cross part boundaries; once the window reaches a part they are
-    whole parts. The ramp requests of a stream's first part are copied into one buffer as they are read
+    whole parts. With a ``link``, the caps grow with the measured bandwidth-delay product
+    (``_readahead_limits``): about 2 x BDP in flight (``ceil(2 BDP / part) + 1`` GETs, at least
+    ``max_parallel_per_file``, at most the pool) and a window of twice that (at least
+    ``max_window_bytes``, at most a quarter of the readahead budget): a long, fat link gets more
+    parallel range GETs of a part each; loopback keeps the defaults. The ramp requests of a stream's first part are copied into one buffer as they are read
     and cached as that part once it is whole (``_collect_ramp``), so every part of a sequentially read
     file ends up cached. Readahead is bounded per handle (``max_parallel_per_file`` in flight,
     ``max_window_bytes`` held ahead) and overall (``max_parallel_total`` in flight = pool size).
@@ -34,7 +40,11 @@ Sequential detection and readahead
 Who fetches
     A demand segment (the bytes a read needs now) is fetched inline by the reading thread. Readahead
     runs in the pool; if a reader needs a readahead segment that is still queued it claims and runs it
-    itself (``_Segment.claim``), so demand never waits behind the queue. Neither waits for the disk:
+    itself (``_Segment.claim``), so demand never waits behind the queue. Pool GETs (readahead,
+    ``prefetch_file``) go through ``background_fetcher``, which leaves connections for demand GETs.
+    ``prefetch_file_async`` (``core.prefetch``'s files) starts a GET on the transport's own loop and
+    lands it from there, without a thread. A reader that joins a prefetch's flight which then fails
+    fetches the part itself (``_prefetch_flights``): a prefetch never fails a read. Neither waits for the disk:
     ``cache.put`` only queues the disk write (the disk tier serves the queued buffer until it lands, so
     a part is not fetched twice meanwhile, and skips the write when its backlog is full); only
     ``prefetch`` waits for room in that queue, since filling the cache is its point.
