@@ -1,9 +1,16 @@
-"""encordfs benchmarks (GitHub issues 3, 4 and 5): one run, every figure, side by side.
+"""encordfs benchmarks (GitHub issues 3, 4, 5 and 13): one run, every figure, side by side.
 
-Run it as ``benchmarks/run [--quick] [--json FILE] [--profile] [--only PHASES]`` (the wrapper installs
-nginx, rclone and matplotlib when missing; without rclone P2_rclone is skipped, without matplotlib the
-plot). Prints a table with each figure's goal and PASS/FAIL, writes ``benchmarks/out/bench[-quick].png``,
-and with ``--json FILE`` a flat JSON object of the figures.
+Run it as ``benchmarks/run [--regime loopback|wan|both] [--quick] [--json FILE] [--profile] [--only
+PHASES] [--mount-args ARGS]`` (the wrapper installs nginx, its echo module, rclone, iproute2 and
+matplotlib when missing; without rclone P2_rclone is skipped, without matplotlib the plot). Prints a
+table with each figure's goal and PASS/FAIL, writes ``benchmarks/out/bench[-quick].png``, and with
+``--json FILE`` a flat JSON object of the figures (``regime`` says which ran).
+
+Regimes: ``loopback`` (the default: everything below, on 127.0.0.1 without TLS) and ``wan`` (the
+``wan_*`` figures: TLS from a private CA on the API and the blob server, 25 ms before each blob
+response, 50 ms per API call, 1 Gbit/s, in a network namespace the run makes and removes; see
+``benchmarks/wan.py``). ``both`` runs one after the other and prints them in one table.
+``--mount-args`` adds options to every encordfs mount of the run (e.g. ``--binding kernel``).
 
 Setup (one run): synthetic files (random bytes behind a ``%PDF-`` header, so the emulator's importer
 takes them as PDF rows without parsing) are imported into a fresh emulator whose signed URLs point at
