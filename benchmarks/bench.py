@@ -185,6 +185,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("wan_seq_mount_files_s", "files/s", "wan: tar of 1,000 × 100 KiB through the mount, 1 thread"),
     ("wan_seq_rclone", "x", "  mount ÷ rclone mount"),
     ("wan_seq_rclone_files_s", "files/s", "  the same tar through rclone mount"),
+    ("wan_seq_direct_files_s", "files/s", "  reference: direct GETs of pre-signed URLs, 8 threads"),
     ("wan_seq_sdk", "x", "  mount ÷ naive SDK loop"),
     ("wan_seq_sdk_files_s", "files/s", "  refetch_data(signed_url=True) + GET per row"),
     ("wan_epoch_hinted", "x", "wan: shuffled 8-worker epoch, order hints ÷ local disk"),

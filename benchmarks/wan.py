@@ -29,6 +29,8 @@ Figures (``WanBench``)
                      the blob server (``wan_seq_rclone``) and against the naive SDK loop
                      (``refetch_data(signed_url=True)`` + GET per row, on a subset: ``wan_seq_sdk``). GNU
                      tar does not read a file's bytes when its output *is* /dev/null, hence ``| wc -c``.
+                     ``wan_seq_direct_files_s``: the same files by 8 threads of direct GETs of pre-signed
+                     URLs (a reference: parallel, not one file after another).
     wan_epoch_*      a shuffled epoch over 2,000 × 100 KiB by 8 loader workers (torch's DataLoader when
                      torch is installed, else 8 processes taking batches in turn), read only: each sample
                      is the file's bytes read whole, no decode. With order hints (``encordfs.ml.
@@ -520,12 +522,33 @@ class WanBench:
             secs, nbytes = self.tar(r.path / "seq")
         assert nbytes >= payload, (nbytes, payload)
         self.fig["wan_seq_rclone_files_s"] = n / secs
+        log("seq: direct parallel GETs of the pre-signed URLs (8 threads, one pooled client)")
+        self.fig["wan_seq_direct_files_s"] = n / self.get_parallel(self.urls["seq"])
         k = min(self.sizes.sdk_subset, n)
         log(f"seq: naive SDK loop over {k} rows")
         self.fig["wan_seq_sdk_files_s"] = self.sdk_loop("seq", k)
         mount = self.fig["wan_seq_mount_files_s"]
         self.fig["wan_seq_rclone"] = mount / self.fig["wan_seq_rclone_files_s"]
         self.fig["wan_seq_sdk"] = mount / self.fig["wan_seq_sdk_files_s"]
+
+    def get_parallel(self, urls: list[str], threads: int = 8) -> float:
+        """Seconds to GET every URL whole with ``threads`` threads over one pooled httpx client."""
+        limits = httpx.Limits(max_connections=threads, max_keepalive_connections=threads)
+        with httpx.Client(limits=limits, timeout=60, verify=self.verify) as client:
+
+            def one(url: str) -> int:
+                response = client.get(url)
+                response.raise_for_status()
+                return len(response.content)
+
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(threads) as pool:
+                t0 = time.perf_counter()
+                total = sum(pool.map(one, urls))
+                secs = time.perf_counter() - t0
+        assert total == len(urls) * self.sizes.file_bytes, total
+        return secs
 
     def sdk_loop(self, title: str, k: int) -> float:
         client = self.emu.sdk()
