@@ -32,7 +32,9 @@ Sequential detection and readahead
     (``_readahead_limits``): about 2 x BDP in flight (``ceil(2 BDP / part) + 1`` GETs, at least
     ``max_parallel_per_file``, at most the pool) and a window of twice that (at least
     ``max_window_bytes``, at most a quarter of the readahead budget): a long, fat link gets more
-    parallel range GETs of a part each; loopback keeps the defaults. The ramp requests of a stream's first part are copied into one buffer as they are read
+    parallel range GETs of a part each; loopback keeps the defaults. A stream's window also starts at
+    2 x BDP (``_link_window``) once it is sequential, rather than doubling up from ``initial_window``
+    one round trip at a time (behind 25 ms and more, each doubling costs one). The ramp requests of a stream's first part are copied into one buffer as they are read
     and cached as that part once it is whole (``_collect_ramp``), so every part of a sequentially read
     file ends up cached. Readahead is bounded per handle (``max_parallel_per_file`` in flight,
     ``max_window_bytes`` held ahead) and overall (``max_parallel_total`` in flight = pool size).
@@ -474,6 +476,11 @@ class ReadPipeline:
         window = min(max(self.max_window_bytes, 2 * want), max(self.max_window_bytes, self._readahead_limit_bytes // 4))
         return parallel, window
 
+    def _link_window(self) -> int:
+        """Twice the measured bandwidth-delay product (0 without a link or a measurement): where a
+        sequential stream's window may start instead of doubling up from ``initial_window``."""
+        return 2 * self.link.bdp_bytes() if self.link is not None else 0
+
     def _try_acquire_readahead(self, n: int) -> bool:
         with self._lock:
             if self._pooled_in_flight >= self.max_parallel_total:
@@ -771,7 +778,8 @@ class ReadHandle:
             return
         p = self._p
         parallel, window_cap = p._readahead_limits()
-        target = min(self.size, pos + self._window)
+        jump = min(p._link_window(), window_cap)  # a measured long, fat link: skip the doubling from 1 MiB
+        target = min(self.size, pos + max(self._window, jump))
         frontier = max(self._frontier, pos)
         while frontier < target:
             held = self._find_locked(frontier)
@@ -780,7 +788,7 @@ class ReadHandle:
                 continue
             if self._in_flight_locked() >= parallel or self._held_ahead_locked(pos) >= window_cap:
                 break
-            previous_window, self._window = self._window, min(self._window * 2, window_cap)
+            previous_window, self._window = self._window, min(max(self._window * 2, jump), window_cap)
             start, end, part = self._readahead_range_locked(frontier)
             if not p._try_acquire_readahead(end - start):
                 self._window = previous_window
