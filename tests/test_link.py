@@ -55,8 +55,8 @@ def test_readahead_grows_with_the_bandwidth_delay_product() -> None:
             pipeline.close()
 
     assert limits(0) == (4, 64 * MiB)  # nothing measured: the defaults
-    assert limits(3 * MiB) == (4, 64 * MiB)  # 1 Gbit/s x 25 ms: the defaults keep it busy
-    parallel, window = limits(125 * MiB)  # 10 Gbit/s x 100 ms
-    assert parallel == 16  # capped by the pool
-    assert window == 96 * MiB  # a quarter of the readahead budget (384 MiB)
-    assert limits(20 * MiB) == (6, 80 * MiB)  # 2 x 20 MiB in flight = 5 parts (+1); window 2 x that
+    assert limits(64 * 1024) == (4, 64 * MiB)  # loopback: the defaults
+    assert limits(3 * MiB) == (4, 64 * MiB)  # 8 x 3 MiB in flight: 3 parts (+1), the default 4
+    assert limits(6 * MiB) == (7, 64 * MiB)  # 48 MiB: 6 parts (+1), in a window of 8
+    assert limits(9 * MiB) == (10, 88 * MiB)  # 72 MiB: 9 parts (+1), a window holding 11
+    assert limits(125 * MiB) == (11, 96 * MiB)  # 10 Gbit/s x 100 ms: a quarter of the readahead budget
