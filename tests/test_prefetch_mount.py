@@ -114,3 +114,23 @@ def test_hints_reach_a_read_only_mount_through_the_control_socket(slow_emulator:
     for wrong in ([*cli, "/tmp"], [*cli, str(m.path.parent), "/no/such/file"]):
         done = subprocess.run(wrong, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
         assert done.returncode != 0 and done.stderr.startswith("encordfs: error: ") and "Traceback" not in done.stderr
+
+
+def test_hints_file_through_the_kernel_binding(slow_emulator: RunningEmulator) -> None:
+    """The kernel binding takes WRITE and truncate of the hints file too (shell redirection: O_TRUNC)."""
+    with temporary_mount(slow_emulator.domain, slow_emulator.key_file, "--binding", "kernel") as m:
+        folder = m.path / "seq"
+        names = sorted(os.listdir(folder))[:30]
+        hints = m.path / ".encordfs" / "hints"
+        assert hints.stat().st_mode & 0o777 == 0o644 and hints.read_bytes() == b""
+        subprocess.run(
+            ["sh", "-c", f'printf "%s\\n" "$@" > {hints}', "sh", *[f"seq/{n}" for n in names], "seq/missing.jpg"],
+            check=True,
+            timeout=30,
+        )
+        read_in_order(folder, names)
+        c = counters(m)
+        assert c["hints.lists"] == 1 and c["hints.lines"] == 31 and c["hints.unknown_paths"] == 1
+        assert c.get("prefetch.used", 0) + c.get("prefetch.used_in_flight", 0) >= 28
+        with pytest.raises(OSError):
+            (folder / names[0]).write_bytes(b"x")  # every other file stays read-only
