@@ -282,7 +282,7 @@ class EncordMount:
 class RcloneMount:
     """``rclone mount :http:`` of the nginx root, default VFS settings (no VFS cache)."""
 
-    def __init__(self, url: str, path: Path, work: Path) -> None:
+    def __init__(self, url: str, path: Path, work: Path, *extra: str) -> None:
         self.path = path
         path.mkdir(parents=True, exist_ok=True)
         conf = work / "rclone.conf"
@@ -301,6 +301,7 @@ class RcloneMount:
             "1h",
             "--attr-timeout",
             "60s",
+            *extra,
         ]
         self.proc = subprocess.Popen(
             argv,

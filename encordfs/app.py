@@ -32,6 +32,8 @@ from encordfs.core.catalog import Catalog
 from encordfs.core.counters import Counters
 from encordfs.core.fetch import HttpFetcher
 from encordfs.core.fs import INVALIDATE_INODE, EncordFS, Options
+from encordfs.core.link import LinkEstimate
+from encordfs.core.prefetch import Item, PrefetchConfig, Prefetcher
 from encordfs.core.reader import ReadPipeline
 from encordfs.core.urls import SignedUrlCache
 from encordfs.core.writes import QueueConfig, WriteQueue
@@ -83,7 +85,24 @@ class Mount:
             self.flush_timeout_s = 0.0  # the unmount that follows must not wait again
             return reply
 
-        return {"status": status, "flush": flush, "refresh": refresh, "stop": stop}
+        def hints(lines: list[str], list_id: int | None = None, final: bool = True) -> dict[str, Any]:
+            """Order hints through the socket (a read-only mount refuses writes to ``.encordfs/hints``):
+            ``lines`` appended to hint list ``list_id`` (a new one when None), ended when ``final``."""
+            prefetcher = fs.prefetcher
+            if prefetcher is None:
+                raise errors.ReadOnly("prefetch is off (--no-prefetch): hints are not taken")
+            if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
+                raise errors.InvalidValue("hints: lines must be a list of paths")
+            number = prefetcher.hints_open() if list_id is None else int(list_id)
+            if lines:
+                prefetcher.hints_write(
+                    number, "".join(line + "\n" for line in lines).encode("utf-8", "surrogateescape")
+                )
+            if final:
+                prefetcher.hints_close(number)
+            return {"ok": True, "list_id": number}
+
+        return {"status": status, "flush": flush, "refresh": refresh, "stop": stop, "hints": hints}
 
     def close(self) -> None:
         for close in reversed(self._closers):
@@ -94,9 +113,12 @@ class Mount:
         self._closers.clear()
 
 
-def build(backend: Backend, settings: Settings, *, account_id: str | None = None) -> Mount:
-    """``account_id``: the Encord account's key fingerprint (``SdkBackend.account_id``), needed by
-    ``--shared`` to keep each account's data apart in Redis."""
+def build(
+    backend: Backend, settings: Settings, mountpoint: Path | None = None, *, account_id: str | None = None
+) -> Mount:
+    """Everything a mount serves from. ``mountpoint`` (when known) lets order hints name absolute paths;
+    ``account_id``: the Encord account's key fingerprint (``SdkBackend.account_id``), needed by ``--shared``
+    to keep each account's data apart in Redis."""
     cache_dir = prepare_cache_dir(settings.cache_path)
     counters = Counters()
     closers: list[Callable[[], None]] = []
@@ -116,9 +138,10 @@ def build(backend: Backend, settings: Settings, *, account_id: str | None = None
         catalog = Catalog(cache_dir / "catalog.sqlite")
         closers.append(catalog.close)
         urls = SignedUrlCache(backend.sign, counters=counters)
-        fetcher = HttpFetcher(settings.http_client, ca_file=settings.ca_file, counters=counters)
+        link = LinkEstimate()
+        fetcher = HttpFetcher(settings.http_client, ca_file=settings.ca_file, counters=counters, link=link)
         closers.append(fetcher.close)
-        reader = ReadPipeline(fetcher, cache, counters)
+        reader = ReadPipeline(fetcher, cache, counters, background_fetcher=fetcher.background(), link=link)
         closers.append(reader.close)
         writes = None
         built: list[EncordFS] = []  # the fs, once it exists: landed writes are announced to its binding
@@ -147,6 +170,7 @@ def build(backend: Backend, settings: Settings, *, account_id: str | None = None
                 "sign_refusals": urls.failures(),
                 "disk_cache": disk.stats(),
                 **({"shared": cluster.status()} if cluster is not None else {}),
+                "link": link.snapshot(),
             },
             loader=cluster.folder_loader(catalog) if cluster is not None else None,
         )
@@ -156,6 +180,9 @@ def build(backend: Backend, settings: Settings, *, account_id: str | None = None
             queue = writes
             cluster.start_feed(catalog, (lambda uid, title: queue.view(uid, None, title)[1]) if queue else None)
             closers.append(cluster.stop_feed)  # closers run last first: the feed stops before the catalog closes
+        if settings.prefetch:
+            fs.prefetcher = _prefetcher(fs, reader, counters, settings, mountpoint)
+            closers.append(fs.prefetcher.close)
     except BaseException:
         for close in reversed(closers):
             close()
@@ -163,6 +190,28 @@ def build(backend: Backend, settings: Settings, *, account_id: str | None = None
     closers.insert(0, backend.close)
     mount.fs = fs
     return mount
+
+
+def _prefetcher(
+    fs: EncordFS, reader: ReadPipeline, counters: Counters, settings: Settings, mountpoint: Path | None
+) -> Prefetcher:
+    """Lookahead and hints, bounded so that what is fetched ahead is still cached when it is opened."""
+    ahead = min(settings.prefetch_ahead_bytes, settings.memory_cache_bytes // 2 or settings.prefetch_ahead_bytes)
+    if settings.cache_size:
+        ahead = min(ahead, settings.cache_size // 4)
+    config = PrefetchConfig(
+        parallel=settings.prefetch_parallel, ahead_bytes=ahead, file_bytes_cap=reader.small_file_bytes
+    )
+
+    def fetch(item: Item) -> int:
+        return reader.prefetch_file(item.key, item.size, item.url_source)
+
+    def fetch_async(item: Item, done: Callable[[int, errors.FsError | None], None]) -> bool:
+        return reader.prefetch_file_async(item.key, item.size, item.url_source, done)
+
+    return Prefetcher(
+        fs, fetch, counters, config, mountpoint=str(mountpoint) if mountpoint else None, fetch_async=fetch_async
+    )
 
 
 def retire_block_cache(cache_dir: Path) -> None:

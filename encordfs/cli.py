@@ -1,4 +1,4 @@
-"""The ``encordfs`` command: mount, unmount, status, flush, refresh, prefetch, cp, demo, emulator.
+"""The ``encordfs`` command: mount, unmount, status, flush, refresh, prefetch, hints, cp, demo, emulator.
 
 Every user mistake ends as one line on stderr (``encordfs: error: ...``) and a non-zero exit: ``main``
 turns ``errors.FsError`` (and an ``OSError`` about a path the user named) into that line, so no
@@ -118,7 +118,7 @@ def serve(s: Settings, mountpoint: Path) -> int:
     backend = SdkBackend(
         s.domain, _key_text(s), include_org_access=s.include_org_access, read_timeout_s=s.api_timeout_s
     )
-    mount = build(backend, s, account_id=backend.account_id)
+    mount = build(backend, s, mountpoint, account_id=backend.account_id)
     server = metrics_server = None
     try:
         # Proves the key and the domain before anything is mounted (in cluster mode a fresh listing that
@@ -216,6 +216,21 @@ def cmd_flush(args: argparse.Namespace) -> int:
 def cmd_refresh(args: argparse.Namespace) -> int:
     for path in args.paths:
         control.refresh(path)
+    return 0
+
+
+def cmd_hints(args: argparse.Namespace) -> int:
+    """Order hints from a file or stdin (one path per line), through the mount's control socket: the
+    same as writing ``MOUNTPOINT/.encordfs/hints``, and it works on read-only mounts too."""
+    info = control.find(args.mountpoint)
+    if info is None:
+        raise control.NotAMount(f"{control.canonical(args.mountpoint)} is not inside an encordfs mount")
+    source = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
+    with source:
+        lines = [line.rstrip(b"\r\n").decode("utf-8", "surrogateescape") for line in source]
+    sent = control.hints(info.mountpoint, [line for line in lines if line])
+    if not args.quiet:
+        _say(f"{info.mountpoint}: {sent} path(s) hinted" + ("" if sent else " (hints cleared)"), file=sys.stderr)
     return 0
 
 
@@ -508,6 +523,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress, only the summary")
     _add_mount_options(p, CP_OPTIONS)
     p.set_defaults(func=cmd_cp, cache_size=None)
+
+    p = sub.add_parser("hints", help="announce the order files will be read in (paths, one per line)")
+    p.add_argument("mountpoint")
+    p.add_argument("file", nargs="?", default="-", help="paths, one per line (default: stdin)")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_hints)
 
     p = sub.add_parser("refresh", help="reload folders from Encord now, whatever their age")
     p.add_argument("paths", nargs="+", metavar="PATH")

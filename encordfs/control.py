@@ -416,6 +416,30 @@ def refresh(path: str | Path, timeout_s: float = 120.0) -> None:
     request(reg, "refresh", timeout_s, path="/" if relative == "." else "/" + relative)
 
 
+HINTS_REQUEST_BYTES = 48 * 1024  # paths per control request: the socket reads at most 64 KiB of request
+
+
+def hints(mountpoint: str | Path, paths: list[str], timeout_s: float = 30.0) -> int:
+    """Send order hints (paths inside the mount, relative to its root or absolute) through the control
+    socket, as one hint list; for read-only mounts, whose ``.encordfs/hints`` file the kernel will not
+    let anyone write. Returns the number of paths sent."""
+    _, reg = _registered(mountpoint)
+    list_id: int | None = None
+    batch: list[str] = []
+    size = 0
+    for i, path in enumerate(paths):
+        batch.append(path)
+        size += len(json.dumps(path)) + 2
+        if size >= HINTS_REQUEST_BYTES or i == len(paths) - 1:
+            final = i == len(paths) - 1
+            reply = request(reg, "hints", timeout_s, lines=batch, list_id=list_id, final=final)
+            list_id = int(reply["list_id"])
+            batch, size = [], 0
+    if list_id is None:  # no path: an empty list, which clears the hints
+        request(reg, "hints", timeout_s, lines=[], list_id=None, final=True)
+    return len(paths)
+
+
 def detach(path: Path, *, lazy: bool = False, timeout_s: float = 10.0) -> None:
     """Unmount ``path`` (``lazy``: detach now even if busy). Never waits on the mount's process."""
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
@@ -503,7 +527,8 @@ class Server:
 
     Requests (one JSON object per connection, answered with one): ``status``; ``flush`` (``timeout_s``;
     blocks until the write queue is empty or time is up); ``refresh`` (``path`` inside the mount);
-    ``stop`` (flush within ``timeout_s``, then let the mount close without waiting again). Each
+    ``stop`` (flush within ``timeout_s``, then let the mount close without waiting again); ``hints``
+    (``lines``, ``list_id``, ``final``: order hints, as written to ``.encordfs/hints``). Each
     connection is served on its own thread, never a FUSE thread.
     """
 

@@ -9,14 +9,24 @@ It needs no torch: PyTorch's ``DataLoader`` takes any object with ``__len__`` an
 and ``ResizeToTensor`` imports torch only when called. Everything is plain paths and ``os.getxattr``,
 so the same class works on any local folder (labels are then ``-1``) and is what
 ``tests/test_ml.py`` and ``benchmarks/ml_epoch.py`` measure.
+
+Order hints: a shuffled epoch reads files in an order only the sampler knows, so the mount cannot
+guess the next file and each sample waits one round trip to storage. ``HintedSampler`` wraps any
+sampler (or shuffles itself): at the start of every epoch it draws the epoch's order and announces
+the paths in that order to the mount (``write_hints``), which then prefetches a bounded window ahead
+of the loader's workers. ``write_hints`` writes ``MOUNT/.encordfs/hints`` (one path per line; see
+docs/SEMANTICS.md), or uses the mount's control socket when the mount is read-only; paths outside an
+encordfs mount are skipped, so the same code runs over a local copy.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +35,7 @@ from PIL import Image
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 META_XATTR = "user.encord.meta."
 _NO_LABEL = (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP)
+log = logging.getLogger(__name__)
 
 
 def image_files(root: str | Path, extensions: frozenset[str] = IMAGE_EXTENSIONS) -> list[Path]:
@@ -98,3 +109,94 @@ class EncordImages:
     def __getitem__(self, i: int) -> tuple[Any, int]:
         img = load_rgb(self.paths[i])
         return (self.transform(img) if self.transform else img), self.targets[i]
+
+    def hinted_sampler(self, shuffle: bool = True, seed: int | None = None) -> HintedSampler:
+        """A ``HintedSampler`` over this dataset's files: each epoch's order is announced to the mount."""
+        return HintedSampler(self.paths, shuffle=shuffle, seed=seed)
+
+
+def write_hints(paths: Iterable[str | Path]) -> int:
+    """Tell the encordfs mounts holding ``paths`` that they will be read in this order (one hint list
+    per mount, replacing nothing: the mount keeps a few lists and retires the oldest). Returns how many
+    paths went to a mount; paths outside any encordfs mount are skipped. Never raises for a mount that
+    refuses (an old version, prefetch off): hints are advice, the reads work without them."""
+    from encordfs import control
+
+    by_mount: dict[str, list[str]] = {}
+    roots: dict[str, str | None] = {}
+    for path in paths:
+        text = os.path.abspath(os.fspath(path))
+        folder = os.path.dirname(text)
+        if folder not in roots:
+            info = control.find(folder)
+            roots[folder] = info.mountpoint if info is not None and info.fstype == control.FSTYPE else None
+        root = roots[folder]
+        if root is not None:
+            by_mount.setdefault(root, []).append(text[len(root.rstrip("/")) :])
+    sent = 0
+    for root, relative in by_mount.items():
+        try:
+            with open(os.path.join(root, ".encordfs", "hints"), "w", encoding="utf-8", errors="surrogateescape") as f:
+                f.write("".join(p + "\n" for p in relative))
+        except OSError as exc:
+            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                log.warning("order hints for %s not written: %s", root, exc.strerror)
+                continue
+            try:  # a read-only mount: the kernel refuses the write before it reaches encordfs
+                control.hints(root, relative)
+            except Exception as sock_exc:  # advice only: never fail the epoch over it
+                log.warning("order hints for %s not sent: %s", root, sock_exc)
+                continue
+        sent += len(relative)
+    return sent
+
+
+class HintedSampler:
+    """A sampler that announces each epoch's order to the mount before yielding it.
+
+    ``HintedSampler(paths, sampler=None, shuffle=True, seed=None)``: each ``iter()`` (one per epoch)
+    takes the order from ``sampler`` (any iterable of indices, e.g. ``torch.utils.data.RandomSampler``
+    or a ``DistributedSampler``; ``set_epoch`` is passed on) or, without one, a fresh permutation of
+    ``range(len(paths))`` (``shuffle``; ``seed`` + epoch makes it repeatable), writes
+    ``[paths[i] for i in order]`` as order hints (``write_hints``), then yields the indices. Give it to
+    a ``DataLoader`` as ``sampler=`` (with ``shuffle`` off there)::
+
+        data = EncordImages(root)
+        loader = DataLoader(data, sampler=HintedSampler(data.paths), num_workers=8, batch_size=32)
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        sampler: Iterable[int] | None = None,
+        shuffle: bool = True,
+        seed: int | None = None,
+    ) -> None:
+        self.paths = paths
+        self.sampler = sampler
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+        self.hinted = 0  # paths announced at the last epoch's start
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if self.sampler is not None and hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        if self.sampler is not None and hasattr(self.sampler, "__len__"):
+            return len(self.sampler)  # type: ignore[arg-type]
+        return len(self.paths)
+
+    def __iter__(self) -> Iterator[int]:
+        if self.sampler is not None:
+            order = [int(i) for i in self.sampler]
+        else:
+            order = list(range(len(self.paths)))
+            if self.shuffle:
+                rng = random.Random(None if self.seed is None else self.seed + self.epoch)
+                rng.shuffle(order)
+            self.epoch += 1
+        self.hinted = write_hints(self.paths[i] for i in order)
+        return iter(order)

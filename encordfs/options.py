@@ -124,6 +124,15 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "shared_block_limit", 8 * MiB, "largest block put into Redis with --shared-blocks", metavar="SIZE", shown="8M"
     ),  # fmt: skip
+    # On: behind tens of ms of latency a reader of files one after another waits one round trip per file
+    # without it; it only fetches what a sequential reader or an order hint says comes next, a bounded
+    # window ahead, with background connections and the readahead share of the memory budget.
+    Option(
+        "prefetch",
+        True,
+        "fetch files ahead of readers that follow a folder's listing, and in the order of hints",
+        off_help="never fetch files before they are opened (no lookahead, hints ignored)",
+    ),  # fmt: skip
 )
 
 BY_NAME = {o.name: o for o in OPTIONS}

@@ -186,6 +186,7 @@ class ByteServer:
 
         class Server(ThreadingHTTPServer):
             daemon_threads = True
+            request_queue_size = 1024  # a burst of 64 connections (the fetcher's cap) is not dropped
 
             def get_request(self) -> tuple[socket.socket, object]:
                 sock, address = self.socket.accept()

@@ -445,3 +445,80 @@ def test_probe_size_asks_the_object(server: ByteServer, make_fetcher: Callable[.
     assert fetcher.probe_size(source(server, "empty")) == 0
     server.ignore_range = True
     assert fetcher.probe_size(source(server)) == len(DATA)
+
+
+# ---------------------------------------------------------------------------------------------- without a thread
+
+
+def _async(fetcher: HttpFetcher, url: str, start: int, length: int) -> tuple[bool, bytes, BaseException | None]:
+    import threading
+
+    buf = bytearray(length)
+    outcome: list[BaseException | None] = []
+    done = threading.Event()
+
+    def on_done(error: BaseException | None) -> None:
+        outcome.append(error)
+        done.set()
+
+    started = fetcher.fetch_async(url, start, memoryview(buf), on_done)
+    if started:
+        assert done.wait(10)
+        assert len(outcome) == 1  # called exactly once
+    return started, bytes(buf), outcome[0] if outcome else None
+
+
+def test_fetch_async_is_one_attempt_on_libcurl_and_not_offered_by_httpx(
+    server: ByteServer, make_fetcher: Callable[..., HttpFetcher], http_client: str
+) -> None:
+    from encordfs.core.link import LinkEstimate
+
+    link = LinkEstimate()
+    fetcher = make_fetcher(link=link)
+    started, data, error = _async(fetcher, server.sign("a"), 1000, 5000)
+    if http_client == "httpx":
+        assert not started  # the caller then uses fetch_into on a thread
+        return
+    assert started and error is None and data == DATA[1000:6000]
+    assert link.snapshot()["samples"] == 1
+    server.inject(503)  # no retry here: the error is handed over, the caller falls back
+    started, _, error = _async(fetcher, server.sign("a"), 0, 100)
+    assert started and isinstance(error, RemoteIOError) and "503" in str(error)
+    _, _, error = _async(fetcher, server.sign("a"), len(DATA) + 10, 100)
+    assert isinstance(error, Stale)  # 416: past the end
+    _, _, error = _async(fetcher, server.sign("nope"), 0, 100)
+    assert isinstance(error, Stale)  # 404
+    assert not any(secret in str(error) for secret in SECRETS)
+    background = fetcher.background()
+    started, data, error = _async(background, server.sign("a"), 0, 4096)  # type: ignore[arg-type]
+    assert started and error is None and data == DATA[:4096]
+    assert fetcher.counters.get("fetch.background_requests") == 1
+
+
+def test_background_reads_leave_connections_for_demand(server: ByteServer, http_client: str) -> None:
+    """Background GETs take at most max_connections - DEMAND_RESERVE slots: a demand read is never queued
+    behind them."""
+    import threading
+
+    fetcher = HttpFetcher(http_client, max_connections=fetch.DEMAND_RESERVE + 2, retry_budget_s=5)
+    try:
+        background = fetcher.background()
+        assert fetcher._background_slots.acquire(blocking=False)
+        assert fetcher._background_slots.acquire(blocking=False)
+        assert not fetcher._background_slots.acquire(blocking=False)  # two slots, both taken
+        blocked = threading.Event()
+
+        def read_in_background() -> None:
+            background.fetch_into(source(server), 0, memoryview(bytearray(10)))
+            blocked.set()
+
+        t = threading.Thread(target=read_in_background, daemon=True)
+        t.start()
+        assert fetcher.fetch(source(server), 0, 100) == DATA[:100]  # demand: served at once
+        assert not blocked.wait(0.3)  # the background read waits for a slot
+        fetcher._background_slots.release()
+        assert blocked.wait(10)
+        fetcher._background_slots.release()
+        t.join(5)
+    finally:
+        fetcher.close()

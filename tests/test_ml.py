@@ -117,3 +117,34 @@ def test_torchvision_imagefolder_trains_on_encord_labels_through_a_view(
             images, targets = next(iter(torch.utils.data.DataLoader(data, batch_size=len(data))))
             accuracy = (model(images).argmax(1) == targets).float().mean().item()
     assert accuracy == 1.0  # colours per label: a linear model learns them from the mount's files
+
+
+def _counters(m: MountedFS) -> dict[str, int]:
+    import json
+
+    return json.loads((m.path / ".encordfs" / "status.json").read_text())["counters"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
+def test_hinted_sampler_announces_each_epoch_order(sample_mount: MountedFS, tmp_path: Path) -> None:
+    from encordfs.ml import HintedSampler, write_hints
+
+    data = EncordImages(sample_mount.path / "street-scenes", transform=ResizeToTensor((16, 16)))
+    sampler = data.hinted_sampler(seed=3)
+    before = _counters(sample_mount)
+    loader = torch.utils.data.DataLoader(data, sampler=sampler, batch_size=8, num_workers=2)
+    orders = []
+    for _ in range(2):
+        seen = sum(len(t) for _, t in loader)
+        assert seen == len(data) and sampler.hinted == len(data)
+        orders.append(list(HintedSampler(data.paths, seed=3)))  # the same seed: the same orders
+    after = _counters(sample_mount)
+    assert after["hints.lists"] - before.get("hints.lists", 0) == 2 + 2  # two epochs, two replays
+    assert after["hints.lines"] - before.get("hints.lines", 0) == 4 * len(data)
+    assert after.get("hints.unknown_paths", 0) == before.get("hints.unknown_paths", 0)
+    assert orders[0] != list(range(len(data)))  # shuffled
+    # a local folder is not a mount: nothing to hint, nothing fails
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    assert write_hints([tmp_path / "a.jpg"]) == 0
+    wrapped = HintedSampler(data.paths, sampler=range(len(data) - 1, -1, -1))
+    assert list(wrapped) == list(range(len(data) - 1, -1, -1)) and len(wrapped) == len(data)

@@ -38,8 +38,12 @@ def test_debug_logs_hold_no_secrets_and_files_are_private(sample_emulator: Runni
             (m.path / ".encordfs" / "status.json").read_text()
             # A failing read path: expired/forbidden URLs are logged (if at all) without their query.
             # The file must not have been read above (its bytes would come from the caches and the
-            # faults would stay armed for the session's later tests): both 403s have to fire here.
-            unread = next(p for p in m.path.rglob("*") if p.is_file() and p not in files)
+            # faults would stay armed for the session's later tests): both 403s have to fire here. So
+            # it is in a folder none of the reads above was in (their lookahead prefetched their
+            # folders' next files), and nothing is still being prefetched when the faults are armed.
+            _wait_prefetch_idle(m.path)
+            read_folders = {f.parent for f in files}
+            unread = next(p for p in m.path.rglob("*") if p.is_file() and p.parent not in read_folders)
             injected = sample_emulator.stats()["faults.injected"]
             sample_emulator.add_faults([{"endpoint": "blob.get", "status": 403, "count": 2}])
             try:
@@ -65,6 +69,19 @@ def test_debug_logs_hold_no_secrets_and_files_are_private(sample_emulator: Runni
             assert mode & 0o077 == 0, (path, oct(mode))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _wait_prefetch_idle(mountpoint: Path, timeout_s: float = 30.0) -> None:
+    import json
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = json.loads((mountpoint / ".encordfs" / "status.json").read_text())
+        if not (status.get("prefetch") or {}).get("in_flight"):
+            return
+        time.sleep(0.05)
+    raise AssertionError("prefetch still busy")
 
 
 # ---------------------------------------------------------------------------------------------- signed URLs

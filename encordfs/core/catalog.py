@@ -512,6 +512,29 @@ class Catalog:
         row = self._one("SELECT MIN(ino) FROM nodes WHERE parent=?", (parent,))
         return None if row is None or row[0] is None else int(row[0])
 
+    def next_files(self, parent: int, after_ino: int, limit: int) -> list[Node]:
+        """Readable files of a folder after ``after_ino``, in listing (inode) order (lookahead)."""
+        if (a := self._adopted.get(parent)) is not None:
+            return [a.node(r) for r in a.image.next_files(max(-1, after_ino - a.base), limit)]
+        rows = self._all(
+            f"SELECT {_COLUMNS} FROM nodes WHERE parent=? AND ino>? AND kind IN (?, ?) AND item_uuid IS NOT NULL "
+            "ORDER BY ino LIMIT ?",
+            (parent, after_ino, Kind.ROW, Kind.CHILD, limit),
+        )
+        return [_node(r) for r in rows]
+
+    def previous_file(self, parent: int, ino: int) -> int | None:
+        """The inode of the readable file listed just before ``ino`` in its folder, if any."""
+        if (a := self._adopted.get(parent)) is not None:
+            found = a.image.previous_file(ino - a.base)
+            return None if found is None else found + a.base
+        row = self._one(
+            "SELECT ino FROM nodes WHERE parent=? AND ino<? AND kind IN (?, ?) AND item_uuid IS NOT NULL "
+            "ORDER BY ino DESC LIMIT 1",
+            (parent, ino, Kind.ROW, Kind.CHILD),
+        )
+        return None if row is None else int(row[0])
+
     def groups(self, parent: int) -> list[Node]:
         if (a := self._adopted.get(parent)) is not None:
             return [a.node(r) for r in a.image.groups()]

@@ -63,6 +63,18 @@ Algorithm (``fetch_into``)
     ``EIO`` within ``budget_s`` plus one stall timeout at worst, never a hang. A successful call
     never returns fewer bytes than asked.
 
+Priorities
+    Demand reads (a FUSE read that needs bytes now) call ``fetch_into``; readahead and prefetch go
+    through ``background()``, the same fetcher behind a semaphore of ``max_connections -
+    DEMAND_RESERVE`` slots. Background GETs therefore never hold every connection: a demand GET finds
+    one free (the transport's own cap) instead of queueing behind prefetch. ``fetch.background_requests``
+    counts them.
+
+Link measurement
+    With a ``link`` (``core.link.LinkEstimate``), every successful GET reports its size, its time to
+    the first byte (request handed to the transport -> status and headers judged) and its total
+    time; the reader sizes its parallel readahead from the resulting bandwidth-delay product.
+
 Invariants: URLs are logged and put into messages only through ``redact`` (no query string, hence no
 signature); a transport's messages go through ``_scrub``. Whatever escapes ``fetch_into`` is an
 ``encordfs.errors.FsError``. A transport passed in is closed by ``close()``.
@@ -87,6 +99,7 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from encordfs.core.counters import Counters
+from encordfs.core.link import LinkEstimate
 from encordfs.core.retry import READ_RETRY, RetryPolicy
 from encordfs.core.urls import UrlSource, redact
 from encordfs.errors import FsError, InvalidValue, PermissionDenied, RemoteIOError, Stale
@@ -104,8 +117,12 @@ MAX_REDIRECTS = 5
 # two such stalls and a retry still fit the 30 s read budget.
 DEFAULT_STALL_TIMEOUT_S = 10.0
 # At most this many connections at once (per fetcher), and as many kept idle: a burst of readers
-# queues for a connection instead of opening one each (mountpoint-s3 and httpx cap theirs too).
-DEFAULT_MAX_CONNECTIONS = 16
+# queues for a connection instead of opening one each (mountpoint-s3 and httpx cap theirs too). Sized
+# for latency hiding: behind 25 ms of first-byte latency, 2,000 small files/s need ~50 GETs in flight.
+DEFAULT_MAX_CONNECTIONS = 64
+# Of those, background GETs (readahead, prefetch: ``HttpFetcher.background``) never take the last
+# this many, so a demand read (FUSE threads: 16 at most with either binding) never queues behind them.
+DEMAND_RESERVE = 16
 
 Headers = Mapping[str, str]  # response headers; names looked up in lower case
 Accept = Callable[[int, Headers], None]  # raises to refuse a response before its body lands in ``out``
@@ -211,13 +228,16 @@ class HttpFetcher:
         retry_budget_s: float | None = None,
         backoff_base_s: float | None = None,
         backoff_cap_s: float | None = None,
+        link: LinkEstimate | None = None,
     ) -> None:
         self.transport = transport if transport is not None else make_transport(http_client, max_connections, ca_file)
         self.stall_timeout_s = stall_timeout_s
         self.retry = _policy(retry, retry_budget_s, backoff_base_s, backoff_cap_s)
         self.counters = counters if counters is not None else Counters()
+        self.link = link
         self._clock = clock
         self._sleep = sleep
+        self._background_slots = threading.Semaphore(max(1, max_connections - DEMAND_RESERVE))
 
     @property
     def retry_budget_s(self) -> float:
@@ -225,6 +245,12 @@ class HttpFetcher:
 
     def close(self) -> None:
         self.transport.close()
+
+    def background(self) -> RangeFetcher:
+        """The same fetcher for work nobody waits on yet (readahead, prefetch): at most
+        ``max_connections - DEMAND_RESERVE`` such GETs at once, so demand reads always find a
+        connection (see the module docstring, "Priorities")."""
+        return _BackgroundFetcher(self)
 
     def fetch(self, url_source: UrlSource, start: int, end: int) -> bytes:
         """Bytes ``[start, end)``; convenience over ``fetch_into`` (one extra copy)."""
@@ -278,14 +304,75 @@ class HttpFetcher:
                 url = url_source(False)
                 resigned = False
 
+    def fetch_async(
+        self,
+        url: str,
+        start: int,
+        out: memoryview,
+        on_done: Callable[[FsError | None], None],
+        total: int | None = None,
+    ) -> bool:
+        """One attempt at ``fetch_into`` without a waiting thread, when the transport can (libcurl's
+        ``submit``); False when it cannot (httpx): use ``fetch_into`` on a thread. ``on_done(error)`` is
+        called once, on the transport's thread (hand over, nothing more), with None once ``out`` holds
+        every byte, else the ``FsError`` of the first failure: no retry and no re-sign here (the caller
+        falls back to ``fetch_into``, which does both). ``url`` is resolved by the caller; ``total`` as in
+        ``fetch_into``."""
+        submit = getattr(self.transport, "submit", None)
+        if submit is None or len(out) == 0:
+            return False
+        length = len(out)
+        sent = self._clock()
+        first_byte = [sent]
+        self.counters.inc("fetch.requests")
+        self.counters.inc("fetch.async_requests")
+
+        def accept(status: int, headers: Headers) -> None:
+            first_byte[0] = self._clock()
+            self._check_status(status, headers, url)
+            self._check_range(status, headers, start, length, url)
+            if total is not None:
+                self._check_total(status, headers, total, url)
+
+        def done(reply: Reply | None, error: BaseException | None) -> None:
+            received = reply.received if reply is not None else getattr(error, "received", 0)
+            self.counters.inc("fetch.bytes_fetched", received)
+            outcome: FsError | None = None
+            if error is None and received < length:
+                outcome = RemoteIOError(f"body cut short at {received} of {length} bytes")
+            elif isinstance(error, FsError):
+                outcome = error
+            elif isinstance(error, TransportError):
+                outcome = RemoteIOError(f"cannot fetch {redact(url)}: {_scrub(error.reason, url)}")
+            elif isinstance(error, _Refused):
+                outcome = RemoteIOError(f"{redact(url)} answered HTTP {error.status}")
+            elif isinstance(error, _Retry):
+                outcome = RemoteIOError(f"{redact(url)}: {error.reason}")
+            elif error is not None:
+                outcome = RemoteIOError(f"{redact(url)}: {type(error).__name__}")
+            if outcome is not None:
+                self.counters.inc("fetch.async_failures")
+            elif self.link is not None:
+                self.link.observe(length, first_byte[0] - sent, self._clock() - sent)
+            on_done(outcome)
+
+        try:
+            submit(url, start, out, accept, min(self.retry_budget_s, 60.0), self.stall_timeout_s, done)
+        except TransportError as exc:
+            raise RemoteIOError(f"cannot fetch {redact(url)}: {_scrub(exc.reason, url)}") from None
+        return True
+
     # -- one attempt
 
     def _attempt(self, url: str, start: int, out: memoryview, deadline: float, total: int | None = None) -> None:
         length = len(out)
-        timeout_s = max(0.001, deadline - self._clock())
+        sent = self._clock()
+        timeout_s = max(0.001, deadline - sent)
         self.counters.inc("fetch.requests")
+        first_byte = [sent]
 
         def accept(status: int, headers: Headers) -> None:
+            first_byte[0] = self._clock()
             self._check_status(status, headers, url)
             self._check_range(status, headers, start, length, url)
             if total is not None:
@@ -304,6 +391,8 @@ class HttpFetcher:
         self.counters.inc("fetch.bytes_fetched", reply.received)
         if reply.received < length:
             raise _Retry(f"body cut short at {reply.received} of {length} bytes")
+        if self.link is not None:
+            self.link.observe(length, first_byte[0] - sent, self._clock() - sent)
 
     def _check_status(self, status: int, headers: Headers, url: str) -> None:
         if status in (200, 206):
@@ -386,6 +475,54 @@ def _content_range_total(value: str) -> int | None:
     """``bytes a-b/N`` or ``bytes */N`` -> N; ``/*`` or anything else -> None."""
     _, _, total = value.strip().rpartition("/")
     return int(total) if total.isdigit() else None
+
+
+class _BackgroundFetcher:
+    """``HttpFetcher.background``: the fetcher behind a semaphore of background slots."""
+
+    def __init__(self, fetcher: HttpFetcher) -> None:
+        self._fetcher = fetcher
+
+    def fetch_async(
+        self,
+        url: str,
+        start: int,
+        out: memoryview,
+        on_done: Callable[[FsError | None], None],
+        total: int | None = None,
+    ) -> bool:
+        """``HttpFetcher.fetch_async`` in a background slot; False also when no slot is free now."""
+        f = self._fetcher
+        if not f._background_slots.acquire(blocking=False):
+            return False
+
+        def done(error: FsError | None) -> None:
+            f._background_slots.release()
+            on_done(error)
+
+        try:
+            started = f.fetch_async(url, start, out, done, total)
+        except BaseException:
+            f._background_slots.release()
+            raise
+        if not started:
+            f._background_slots.release()
+        else:
+            f.counters.inc("fetch.background_requests")
+        return started
+
+    def fetch_into(self, url_source: UrlSource, start: int, out: memoryview, total: int | None = None) -> None:
+        f = self._fetcher
+        if not f._background_slots.acquire(timeout=f.retry_budget_s if f.retry.budget_s is not None else None):
+            raise RemoteIOError("no connection for background reads within the read budget")
+        try:
+            f.counters.inc("fetch.background_requests")
+            f.fetch_into(url_source, start, out, total)
+        finally:
+            f._background_slots.release()
+
+    def probe_size(self, url_source: UrlSource) -> int:
+        return self._fetcher.probe_size(url_source)
 
 
 # ---------------------------------------------------------------------------------------------- transports

@@ -50,6 +50,14 @@ Seams for a binding (both optional, ``None`` by default; the mfusepy binding use
   First loads announce nothing (no kernel can have cached what was never listed).
 - ``binding_status()`` returns a dict merged into ``status()`` (e.g. passthrough counters).
 - ``would_wait(folder)`` tells a binding which lookups and listings may wait for Encord.
+
+Prefetch seam: ``prefetcher`` (``core.prefetch.Prefetcher`` or None, the default) is told of every
+file open (``opened``: sequential lookahead across a folder's files) and receives what is written to
+the ``/.encordfs/hints`` control file (order hints: one path per line; the contract is in
+docs/SEMANTICS.md). ``EncordFS`` is its ``Source``: ``next_files`` and ``previous_file`` (listing
+order) and ``file_at`` (a hinted path). The control file ``hints`` is the one writable file of a mount:
+each open for writing starts a hint list, ``write`` feeds it, ``release`` ends it; ``truncate`` of it
+is a no-op (``echo ... > hints`` truncates first). Without a prefetcher, writing it is ``EROFS``.
 """
 
 from __future__ import annotations
@@ -81,6 +89,8 @@ from encordfs.backend import (
 from encordfs.core import names, views, xattrs
 from encordfs.core.catalog import ROOT_INO, UNKNOWN_SIZE, Catalog, Entry, Kind, Node, SyncChanges
 from encordfs.core.journal import RowRef
+from encordfs.core.prefetch import Item, Prefetcher
+from encordfs.core.urls import UrlSource
 from encordfs.core.views import Views, is_view_ino
 from encordfs.core.writes import WriteQueue
 from encordfs.settings import Settings, default
@@ -101,7 +111,8 @@ XATTR_REPLACE = 2
 # what the catalog's AUTOINCREMENT will ever reach.
 CONTROL_NAME = ".encordfs"
 CONTROL_INO = 1 << 62
-CONTROL_FILES = {"status.json": CONTROL_INO + 1}
+HINTS_INO = CONTROL_INO + 2
+CONTROL_FILES = {"status.json": CONTROL_INO + 1, "hints": HINTS_INO}
 CONTROL_XATTR_PREFIX = "user.encordfs."
 CONTROL_XATTR_REFRESH = CONTROL_XATTR_PREFIX + "refresh"
 CONTROL_XATTR_FLUSH = CONTROL_XATTR_PREFIX + "flush"
@@ -451,6 +462,7 @@ class EncordFS:
         # Set by a binding that can drop kernel entries: called with (folder inode, name) of view
         # entries that a metadata write or rename may have made wrong (``Views.entries``).
         self.invalidate_entry: Callable[[int, str], None] | None = None
+        self.prefetcher: Prefetcher | None = None
 
     # -- attributes -------------------------------------------------------------------------------
     def getattr(self, ino: int) -> Attr:
@@ -493,7 +505,8 @@ class EncordFS:
         if ino == CONTROL_INO:
             return Attr(ino, stat.S_IFDIR | 0o555, 2, 0, self.clock(), self.clock(), o.uid, o.gid)
         if ino in CONTROL_FILES.values():
-            return Attr(ino, stat.S_IFREG | 0o444, 1, 0, self.clock(), self.clock(), o.uid, o.gid)
+            mode = 0o644 if ino == HINTS_INO else 0o444
+            return Attr(ino, stat.S_IFREG | mode, 1, 0, self.clock(), self.clock(), o.uid, o.gid)
         raise errors.NotFound(f"inode {ino}")
 
     def node(self, ino: int) -> Node:
@@ -841,6 +854,8 @@ class EncordFS:
             if node.size == UNKNOWN_SIZE:
                 raise errors.RemoteIOError(f"{node.name}: its size is unknown and the object could not be asked")
         key, source = self._content_key(node), self._url_source(node)
+        if self.prefetcher is not None:
+            self.prefetcher.opened(node.parent, node.ino, key)
         handle = self.reader.open(key, node.size, source)
         backing_fd = None
         if self.backing_files:
@@ -864,6 +879,12 @@ class EncordFS:
     def _open_control(self, ino: int, writable: bool) -> OpenFile:
         if ino == CONTROL_INO:
             raise errors.IsADirectory(CONTROL_NAME)
+        if ino == HINTS_INO:
+            if not writable:
+                return OpenFile(self._add_handle(None, _BytesHandle(b"")), direct_io=True)
+            if self.prefetcher is None:
+                raise errors.ReadOnly("prefetch is off (--no-prefetch): hints are not taken")
+            return OpenFile(self._add_handle(None, _HintWriter(self.prefetcher)), direct_io=True)
         if writable:
             raise errors.ReadOnly("control files are read-only")
         content = (json.dumps(self.status(), indent=2, sort_keys=True) + "\n").encode()
@@ -877,6 +898,7 @@ class EncordFS:
             "path_cache": self.paths.stats(),
         }
         out["writes"] = self.writes.status() if self.writes is not None else None
+        out["prefetch"] = self.prefetcher.status() if self.prefetcher is not None else None
         if self.status_extra is not None:
             out.update(self.status_extra())
         if self.binding_status is not None:
@@ -904,6 +926,45 @@ class EncordFS:
                 self._refresh_in_background(node.parent, force=True)
             raise
 
+    def write(self, fh: int, offset: int, data: bytes | memoryview) -> int:
+        """Bytes written to an open file: only the ``hints`` control file takes any (see the module
+        docstring); everything else is ``EROFS``."""
+        try:
+            _, handle = self._handles[fh]
+        except KeyError:
+            raise errors.Stale(f"file handle {fh} is not open") from None
+        if not isinstance(handle, _HintWriter):
+            raise errors.ReadOnly("file contents are read-only")
+        return handle.write(data)
+
+    def truncate(self, ino: int, size: int) -> None:
+        """``truncate``: a no-op on the ``hints`` control file (``echo ... > hints``), else ``EROFS``."""
+        if ino != HINTS_INO:
+            raise errors.ReadOnly("file contents are read-only")
+
+    # -- prefetch source (``core.prefetch.Source``) -------------------------------------------------
+    def next_files(self, folder: int, after_ino: int, limit: int) -> list[Item]:
+        """Readable files of ``folder`` listed after ``after_ino`` (lookahead)."""
+        return [self._item(node) for node in self.catalog.next_files(folder, after_ino, limit)]
+
+    def previous_file(self, folder: int, ino: int) -> int | None:
+        return self.catalog.previous_file(folder, ino)
+
+    def file_at(self, path: str) -> Item:
+        """The file at ``path`` (relative to the mount root), for an order hint."""
+        ino = self.resolve(path)
+        if ino == ROOT_INO or ino >= CONTROL_INO:
+            raise errors.IsADirectory(path) if ino in (ROOT_INO, CONTROL_INO) else errors.NotFound(path)
+        node = self.node(ino)
+        if node.kind.is_dir:
+            raise errors.IsADirectory(path)
+        if not node.handle:
+            raise errors.NotFound(f"{path}: nothing to read from")
+        return self._item(node)
+
+    def _item(self, node: Node) -> Item:
+        return Item(node.ino, self._content_key(node), node.size, self._url_source(node))
+
     def release(self, fh: int) -> None:
         with self._handles_lock:
             entry = self._handles.pop(fh, None)
@@ -922,7 +983,7 @@ class EncordFS:
         # so blocks of the old content are never served for the new one.
         return f"{node.handle}:{node.size}:{node.mtime:.6f}"
 
-    def _url_source(self, node: Node) -> Callable[[bool], str]:
+    def _url_source(self, node: Node) -> UrlSource:
         """The reader's ``url_source`` for a file: bulk-signs its folder before the first use (a
         legacy row is signed alone: see the module docstring)."""
         item = node.handle
@@ -1208,6 +1269,24 @@ class _Load:
     def step(self, n: int = 1) -> None:
         self.rows += n
         self.progress_at = time.monotonic()
+
+
+class _HintWriter:
+    """A write handle of the ``hints`` control file: one hint list, fed line by line as it is written."""
+
+    def __init__(self, prefetcher: Prefetcher) -> None:
+        self._prefetcher = prefetcher
+        self._number = prefetcher.hints_open()
+
+    def read(self, offset: int, length: int) -> bytes:
+        return b""
+
+    def write(self, data: bytes | memoryview) -> int:
+        self._prefetcher.hints_write(self._number, data)
+        return len(data)
+
+    def close(self) -> None:
+        self._prefetcher.hints_close(self._number)
 
 
 class _BytesHandle:

@@ -202,6 +202,22 @@ class Image:
         )
         return [(int(o), str(h)) for o, h in rows]
 
+    def next_files(self, after_ord: int, limit: int) -> list[Any]:
+        """Readable rows above ``after_ord``, in order (lookahead over an adopted folder)."""
+        return self._all(
+            f"SELECT ord, {_NODE_COLUMNS} FROM rows INDEXED BY rows_files WHERE ord > ? AND kind IN ({ROW}, {CHILD}) "
+            "AND handle IS NOT NULL ORDER BY ord LIMIT ?",
+            (after_ord, limit),
+        )
+
+    def previous_file(self, ord_: int) -> int | None:
+        row = self._one(
+            f"SELECT ord FROM rows INDEXED BY rows_files WHERE ord < ? AND kind IN ({ROW}, {CHILD}) "
+            "AND handle IS NOT NULL ORDER BY ord DESC LIMIT 1",
+            (ord_,),
+        )
+        return None if row is None else int(row[0])
+
     def groups(self) -> list[Any]:
         return self._all(f"SELECT ord, {_NODE_COLUMNS} FROM rows INDEXED BY rows_groups WHERE kind = {GROUP}", ())
 

@@ -2,8 +2,10 @@
 
 Owns the bytes between a FUSE ``read(offset, length)`` and the HTTP fetcher: per-handle segments,
 sequential detection, readahead, a shared worker pool, single-flight part fetches, the global memory
-budget, and ``prefetch``. It depends on two seams only: a ``RangeFetcher`` (``fetch_into``) and a
-``BlockCache``; URLs come from the ``url_source`` given to ``open``.
+budget, and ``prefetch``/``prefetch_file``. It depends on two seams only: a ``RangeFetcher``
+(``fetch_into``; optionally a second one for background GETs, ``background_fetcher``, and its
+``fetch_async``) and a ``BlockCache``; URLs come from the ``url_source`` given to ``open``. An
+optional ``link`` (``core.link.LinkEstimate``) sizes readahead from the bandwidth-delay product.
 
 Parts
     A file is cut into parts of ``part_bytes``; part ``k`` is ``[k*P, min((k+1)*P, size))`` and is cached
@@ -26,7 +28,13 @@ Sequential detection and readahead
     ending at ``pos`` the handle keeps ``[pos, pos + window)`` requested; each readahead request (and
     each sequential read that still had to fetch on demand) doubles the window up to
     ``max_window_bytes``. Requests never cross part boundaries; once the window reaches a part they are
-    whole parts. The ramp requests of a stream's first part are copied into one buffer as they are read
+    whole parts. With a ``link``, the caps grow with the measured bandwidth-delay product
+    (``_readahead_limits``): about 8 x BDP in flight (``ceil(8 BDP / part) + 1`` GETs, at least
+    ``max_parallel_per_file``, at most the pool) in a window that holds them (at least
+    ``max_window_bytes``, at most a quarter of the readahead budget): a long, fat link gets more
+    parallel range GETs of a part each; loopback keeps the defaults. A stream's window also starts at
+    2 x BDP (``_link_window``) once it is sequential, rather than doubling up from ``initial_window``
+    one round trip at a time (behind 25 ms and more, each doubling costs one). The ramp requests of a stream's first part are copied into one buffer as they are read
     and cached as that part once it is whole (``_collect_ramp``), so every part of a sequentially read
     file ends up cached. Readahead is bounded per handle (``max_parallel_per_file`` in flight,
     ``max_window_bytes`` held ahead) and overall (``max_parallel_total`` in flight = pool size).
@@ -34,7 +42,11 @@ Sequential detection and readahead
 Who fetches
     A demand segment (the bytes a read needs now) is fetched inline by the reading thread. Readahead
     runs in the pool; if a reader needs a readahead segment that is still queued it claims and runs it
-    itself (``_Segment.claim``), so demand never waits behind the queue. Neither waits for the disk:
+    itself (``_Segment.claim``), so demand never waits behind the queue. Pool GETs (readahead,
+    ``prefetch_file``) go through ``background_fetcher``, which leaves connections for demand GETs.
+    ``prefetch_file_async`` (``core.prefetch``'s files) starts a GET on the transport's own loop and
+    lands it from there, without a thread. A reader that joins a prefetch's flight which then fails
+    fetches the part itself (``_prefetch_flights``): a prefetch never fails a read. Neither waits for the disk:
     ``cache.put`` only queues the disk write (the disk tier serves the queued buffer until it lands, so
     a part is not fetched twice meanwhile, and skips the write when its backlog is full); only
     ``prefetch`` waits for room in that queue, since filling the cache is its point.
@@ -76,10 +88,18 @@ from concurrent.futures import wait as futures_wait
 from encordfs.core.blockcache import Block, BlockCache, BlockKey, FileLayout
 from encordfs.core.counters import Counters
 from encordfs.core.fetch import RangeFetcher
+from encordfs.core.link import LinkEstimate
 from encordfs.core.urls import UrlSource
 from encordfs.errors import FsError, InvalidValue, RemoteIOError
 
+
+class Throttled(FsError):
+    """A background read was refused because its share of the memory budget is full (not an error)."""
+
+
 MiB = 1 << 20
+# Bandwidth-delay products kept in flight by a sequential stream (``ReadPipeline._readahead_limits``).
+LINK_ROUNDS = 8
 
 
 class MemoryBudget:
@@ -151,6 +171,7 @@ class _Segment:
         self.end = end
         self.part = part
         self.fill_cache = False  # prefetch: wait for room in a slow cache tier rather than skip it
+        self.prefetch = False  # a prefetch's flight: a reader that joined it fetches itself if it fails
         self.collected = False  # a ramp segment copied into the part being collected (``_collect_ramp``)
         self.future: Future[Block] = Future()
         self._budget = budget
@@ -223,10 +244,14 @@ class ReadPipeline:
         seek_back_bytes: int = MiB,  # reordered reads from parallel FUSE threads stay "sequential"
         read_timeout_s: float = 60.0,  # >= the fetcher's retry budget (30 s) + one socket timeout
         clock: Callable[[], float] = time.monotonic,
+        background_fetcher: RangeFetcher | None = None,
+        link: LinkEstimate | None = None,
     ) -> None:
         if memory_budget_bytes < max(part_bytes, small_file_bytes):
             raise InvalidValue("memory_budget_bytes must hold at least one part and one small file")
         self.fetcher = fetcher
+        self.background_fetcher = background_fetcher if background_fetcher is not None else fetcher
+        self.link = link
         self.cache = cache
         self.counters = counters if counters is not None else Counters()
         self.small_file_bytes = small_file_bytes
@@ -244,6 +269,7 @@ class ReadPipeline:
         self._lock = threading.Lock()
         self._handles: set[ReadHandle] = set()
         self._flights: dict[BlockKey, Future[Block]] = {}
+        self._prefetch_flights: set[Future[Block]] = set()  # flights of prefetch: their failure fails no reader
         self._pooled_in_flight = 0
 
     # -- public surface
@@ -286,6 +312,114 @@ class ReadPipeline:
     def probe_size(self, url_source: UrlSource) -> int:
         """The object's size, asked of the server (rows whose metadata has none)."""
         return self.fetcher.probe_size(url_source)
+
+    def prefetch_file(self, content_key: str, size: int, url_source: UrlSource) -> int:
+        """Background: bring a file's first part (the whole file when it is small) into the cache, for
+        ``core.prefetch``. Returns the bytes fetched: 0 when the part is cached or already being fetched
+        (nothing is waited for). Never waits for memory: raises ``Throttled`` when the readahead share
+        of the budget is full. A fetch error propagates (the caller drops the file; a demand read later
+        tries again on its own).
+
+        The part is fetched through ``background_fetcher`` and stored like a readahead part (the disk
+        write is queued, waiting for room in its queue: filling the cache is the point), so a later
+        open finds it in memory or on disk, and with backing files on, complete on disk.
+        """
+        if size <= 0:
+            return 0
+        key = (content_key, 0)
+        with self._lock:
+            in_flight = key in self._flights
+        if in_flight or self.cache.contains(key):
+            return 0
+        end = min(self.part_size_for(size), size)
+        if not self.budget.try_acquire(end, self._readahead_limit_bytes):
+            self.counters.inc("reader.readahead_throttled")
+            raise Throttled(f"no room in the read budget for {end} bytes of prefetch")
+        segment = _Segment(0, end, 0, self.budget)
+        segment.fill_cache = segment.prefetch = True
+        try:
+            self._run_segment(segment, content_key, FileLayout(size, self.part_size_for(size)), url_source, True)
+            segment.wait(self.read_timeout_s)
+        finally:
+            segment.drop()
+        return end
+
+    def prefetch_file_async(
+        self, content_key: str, size: int, url_source: UrlSource, done: Callable[[int, FsError | None], None]
+    ) -> bool:
+        """``prefetch_file`` without a thread of its own, when the background fetcher has ``fetch_async``
+        (libcurl): the GET runs on the transport's loop, which stores the part (memory, and the disk
+        queue unless its backlog is full) and then calls ``done(bytes, error)`` on that loop thread
+        (hand over, nothing more). One attempt: on an error the caller may try ``prefetch_file``, which
+        retries and re-signs. Returns False when it cannot start this way (httpx; no background
+        connection free): call ``prefetch_file`` on a thread instead. A cached or in-flight part is
+        ``done(0, None)`` at once. Raises ``Throttled`` as ``prefetch_file`` does, and the ``FsError`` of
+        a URL that cannot be had (``url_source`` runs on the calling thread and may sign, one API call).
+        """
+        fetch_async = getattr(self.background_fetcher, "fetch_async", None)
+        key = (content_key, 0)
+        with self._lock:
+            in_flight = key in self._flights
+        if size <= 0 or in_flight or self.cache.contains(key):
+            done(0, None)
+            return True
+        if fetch_async is None:
+            return False
+        part_size = self.part_size_for(size)
+        end = min(part_size, size)
+        if not self.budget.try_acquire(end, self._readahead_limit_bytes):
+            self.counters.inc("reader.readahead_throttled")
+            raise Throttled(f"no room in the read budget for {end} bytes of prefetch")
+        segment = _Segment(0, end, 0, self.budget)
+        segment.claim()
+        try:
+            url = url_source(False)
+        except BaseException:
+            segment.fail(RemoteIOError("no URL"))
+            segment.drop()
+            raise
+        with self._lock:
+            joined = key in self._flights
+            if not joined:
+                self._flights[key] = segment.future
+                self._prefetch_flights.add(segment.future)
+        if joined:  # someone started it meanwhile
+            segment.fail(RemoteIOError("joined"))
+            segment.drop()
+            done(0, None)
+            return True
+        buf = bytearray(end)
+        layout = FileLayout(size, part_size)
+
+        def land(error: FsError | None) -> None:
+            try:
+                if error is None:
+                    segment.finish(buf)  # a demand reader that joined goes on now
+                    self.cache.put(key, buf, layout)  # memory; the disk tier only queues (or skips)
+                else:
+                    segment.fail(error)
+            finally:
+                with self._lock:
+                    if self._flights.get(key) is segment.future:
+                        del self._flights[key]
+                    self._prefetch_flights.discard(segment.future)
+                segment.drop()
+            done(end if error is None else 0, error)
+
+        try:
+            started = bool(fetch_async(url, 0, memoryview(buf), land, size))
+        except BaseException as exc:
+            land(exc if isinstance(exc, FsError) else RemoteIOError(f"prefetch: {type(exc).__name__}"))
+            return True
+        if not started:
+            with self._lock:
+                if self._flights.get(key) is segment.future:
+                    del self._flights[key]
+                self._prefetch_flights.discard(segment.future)
+            segment.fail(RemoteIOError("not started"))
+            segment.drop()
+            return False
+        return True
 
     def open_backing(self, content_key: str, size: int, url_source: UrlSource) -> int | None:
         """A read-only fd of a local file holding the whole file at its own offsets (for a FUSE
@@ -332,6 +466,31 @@ class ReadPipeline:
     def _acquire_demand(self, n: int, requester: ReadHandle | None) -> None:
         deadline = self._clock() + self.read_timeout_s
         self.budget.acquire(n, deadline, shed=lambda short: self._shed(short, requester), clock=self._clock)
+
+    def _readahead_limits(self) -> tuple[int, int]:
+        """(GETs in flight per file, bytes held ahead per file) for a sequential stream.
+
+        Every range GET waits a first-byte latency before its bytes flow, and the GETs of one stream
+        share the link, so they end together and the next ones start together: the link idles for a
+        latency once per round of GETs. Keeping ``LINK_ROUNDS`` x the bandwidth-delay product in flight
+        makes a round that many latencies long, so that idle time is about a ninth of it (measured behind
+        25 ms at 1 Gbit/s: 4 x 8 MiB in flight gave 0.86 of the link, 12 gave 0.94). Never fewer than
+        ``max_parallel_per_file`` GETs nor a window below ``max_window_bytes`` (loopback keeps those);
+        never more GETs than the pool, nor a window over a quarter of the readahead budget.
+        """
+        bdp = self.link.bdp_bytes() if self.link is not None else 0
+        if bdp <= 0:
+            return self.max_parallel_per_file, self.max_window_bytes
+        want = LINK_ROUNDS * bdp
+        parallel = min(max(self.max_parallel_per_file, -(-want // self.part_bytes) + 1), self.max_parallel_total)
+        cap = max(self.max_window_bytes, self._readahead_limit_bytes // 4)
+        window = min(max(self.max_window_bytes, (parallel + 1) * self.part_bytes, want), cap)
+        return min(parallel, max(self.max_parallel_per_file, window // self.part_bytes - 1)), window
+
+    def _link_window(self) -> int:
+        """Twice the measured bandwidth-delay product (0 without a link or a measurement): where a
+        sequential stream's window may start instead of doubling up from ``initial_window``."""
+        return 2 * self.link.bdp_bytes() if self.link is not None else 0  # the window: in flight, and growing
 
     def _try_acquire_readahead(self, n: int) -> bool:
         with self._lock:
@@ -400,48 +559,66 @@ class ReadPipeline:
     def _run_segment(
         self, segment: _Segment, content_key: str, layout: FileLayout, url_source: UrlSource, from_pool: bool = False
     ) -> None:
-        """Fill ``segment`` (no-op unless this thread claims it); errors land in its future."""
+        """Fill ``segment`` (no-op unless this thread claims it); errors land in its future. A pool
+        worker's (readahead, prefetch) GETs are background GETs; a reader that claims a queued
+        readahead segment fetches it as demand."""
         if not segment.claim(unless_dropped=from_pool):
             return
         try:
             if segment.part is None:
-                segment.finish(self._fetch(url_source, segment.start, segment.end, layout.size_bytes))
+                segment.finish(self._fetch(url_source, segment.start, segment.end, layout.size_bytes, from_pool))
             else:
-                self._load_part(segment, (content_key, segment.part), layout, url_source)
+                self._load_part(segment, (content_key, segment.part), layout, url_source, from_pool)
         except Exception as exc:
             if not segment.future.done():
                 segment.fail(exc)
 
-    def _load_part(self, segment: _Segment, key: BlockKey, layout: FileLayout, url_source: UrlSource) -> None:
-        cached = self.cache.get(key)
-        if cached is not None:
-            segment.finish(cached)
-            return
-        with self._lock:
-            flight = self._flights.get(key)
+    def _load_part(
+        self, segment: _Segment, key: BlockKey, layout: FileLayout, url_source: UrlSource, background: bool = False
+    ) -> None:
+        while True:
+            cached = self.cache.get(key)
+            if cached is not None:
+                segment.finish(cached)
+                return
+            with self._lock:
+                flight = self._flights.get(key)
+                if flight is not None and flight in self._prefetch_flights and _failed(flight):
+                    flight = None  # a failed prefetch is dropped: this reader fetches on its own
+                if flight is None:
+                    self._flights[key] = segment.future
+                    if segment.prefetch:
+                        self._prefetch_flights.add(segment.future)
+                joined_prefetch = flight is not None and flight in self._prefetch_flights
             if flight is None:
-                self._flights[key] = segment.future
-        if flight is not None:
+                break
             self.counters.inc("reader.flight_joins")
             try:
                 segment.finish(flight.result(timeout=self.read_timeout_s))
             except TimeoutError:
                 raise RemoteIOError(f"waiting for part {key[1]} timed out") from None
+            except FsError:
+                if not joined_prefetch:
+                    raise
+                self.counters.inc("reader.prefetch_failures_refetched")
+                continue  # never fail a demand read because a prefetch of it failed
             return
         try:
-            data = self._fetch(url_source, segment.start, segment.end, layout.size_bytes)
+            data = self._fetch(url_source, segment.start, segment.end, layout.size_bytes, background)
             segment.finish(data)  # readers go on before the cache write
             self.cache.put(key, data, layout, wait=segment.fill_cache)  # the disk tier only queues it
         finally:
             with self._lock:
                 if self._flights.get(key) is segment.future:
                     del self._flights[key]
+                self._prefetch_flights.discard(segment.future)
 
-    def _fetch(self, url_source: UrlSource, start: int, end: int, total: int) -> bytearray:
+    def _fetch(self, url_source: UrlSource, start: int, end: int, total: int, background: bool = False) -> bytearray:
         """Bytes ``[start, end)`` of a file the catalog says is ``total`` bytes long (an object that grew
         or shrank on the server is ``Stale``, never served cut or padded)."""
         buf = bytearray(end - start)
-        self.fetcher.fetch_into(url_source, start, memoryview(buf), total=total)
+        fetcher = self.background_fetcher if background else self.fetcher
+        fetcher.fetch_into(url_source, start, memoryview(buf), total=total)
         return buf
 
 
@@ -468,6 +645,10 @@ class _RampPart:
                 merged.append(span)
         self._spans = merged
         return merged == [[0, len(self.buf)]]
+
+
+def _failed(future: Future[Block]) -> bool:
+    return future.done() and future.exception() is not None
 
 
 def _releaser(segment: _Segment, slots: threading.Semaphore) -> Callable[[], None]:
@@ -573,7 +754,7 @@ class ReadHandle:
                 segment = self._add_locked(start, end, part)
                 self._frontier = max(self._frontier, end)
                 if self._sequential:  # readahead fell behind this stream: widen it
-                    self._window = min(self._window * 2, self._p.max_window_bytes)
+                    self._window = min(self._window * 2, self._p._readahead_limits()[1])
                 self._schedule_readahead_locked(want_end)
             self._p.counters.inc("reader.demand_fetches")
             return segment
@@ -610,19 +791,18 @@ class ReadHandle:
         if not self._sequential or self._closed:
             return
         p = self._p
-        target = min(self.size, pos + self._window)
+        parallel, window_cap = p._readahead_limits()
+        jump = min(p._link_window(), window_cap)  # a measured long, fat link: skip the doubling from 1 MiB
+        target = min(self.size, pos + max(self._window, jump))
         frontier = max(self._frontier, pos)
         while frontier < target:
             held = self._find_locked(frontier)
             if held is not None:
                 frontier = held.end
                 continue
-            if (
-                self._in_flight_locked() >= p.max_parallel_per_file
-                or self._held_ahead_locked(pos) >= p.max_window_bytes
-            ):
+            if self._in_flight_locked() >= parallel or self._held_ahead_locked(pos) >= window_cap:
                 break
-            previous_window, self._window = self._window, min(self._window * 2, p.max_window_bytes)
+            previous_window, self._window = self._window, min(max(self._window * 2, jump), window_cap)
             start, end, part = self._readahead_range_locked(frontier)
             if not p._try_acquire_readahead(end - start):
                 self._window = previous_window
@@ -718,7 +898,7 @@ class ReadHandle:
         """Hold a new segment (its bytes are already charged); stay within the per-handle cap by LRU."""
         segment = _Segment(start, end, part, self._p.budget)
         self._segments.append(segment)
-        cap = self._p.max_window_bytes + self._part_size
+        cap = self._p._readahead_limits()[1] + self._part_size
         held = sum(s.end - s.start for s in self._segments)
         for old in list(self._segments[:-1]):
             if held <= cap:
@@ -754,4 +934,4 @@ class ReadHandle:
         return freed
 
 
-__all__ = ["MemoryBudget", "ReadHandle", "ReadPipeline"]
+__all__ = ["MemoryBudget", "ReadHandle", "ReadPipeline", "Throttled"]

@@ -176,10 +176,12 @@ FORGET_IN = struct.Struct("=Q")
 BATCH_FORGET_IN = struct.Struct("=II")
 FORGET_ONE = struct.Struct("=QQ")
 GETATTR_IN = struct.Struct("=IIQ")
-SETATTR_IN = struct.Struct("=IIQ")  # valid padding fh (the rest is not needed)
+SETATTR_IN = struct.Struct("=IIQQ")  # valid padding fh size (the rest is not needed)
 OPEN_IN = struct.Struct("=II")  # flags open_flags
 READ_IN = struct.Struct("=QQII")  # fh offset size read_flags (lock_owner flags padding follow)
 RELEASE_IN = struct.Struct("=QII")  # fh flags release_flags
+WRITE_IN = struct.Struct("=QQIIQII")  # fh offset size write_flags lock_owner flags padding (data follows)
+WRITE_REPLY = struct.Struct("=IiQ" + "II")  # size padding
 FSYNC_IN = struct.Struct("=QII")
 GETXATTR_IN = struct.Struct("=II")  # size padding
 SETXATTR_IN = struct.Struct("=II")  # size flags
@@ -198,6 +200,7 @@ assert IN_HEADER.size == 40 and OUT_HEADER.size == 16 and ATTR.size == 88
 assert ENTRY_OUT.size == 128 and ATTR_OUT.size == 104 and INIT_OUT.size == 64
 assert DIRENT.size == 24 and DIRENTPLUS.size == 152 and BACKING_MAP.size == 16
 assert STATFS_REPLY.size == 16 + 80 and OPEN_REPLY.size == 32
+assert WRITE_IN.size == 40 and WRITE_REPLY.size == 24
 
 
 def align8(n: int) -> int:

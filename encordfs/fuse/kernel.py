@@ -18,8 +18,9 @@ top of explicit content invalidations); ``ATOMIC_O_TRUNC`` (``O_TRUNC`` reaches 
 cache may sit on overlayfs). Never ``WRITEBACK_CACHE`` (it excludes passthrough; nothing is written),
 locks (the kernel keeps POSIX and BSD locks locally, as with libfuse) or export support.
 
-**Answers** match the mfusepy binding's: content writes, create, mkdir, unlink, rmdir, link, symlink,
-mknod, chmod, chown, truncate, utimes → ``EROFS``; ACCESS, READLINK, locks, ioctl, poll, bmap, lseek,
+**Answers** match the mfusepy binding's: content writes and truncate (the core takes both only for
+the ``.encordfs/hints`` control file), create, mkdir, unlink, rmdir, link, symlink, mknod, chmod, chown,
+utimes → ``EROFS``; ACCESS, READLINK, locks, ioctl, poll, bmap, lseek,
 fallocate, copy_file_range, statx, tmpfile, syncfs → ``ENOSYS`` (the kernel falls back for good, as
 with libfuse); xattr calls never ``ENOSYS`` (the kernel would stop sending them for good); a
 ``getxattr`` of a name outside ``user.`` → ``ENOTSUP`` before anything else. A failed lookup is a
@@ -126,7 +127,7 @@ SLOW_OPS = frozenset({Op.READ, Op.SETXATTR, Op.REMOVEXATTR, Op.RENAME, Op.RENAME
 FOLDER_OPS = frozenset({Op.LOOKUP, Op.READDIR, Op.READDIRPLUS})
 _HEAD = struct.Struct("=IIQQ")  # the in header's len, opcode, unique, nodeid
 DT_SHIFT = 12  # dirent type = (st_mode & S_IFMT) >> 12
-READ_ONLY_OPS = (Op.WRITE, Op.CREATE, Op.MKNOD, Op.MKDIR, Op.SYMLINK, Op.LINK, Op.UNLINK, Op.RMDIR)
+READ_ONLY_OPS = (Op.CREATE, Op.MKNOD, Op.MKDIR, Op.SYMLINK, Op.LINK, Op.UNLINK, Op.RMDIR)
 MS_RDONLY, MS_NOSUID, MS_NODEV = 1, 2, 4
 MNT_DETACH = 2
 
@@ -775,6 +776,7 @@ class _Session:
         }
         for op in READ_ONLY_OPS:
             table[op] = self._read_only
+        table[Op.WRITE] = self._write  # the core refuses it for anything but the hints control file
         return table
 
     # -- replies shared by several opcodes -------------------------------------------------------------
@@ -839,8 +841,11 @@ class _Session:
         return self._attr(unique, self.fs.getattr(nodeid))
 
     def _setattr(self, w: _Worker, unique: int, nodeid: int, arg: memoryview) -> bytes:
-        valid, _, _ = abi.SETATTR_IN.unpack_from(arg)
-        if valid & abi.FATTR_CHANGES:  # chmod, chown, truncate, utimes: refused, as with libfuse
+        valid, _, _, size = abi.SETATTR_IN.unpack_from(arg)
+        changes = valid & abi.FATTR_CHANGES
+        if changes == abi.FATTR_SIZE:  # truncate: the core refuses it but for the hints control file
+            self.fs.truncate(nodeid, size)
+        elif changes:  # chmod, chown, utimes: refused, as with libfuse
             raise errors.ReadOnly("attributes cannot be changed")
         return self._attr(unique, self.fs.getattr(nodeid))
 
@@ -892,6 +897,14 @@ class _Session:
         fh, offset, size, _ = abi.READ_IN.unpack_from(arg)
         data = self.fs.read(fh, offset, size)
         return [abi.OUT_HEADER.pack(abi.OUT_HEADER.size + len(data), 0, unique), data]
+
+    def _write(self, w: _Worker, unique: int, nodeid: int, arg: memoryview) -> bytes:
+        fh, offset, size, _, _, _, _ = abi.WRITE_IN.unpack_from(arg)
+        data = arg[abi.WRITE_IN.size : abi.WRITE_IN.size + size]
+        if len(data) != size:
+            raise _Malformed(f"WRITE of {size} bytes carries {len(data)}")
+        written = self.fs.write(fh, offset, data)
+        return abi.WRITE_REPLY.pack(abi.WRITE_REPLY.size, 0, unique, written, 0)
 
     def _release(self, w: _Worker, unique: int, nodeid: int, arg: memoryview) -> bytes:
         fh, _, _ = abi.RELEASE_IN.unpack_from(arg)
