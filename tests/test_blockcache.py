@@ -20,6 +20,7 @@ import pytest
 
 from encordfs.app import retire_block_cache
 from encordfs.core.blockcache import (
+    MEMORY_ENTRY_OVERHEAD_BYTES,
     Block,
     DiskFileCache,
     FileLayout,
@@ -71,17 +72,32 @@ def open_cache(root: Path, **kwargs: object) -> DiskFileCache:
 
 
 def test_memory_lru_by_bytes() -> None:
-    cache = MemoryBlockCache(capacity_bytes=3 * PART)
+    cache = MemoryBlockCache(capacity_bytes=3 * (PART + MEMORY_ENTRY_OVERHEAD_BYTES))
     for i in range(3):
         cache.put(("f:1", i), block(i))
     assert cache.get(("f:1", 0)) == block(0)  # 0 is now the most recent
     cache.put(("f:1", 3), block(3))
     assert cache.get(("f:1", 1)) is None  # the least recently used went
     assert [cache.contains(("f:1", i)) for i in range(4)] == [True, False, True, True]
-    assert cache.used_bytes <= 3 * PART
+    assert cache.used_bytes == 3 * (PART + MEMORY_ENTRY_OVERHEAD_BYTES)
     snap = cache.counters.snapshot()
     assert snap["cache.evictions_mem"] == 1 and snap["cache.hits_mem"] == 1 and snap["cache.misses"] == 1
     assert cache.open_complete("f:1", 4 * PART) is None  # memory backs no file
+
+
+def test_memory_blocks_are_charged_their_overhead_and_counted() -> None:
+    """A block costs its key and slot besides its bytes: tiny blocks cannot hold many times the capacity
+    in Python objects, and past ``max_entries`` the oldest go whatever their size."""
+    cache = MemoryBlockCache(capacity_bytes=10 * (64 + MEMORY_ENTRY_OVERHEAD_BYTES))
+    for i in range(20):
+        cache.put((f"f{i}:64", 0), bytes(64))
+    assert [cache.contains((f"f{i}:64", 0)) for i in (9, 10, 19)] == [False, True, True]
+    assert cache.used_bytes == 10 * (64 + MEMORY_ENTRY_OVERHEAD_BYTES)
+    counted = MemoryBlockCache(capacity_bytes=1 << 20, max_entries=3)
+    for i in range(5):
+        counted.put((f"f{i}:1", 0), b"x")
+    assert [counted.contains((f"f{i}:1", 0)) for i in range(5)] == [False, False, True, True, True]
+    assert counted.counters.get("cache.evictions_mem") == 2
 
 
 def test_memory_block_larger_than_capacity_is_not_stored() -> None:

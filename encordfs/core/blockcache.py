@@ -181,11 +181,35 @@ class BlockCache(Protocol):
 # ---------------------------------------------------------------------------------------------- memory
 
 
-class MemoryBlockCache:
-    """LRU by bytes, in process memory. A block larger than the capacity is not stored."""
+# What one block costs in memory besides its bytes, measured with tracemalloc (~330 B for a 64-byte block
+# under a 62-character content key): the key tuple and its content-key string, the OrderedDict's node and
+# slots, the block's own object header. Charged to the capacity with every block, so that a million tiny
+# blocks cannot hold several times ``capacity_bytes`` of Python objects (64 MB of payload was ~400 MB).
+MEMORY_ENTRY_OVERHEAD_BYTES = 352
+# At most this many blocks, whatever their size: the memory tier is for the parts being read now (a few
+# hundred 8 MiB parts fill it); an epoch over a million tiny files is served again by the kernel's page
+# cache and the disk cache, not from here. 65,536 blocks cost at most ~23 MB besides their bytes.
+MEMORY_MAX_ENTRIES = 65536
 
-    def __init__(self, capacity_bytes: int, counters: Counters | None = None) -> None:
+
+class MemoryBlockCache:
+    """LRU by bytes, in process memory. A block larger than the capacity is not stored.
+
+    Each block is charged its length plus ``entry_overhead_bytes`` (what its key and slot cost), and at
+    most ``max_entries`` blocks are kept: ``capacity_bytes`` bounds the memory really used, tiny blocks
+    included.
+    """
+
+    def __init__(
+        self,
+        capacity_bytes: int,
+        counters: Counters | None = None,
+        max_entries: int = MEMORY_MAX_ENTRIES,
+        entry_overhead_bytes: int = MEMORY_ENTRY_OVERHEAD_BYTES,
+    ) -> None:
         self.capacity_bytes = capacity_bytes
+        self.max_entries = max_entries
+        self.entry_overhead_bytes = entry_overhead_bytes
         self.counters = counters if counters is not None else Counters()
         self._lock = threading.Lock()
         self._blocks: OrderedDict[BlockKey, Block] = OrderedDict()
@@ -216,16 +240,16 @@ class MemoryBlockCache:
         self, key: BlockKey, data: Block, layout: FileLayout | None = None, *, wait: bool = False, sync: bool = False
     ) -> None:
         """Keep the block (``layout``, ``wait`` and ``sync`` mean nothing in memory)."""
-        size = len(data)
-        if size > self.capacity_bytes:
+        charge = len(data) + self.entry_overhead_bytes
+        if charge > self.capacity_bytes or self.max_entries < 1:
             return
         with self._lock:
             old = self._blocks.pop(key, None)
             if old is not None:
-                self._used_bytes -= len(old)
-            self._evict_locked(self.capacity_bytes - size)
+                self._used_bytes -= len(old) + self.entry_overhead_bytes
+            self._evict_locked(self.capacity_bytes - charge, self.max_entries - 1)
             self._blocks[key] = data
-            self._used_bytes += size
+            self._used_bytes += charge
 
     def open_complete(self, content_key: str, size: int) -> int | None:
         return None  # no file to back anything
@@ -235,10 +259,10 @@ class MemoryBlockCache:
             self._blocks.clear()
             self._used_bytes = 0
 
-    def _evict_locked(self, target_bytes: int) -> None:
-        while self._used_bytes > target_bytes and self._blocks:
+    def _evict_locked(self, target_bytes: int, target_entries: int) -> None:
+        while (self._used_bytes > target_bytes or len(self._blocks) > target_entries) and self._blocks:
             _, evicted = self._blocks.popitem(last=False)
-            self._used_bytes -= len(evicted)
+            self._used_bytes -= len(evicted) + self.entry_overhead_bytes
             self.counters.inc("cache.evictions_mem")
 
 
