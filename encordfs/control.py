@@ -49,8 +49,17 @@ FSTYPE = "fuse.encordfs"
 READY_TIMEOUT_S = 60.0
 # glibc gives every allocation >= 128 KiB back to the kernel at free(); the read path allocates
 # MiB-sized buffers per read: a fresh 1 MiB buffer per read measured 3.5x slower without these.
+# MALLOC_ARENA_MAX: glibc gives each new thread its own arena (up to 8 per core) and memory freed in one
+# is not reused by the others; with ~40 threads (FUSE workers, read pool, SQLite with the GIL released)
+# an epoch over 100k files left 135 MB free but resident in arenas, against 70 MB with 2 arenas (mount
+# RSS 504 -> 425 MB, same sitting). Most allocations are made under the GIL anyway, so fewer arenas
+# cost no measurable contention.
 # Set for the mount process only; values already in the environment win.
-MOUNT_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
+MOUNT_MALLOC_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(256 << 20),
+    "MALLOC_ARENA_MAX": "2",
+}
 
 
 class NotAMount(errors.InvalidValue):

@@ -5,6 +5,7 @@ backlog, complete files for passthrough."""
 from __future__ import annotations
 
 import errno
+import gc
 import hashlib
 import os
 import sqlite3
@@ -14,12 +15,16 @@ import sys
 import textwrap
 import threading
 import time
+import tracemalloc
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from encordfs.app import retire_block_cache
 from encordfs.core.blockcache import (
+    MEMORY_ENTRY_OVERHEAD_BYTES,
     Block,
     DiskFileCache,
     FileLayout,
@@ -62,8 +67,21 @@ def item_files(root: Path) -> list[Path]:
     return [p for p in root.glob("[0-9a-f][0-9a-f]/*") if p.is_file()]
 
 
+HOT_ITEMS: list[int | None] = [None]  # the disk cache's hot set size in this run (None: the default)
+
+
+@pytest.fixture(autouse=True, params=[None, 1], ids=["hot", "cold"])
+def hot_set_size(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test runs twice: with the default hot set (everything a test puts is in memory), and with one
+    item hot, so that what is said of the disk cache holds as well for items read back from its index."""
+    HOT_ITEMS[0] = request.param
+    yield
+    HOT_ITEMS[0] = None
+
+
 def open_cache(root: Path, **kwargs: object) -> DiskFileCache:
-    options: dict[str, object] = {"capacity_bytes": 1 << 20, "min_free_bytes": 0, **kwargs}
+    hot = {} if HOT_ITEMS[0] is None else {"max_hot_items": HOT_ITEMS[0]}
+    options: dict[str, object] = {"capacity_bytes": 1 << 20, "min_free_bytes": 0, **hot, **kwargs}
     return DiskFileCache(root, **options)  # type: ignore[arg-type]
 
 
@@ -71,17 +89,32 @@ def open_cache(root: Path, **kwargs: object) -> DiskFileCache:
 
 
 def test_memory_lru_by_bytes() -> None:
-    cache = MemoryBlockCache(capacity_bytes=3 * PART)
+    cache = MemoryBlockCache(capacity_bytes=3 * (PART + MEMORY_ENTRY_OVERHEAD_BYTES))
     for i in range(3):
         cache.put(("f:1", i), block(i))
     assert cache.get(("f:1", 0)) == block(0)  # 0 is now the most recent
     cache.put(("f:1", 3), block(3))
     assert cache.get(("f:1", 1)) is None  # the least recently used went
     assert [cache.contains(("f:1", i)) for i in range(4)] == [True, False, True, True]
-    assert cache.used_bytes <= 3 * PART
+    assert cache.used_bytes == 3 * (PART + MEMORY_ENTRY_OVERHEAD_BYTES)
     snap = cache.counters.snapshot()
     assert snap["cache.evictions_mem"] == 1 and snap["cache.hits_mem"] == 1 and snap["cache.misses"] == 1
     assert cache.open_complete("f:1", 4 * PART) is None  # memory backs no file
+
+
+def test_memory_blocks_are_charged_their_overhead_and_counted() -> None:
+    """A block costs its key and slot besides its bytes: tiny blocks cannot hold many times the capacity
+    in Python objects, and past ``max_entries`` the oldest go whatever their size."""
+    cache = MemoryBlockCache(capacity_bytes=10 * (64 + MEMORY_ENTRY_OVERHEAD_BYTES))
+    for i in range(20):
+        cache.put((f"f{i}:64", 0), bytes(64))
+    assert [cache.contains((f"f{i}:64", 0)) for i in (9, 10, 19)] == [False, True, True]
+    assert cache.used_bytes == 10 * (64 + MEMORY_ENTRY_OVERHEAD_BYTES)
+    counted = MemoryBlockCache(capacity_bytes=1 << 20, max_entries=3)
+    for i in range(5):
+        counted.put((f"f{i}:1", 0), b"x")
+    assert [counted.contains((f"f{i}:1", 0)) for i in range(5)] == [False, False, True, True, True]
+    assert counted.counters.get("cache.evictions_mem") == 2
 
 
 def test_memory_block_larger_than_capacity_is_not_stored() -> None:
@@ -629,6 +662,74 @@ def test_tiered_promotes_disk_hits_and_counts_once(tmp_path: Path) -> None:
         assert (snap["cache.hits_mem"], snap["cache.hits_disk"], snap["cache.misses"]) == (2, 1, 1)
         assert snap["cache.bytes_written"] == 2 * PART
         assert cache.complete_path("f0", PART) is not None
+
+
+def test_a_passthrough_fill_goes_to_the_disk_only(tmp_path: Path) -> None:
+    """A sync put is a file the kernel is about to read from its backing file: memory would hold bytes
+    nobody reads through us (an epoch over a million small files kept 64k of them for nothing)."""
+    memory = MemoryBlockCache(capacity_bytes=1 << 20)
+    with open_cache(tmp_path / "c") as disk:
+        cache = TieredBlockCache(memory, disk)
+        cache.put(*whole("f0", block(0)), sync=True)
+        assert disk.contains(("f0", 0)) and not memory.contains(("f0", 0))
+        full = TieredBlockCache(memory, open_cache(tmp_path / "full", capacity_bytes=PART // 2))
+        with full.disk:
+            full.put(*whole("f1", block(1)), sync=True)  # the disk cannot take it: memory keeps it
+            assert not full.disk.contains(("f1", 0)) and memory.contains(("f1", 0))
+
+
+# ---------------------------------------------------------------------------------------------- memory use
+
+
+def _traced_growth(first: Callable[[], object], then: Callable[[], object]) -> int:
+    """Bytes of Python memory that ``then`` left allocated beyond what ``first`` did (tracemalloc)."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        first()
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        then()
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
+def test_the_disk_cache_holds_no_memory_per_file_beyond_its_hot_set(tmp_path: Path) -> None:
+    """Issue 14.3: an epoch over a million files held ~850 MB of per-file records. The index lives in
+    index.sqlite; memory holds at most ``max_hot_items`` items, whatever the number of files cached."""
+    hot = 500
+    with open_cache(tmp_path / "c", capacity_bytes=1 << 30, max_hot_items=hot) as cache:
+
+        def fill(first: int, last: int) -> None:
+            for i in range(first, last):
+                cache.put((f"item-{i:08d}:16:1700000000.000000", 0), b"%016d" % i, FileLayout(16, 16), wait=True)
+            assert cache.flush(60)
+            cache.lookup(("item-00000000:16:1700000000.000000", 0))  # a cold read (its writer commits meanwhile)
+            time.sleep(0.3)  # the writer commits its last changes once idle: then they may go cold
+
+        grown = _traced_growth(lambda: fill(0, 4 * hot), lambda: fill(4 * hot, 10_000 + 4 * hot))
+        assert cache.stats()["items"] == 10_000 + 4 * hot and cache.hot_items() <= hot + 64
+        assert grown < 10_000 * 8, f"{grown / 10_000:.0f} B per file cached"  # (was ~850 B per file)
+        assert cache.get(("item-00000007:16:1700000000.000000", 0)) == b"%016d" % 7  # cold, read back
+
+
+def test_a_memory_block_costs_what_it_is_charged() -> None:
+    """``MEMORY_ENTRY_OVERHEAD_BYTES`` is what a small block really costs besides its bytes, so that the
+    capacity bounds the memory used, tiny blocks included."""
+    cache = MemoryBlockCache(capacity_bytes=1 << 30)
+    keys = [(f"{uuid.UUID(int=i)}:64:1700000000.{i:06d}", 0) for i in range(10_000)]  # the core's content keys
+
+    def fill() -> None:
+        for key in keys:
+            cache.put((f"{key[0]}", 0), bytearray(64))  # a fresh key string, as the reader makes one per open
+
+    grown = _traced_growth(lambda: None, fill)
+    assert grown <= cache.used_bytes, (
+        f"{grown / 10_000:.0f} B per 64-byte block, charged {cache.used_bytes / 10_000:.0f}"
+    )
+    assert cache.used_bytes == 10_000 * (64 + MEMORY_ENTRY_OVERHEAD_BYTES)
 
 
 # ---------------------------------------------------------------------------------------------- disk writer

@@ -235,7 +235,7 @@ def test_passthrough_reads_never_reach_python(serve: Callable[..., Served]) -> N
     folder = served.path / "street"
     assert _read(folder / "a.jpg") == CONTENT["a.jpg"]
     assert served.reads == 0
-    assert served.status() == {"enabled": True, "opens": 1, "backing_ids": 1}
+    assert served.status() == {"enabled": True, "opens": 1, "backing_ids": 1, "inodes": 1}
     # every opener of an inode with a passthrough handle open is passthrough too (one backing id)
     with open(folder / "a.jpg", "rb", buffering=0) as first, open(folder / "a.jpg", "rb", buffering=0) as second:
         assert first.read(100) == CONTENT["a.jpg"][:100]
@@ -243,7 +243,7 @@ def test_passthrough_reads_never_reach_python(serve: Callable[..., Served]) -> N
         assert second.read(10) == CONTENT["a.jpg"][40_000:40_010]
     assert _read(folder / "b.jpg") == CONTENT["b.jpg"]
     assert served.reads == 0
-    assert served.status() == {"enabled": True, "opens": 4, "backing_ids": 2}
+    assert served.status() == {"enabled": True, "opens": 4, "backing_ids": 2, "inodes": 2}
     # no backing file from the core: served by this process, as without passthrough
     assert _read(folder / "c.jpg") == CONTENT["c.jpg"]
     assert served.reads > 0
@@ -255,7 +255,7 @@ def test_passthrough_id_lives_until_the_kernel_forgets_the_inode(serve: Callable
     target = served.path / "street" / "a.jpg"
     for _ in range(3):
         assert _read(target) == CONTENT["a.jpg"]
-    assert served.status() == {"enabled": True, "opens": 3, "backing_ids": 1}  # reused, not re-registered
+    assert served.status() == {"enabled": True, "opens": 3, "backing_ids": 1, "inodes": 1}  # reused, not re-registered
     # drop the kernel's dentries and inodes: FORGET brings the lookup count to 0, the id is closed
     deadline = time.monotonic() + 10
     while served.status()["backing_ids"] and time.monotonic() < deadline:
@@ -265,11 +265,36 @@ def test_passthrough_id_lives_until_the_kernel_forgets_the_inode(serve: Callable
     assert _read(target) == CONTENT["a.jpg"] and served.reads == 0
 
 
+def test_idle_backing_ids_are_bounded(serve: Callable[..., Served], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel forgets inodes only under memory pressure: past the bound, the least recently released
+    inode with no open handle loses its backing id, and its next open registers one again."""
+    monkeypatch.setattr(kernel, "MAX_IDLE_BACKING_IDS", 1)
+    served = serve()
+    folder = served.path / "street"
+
+    def settles_at(ids: int) -> bool:  # RELEASE reaches us after close() has returned
+        deadline = time.monotonic() + 5
+        while served.status()["backing_ids"] != ids and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return served.status()["backing_ids"] == ids and served.status()["inodes"] == ids
+
+    assert _read(folder / "a.jpg") == CONTENT["a.jpg"]
+    assert settles_at(1)
+    with open(folder / "a.jpg", "rb", buffering=0) as held:  # an open handle's id is never closed
+        assert _read(folder / "b.jpg") == CONTENT["b.jpg"]
+        assert held.read(10) == CONTENT["a.jpg"][:10]
+        assert served.status()["backing_ids"] == 2
+    assert settles_at(1)  # b's went when a became idle: a is the most recently released
+    for _ in range(3):
+        assert _read(folder / "b.jpg") == CONTENT["b.jpg"] and _read(folder / "a.jpg") == CONTENT["a.jpg"]
+    assert settles_at(1) and served.reads == 0 and served.status()["opens"] == 9
+
+
 def test_no_passthrough_option_serves_every_read(serve: Callable[..., Served]) -> None:
     served = serve(passthrough=False)
     assert _read(served.path / "street" / "a.jpg") == CONTENT["a.jpg"]
     assert served.reads > 0
-    assert served.status() == {"enabled": False, "opens": 0, "backing_ids": 0}
+    assert served.status() == {"enabled": False, "opens": 0, "backing_ids": 0, "inodes": 0}
 
 
 def _xattr_call(func: str, path: Path, size: int, name: str | None = None) -> tuple[int, int]:

@@ -39,7 +39,7 @@ Writes
     ``put`` only queues (``sync`` waits for it, see below): one writer thread lands the queue in order.
     Until a part has landed it stays in ``_pending`` and ``lookup``/``contains`` serve that buffer, so a
     queued part is never fetched twice; it leaves ``_pending`` and enters the index in one step under the
-    lock. The queue is bounded: past ``max_backlog_bytes`` a ``put`` is skipped
+    lock. The queue is bounded: past ``max_backlog_bytes`` (or ``max_backlog_parts``) a ``put`` is skipped
     (``cache.skipped_disk_backlog``; the memory tier still has it) rather than making readers wait for
     the disk; ``wait`` (prefetch) waits for room instead; ``sync`` (a small file fetched by a passthrough
     open) goes to the head of the queue, past the cap, and waits until it has landed. The first part of
@@ -120,6 +120,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import queue
 import sqlite3
 import threading
 import time
@@ -181,11 +182,35 @@ class BlockCache(Protocol):
 # ---------------------------------------------------------------------------------------------- memory
 
 
-class MemoryBlockCache:
-    """LRU by bytes, in process memory. A block larger than the capacity is not stored."""
+# What one block costs in memory besides its bytes, measured with tracemalloc (~330 B for a 64-byte block
+# under a 62-character content key): the key tuple and its content-key string, the OrderedDict's node and
+# slots, the block's own object header. Charged to the capacity with every block, so that a million tiny
+# blocks cannot hold several times ``capacity_bytes`` of Python objects (64 MB of payload was ~400 MB).
+MEMORY_ENTRY_OVERHEAD_BYTES = 352
+# At most this many blocks, whatever their size: the memory tier is for the parts being read now (a few
+# hundred 8 MiB parts fill it); an epoch over a million tiny files is served again by the kernel's page
+# cache and the disk cache, not from here. 65,536 blocks cost at most ~23 MB besides their bytes.
+MEMORY_MAX_ENTRIES = 65536
 
-    def __init__(self, capacity_bytes: int, counters: Counters | None = None) -> None:
+
+class MemoryBlockCache:
+    """LRU by bytes, in process memory. A block larger than the capacity is not stored.
+
+    Each block is charged its length plus ``entry_overhead_bytes`` (what its key and slot cost), and at
+    most ``max_entries`` blocks are kept: ``capacity_bytes`` bounds the memory really used, tiny blocks
+    included.
+    """
+
+    def __init__(
+        self,
+        capacity_bytes: int,
+        counters: Counters | None = None,
+        max_entries: int = MEMORY_MAX_ENTRIES,
+        entry_overhead_bytes: int = MEMORY_ENTRY_OVERHEAD_BYTES,
+    ) -> None:
         self.capacity_bytes = capacity_bytes
+        self.max_entries = max_entries
+        self.entry_overhead_bytes = entry_overhead_bytes
         self.counters = counters if counters is not None else Counters()
         self._lock = threading.Lock()
         self._blocks: OrderedDict[BlockKey, Block] = OrderedDict()
@@ -216,16 +241,16 @@ class MemoryBlockCache:
         self, key: BlockKey, data: Block, layout: FileLayout | None = None, *, wait: bool = False, sync: bool = False
     ) -> None:
         """Keep the block (``layout``, ``wait`` and ``sync`` mean nothing in memory)."""
-        size = len(data)
-        if size > self.capacity_bytes:
+        charge = len(data) + self.entry_overhead_bytes
+        if charge > self.capacity_bytes or self.max_entries < 1:
             return
         with self._lock:
             old = self._blocks.pop(key, None)
             if old is not None:
-                self._used_bytes -= len(old)
-            self._evict_locked(self.capacity_bytes - size)
+                self._used_bytes -= len(old) + self.entry_overhead_bytes
+            self._evict_locked(self.capacity_bytes - charge, self.max_entries - 1)
             self._blocks[key] = data
-            self._used_bytes += size
+            self._used_bytes += charge
 
     def open_complete(self, content_key: str, size: int) -> int | None:
         return None  # no file to back anything
@@ -235,10 +260,10 @@ class MemoryBlockCache:
             self._blocks.clear()
             self._used_bytes = 0
 
-    def _evict_locked(self, target_bytes: int) -> None:
-        while self._used_bytes > target_bytes and self._blocks:
+    def _evict_locked(self, target_bytes: int, target_entries: int) -> None:
+        while (self._used_bytes > target_bytes or len(self._blocks) > target_entries) and self._blocks:
             _, evicted = self._blocks.popitem(last=False)
-            self._used_bytes -= len(evicted)
+            self._used_bytes -= len(evicted) + self.entry_overhead_bytes
             self.counters.inc("cache.evictions_mem")
 
 
@@ -251,21 +276,46 @@ def _statvfs_free_bytes(path: Path) -> int:
 
 
 class _Item:
-    """One item's file as indexed: its layout, the parts present, what it is charged."""
+    """A hot item's file as indexed: its layout, the parts in it (bit ``k``: part ``k``), the parts whose
+    crc32 has not been checked in this session, what it is charged. ~400 B with its slot in ``_items``."""
 
-    __slots__ = ("name", "layout", "parts", "unverified", "charged_bytes", "seal")
+    __slots__ = ("name", "size_bytes", "part_bytes", "present", "unchecked", "charged_bytes")
 
-    def __init__(self, name: str, layout: FileLayout) -> None:
+    def __init__(self, name: str, layout: FileLayout, present: int = 0, unchecked: int = 0, charged: int = 0) -> None:
         self.name = name
-        self.layout = layout
-        self.parts: dict[int, tuple[int, int]] = {}  # part index -> (length, crc32)
-        self.unverified: set[int] = set()  # inherited from a previous owner, crc not checked yet
-        self.charged_bytes = 0
-        self.seal: tuple[int, int] | None = None  # as indexed: (st_ino, st_ctime_ns) once fsynced complete
+        self.size_bytes = layout.size_bytes
+        self.part_bytes = layout.part_bytes
+        self.present = present
+        self.unchecked = unchecked  # inherited (from a previous owner, or before it was last cold): crc not checked
+        self.charged_bytes = charged
+
+    @property
+    def layout(self) -> FileLayout:
+        return FileLayout(self.size_bytes, self.part_bytes)
 
     @property
     def complete(self) -> bool:
-        return len(self.parts) == self.layout.part_count
+        return self.present == (1 << self.layout.part_count) - 1
+
+    def has(self, index: int) -> bool:
+        return index >= 0 and bool(self.present >> index & 1)
+
+
+class _Cold(NamedTuple):
+    """An item as the index has it (``_read_cold``): enough to make it hot."""
+
+    layout: FileLayout
+    present: int
+    charged_bytes: int
+    sealed: bool  # complete, fsynced, and its file's inode and ctime are the sealed ones
+
+
+class _Victim(NamedTuple):
+    """A cold item to evict, read ahead from the index (oldest last use first)."""
+
+    name: str
+    charged_bytes: int
+    complete: bool
 
 
 class _Queued(NamedTuple):
@@ -273,11 +323,11 @@ class _Queued(NamedTuple):
     layout: FileLayout
 
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2  # 2: items.charged and an index by last use (the index is read, not held in memory)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
     name TEXT PRIMARY KEY, size INTEGER NOT NULL, part_bytes INTEGER NOT NULL, used_ns INTEGER NOT NULL,
-    sealed_ino INTEGER, sealed_ctime_ns INTEGER
+    sealed_ino INTEGER, sealed_ctime_ns INTEGER, charged INTEGER
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS parts (
     name TEXT NOT NULL, part INTEGER NOT NULL, length INTEGER NOT NULL, crc32 INTEGER NOT NULL,
@@ -294,6 +344,13 @@ _COMMIT_CHANGES = 128
 _COMMIT_INTERVAL_S = 0.25
 _ERROR_LOG_INTERVAL_S = 60.0  # a failing disk logs once a minute, counters count every failure
 _CHARGE_UNIT = 4096  # filesystem block: what a part really takes on disk, rounded up
+# Items held in memory (the hot set, see "Memory" in the module docstring): 65,536 cost ~26 MB; a bigger
+# cache keeps the rest in its index only, read back (~30 us) when used again.
+HOT_ITEMS = 65536
+_VICTIM_BATCH = 256  # cold items read ahead for eviction per index query
+_READERS = 4  # pooled read connections to the index (cold lookups, crc32s to check)
+_READER_CACHE_KIB = 512  # page cache of each: the index's hot pages stay in the OS page cache anyway
+_FANS = [f"{i:02x}" for i in range(256)]
 
 
 def _charge(length: int) -> int:
@@ -316,6 +373,10 @@ class DiskFileCache:
         # 8 parts of 8 MiB: absorbs a burst at network speed; past it the disk is the bottleneck and
         # parts are skipped (they stay in the memory tier) instead of queueing unbounded memory
         max_backlog_bytes: int = 64 * MiB,
+        # and at most this many parts, whatever their size: a queued part costs ~400 B besides its bytes,
+        # so 64 MiB of 64-byte parts would be ~400 MB of Python objects (4096 parts: ~2 MB, a few seconds
+        # of writing for the smallest files)
+        max_backlog_parts: int = 4096,
         # statvfs at most every 64 MiB written or 5 s; in between, free space is estimated from our own
         # writes and evictions. Others can eat at most that much of the 1 GiB floor before we notice.
         free_check_bytes: int = 64 * MiB,
@@ -330,32 +391,42 @@ class DiskFileCache:
         seal_min_bytes: int = 64 * MiB,
         write_part: Callable[[int, Block, int], None] | None = None,  # (fd, data, offset): a seam for tests
         clock: Callable[[], float] = time.monotonic,
+        max_hot_items: int = HOT_ITEMS,
     ) -> None:
         self.dir = Path(dir)
         self.capacity_bytes = capacity_bytes
         self.min_free_bytes = min_free_bytes
         self.counters = counters if counters is not None else Counters()
         self.max_backlog_bytes = max_backlog_bytes
+        self.max_backlog_parts = max_backlog_parts
         self.free_check_bytes = free_check_bytes
         self.free_check_interval_s = free_check_interval_s
         self.touch_persist_interval_s = touch_persist_interval_s
         self.close_timeout_s = close_timeout_s
         self.sync_timeout_s = sync_timeout_s
         self.seal_min_bytes = seal_min_bytes
+        self.max_hot_items = max(1, max_hot_items)
         self._free_bytes = free_bytes
         self._write_part = write_part if write_part is not None else _pwrite_all
         self._clock = clock
         self._root = str(self.dir)
         self._tmp_dir = str(self.dir / "tmp")
+        self._index_path = str(self.dir / "index.sqlite")
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # queue, pending or closing changed
-        self._items: OrderedDict[str, _Item] = OrderedDict()  # file name -> item, least recently used first
+        self._items: OrderedDict[str, _Item] = OrderedDict()  # the hot set: file name -> item, LRU first
+        self._item_count = 0  # hot and cold
         self._used_bytes = 0
         self._complete_items = 0
         self._undeletable: dict[str, int] = {}  # evicted, but the unlink failed: name -> bytes still counted
         self._undeletable_retry_at = 0.0
         self._touched: dict[str, int] = {}  # name -> wall-clock ns of its last hit, not yet in the index
         self._index_changes: list[tuple[object, ...]] = []  # for the index, in the order they happened
+        self._unsaved: set[str] = set()  # names of ``_index_changes`` and of the batch being committed
+        self._commit_seq = 0  # commits so far: a cold read adopted only if none landed while it ran
+        self._victims: deque[_Victim] = deque()  # cold items to evict next, read at ``_victims_seq``
+        self._victims_seq = -1
+        self._storing: str | None = None  # the name the writer is writing outside the lock
         self._pending: dict[BlockKey, _Queued] = {}  # queued or being written; served by lookup meanwhile
         self._queue: deque[BlockKey] = deque()
         self._to_seal: list[_Item] = []  # complete, big, not fsynced yet: sealed when the writer is idle
@@ -371,6 +442,7 @@ class DiskFileCache:
         self._error_logged_at: float | None = None
         self._tmp_seq = 0
         self._db: sqlite3.Connection | None = None
+        self._readers: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue(maxsize=_READERS)
         self._lock_fd = self._open_exclusive()
         try:
             self._load()
@@ -396,10 +468,15 @@ class DiskFileCache:
         with self._lock:
             return {
                 "used_bytes": self._used_bytes,
-                "items": len(self._items),
+                "items": self._item_count,
                 "complete_items": self._complete_items,
                 "backlog_bytes": self._backlog_bytes,
             }
+
+    def hot_items(self) -> int:
+        """Items held in memory (at most ``max_hot_items``, plus those with a change not yet in the index)."""
+        with self._lock:
+            return len(self._items)
 
     def get(self, key: BlockKey) -> Block | None:
         data = self.lookup(key)
@@ -414,20 +491,25 @@ class DiskFileCache:
             if queued is not None:
                 return queued.data  # not on disk yet: the queued buffer is the part
             item = self._items.get(name)
-            part = item.parts.get(index) if item is not None else None
-            if item is None or part is None:
-                return None
-            self._note_hit_locked(name)
-            verify = index in item.unverified
-        length, crc = part
-        data = _read_part(self._path(name), index * item.layout.part_bytes, length, crc if verify else None)
+            found = item is not None and self._hit_locked(item, index)
+        if item is None:  # cold, or not cached
+            item = self._find(name)
+            with self._lock:
+                found = item is not None and self._items.get(name) is item and self._hit_locked(item, index)
+        if item is None or not found:
+            return None
+        verify = bool(item.unchecked >> index & 1)
+        layout = item.layout
+        length = layout.part_length(index)
+        crc = self._crcs(name).get(index, -1) if verify else None
+        data = _read_part(self._path(name), index * layout.part_bytes, length, crc)
         with self._lock:
             if self._items.get(name) is not item:
                 return None  # evicted while we read: the name may already be a new file with a hole there
             if data is None:
                 self._forget_locked(item)
             elif verify:
-                item.unverified.discard(index)
+                item.unchecked &= ~(1 << index)
         if data is None:
             self.counters.inc("cache.corrupt_disk")
         elif verify:
@@ -437,7 +519,12 @@ class DiskFileCache:
     def contains(self, key: BlockKey) -> bool:
         name = _file_name(key[0])
         with self._lock:
-            return key in self._pending or self._stored_locked(name, key[1])
+            if key in self._pending:
+                return True
+            item = self._items.get(name)
+        if item is None:
+            item = self._find(name)
+        return item is not None and item.has(key[1])
 
     def put(self, key: BlockKey, data: Block, layout: FileLayout, *, wait: bool = False, sync: bool = False) -> None:
         """Queue part ``key[1]`` of ``layout`` for writing and return. When the backlog is full it is
@@ -454,7 +541,7 @@ class DiskFileCache:
             if wait and not sync:
                 self._changed.wait_for(lambda: self._closing or not self._backlogged_locked(size))
             if self._closing or self._stored_locked(name, key[1], layout):
-                return
+                return  # (a part of a cold item is queued, and the writer finds it there)
             if key in self._pending:
                 if sync and key in self._queue:  # queued behind others: to the head
                     self._queue.remove(key)
@@ -481,10 +568,19 @@ class DiskFileCache:
         name = _file_name(content_key)
         with self._lock:
             item = self._items.get(name)
-            if item is None or size <= 0 or item.layout.size_bytes != size or not item.complete:
+        if item is None:
+            item = self._find(name)
+        with self._lock:
+            if item is None or self._items.get(name) is not item:
                 return None
-            to_verify = {k: item.parts[k] for k in sorted(item.unverified)}
-            part_bytes = item.layout.part_bytes
+            if size <= 0 or item.size_bytes != size or not item.complete:
+                return None
+            unchecked = item.unchecked
+            part_bytes = item.part_bytes
+        to_verify: dict[int, tuple[int, int]] = {}
+        if unchecked:
+            crcs, layout = self._crcs(name), item.layout
+            to_verify = {k: (layout.part_length(k), crcs.get(k, -1)) for k in _bits(unchecked)}
         try:
             fd = os.open(self._path(name), os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
@@ -495,7 +591,7 @@ class DiskFileCache:
             if current and not sound:
                 self._forget_locked(item)
             elif current:
-                item.unverified.difference_update(to_verify)
+                item.unchecked &= ~unchecked
                 self._note_hit_locked(name)
                 if to_verify and size >= self.seal_min_bytes:  # inherited unsealed, checked whole: seal it now
                     self._to_seal.append(item)
@@ -551,6 +647,11 @@ class DiskFileCache:
                 writer.join(self.close_timeout_s)
         if writer is None or not writer.is_alive():
             self._close_index()
+        while True:
+            try:
+                self._readers.get_nowait().close()
+            except queue.Empty:
+                break
         fd, self._lock_fd = self._lock_fd, -1
         if fd >= 0:
             os.close(fd)  # drops the flock
@@ -560,6 +661,115 @@ class DiskFileCache:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    # -- the hot set and the index
+
+    def _find(self, name: str) -> _Item | None:
+        """The item named ``name``, hot; a cold one is read from the index and becomes hot. None: not cached.
+
+        No lock is held while the index is read; what was read is adopted only if no commit landed
+        meanwhile (else it is read again): every change of an item is made while it is hot, and the
+        name stays in ``_unsaved`` (so the item stays hot, or a dropped one stays known as dropped)
+        until that change is committed.
+        """
+        while True:
+            with self._lock:
+                item = self._items.get(name)
+                if item is not None or self._item_count <= len(self._items) or name in self._unsaved:
+                    return item  # (nothing is cold, or it was dropped and the index does not show it yet)
+                seq = self._commit_seq
+            cold = self._read_cold(name)
+            with self._lock:
+                item = self._items.get(name)
+                if item is not None or name in self._unsaved:
+                    return item
+                if self._commit_seq != seq:
+                    continue
+                if cold is None:
+                    return None
+                unchecked = 0 if cold.sealed else cold.present
+                item = _Item(name, cold.layout, cold.present, unchecked, cold.charged_bytes)
+                self._items[name] = item
+                self._cool_locked()
+                self.counters.inc("cache.cold_reads")
+                return item
+
+    def _read_cold(self, name: str) -> _Cold | None:
+        """The item as the index has it (None: not there, or the index could not be read)."""
+        try:
+            rows = self._query(
+                "SELECT i.size, i.part_bytes, i.charged, i.sealed_ino, i.sealed_ctime_ns, p.part, p.length "
+                "FROM items i LEFT JOIN parts p ON p.name = i.name WHERE i.name = ?",
+                (name,),
+            )
+        except sqlite3.Error as exc:
+            self._index_read_failed(exc)
+            return None
+        if not rows:
+            return None
+        size, part_bytes, charged, ino, ctime_ns = rows[0][:5]
+        if not (isinstance(size, int) and isinstance(part_bytes, int) and size > 0 and part_bytes > 0):
+            return None
+        layout = FileLayout(size, part_bytes)
+        present = _present(layout, [(part, length) for *_, part, length in rows])
+        sealed = False
+        if present == (1 << layout.part_count) - 1 and isinstance(ino, int) and isinstance(ctime_ns, int):
+            try:
+                st = os.stat(self._path(name))
+                sealed = (st.st_ino, st.st_ctime_ns) == (ino, ctime_ns)
+            except OSError:
+                pass
+        return _Cold(layout, present, charged if isinstance(charged, int) else 0, sealed)
+
+    def _crcs(self, name: str) -> dict[int, int]:
+        """The crc32 of each indexed part of ``name`` (needed only for parts inherited, hence committed)."""
+        try:
+            rows = self._query("SELECT part, crc32 FROM parts WHERE name = ?", (name,))
+        except sqlite3.Error as exc:
+            self._index_read_failed(exc)
+            return {}  # nothing to check against: the check fails and the item is dropped, never served
+        return {part: crc for part, crc in rows if isinstance(part, int) and isinstance(crc, int)}
+
+    def _query(self, sql: str, args: tuple[object, ...]) -> list[tuple[object, ...]]:
+        try:
+            conn = self._readers.get_nowait()
+        except queue.Empty:
+            conn = sqlite3.connect(self._index_path, check_same_thread=False)  # one thread at a time
+            conn.execute(f"PRAGMA cache_size = -{_READER_CACHE_KIB}")
+            conn.execute("PRAGMA query_only = ON")
+        try:
+            return conn.execute(sql, args).fetchall()
+        finally:
+            try:
+                self._readers.put_nowait(conn)
+            except queue.Full:
+                conn.close()
+
+    def _index_read_failed(self, exc: sqlite3.Error) -> None:
+        self.counters.inc("cache.index_read_errors")
+        now = time.monotonic()
+        if self._error_logged_at is None or now - self._error_logged_at >= _ERROR_LOG_INTERVAL_S:
+            self._error_logged_at = now
+            log.warning("disk cache %s: the index could not be read: %s", self.dir, exc)
+
+    def _cool_locked(self) -> None:
+        """Let the least recently used hot items go cold until at most ``max_hot_items`` are hot. An item
+        with something unsaved (a change or a hit not in the index yet, being written or sealed) stays, and
+        so does the most recent one (just made hot: its caller is about to use it)."""
+        excess = len(self._items) - self.max_hot_items
+        if excess <= 0:
+            return
+        cooling: list[str] = []
+        for seen, (name, item) in enumerate(self._items.items()):
+            if len(cooling) >= excess or seen >= min(excess + 64, len(self._items) - 1):
+                break
+            if name in self._unsaved or name in self._touched or name == self._storing:
+                continue
+            if any(item is sealing for sealing in self._to_seal):
+                continue
+            cooling.append(name)
+        for name in cooling:
+            del self._items[name]
 
     # -- the writer thread
 
@@ -580,7 +790,7 @@ class DiskFileCache:
                     self._land_locked(self._queue.popleft())  # dropped unwritten: never indexed
                 key = self._queue.popleft() if self._queue else None
                 queued = self._pending[key] if key is not None else None
-                to_seal = self._to_seal.pop() if key is None and self._to_seal and not self._dropping else None
+                to_seal = self._to_seal[-1] if key is None and self._to_seal and not self._dropping else None
                 idle, changes = key is None and to_seal is None, bool(self._index_changes)
                 done = idle and self._closing
                 due = time.monotonic() - self._committed_at >= _COMMIT_INTERVAL_S
@@ -597,6 +807,7 @@ class DiskFileCache:
                 except Exception:  # a thread boundary: log, drop the part, keep serving the queue
                     log.exception("disk cache %s: storing a part failed", self.dir)
                     with self._changed:
+                        self._storing = None
                         if key in self._pending:
                             self._land_locked(key)
             if to_seal is not None:
@@ -614,37 +825,46 @@ class DiskFileCache:
         content_key, index = key
         name = _file_name(content_key)
         charge = _charge(len(data))
-        with self._lock:
-            item = self._items.get(name)
-            if item is not None and item.layout != layout:
-                self._forget_locked(item)  # another cut of the same content (the part size changed): anew
-                item = None
-            if item is not None and index in item.parts:
-                self._land_locked(key)
-                return
-            if item is not None:
-                self._items.move_to_end(name)  # being filled: recent, and never the one evicted for it
-            fits = self._make_room_locked(charge, keep=item)
+        while True:
+            item = self._find(name)  # a cold item becomes hot: it is about to change
+            with self._lock:
+                if self._items.get(name) is not item:
+                    continue  # went cold meanwhile (or was dropped): look again
+                if item is not None and item.layout != layout:
+                    self._forget_locked(item)  # another cut of the same content (the part size changed): anew
+                    item = None
+                if item is not None and item.has(index):
+                    self._land_locked(key)
+                    return
+                if item is not None:
+                    self._items.move_to_end(name)  # being filled: recent, and never the one evicted for it
+                fits = self._make_room_locked(charge, keep=item)
+                if fits is not None:
+                    self._storing = name  # not to go cold while written
+                    break
+            self._read_victims()  # cold items must go first: read the oldest from the index, then again
         written = fits and self._write(name, data, index * layout.part_bytes, layout.size_bytes, fresh=item is None)
         crc = zlib.crc32(data) if written else 0  # ~2 ms per 8 MiB: not under the lock
         with self._changed:
+            self._storing = None
             if written and item is None:
                 item = self._add_item_locked(name, layout)
             elif written and self._items.get(name) is not item:
                 written = False  # evicted, or found damaged, while we wrote: the bytes went to an unlinked file
             if written and item is not None:
-                item.parts[index] = (len(data), crc)
+                item.present |= 1 << index
                 self._complete_items += item.complete
                 if item.complete and layout.size_bytes >= self.seal_min_bytes:
                     self._to_seal.append(item)
                 item.charged_bytes += charge
                 self._used_bytes += charge
                 self._written_since_check += charge
-                self._index_changes.append(("part", name, index, *item.parts[index]))
+                self._change_locked(("part", name, index, len(data), crc, item.charged_bytes))
                 self.counters.inc("cache.bytes_written", len(data))
             elif not fits:
                 self.counters.inc("cache.skipped_disk")
             self._land_locked(key)  # after counting, so that whoever ``flush``\ es sees the counters too
+            self._cool_locked()
 
     def _write(self, name: str, data: Block, offset: int, size: int, fresh: bool) -> bool:
         """Write one part: into a new file renamed into place (``fresh``), or into the item's file."""
@@ -701,14 +921,22 @@ class DiskFileCache:
     def _add_item_locked(self, name: str, layout: FileLayout) -> _Item:
         item = _Item(name, layout)
         self._items[name] = item
+        self._item_count += 1
         self._used_bytes -= self._undeletable.pop(name, 0)  # a file we failed to delete was renamed over
-        self._index_changes.append(("add", name, layout.size_bytes, layout.part_bytes, time.time_ns(), None, None))
+        self._change_locked(("add", name, layout.size_bytes, layout.part_bytes, time.time_ns(), None, None, 0))
         return item
+
+    def _change_locked(self, change: tuple[object, ...]) -> None:
+        """An index change for the next commit; its item stays hot (or known as dropped) until then."""
+        self._index_changes.append(change)
+        self._unsaved.add(str(change[1]))
 
     def _land_locked(self, key: BlockKey) -> None:
         """The part leaves the queue: lookups switch from the buffer to the index in this same step."""
         queued = self._pending.pop(key)
         self._backlog_bytes -= len(queued.data)
+        if not self._pending:
+            self._pending = {}  # a dict keeps the table of its largest size: let a burst's go
         self._changed.notify_all()
 
     def _seal(self, item: _Item) -> None:
@@ -722,12 +950,13 @@ class DiskFileCache:
             finally:
                 os.close(fd)
         except OSError as exc:
+            st = None
             self._write_failed(item.name, exc)
-            return
         with self._lock:
-            sealed = self._items.get(item.name) is item and st.st_size == item.layout.size_bytes  # the fd was its file
-            if sealed:
-                self._index_changes.append(("seal", item.name, st.st_ino, st.st_ctime_ns))
+            self._to_seal = [other for other in self._to_seal if other is not item]
+            sealed = st is not None and self._items.get(item.name) is item and st.st_size == item.size_bytes
+            if sealed and st is not None:  # the fd was its file
+                self._change_locked(("seal", item.name, st.st_ino, st.st_ctime_ns))
         if sealed:
             self.counters.inc("cache.sealed_files")
 
@@ -738,16 +967,21 @@ class DiskFileCache:
             touched, self._touched = self._touched, {}
             self._committed_at = time.monotonic()
         db = self._db
-        if db is None or not (changes or touched):
-            return
-        try:
-            with db:
-                for change in changes:
-                    _apply_change(db, change)
-                db.executemany("UPDATE items SET used_ns = ? WHERE name = ?", [(ns, n) for n, ns in touched.items()])
-        except sqlite3.Error as exc:  # the files are still right; the next owner re-fetches what is unrecorded
-            self.counters.inc("cache.write_errors")
-            log.warning("disk cache %s: the index could not be written: %s", self.dir, exc)
+        if db is not None and (changes or touched):
+            try:
+                with db:
+                    for change in changes:
+                        _apply_change(db, change)
+                    db.executemany(
+                        "UPDATE items SET used_ns = ? WHERE name = ?", [(ns, n) for n, ns in touched.items()]
+                    )
+            except sqlite3.Error as exc:  # the files are still right; the next owner re-fetches what is unrecorded
+                self.counters.inc("cache.write_errors")
+                log.warning("disk cache %s: the index could not be written: %s", self.dir, exc)
+        with self._lock:
+            self._unsaved = {str(change[1]) for change in self._index_changes}
+            self._commit_seq += 1
+            self._cool_locked()  # what stayed hot for its change may go now
 
     def _close_index(self) -> None:
         if self._db is None:
@@ -775,51 +1009,24 @@ class DiskFileCache:
         return fd
 
     def _load(self) -> None:
-        """Read the index, reconcile it with the files, order the LRU by last use, clear leftover tmp files.
+        """Open the index, reconcile it with the files, load the most recently used items as the hot set,
+        clear leftover tmp files; an unreadable index (or one of another schema) is deleted, and with it
+        every file (then unindexed).
 
-        Also creates the 256 fan-out dirs, so a write never needs a mkdir.
+        Also creates the 256 fan-out dirs, so a write never needs a mkdir. Memory stays bounded: one
+        fan-out dir's rows and files at a time, then at most ``max_hot_items`` items.
         """
         os.makedirs(self._tmp_dir, mode=0o700, exist_ok=True)  # makedirs gives parents 0o777 & ~umask
         for leftover in os.scandir(self._tmp_dir):
             _unlink_quietly(leftover.path)
-        items = self._read_index()
-        on_disk: dict[str, tuple[int, int, int]] = {}  # name -> (bytes allocated, st_ino, st_ctime_ns)
-        for fan in range(256):
-            fan_dir = f"{self._root}/{fan:02x}"
-            os.makedirs(fan_dir, mode=0o700, exist_ok=True)
-            for entry in os.scandir(fan_dir):
-                st = entry.stat(follow_symlinks=False)
-                item = items.get(entry.name)
-                if item is None or not entry.is_file(follow_symlinks=False) or st.st_size != item.layout.size_bytes:
-                    _unlink_quietly(entry.path)  # not indexed (a crash before its row), or not the size indexed
-                else:
-                    on_disk[entry.name] = (st.st_blocks * 512, st.st_ino, st.st_ctime_ns)
-        with self._lock:
-            for name, item in items.items():
-                if name not in on_disk or not item.parts:
-                    self._index_changes.append(("drop", name))
-                    if name in on_disk:
-                        _unlink_quietly(self._path(name))
-                    continue
-                allocated, ino, ctime_ns = on_disk[name]
-                sealed = item.complete and item.seal == (ino, ctime_ns)  # fsynced complete, untouched since
-                item.unverified = set() if sealed else set(item.parts)
-                item.charged_bytes = max(sum(_charge(length) for length, _ in item.parts.values()), allocated)
-                self._items[name] = item
-                self._used_bytes += item.charged_bytes
-                self._complete_items += item.complete
-            self._make_room_locked(0)  # the capacity may have been lowered since the last mount
-        self._commit_index()
-
-    def _read_index(self) -> dict[str, _Item]:
-        """Items and their parts from ``index.sqlite``, least recently used first; an unreadable index
-        (or one of another schema) is deleted, and with it every file (then unindexed)."""
-        path = str(self.dir / "index.sqlite")
         for attempt in range(2):
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))  # SQLite's -wal/-shm copy its mode
+            os.close(os.open(self._index_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))  # -wal/-shm copy it
             try:
-                self._db = sqlite3.connect(path, check_same_thread=False)  # only one thread at a time uses it
-                return _read_items(self._db)
+                self._db = sqlite3.connect(self._index_path, check_same_thread=False)  # one thread at a time
+                _prepare_index(self._db)
+                self._reconcile(self._db)
+                self._load_hot(self._db)
+                break
             except sqlite3.DatabaseError as exc:
                 if self._db is not None:
                     self._db.close()
@@ -828,37 +1035,192 @@ class DiskFileCache:
                     raise
                 log.warning("disk cache %s: index unreadable (%s); starting empty", self.dir, exc)
                 for suffix in ("", "-wal", "-shm"):
-                    _unlink_quietly(path + suffix)
-        raise AssertionError("unreachable")
+                    _unlink_quietly(self._index_path + suffix)
+                with self._lock:
+                    self._items.clear()
+                    self._item_count = self._used_bytes = self._complete_items = 0
+        while True:
+            with self._lock:
+                fits = self._make_room_locked(0)  # the capacity may have been lowered since the last mount
+            if fits is not None:
+                break
+            self._read_victims()
+        self._commit_index()
+
+    def _reconcile(self, db: sqlite3.Connection) -> None:
+        """Each fan-out dir against its rows (both in name order): files without a row are deleted, rows
+        without a file (or whose file has another size, or without parts) are dropped, each item's charge
+        is its parts' (rounded to 4 KiB), at least the blocks its file holds. Totals are counted."""
+        used = count = complete = 0
+        db.execute("DELETE FROM items WHERE name < '00' OR name >= 'g'")  # outside every fan-out range
+        db.execute("DELETE FROM parts WHERE name < '00' OR name >= 'g'")
+        for i, fan in enumerate(_FANS):
+            fan_dir = f"{self._root}/{fan}"
+            os.makedirs(fan_dir, mode=0o700, exist_ok=True)
+            files = {entry.name: entry for entry in os.scandir(fan_dir)}
+            upper = _FANS[i + 1] if i + 1 < len(_FANS) else "g"
+            parts: dict[str, list[tuple[object, object]]] = {}
+            for name, part, length in db.execute(
+                "SELECT name, part, length FROM parts WHERE name >= ? AND name < ?", (fan, upper)
+            ):
+                parts.setdefault(name, []).append((part, length))
+            rows = db.execute(
+                "SELECT name, size, part_bytes, charged FROM items WHERE name >= ? AND name < ?", (fan, upper)
+            ).fetchall()
+            drops: list[str] = []
+            charges: list[tuple[int, str]] = []
+            for name, size, part_bytes, charged in rows:
+                entry = files.pop(name, None)
+                item_parts = parts.pop(name, [])
+                st = entry.stat(follow_symlinks=False) if entry is not None else None
+                usable = isinstance(size, int) and isinstance(part_bytes, int) and size > 0 and part_bytes > 0
+                layout = FileLayout(size, part_bytes) if usable else FileLayout(1, 1)
+                present = _present(layout, item_parts) if usable else 0
+                if (
+                    entry is None
+                    or st is None
+                    or not present
+                    or not entry.is_file(follow_symlinks=False)
+                    or st.st_size != layout.size_bytes
+                ):
+                    drops.append(name)
+                    if entry is not None:
+                        _unlink_quietly(entry.path)  # not the size indexed, or nothing recorded in it
+                    continue
+                charge = max(sum(_charge(layout.part_length(k)) for k in _bits(present)), st.st_blocks * 512)
+                if charge != charged:
+                    charges.append((charge, name))
+                used += charge
+                count += 1
+                complete += present == (1 << layout.part_count) - 1
+            for entry in files.values():
+                _unlink_quietly(entry.path)  # not indexed (a crash before its row)
+            drops.extend(parts)  # parts without an item
+            if drops or charges:
+                with db:
+                    db.executemany("DELETE FROM parts WHERE name = ?", [(n,) for n in drops])
+                    db.executemany("DELETE FROM items WHERE name = ?", [(n,) for n in drops])
+                    db.executemany("UPDATE items SET charged = ? WHERE name = ?", charges)
+        with self._lock:
+            self._used_bytes, self._item_count, self._complete_items = used, count, complete
+
+    def _load_hot(self, db: sqlite3.Connection) -> None:
+        """The ``max_hot_items`` most recently used items into memory, least recent first. Their parts are
+        unchecked (crc32 at the first hit), except a sealed file's whose inode and ctime are unchanged."""
+        recent = "SELECT name FROM items ORDER BY used_ns DESC LIMIT ?"  # the index by last use: no sort
+        parts: dict[str, list[tuple[object, object]]] = {}
+        for name, part, length in db.execute(
+            f"SELECT p.name, p.part, p.length FROM parts p JOIN ({recent}) r ON r.name = p.name",
+            (self.max_hot_items,),
+        ):
+            parts.setdefault(name, []).append((part, length))
+        rows = db.execute(
+            "SELECT name, size, part_bytes, charged, sealed_ino, sealed_ctime_ns FROM items "
+            "ORDER BY used_ns DESC LIMIT ?",
+            (self.max_hot_items,),
+        ).fetchall()
+        with self._lock:
+            for name, size, part_bytes, charged, ino, ctime_ns in reversed(rows):
+                layout = FileLayout(size, part_bytes)  # reconciled: usable
+                present = _present(layout, parts.get(name, []))
+                sealed = False
+                if present == (1 << layout.part_count) - 1 and isinstance(ino, int):
+                    try:
+                        st = os.stat(self._path(name))
+                        sealed = (st.st_ino, st.st_ctime_ns) == (ino, ctime_ns)
+                    except OSError:
+                        pass
+                self._items[name] = _Item(name, layout, present, 0 if sealed else present, charged)
 
     # -- eviction and space (all under the lock)
 
-    def _make_room_locked(self, size: int, keep: _Item | None = None) -> bool:
-        """Evict oldest items (never ``keep``) until ``size`` more bytes fit under both limits; False if
-        they cannot."""
+    def _make_room_locked(self, size: int, keep: _Item | None = None) -> bool | None:
+        """Evict items, cold ones first, oldest first (never ``keep``), until ``size`` more bytes fit under
+        both limits; False if they cannot, None if cold items must go first and none has been read from
+        the index yet (the writer then calls ``_read_victims`` without the lock, and this again)."""
         self._retry_undeletable_locked()
         while True:
             over_cap = self._used_bytes + size > self.capacity_bytes
             if not over_cap and self._free_bytes_locked() - size >= self.min_free_bytes:
                 return True
-            oldest = next(iter(self._items.values()), None)
-            if oldest is None or oldest is keep:
-                return False
-            self._forget_locked(oldest)
+            if self._item_count > len(self._items):
+                victim = self._next_victim_locked()
+                if victim is None:
+                    return None
+                self._item_count -= 1
+                self._complete_items -= victim.complete
+                self._drop_locked(victim.name, victim.charged_bytes)
+            else:
+                oldest = next(iter(self._items.values()), None)
+                if oldest is None or oldest is keep:
+                    return False
+                self._forget_locked(oldest)
             self.counters.inc("cache.evictions_disk")
 
+    def _next_victim_locked(self) -> _Victim | None:
+        """The oldest cold item read ahead, if the index has not moved since (a commit may have dropped it)."""
+        if self._victims_seq != self._commit_seq:
+            self._victims.clear()
+        while self._victims:
+            victim = self._victims.popleft()
+            if victim.name not in self._items and victim.name not in self._unsaved:
+                return victim
+        return None
+
+    def _read_victims(self) -> None:
+        """Read the oldest cold items from the index (the writer's or the opener's thread, without the lock),
+        after a commit, so that the index has every drop and hit so far. Hot items are passed over (an item
+        made hot by a lookup keeps its last use in the index until it is hit)."""
+        self._commit_index()
+        db = self._db
+        victims: list[_Victim] = []
+        after: tuple[object, object] = (-(1 << 63), "")
+        scanned = 0
+        while db is not None and not victims:
+            try:
+                rows = db.execute(
+                    "SELECT i.used_ns, i.name, i.charged, i.size, i.part_bytes, "
+                    "(SELECT count(*) FROM parts p WHERE p.name = i.name) "
+                    "FROM items i WHERE (i.used_ns, i.name) > (?, ?) ORDER BY i.used_ns, i.name LIMIT ?",
+                    (*after, _VICTIM_BATCH),
+                ).fetchall()
+            except sqlite3.Error as exc:
+                self._index_read_failed(exc)
+                break
+            if not rows:
+                break
+            scanned += len(rows)
+            after = (rows[-1][0], rows[-1][1])
+            with self._lock:
+                victims = [_victim(row) for row in rows if row[1] not in self._items]
+        with self._lock:
+            self._victims = deque(victims)
+            self._victims_seq = self._commit_seq
+            if not victims and self._item_count > len(self._items):
+                log.warning(
+                    "disk cache %s: %d item(s) counted cold, none in the index",
+                    self.dir,
+                    self._item_count - len(self._items),
+                )
+                self._item_count = len(self._items)  # never wait for victims that are not there
+
     def _forget_locked(self, item: _Item) -> None:
-        """Drop an item from the index and delete its file (open fds keep reading it). A failed unlink
-        keeps its bytes counted until a retry succeeds."""
+        """Drop a hot item from the index and delete its file (open fds keep reading it)."""
         del self._items[item.name]
+        self._item_count -= 1
         self._complete_items -= item.complete
-        self._touched.pop(item.name, None)
-        self._index_changes.append(("drop", item.name))
-        if self._unlink_locked(item.name):
-            self._used_bytes -= item.charged_bytes
-            self._freed_since_check += item.charged_bytes
+        self._drop_locked(item.name, item.charged_bytes)
+
+    def _drop_locked(self, name: str, charged_bytes: int) -> None:
+        """Drop an item (no longer hot) from the index and delete its file. A failed unlink keeps its bytes
+        counted until a retry succeeds."""
+        self._touched.pop(name, None)
+        self._change_locked(("drop", name))
+        if self._unlink_locked(name):
+            self._used_bytes -= charged_bytes
+            self._freed_since_check += charged_bytes
         else:
-            self._undeletable[item.name] = self._undeletable.get(item.name, 0) + item.charged_bytes
+            self._undeletable[name] = self._undeletable.get(name, 0) + charged_bytes
 
     def _unlink_locked(self, name: str) -> bool:
         try:
@@ -876,7 +1238,7 @@ class DiskFileCache:
             return
         self._undeletable_retry_at = self._clock() + self.free_check_interval_s
         for name, charged in list(self._undeletable.items()):
-            if name not in self._items and self._unlink_locked(name):
+            if name not in self._items and self._unlink_locked(name):  # (a name added again left this dict)
                 del self._undeletable[name]
                 self._used_bytes -= charged
                 self._freed_since_check += charged
@@ -897,12 +1259,22 @@ class DiskFileCache:
 
     # -- small helpers
 
-    def _stored_locked(self, name: str, index: int, layout: FileLayout | None = None) -> bool:
+    def _stored_locked(self, name: str, index: int, layout: FileLayout) -> bool:
+        """The part is in a hot item cut as ``layout`` (a cold item's parts are not looked up here)."""
         item = self._items.get(name)
-        return item is not None and index in item.parts and (layout is None or item.layout == layout)
+        return item is not None and item.has(index) and item.layout == layout
 
     def _backlogged_locked(self, size: int) -> bool:
-        return self._backlog_bytes > 0 and self._backlog_bytes + size > self.max_backlog_bytes
+        return self._backlog_bytes > 0 and (
+            self._backlog_bytes + size > self.max_backlog_bytes or len(self._pending) >= self.max_backlog_parts
+        )
+
+    def _hit_locked(self, item: _Item, index: int) -> bool:
+        """Whether the hot ``item`` has part ``index``; if so, a hit (recency)."""
+        if not item.has(index):
+            return False
+        self._note_hit_locked(item.name)
+        return True
 
     def _note_hit_locked(self, name: str) -> None:
         self._items.move_to_end(name)
@@ -918,38 +1290,56 @@ def _file_name(content_key: str) -> str:
     return hashlib.sha256(content_key.encode()).hexdigest()
 
 
-def _read_items(db: sqlite3.Connection) -> dict[str, _Item]:
+def _prepare_index(db: sqlite3.Connection) -> None:
+    """The index's schema, this version's (a version 1 index gains ``charged`` and the index by last use)."""
     version = db.execute("PRAGMA user_version").fetchone()[0]
-    if version not in (0, _SCHEMA_VERSION):
+    if version not in (0, 1, _SCHEMA_VERSION):
         raise sqlite3.DatabaseError(f"index schema {version}, this version reads {_SCHEMA_VERSION}")
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = NORMAL")  # a crash may lose the last commits, never corrupt the file
-    db.executescript(_SCHEMA)
-    db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-    items: dict[str, _Item] = {}
-    rows = db.execute("SELECT name, size, part_bytes, sealed_ino, sealed_ctime_ns FROM items ORDER BY used_ns")
-    for name, size, part_bytes, ino, ctime_ns in rows:
-        if isinstance(size, int) and isinstance(part_bytes, int) and size > 0 and part_bytes > 0:
-            item = items[name] = _Item(name, FileLayout(size, part_bytes))
-            item.seal = (ino, ctime_ns) if isinstance(ino, int) and isinstance(ctime_ns, int) else None
-    for name, index, length, crc in db.execute("SELECT name, part, length, crc32 FROM parts"):
-        owner = items.get(name)
-        if owner is not None and isinstance(index, int) and length == owner.layout.part_length(index):
-            owner.parts[index] = (length, crc)
-    return items
+    with db:
+        db.executescript(_SCHEMA)
+        if version == 1:
+            db.execute("ALTER TABLE items ADD COLUMN charged INTEGER")  # filled in by the reconciliation
+        db.execute("CREATE INDEX IF NOT EXISTS items_by_use ON items (used_ns, name)")
+        db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+
+
+def _present(layout: FileLayout, parts: list[tuple[object, object]]) -> int:
+    """The parts of ``layout`` that ``(index, length)`` rows record (bit ``k``: part ``k``); a row whose
+    length is not that part's is ignored."""
+    present = 0
+    for index, length in parts:
+        if isinstance(index, int) and isinstance(length, int) and length and length == layout.part_length(index):
+            present |= 1 << index
+    return present
+
+
+def _bits(mask: int) -> list[int]:
+    """The indexes of the bits set in ``mask``, lowest first."""
+    return [k for k, bit in enumerate(reversed(bin(mask)[2:])) if bit == "1"]
+
+
+def _victim(row: tuple[object, ...]) -> _Victim:
+    _, name, charged, size, part_bytes, parts = row
+    complete = (
+        isinstance(size, int) and isinstance(part_bytes, int) and part_bytes > 0 and parts == -(-size // part_bytes)
+    )
+    return _Victim(str(name), charged if isinstance(charged, int) else 0, complete)
 
 
 def _apply_change(db: sqlite3.Connection, change: tuple[object, ...]) -> None:
     kind, name = change[0], change[1]
     if kind == "part":
-        db.execute("INSERT OR REPLACE INTO parts VALUES (?, ?, ?, ?)", change[1:])
+        db.execute("INSERT OR REPLACE INTO parts VALUES (?, ?, ?, ?)", change[1:5])
+        db.execute("UPDATE items SET charged = ? WHERE name = ?", (change[5], name))
         return
     if kind == "seal":
         db.execute("UPDATE items SET sealed_ino = ?, sealed_ctime_ns = ? WHERE name = ?", (*change[2:], name))
         return
     db.execute("DELETE FROM parts WHERE name = ?", (name,))
     if kind == "add":
-        db.execute("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?)", change[1:])
+        db.execute("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?, ?)", change[1:])
     else:
         db.execute("DELETE FROM items WHERE name = ?", (name,))
 
@@ -1020,7 +1410,8 @@ def _unlink_quietly(path: str | Path) -> None:
 
 
 class TieredBlockCache:
-    """Memory in front of disk: reads try memory then disk (promoting disk hits); writes go to both."""
+    """Memory in front of disk: reads try memory then disk (promoting disk hits); writes go to both (a
+    passthrough fill to the disk only: memory would hold bytes nobody reads through us)."""
 
     def __init__(self, memory: MemoryBlockCache, disk: DiskFileCache, counters: Counters | None = None) -> None:
         self.memory = memory
@@ -1048,8 +1439,15 @@ class TieredBlockCache:
         return self.memory.contains(key) or self.disk.contains(key)
 
     def put(self, key: BlockKey, data: Block, layout: FileLayout, *, wait: bool = False, sync: bool = False) -> None:
+        """Into both tiers; a ``sync`` put (a file about to be read by the kernel from its backing file, not
+        through us) into the disk only, and into memory only if the disk did not take it."""
+        if sync:
+            self.disk.put(key, data, layout, wait=wait, sync=True)
+            if self.disk.contains(key):
+                return
         self.memory.put(key, data, layout)
-        self.disk.put(key, data, layout, wait=wait, sync=sync)
+        if not sync:
+            self.disk.put(key, data, layout, wait=wait)
 
     def open_complete(self, content_key: str, size: int) -> int | None:
         return self.disk.open_complete(content_key, size)

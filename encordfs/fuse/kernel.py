@@ -81,6 +81,7 @@ import struct
 import subprocess
 import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -107,6 +108,10 @@ OUT_BUFFER_BYTES = 256 * 1024  # readdir replies; the kernel asks for at most a 
 MAX_BACKGROUND = 16  # readahead requests in flight (the kernel's default is 12)
 MAX_STACK_DEPTH = 2  # backing files may sit on overlayfs (a container's root)
 UNMOUNT_GRACE_S = 5.0  # after a signal: how long open files may keep the lazily unmounted fs busy
+# Backing ids kept for inodes with no open handle (``_Passthrough``): enough for a working set that is
+# reopened soon; each costs ~300 B here and one open file in the kernel. Beyond it a reopen registers
+# its backing file again.
+MAX_IDLE_BACKING_IDS = 1024
 
 WANTED = (
     abi.ASYNC_READ
@@ -306,13 +311,23 @@ class _Passthrough:
     closed early (a FORGET after an error path), which costs a registration at the next open, never
     a wrong answer: the per-inode rule depends on open handles only, and those are exact.
 
+    Idle ids are bounded: the kernel forgets inodes only under memory pressure, so an epoch over a
+    million files would otherwise keep a million states here (and a million backing files open in
+    the kernel, evicted cache files included, whose blocks stay allocated while an id holds them).
+    An inode with an id and no open handle is *idle*; past ``max_idle`` idle inodes the least
+    recently released one loses its id and its state (a registration at its next open, a few
+    microseconds). Closing an idle id never races the kernel: it looked the id up while it opened
+    the handles that have all been released since.
+
     Lock: ``_lock``, a leaf; the BACKING_OPEN/CLOSE ioctls are made under it (a few microseconds).
     """
 
-    def __init__(self, fd: int, on_refused: Callable[[], None] | None = None) -> None:
+    def __init__(self, fd: int, on_refused: Callable[[], None] | None = None, max_idle: int | None = None) -> None:
         self._fd = fd
         self._lock = threading.Lock()
         self._inodes: dict[int, _Backed] = {}
+        self._idle: OrderedDict[int, None] = OrderedDict()  # inodes with an id and no handle, least recent first
+        self.max_idle = MAX_IDLE_BACKING_IDS if max_idle is None else max_idle
         self._handles: dict[int, tuple[int, bool]] = {}  # fh -> (inode, passthrough?)
         self._on_refused = on_refused  # the kernel will not take backing files from this process
         self.usable = True
@@ -344,6 +359,7 @@ class _Passthrough:
             state = self._inodes.get(ino)
             if state is None:
                 state = self._inodes[ino] = _Backed()
+            self._idle.pop(ino, None)
             if state.passthrough_handles == 0 and state.cached_handles == 0:  # nothing open: follow the core
                 if state.backing_id and (backing is None or state.path != backing or not self.usable):
                     self._close_locked(state)
@@ -386,17 +402,28 @@ class _Passthrough:
             for state in self._inodes.values():
                 self._close_locked(state)
             self._inodes.clear()
+            self._idle.clear()
 
     def status(self) -> dict[str, int]:
-        return {"opens": self.opens, "backing_ids": sum(1 for s in list(self._inodes.values()) if s.backing_id)}
+        """Opens answered in passthrough, backing ids held, inodes with a state (bounded by the inodes with
+        an open handle plus ``max_idle``)."""
+        with self._lock:
+            ids = sum(1 for s in self._inodes.values() if s.backing_id)
+            return {"opens": self.opens, "backing_ids": ids, "inodes": len(self._inodes)}
 
     def _drop_if_unused_locked(self, ino: int, state: _Backed) -> None:
         """Forget an inode's state once no handle is open and either it holds no backing id or the
-        kernel forgot the inode."""
+        kernel forgot the inode; else keep it idle, within ``max_idle``."""
         if state.passthrough_handles or state.cached_handles:
             return
         if state.backing_id and state.lookups > 0:
-            return  # kept for the next open
+            self._idle[ino] = None  # kept for the next open: the most recent idle one
+            self._idle.move_to_end(ino)
+            while len(self._idle) > self.max_idle:
+                oldest, _ = self._idle.popitem(last=False)
+                self._close_locked(self._inodes.pop(oldest))
+            return
+        self._idle.pop(ino, None)
         self._close_locked(state)
         del self._inodes[ino]
 
@@ -653,7 +680,10 @@ class _Session:
         pt = self.passthrough
         enabled = pt is not None and pt.usable
         return {
-            "passthrough": {"enabled": enabled, **(pt.status() if pt is not None else {"opens": 0, "backing_ids": 0})}
+            "passthrough": {
+                "enabled": enabled,
+                **(pt.status() if pt is not None else {"opens": 0, "backing_ids": 0, "inodes": 0}),
+            }
         }
 
     def _loop(self, w: _Worker) -> None:
