@@ -29,7 +29,7 @@ from encordfs.backend.memory import MemoryBackend
 from encordfs.control import mounted_at, wait_mounted
 from encordfs.core.blockcache import MemoryBlockCache
 from encordfs.core.catalog import ROOT_INO, Catalog
-from encordfs.core.fs import CONTROL_INO, EncordFS, OpenFile, Options
+from encordfs.core.fs import CONTROL_INO, INVALIDATE_LISTING, EncordFS, OpenFile, Options
 from encordfs.core.reader import ReadPipeline
 from encordfs.core.urls import SignedUrlCache
 from encordfs.fuse import Timeouts, kernel
@@ -248,6 +248,40 @@ def test_passthrough_reads_never_reach_python(serve: Callable[..., Served]) -> N
     assert _read(folder / "c.jpg") == CONTENT["c.jpg"]
     assert served.reads > 0
     assert served.status()["opens"] == 4
+
+
+def test_a_fresh_folder_listing_is_kept_by_the_kernel(serve: Callable[..., Served]) -> None:
+    """A warm ``ls``/``find`` lists from the kernel's page cache (FOPEN_CACHE_DIR + KEEP_CACHE) while the
+    folder is within its TTL; a changed listing (``"listing"``) or a stale folder is listed here again."""
+    served = serve()
+    fs = served.fs
+    folder = served.path / "street"
+    ino = os.stat(folder).st_ino
+    listings: list[int] = []
+    readdir = fs.readdir
+
+    def counted(folder_ino: int, after_ino: int = 0) -> Any:
+        listings.append(folder_ino)
+        return readdir(folder_ino, after_ino)
+
+    fs.readdir = counted  # type: ignore[method-assign]
+    names = sorted(os.listdir(folder))
+    assert names == sorted(CONTENT) and listings
+    listings.clear()
+    for _ in range(3):
+        assert sorted(os.listdir(folder)) == names
+    assert listings == []  # served by the kernel
+    fs.invalidate(INVALIDATE_LISTING, ino, ino)  # what a refresh that changed names says
+    deadline = time.monotonic() + 5
+    while not listings and time.monotonic() < deadline:
+        assert sorted(os.listdir(folder)) == names
+        time.sleep(0.05)
+    assert listings, "the kept listing was not dropped"
+    listings.clear()
+    fs._is_stale = lambda ino, loaded: True  # type: ignore[method-assign]  # past the TTL
+    for _ in range(2):
+        assert sorted(os.listdir(folder)) == names
+    assert listings.count(ino) >= 2  # each open lists again (and would refresh the folder)
 
 
 def test_passthrough_id_lives_until_the_kernel_forgets_the_inode(serve: Callable[..., Served]) -> None:

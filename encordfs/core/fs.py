@@ -44,7 +44,9 @@ Seams for a binding (both optional, ``None`` by default; the mfusepy binding use
   kernel may hold in its entry, attribute or page caches, so that their timeouts can be long:
   ``"entry"`` (parent, name): the name's meaning changed (a row added, deleted or renamed by a
   refresh, a rename through the mount); ``"inode"`` (parent, ino): attributes (a landed write);
-  ``"content"`` (parent, ino): attributes and bytes (size or times changed on the server). It is
+  ``"content"`` (parent, ino): attributes and bytes (size or times changed on the server);
+  ``"listing"`` (folder, folder): the folder's list of names changed (a kernel that keeps listings,
+  ``listing_cache``, drops its copy). It is
   called on whatever thread changed the catalog, often while a FUSE request is being served: a
   listener must not block on the kernel (queue the notification, write it from another thread).
   First loads announce nothing (no kernel can have cached what was never listed).
@@ -124,6 +126,7 @@ ERROR_FIELD = "error"
 INVALIDATE_ENTRY = "entry"
 INVALIDATE_INODE = "inode"
 INVALIDATE_CONTENT = "content"
+INVALIDATE_LISTING = "listing"
 Invalidate = Callable[[str, int, "str | int"], None]
 
 
@@ -589,6 +592,22 @@ class EncordFS:
             return False
         return self.catalog.loaded_at(folder) is None
 
+    def listing_cache(self, ino: int) -> str | None:
+        """How a kernel may cache ``ino``'s listing, asked at opendir (the kernel binding's
+        ``FOPEN_CACHE_DIR`` and ``FOPEN_KEEP_CACHE``): ``"keep"``, a catalog folder loaded and within its
+        TTL: list it once and serve the next opens from the page cache; ``"fill"``, a folder never loaded
+        (this listing loads it): cache what it lists; None: list it here each time, dropping a kept copy.
+        A stale folder is None: its next opendir after the TTL drops the kernel's copy and the listing
+        comes here (served stale, refreshed in the background), and a refresh that changes names says so
+        (``"listing"``). View folders (membership follows metadata writes) and the control folder are
+        never cached."""
+        if ino >= CONTROL_INO or is_view_ino(ino):
+            return None
+        loaded = self.catalog.loaded_at(ino)
+        if loaded is None:
+            return "fill"
+        return None if self._is_stale(ino, loaded) else "keep"
+
     def _is_dataset(self, ino: int) -> bool:
         found = self.catalog.stat_fields(ino)
         return found is not None and found[0] == Kind.DATASET
@@ -749,6 +768,8 @@ class EncordFS:
     def _announce(self, folder: int, changes: SyncChanges | None) -> None:
         if changes is None:
             return
+        if changes.names:
+            self.invalidate(INVALIDATE_LISTING, folder, folder)
         for name in changes.names:
             self.invalidate(INVALIDATE_ENTRY, folder, name)
         for ino in changes.inodes:

@@ -87,7 +87,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from encordfs import errors
-from encordfs.core.fs import INVALIDATE_CONTENT, INVALIDATE_ENTRY, Attr, EncordFS, OpenFile
+from encordfs.core.fs import INVALIDATE_CONTENT, INVALIDATE_ENTRY, INVALIDATE_LISTING, Attr, EncordFS, OpenFile
 from encordfs.core.xattrs import is_foreign as is_foreign_xattr
 from encordfs.fuse import BLKSIZE, Timeouts, blocks, log_level, timespec
 from encordfs.fuse import _abi as abi
@@ -495,7 +495,8 @@ class _Notifier:
                     ino = int(what)
                     if kind == INVALIDATE_CONTENT and self._passthrough is not None:
                         self._passthrough.content_changed(ino)
-                    offset = 0 if kind == INVALIDATE_CONTENT else -1  # -1: attributes only
+                    # 0: attributes and pages (a file's bytes, a folder's kept listing); -1: attributes only
+                    offset = 0 if kind in (INVALIDATE_CONTENT, INVALIDATE_LISTING) else -1
                     os.write(
                         self._fd,
                         abi.NOTIFY_INVAL_INODE_OUT.pack(
@@ -952,9 +953,13 @@ class _Session:
         return abi.OUT_HEADER.pack(abi.OUT_HEADER.size, 0, unique)
 
     # -- folders ---------------------------------------------------------------------------------------
-    @staticmethod
-    def _opendir(w: _Worker, unique: int, nodeid: int, arg: memoryview) -> bytes:
-        return abi.OPEN_REPLY.pack(abi.OPEN_REPLY.size, 0, unique, 0, 0, 0)
+    def _opendir(self, w: _Worker, unique: int, nodeid: int, arg: memoryview) -> bytes:
+        """A fresh catalog folder's listing is kept by the kernel (``FOPEN_CACHE_DIR``) and reused by the
+        next opens while it stays fresh (``FOPEN_KEEP_CACHE``): a warm ``find`` or ``ls`` lists from the
+        page cache. Anything else is listed here each time (and drops a kept copy): ``EncordFS.listing_cache``."""
+        how = self.fs.listing_cache(nodeid)
+        flags = 0 if how is None else abi.FOPEN_CACHE_DIR | (abi.FOPEN_KEEP_CACHE if how == "keep" else 0)
+        return abi.OPEN_REPLY.pack(abi.OPEN_REPLY.size, 0, unique, 0, flags, 0)
 
     def _readdir(self, w: _Worker, unique: int, nodeid: int, arg: memoryview) -> memoryview | None:
         return self._list(w, unique, nodeid, arg, plus=False)
