@@ -43,7 +43,7 @@ class RecordingFetcher:
         self.lock = lock
         self.fail: set[str] = set()
 
-    def fetch_into(self, url_source: Any, start: int, out: memoryview) -> None:
+    def fetch_into(self, url_source: Any, start: int, out: memoryview, total: int | None = None) -> None:
         item = url_source(False).removeprefix("mem://")
         with self.lock:
             self.events.append(("fetch", item))
@@ -62,7 +62,7 @@ class AsyncRecordingFetcher(RecordingFetcher):
         self.fail_async: set[str] = set()
         self.hold: threading.Event | None = None
 
-    def fetch_async(self, url: str, start: int, out: memoryview, on_done: Any) -> bool:
+    def fetch_async(self, url: str, start: int, out: memoryview, on_done: Any, total: int | None = None) -> bool:
         item = url.removeprefix("mem://")
 
         def run() -> None:
