@@ -106,8 +106,8 @@ def nodes(tmp_path: Path, encord: FreshUrls, redis_server: RunningRedis) -> Iter
     def node(name: str, account: str = "acct", **given: Any) -> Node:
         settings = resolve({
             "domain": "http://encord.test", "cache_dir": str(tmp_path / name), "shared": redis_server.url,
-            "metadata_ttl": 60, **given,
-        })  # fmt: skip
+            "metadata_ttl": 60, "prefetch": False, **given,
+        })  # fmt: skip  # prefetch would read past what a test counts (tests/test_cluster_mounts.py has it on)
         mount = build(encord, settings, account_id=account)
         made.append(mount)
         fetcher = CountingFetcher(encord)

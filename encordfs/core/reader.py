@@ -313,6 +313,11 @@ class ReadPipeline:
         """The object's size, asked of the server (rows whose metadata has none)."""
         return self.fetcher.probe_size(url_source)
 
+    def _have(self, key: BlockKey) -> bool:
+        """Whether prefetch can leave a part alone: cached here, or had from a shared tier without the
+        origin (``cluster.blocks``: ``lookup`` reads Redis and stores what it finds locally)."""
+        return self.cache.contains(key) or self.cache.lookup(key) is not None
+
     def prefetch_file(self, content_key: str, size: int, url_source: UrlSource) -> int:
         """Background: bring a file's first part (the whole file when it is small) into the cache, for
         ``core.prefetch``. Returns the bytes fetched: 0 when the part is cached or already being fetched
@@ -329,7 +334,7 @@ class ReadPipeline:
         key = (content_key, 0)
         with self._lock:
             in_flight = key in self._flights
-        if in_flight or self.cache.contains(key):
+        if in_flight or self._have(key):
             return 0
         end = min(self.part_size_for(size), size)
         if not self.budget.try_acquire(end, self._readahead_limit_bytes):
@@ -360,7 +365,7 @@ class ReadPipeline:
         key = (content_key, 0)
         with self._lock:
             in_flight = key in self._flights
-        if size <= 0 or in_flight or self.cache.contains(key):
+        if size <= 0 or in_flight or self._have(key):
             done(0, None)
             return True
         if fetch_async is None:
