@@ -201,28 +201,7 @@ def run_regime(quick: bool, extra: list[str], regime: Regime = Regime()) -> dict
 # ---------------------------------------------------------------------------------------------- inside
 
 
-_NGINX_CONF = """\
-load_module {echo};
-user root;
-daemon off;
-master_process on;
-worker_processes 1;
-pid {work}/nginx.pid;
-error_log {work}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    default_type application/octet-stream;
-    client_body_temp_path {work}/tmp;
-    proxy_temp_path {work}/tmp;
-    fastcgi_temp_path {work}/tmp;
-    uwsgi_temp_path {work}/tmp;
-    scgi_temp_path {work}/tmp;
-    sendfile off;
-    output_buffers 2 1m;
-    tcp_nodelay on;
-    keepalive_timeout 300s;
-    keepalive_requests 1000000;
+_HTTP = """\
     ssl_certificate {cert};
     ssl_certificate_key {key};
     ssl_session_cache shared:tls:10m;
@@ -256,43 +235,22 @@ http {{
             proxy_read_timeout 600s;
         }}
     }}
-}}
 """
 
 
 def start_tls_nginx(stack: Cleanup, work: Path, www: Path, pki: Any, ports: dict[str, int], latency_s: float) -> None:
-    (work / "tmp").mkdir(parents=True, exist_ok=True)
-    conf = work / "nginx.conf"
-    conf.write_text(
-        _NGINX_CONF.format(
-            echo=ECHO_MODULE,
-            work=work,
-            cert=pki.cert_file,
-            key=pki.key_file,
-            www=www,
-            blob_latency=f"{latency_s:g}",
-            **ports,
-        )  # fmt: skip
-    )
-    proc = subprocess.Popen(
-        ["nginx", "-p", str(work), "-c", str(conf)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=open(work / "stderr.log", "wb"),
-        start_new_session=True,
-    )
-    stack.callback(infra.stop_process, proc, signal.SIGQUIT)
+    http = _HTTP.format(cert=pki.cert_file, key=pki.key_file, www=www, blob_latency=f"{latency_s:g}", **ports)
     context = ssl.create_default_context(cafile=str(pki.ca_file))
 
-    def up() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"nginx exited: {(work / 'stderr.log').read_text()[-500:]}")
+    def ready() -> bool:
         try:
             return httpx.get(f"https://127.0.0.1:{ports['blob_port']}/", verify=context, timeout=2).status_code < 500
         except httpx.HTTPError:
             return False
 
-    infra.wait_for(up, 15, "nginx (TLS)")
+    infra.run_nginx(
+        stack, work, http, ready, head=f"load_module {ECHO_MODULE};\n", connections=4096, what="nginx (TLS)"
+    )
 
 
 class _ReadWhole:
