@@ -16,11 +16,13 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +209,38 @@ def start_nginx(stack: Cleanup, root: Path, work: Path) -> str:
 
     run_nginx(stack, work, _FILE_SERVER.format(port=port, root=root), ready)
     return url
+
+
+# ---------------------------------------------------------------------------------------------- direct reads
+
+
+def get_parallel(urls: Sequence[str], threads: int = 8, verify: ssl.SSLContext | bool = True) -> tuple[float, int]:
+    """(seconds, bytes) to GET every URL whole with ``threads`` threads over one pooled httpx client."""
+    limits = httpx.Limits(max_connections=threads, max_keepalive_connections=threads)
+    with httpx.Client(limits=limits, timeout=60, verify=verify) as client:
+
+        def one(url: str) -> int:
+            response = client.get(url)
+            response.raise_for_status()
+            return len(response.content)
+
+        with ThreadPoolExecutor(threads) as pool:
+            t0 = time.perf_counter()
+            total = sum(pool.map(one, urls))
+            return time.perf_counter() - t0, total
+
+
+def sdk_loop(rows: Sequence[Any], size: int, verify: ssl.SSLContext | bool = True) -> float:
+    """Files a second of the naive SDK loop: each data row's pre-signed URL fetched, then its file (``size``
+    bytes) GET whole, one after the other."""
+    with httpx.Client(timeout=60, verify=verify) as http:
+        t0 = time.perf_counter()
+        for row in rows:
+            row.refetch_data(signed_url=True)
+            response = http.get(row.signed_url)
+            response.raise_for_status()
+            assert len(response.content) == size
+        return len(rows) / (time.perf_counter() - t0)
 
 
 # ---------------------------------------------------------------------------------------------- redis

@@ -489,36 +489,16 @@ class WanBench:
         self.fig["wan_seq_rclone"] = mount / self.fig["wan_seq_rclone_files_s"]
         self.fig["wan_seq_sdk"] = mount / self.fig["wan_seq_sdk_files_s"]
 
-    def get_parallel(self, urls: list[str], threads: int = 8) -> float:
-        """Seconds to GET every URL whole with ``threads`` threads over one pooled httpx client."""
-        limits = httpx.Limits(max_connections=threads, max_keepalive_connections=threads)
-        with httpx.Client(limits=limits, timeout=60, verify=self.verify) as client:
-
-            def one(url: str) -> int:
-                response = client.get(url)
-                response.raise_for_status()
-                return len(response.content)
-
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(threads) as pool:
-                t0 = time.perf_counter()
-                total = sum(pool.map(one, urls))
-                secs = time.perf_counter() - t0
+    def get_parallel(self, urls: list[str]) -> float:
+        """Seconds to GET every URL whole with 8 threads over one pooled httpx client."""
+        secs, total = infra.get_parallel(urls, 8, self.verify)
         assert total == len(urls) * self.sizes.file_bytes, total
         return secs
 
     def sdk_loop(self, title: str, k: int) -> float:
         client = self.emu.sdk()
         rows = sorted(client.get_dataset(self.dataset_hash[title]).data_rows, key=lambda r: r.title)[:k]
-        with httpx.Client(timeout=60, verify=self.verify) as http:
-            t0 = time.perf_counter()
-            for row in rows:
-                row.refetch_data(signed_url=True)
-                response = http.get(row.signed_url)
-                response.raise_for_status()
-                assert len(response.content) == self.sizes.file_bytes
-            return k / (time.perf_counter() - t0)
+        return infra.sdk_loop(rows, self.sizes.file_bytes, self.verify)
 
     def phase_epoch(self) -> None:
         from encordfs.ml import HintedSampler
