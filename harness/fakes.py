@@ -25,8 +25,11 @@ def row_record(
     *,
     data_type: str = "IMAGE",
     metadata: dict[str, Any] | None = None,
+    size: int | None = None,
+    item: str | None = None,
 ) -> RowRecord:
-    """A data row as a backend returns it; ``data`` gives its size (None: unknown)."""
+    """A data row as a backend returns it; ``data`` gives its size (None: ``size``, None if unknown).
+    Its storage item is ``item`` (default ``item-<uid>``)."""
     return RowRecord(
         uid=uid,
         dataset_uid=ds,
@@ -39,10 +42,10 @@ def row_record(
         frames_per_second=None,
         duration=None,
         file_link=f"link/{uid}",
-        file_size=len(data) if data is not None else None,
+        file_size=len(data) if data is not None else size,
         file_type="image/jpeg" if data_type == "IMAGE" else None,
         storage_location=0,
-        backing_item_uuid=f"item-{uid}",
+        backing_item_uuid=item or f"item-{uid}",
         is_image_sequence=False if data_type == "IMG_GROUP" else None,
         client_metadata=metadata,
     )

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from encordfs import errors
-from encordfs.backend import DatasetRecord, RowRecord
+from encordfs.backend import DatasetRecord
 from encordfs.backend.memory import MemoryBackend
 from encordfs.core import names
 from encordfs.core.blockcache import MemoryBlockCache
@@ -27,6 +27,7 @@ from encordfs.core.reader import ReadPipeline
 from encordfs.core.urls import SignedUrlCache
 from encordfs.core.writes import WriteQueue
 from harness import scenarios as suites
+from harness.fakes import row_record
 
 XATTR_ERRNOS = {errno.EINVAL, errno.EPERM, errno.ENOTSUP, errno.ENODATA, errno.EEXIST, errno.E2BIG}
 PATH_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG, errno.EINVAL}
@@ -41,28 +42,6 @@ class _Fetcher:
         out[:] = self.backend.fetch(url_source(False), start, start + len(out))
 
 
-def _row(uid: str, title: str, metadata: dict[str, Any] | None = None) -> RowRecord:
-    return RowRecord(
-        uid=uid,
-        dataset_uid="ds1",
-        title=title,
-        data_type="IMAGE",
-        created_at=1.0e9,
-        last_edited_at=1.5e9,
-        width=4,
-        height=3,
-        frames_per_second=None,
-        duration=None,
-        file_link=f"link/{uid}",
-        file_size=4,
-        file_type="image/jpeg",
-        storage_location=0,
-        backing_item_uuid=f"item-{uid}",
-        is_image_sequence=None,
-        client_metadata=metadata,
-    )
-
-
 class World:
     """A core over an in-memory backend with a real journal whose worker never runs (nothing lands)."""
 
@@ -70,7 +49,9 @@ class World:
         self.backend = MemoryBackend()
         self.backend.add_dataset(DatasetRecord("ds1", "data", "d", 1e9, 1e9, 0, "folder1", "admin"))
         for n, title in enumerate(titles):
-            self.backend.add_row(_row(f"r{n}", title, {"split": "train", "n": n}), b"abcd")
+            self.backend.add_row(
+                row_record(f"r{n}", "ds1", title, b"abcd", metadata={"split": "train", "n": n}), b"abcd"
+            )
         self.catalog = Catalog(root / "catalog.sqlite")
         self.reader = ReadPipeline(
             _Fetcher(self.backend),
