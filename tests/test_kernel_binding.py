@@ -32,7 +32,7 @@ from encordfs.core.catalog import ROOT_INO, Catalog
 from encordfs.core.fs import CONTROL_INO, EncordFS, OpenFile, Options
 from encordfs.core.reader import ReadPipeline
 from encordfs.core.urls import SignedUrlCache
-from encordfs.fuse import Timeouts, kernel
+from encordfs.fuse import MountFlags, Timeouts, kernel
 from encordfs.fuse import _abi as abi
 from encordfs.fuse._abi import Op
 from harness.emulator import RunningEmulator
@@ -183,7 +183,9 @@ def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[
 
         def run() -> None:
             try:
-                kernel.run(fs, str(path), timeouts=Timeouts(60, 60), read_only=True, passthrough=passthrough)
+                kernel.run(
+                    fs, str(path), timeouts=Timeouts(60, 60), flags=MountFlags(read_only=True, passthrough=passthrough)
+                )
             except BaseException as exc:  # surfaced by the test
                 served.error = exc
 
