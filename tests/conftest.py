@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -123,3 +124,15 @@ def labelled_emulator(labelled_tree: Labelled) -> Iterator[RunningEmulator]:
     """The labelled tree imported; read-only users share it (tests that write start their own)."""
     with RunningEmulator(["--import", str(labelled_tree.root)]) as emu:
         yield emu
+
+
+@pytest.fixture(scope="module")
+def efs(options: dict[str, Any]) -> Iterator[Any]:
+    """An ``EncordFileSystem`` (fsspec) over the module's ``options`` fixture, closed after the module."""
+    from encordfs.fsspec_impl import EncordFileSystem
+
+    fs = EncordFileSystem(**options)
+    try:
+        yield fs
+    finally:
+        fs.close()
