@@ -287,6 +287,14 @@ def _move_aside(path: Path) -> Path:
     return aside
 
 
+def _insert_row(
+    parent: int, e: Entry, name: str, name_key: str, fields: str, metadata: str | None, gen: int
+) -> tuple[Any, ...]:
+    """The values of ``Catalog._insert_rows_locked`` for the entry ``e`` named ``name``."""
+    return (parent, int(e.kind), e.uid, name, name_key, e.title, e.handle, e.size, e.ctime, e.mtime, fields,
+            metadata, gen)  # fmt: skip
+
+
 class _Adopted:
     """An image serving folder ``parent`` (inodes ``base + ord``) until the fill copies it in."""
 
@@ -874,26 +882,8 @@ class Catalog:
                 holder = conn.execute("SELECT gen FROM nodes WHERE parent=? AND name_key=?", (parent, key)).fetchone()
                 if holder is not None and holder[0] != gen:
                     placeholder = "\x00" + e.uid
-                    self._insert_rows_locked(
-                        conn,
-                        [
-                            (
-                                parent,
-                                int(e.kind),
-                                e.uid,
-                                placeholder,
-                                placeholder,
-                                e.title,
-                                e.handle,
-                                e.size,
-                                e.ctime,
-                                e.mtime,
-                                fields,
-                                metadata,
-                                gen,
-                            )
-                        ],
-                    )
+                    row = _insert_row(parent, e, placeholder, placeholder, fields, metadata, gen)
+                    self._insert_rows_locked(conn, [row])
                     deferred.append((int(conn.execute("SELECT last_insert_rowid()").fetchone()[0]), e, placeholder))
                     continue
                 base = self._free_name_locked(conn, parent, e)
@@ -901,27 +891,12 @@ class Catalog:
             taken.add(key)
             if changes is not None:
                 changes.names.append(base)
-            pending.append(
-                (
-                    parent,
-                    int(e.kind),
-                    e.uid,
-                    base,
-                    key,
-                    e.title,
-                    e.handle,
-                    e.size,
-                    e.ctime,
-                    e.mtime,
-                    fields,
-                    metadata,
-                    gen,
-                )
-            )
+            pending.append(_insert_row(parent, e, base, key, fields, metadata, gen))
         self._insert_rows_locked(conn, pending)
 
     @staticmethod
     def _insert_rows_locked(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+        """Insert rows made by ``_insert_row``."""
         if rows:
             conn.executemany(
                 "INSERT INTO nodes(parent, kind, uid, name, name_key, title, item_uuid, size, ctime, mtime, fields, client_metadata, gen)"
