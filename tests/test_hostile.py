@@ -8,7 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -208,29 +208,30 @@ def test_fuzzed_titles_make_valid_unique_names(titles: list[str]) -> None:
 # ---------------------------------------------------------------------------------------------- a real mount
 
 
+def _small_workspace(
+    tmp_path: Path, small_rows: int, suite: Callable[[suites.Workspace], dict[str, Any]]
+) -> dict[str, Any]:
+    """The figures of ``suite`` over a small real workspace: one large row of 1,000 bytes, ``small_rows``
+    small ones, one real file."""
+    spec = suites.WorkspaceSpec(large_rows=1, large_bytes=1000, small_rows=small_rows, real_files=1)
+    with suites.Workspace(tmp_path, spec) as ws:
+        return suite(ws)
+
+
 @pytest.mark.usefixtures("binding")
 def test_real_mount_fuzz(tmp_path: Path) -> None:
-    with suites.Workspace(
-        tmp_path, suites.WorkspaceSpec(large_rows=1, large_bytes=1000, small_rows=6, real_files=1)
-    ) as ws:
-        figures = suites.hostile_suite(ws, cases=150)
+    figures = _small_workspace(tmp_path, 6, lambda ws: suites.hostile_suite(ws, cases=150))
     assert figures["hostile_failures"] == 0 and figures["hangs"] == 0, figures
 
 
 @pytest.mark.usefixtures("binding")
 def test_real_mount_hostile_titles_always_load(tmp_path: Path) -> None:
     """NFC/NFD pairs and ~id exhaustion sets, added to a loaded folder and loaded again: no failed load."""
-    with suites.Workspace(
-        tmp_path, suites.WorkspaceSpec(large_rows=1, large_bytes=1000, small_rows=2, real_files=1)
-    ) as ws:
-        figures = suites.names_suite(ws, rounds=2)
+    figures = _small_workspace(tmp_path, 2, lambda ws: suites.names_suite(ws, rounds=2))
     assert figures["names_loads"] >= 6 and figures["names_failed_loads"] == 0, figures
 
 
 @pytest.mark.usefixtures("binding")
 def test_real_mount_deleted_siblings_never_fail_a_read(tmp_path: Path) -> None:
-    with suites.Workspace(
-        tmp_path, suites.WorkspaceSpec(large_rows=1, large_bytes=1000, small_rows=12, real_files=1)
-    ) as ws:
-        figures = suites.siblings_suite(ws, every=4)
+    figures = _small_workspace(tmp_path, 12, lambda ws: suites.siblings_suite(ws, every=4))
     assert figures["sibling_reads"] >= 8 and figures["sibling_sign_failures"] == 0, figures
