@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 from encordfs.backend import RowRecord
@@ -49,3 +51,13 @@ def row_record(
         is_image_sequence=False if data_type == "IMG_GROUP" else None,
         client_metadata=metadata,
     )
+
+
+def older_catalog(path: Path, version: int, change: str) -> None:
+    """Make the closed catalog at ``path`` what an older encordfs left: ``change`` (SQL) applied to it,
+    its schema version set to ``version``."""
+    raw = sqlite3.connect(path)
+    raw.execute(change)
+    raw.execute(f"PRAGMA user_version={version}")
+    raw.commit()
+    raw.close()
