@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from encordfs.control import mounted_at
 from harness.emulator import RunningEmulator, make_keypair
+from harness.mount import encordfs_cli
 
-
-def _encordfs(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "encordfs", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
+_encordfs = functools.partial(encordfs_cli, timeout=60)
 
 
 def _assert_clean_failure(done: subprocess.CompletedProcess[str], mountpoint: Path, *words: str) -> None:
