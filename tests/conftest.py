@@ -86,6 +86,14 @@ def sample_emulator() -> Iterator[RunningEmulator]:
 
 
 @pytest.fixture(scope="module")
+def emulator(request: pytest.FixtureRequest) -> Iterator[RunningEmulator]:
+    """The module's own emulator (a module that changes data or needs generated rows does not share the
+    session's), started with the module's ``EMULATOR_ARGS``."""
+    with RunningEmulator(list(request.module.EMULATOR_ARGS)) as emu:
+        yield emu
+
+
+@pytest.fixture(scope="module")
 def sample_mount(sample_emulator: RunningEmulator) -> Iterator[MountedFS]:
     with temporary_mount(sample_emulator.domain, sample_emulator.key_file) as mounted:
         yield mounted

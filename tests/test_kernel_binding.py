@@ -46,10 +46,7 @@ if not os.path.exists("/dev/fuse"):  # pragma: no cover
 # -- invalidations through a real mount ------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[RunningEmulator]:
-    with RunningEmulator(["--generate", "warm:6:1000"]) as emu:
-        yield emu
+EMULATOR_ARGS = ["--generate", "warm:6:1000"]  # for conftest's ``emulator``
 
 
 def _refresh(path: Path) -> None:

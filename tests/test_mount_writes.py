@@ -28,10 +28,7 @@ META = "user.encord.meta."
 WHOLE = "user.encord.client_metadata"
 
 
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[RunningEmulator]:
-    with RunningEmulator(["--sample"]) as emu:
-        yield emu
+EMULATOR_ARGS = ["--sample"]  # for conftest's ``emulator``
 
 
 @pytest.fixture()
