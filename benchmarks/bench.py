@@ -408,21 +408,6 @@ def read_parallel(paths: Sequence[Path | str], threads: int = THREADS) -> tuple[
         return time.perf_counter() - t0, total
 
 
-def get_parallel(urls: Sequence[str], threads: int = THREADS) -> tuple[float, int]:
-    limits = httpx.Limits(max_connections=threads, max_keepalive_connections=threads)
-    with httpx.Client(limits=limits, timeout=60) as client:
-
-        def one(url: str) -> int:
-            response = client.get(url)
-            response.raise_for_status()
-            return len(response.content)
-
-        with ThreadPoolExecutor(threads) as pool:
-            t0 = time.perf_counter()
-            total = sum(pool.map(one, urls, chunksize=16))
-            return time.perf_counter() - t0, total
-
-
 def stream_get(url: str) -> tuple[float, int]:
     with httpx.Client(timeout=60) as client:
         t0 = time.perf_counter()
@@ -943,7 +928,7 @@ class Bench:
         self.fig["P4"] = calls / (n / 1000)
 
         log("P2 direct parallel GETs of pre-signed URLs")
-        secs, total = get_parallel(urls)
+        secs, total = infra.get_parallel(urls, THREADS)
         assert total == n * self.sizes.small_bytes
         self.fig["P2_direct_files_s"] = n / secs
 
@@ -972,14 +957,7 @@ class Bench:
     def sdk_loop(self, emu: infra.Emulator, ds_hash: str, k: int) -> float:
         client = emu.sdk()
         rows = list(client.get_dataset(ds_hash).data_rows)[:k]
-        with httpx.Client(timeout=60) as http:
-            t0 = time.perf_counter()
-            for row in rows:
-                row.refetch_data(signed_url=True)
-                response = http.get(row.signed_url)
-                response.raise_for_status()
-                assert len(response.content) == self.sizes.small_bytes
-            return k / (time.perf_counter() - t0)
+        return infra.sdk_loop(rows, self.sizes.small_bytes)
 
     def phase_ops(self) -> None:
         """Mount CPU per lookup, open+close and open+read of a cached file, for both bindings

@@ -16,11 +16,13 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -125,13 +127,13 @@ def wait_for(pred: Callable[[], bool], timeout_s: float, what: str) -> None:
 # ---------------------------------------------------------------------------------------------- nginx
 
 _NGINX_CONF = """\
-user root;
+{head}user root;
 daemon off;
 master_process on;
 worker_processes 1;
 pid {work}/nginx.pid;
 error_log {work}/error.log warn;
-events {{ worker_connections 1024; }}
+events {{ worker_connections {connections}; }}
 http {{
     access_log off;
     default_type application/octet-stream;
@@ -145,43 +147,100 @@ http {{
     tcp_nodelay on;
     keepalive_timeout 300s;
     keepalive_requests 1000000;
+{http}}}
+"""
+
+_FILE_SERVER = """\
     server {{
         listen 127.0.0.1:{port};
         root {root};
         autoindex on;
         autoindex_exact_size on;
     }}
-}}
 """
+
+
+def run_nginx(
+    stack: Cleanup,
+    work: Path,
+    http: str,
+    ready: Callable[[], bool],
+    *,
+    head: str = "",
+    connections: int = 1024,
+    what: str = "nginx",
+) -> None:
+    """Start nginx (one master, one worker) with its files under ``work``: the settings every benchmark
+    server shares, then ``http`` (the rest of the ``http`` block: servers, upstreams, TLS) and ``head``
+    before it all (``load_module``). Waits until ``ready()``; stopped gracefully at exit."""
+    (work / "tmp").mkdir(parents=True, exist_ok=True)
+    conf = work / "nginx.conf"
+    conf.write_text(_NGINX_CONF.format(head=head, work=work, connections=connections, http=http))
+    stderr = open(work / "stderr.log", "wb")
+    stack.callback(stderr.close)
+    proc = subprocess.Popen(
+        ["nginx", "-p", str(work), "-c", str(conf)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        start_new_session=True,
+    )
+    stack.callback(stop_process, proc, signal.SIGQUIT)  # graceful: the master stops its workers
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"nginx exited: {(work / 'stderr.log').read_text()[-500:]}")
+        return ready()
+
+    wait_for(up, 15, what)
 
 
 def start_nginx(stack: Cleanup, root: Path, work: Path) -> str:
     """Serve ``root`` (created if missing) on a free loopback port; returns the base URL."""
     root.mkdir(parents=True, exist_ok=True)
-    (work / "tmp").mkdir(parents=True, exist_ok=True)
     port = free_port()
-    conf = work / "nginx.conf"
-    conf.write_text(_NGINX_CONF.format(work=work, port=port, root=root))
-    proc = subprocess.Popen(
-        ["nginx", "-p", str(work), "-c", str(conf)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=open(work / "stderr.log", "wb"),
-        start_new_session=True,
-    )
-    stack.callback(stop_process, proc, signal.SIGQUIT)  # graceful: the master stops its workers
     url = f"http://127.0.0.1:{port}"
 
-    def up() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"nginx exited: {(work / 'stderr.log').read_text()[-500:]}")
+    def ready() -> bool:
         try:
             return httpx.get(url + "/", timeout=1).status_code < 500
         except httpx.HTTPError:
             return False
 
-    wait_for(up, 15, "nginx")
+    run_nginx(stack, work, _FILE_SERVER.format(port=port, root=root), ready)
     return url
+
+
+# ---------------------------------------------------------------------------------------------- direct reads
+
+
+def get_parallel(urls: Sequence[str], threads: int = 8, verify: ssl.SSLContext | bool = True) -> tuple[float, int]:
+    """(seconds, bytes) to GET every URL whole with ``threads`` threads over one pooled httpx client."""
+    limits = httpx.Limits(max_connections=threads, max_keepalive_connections=threads)
+    with httpx.Client(limits=limits, timeout=60, verify=verify) as client:
+
+        def one(url: str) -> int:
+            response = client.get(url)
+            response.raise_for_status()
+            return len(response.content)
+
+        with ThreadPoolExecutor(threads) as pool:
+            t0 = time.perf_counter()
+            total = sum(pool.map(one, urls))
+            return time.perf_counter() - t0, total
+
+
+def sdk_loop(rows: Sequence[Any], size: int, verify: ssl.SSLContext | bool = True) -> float:
+    """Files a second of the naive SDK loop: each data row's pre-signed URL fetched, then its file (``size``
+    bytes) GET whole, one after the other."""
+    with httpx.Client(timeout=60, verify=verify) as http:
+        t0 = time.perf_counter()
+        for row in rows:
+            row.refetch_data(signed_url=True)
+            response = http.get(row.signed_url)
+            response.raise_for_status()
+            assert len(response.content) == size
+        return len(rows) / (time.perf_counter() - t0)
 
 
 # ---------------------------------------------------------------------------------------------- redis

@@ -31,7 +31,7 @@ import argparse
 import importlib.util
 import os
 import random
-import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -44,7 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.infra import Cleanup, free_port, stop_process, wait_for  # noqa: E402
+from benchmarks.infra import Cleanup, free_port, run_nginx  # noqa: E402
 from encordfs.core.fetch import HttpFetcher  # noqa: E402
 from harness.tls import make_pki  # noqa: E402
 
@@ -52,39 +52,17 @@ KiB, MiB = 1 << 10, 1 << 20
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OLD = "6784a6c"
 
-_NGINX_CONF = """\
-user root;
-daemon off;
-master_process on;
-worker_processes 1;
-pid {work}/nginx.pid;
-error_log {work}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    default_type application/octet-stream;
-    client_body_temp_path {work}/tmp;
-    proxy_temp_path {work}/tmp;
-    fastcgi_temp_path {work}/tmp;
-    uwsgi_temp_path {work}/tmp;
-    scgi_temp_path {work}/tmp;
-    sendfile off;
-    output_buffers 2 1m;
-    tcp_nodelay on;
-    keepalive_timeout 300s;
-    keepalive_requests 1000000;
+_SERVER = """\
     http2_max_requests 1000000;
     {tls_conf}
     server {{
         listen 127.0.0.1:{port}{listen_extra};
         root {root};
     }}
-}}
 """
 
 
 def start_nginx(stack: Cleanup, root: Path, work: Path, tls: tuple[Path, Path] | None, http2: bool) -> str:
-    (work / "tmp").mkdir(parents=True, exist_ok=True)
     port = free_port()
     tls_conf, listen_extra = "", ""
     if tls is not None:
@@ -93,28 +71,12 @@ def start_nginx(stack: Cleanup, root: Path, work: Path, tls: tuple[Path, Path] |
             "ssl_session_cache shared:SSL:10m; ssl_session_timeout 1h;"
         )
         listen_extra = " ssl http2" if http2 else " ssl"
-    conf = work / "nginx.conf"
-    conf.write_text(_NGINX_CONF.format(work=work, port=port, root=root, tls_conf=tls_conf, listen_extra=listen_extra))
-    stderr = open(work / "stderr.log", "wb")
-    stack.callback(stderr.close)
-    proc = subprocess.Popen(
-        ["nginx", "-p", str(work), "-c", str(conf)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=stderr,
-        start_new_session=True,
-    )
-    stack.callback(stop_process, proc, signal.SIGQUIT)
 
-    def up() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"nginx exited: {(work / 'stderr.log').read_text()[-500:]}")
-        import socket
-
+    def ready() -> bool:
         with socket.socket() as s:
             return s.connect_ex(("127.0.0.1", port)) == 0
 
-    wait_for(up, 15, "nginx")
+    run_nginx(stack, work, _SERVER.format(port=port, root=root, tls_conf=tls_conf, listen_extra=listen_extra), ready)
     return f"{'https' if tls else 'http'}://127.0.0.1:{port}"
 
 

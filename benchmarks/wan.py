@@ -201,28 +201,7 @@ def run_regime(quick: bool, extra: list[str], regime: Regime = Regime()) -> dict
 # ---------------------------------------------------------------------------------------------- inside
 
 
-_NGINX_CONF = """\
-load_module {echo};
-user root;
-daemon off;
-master_process on;
-worker_processes 1;
-pid {work}/nginx.pid;
-error_log {work}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    default_type application/octet-stream;
-    client_body_temp_path {work}/tmp;
-    proxy_temp_path {work}/tmp;
-    fastcgi_temp_path {work}/tmp;
-    uwsgi_temp_path {work}/tmp;
-    scgi_temp_path {work}/tmp;
-    sendfile off;
-    output_buffers 2 1m;
-    tcp_nodelay on;
-    keepalive_timeout 300s;
-    keepalive_requests 1000000;
+_HTTP = """\
     ssl_certificate {cert};
     ssl_certificate_key {key};
     ssl_session_cache shared:tls:10m;
@@ -256,43 +235,22 @@ http {{
             proxy_read_timeout 600s;
         }}
     }}
-}}
 """
 
 
 def start_tls_nginx(stack: Cleanup, work: Path, www: Path, pki: Any, ports: dict[str, int], latency_s: float) -> None:
-    (work / "tmp").mkdir(parents=True, exist_ok=True)
-    conf = work / "nginx.conf"
-    conf.write_text(
-        _NGINX_CONF.format(
-            echo=ECHO_MODULE,
-            work=work,
-            cert=pki.cert_file,
-            key=pki.key_file,
-            www=www,
-            blob_latency=f"{latency_s:g}",
-            **ports,
-        )  # fmt: skip
-    )
-    proc = subprocess.Popen(
-        ["nginx", "-p", str(work), "-c", str(conf)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=open(work / "stderr.log", "wb"),
-        start_new_session=True,
-    )
-    stack.callback(infra.stop_process, proc, signal.SIGQUIT)
+    http = _HTTP.format(cert=pki.cert_file, key=pki.key_file, www=www, blob_latency=f"{latency_s:g}", **ports)
     context = ssl.create_default_context(cafile=str(pki.ca_file))
 
-    def up() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"nginx exited: {(work / 'stderr.log').read_text()[-500:]}")
+    def ready() -> bool:
         try:
             return httpx.get(f"https://127.0.0.1:{ports['blob_port']}/", verify=context, timeout=2).status_code < 500
         except httpx.HTTPError:
             return False
 
-    infra.wait_for(up, 15, "nginx (TLS)")
+    infra.run_nginx(
+        stack, work, http, ready, head=f"load_module {ECHO_MODULE};\n", connections=4096, what="nginx (TLS)"
+    )
 
 
 class _ReadWhole:
@@ -531,36 +489,16 @@ class WanBench:
         self.fig["wan_seq_rclone"] = mount / self.fig["wan_seq_rclone_files_s"]
         self.fig["wan_seq_sdk"] = mount / self.fig["wan_seq_sdk_files_s"]
 
-    def get_parallel(self, urls: list[str], threads: int = 8) -> float:
-        """Seconds to GET every URL whole with ``threads`` threads over one pooled httpx client."""
-        limits = httpx.Limits(max_connections=threads, max_keepalive_connections=threads)
-        with httpx.Client(limits=limits, timeout=60, verify=self.verify) as client:
-
-            def one(url: str) -> int:
-                response = client.get(url)
-                response.raise_for_status()
-                return len(response.content)
-
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(threads) as pool:
-                t0 = time.perf_counter()
-                total = sum(pool.map(one, urls))
-                secs = time.perf_counter() - t0
+    def get_parallel(self, urls: list[str]) -> float:
+        """Seconds to GET every URL whole with 8 threads over one pooled httpx client."""
+        secs, total = infra.get_parallel(urls, 8, self.verify)
         assert total == len(urls) * self.sizes.file_bytes, total
         return secs
 
     def sdk_loop(self, title: str, k: int) -> float:
         client = self.emu.sdk()
         rows = sorted(client.get_dataset(self.dataset_hash[title]).data_rows, key=lambda r: r.title)[:k]
-        with httpx.Client(timeout=60, verify=self.verify) as http:
-            t0 = time.perf_counter()
-            for row in rows:
-                row.refetch_data(signed_url=True)
-                response = http.get(row.signed_url)
-                response.raise_for_status()
-                assert len(response.content) == self.sizes.file_bytes
-            return k / (time.perf_counter() - t0)
+        return infra.sdk_loop(rows, self.sizes.file_bytes, self.verify)
 
     def phase_epoch(self) -> None:
         from encordfs.ml import HintedSampler

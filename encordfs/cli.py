@@ -129,8 +129,8 @@ def serve(s: Settings, mountpoint: Path) -> int:
             metrics_server = _serve_metrics(s.metrics_port, mount)
         log.info("mounting %s at %s (binding %s)", s.domain, mountpoint, s.binding)
         timeouts = bindings.Timeouts(attr_s=s.metadata_ttl, entry_s=s.metadata_ttl)
-        binding.run(mount.fs, str(mountpoint), timeouts=timeouts, read_only=s.read_only, allow_other=s.allow_other,
-                    passthrough=s.passthrough)  # fmt: skip
+        flags = bindings.MountFlags(read_only=s.read_only, allow_other=s.allow_other, passthrough=s.passthrough)
+        binding.run(mount.fs, str(mountpoint), timeouts=timeouts, flags=flags)
         log.info("unmounted %s", mountpoint)
     finally:
         if metrics_server is not None:

@@ -575,7 +575,8 @@ def main(
     processes = min(processes, jobs)
     threads = -(-jobs // processes)
     shared = Shared(processes)
-    helpers = [_fork_helper(open_core, sources, dest, metadata, threads, shared, slot) for slot in range(1, processes)]
+    task = _Task(open_core, sources, dest, metadata, threads)
+    helpers = [_fork_helper(task, shared, slot) for slot in range(1, processes)]
     try:
         started = time.monotonic()
         core = open_core()
@@ -606,19 +607,22 @@ def main(
     return 1 if outcome.failures or outcome.fatal else 0
 
 
-def _fork_helper(
-    open_core: Callable[[], Core],
-    sources: list[str],
-    dest: Path,
-    metadata: str,
-    threads: int,
-    shared: Shared,
-    slot: int,
-) -> tuple[Any, Connection]:
+@dataclass(frozen=True)
+class _Task:
+    """What every process of one copy is given (``main``'s arguments)."""
+
+    open_core: Callable[[], Core]
+    sources: list[str]
+    dest: Path
+    metadata: str
+    threads: int
+
+
+def _fork_helper(task: _Task, shared: Shared, slot: int) -> tuple[Any, Connection]:
     receive, send = shared.ctx.Pipe(duplex=False)
     proc = shared.ctx.Process(
         target=_helper,
-        args=(open_core, sources, dest, metadata, threads, shared, slot, send, os.getpid()),
+        args=(task, shared, slot, send, os.getpid()),
         name=f"encordfs-cp-{slot}",
         daemon=True,
     )
@@ -627,25 +631,15 @@ def _fork_helper(
     return proc, receive
 
 
-def _helper(
-    open_core: Callable[[], Core],
-    sources: list[str],
-    dest: Path,
-    metadata: str,
-    threads: int,
-    shared: Shared,
-    slot: int,
-    send: Connection,
-    parent: int,
-) -> None:
+def _helper(task: _Task, shared: Shared, slot: int, send: Connection, parent: int) -> None:
     """A helper process: its own core, the same walk, files from the shared counter; its outcome goes
     back through ``send`` (never raises: a helper's failure is the parent's to report)."""
     report: dict[str, Any] = {}
     try:
-        core = open_core()
+        core = task.open_core()
         try:
-            copier = Copier(core.fs, dest, metadata, threads, shared, slot)
-            plan = copier.plan(sources)
+            copier = Copier(core.fs, task.dest, task.metadata, task.threads, shared, slot)
+            plan = copier.plan(task.sources)
             while not shared.planned.wait(REDRAW_EVERY_S):
                 if os.getppid() != parent:
                     return

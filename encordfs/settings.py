@@ -143,22 +143,11 @@ class Settings(BaseSettings):
         """A bad --ca-file is a one-line error before anything is mounted (never silently insecure)."""
         if value is None:
             return None
-        import ssl
+        from encordfs.core.fetch import ca_file_problem
 
-        try:
-            context = ssl.create_default_context(cafile=value)
-        except FileNotFoundError:
-            raise ValueError(f"{value} does not exist") from None
-        except IsADirectoryError:
-            raise ValueError(f"{value} is a directory, not a PEM file") from None
-        except PermissionError:
-            raise ValueError(f"{value} is not readable") from None
-        except (ssl.SSLError, OSError, ValueError) as exc:
-            raise ValueError(
-                f"{value} holds no usable PEM certificate ({getattr(exc, 'reason', None) or type(exc).__name__})"
-            ) from None
-        if not context.cert_store_stats().get("x509"):
-            raise ValueError(f"{value} holds no certificate")
+        problem = ca_file_problem(value)
+        if problem is not None:
+            raise ValueError(f"{value} {problem}")
         return value
 
     @field_validator("cache_size", "shared_block_limit", mode="before")

@@ -5,19 +5,22 @@ the ``domain=`` line, and always cleans up on exit — terminate, kill after 5 s
 it created — even when the test body raised. Its stderr goes to a log file whose tail is attached to
 startup failures.
 
-``make_keypair`` makes extra (e.g. unregistered) Ed25519 keys; ``sign_legacy`` / ``sign_v2`` build
-the SDK's auth headers independently of the SDK (wire reference §1.2, §1.3), so tests can send raw
-httpx requests and corrupt exactly one part of them.
+``storage_options`` are the ``encord://`` options for a running emulator. ``make_keypair`` makes
+extra (e.g. unregistered) Ed25519 keys; ``sign_legacy`` / ``sign_v2`` build the SDK's auth headers
+independently of the SDK (wire reference §1.2, §1.3), so tests can send raw httpx requests and
+corrupt exactly one part of them.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,17 @@ from encordfs.emulator.auth import keyid_of, write_keypair
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 5.0
+
+
+@contextlib.contextmanager
+def storage_options(emulator: RunningEmulator, prefix: str) -> Iterator[dict[str, Any]]:
+    """``encord://`` storage options (fsspec) for ``emulator`` and its key, with a cache dir of their
+    own (named ``prefix…``), removed at exit."""
+    cache = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield {"domain": emulator.domain, "ssh_key_file": str(emulator.key_file), "cache_dir": str(cache)}
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 def make_keypair(directory: Path, name: str = "extra_ed25519") -> Path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 from encordfs.backend import RowRecord
@@ -25,8 +27,11 @@ def row_record(
     *,
     data_type: str = "IMAGE",
     metadata: dict[str, Any] | None = None,
+    size: int | None = None,
+    item: str | None = None,
 ) -> RowRecord:
-    """A data row as a backend returns it; ``data`` gives its size (None: unknown)."""
+    """A data row as a backend returns it; ``data`` gives its size (None: ``size``, None if unknown).
+    Its storage item is ``item`` (default ``item-<uid>``)."""
     return RowRecord(
         uid=uid,
         dataset_uid=ds,
@@ -39,10 +44,20 @@ def row_record(
         frames_per_second=None,
         duration=None,
         file_link=f"link/{uid}",
-        file_size=len(data) if data is not None else None,
+        file_size=len(data) if data is not None else size,
         file_type="image/jpeg" if data_type == "IMAGE" else None,
         storage_location=0,
-        backing_item_uuid=f"item-{uid}",
+        backing_item_uuid=item or f"item-{uid}",
         is_image_sequence=False if data_type == "IMG_GROUP" else None,
         client_metadata=metadata,
     )
+
+
+def older_catalog(path: Path, version: int, change: str) -> None:
+    """Make the closed catalog at ``path`` what an older encordfs left: ``change`` (SQL) applied to it,
+    its schema version set to ``version``."""
+    raw = sqlite3.connect(path)
+    raw.execute(change)
+    raw.execute(f"PRAGMA user_version={version}")
+    raw.commit()
+    raw.close()

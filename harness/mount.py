@@ -87,6 +87,20 @@ class MountedFS:
         self.stop()
 
 
+def encordfs_cli(
+    *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m encordfs ARGS`` run to its end: output captured as text, stdin from /dev/null."""
+    return subprocess.run(
+        [sys.executable, "-m", "encordfs", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
+
+
 @contextmanager
 def temporary_mount(
     domain: str,

@@ -71,7 +71,7 @@ import numpy as np
 from encordfs.control import mounted_at
 from encordfs.emulator import synthetic
 from harness.emulator import RunningEmulator
-from harness.mount import MountedFS
+from harness.mount import MountedFS, encordfs_cli
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -369,10 +369,6 @@ def _count_wrong(got: bytes, want: bytes) -> int:
 
 def _status(mnt: Path) -> dict[str, Any]:
     return json.loads((mnt / ".encordfs" / "status.json").read_text())  # type: ignore[no-any-return]
-
-
-def encordfs_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "encordfs", *args], capture_output=True, text=True, timeout=timeout)
 
 
 # ---------------------------------------------------------------------------------------------- bytes

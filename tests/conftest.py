@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -85,6 +86,14 @@ def sample_emulator() -> Iterator[RunningEmulator]:
 
 
 @pytest.fixture(scope="module")
+def emulator(request: pytest.FixtureRequest) -> Iterator[RunningEmulator]:
+    """The module's own emulator (a module that changes data or needs generated rows does not share the
+    session's), started with the module's ``EMULATOR_ARGS``."""
+    with RunningEmulator(list(request.module.EMULATOR_ARGS)) as emu:
+        yield emu
+
+
+@pytest.fixture(scope="module")
 def sample_mount(sample_emulator: RunningEmulator) -> Iterator[MountedFS]:
     with temporary_mount(sample_emulator.domain, sample_emulator.key_file) as mounted:
         yield mounted
@@ -123,3 +132,15 @@ def labelled_emulator(labelled_tree: Labelled) -> Iterator[RunningEmulator]:
     """The labelled tree imported; read-only users share it (tests that write start their own)."""
     with RunningEmulator(["--import", str(labelled_tree.root)]) as emu:
         yield emu
+
+
+@pytest.fixture(scope="module")
+def efs(options: dict[str, Any]) -> Iterator[Any]:
+    """An ``EncordFileSystem`` (fsspec) over the module's ``options`` fixture, closed after the module."""
+    from encordfs.fsspec_impl import EncordFileSystem
+
+    fs = EncordFileSystem(**options)
+    try:
+        yield fs
+    finally:
+        fs.close()

@@ -13,7 +13,7 @@ import os
 import signal
 import stat
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,13 @@ def _tree(root: Path) -> dict[str, Any]:
     return out
 
 
+def _errno(call: Callable[..., Any], *args: Any) -> int | None:
+    """The errno of the ``OSError`` that ``call(*args)`` raises (it must raise one)."""
+    with pytest.raises(OSError) as info:
+        call(*args)
+    return info.value.errno
+
+
 def _first_file(folder: Path) -> Path:
     return next(p for p in sorted(folder.iterdir()) if p.is_file())
 
@@ -92,15 +99,9 @@ def test_missing_names_and_foreign_xattrs(kernel_mount: MountedFS) -> None:
         (kernel_mount.path / "no such dataset").stat()  # the negative entry, now from the kernel's cache
     some = _first_file(next(p for p in kernel_mount.path.iterdir() if p.is_dir()))
     for name in ("security.selinux", "system.posix_acl_access", "trusted.x"):
-        with pytest.raises(OSError) as info:
-            os.getxattr(some, name)
-        assert info.value.errno == errno.ENOTSUP
-    with pytest.raises(OSError) as info:
-        os.setxattr(some, "security.x", b"1")
-    assert info.value.errno == errno.ENOTSUP
-    with pytest.raises(OSError) as info:
-        os.getxattr(some, "user.encord.no_such_field")
-    assert info.value.errno == errno.ENODATA
+        assert _errno(os.getxattr, some, name) == errno.ENOTSUP
+    assert _errno(os.setxattr, some, "security.x", b"1") == errno.ENOTSUP
+    assert _errno(os.getxattr, some, "user.encord.no_such_field") == errno.ENODATA
     assert (kernel_mount.path / ".encordfs" / "status.json").read_bytes().startswith(b"{")
 
 
@@ -110,16 +111,10 @@ def test_setfattr_round_trip(kernel_mount: MountedFS) -> None:
     subprocess.run(["setfattr", "-n", name, "-v", '"\\"probe\\""', str(row)], check=True)
     assert os.getxattr(row, name) == b'"probe"'
     assert b'"kernel_probe":"probe"' in os.getxattr(row, "user.encord.client_metadata")
-    with pytest.raises(OSError) as info:
-        os.setxattr(row, name, b"1", os.XATTR_CREATE)
-    assert info.value.errno == errno.EEXIST
+    assert _errno(os.setxattr, row, name, b"1", os.XATTR_CREATE) == errno.EEXIST
     os.removexattr(row, name)
-    with pytest.raises(OSError) as info:
-        os.getxattr(row, name)
-    assert info.value.errno == errno.ENODATA
-    with pytest.raises(OSError) as info:
-        os.setxattr(row, "user.encord.uid", b"x")
-    assert info.value.errno == errno.EPERM
+    assert _errno(os.getxattr, row, name) == errno.ENODATA
+    assert _errno(os.setxattr, row, "user.encord.uid", b"x") == errno.EPERM
     fd = os.open(row, os.O_RDONLY)
     try:
         os.fsync(fd)  # waits until both changes have landed

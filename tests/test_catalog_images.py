@@ -137,18 +137,16 @@ def test_foreign_or_damaged_images_are_refused(tmp_path: Path, exported: tuple[P
     path, _ = exported
     with pytest.raises(images.ImageError, match="rows"):
         images.open_image(path, expect_rows=3)
-    other = tmp_path / "other.image"
-    other.write_bytes(path.read_bytes())
-    with sqlite3.connect(other) as conn:
-        conn.execute("UPDATE meta SET value=99 WHERE key='format'")
-    with pytest.raises(images.ImageError, match="format"):
-        images.open_image(other)
-    noindex = tmp_path / "noindex.image"
-    noindex.write_bytes(path.read_bytes())
-    with sqlite3.connect(noindex) as conn:
-        conn.execute("DROP INDEX rows_name_key")
-    with pytest.raises(images.ImageError, match="schema"):
-        images.open_image(noindex)
+    for name, change, words in (
+        ("other", "UPDATE meta SET value=99 WHERE key='format'", "format"),
+        ("noindex", "DROP INDEX rows_name_key", "schema"),
+    ):
+        changed = tmp_path / f"{name}.image"
+        changed.write_bytes(path.read_bytes())
+        with sqlite3.connect(changed) as conn:
+            conn.execute(change)
+        with pytest.raises(images.ImageError, match=words):
+            images.open_image(changed)
     garbage = tmp_path / "garbage.image"
     garbage.write_bytes(b"not a database" * 100)
     with pytest.raises(images.ImageError):

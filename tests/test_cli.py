@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from encordfs.control import mounted_at
 from harness.emulator import RunningEmulator, make_keypair
+from harness.mount import encordfs_cli
+
+_encordfs = functools.partial(encordfs_cli, timeout=60)
 
 
-def _encordfs(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "encordfs", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
+def _mount(mountpoint: Path, domain: str, key_file: str | Path, cache_dir: Path, *extra: str) -> Any:
+    """``encordfs mount`` of ``domain`` at ``mountpoint`` with that key and cache dir, then ``extra``."""
+    return _encordfs(
+        "mount", str(mountpoint), "--domain", domain, "--ssh-key-file", str(key_file), "--cache-dir", str(cache_dir),
+        *extra,
+    )  # fmt: skip
 
 
 def _assert_clean_failure(done: subprocess.CompletedProcess[str], mountpoint: Path, *words: str) -> None:
@@ -38,70 +40,32 @@ def test_unregistered_key(tmp_path: Path, shape_emulator: RunningEmulator, foreg
     stranger = make_keypair(tmp_path)
     (tmp_path / "mnt").mkdir()
     extra = ["--foreground"] if foreground else []
-    done = _encordfs(
-        "mount",
-        str(tmp_path / "mnt"),
-        "--domain",
-        shape_emulator.domain,
-        "--ssh-key-file",
-        str(stranger),
-        "--cache-dir",
-        str(tmp_path / "c"),
-        *extra,
-    )
+    done = _mount(tmp_path / "mnt", shape_emulator.domain, stranger, tmp_path / "c", *extra)
     _assert_clean_failure(done, tmp_path / "mnt", "refused the key")
     assert done.returncode == 1
 
 
 def test_missing_key_file(tmp_path: Path, sample_emulator: RunningEmulator) -> None:
     (tmp_path / "mnt").mkdir()
-    done = _encordfs(
-        "mount",
-        str(tmp_path / "mnt"),
-        "--domain",
-        sample_emulator.domain,
-        "--ssh-key-file",
-        str(tmp_path / "nope"),
-        "--cache-dir",
-        str(tmp_path / "c"),
-        "-f",
-    )
+    done = _mount(tmp_path / "mnt", sample_emulator.domain, tmp_path / "nope", tmp_path / "c", "-f")
     _assert_clean_failure(done, tmp_path / "mnt", "not found")
 
 
 def test_unreachable_domain(tmp_path: Path, sample_emulator: RunningEmulator) -> None:
     (tmp_path / "mnt").mkdir()
     assert sample_emulator.key_file is not None
-    done = _encordfs(
-        "mount",
-        str(tmp_path / "mnt"),
-        "--domain",
-        "http://127.0.0.1:9",
-        "--ssh-key-file",
-        str(sample_emulator.key_file),
-        "--cache-dir",
-        str(tmp_path / "c"),
-        "-f",
-    )
+    done = _mount(tmp_path / "mnt", "http://127.0.0.1:9", sample_emulator.key_file, tmp_path / "c", "-f")
     _assert_clean_failure(done, tmp_path / "mnt", "reach")
 
 
 def test_missing_and_nonempty_mountpoint(tmp_path: Path, sample_emulator: RunningEmulator) -> None:
     assert sample_emulator.key_file is not None
-    common = [
-        "--domain",
-        sample_emulator.domain,
-        "--ssh-key-file",
-        str(sample_emulator.key_file),
-        "--cache-dir",
-        str(tmp_path / "c"),
-    ]
-    done = _encordfs("mount", str(tmp_path / "absent"), *common)
+    done = _mount(tmp_path / "absent", sample_emulator.domain, sample_emulator.key_file, tmp_path / "c")
     _assert_clean_failure(done, tmp_path / "absent", "does not exist")
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "file").write_text("x")
-    done = _encordfs("mount", str(busy), *common)
+    done = _mount(busy, sample_emulator.domain, sample_emulator.key_file, tmp_path / "c")
     _assert_clean_failure(done, busy, "not empty")
 
 
@@ -114,16 +78,7 @@ def test_mount_and_unmount_in_background(tmp_path: Path, sample_emulator: Runnin
     assert sample_emulator.key_file is not None
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    done = _encordfs(
-        "mount",
-        str(mnt),
-        "--domain",
-        sample_emulator.domain,
-        "--ssh-key-file",
-        str(sample_emulator.key_file),
-        "--cache-dir",
-        str(tmp_path / "c"),
-    )
+    done = _mount(mnt, sample_emulator.domain, sample_emulator.key_file, tmp_path / "c")
     try:
         assert done.returncode == 0, done.stderr
         assert mounted_at(mnt) == "fuse.encordfs"

@@ -126,6 +126,16 @@ def _published(node: Node, count: int, timeout_s: float = 20.0) -> None:
         time.sleep(0.05)
 
 
+def _shared_after_reading(nodes: Callable[..., Node], path: str) -> Node:
+    """Node ``a`` (shared blocks) once it has listed, read ``path`` and published its listings and the blocks."""
+    a = nodes("a", shared_blocks=True)
+    a.names()
+    a.read(path)
+    _published(a, 2)
+    assert a.mount.fs.reader.cache.flush(10)  # type: ignore[attr-defined]
+    return a
+
+
 def test_a_second_node_lists_from_the_cluster_with_the_same_names(
     nodes: Callable[..., Node], encord: FreshUrls
 ) -> None:
@@ -270,11 +280,7 @@ def test_blocks_read_by_one_node_come_from_redis_for_the_others(nodes: Callable[
 def test_a_block_or_listing_that_fails_its_check_is_ignored(
     nodes: Callable[..., Node], encord: FreshUrls, redis_server: RunningRedis
 ) -> None:
-    a = nodes("a", shared_blocks=True)
-    a.names()
-    a.read("/street/img001.jpg")
-    _published(a, 2)
-    assert a.mount.fs.reader.cache.flush(10)  # type: ignore[attr-defined]
+    a = _shared_after_reading(nodes, "/street/img001.jpg")
     r = redis_server.client()
     for key in r.scan_iter(match="encordfs:*:b:*"):
         value = bytearray(r.get(key))
@@ -414,11 +420,7 @@ def test_a_listing_or_block_of_another_format_is_ignored(
 ) -> None:
     import json
 
-    a = nodes("a", shared_blocks=True)
-    a.names()
-    a.read("/street/img002.jpg")
-    _published(a, 2)
-    assert a.mount.fs.reader.cache.flush(10)  # type: ignore[attr-defined]
+    a = _shared_after_reading(nodes, "/street/img002.jpg")
     r = redis_server.client()
     for key in r.scan_iter(match="encordfs:*:f:*:m"):
         manifest = json.loads(r.get(key))

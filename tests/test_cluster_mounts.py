@@ -27,10 +27,7 @@ ROWS = 60
 SIZE = 3000
 
 
-@pytest.fixture(scope="module")
-def emu() -> Iterator[RunningEmulator]:
-    with RunningEmulator(["--generate", f"shared:{ROWS}:{SIZE}"]) as emulator:
-        yield emulator
+EMULATOR_ARGS = ["--generate", f"shared:{ROWS}:{SIZE}"]  # for conftest's ``emulator``
 
 
 @pytest.fixture()
@@ -39,8 +36,10 @@ def redis_server() -> Iterator[RunningRedis]:
         yield server
 
 
-def _node(emu: RunningEmulator, redis_server: RunningRedis, *extra: str) -> AbstractContextManager[MountedFS]:
-    return temporary_mount(emu.domain, emu.key_file, "--shared", redis_server.url, *extra, prefix="encordfs-cluster-")
+def _node(emulator: RunningEmulator, redis_server: RunningRedis, *extra: str) -> AbstractContextManager[MountedFS]:
+    return temporary_mount(
+        emulator.domain, emulator.key_file, "--shared", redis_server.url, *extra, prefix="encordfs-cluster-"
+    )
 
 
 def _status(m: MountedFS) -> dict[str, Any]:
@@ -67,22 +66,24 @@ def _digests(m: MountedFS, names: list[str]) -> list[str]:
     return [hashlib.sha256((m.path / "shared" / n).read_bytes()).hexdigest() for n in names]
 
 
-def test_nodes_share_the_listing_the_signing_and_the_bytes(emu: RunningEmulator, redis_server: RunningRedis) -> None:
-    emu.reset()
+def test_nodes_share_the_listing_the_signing_and_the_bytes(
+    emulator: RunningEmulator, redis_server: RunningRedis
+) -> None:
+    emulator.reset()
     with ExitStack() as stack:
-        a = stack.enter_context(_node(emu, redis_server, "--shared-blocks"))
+        a = stack.enter_context(_node(emulator, redis_server, "--shared-blocks"))
         listing = _listing(a)
         names = [n for n, _ in listing]
         assert len(names) == ROWS
         expected = _digests(a, names)
         _wait(lambda: _counter(a, "shared.snapshot_publishes") >= 2, "the listings to be published")
         _wait(lambda: _counter(a, "shared.blocks_published") >= ROWS, "the blocks to be published")
-        before = emu.stats()
+        before = emulator.stats()
         assert before["legacy.dataset"] == 1 and before["v2.items.get_bulk"] == 1
         assert before["blob.requests"] == ROWS
 
-        b = stack.enter_context(_node(emu, redis_server, "--shared-blocks"))
-        c = stack.enter_context(_node(emu, redis_server, "--shared-blocks"))
+        b = stack.enter_context(_node(emulator, redis_server, "--shared-blocks"))
+        c = stack.enter_context(_node(emulator, redis_server, "--shared-blocks"))
         assert _listing(b) == listing and _listing(c) == listing
         seen: dict[str, list[str]] = {}
         threads = [threading.Thread(target=lambda m=m, k=k: seen.__setitem__(k, _digests(m, names))) for k, m in
@@ -92,7 +93,7 @@ def test_nodes_share_the_listing_the_signing_and_the_bytes(emu: RunningEmulator,
         for t in threads:
             t.join(120)
         assert seen == {"b": expected, "c": expected}
-        after = emu.stats()
+        after = emulator.stats()
         # nodes b and c cost Encord nothing: no listing, no signing, no byte from the origin
         for endpoint in ("legacy.dataset", "v2.datasets.list", "v2.items.get_bulk", "blob.requests", "blob.bytes"):
             assert after[endpoint] == before[endpoint], endpoint
@@ -102,11 +103,11 @@ def test_nodes_share_the_listing_the_signing_and_the_bytes(emu: RunningEmulator,
 
 
 def test_signing_happens_once_per_cluster_without_shared_blocks(
-    emu: RunningEmulator, redis_server: RunningRedis
+    emulator: RunningEmulator, redis_server: RunningRedis
 ) -> None:
-    emu.reset()
+    emulator.reset()
     with ExitStack() as stack:
-        nodes = [stack.enter_context(_node(emu, redis_server)) for _ in range(3)]
+        nodes = [stack.enter_context(_node(emulator, redis_server)) for _ in range(3)]
         names = [n for n, _ in _listing(nodes[0])]
         results: list[list[str]] = []
         threads = [threading.Thread(target=lambda m=m: results.append(_digests(m, names))) for m in nodes]
@@ -115,15 +116,15 @@ def test_signing_happens_once_per_cluster_without_shared_blocks(
         for t in threads:
             t.join(120)
         assert len(results) == 3 and results[0] == results[1] == results[2]
-        stats = emu.stats()
+        stats = emulator.stats()
         assert stats["v2.items.get_bulk"] == 1 and stats["legacy.dataset"] == 1
         assert stats["blob.requests"] == 3 * ROWS  # without --shared-blocks every node reads the origin
 
 
 def test_a_landed_write_on_one_node_shows_on_another_before_its_ttl(
-    emu: RunningEmulator, redis_server: RunningRedis
+    emulator: RunningEmulator, redis_server: RunningRedis
 ) -> None:
-    with _node(emu, redis_server) as a, _node(emu, redis_server) as b:
+    with _node(emulator, redis_server) as a, _node(emulator, redis_server) as b:
         names = [n for n, _ in _listing(a)]
         _listing(b)
         target = names[5]
@@ -143,9 +144,9 @@ def test_a_landed_write_on_one_node_shows_on_another_before_its_ttl(
 
 
 def test_redis_killed_mid_read_costs_no_read_error_and_nodes_rejoin(
-    emu: RunningEmulator, redis_server: RunningRedis
+    emulator: RunningEmulator, redis_server: RunningRedis
 ) -> None:
-    with _node(emu, redis_server, "--shared-blocks") as a, _node(emu, redis_server, "--shared-blocks") as b:
+    with _node(emulator, redis_server, "--shared-blocks") as a, _node(emulator, redis_server, "--shared-blocks") as b:
         names = [n for n, _ in _listing(a)]
         _listing(b)
         failures: list[BaseException] = []
@@ -177,28 +178,28 @@ def test_redis_killed_mid_read_costs_no_read_error_and_nodes_rejoin(
             assert "Traceback" not in log
 
 
-def _mount_cli(emu: RunningEmulator, tmp: Path, *extra: str, env: dict[str, str] | None = None) -> Any:
+def _mount_cli(emulator: RunningEmulator, tmp: Path, *extra: str, env: dict[str, str] | None = None) -> Any:
     (tmp / "mnt").mkdir(exist_ok=True)
     return subprocess.run(
-        [sys.executable, "-m", "encordfs", "mount", str(tmp / "mnt"), "--domain", emu.domain, "--ssh-key-file",
-         str(emu.key_file), "--cache-dir", str(tmp / "cache"), *extra],
+        [sys.executable, "-m", "encordfs", "mount", str(tmp / "mnt"), "--domain", emulator.domain, "--ssh-key-file",
+         str(emulator.key_file), "--cache-dir", str(tmp / "cache"), *extra],
         capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
     )  # fmt: skip
 
 
-def test_a_mount_that_cannot_share_fails_with_one_line(emu: RunningEmulator, tmp_path: Path) -> None:
-    bad = _mount_cli(emu, tmp_path, "--shared", "redis://:hunter2@127.0.0.1:notaport/0")
+def test_a_mount_that_cannot_share_fails_with_one_line(emulator: RunningEmulator, tmp_path: Path) -> None:
+    bad = _mount_cli(emulator, tmp_path, "--shared", "redis://:hunter2@127.0.0.1:notaport/0")
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1
     assert bad.stderr.startswith("encordfs: error: --shared: has a port") and "hunter2" not in bad.stderr
-    nobody = _mount_cli(emu, tmp_path, "--shared", "redis://127.0.0.1:1/0")
+    nobody = _mount_cli(emulator, tmp_path, "--shared", "redis://127.0.0.1:1/0")
     assert nobody.returncode == 1 and nobody.stderr.count("\n") == 1
     assert "cannot reach Redis at redis://127.0.0.1:1/0" in nobody.stderr
     with RunningRedis(password="sesame") as locked:
-        wrong = _mount_cli(emu, tmp_path, "--shared", f"redis://:hunter2@127.0.0.1:{locked.port}/0")
+        wrong = _mount_cli(emulator, tmp_path, "--shared", f"redis://:hunter2@127.0.0.1:{locked.port}/0")
         assert wrong.returncode == 1 and wrong.stderr.count("\n") == 1
         assert "refused the password" in wrong.stderr and "hunter2" not in wrong.stderr + wrong.stdout
         # the right one from the environment: mounts, and the password is on no command line
-        done = _mount_cli(emu, tmp_path, "--shared", locked.url, env={"ENCORDFS_REDIS_PASSWORD": "sesame"})
+        done = _mount_cli(emulator, tmp_path, "--shared", locked.url, env={"ENCORDFS_REDIS_PASSWORD": "sesame"})
         assert done.returncode == 0, done.stderr
         try:
             pid = int(done.stdout.split("(pid ", 1)[1].split(",", 1)[0])

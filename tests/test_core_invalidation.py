@@ -12,7 +12,7 @@ import pytest
 
 from encordfs import errors
 from encordfs.app import _landed
-from encordfs.backend import DatasetRecord, PushOutcome, RowRecord
+from encordfs.backend import DatasetRecord, PushOutcome
 from encordfs.backend.memory import MemoryBackend
 from encordfs.core.blockcache import MemoryBlockCache
 from encordfs.core.catalog import ROOT_INO, Catalog
@@ -20,28 +20,7 @@ from encordfs.core.fs import CONTROL_INO, CONTROL_NAME, EncordFS, Options
 from encordfs.core.reader import ReadPipeline
 from encordfs.core.urls import SignedUrlCache
 from encordfs.core.writes import WriteQueue
-
-
-def _row(uid: str, title: str, size: int, edited: float = 1.5e9) -> RowRecord:
-    return RowRecord(
-        uid=uid,
-        dataset_uid="ds1",
-        title=title,
-        data_type="IMAGE",
-        created_at=1.0e9,
-        last_edited_at=edited,
-        width=4,
-        height=3,
-        frames_per_second=None,
-        duration=None,
-        file_link=f"link/{uid}",
-        file_size=size,
-        file_type="image/jpeg",
-        storage_location=0,
-        backing_item_uuid=f"item-{uid}",
-        is_image_sequence=None,
-        client_metadata=None,
-    )
+from harness.fakes import row_record
 
 
 class _NoFetch:
@@ -54,7 +33,7 @@ def world(tmp_path: Path) -> Iterator[tuple[EncordFS, MemoryBackend, list[tuple[
     backend = MemoryBackend()
     backend.add_dataset(DatasetRecord("ds1", "street", "d", 1e9, 1e9, 0, "folder1", "admin"))
     for uid, title, size in (("r1", "a.jpg", 10), ("r2", "b.jpg", 20), ("r3", "c.jpg", 30)):
-        backend.add_row(_row(uid, title, size))
+        backend.add_row(row_record(uid, "ds1", title, None, size=size))
     catalog = Catalog(tmp_path / "catalog.sqlite")
     reader = ReadPipeline(_NoFetch(), MemoryBlockCache(1 << 20))
     writes = WriteQueue.open(tmp_path / "journal.sqlite", backend.push, start=False)
@@ -84,7 +63,7 @@ def test_a_refresh_announces_exactly_what_changed(world: Any) -> None:
     backend.rows["ds1"] = [
         dataclasses.replace(rows["r1"], title="renamed.jpg"),  # renamed on the server
         dataclasses.replace(rows["r2"], file_size=99, last_edited_at=1.6e9),  # content changed
-        _row("r4", "new.jpg", 5),  # added; r3 deleted
+        row_record("r4", "ds1", "new.jpg", None, size=5),  # added; r3 deleted
     ]
     fs.refresh(ds)
     assert sorted(h for h in heard if h[0] == "entry") == sorted(

@@ -67,17 +67,22 @@ def test_probe_webm_asset() -> None:
     assert (info.width, info.height, info.duration_s, info.fps, info.frame_count) == (160, 120, 1.0, 10.0, 10)
 
 
+def _audio_16bit(mime: str, duration_s: float, rate: int, codec: str, channels: int) -> MediaInfo:
+    """What ``probe`` should say of a 16-bit audio file."""
+    return MediaInfo(
+        data_type="AUDIO",
+        mime_type=mime,
+        duration_s=duration_s,
+        audio_sample_rate=rate,
+        audio_bit_depth=16,
+        audio_codec=codec,
+        audio_num_channels=channels,
+    )
+
+
 def test_probe_flac_and_mp3_assets() -> None:
     flac = media.probe(ASSETS / "chime.flac")
-    assert flac == MediaInfo(
-        data_type="AUDIO",
-        mime_type="audio/flac",
-        duration_s=1.5,
-        audio_sample_rate=22050,
-        audio_bit_depth=16,
-        audio_codec="flac",
-        audio_num_channels=1,
-    )
+    assert flac == _audio_16bit("audio/flac", 1.5, 22050, "flac", 1)
     mp3 = media.probe(ASSETS / "chime.mp3")
     assert mp3 is not None and mp3.mime_type == "audio/mpeg" and mp3.audio_codec == "mp3"
     assert mp3.audio_sample_rate == 22050 and mp3.audio_num_channels == 1
@@ -106,15 +111,7 @@ def test_probe_images(tmp_path: Path, name: str, fmt: str, size: tuple[int, int]
 def test_probe_wav(tmp_path: Path) -> None:
     sample.write_wav(tmp_path / "mono.wav", seconds=2.0, rate=16000)
     sample.write_wav(tmp_path / "stereo.wav", seconds=0.5, rate=44100, channels=2)
-    assert media.probe(tmp_path / "mono.wav") == MediaInfo(
-        data_type="AUDIO",
-        mime_type="audio/wav",
-        duration_s=2.0,
-        audio_sample_rate=16000,
-        audio_bit_depth=16,
-        audio_codec="pcm_s16le",
-        audio_num_channels=1,
-    )
+    assert media.probe(tmp_path / "mono.wav") == _audio_16bit("audio/wav", 2.0, 16000, "pcm_s16le", 1)
     stereo = media.probe(tmp_path / "stereo.wav")
     assert stereo is not None and stereo.audio_num_channels == 2 and stereo.duration_s == 0.5
 

@@ -47,6 +47,13 @@ class MemoryFetcher:
         return len(self.backend.blobs[url_source(False).removeprefix("mem://")])
 
 
+def _memory_reader(fetcher: MemoryFetcher, budget: int) -> ReadPipeline:
+    """A read pipeline over ``fetcher`` with a memory cache and memory budget of ``budget`` bytes, 1 MiB parts."""
+    return ReadPipeline(
+        fetcher, MemoryBlockCache(budget), small_file_bytes=1 << 20, part_bytes=1 << 20, memory_budget_bytes=budget
+    )
+
+
 @pytest.fixture()
 def world(tmp_path: Path):  # type: ignore[no-untyped-def]
     backend = MemoryBackend()
@@ -64,9 +71,7 @@ def world(tmp_path: Path):  # type: ignore[no-untyped-def]
     catalog = Catalog(tmp_path / "catalog.sqlite")
     fetcher = MemoryFetcher(backend)
     urls = SignedUrlCache(backend.sign, clock=clock)
-    reader = ReadPipeline(
-        fetcher, MemoryBlockCache(64 << 20), small_file_bytes=1 << 20, part_bytes=1 << 20, memory_budget_bytes=64 << 20
-    )
+    reader = _memory_reader(fetcher, 64 << 20)
     fs = EncordFS(backend, catalog, reader, urls, Options(uid=0, gid=0, metadata_ttl_s=60), clock=clock)
     yield fs, backend, clock, fetcher
     fs.close()
@@ -176,13 +181,7 @@ def test_one_signing_call_for_a_folder(tmp_path: Path) -> None:
         backend.add_row(_row(f"r{i:05d}", "ds", f"{i}.jpg", b"z"), b"z")
     catalog = Catalog(tmp_path / "c.sqlite")
     urls = SignedUrlCache(backend.sign)
-    reader = ReadPipeline(
-        MemoryFetcher(backend),
-        MemoryBlockCache(1 << 26),
-        memory_budget_bytes=1 << 26,
-        small_file_bytes=1 << 20,
-        part_bytes=1 << 20,
-    )
+    reader = _memory_reader(MemoryFetcher(backend), 1 << 26)
     fs = EncordFS(backend, catalog, reader, urls, Options(uid=0, gid=0))
     try:
         for i in range(1500):
@@ -202,13 +201,7 @@ def test_metadata_size_limit_and_validation(tmp_path: Path) -> None:
     backend.add_row(_row("r1", "ds", "a.jpg", b"z", metadata={"k": 1}), b"z")
     catalog = Catalog(tmp_path / "c.sqlite")
     writes = WriteQueue.open(tmp_path / "journal.sqlite", backend.push, start=False)
-    reader = ReadPipeline(
-        MemoryFetcher(backend),
-        MemoryBlockCache(1 << 24),
-        memory_budget_bytes=1 << 24,
-        small_file_bytes=1 << 20,
-        part_bytes=1 << 20,
-    )
+    reader = _memory_reader(MemoryFetcher(backend), 1 << 24)
     fs = EncordFS(
         backend,
         catalog,
@@ -256,13 +249,7 @@ def test_concurrent_readers_of_a_folder_sign_in_full_batches(tmp_path: Path) -> 
         return plain_sign(ids)
 
     catalog = Catalog(tmp_path / "c.sqlite")
-    reader = ReadPipeline(
-        MemoryFetcher(backend),
-        MemoryBlockCache(1 << 26),
-        memory_budget_bytes=1 << 26,
-        small_file_bytes=1 << 20,
-        part_bytes=1 << 20,
-    )
+    reader = _memory_reader(MemoryFetcher(backend), 1 << 26)
     fs = EncordFS(backend, catalog, reader, SignedUrlCache(slow_sign), Options(uid=0, gid=0))
     try:
         names = [n for n, _ in fs.readdir(fs.resolve("/many"))]
@@ -337,10 +324,7 @@ def legacy_world(tmp_path: Path):  # type: ignore[no-untyped-def]
     backend.member_errors["item-E"] = "listing the members of E: not authorised; data row E: not authorised"
     catalog = Catalog(tmp_path / "catalog.sqlite")
     urls = SignedUrlCache(backend.sign)
-    reader = ReadPipeline(
-        MemoryFetcher(backend), MemoryBlockCache(1 << 24), small_file_bytes=1 << 20, part_bytes=1 << 20,
-        memory_budget_bytes=1 << 24,
-    )  # fmt: skip
+    reader = _memory_reader(MemoryFetcher(backend), 1 << 24)
     fs = EncordFS(backend, catalog, reader, urls, Options(uid=0, gid=0))
     yield fs, backend, urls
     fs.close()

@@ -18,7 +18,6 @@ import errno
 import hashlib
 import multiprocessing
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,26 +29,14 @@ from fsspec.implementations.local import LocalFileSystem
 
 from encordfs.core import xattrs
 from encordfs.fsspec_impl import PRIVATE_CACHE_PREFIX, EncordFile, EncordFileSystem
-from harness.emulator import RunningEmulator
+from harness.emulator import RunningEmulator, storage_options
 from harness.mount import MountedFS
 
 
 @pytest.fixture(scope="module")
 def options(sample_emulator: RunningEmulator) -> Iterator[dict[str, Any]]:
-    cache = Path(tempfile.mkdtemp(prefix="fsspec-test-cache-"))
-    try:
-        yield {"domain": sample_emulator.domain, "ssh_key_file": str(sample_emulator.key_file), "cache_dir": str(cache)}
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def efs(options: dict[str, Any]) -> Iterator[EncordFileSystem]:
-    fs = EncordFileSystem(**options)
-    try:
-        yield fs
-    finally:
-        fs.close()
+    with storage_options(sample_emulator, "fsspec-test-cache-") as found:
+        yield found
 
 
 @pytest.fixture(scope="module")

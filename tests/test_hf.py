@@ -4,8 +4,6 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,27 +11,14 @@ from typing import Any
 import pytest
 
 from encordfs.fsspec_impl import EncordFileSystem
-from harness.emulator import RunningEmulator
+from harness.emulator import RunningEmulator, storage_options
 from harness.trees import CSV_TEXT, LABELS, Labelled
 
 
 @pytest.fixture(scope="module")
 def options(labelled_emulator: RunningEmulator) -> Iterator[dict[str, Any]]:
-    cache = Path(tempfile.mkdtemp(prefix="hf-test-cache-"))
-    try:
-        yield {"domain": labelled_emulator.domain, "ssh_key_file": str(labelled_emulator.key_file),
-               "cache_dir": str(cache)}  # fmt: skip
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def efs(options: dict[str, Any]) -> Iterator[EncordFileSystem]:
-    fs = EncordFileSystem(**options)
-    try:
-        yield fs
-    finally:
-        fs.close()
+    with storage_options(labelled_emulator, "hf-test-cache-") as found:
+        yield found
 
 
 def test_fsspec_walks_views(efs: EncordFileSystem, labelled_tree: Labelled) -> None:

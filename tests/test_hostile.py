@@ -8,7 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from encordfs import errors
-from encordfs.backend import DatasetRecord, RowRecord
+from encordfs.backend import DatasetRecord
 from encordfs.backend.memory import MemoryBackend
 from encordfs.core import names
 from encordfs.core.blockcache import MemoryBlockCache
@@ -27,6 +27,7 @@ from encordfs.core.reader import ReadPipeline
 from encordfs.core.urls import SignedUrlCache
 from encordfs.core.writes import WriteQueue
 from harness import scenarios as suites
+from harness.fakes import row_record
 
 XATTR_ERRNOS = {errno.EINVAL, errno.EPERM, errno.ENOTSUP, errno.ENODATA, errno.EEXIST, errno.E2BIG}
 PATH_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG, errno.EINVAL}
@@ -41,28 +42,6 @@ class _Fetcher:
         out[:] = self.backend.fetch(url_source(False), start, start + len(out))
 
 
-def _row(uid: str, title: str, metadata: dict[str, Any] | None = None) -> RowRecord:
-    return RowRecord(
-        uid=uid,
-        dataset_uid="ds1",
-        title=title,
-        data_type="IMAGE",
-        created_at=1.0e9,
-        last_edited_at=1.5e9,
-        width=4,
-        height=3,
-        frames_per_second=None,
-        duration=None,
-        file_link=f"link/{uid}",
-        file_size=4,
-        file_type="image/jpeg",
-        storage_location=0,
-        backing_item_uuid=f"item-{uid}",
-        is_image_sequence=None,
-        client_metadata=metadata,
-    )
-
-
 class World:
     """A core over an in-memory backend with a real journal whose worker never runs (nothing lands)."""
 
@@ -70,7 +49,9 @@ class World:
         self.backend = MemoryBackend()
         self.backend.add_dataset(DatasetRecord("ds1", "data", "d", 1e9, 1e9, 0, "folder1", "admin"))
         for n, title in enumerate(titles):
-            self.backend.add_row(_row(f"r{n}", title, {"split": "train", "n": n}), b"abcd")
+            self.backend.add_row(
+                row_record(f"r{n}", "ds1", title, b"abcd", metadata={"split": "train", "n": n}), b"abcd"
+            )
         self.catalog = Catalog(root / "catalog.sqlite")
         self.reader = ReadPipeline(
             _Fetcher(self.backend),
@@ -227,29 +208,30 @@ def test_fuzzed_titles_make_valid_unique_names(titles: list[str]) -> None:
 # ---------------------------------------------------------------------------------------------- a real mount
 
 
+def _small_workspace(
+    tmp_path: Path, small_rows: int, suite: Callable[[suites.Workspace], dict[str, Any]]
+) -> dict[str, Any]:
+    """The figures of ``suite`` over a small real workspace: one large row of 1,000 bytes, ``small_rows``
+    small ones, one real file."""
+    spec = suites.WorkspaceSpec(large_rows=1, large_bytes=1000, small_rows=small_rows, real_files=1)
+    with suites.Workspace(tmp_path, spec) as ws:
+        return suite(ws)
+
+
 @pytest.mark.usefixtures("binding")
 def test_real_mount_fuzz(tmp_path: Path) -> None:
-    with suites.Workspace(
-        tmp_path, suites.WorkspaceSpec(large_rows=1, large_bytes=1000, small_rows=6, real_files=1)
-    ) as ws:
-        figures = suites.hostile_suite(ws, cases=150)
+    figures = _small_workspace(tmp_path, 6, lambda ws: suites.hostile_suite(ws, cases=150))
     assert figures["hostile_failures"] == 0 and figures["hangs"] == 0, figures
 
 
 @pytest.mark.usefixtures("binding")
 def test_real_mount_hostile_titles_always_load(tmp_path: Path) -> None:
     """NFC/NFD pairs and ~id exhaustion sets, added to a loaded folder and loaded again: no failed load."""
-    with suites.Workspace(
-        tmp_path, suites.WorkspaceSpec(large_rows=1, large_bytes=1000, small_rows=2, real_files=1)
-    ) as ws:
-        figures = suites.names_suite(ws, rounds=2)
+    figures = _small_workspace(tmp_path, 2, lambda ws: suites.names_suite(ws, rounds=2))
     assert figures["names_loads"] >= 6 and figures["names_failed_loads"] == 0, figures
 
 
 @pytest.mark.usefixtures("binding")
 def test_real_mount_deleted_siblings_never_fail_a_read(tmp_path: Path) -> None:
-    with suites.Workspace(
-        tmp_path, suites.WorkspaceSpec(large_rows=1, large_bytes=1000, small_rows=12, real_files=1)
-    ) as ws:
-        figures = suites.siblings_suite(ws, every=4)
+    figures = _small_workspace(tmp_path, 12, lambda ws: suites.siblings_suite(ws, every=4))
     assert figures["sibling_reads"] >= 8 and figures["sibling_sign_failures"] == 0, figures

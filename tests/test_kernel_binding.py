@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from encordfs import errors
-from encordfs.backend import DatasetRecord, RowRecord
+from encordfs.backend import DatasetRecord
 from encordfs.backend.memory import MemoryBackend
 from encordfs.control import mounted_at, wait_mounted
 from encordfs.core.blockcache import MemoryBlockCache
@@ -32,10 +32,11 @@ from encordfs.core.catalog import ROOT_INO, Catalog
 from encordfs.core.fs import CONTROL_INO, INVALIDATE_LISTING, EncordFS, OpenFile, Options
 from encordfs.core.reader import ReadPipeline
 from encordfs.core.urls import SignedUrlCache
-from encordfs.fuse import Timeouts, kernel
+from encordfs.fuse import MountFlags, Timeouts, kernel
 from encordfs.fuse import _abi as abi
 from encordfs.fuse._abi import Op
 from harness.emulator import RunningEmulator
+from harness.fakes import row_record
 from harness.mount import temporary_mount
 
 if not os.path.exists("/dev/fuse"):  # pragma: no cover
@@ -45,10 +46,7 @@ if not os.path.exists("/dev/fuse"):  # pragma: no cover
 # -- invalidations through a real mount ------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[RunningEmulator]:
-    with RunningEmulator(["--generate", "warm:6:1000"]) as emu:
-        yield emu
+EMULATOR_ARGS = ["--generate", "warm:6:1000"]  # for conftest's ``emulator``
 
 
 def _refresh(path: Path) -> None:
@@ -94,28 +92,6 @@ def test_refresh_reaches_a_warm_kernel_cache_at_once(emulator: RunningEmulator) 
 # -- passthrough, in this process --------------------------------------------------------------------
 
 
-def _row(uid: str, title: str, data: bytes) -> RowRecord:
-    return RowRecord(
-        uid=uid,
-        dataset_uid="ds1",
-        title=title,
-        data_type="IMAGE",
-        created_at=1.0e9,
-        last_edited_at=1.5e9,
-        width=4,
-        height=3,
-        frames_per_second=None,
-        duration=None,
-        file_link=f"link/{uid}",
-        file_size=len(data),
-        file_type="image/jpeg",
-        storage_location=0,
-        backing_item_uuid=f"item-{uid}",
-        is_image_sequence=None,
-        client_metadata=None,
-    )
-
-
 CONTENT = {"a.jpg": b"\xff\xd8 alpha " * 5000, "b.jpg": b"\xff\xd8 bravo " * 3000, "c.jpg": b"\xff\xd8 charlie " * 7}
 
 
@@ -139,7 +115,7 @@ def _memory_fs(tmp_path: Path) -> tuple[EncordFS, list[Callable[[], None]]]:
     backend = MemoryBackend()
     backend.add_dataset(DatasetRecord("ds1", "street", "d", 1e9, 1e9, 0, "folder1", "admin"))
     for i, (name, data) in enumerate(CONTENT.items()):
-        backend.add_row(_row(f"r{i}", name, data), data)
+        backend.add_row(row_record(f"r{i}", "ds1", name, data), data)
     catalog = Catalog(tmp_path / "catalog.sqlite")
     reader = ReadPipeline(MemoryFetcher(backend), MemoryBlockCache(64 << 20))
     fs = EncordFS(backend, catalog, reader, SignedUrlCache(backend.sign), Options(uid=0, gid=0))
@@ -204,7 +180,9 @@ def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[
 
         def run() -> None:
             try:
-                kernel.run(fs, str(path), timeouts=Timeouts(60, 60), read_only=True, passthrough=passthrough)
+                kernel.run(
+                    fs, str(path), timeouts=Timeouts(60, 60), flags=MountFlags(read_only=True, passthrough=passthrough)
+                )
             except BaseException as exc:  # surfaced by the test
                 served.error = exc
 

@@ -7,6 +7,7 @@ Mounts here are started with the real command (``encordfs mount``, detached) and
 from __future__ import annotations
 
 import errno
+import functools
 import http.server
 import json
 import os
@@ -23,16 +24,12 @@ import pytest
 
 from encordfs.control import find, mounted_at, process_state
 from harness.emulator import RunningEmulator
-from harness.mount import MountedFS
+from harness.mount import MountedFS, encordfs_cli
 
 META = "user.encord.meta."
 
 
-def _encordfs(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "encordfs", *args], capture_output=True, text=True, timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+_encordfs = functools.partial(encordfs_cli, timeout=90)
 
 
 def _pid_of(stdout: str) -> int:

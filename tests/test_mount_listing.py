@@ -26,10 +26,7 @@ pytestmark = pytest.mark.usefixtures("binding")
 ROWS = 300
 
 
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[RunningEmulator]:
-    with RunningEmulator(["--generate", f"listing:{ROWS}:700"]) as emu:
-        yield emu
+EMULATOR_ARGS = ["--generate", f"listing:{ROWS}:700"]  # for conftest's ``emulator``
 
 
 @pytest.fixture()

@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -31,10 +31,7 @@ pytestmark = pytest.mark.usefixtures("binding")
 BIG_BYTES = 64 * 1024 * 1024  # big enough that reading its start does not fetch its end
 
 
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[RunningEmulator]:
-    with RunningEmulator(["--generate", "fresh:20:1000", "--generate", f"big:2:{BIG_BYTES}"]) as emu:
-        yield emu
+EMULATOR_ARGS = ["--generate", "fresh:20:1000", "--generate", f"big:2:{BIG_BYTES}"]  # for conftest's ``emulator``
 
 
 def _mount(emu: RunningEmulator, *extra: str) -> AbstractContextManager[MountedFS]:

@@ -8,8 +8,6 @@ import os
 import random
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -21,7 +19,7 @@ import pytest
 from encord.orm.dataset import DatasetAccessSettings
 
 from harness.emulator import RunningEmulator
-from harness.mount import MountedFS, temporary_mount
+from harness.mount import MountedFS, encordfs_cli, temporary_mount
 
 # Every mount here runs once per FUSE binding (kernel, mfusepy): see conftest ``binding``.
 pytestmark = pytest.mark.usefixtures("binding")
@@ -30,10 +28,7 @@ META = "user.encord.meta."
 WHOLE = "user.encord.client_metadata"
 
 
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[RunningEmulator]:
-    with RunningEmulator(["--sample"]) as emu:
-        yield emu
+EMULATOR_ARGS = ["--sample"]  # for conftest's ``emulator``
 
 
 @pytest.fixture()
@@ -41,10 +36,6 @@ def mnt(emulator: RunningEmulator) -> Iterator[MountedFS]:
     emulator.reset(data=True)
     with temporary_mount(emulator.domain, emulator.key_file, "--max-metadata-bytes", "1000000") as mounted:
         yield mounted
-
-
-def _encordfs(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "encordfs", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def _server_rows(emu: RunningEmulator, dataset_title: str) -> dict[str, Any]:
@@ -84,7 +75,7 @@ def test_setfattr_getfattr_remove_and_mv_round_trip(mnt: MountedFS, emulator: Ru
     os.rename(a, a.parent / new_name)
     assert new_name in os.listdir(a.parent) and a.name not in os.listdir(a.parent)
     assert os.getxattr(a.parent / new_name, "user.encord.title") == new_name.encode()
-    done = _encordfs("flush", str(mnt.path), "--timeout", "30")
+    done = encordfs_cli("flush", str(mnt.path), "--timeout", "30")
     assert done.returncode == 0, done.stderr
     rows = _server_rows(emulator, "street-scenes")
     assert rows[uid_a].client_metadata["split"] == "val"
@@ -143,7 +134,7 @@ def test_rename_rules(mnt: MountedFS, emulator: RunningEmulator) -> None:
     uid = _uid(group)
     os.rename(group, group.parent / "renamed group")
     assert (group.parent / "renamed group").is_dir()
-    assert _encordfs("flush", str(mnt.path), "--timeout", "30").returncode == 0
+    assert encordfs_cli("flush", str(mnt.path), "--timeout", "30").returncode == 0
     assert _server_rows(emulator, "street-scenes")[uid].title == "renamed group"
 
 
@@ -167,7 +158,7 @@ def test_transient_errors_are_retried_and_land(mnt: MountedFS, emulator: Running
     )
     f = _files(mnt)[6]
     os.setxattr(f, META + "retried", b'"yes"')
-    assert _encordfs("flush", str(mnt.path), "--timeout", "60").returncode == 0
+    assert encordfs_cli("flush", str(mnt.path), "--timeout", "60").returncode == 0
     assert _server_rows(emulator, "street-scenes")[_uid(f)].client_metadata["retried"] == "yes"
     assert _status(mnt)["writes"]["failed_push_calls_total"] >= 2
 
@@ -178,12 +169,12 @@ def test_payload_too_large_is_parked_shown_and_not_retried(mnt: MountedFS, emula
     for i in range(3):  # 90 KB in all: under this mount's limit, over the server's (64 KiB)
         os.setxattr(f, META + f"blob{i}", json.dumps("y" * 30_000).encode())
     os.setxattr(ok, META + "fine", b"1")
-    done = _encordfs("flush", str(mnt.path), "--timeout", "30")
+    done = encordfs_cli("flush", str(mnt.path), "--timeout", "30")
     assert done.returncode != 0 and "parked" in done.stderr
     status = _status(mnt)["writes"]
     assert [p["row"] for p in status["parked"]] == [_uid(f)]
     assert "413" in status["parked"][0]["reason"] or "too large" in status["parked"][0]["reason"]
-    shown = _encordfs("status", str(mnt.path))
+    shown = encordfs_cli("status", str(mnt.path))
     assert "parked" in shown.stdout
     calls = emulator.stats()["v2.items.patch_bulk"]
     time.sleep(2)
@@ -230,7 +221,7 @@ def test_kill_9_during_a_write_stream_loses_nothing(emulator: RunningEmulator) -
                 stop.set()
                 t.join(10)
         with MountedFS(emulator.domain, emulator.key_file, work) as m:
-            done = _encordfs("flush", str(m.path), "--timeout", "60")
+            done = encordfs_cli("flush", str(m.path), "--timeout", "60")
             assert done.returncode == 0, done.stderr
         rows = _server_rows(emulator, "street-scenes")
         assert acknowledged
@@ -252,7 +243,7 @@ def test_10000_setfattr_over_1000_rows_cost_at_most_12_api_calls() -> None:
             before = emu.stats()["api_calls"]
             for i in range(10_000):
                 os.setxattr(files[i % 1000], META + f"k{i % 3}", str(i).encode())
-            done = _encordfs("flush", str(m.path), "--timeout", "120")
+            done = encordfs_cli("flush", str(m.path), "--timeout", "120")
             assert done.returncode == 0, done.stderr
             calls = emu.stats()["api_calls"] - before
             assert calls <= 12, calls

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from encordfs.core import names
 from encordfs.core.catalog import Catalog, Entry, Kind
+from harness.fakes import older_catalog
 
 titles = st.text(min_size=0, max_size=400)
 
@@ -151,18 +152,13 @@ def test_titles_crafted_to_take_every_tilde_form_still_load(tmp_path: Path) -> N
 
 
 def test_an_older_catalog_gets_the_new_keys(tmp_path: Path) -> None:
-    import sqlite3
     import unicodedata
 
     path = tmp_path / "c.sqlite"
     catalog = Catalog(path)
     catalog.sync_children(1, [_entry("a-uid-0001", unicodedata.normalize("NFD", "é.jpg"))], 1)
     catalog.close()
-    raw = sqlite3.connect(path)
-    raw.execute("UPDATE nodes SET name_key = lower(name)")  # what version 1 stored
-    raw.execute("PRAGMA user_version=1")
-    raw.commit()
-    raw.close()
+    older_catalog(path, 1, "UPDATE nodes SET name_key = lower(name)")  # what version 1 stored
     catalog = Catalog(path)
     assert catalog.lookup(1, unicodedata.normalize("NFC", "é.jpg")) is not None
 

@@ -7,6 +7,7 @@ still mounted and waits for the mount process, by pid, even when an assertion fa
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -27,19 +28,12 @@ from encordfs import errors, logs, metrics, mount_helper
 from encordfs import settings as config
 from encordfs.control import mounted_at
 from harness.emulator import RunningEmulator
+from harness.mount import encordfs_cli
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _encordfs(*args: str, env: dict[str, str] | None = None, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "encordfs", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        env=env,
-    )
+_encordfs = functools.partial(encordfs_cli, timeout=90)
 
 
 def _pid_of(stdout: str) -> int:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import json
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from encordfs.core.reader import ReadPipeline
 from encordfs.core.urls import SignedUrlCache
 from encordfs.core.views import VIEW_INO_BASE, is_view_ino, parse_value, value_name
 from encordfs.core.writes import WriteQueue
-from harness.fakes import Clock
+from harness.fakes import Clock, older_catalog
 from harness.fakes import row_record as _row
 
 
@@ -306,11 +305,7 @@ def test_rows_never_take_a_view_name(tmp_path: Path) -> None:
     catalog.sync_children(1, [entry], 1)
     assert [n.name for n in catalog.children(1)] == ["_@a.jpg"]
     catalog.close()
-    raw = sqlite3.connect(path)
-    raw.execute("UPDATE nodes SET name='@a.jpg', name_key='@a.jpg'")  # what version 2 stored
-    raw.execute("PRAGMA user_version=2")
-    raw.commit()
-    raw.close()
+    older_catalog(path, 2, "UPDATE nodes SET name='@a.jpg', name_key='@a.jpg'")  # what version 2 stored
     catalog = Catalog(path)
     assert [n.name for n in catalog.children(1)] == ["_@a.jpg"]
     assert catalog.lookup(1, "_@a.jpg") is not None

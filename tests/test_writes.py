@@ -34,38 +34,17 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from encordfs import errors
-from encordfs.backend import BULK_LIMIT, DatasetRecord, PushOutcome, RowChange, RowPatch, RowRecord
+from encordfs.backend import BULK_LIMIT, DatasetRecord, PushOutcome, RowChange, RowPatch
 from encordfs.backend.memory import MemoryBackend
 from encordfs.core.journal import Journal, Op, OpKind, RowRef
 from encordfs.core.retry import RetryPolicy
 from encordfs.core.writes import QueueConfig, WriteQueue, coalesce
+from harness.fakes import row_record
 
 DS = "ds-1"
 
 
 # --- helpers ---------------------------------------------------------------------------------------
-
-
-def _row(i: int, metadata: dict[str, Any] | None = None) -> RowRecord:
-    return RowRecord(
-        uid=f"row-{i}",
-        dataset_uid=DS,
-        title=f"r{i}.jpg",
-        data_type="IMAGE",
-        created_at=0.0,
-        last_edited_at=0.0,
-        width=None,
-        height=None,
-        frames_per_second=None,
-        duration=None,
-        file_link=None,
-        file_size=None,
-        file_type=None,
-        storage_location=0,
-        backing_item_uuid=f"item-{i}",
-        is_image_sequence=None,
-        client_metadata=metadata,
-    )
 
 
 def _ref(i: int) -> RowRef:
@@ -76,7 +55,7 @@ def _backend(n_rows: int) -> MemoryBackend:
     mem = MemoryBackend()
     mem.add_dataset(DatasetRecord(DS, "ds", "", 0.0, 0.0, 0, None, None))
     for i in range(n_rows):
-        mem.add_row(_row(i, {"orig": i}))
+        mem.add_row(row_record(f"row-{i}", DS, f"r{i}.jpg", None, metadata={"orig": i}, item=f"item-{i}"))
     return mem
 
 

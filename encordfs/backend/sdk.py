@@ -136,6 +136,18 @@ def _int(value: Any) -> int | None:
     return int(number)
 
 
+def _size_and_times(obj: Any) -> dict[str, Any]:
+    """A ``ChildRecord``'s size, dimensions and times from an SDK object that names them as Encord
+    does (a legacy ``images_data`` image, a storage item)."""
+    return {
+        "file_size": _int(obj.file_size),
+        "width": _int(obj.width),
+        "height": _int(obj.height),
+        "created_at": _ts(obj.created_at),
+        "last_edited_at": _ts(obj.last_edited_at),
+    }
+
+
 # SDK exception type → our error family, first match wins (foreign exceptions are translated here,
 # by type, never by message text). Messages name the operation, never a URL or key.
 _AUTH = "Encord refused the key or token (unregistered key, or wrong --domain?)"
@@ -400,11 +412,7 @@ class SdkBackend:
                 item_type="image",
                 file_link=image.file_link,
                 file_type=image.file_type,
-                file_size=_int(image.file_size),
-                width=_int(image.width),
-                height=_int(image.height),
-                created_at=_ts(image.created_at),
-                last_edited_at=_ts(image.last_edited_at),
+                **_size_and_times(image),
                 storage_location=_storage_name(image.storage_location),
                 signed_url=image.signed_url,
                 sign_key=legacy_key(group.dataset_uid, group.row_uid, str(image.image_hash)),
@@ -438,11 +446,7 @@ class SdkBackend:
             item_type=str(getattr(item.item_type, "value", item.item_type)),
             file_link=item.url,
             file_type=item.mime_type,
-            file_size=_int(item.file_size),
-            width=_int(item.width),
-            height=_int(item.height),
-            created_at=_ts(item.created_at),
-            last_edited_at=_ts(item.last_edited_at),
+            **_size_and_times(item),
             storage_location=str(getattr(item.storage_location, "value", item.storage_location)),
             dicom_instance_uid=item.dicom_instance_uid,
             dicom_series_uid=item.dicom_series_uid,

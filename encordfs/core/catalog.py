@@ -47,7 +47,6 @@ import itertools
 import json
 import logging
 import os
-import queue
 import sqlite3
 import tempfile
 import threading
@@ -61,6 +60,7 @@ from typing import Any
 import orjson
 
 from encordfs.core import images, names
+from encordfs.core.readpool import ReadPool
 
 log = logging.getLogger(__name__)
 
@@ -287,6 +287,14 @@ def _move_aside(path: Path) -> Path:
     return aside
 
 
+def _insert_row(
+    parent: int, e: Entry, name: str, name_key: str, fields: str, metadata: str | None, gen: int
+) -> tuple[Any, ...]:
+    """The values of ``Catalog._insert_rows_locked`` for the entry ``e`` named ``name``."""
+    return (parent, int(e.kind), e.uid, name, name_key, e.title, e.handle, e.size, e.ctime, e.mtime, fields,
+            metadata, gen)  # fmt: skip
+
+
 class _Adopted:
     """An image serving folder ``parent`` (inodes ``base + ord``) until the fill copies it in."""
 
@@ -313,10 +321,8 @@ class Catalog:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._write_lock = threading.Lock()
-        # Readers borrow a connection from the pool for one query (or one streamed listing) and give
-        # it back: FUSE worker threads come and go (libfuse starts and retires them with the load), so
-        # per-thread connections were opened afresh for a large share of lookups.
-        self._pool: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue(maxsize=POOL_SIZE)
+        # Readers borrow a connection from the pool for one query (or one streamed listing).
+        self._reads = ReadPool(self._connect, POOL_SIZE)
         # Bumped (after commit, under the write lock) whenever a name can have changed meaning: a
         # child inserted, deleted or renamed. Path caches above compare it (``EncordFS.resolve``).
         self.version = 0
@@ -393,54 +399,6 @@ class Catalog:
         conn.execute("PRAGMA synchronous=NORMAL")
         return conn
 
-    def _take(self) -> sqlite3.Connection:
-        try:
-            return self._pool.get_nowait()
-        except queue.Empty:
-            return self._connect()
-
-    def _give(self, conn: sqlite3.Connection) -> None:
-        try:
-            self._pool.put_nowait(conn)
-        except queue.Full:
-            conn.close()
-
-    def _one(self, sql: str, args: tuple[Any, ...]) -> Any:
-        conn = self._take()
-        try:
-            return conn.execute(sql, args).fetchone()
-        finally:
-            self._give(conn)
-
-    def _all(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
-        conn = self._take()
-        try:
-            return conn.execute(sql, args).fetchall()
-        finally:
-            self._give(conn)
-
-    def _stream(self, sql: str, args: tuple[Any, ...]) -> Iterator[Any]:
-        """Rows of ``sql`` one at a time. The first row is read before this returns, so the result is
-        the database as of the call (the SQLite read snapshot starts there); the connection goes back
-        to the pool when the iterator is exhausted or dropped."""
-        conn = self._take()
-        try:
-            cur = conn.execute(sql, args)
-            first = cur.fetchone()
-        except BaseException:
-            self._give(conn)
-            raise
-        return self._rest(conn, cur, first)
-
-    def _rest(self, conn: sqlite3.Connection, cur: sqlite3.Cursor, row: Any) -> Iterator[Any]:
-        try:
-            while row is not None:
-                yield row
-                row = cur.fetchone()
-        finally:
-            cur.close()
-            self._give(conn)
-
     def close(self) -> None:
         adopted = list(self._adopted.values())
         for a in adopted:
@@ -452,11 +410,7 @@ class Catalog:
             self._writer.close()
         for a in adopted:
             a.image.close()
-        while True:
-            try:
-                self._pool.get_nowait().close()
-            except queue.Empty:
-                break
+        self._reads.close()
 
     # -- reads ------------------------------------------------------------------------------------
     def _adopted_holding(self, ino: int) -> _Adopted | None:
@@ -472,7 +426,7 @@ class Catalog:
         if (a := self._adopted_holding(ino)) is not None:
             row = a.image.row(ino - a.base)
             return a.node(row) if row else None
-        row = self._one(f"SELECT {_COLUMNS} FROM nodes WHERE ino=?", (ino,))
+        row = self._reads.one(f"SELECT {_COLUMNS} FROM nodes WHERE ino=?", (ino,))
         return _node(row) if row else None
 
     def lookup(self, parent: int, name: str) -> Node | None:
@@ -485,21 +439,24 @@ class Catalog:
         if (a := self._adopted.get(parent)) is not None:
             row = a.image.row_by_key(names.name_key(name))
             return a.node(row) if row else None
-        row = self._one(f"SELECT {_COLUMNS} FROM nodes WHERE parent=? AND name_key=?", (parent, names.name_key(name)))
+        row = self._reads.one(
+            f"SELECT {_COLUMNS} FROM nodes WHERE parent=? AND name_key=?", (parent, names.name_key(name))
+        )
         return _node(row) if row else None
 
     def children(self, parent: int) -> Iterator[Node]:
         if (a := self._adopted.get(parent)) is not None:
             return (a.node(row) for row in a.image.all_rows())
         return (
-            _node(row) for row in self._stream(f"SELECT {_COLUMNS} FROM nodes WHERE parent=? ORDER BY ino", (parent,))
+            _node(row)
+            for row in self._reads.stream(f"SELECT {_COLUMNS} FROM nodes WHERE parent=? ORDER BY ino", (parent,))
         )
 
     def file_items(self, parent: int, after_ino: int = 0, limit: int = 1000) -> list[tuple[int, str]]:
         """(ino, handle) of signable files in a folder, in inode order from ``after_ino``."""
         if (a := self._adopted.get(parent)) is not None:
             return [(o + a.base, h) for o, h in a.image.file_items(max(0, after_ino - a.base), limit)]
-        rows = self._all(
+        rows = self._reads.all(
             "SELECT ino, item_uuid FROM nodes WHERE parent=? AND ino>=? AND kind IN (?, ?) AND item_uuid IS NOT NULL ORDER BY ino LIMIT ?",
             (parent, after_ino, Kind.ROW, Kind.CHILD, limit),
         )
@@ -509,14 +466,14 @@ class Catalog:
         """The smallest inode among a folder's children (where its listing starts)."""
         if (a := self._adopted.get(parent)) is not None:
             return a.base  # an image's ord 0 is its exporter's smallest inode
-        row = self._one("SELECT MIN(ino) FROM nodes WHERE parent=?", (parent,))
+        row = self._reads.one("SELECT MIN(ino) FROM nodes WHERE parent=?", (parent,))
         return None if row is None or row[0] is None else int(row[0])
 
     def next_files(self, parent: int, after_ino: int, limit: int) -> list[Node]:
         """Readable files of a folder after ``after_ino``, in listing (inode) order (lookahead)."""
         if (a := self._adopted.get(parent)) is not None:
             return [a.node(r) for r in a.image.next_files(max(-1, after_ino - a.base), limit)]
-        rows = self._all(
+        rows = self._reads.all(
             f"SELECT {_COLUMNS} FROM nodes WHERE parent=? AND ino>? AND kind IN (?, ?) AND item_uuid IS NOT NULL "
             "ORDER BY ino LIMIT ?",
             (parent, after_ino, Kind.ROW, Kind.CHILD, limit),
@@ -528,7 +485,7 @@ class Catalog:
         if (a := self._adopted.get(parent)) is not None:
             found = a.image.previous_file(ino - a.base)
             return None if found is None else found + a.base
-        row = self._one(
+        row = self._reads.one(
             "SELECT ino FROM nodes WHERE parent=? AND ino<? AND kind IN (?, ?) AND item_uuid IS NOT NULL "
             "ORDER BY ino DESC LIMIT 1",
             (parent, ino, Kind.ROW, Kind.CHILD),
@@ -539,7 +496,8 @@ class Catalog:
         if (a := self._adopted.get(parent)) is not None:
             return [a.node(r) for r in a.image.groups()]
         return [
-            _node(r) for r in self._all(f"SELECT {_COLUMNS} FROM nodes WHERE parent=? AND kind=?", (parent, Kind.GROUP))
+            _node(r)
+            for r in self._reads.all(f"SELECT {_COLUMNS} FROM nodes WHERE parent=? AND kind=?", (parent, Kind.GROUP))
         ]
 
     def lookup_ino(self, parent: int, name: str) -> int | None:
@@ -547,12 +505,14 @@ class Catalog:
         if (a := self._adopted.get(parent)) is not None:
             found = a.image.name_of_key(names.name_key(name))
             return None if found is None or not names.same_spelling(found[1], name) else int(found[0]) + a.base
-        row = self._one("SELECT ino, name FROM nodes WHERE parent=? AND name_key=?", (parent, names.name_key(name)))
+        row = self._reads.one(
+            "SELECT ino, name FROM nodes WHERE parent=? AND name_key=?", (parent, names.name_key(name))
+        )
         return None if row is None or not names.same_spelling(row[1], name) else int(row[0])
 
     def lookup_stat(self, parent: int, name: str) -> tuple[int, Kind, int, float] | None:
         """(ino, kind, size, mtime) of a child by name: ``lookup_ino`` and ``stat_fields`` in one query."""
-        row = self._one(
+        row = self._reads.one(
             "SELECT ino, kind, size, mtime, name FROM nodes WHERE parent=? AND name_key=?",
             (parent, names.name_key(name)),
         )
@@ -571,7 +531,7 @@ class Catalog:
         if (a := self._adopted_holding(ino)) is not None:
             row = a.image.stat_fields(ino - a.base)
         else:
-            row = self._one("SELECT kind, size, mtime FROM nodes WHERE ino=?", (ino,))
+            row = self._reads.one("SELECT kind, size, mtime FROM nodes WHERE ino=?", (ino,))
         return None if row is None else (Kind(row[0]), int(row[1]), float(row[2]))
 
     def child_stats(self, parent: int, after_ino: int = 0) -> Iterator[tuple[int, str, Kind, int, float]]:
@@ -582,7 +542,7 @@ class Catalog:
             base = a.base
             listed = a.image.listing(max(-1, after_ino - base))
             return ((o + base, name, KINDS[kind], size, mtime) for o, name, kind, size, mtime in listed)
-        rows = self._stream(
+        rows = self._reads.stream(
             "SELECT ino, name, kind, size, mtime FROM nodes WHERE parent=? AND ino>? ORDER BY ino", (parent, after_ino)
         )
         return ((r[0], r[1], KINDS[r[2]], r[3], r[4]) for r in rows)
@@ -593,7 +553,7 @@ class Catalog:
         """(ino, uid, name, kind, size, mtime, title, client metadata JSON) of the children above
         ``after_ino``, in inode order, streamed (as ``child_stats``): what a view by metadata key
         filters (``core.views``)."""
-        rows = self._stream(
+        rows = self._reads.stream(
             "SELECT ino, uid, name, kind, size, mtime, title, client_metadata FROM nodes WHERE parent=? AND ino>? ORDER BY ino",
             (parent, after_ino),
         )
@@ -603,7 +563,7 @@ class Catalog:
         cached = self._loaded.get(ino)
         if cached is not None:
             return cached
-        row = self._one("SELECT value FROM state WHERE key=?", (f"loaded:{ino}",))
+        row = self._reads.one("SELECT value FROM state WHERE key=?", (f"loaded:{ino}",))
         if row is None:
             return None
         self._loaded[ino] = float(row[0])
@@ -611,7 +571,7 @@ class Catalog:
 
     def load_error(self, ino: int) -> str | None:
         """Why the folder's members could not be listed at its last load, or None."""
-        row = self._one("SELECT value FROM state WHERE key=?", (f"error:{ino}",))
+        row = self._reads.one("SELECT value FROM state WHERE key=?", (f"error:{ino}",))
         return None if row is None else str(row[0])
 
     # -- writes -----------------------------------------------------------------------------------
@@ -922,26 +882,8 @@ class Catalog:
                 holder = conn.execute("SELECT gen FROM nodes WHERE parent=? AND name_key=?", (parent, key)).fetchone()
                 if holder is not None and holder[0] != gen:
                     placeholder = "\x00" + e.uid
-                    self._insert_rows_locked(
-                        conn,
-                        [
-                            (
-                                parent,
-                                int(e.kind),
-                                e.uid,
-                                placeholder,
-                                placeholder,
-                                e.title,
-                                e.handle,
-                                e.size,
-                                e.ctime,
-                                e.mtime,
-                                fields,
-                                metadata,
-                                gen,
-                            )
-                        ],
-                    )
+                    row = _insert_row(parent, e, placeholder, placeholder, fields, metadata, gen)
+                    self._insert_rows_locked(conn, [row])
                     deferred.append((int(conn.execute("SELECT last_insert_rowid()").fetchone()[0]), e, placeholder))
                     continue
                 base = self._free_name_locked(conn, parent, e)
@@ -949,27 +891,12 @@ class Catalog:
             taken.add(key)
             if changes is not None:
                 changes.names.append(base)
-            pending.append(
-                (
-                    parent,
-                    int(e.kind),
-                    e.uid,
-                    base,
-                    key,
-                    e.title,
-                    e.handle,
-                    e.size,
-                    e.ctime,
-                    e.mtime,
-                    fields,
-                    metadata,
-                    gen,
-                )
-            )
+            pending.append(_insert_row(parent, e, base, key, fields, metadata, gen))
         self._insert_rows_locked(conn, pending)
 
     @staticmethod
     def _insert_rows_locked(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+        """Insert rows made by ``_insert_row``."""
         if rows:
             conn.executemany(
                 "INSERT INTO nodes(parent, kind, uid, name, name_key, title, item_uuid, size, ctime, mtime, fields, client_metadata, gen)"

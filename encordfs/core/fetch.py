@@ -126,6 +126,7 @@ DEMAND_RESERVE = 16
 
 Headers = Mapping[str, str]  # response headers; names looked up in lower case
 Accept = Callable[[int, Headers], None]  # raises to refuse a response before its body lands in ``out``
+OnDone = Callable[[FsError | None], None]  # ``fetch_async``'s completion: None once every byte landed
 
 
 class RangeFetcher(Protocol):
@@ -304,14 +305,7 @@ class HttpFetcher:
                 url = url_source(False)
                 resigned = False
 
-    def fetch_async(
-        self,
-        url: str,
-        start: int,
-        out: memoryview,
-        on_done: Callable[[FsError | None], None],
-        total: int | None = None,
-    ) -> bool:
+    def fetch_async(self, url: str, start: int, out: memoryview, on_done: OnDone, total: int | None = None) -> bool:
         """One attempt at ``fetch_into`` without a waiting thread, when the transport can (libcurl's
         ``submit``); False when it cannot (httpx): use ``fetch_into`` on a thread. ``on_done(error)`` is
         called once, on the transport's thread (hand over, nothing more), with None once ``out`` holds
@@ -327,12 +321,7 @@ class HttpFetcher:
         self.counters.inc("fetch.requests")
         self.counters.inc("fetch.async_requests")
 
-        def accept(status: int, headers: Headers) -> None:
-            first_byte[0] = self._clock()
-            self._check_status(status, headers, url)
-            self._check_range(status, headers, start, length, url)
-            if total is not None:
-                self._check_total(status, headers, total, url)
+        accept = self._acceptor(url, start, length, total, first_byte)
 
         def done(reply: Reply | None, error: BaseException | None) -> None:
             received = reply.received if reply is not None else getattr(error, "received", 0)
@@ -364,12 +353,9 @@ class HttpFetcher:
 
     # -- one attempt
 
-    def _attempt(self, url: str, start: int, out: memoryview, deadline: float, total: int | None = None) -> None:
-        length = len(out)
-        sent = self._clock()
-        timeout_s = max(0.001, deadline - sent)
-        self.counters.inc("fetch.requests")
-        first_byte = [sent]
+    def _acceptor(self, url: str, start: int, length: int, total: int | None, first_byte: list[float]) -> Accept:
+        """The ``Accept`` of a request for ``length`` bytes from ``start``: checks the status, the range
+        and (when known) the total before the body lands, and notes when it came in ``first_byte[0]``."""
 
         def accept(status: int, headers: Headers) -> None:
             first_byte[0] = self._clock()
@@ -378,6 +364,16 @@ class HttpFetcher:
             if total is not None:
                 self._check_total(status, headers, total, url)
 
+        return accept
+
+    def _attempt(self, url: str, start: int, out: memoryview, deadline: float, total: int | None = None) -> None:
+        length = len(out)
+        sent = self._clock()
+        timeout_s = max(0.001, deadline - sent)
+        self.counters.inc("fetch.requests")
+        first_byte = [sent]
+
+        accept = self._acceptor(url, start, length, total, first_byte)
         try:
             reply = self.transport.get(url, start, out, accept, timeout_s, self.stall_timeout_s)
         except TransportError as exc:
@@ -483,14 +479,7 @@ class _BackgroundFetcher:
     def __init__(self, fetcher: HttpFetcher) -> None:
         self._fetcher = fetcher
 
-    def fetch_async(
-        self,
-        url: str,
-        start: int,
-        out: memoryview,
-        on_done: Callable[[FsError | None], None],
-        total: int | None = None,
-    ) -> bool:
+    def fetch_async(self, url: str, start: int, out: memoryview, on_done: OnDone, total: int | None = None) -> bool:
         """``HttpFetcher.fetch_async`` in a background slot; False also when no slot is free now."""
         f = self._fetcher
         if not f._background_slots.acquire(blocking=False):
@@ -565,22 +554,29 @@ def _warn_fallback(exc: BaseException) -> None:
     )
 
 
+def ca_file_problem(path: str) -> str | None:
+    """What is wrong with ``path`` as a PEM bundle of CA certificates (``does not exist``, ...), or None."""
+    try:
+        context = ssl.create_default_context(cafile=path)
+    except FileNotFoundError:
+        return "does not exist"
+    except IsADirectoryError:
+        return "is a directory, not a PEM file"
+    except PermissionError:
+        return "is not readable"
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        return f"holds no usable PEM certificate ({getattr(exc, 'reason', None) or type(exc).__name__})"
+    if not context.cert_store_stats().get("x509"):
+        return "holds no certificate"
+    return None
+
+
 def check_ca_file(path: str | Path) -> str:
     """The absolute path of a PEM bundle of CA certificates, or ``InvalidValue`` saying what is wrong."""
     ca = Path(path).expanduser()
-    try:
-        context = ssl.create_default_context(cafile=str(ca))
-    except FileNotFoundError:
-        raise InvalidValue(f"CA file {ca} does not exist") from None
-    except IsADirectoryError:
-        raise InvalidValue(f"CA file {ca} is a directory, not a PEM file") from None
-    except PermissionError:
-        raise InvalidValue(f"CA file {ca} is not readable") from None
-    except (ssl.SSLError, OSError, ValueError) as exc:
-        detail = getattr(exc, "reason", None) or type(exc).__name__
-        raise InvalidValue(f"CA file {ca} holds no usable PEM certificate ({detail})") from None
-    if not context.cert_store_stats().get("x509"):
-        raise InvalidValue(f"CA file {ca} holds no certificate")
+    problem = ca_file_problem(str(ca))
+    if problem is not None:
+        raise InvalidValue(f"CA file {ca} {problem}")
     return str(ca.resolve())
 
 

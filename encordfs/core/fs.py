@@ -291,14 +291,7 @@ def _row_entry(r: RowRecord) -> Entry:
 def _child_entry(c: ChildRecord) -> Entry:
     fields: dict[str, Any] = {
         "image_hash": c.item_uuid,
-        "file_link": c.file_link,
-        "file_type": c.file_type,
-        "file_size": c.file_size,
-        "storage_location": c.storage_location,
-        "created_at": iso(c.created_at),
-        "last_edited_at": iso(c.last_edited_at),
-        "width": c.width,
-        "height": c.height,
+        **_member_fields(c),
         "item_type": c.item_type,
         "index": c.index,
     }
@@ -308,17 +301,7 @@ def _child_entry(c: ChildRecord) -> Entry:
             dicom_series_uid=c.dicom_series_uid,
             dicom_study_uid=c.dicom_study_uid,
         )
-    return Entry(
-        Kind.CHILD,
-        c.item_uuid,
-        c.title,
-        _naming_mime(c),
-        c.handle,
-        UNKNOWN_SIZE if c.file_size is None else c.file_size,
-        c.created_at,
-        c.last_edited_at,
-        fields,
-    )
+    return _member_entry(c, _naming_mime(c), fields)
 
 
 def _naming_mime(c: ChildRecord) -> str | None:
@@ -332,29 +315,31 @@ def _video_entry(v: ChildRecord) -> Entry:
     fields: dict[str, Any] = {
         "backing_item_uuid": v.item_uuid,
         "item_type": v.item_type,
-        "file_link": v.file_link,
-        "file_type": v.file_type,
-        "file_size": v.file_size,
-        "storage_location": v.storage_location,
-        "created_at": iso(v.created_at),
-        "last_edited_at": iso(v.last_edited_at),
-        "width": v.width,
-        "height": v.height,
+        **_member_fields(v),
         "frames_per_second": v.frames_per_second,
         "duration": v.duration,
     }
     mime = v.file_type if v.file_type and v.file_type.startswith("video/") else "video/mp4"
-    return Entry(
-        Kind.CHILD,
-        v.item_uuid,
-        v.title,
-        mime,
-        v.handle,
-        UNKNOWN_SIZE if v.file_size is None else v.file_size,
-        v.created_at,
-        v.last_edited_at,
-        fields,
-    )
+    return _member_entry(v, mime, fields)
+
+
+def _member_fields(c: ChildRecord) -> dict[str, Any]:
+    """The fields a group member and a sequence's video both show, in this order."""
+    return {
+        "file_link": c.file_link,
+        "file_type": c.file_type,
+        "file_size": c.file_size,
+        "storage_location": c.storage_location,
+        "created_at": iso(c.created_at),
+        "last_edited_at": iso(c.last_edited_at),
+        "width": c.width,
+        "height": c.height,
+    }
+
+
+def _member_entry(c: ChildRecord, mime: str | None, fields: dict[str, Any]) -> Entry:
+    size = UNKNOWN_SIZE if c.file_size is None else c.file_size
+    return Entry(Kind.CHILD, c.item_uuid, c.title, mime, c.handle, size, c.created_at, c.last_edited_at, fields)
 
 
 def _group_ref(node: Node) -> GroupRef:

@@ -28,7 +28,7 @@ Trust: ``open_image`` checks the format, the row count the caller expects and th
 index SQL exactly as written here) before anything is served; the cluster layer checks the bytes'
 checksum before that. Images are read with ``immutable=1``: nothing writes them once built.
 
-Threads: an ``Image`` keeps a small pool of read-only connections (``check_same_thread=False``), each
+Threads: an ``Image`` keeps a small pool of read-only connections (``core.readpool``), each
 used by one query or one streamed listing at a time, like the catalog's own pool.
 """
 
@@ -36,14 +36,14 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import sqlite3
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+from encordfs.core.readpool import ReadPool
 
 FORMAT = 1
 ROW, GROUP, CHILD = 2, 3, 4  # ``catalog.Kind`` values (catalog imports this module, not the other way)
@@ -105,97 +105,42 @@ class Image:
         self.path = path
         self.rows = rows
         self.span = span
-        self._pool: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue(maxsize=POOL_SIZE)
-        self._closed = False
-        self._lock = threading.Lock()
+        self._reads = ReadPool(self._connect, POOL_SIZE)
 
     # -- connections
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(f"file:{self.path}?mode=ro&immutable=1", uri=True, check_same_thread=False)
 
-    def _take(self) -> sqlite3.Connection:
-        try:
-            return self._pool.get_nowait()
-        except queue.Empty:
-            return self._connect()
-
-    def _give(self, conn: sqlite3.Connection) -> None:
-        if self._closed:
-            conn.close()
-            return
-        try:
-            self._pool.put_nowait(conn)
-        except queue.Full:
-            conn.close()
-
-    def _one(self, sql: str, args: tuple[Any, ...]) -> Any:
-        conn = self._take()
-        try:
-            return conn.execute(sql, args).fetchone()
-        finally:
-            self._give(conn)
-
-    def _all(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
-        conn = self._take()
-        try:
-            return conn.execute(sql, args).fetchall()
-        finally:
-            self._give(conn)
-
-    def _stream(self, sql: str, args: tuple[Any, ...]) -> Iterator[Any]:
-        conn = self._take()
-        try:
-            cur = conn.execute(sql, args)
-            first = cur.fetchone()
-        except BaseException:
-            self._give(conn)
-            raise
-        return self._rest(conn, cur, first)
-
-    def _rest(self, conn: sqlite3.Connection, cur: sqlite3.Cursor, row: Any) -> Iterator[Any]:
-        try:
-            while row is not None:
-                yield row
-                row = cur.fetchone()
-        finally:
-            cur.close()
-            self._give(conn)
-
     def close(self) -> None:
-        self._closed = True
-        while True:
-            try:
-                self._pool.get_nowait().close()
-            except queue.Empty:
-                break
+        self._reads.close()
 
     # -- reads: rows come back as (ord, kind, uid, name, title, handle, size, ctime, mtime, fields, metadata)
 
     def row(self, ord_: int) -> Any:
-        return self._one(f"SELECT ord, {_NODE_COLUMNS} FROM rows WHERE ord=?", (ord_,))
+        return self._reads.one(f"SELECT ord, {_NODE_COLUMNS} FROM rows WHERE ord=?", (ord_,))
 
     def row_by_key(self, name_key: str) -> Any:
-        return self._one(f"SELECT ord, {_NODE_COLUMNS} FROM rows WHERE name_key=?", (name_key,))
+        return self._reads.one(f"SELECT ord, {_NODE_COLUMNS} FROM rows WHERE name_key=?", (name_key,))
 
     def stat_fields(self, ord_: int) -> Any:
-        return self._one("SELECT kind, size, mtime FROM rows WHERE ord=?", (ord_,))
+        return self._reads.one("SELECT kind, size, mtime FROM rows WHERE ord=?", (ord_,))
 
     def name_of_key(self, name_key: str) -> Any:
-        return self._one("SELECT ord, name FROM rows WHERE name_key=?", (name_key,))
+        return self._reads.one("SELECT ord, name FROM rows WHERE name_key=?", (name_key,))
 
     def all_rows(self) -> Iterator[Any]:
-        return self._stream(f"SELECT ord, {_NODE_COLUMNS} FROM rows ORDER BY ord", ())
+        return self._reads.stream(f"SELECT ord, {_NODE_COLUMNS} FROM rows ORDER BY ord", ())
 
     def listing(self, after_ord: int) -> Iterator[Any]:
         """(ord, name, kind, size, mtime) above ``after_ord``, from the covering index alone."""
-        return self._stream(
+        return self._reads.stream(
             "SELECT ord, name, kind, size, mtime FROM rows INDEXED BY rows_listing WHERE ord > ? ORDER BY ord",
             (after_ord,),
         )
 
     def file_items(self, from_ord: int, limit: int) -> list[tuple[int, str]]:
-        rows = self._all(
+        rows = self._reads.all(
             f"SELECT ord, handle FROM rows INDEXED BY rows_files WHERE ord >= ? AND kind IN ({ROW}, {CHILD}) "
             "AND handle IS NOT NULL ORDER BY ord LIMIT ?",
             (from_ord, limit),
@@ -204,14 +149,14 @@ class Image:
 
     def next_files(self, after_ord: int, limit: int) -> list[Any]:
         """Readable rows above ``after_ord``, in order (lookahead over an adopted folder)."""
-        return self._all(
+        return self._reads.all(
             f"SELECT ord, {_NODE_COLUMNS} FROM rows INDEXED BY rows_files WHERE ord > ? AND kind IN ({ROW}, {CHILD}) "
             "AND handle IS NOT NULL ORDER BY ord LIMIT ?",
             (after_ord, limit),
         )
 
     def previous_file(self, ord_: int) -> int | None:
-        row = self._one(
+        row = self._reads.one(
             f"SELECT ord FROM rows INDEXED BY rows_files WHERE ord < ? AND kind IN ({ROW}, {CHILD}) "
             "AND handle IS NOT NULL ORDER BY ord DESC LIMIT 1",
             (ord_,),
@@ -219,7 +164,7 @@ class Image:
         return None if row is None else int(row[0])
 
     def groups(self) -> list[Any]:
-        return self._all(f"SELECT ord, {_NODE_COLUMNS} FROM rows INDEXED BY rows_groups WHERE kind = {GROUP}", ())
+        return self._reads.all(f"SELECT ord, {_NODE_COLUMNS} FROM rows INDEXED BY rows_groups WHERE kind = {GROUP}", ())
 
 
 def open_image(path: Path, expect_rows: int | None = None) -> Image:

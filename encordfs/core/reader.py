@@ -535,8 +535,18 @@ class ReadPipeline:
         on_done: Callable[[], None],
     ) -> Future[None]:
         """Run ``segment`` in the pool; ``on_done`` is called once it has run (or could not be queued)."""
+
+        def run() -> None:
+            try:
+                self._run_segment(segment, content_key, layout, url_source, from_pool=True)
+                error = segment.future.exception() if segment.future.done() else None
+                if error is not None:
+                    raise error  # for prefetch, which waits on the pool's futures
+            finally:
+                on_done()
+
         try:
-            return self._pool.submit(self._run_pooled, segment, content_key, layout, url_source, on_done)
+            return self._pool.submit(run)
         except RuntimeError:  # the pool is shut down: the pipeline is closing
             if segment.claim():
                 segment.fail(RemoteIOError("read pipeline is closed"))
@@ -544,22 +554,6 @@ class ReadPipeline:
             failed: Future[None] = Future()
             failed.set_exception(RemoteIOError("read pipeline is closed"))
             return failed
-
-    def _run_pooled(
-        self,
-        segment: _Segment,
-        content_key: str,
-        layout: FileLayout,
-        url_source: UrlSource,
-        on_done: Callable[[], None],
-    ) -> None:
-        try:
-            self._run_segment(segment, content_key, layout, url_source, from_pool=True)
-            error = segment.future.exception() if segment.future.done() else None
-            if error is not None:
-                raise error  # for prefetch, which waits on the pool's futures
-        finally:
-            on_done()
 
     def _run_segment(
         self, segment: _Segment, content_key: str, layout: FileLayout, url_source: UrlSource, from_pool: bool = False

@@ -34,8 +34,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from encordfs.emulator import auth, faults, shapes, synthetic
 from encordfs.emulator.server import (
@@ -66,34 +68,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="state directory (SQLite + blobs); default: a temporary dir deleted at exit",
     )
-    parser.add_argument(
+    _repeatable(
+        parser,
         "--import",
-        dest="imports",
-        action="append",
-        type=Path,
-        default=[],
-        metavar="DIR",
-        help="import the dataset folders under DIR (repeatable; idempotent)",
+        "imports",
+        Path,
+        "DIR",
+        "import the dataset folders under DIR (repeatable; idempotent)",
     )
     parser.add_argument("--sample", action="store_true", help="create the sample workspace (idempotent)")
-    parser.add_argument(
+    _repeatable(
+        parser,
         "--generate",
-        dest="generate",
-        action="append",
-        type=_generate_spec,
-        default=[],
-        metavar="TITLE:ROWS[:BYTES]",
-        help="create a dataset of ROWS synthetic IMAGE rows of BYTES bytes each (default "
+        "generate",
+        _generate_spec,
+        "TITLE:ROWS[:BYTES]",
+        "create a dataset of ROWS synthetic IMAGE rows of BYTES bytes each (default "
         f"{synthetic.DEFAULT_SIZE_BYTES}), generated on the fly (repeatable; idempotent per TITLE)",
     )
-    parser.add_argument(
+    _repeatable(
+        parser,
         "--authorized-key",
-        dest="authorized_keys",
-        action="append",
-        type=Path,
-        default=[],
-        metavar="FILE",
-        help="OpenSSH public key file (or private key file) to accept (repeatable); "
+        "authorized_keys",
+        Path,
+        "FILE",
+        "OpenSSH public key file (or private key file) to accept (repeatable); "
         "default: a demo key made in the data dir",
     )
     parser.add_argument(
@@ -120,14 +119,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "recorded from the real service look; docs/RECORDED-SHAPES.md)",
     )
     parser.add_argument("--latency-ms", type=int, default=0, help="added delay on every API call (not blobs)")
-    parser.add_argument(
+    _repeatable(
+        parser,
         "--fault",
-        dest="faults",
-        action="append",
-        type=_fault_rule,
-        default=[],
-        metavar="RULE_JSON",
-        help="a fault rule in force from the start, as posted to /_emulator/faults (repeatable), e.g. "
+        "faults",
+        _fault_rule,
+        "RULE_JSON",
+        "a fault rule in force from the start, as posted to /_emulator/faults (repeatable), e.g. "
         '\'{"endpoint": "blob.get", "drop_after_bytes": 4096, "rate": 0.05}\'; /_emulator/reset clears it',
     )
     parser.add_argument(
@@ -145,6 +143,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="client metadata limit in bytes of compact JSON (default %(default)s); over it → 413",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr (-vv: requests)")
+
+
+def _repeatable(
+    parser: argparse.ArgumentParser, flag: str, dest: str, kind: Callable[[str], Any], metavar: str, help: str
+) -> None:
+    """An option that may be given again and again: ``args.<dest>`` lists its values (none by default)."""
+    parser.add_argument(flag, dest=dest, action="append", type=kind, default=[], metavar=metavar, help=help)
 
 
 def _fault_rule(text: str) -> faults.FaultRule:

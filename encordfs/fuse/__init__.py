@@ -41,6 +41,19 @@ class Timeouts:
     negative_s: float = NEGATIVE_TIMEOUT_S
 
 
+@dataclass(frozen=True, slots=True)
+class MountFlags:
+    """How a binding's ``run(fs, mountpoint, timeouts=..., flags=...)`` mounts; a binding ignores what
+    it cannot do (the kernel binding always serves in the foreground: the CLI detaches by starting a
+    foreground process; libfuse 3.14's high-level API has no passthrough)."""
+
+    read_only: bool = False
+    allow_other: bool = False
+    foreground: bool = True
+    debug: bool = False
+    passthrough: bool = True  # kernel passthrough for cached files, where the kernel allows it
+
+
 def blocks(size: int) -> int:
     """``st_blocks``: 512-byte units."""
     return (size + 511) // 512

@@ -89,7 +89,7 @@ from typing import Any
 from encordfs import errors
 from encordfs.core.fs import INVALIDATE_CONTENT, INVALIDATE_ENTRY, INVALIDATE_LISTING, Attr, EncordFS, OpenFile
 from encordfs.core.xattrs import is_foreign as is_foreign_xattr
-from encordfs.fuse import BLKSIZE, Timeouts, blocks, log_level, timespec
+from encordfs.fuse import BLKSIZE, MountFlags, Timeouts, blocks, log_level, timespec
 from encordfs.fuse import _abi as abi
 from encordfs.fuse._abi import Op
 
@@ -1100,19 +1100,9 @@ def _op_name(opcode: int) -> str:
 # -- entry point -----------------------------------------------------------------------------------------
 
 
-def run(
-    fs: EncordFS,
-    mountpoint: str,
-    *,
-    timeouts: Timeouts,
-    read_only: bool = False,
-    allow_other: bool = False,
-    foreground: bool = True,
-    debug: bool = False,
-    passthrough: bool = True,
-) -> None:
+def run(fs: EncordFS, mountpoint: str, *, timeouts: Timeouts, flags: MountFlags) -> None:
     """Mount and serve until unmounted (or SIGTERM/SIGINT/SIGHUP, which unmount). Raises
-    ``errors.FsError`` when the mount cannot start. ``foreground`` is always true here: the CLI
+    ``errors.FsError`` when the mount cannot start. ``flags.foreground`` is always true here: the CLI
     detaches by starting a foreground process."""
     signalled = threading.Event()
     previous: dict[int, Any] = {}
@@ -1120,8 +1110,8 @@ def run(
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             previous[sig] = signal.signal(sig, lambda *_: signalled.set())
     try:
-        mounted = _mount(mountpoint, read_only=read_only, allow_other=allow_other)
-        session = _Session(fs, mounted.fd, timeouts, passthrough=passthrough, debug=debug)
+        mounted = _mount(mountpoint, read_only=flags.read_only, allow_other=flags.allow_other)
+        session = _Session(fs, mounted.fd, timeouts, passthrough=flags.passthrough, debug=flags.debug)
         try:
             session.init()
             session.start()

@@ -25,7 +25,7 @@ from encordfs import errors  # noqa: E402
 from encordfs.control import mounted_at  # noqa: E402
 from encordfs.core.fs import Attr, EncordFS  # noqa: E402
 from encordfs.core.xattrs import is_foreign as is_foreign_xattr  # noqa: E402
-from encordfs.fuse import BLKSIZE, Timeouts, blocks, log_level, stat_dict, timespec  # noqa: E402
+from encordfs.fuse import BLKSIZE, MountFlags, Timeouts, blocks, log_level, stat_dict, timespec  # noqa: E402
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -221,25 +221,19 @@ class _FUSE(mfusepy.FUSE):
         return 0
 
 
-def run(
-    fs: EncordFS,
-    mountpoint: str,
-    *,
-    timeouts: Timeouts,
-    read_only: bool = False,
-    allow_other: bool = False,
-    foreground: bool = True,
-    debug: bool = False,
-    passthrough: bool = True,
-) -> None:
+def run(fs: EncordFS, mountpoint: str, *, timeouts: Timeouts, flags: MountFlags) -> None:
     """Mount and serve until unmounted. Raises ``errors.FsError`` when the mount cannot start.
-    ``passthrough`` is accepted for the common signature and ignored: libfuse 3.14's high-level API
-    has no passthrough."""
+    ``flags.passthrough`` is ignored: libfuse 3.14's high-level API has no passthrough."""
     ops = FuseOperations(fs, timeouts)
-    options: dict[str, Any] = {"fsname": "encordfs", "subtype": "encordfs", "foreground": foreground, "debug": debug}
-    if read_only:
+    options: dict[str, Any] = {
+        "fsname": "encordfs",
+        "subtype": "encordfs",
+        "foreground": flags.foreground,
+        "debug": flags.debug,
+    }
+    if flags.read_only:
         options["ro"] = True
-    if allow_other:
+    if flags.allow_other:
         options["allow_other"] = True
         options["default_permissions"] = True
     try:
