@@ -97,7 +97,8 @@ def test_nodes_share_the_listing_the_signing_and_the_bytes(
         # nodes b and c cost Encord nothing: no listing, no signing, no byte from the origin
         for endpoint in ("legacy.dataset", "v2.datasets.list", "v2.items.get_bulk", "blob.requests", "blob.bytes"):
             assert after[endpoint] == before[endpoint], endpoint
-        assert _counter(b, "shared.block_hits") == ROWS and _counter(b, "shared.snapshot_loads") == 2
+        # every block came from Redis (a prefetch and a demand read of one file may both fetch it there)
+        assert _counter(b, "shared.block_hits") >= ROWS and _counter(b, "shared.snapshot_loads") == 2
         done = subprocess.run([sys.executable, "-m", "encordfs", "status", str(b.path)], capture_output=True, text=True)
         assert f"shared: {redis_server.url} (up), blocks too" in done.stdout
 
