@@ -194,7 +194,6 @@ GOALS: dict[str, tuple[str, float]] = {
     "wan_big_link": (">=", 0.9),
     "wan_ttfb_ratio": ("<=", 1.5),
 }
-PHASES = ("views", "cp", "legacy")  # what --only can run alone
 
 # (figure, unit, what) in print order; raw measurements come after the ratio they feed.
 ROWS: list[tuple[str, str, str]] = [
