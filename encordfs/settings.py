@@ -52,29 +52,35 @@ class Settings(BaseSettings):
     ssh_key_file: str | None = _opt(
         "ssh_key_file", validation_alias=AliasChoices("ssh_key_file", "ENCORD_SSH_KEY_FILE", "ENCORDFS_SSH_KEY_FILE")
     )
+    # caches and freshness
     cache_dir: str | None = _opt("cache_dir")
     cache_size: int = _opt("cache_size")
     metadata_ttl: float = _opt("metadata_ttl")
     max_metadata_bytes: int = _opt("max_metadata_bytes", gt=0)
+    # who may do what
     read_only: bool = _opt("read_only")
     allow_other: bool = _opt("allow_other")
     include_org_access: bool = _opt("include_org_access")
+    # owner and modes shown
     uid: int | None = _opt("uid")
     gid: int | None = _opt("gid")
     file_mode: int = _opt("file_mode")
     dir_mode: int = _opt("dir_mode")
+    # logs and metrics
     log_file: str | None = _opt("log_file")
     log_format: str = _opt("log_format")
     verbose: int = _opt("verbose", ge=0)
     metrics_port: int | None = _opt("metrics_port", ge=1, le=65535)
+    # the data path: FUSE binding, HTTP client, prefetch
     binding: str = _opt("binding")
     passthrough: bool = _opt("passthrough")
     http_client: str = _opt("http_client")
     ca_file: str | None = _opt("ca_file")
+    prefetch: bool = _opt("prefetch")
+    # cluster mode
     shared: str | None = _opt("shared")
     shared_blocks: bool = _opt("shared_blocks")
     shared_block_limit: int = _opt("shared_block_limit", ge=0)
-    prefetch: bool = _opt("prefetch")
 
     # -- not options: tuning with a reason, settable from the environment or the file only
     # Recent blocks of open and recently read files, in memory, beside the disk cache.

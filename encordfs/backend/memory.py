@@ -22,27 +22,16 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
 
-from encordfs.backend import (
-    BULK_LIMIT,
-    ChildRecord,
-    DatasetRecord,
-    GroupRef,
-    Members,
-    PushOutcome,
-    RowPatch,
-    RowRecord,
-    legacy_key,
-    parse_legacy_key,
-)
+import encordfs.backend as records
 from encordfs.errors import BackendError, NotFound, PermanentError
 
 
 class MemoryBackend:
     def __init__(self) -> None:
-        self.datasets: dict[str, DatasetRecord] = {}
-        self.rows: dict[str, list[RowRecord]] = {}
-        self.children: dict[str, list[ChildRecord]] = {}  # group handle -> members
-        self.videos: dict[str, ChildRecord] = {}  # image sequence handle -> its video
+        self.datasets: dict[str, records.DatasetRecord] = {}
+        self.rows: dict[str, list[records.RowRecord]] = {}
+        self.children: dict[str, list[records.ChildRecord]] = {}  # group handle -> members
+        self.videos: dict[str, records.ChildRecord] = {}  # image sequence handle -> its video
         self.blobs: dict[str, bytes] = {}  # handle -> bytes
         self.refused: dict[str, BackendError] = {}  # handle -> why the service refuses to sign it
         self.member_errors: dict[str, str] = {}  # group handle -> why its members cannot be listed
@@ -54,20 +43,20 @@ class MemoryBackend:
         self._lock = threading.Lock()
 
     # -- building the fake ----------------------------------------------------------------------
-    def add_dataset(self, ds: DatasetRecord) -> None:
+    def add_dataset(self, ds: records.DatasetRecord) -> None:
         self.datasets[ds.uid] = ds
         self.rows.setdefault(ds.uid, [])
 
-    def add_row(self, row: RowRecord, data: bytes | None = None) -> None:
+    def add_row(self, row: records.RowRecord, data: bytes | None = None) -> None:
         self.rows[row.dataset_uid].append(row)
         if data is not None:
             self.blobs[row.handle] = data
 
-    def add_child(self, group_handle: str, child: ChildRecord, data: bytes) -> None:
+    def add_child(self, group_handle: str, child: records.ChildRecord, data: bytes) -> None:
         self.children.setdefault(group_handle, []).append(child)
         self.blobs[child.handle] = data
 
-    def add_video(self, group_handle: str, video: ChildRecord, data: bytes) -> None:
+    def add_video(self, group_handle: str, video: records.ChildRecord, data: bytes) -> None:
         self.videos[group_handle] = video
         self.blobs[video.handle] = data
 
@@ -75,32 +64,32 @@ class MemoryBackend:
         self.rows[dataset_uid] = [r for r in self.rows[dataset_uid] if r.uid != row_uid]
 
     # -- Backend ----------------------------------------------------------------------------------
-    def list_datasets(self) -> list[DatasetRecord]:
+    def list_datasets(self) -> list[records.DatasetRecord]:
         self._count("list_datasets")
         return list(self.datasets.values())
 
-    def iter_rows(self, dataset_uid: str) -> Iterator[RowRecord]:
+    def iter_rows(self, dataset_uid: str) -> Iterator[records.RowRecord]:
         self._count("get_dataset")
         if dataset_uid not in self.rows:
             raise NotFound(f"dataset {dataset_uid} not found")
         return iter(list(self.rows[dataset_uid]))
 
-    def list_children(self, groups: list[GroupRef]) -> dict[str, Members]:
+    def list_children(self, groups: list[records.GroupRef]) -> dict[str, records.Members]:
         self._count("list_children", len(groups))
         return {g.row_uid: self._members(g) for g in groups}
 
-    def _members(self, group: GroupRef) -> Members:
-        handle = group.item_uuid or legacy_key(group.dataset_uid, group.row_uid)
+    def _members(self, group: records.GroupRef) -> records.Members:
+        handle = group.item_uuid or records.legacy_key(group.dataset_uid, group.row_uid)
         if handle in self.member_errors:
-            return Members([], error=self.member_errors[handle])
+            return records.Members([], error=self.member_errors[handle])
         kids = sorted(self.children.get(handle, []), key=lambda c: c.index)
         video = self.videos.get(handle)
         error = "Encord lists no members for this row" if not kids and video is None else None
-        return Members(kids, video, error if group.data_type in ("IMG_GROUP", "DICOM") else None)
+        return records.Members(kids, video, error if group.data_type in ("IMG_GROUP", "DICOM") else None)
 
     def sign(self, handles: list[str]) -> dict[str, str | BackendError | None]:
         self._count("sign")
-        self._count("sign_legacy", len({p[:2] for h in handles if (p := parse_legacy_key(h)) is not None}))
+        self._count("sign_legacy", len({p[:2] for h in handles if (p := records.parse_legacy_key(h)) is not None}))
         out: dict[str, str | BackendError | None] = {}
         for h in handles:
             out[h] = self.refused.get(h) or (f"mem://{h}" if h in self.blobs else None)
@@ -110,13 +99,13 @@ class MemoryBackend:
         """Bytes ``[start, end)`` of the blob behind a ``mem://`` URL."""
         return self.blobs[url.removeprefix("mem://")][start:end]
 
-    def push(self, patches: list[RowPatch]) -> dict[str, PushOutcome]:
+    def push(self, patches: list[records.RowPatch]) -> dict[str, records.PushOutcome]:
         self._count("push")
         with self._lock:
             self.push_log.append([p.row_uid for p in patches])
             if self.push_faults:
                 raise self.push_faults.pop(0)
-            if len(patches) > BULK_LIMIT:
+            if len(patches) > records.BULK_LIMIT:
                 raise PermanentError(f"payload too large (413): {len(patches)} items")
             for patch in patches:
                 if patch.row_uid in self.reject_rows:
@@ -124,19 +113,19 @@ class MemoryBackend:
             where = {r.uid: (ds, i) for ds, rows in self.rows.items() for i, r in enumerate(rows)}
             return {p.row_uid: self._apply_locked(p, where.get(p.row_uid)) for p in patches}
 
-    def _apply_locked(self, patch: RowPatch, at: tuple[str, int] | None) -> PushOutcome:
+    def _apply_locked(self, patch: records.RowPatch, at: tuple[str, int] | None) -> records.PushOutcome:
         if patch.row_uid in self.row_errors:
-            return PushOutcome(patch.row_uid, error=self.row_errors[patch.row_uid])
+            return records.PushOutcome(patch.row_uid, error=self.row_errors[patch.row_uid])
         if at is None:
-            return PushOutcome(patch.row_uid, error=PermanentError("row not found (404)"))
+            return records.PushOutcome(patch.row_uid, error=PermanentError("row not found (404)"))
         ds, i = at
         row = self.rows[ds][i]
         metadata = patch.change.apply_metadata(row.client_metadata)
         title = patch.change.title if patch.change.title is not None else row.title
         self.rows[ds][i] = replace(row, client_metadata=metadata, title=title)
-        return PushOutcome(patch.row_uid, metadata=metadata, title=title)
+        return records.PushOutcome(patch.row_uid, metadata=metadata, title=title)
 
-    def row(self, row_uid: str) -> RowRecord:
+    def row(self, row_uid: str) -> records.RowRecord:
         """The current record of a row, wherever it is (for assertions)."""
         for rows in self.rows.values():
             for r in rows:
