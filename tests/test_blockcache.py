@@ -645,6 +645,22 @@ def test_an_evicted_file_keeps_reading_through_an_open_fd(tmp_path: Path) -> Non
 # ---------------------------------------------------------------------------------------------- tiered
 
 
+def test_complete_now_answers_from_memory_and_only_yes_when_sure(tmp_path: Path) -> None:
+    """What lets the kernel binding serve a passthrough open inline: a complete, checked item is True; a
+    missing, partial or differently sized one is False (the open may have to fetch)."""
+    memory = MemoryBlockCache(capacity_bytes=1 << 20)
+    with open_cache(tmp_path / "c") as disk:
+        cache = TieredBlockCache(memory, disk)
+        assert not cache.complete_now("f0", PART)
+        cache.put(*whole("f0", block(0)), sync=True)
+        assert cache.complete_now("f0", PART)  # landed (sync) and in the hot set
+        assert not cache.complete_now("f0", PART + 1)
+        layout = FileLayout(2 * PART, PART)
+        cache.put(("f1", 0), block(1), layout, wait=True)  # one part of two
+        assert not cache.complete_now("f1", 2 * PART)
+        assert not memory.complete_now("f0", PART)
+
+
 def test_tiered_promotes_disk_hits_and_counts_once(tmp_path: Path) -> None:
     counters = Counters()
     disk = open_cache(tmp_path / "c", counters=counters)

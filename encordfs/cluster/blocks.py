@@ -106,6 +106,9 @@ class SharedBlockCache:
     def open_complete(self, content_key: str, size: int) -> int | None:
         return self.local.open_complete(content_key, size)
 
+    def complete_now(self, content_key: str, size: int) -> bool:
+        return self.local.complete_now(content_key, size)
+
     def flush(self, timeout_s: float | None = None) -> bool:
         """Wait until queued publications are done (tests)."""
         with self._cond:

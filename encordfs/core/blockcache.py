@@ -176,6 +176,11 @@ class BlockCache(Protocol):
         """A read-only fd of a local file holding all ``size`` bytes at their own offsets, or None."""
         ...
 
+    def complete_now(self, content_key: str, size: int) -> bool:
+        """Whether ``open_complete`` would give an fd at once, from memory alone (no index read, no
+        crc32 to check): False when in doubt. A binding serves such an open inline."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -254,6 +259,9 @@ class MemoryBlockCache:
 
     def open_complete(self, content_key: str, size: int) -> int | None:
         return None  # no file to back anything
+
+    def complete_now(self, content_key: str, size: int) -> bool:
+        return False
 
     def close(self) -> None:
         with self._lock:
@@ -605,6 +613,11 @@ class DiskFileCache:
         self.counters.inc("cache.backing_opens")
         self.counters.inc("cache.verified_bytes", sum(length for length, _ in to_verify.values()))
         return fd
+
+    def complete_now(self, content_key: str, size: int) -> bool:
+        with self._lock:
+            item = self._items.get(_file_name(content_key))
+            return item is not None and 0 < size == item.size_bytes and item.complete and not item.unchecked
 
     def complete_path(self, content_key: str, size: int) -> str | None:
         """The absolute path of the item's file when all ``size`` bytes are present and verified, else
@@ -1451,6 +1464,9 @@ class TieredBlockCache:
 
     def open_complete(self, content_key: str, size: int) -> int | None:
         return self.disk.open_complete(content_key, size)
+
+    def complete_now(self, content_key: str, size: int) -> bool:
+        return self.disk.complete_now(content_key, size)
 
     def complete_path(self, content_key: str, size: int) -> str | None:
         return self.disk.complete_path(content_key, size)

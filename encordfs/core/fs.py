@@ -164,6 +164,7 @@ class Handle(Protocol):
 class Reader(Protocol):
     def open(self, content_key: str, size: int, url_source: Callable[[bool], str]) -> Handle: ...
     def open_backing(self, content_key: str, size: int, url_source: Callable[[bool], str]) -> int | None: ...
+    def backing_may_wait(self, content_key: str, size: int) -> bool: ...
     def probe_size(self, url_source: Callable[[bool], str]) -> int: ...
 
 
@@ -592,6 +593,22 @@ class EncordFS:
         if loaded is None:
             return "fill"
         return None if self._is_stale(ino, loaded) else "keep"
+
+    def open_may_wait(self, ino: int) -> bool:
+        """Whether ``open(ino)`` may wait for the network or the disk: with ``backing_files`` on, a small
+        file whose bytes are not known complete on disk is fetched whole during its open; a file of
+        unknown size asks the object. Bindings serve other opens where they read requests (no thread
+        switch); any doubt is True."""
+        if not self.backing_files:
+            return False
+        if ino >= CONTROL_INO or is_view_ino(ino):
+            return False
+        node = self.catalog.get(ino)
+        if node is None or node.kind.is_dir or not node.handle:
+            return False  # answered with an error at once
+        if node.size == UNKNOWN_SIZE:
+            return True
+        return self.reader.backing_may_wait(self._content_key(node), node.size)
 
     def _is_dataset(self, ino: int) -> bool:
         found = self.catalog.stat_fields(ino)

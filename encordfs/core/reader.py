@@ -451,6 +451,10 @@ class ReadPipeline:
         self.counters.inc("reader.backing_fills")
         return self.cache.open_complete(content_key, size)
 
+    def backing_may_wait(self, content_key: str, size: int) -> bool:
+        """Whether ``open_backing`` may wait for the network: a small file not known complete on disk."""
+        return 0 < size <= self.small_file_bytes and not self.cache.complete_now(content_key, size)
+
     def part_size_for(self, size: int) -> int:
         """The part size of a file: the whole file when small, else ``part_bytes``."""
         return max(1, size) if size <= self.small_file_bytes else self.part_bytes

@@ -729,8 +729,8 @@ class _Session:
         _, opcode, _, nodeid = _HEAD.unpack_from(buf)
         if opcode in SLOW_OPS:
             return True
-        if opcode == Op.OPEN and self.fs.backing_files:
-            return True  # an uncached small file is fetched whole during a passthrough-capable open
+        if opcode == Op.OPEN:
+            return self.fs.open_may_wait(nodeid)  # an uncached small file is fetched whole during its open
         return opcode in FOLDER_OPS and self.fs.would_wait(nodeid)
 
     def _serve_safely(self, w: _Worker, n: int) -> None:
