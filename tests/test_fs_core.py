@@ -6,6 +6,7 @@ import errno
 import hashlib
 import os
 import random
+import stat
 import threading
 import time
 from pathlib import Path
@@ -100,6 +101,17 @@ def test_tree_names_and_bytes(world) -> None:  # type: ignore[no-untyped-def]
     assert attr.size == 400 and attr.mtime == 1.5e9 and attr.mode & 0o777 == 0o444
     root = fs.getattr(ROOT_INO)
     assert root.mtime == root.ctime == 1_700_000_000.0  # when the mount started, not the epoch
+
+
+def test_a_plain_listing_gives_what_readdir_gives_without_attributes(world) -> None:  # type: ignore[no-untyped-def]
+    fs, _, _, _ = world
+    for path in ("/", "/street", "/street/burst", "/.encordfs"):
+        ino = fs.resolve(path)
+        full = [(name, a.ino, stat.S_ISDIR(a.mode)) for name, a in fs.readdir(ino)]
+        assert list(fs.readdir_names(ino)) == full and full
+        assert list(fs.readdir_names(ino, full[0][1])) == full[1:]  # resumed after an inode
+    with pytest.raises(errors.NotADirectory):
+        fs.readdir_names(fs.resolve("/street/cat.jpg"))
 
 
 def test_xattrs(world) -> None:  # type: ignore[no-untyped-def]

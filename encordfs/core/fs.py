@@ -623,13 +623,25 @@ class EncordFS:
             return iter([(name, self._control_attr(i)) for name, i in CONTROL_FILES.items() if i > after_ino])
         if is_view_ino(ino):
             return self.views.readdir(ino, after_ino)
+        rows = self._child_rows(ino, after_ino)
+        return ((name, self._attr(child, kind, size, mtime)) for child, name, kind, size, mtime in rows)
+
+    def readdir_names(self, ino: int, after_ino: int = 0) -> Iterator[tuple[str, int, bool]]:
+        """``readdir`` without attributes: (name, inode, is a folder), for a plain listing (``ls -f``,
+        ``find``): no attribute is built and no object is asked its size."""
+        if ino == CONTROL_INO or is_view_ino(ino):
+            return ((name, a.ino, stat.S_ISDIR(a.mode)) for name, a in self.readdir(ino, after_ino))
+        return ((name, child, kind.is_dir) for child, name, kind, _, _ in self._child_rows(ino, after_ino))
+
+    def _child_rows(self, ino: int, after_ino: int) -> Iterator[tuple[int, str, Kind, int, float]]:
+        """A catalog folder's children above ``after_ino`` (checked and loaded first; see ``readdir``)."""
         if ino != ROOT_INO and (ino > CONTROL_INO or not self.node(ino).kind.is_dir):
             raise errors.NotADirectory(str(ino))
         stale = self._ensure_loaded(ino, background=False)
         rows = self.catalog.child_stats(ino, after_ino)
         if stale:
             self._refresh_in_background(ino)
-        return ((name, self._attr(child, kind, size, mtime)) for child, name, kind, size, mtime in rows)
+        return rows
 
     # -- loading ----------------------------------------------------------------------------------
     def _load_lock(self, ino: int) -> threading.Lock:

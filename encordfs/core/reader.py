@@ -388,6 +388,12 @@ class ReadPipeline:
             if not joined:
                 self._flights[key] = segment.future
                 self._prefetch_flights.add(segment.future)
+        if not joined and self.cache.contains(key):  # a demand read fetched it since the check above
+            with self._lock:
+                if self._flights.get(key) is segment.future:
+                    del self._flights[key]
+                self._prefetch_flights.discard(segment.future)
+            joined = True
         if joined:  # someone started it meanwhile
             segment.fail(RemoteIOError("joined"))
             segment.drop()
@@ -607,6 +613,11 @@ class ReadPipeline:
                 continue  # never fail a demand read because a prefetch of it failed
             return
         try:
+            # a flight that ended between the cache check and taking this one has stored its part
+            landed = self.cache.lookup(key) if self.cache.contains(key) else None
+            if landed is not None:
+                segment.finish(landed)
+                return
             data = self._fetch(url_source, segment.start, segment.end, layout.size_bytes, background)
             segment.finish(data)  # readers go on before the cache write
             self.cache.put(key, data, layout, wait=segment.fill_cache)  # the disk tier only queues it

@@ -82,7 +82,7 @@ import subprocess
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,6 +132,7 @@ SLOW_OPS = frozenset({Op.READ, Op.SETXATTR, Op.REMOVEXATTR, Op.RENAME, Op.RENAME
 FOLDER_OPS = frozenset({Op.LOOKUP, Op.READDIR, Op.READDIRPLUS})
 _HEAD = struct.Struct("=IIQQ")  # the in header's len, opcode, unique, nodeid
 DT_SHIFT = 12  # dirent type = (st_mode & S_IFMT) >> 12
+DT_DIR, DT_REG = stat.S_IFDIR >> DT_SHIFT, stat.S_IFREG >> DT_SHIFT
 READ_ONLY_OPS = (Op.CREATE, Op.MKNOD, Op.MKDIR, Op.SYMLINK, Op.LINK, Op.UNLINK, Op.RMDIR)
 MS_RDONLY, MS_NOSUID, MS_NODEV = 1, 2, 4
 MNT_DETACH = 2
@@ -971,7 +972,9 @@ class _Session:
         """Entries from the kernel's offset into the worker's buffer, as many as fit in ``size``.
         Offsets: "." 1, ".." 2, a child its inode + 2 (children come in inode order)."""
         _, offset, size, _ = abi.READ_IN.unpack_from(arg)
-        children = self.fs.readdir(nodeid, max(0, offset - 2))  # errors before anything is written
+        # errors before anything is written; a plain READDIR needs no attributes
+        after = max(0, offset - 2)
+        children: Iterator[Any] = self.fs.readdir(nodeid, after) if plus else self.fs.readdir_names(nodeid, after)
         out, end = w.out, abi.OUT_HEADER.size + min(size, OUT_BUFFER_BYTES - abi.OUT_HEADER.size)
         pos = abi.OUT_HEADER.size
         linked: list[int] = []
@@ -992,33 +995,29 @@ class _Session:
                 out[pos + fixed.size : pos + fixed.size + len(raw)] = raw
                 pos += reclen
             else:
-                for name, attr in children:
-                    raw = os.fsencode(name)
-                    reclen = abi.align8(fixed.size + len(raw))
-                    if pos + reclen > end:
-                        break
-                    dtype = stat.S_IFMT(attr.mode) >> DT_SHIFT
-                    if plus:
+                if plus:
+                    for name, attr in children:
+                        raw = os.fsencode(name)
+                        reclen = abi.align8(fixed.size + len(raw))
+                        if pos + reclen > end:
+                            break
+                        dtype = stat.S_IFMT(attr.mode) >> DT_SHIFT
                         fixed.pack_into(
-                            out,
-                            pos,
-                            attr.ino,
-                            0,
-                            ev,
-                            av,
-                            evn,
-                            avn,
-                            *_attr_fields(attr),
-                            attr.ino,
-                            attr.ino + 2,
-                            len(raw),
-                            dtype,
-                        )
+                            out, pos, attr.ino, 0, ev, av, evn, avn, *_attr_fields(attr),
+                            attr.ino, attr.ino + 2, len(raw), dtype,
+                        )  # fmt: skip
                         linked.append(attr.ino)
-                    else:
-                        fixed.pack_into(out, pos, attr.ino, attr.ino + 2, len(raw), dtype)
-                    out[pos + fixed.size : pos + fixed.size + len(raw)] = raw
-                    pos += reclen
+                        out[pos + fixed.size : pos + fixed.size + len(raw)] = raw
+                        pos += reclen
+                else:
+                    for name, ino, is_dir in children:
+                        raw = os.fsencode(name)
+                        reclen = abi.align8(fixed.size + len(raw))
+                        if pos + reclen > end:
+                            break
+                        fixed.pack_into(out, pos, ino, ino + 2, len(raw), DT_DIR if is_dir else DT_REG)
+                        out[pos + fixed.size : pos + fixed.size + len(raw)] = raw
+                        pos += reclen
         finally:
             close = getattr(children, "close", None)
             if close is not None:
