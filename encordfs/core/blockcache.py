@@ -688,8 +688,8 @@ class DiskFileCache:
         while True:
             with self._lock:
                 item = self._items.get(name)
-                if item is not None or self._item_count <= len(self._items) or name in self._unsaved:
-                    return item  # (nothing is cold, or it was dropped and the index does not show it yet)
+                if item is not None or name in self._unsaved:
+                    return item  # (or it was dropped and the index does not show it yet)
                 seq = self._commit_seq
             cold = self._read_cold(name)
             with self._lock:
