@@ -30,6 +30,7 @@ from encordfs.core.blockcache import (
     FileLayout,
     MemoryBlockCache,
     TieredBlockCache,
+    _file_name,
     _pwrite_all,
 )
 from encordfs.core.counters import Counters
@@ -643,6 +644,35 @@ def test_an_evicted_file_keeps_reading_through_an_open_fd(tmp_path: Path) -> Non
 
 
 # ---------------------------------------------------------------------------------------------- tiered
+
+
+def test_an_item_cooled_again_while_being_opened_is_looked_up_again(tmp_path: Path) -> None:
+    """With a full hot set, an item read back from the index may be pushed out again by another before
+    ``open_complete`` uses it (seen once in CI with a hot set of one): that is not a miss."""
+    with open_cache(tmp_path / "c", max_hot_items=1) as cache:
+        for name in ("f0", "f1"):
+            cache.put(*whole(name, block(int(name[1]))), wait=True)
+        assert cache.flush(10)
+        deadline = time.monotonic() + 10
+        while cache.hot_items() > 1 and time.monotonic() < deadline:  # committed, then cooled
+            time.sleep(0.05)
+        find = cache._find
+        interfered: list[str] = []
+
+        def find_then_another(name: str) -> object:
+            found = find(name)
+            if not interfered:  # another reader makes f1 hot right after: f0 goes cold again
+                interfered.append(name)
+                find(_file_name("f1"))
+            return found
+
+        cache._find = find_then_another  # type: ignore[method-assign]
+        fd = cache.open_complete("f0", PART)
+        assert interfered == [_file_name("f0")] and fd is not None
+        try:
+            assert os.pread(fd, PART, 0) == block(0)
+        finally:
+            os.close(fd)
 
 
 def test_complete_now_answers_from_memory_and_only_yes_when_sure(tmp_path: Path) -> None:

@@ -355,6 +355,8 @@ _CHARGE_UNIT = 4096  # filesystem block: what a part really takes on disk, round
 # Items held in memory (the hot set, see "Memory" in the module docstring): 65,536 cost ~26 MB; a bigger
 # cache keeps the rest in its index only, read back (~30 us) when used again.
 HOT_ITEMS = 65536
+_COOLED = -1  # ``_open_complete_once``: the item left the hot set while being opened (look again)
+_COOLED_RETRIES = 3
 _VICTIM_BATCH = 256  # cold items read ahead for eviction per index query
 _READERS = 4  # pooled read connections to the index (cold lookups, crc32s to check)
 _READER_CACHE_KIB = 512  # page cache of each: the index's hot pages stay in the OS page cache anyway
@@ -574,13 +576,25 @@ class DiskFileCache:
         closes the fd; eviction never takes the file away from it. Damage drops the item (a miss).
         """
         name = _file_name(content_key)
+        # An item read back from the index can go cold again before it is used here (another item made hot
+        # meanwhile pushes it out of a full hot set): look it up again rather than call that a miss.
+        for _ in range(_COOLED_RETRIES):
+            fd = self._open_complete_once(name, size)
+            if fd != _COOLED:
+                return fd
+        return None
+
+    def _open_complete_once(self, name: str, size: int) -> int | None:
+        """``open_complete`` of an item as found now; ``_COOLED`` if it left the hot set meanwhile."""
         with self._lock:
             item = self._items.get(name)
         if item is None:
             item = self._find(name)
         with self._lock:
-            if item is None or self._items.get(name) is not item:
+            if item is None:
                 return None
+            if self._items.get(name) is not item:
+                return _COOLED
             if size <= 0 or item.size_bytes != size or not item.complete:
                 return None
             unchecked = item.unchecked
@@ -607,8 +621,9 @@ class DiskFileCache:
         if not (current and sound):
             if fd >= 0:
                 os.close(fd)
-            if current:
-                self.counters.inc("cache.corrupt_disk")
+            if not current:
+                return _COOLED
+            self.counters.inc("cache.corrupt_disk")
             return None
         self.counters.inc("cache.backing_opens")
         self.counters.inc("cache.verified_bytes", sum(length for length, _ in to_verify.values()))
@@ -688,8 +703,8 @@ class DiskFileCache:
         while True:
             with self._lock:
                 item = self._items.get(name)
-                if item is not None or name in self._unsaved:
-                    return item  # (or it was dropped and the index does not show it yet)
+                if item is not None or self._item_count <= len(self._items) or name in self._unsaved:
+                    return item  # (nothing is cold, or it was dropped and the index does not show it yet)
                 seq = self._commit_seq
             cold = self._read_cold(name)
             with self._lock:
