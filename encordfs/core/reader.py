@@ -318,6 +318,21 @@ class ReadPipeline:
         origin (``cluster.blocks``: ``lookup`` reads Redis and stores what it finds locally)."""
         return self.cache.contains(key) or self.cache.lookup(key) is not None
 
+    def _prefetch_start(self, content_key: str, size: int) -> int | None:
+        """The length of a file's first part, charged to the readahead share of the budget, when prefetch
+        should fetch it; None when it is empty, cached, obtainable from a shared tier or being fetched.
+        ``Throttled`` when the share is full."""
+        key = (content_key, 0)
+        with self._lock:
+            in_flight = key in self._flights
+        if size <= 0 or in_flight or self._have(key):
+            return None
+        end = min(self.part_size_for(size), size)
+        if not self.budget.try_acquire(end, self._readahead_limit_bytes):
+            self.counters.inc("reader.readahead_throttled")
+            raise Throttled(f"no room in the read budget for {end} bytes of prefetch")
+        return end
+
     def prefetch_file(self, content_key: str, size: int, url_source: UrlSource) -> int:
         """Background: bring a file's first part (the whole file when it is small) into the cache, for
         ``core.prefetch``. Returns the bytes fetched: 0 when the part is cached or already being fetched
@@ -329,17 +344,9 @@ class ReadPipeline:
         write is queued, waiting for room in its queue: filling the cache is the point), so a later
         open finds it in memory or on disk, and with backing files on, complete on disk.
         """
-        if size <= 0:
+        end = self._prefetch_start(content_key, size)
+        if end is None:
             return 0
-        key = (content_key, 0)
-        with self._lock:
-            in_flight = key in self._flights
-        if in_flight or self._have(key):
-            return 0
-        end = min(self.part_size_for(size), size)
-        if not self.budget.try_acquire(end, self._readahead_limit_bytes):
-            self.counters.inc("reader.readahead_throttled")
-            raise Throttled(f"no room in the read budget for {end} bytes of prefetch")
         segment = _Segment(0, end, 0, self.budget)
         segment.fill_cache = segment.prefetch = True
         try:
@@ -357,24 +364,18 @@ class ReadPipeline:
         queue unless its backlog is full) and then calls ``done(bytes, error)`` on that loop thread
         (hand over, nothing more). One attempt: on an error the caller may try ``prefetch_file``, which
         retries and re-signs. Returns False when it cannot start this way (httpx; no background
-        connection free): call ``prefetch_file`` on a thread instead. A cached or in-flight part is
-        ``done(0, None)`` at once. Raises ``Throttled`` as ``prefetch_file`` does, and the ``FsError`` of
+        connection free): call ``prefetch_file`` on a thread instead. Otherwise a cached or in-flight part
+        is ``done(0, None)`` at once. Raises ``Throttled`` as ``prefetch_file`` does, and the ``FsError`` of
         a URL that cannot be had (``url_source`` runs on the calling thread and may sign, one API call).
         """
         fetch_async = getattr(self.background_fetcher, "fetch_async", None)
-        key = (content_key, 0)
-        with self._lock:
-            in_flight = key in self._flights
-        if size <= 0 or in_flight or self._have(key):
-            done(0, None)
-            return True
         if fetch_async is None:
             return False
-        part_size = self.part_size_for(size)
-        end = min(part_size, size)
-        if not self.budget.try_acquire(end, self._readahead_limit_bytes):
-            self.counters.inc("reader.readahead_throttled")
-            raise Throttled(f"no room in the read budget for {end} bytes of prefetch")
+        key = (content_key, 0)
+        end = self._prefetch_start(content_key, size)
+        if end is None:
+            done(0, None)
+            return True
         segment = _Segment(0, end, 0, self.budget)
         segment.claim()
         try:
@@ -389,10 +390,7 @@ class ReadPipeline:
                 self._flights[key] = segment.future
                 self._prefetch_flights.add(segment.future)
         if not joined and self.cache.contains(key):  # a demand read fetched it since the check above
-            with self._lock:
-                if self._flights.get(key) is segment.future:
-                    del self._flights[key]
-                self._prefetch_flights.discard(segment.future)
+            self._end_flight(key, segment)
             joined = True
         if joined:  # someone started it meanwhile
             segment.fail(RemoteIOError("joined"))
@@ -400,7 +398,7 @@ class ReadPipeline:
             done(0, None)
             return True
         buf = bytearray(end)
-        layout = FileLayout(size, part_size)
+        layout = FileLayout(size, self.part_size_for(size))
 
         def land(error: FsError | None) -> None:
             try:
@@ -410,10 +408,7 @@ class ReadPipeline:
                 else:
                     segment.fail(error)
             finally:
-                with self._lock:
-                    if self._flights.get(key) is segment.future:
-                        del self._flights[key]
-                    self._prefetch_flights.discard(segment.future)
+                self._end_flight(key, segment)
                 segment.drop()
             done(end if error is None else 0, error)
 
@@ -423,10 +418,7 @@ class ReadPipeline:
             land(exc if isinstance(exc, FsError) else RemoteIOError(f"prefetch: {type(exc).__name__}"))
             return True
         if not started:
-            with self._lock:
-                if self._flights.get(key) is segment.future:
-                    del self._flights[key]
-                self._prefetch_flights.discard(segment.future)
+            self._end_flight(key, segment)
             segment.fail(RemoteIOError("not started"))
             segment.drop()
             return False
@@ -622,10 +614,15 @@ class ReadPipeline:
             segment.finish(data)  # readers go on before the cache write
             self.cache.put(key, data, layout, wait=segment.fill_cache)  # the disk tier only queues it
         finally:
-            with self._lock:
-                if self._flights.get(key) is segment.future:
-                    del self._flights[key]
-                self._prefetch_flights.discard(segment.future)
+            self._end_flight(key, segment)
+
+    def _end_flight(self, key: BlockKey, segment: _Segment) -> None:
+        """``segment``'s fetch of ``key`` is over: later readers of the part find it in the cache (stored
+        before this) or fetch it anew."""
+        with self._lock:
+            if self._flights.get(key) is segment.future:
+                del self._flights[key]
+            self._prefetch_flights.discard(segment.future)
 
     def _fetch(self, url_source: UrlSource, start: int, end: int, total: int, background: bool = False) -> bytearray:
         """Bytes ``[start, end)`` of a file the catalog says is ``total`` bytes long (an object that grew
