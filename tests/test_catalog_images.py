@@ -77,12 +77,17 @@ def test_adopted_image_serves_the_exporters_names_at_once_and_keeps_inodes_throu
     assert [n.name for n in cat.groups(ds)] == ["group"]
     assert cat.file_items(ds, after_ino=ino, limit=2) == [(ino, "item-r0003"), (ino + 1, "item-r0004")]
     assert [i for i, *_ in cat.child_stats(ds, after_ino=ino)] == [i for i, *_ in listed[4:]]
+    # lookahead's view of the folder (readable files in listing order), from the image
+    ahead = [n.ino for n in cat.next_files(ds, ino, 3)]
+    assert ahead == [ino + 1, ino + 2, ino + 3] and cat.previous_file(ds, ino) == ino - 1
+    assert cat.previous_file(ds, listed[0][0]) is None
     # metadata that lands before the fill shows at once and survives it
     cat.set_rows_state([("r0003", {"i": "landed"}, None)])
     assert cat.get(ino).client_metadata == {"i": "landed"}  # type: ignore[union-attr]
     cat.fill_now(ds)
     assert cat.adopted() == {}
     assert _listing(cat, ds) == listed
+    assert [n.ino for n in cat.next_files(ds, ino, 3)] == ahead and cat.previous_file(ds, ino) == ino - 1
     assert cat.get(ino).client_metadata == {"i": "landed"}  # type: ignore[union-attr]
     assert cat.lookup_ino(ds, "img3.jpg") == ino
     # a later sync of the folder keeps names and inodes (sticky), as for any folder
