@@ -497,6 +497,18 @@ def test_a_backing_path_stays_valid_when_the_cache_evicts_the_file(backed) -> No
     assert _sha(_read_path(second.backing)) == _sha(sources["/data/b.bin"])
 
 
+def test_an_open_may_wait_unless_its_file_is_complete_and_checked_on_disk(backed) -> None:  # type: ignore[no-untyped-def]
+    """What the kernel binding asks before serving an OPEN on the thread that read it."""
+    fs, disk, _, _ = backed
+    small, big = fs.resolve("/data/a.bin"), fs.resolve("/data/big.bin")
+    assert fs.open_may_wait(small) and fs.open_may_wait(big)  # would be fetched / is not complete
+    assert not fs.open_may_wait(fs.resolve("/data")) and not fs.open_may_wait(ROOT_INO)  # errors at once
+    fs.release(fs.open(small, writable=False).fh)  # fetched whole for its backing file
+    assert disk.flush(5) and not fs.open_may_wait(small)
+    fs.backing_files = False
+    assert not fs.open_may_wait(big)  # nothing is fetched or checked during an open then
+
+
 def test_a_big_file_is_backed_once_every_part_is_cached(backed) -> None:  # type: ignore[no-untyped-def]
     fs, disk, fetcher, sources = backed
     ino = fs.resolve("/data/big.bin")

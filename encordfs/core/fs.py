@@ -595,10 +595,10 @@ class EncordFS:
         return None if self._is_stale(ino, loaded) else "keep"
 
     def open_may_wait(self, ino: int) -> bool:
-        """Whether ``open(ino)`` may wait for the network or the disk: with ``backing_files`` on, a small
-        file whose bytes are not known complete on disk is fetched whole during its open; a file of
-        unknown size asks the object. Bindings serve other opens where they read requests (no thread
-        switch); any doubt is True."""
+        """Whether ``open(ino)`` may wait for the network or the disk: with ``backing_files`` on, a file
+        not known complete and checked on disk may be fetched whole (small) or read whole to check it
+        (big) during its open; a file of unknown size asks the object. Bindings serve other opens where
+        they read requests (no thread switch); any doubt is True."""
         if not self.backing_files:
             return False
         if ino >= CONTROL_INO or is_view_ino(ino):

@@ -450,8 +450,9 @@ class ReadPipeline:
         return self.cache.open_complete(content_key, size)
 
     def backing_may_wait(self, content_key: str, size: int) -> bool:
-        """Whether ``open_backing`` may wait for the network: a small file not known complete on disk."""
-        return 0 < size <= self.small_file_bytes and not self.cache.complete_now(content_key, size)
+        """Whether ``open_backing`` may wait: unless the file is known complete and checked on disk, a small
+        one may be fetched whole, and a big one read whole from disk to check its inherited parts."""
+        return size > 0 and not self.cache.complete_now(content_key, size)
 
     def part_size_for(self, size: int) -> int:
         """The part size of a file: the whole file when small, else ``part_bytes``."""
