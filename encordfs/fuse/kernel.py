@@ -39,7 +39,8 @@ buffers, answering on the fd the request came from with ``os.write``/``os.writev
 a view of a cached block included, go out without a copy). Leader/follower (``_Session._loop``):
 one worker reads and serves inline whatever cannot wait (lookups, attributes, listings of loaded
 folders, opens, xattr reads: SQLite or memory); before a request that may wait (a READ, a journaled
-change, fsync, a folder never loaded) it hands reading to a parked worker. A handoff per request
+change, fsync, a folder never loaded, an OPEN that may fetch or check its file: ``EncordFS.open_may_wait``)
+it hands reading to a parked worker. A handoff per request
 cost a wakeup and two GIL transfers, which doubled the CPU of a small request. One notifier thread
 writes invalidations, never a worker: the kernel takes the folder's lock for an entry invalidation,
 which the request being served may hold (a ``setfattr`` refresh holds the folder's), so
@@ -726,12 +727,13 @@ class _Session:
 
     def _may_wait(self, buf: bytearray) -> bool:
         """Whether a request may wait for the network, the disk or another request: reads (bytes may
-        have to be fetched), journaled changes, fsync, and names or listings of a folder never loaded."""
+        have to be fetched), journaled changes, fsync, names or listings of a folder never loaded, and opens
+        whose file is not known complete on disk (``EncordFS.open_may_wait``)."""
         _, opcode, _, nodeid = _HEAD.unpack_from(buf)
         if opcode in SLOW_OPS:
             return True
         if opcode == Op.OPEN:
-            return self.fs.open_may_wait(nodeid)  # an uncached small file is fetched whole during its open
+            return self.fs.open_may_wait(nodeid)
         return opcode in FOLDER_OPS and self.fs.would_wait(nodeid)
 
     def _serve_safely(self, w: _Worker, n: int) -> None:
