@@ -110,12 +110,18 @@ class MemoryFetcher:
         out[:] = data
 
 
+MANY = 3000
+
+
 def _memory_fs(tmp_path: Path) -> tuple[EncordFS, list[Callable[[], None]]]:
     """The core over a MemoryBackend holding ``CONTENT`` in dataset "street"; and its closers."""
     backend = MemoryBackend()
     backend.add_dataset(DatasetRecord("ds1", "street", "d", 1e9, 1e9, 0, "folder1", "admin"))
     for i, (name, data) in enumerate(CONTENT.items()):
         backend.add_row(row_record(f"r{i}", "ds1", name, data), data)
+    backend.add_dataset(DatasetRecord("ds2", "many", "d", 1e9, 1e9, 0, "folder2", "admin"))
+    for i in range(MANY):  # more than one page of a listing
+        backend.add_row(row_record(f"m{i}", "ds2", f"frame-{i:05d}.jpg", b"x"), b"x")
     catalog = Catalog(tmp_path / "catalog.sqlite")
     reader = ReadPipeline(MemoryFetcher(backend), MemoryBlockCache(64 << 20))
     fs = EncordFS(backend, catalog, reader, SignedUrlCache(backend.sign), Options(uid=0, gid=0))
@@ -260,6 +266,47 @@ def test_a_fresh_folder_listing_is_kept_by_the_kernel(serve: Callable[..., Serve
     for _ in range(2):
         assert sorted(os.listdir(folder)) == names
     assert listings.count(ino) >= 2  # each open lists again (and would refresh the folder)
+
+
+def test_a_listing_without_attributes_is_not_kept(serve: Callable[..., Served]) -> None:
+    """After ``ls -f`` or ``find`` (plain READDIR past the first page) the kernel holds no entry for most
+    children: a kept names-only copy would cost an ``ls -l`` one LOOKUP per entry, so the next listing
+    comes here instead (and carries attributes if its reader stats). After a listing whose reader stats
+    what it reads (``ls -l``), the copy is kept."""
+    served = serve()
+    fs = served.fs
+    folder = served.path / "many"
+    listings: list[int] = []
+    readdir, readdir_names = fs.readdir, fs.readdir_names
+
+    def counted(folder_ino: int, after_ino: int = 0) -> Any:
+        listings.append(folder_ino)
+        return readdir(folder_ino, after_ino)
+
+    def counted_names(folder_ino: int, after_ino: int = 0) -> Any:
+        listings.append(folder_ino)
+        return readdir_names(folder_ino, after_ino)
+
+    fs.readdir, fs.readdir_names = counted, counted_names  # type: ignore[method-assign]
+
+    def plain() -> int:
+        return len(os.listdir(folder))
+
+    def stat_each() -> int:
+        with os.scandir(folder) as entries:
+            return sum(1 for e in entries if e.stat(follow_symlinks=False).st_size == 1)
+
+    assert plain() == MANY  # loads the folder: a page with attributes, then plain pages
+    for lister in (plain, plain):
+        listings.clear()
+        assert lister() == MANY
+        assert listings, "a names-only copy was kept"
+    listings.clear()
+    assert stat_each() == MANY  # listed here, with attributes as the reader stats
+    for lister in (plain, stat_each, plain):
+        listings.clear()
+        assert lister() == MANY
+        assert listings == [], "the listing after an ls -l was not kept"
 
 
 def test_passthrough_id_lives_until_the_kernel_forgets_the_inode(serve: Callable[..., Served]) -> None:

@@ -548,6 +548,9 @@ class _Session:
         self.minor = 0
         self.flags = 0
         self.setxattr_ext = False
+        # Folders whose last listing through us went on without attributes past its first page (a plain
+        # READDIR: ``ls -f``, ``find``): the kernel holds no entry for most of their children (``_opendir``).
+        self.listed_plain: set[int] = set()
         self.passthrough: _Passthrough | None = None
         self.notifier: _Notifier | None = None
         self.workers: list[threading.Thread] = []
@@ -959,8 +962,16 @@ class _Session:
     def _opendir(self, w: _Worker, unique: int, nodeid: int, arg: memoryview) -> bytes:
         """A fresh catalog folder's listing is kept by the kernel (``FOPEN_CACHE_DIR``) and reused by the
         next opens while it stays fresh (``FOPEN_KEEP_CACHE``): a warm ``find`` or ``ls`` lists from the
-        page cache. Anything else is listed here each time (and drops a kept copy): ``EncordFS.listing_cache``."""
+        page cache. Anything else is listed here each time (and drops a kept copy): ``EncordFS.listing_cache``.
+
+        A kept listing is names only: an ``ls -l`` of it stats every entry, one LOOKUP each unless the kernel
+        still holds the entry. It does after a listing that carried attributes (READDIRPLUS: the kernel asks
+        for them after its first page only when the lister stats what it reads), not after a plain one
+        (``ls -f``, ``find``): then the copy is dropped and the next listing comes here, where an ``ls -l``
+        gets READDIRPLUS pages (a million LOOKUPs took 7 times as long)."""
         how = self.fs.listing_cache(nodeid)
+        if how == "keep" and nodeid in self.listed_plain:
+            how = "fill"
         flags = 0 if how is None else abi.FOPEN_CACHE_DIR | (abi.FOPEN_KEEP_CACHE if how == "keep" else 0)
         return abi.OPEN_REPLY.pack(abi.OPEN_REPLY.size, 0, unique, 0, flags, 0)
 
@@ -977,6 +988,8 @@ class _Session:
         # errors before anything is written; a plain READDIR needs no attributes
         after = max(0, offset - 2)
         children: Iterator[Any] = self.fs.readdir(nodeid, after) if plus else self.fs.readdir_names(nodeid, after)
+        if offset == 0:
+            self.listed_plain.discard(nodeid)
         out, end = w.out, abi.OUT_HEADER.size + min(size, OUT_BUFFER_BYTES - abi.OUT_HEADER.size)
         pos = abi.OUT_HEADER.size
         linked: list[int] = []
@@ -1024,6 +1037,8 @@ class _Session:
             close = getattr(children, "close", None)
             if close is not None:
                 close()  # gives the catalog's connection back now
+        if not plus and offset > 0 and pos > abi.OUT_HEADER.size:  # a page of names past the first
+            self.listed_plain.add(nodeid)
         abi.OUT_HEADER.pack_into(out, 0, pos, 0, unique)
         reply = w.out_view[:pos]
         pt = self.passthrough
