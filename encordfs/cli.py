@@ -555,8 +555,13 @@ def _exit_code(exc: errors.FsError) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["emulator"]:
+        # Everything after the word is the emulator's own (``--help`` too): argparse's REMAINDER in a
+        # subparser refuses a first argument that starts with "-" ("unrecognized arguments: --sample").
+        args = argparse.Namespace(func=cmd_emulator, emulator_args=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return int(func(args))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,24 @@ def test_missing_and_nonempty_mountpoint(tmp_path: Path, sample_emulator: Runnin
     (busy / "file").write_text("x")
     done = _mount(busy, sample_emulator.domain, sample_emulator.key_file, tmp_path / "c")
     _assert_clean_failure(done, busy, "not empty")
+
+
+def test_the_emulator_subcommand_takes_its_own_options(tmp_path: Path) -> None:
+    """``encordfs emulator --sample`` (the README's line) starts the emulator; its ``--help`` is its own."""
+    done = _encordfs("emulator", "--help")
+    assert done.returncode == 0 and "--shape" in done.stdout and "--generate" in done.stdout, done.stderr
+    done = _encordfs("emulator", "--no-such-option")
+    assert done.returncode == 2 and "unrecognized arguments: --no-such-option" in done.stderr
+    assert "Traceback" not in done.stderr
+    argv = [sys.executable, "-m", "encordfs", "emulator", "--sample", "--port", "0", "--data-dir", str(tmp_path)]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            lines = [proc.stdout.readline() for _ in range(2)]
+            assert any(line.startswith("domain=http://127.0.0.1:") for line in lines), lines
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
 def test_unmount_not_mounted(tmp_path: Path) -> None:
