@@ -54,8 +54,9 @@ def _adopting(tmp_path: Path) -> tuple[Catalog, int]:
     return cat, ds.ino
 
 
+@pytest.mark.parametrize("views_first", [False, True])
 def test_adopted_image_serves_the_exporters_names_at_once_and_keeps_inodes_through_the_fill(
-    tmp_path: Path, exported: tuple[Path, list[tuple[str, str]]], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, exported: tuple[Path, list[tuple[str, str]]], monkeypatch: pytest.MonkeyPatch, views_first: bool
 ) -> None:
     monkeypatch.setattr(catalog_mod, "IMAGE_GRACE_S", 0.0)
     path, names = exported
@@ -84,6 +85,10 @@ def test_adopted_image_serves_the_exporters_names_at_once_and_keeps_inodes_throu
     # metadata that lands before the fill shows at once and survives it
     cat.set_rows_state([("r0003", {"i": "landed"}, None)])
     assert cat.get(ino).client_metadata == {"i": "landed"}  # type: ignore[union-attr]
+    if views_first:  # a view's scan of the metadata (an image has no index of it) copies the image in first
+        assert [r[0] for r in cat.child_metadata(ds)] == [i for i, *_ in listed] and cat.adopted() == {}
+        assert [r[7] for r in cat.child_metadata(ds) if r[0] == ino] == ['{"i":"landed"}']
+        assert [r[0] for r in cat.child_members(ds, 0, "i", "landed", ())] == [ino]
     cat.fill_now(ds)
     assert cat.adopted() == {}
     assert _listing(cat, ds) == listed

@@ -234,6 +234,22 @@ def test_passthrough_reads_never_reach_python(serve: Callable[..., Served]) -> N
     assert served.status()["opens"] == 4
 
 
+def _count_listings(fs: EncordFS) -> list[int]:
+    """The folder inode of every listing call the binding makes from now on (any of the three kinds)."""
+    listings: list[int] = []
+
+    def counting(method: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(folder_ino: int, after_ino: int = 0) -> Any:
+            listings.append(folder_ino)
+            return method(folder_ino, after_ino)
+
+        return counted
+
+    for name in ("readdir", "readdir_names", "readdir_stats"):
+        setattr(fs, name, counting(getattr(fs, name)))
+    return listings
+
+
 def test_a_fresh_folder_listing_is_kept_by_the_kernel(serve: Callable[..., Served]) -> None:
     """A warm ``ls``/``find`` lists from the kernel's page cache (FOPEN_CACHE_DIR + KEEP_CACHE) while the
     folder is within its TTL; a changed listing (``"listing"``) or a stale folder is listed here again."""
@@ -241,14 +257,7 @@ def test_a_fresh_folder_listing_is_kept_by_the_kernel(serve: Callable[..., Serve
     fs = served.fs
     folder = served.path / "street"
     ino = os.stat(folder).st_ino
-    listings: list[int] = []
-    readdir = fs.readdir
-
-    def counted(folder_ino: int, after_ino: int = 0) -> Any:
-        listings.append(folder_ino)
-        return readdir(folder_ino, after_ino)
-
-    fs.readdir = counted  # type: ignore[method-assign]
+    listings = _count_listings(fs)
     names = sorted(os.listdir(folder))
     assert names == sorted(CONTENT) and listings
     listings.clear()
@@ -276,18 +285,7 @@ def test_a_listing_without_attributes_is_not_kept(serve: Callable[..., Served]) 
     served = serve()
     fs = served.fs
     folder = served.path / "many"
-    listings: list[int] = []
-    readdir, readdir_names = fs.readdir, fs.readdir_names
-
-    def counted(folder_ino: int, after_ino: int = 0) -> Any:
-        listings.append(folder_ino)
-        return readdir(folder_ino, after_ino)
-
-    def counted_names(folder_ino: int, after_ino: int = 0) -> Any:
-        listings.append(folder_ino)
-        return readdir_names(folder_ino, after_ino)
-
-    fs.readdir, fs.readdir_names = counted, counted_names  # type: ignore[method-assign]
+    listings = _count_listings(fs)
 
     def plain() -> int:
         return len(os.listdir(folder))
@@ -458,6 +456,57 @@ class Asker:
         length, error, unique = abi.OUT_HEADER.unpack_from(reply)
         assert (length, unique) == (len(reply), self.unique)
         return -error, reply[abi.OUT_HEADER.size :]
+
+
+def _direntplus(body: bytes) -> list[tuple[bytes, tuple[int, ...]]]:
+    """(name, entry_out + attr fields) of each record of a READDIRPLUS reply."""
+    out, pos = [], 0
+    while pos < len(body):
+        fields = abi.DIRENTPLUS.unpack_from(body, pos)
+        namelen = fields[-2]
+        start = pos + abi.DIRENTPLUS.size
+        out.append((body[start : start + namelen], fields))
+        pos += abi.align8(abi.DIRENTPLUS.size + namelen)
+    return out
+
+
+def test_readdirplus_entries_carry_what_getattr_says(tmp_path: Path) -> None:
+    """Entries packed from ``readdir_stats`` (no Attr per entry) have the fields ``getattr``'s Attr
+    gives, page after page, for files and folders, and resume where the kernel's offset says."""
+    fs, closers = _memory_fs(tmp_path)
+    asker = Asker(fs)
+    try:
+        seen: list[bytes] = []
+        for folder in (b"street", b"many"):
+            ok, body = asker.ask(Op.LOOKUP, ROOT_INO, folder + b"\0") or (None, b"")
+            assert ok == 0
+            ino = abi.ENTRY_OUT.unpack_from(body)[0]
+            offset, names = 0, []
+            while True:
+                ok, body = asker.ask(Op.READDIRPLUS, ino, abi.READ_IN.pack(0, offset, 8192, 0)) or (None, b"")
+                assert ok == 0
+                records = _direntplus(body)
+                if not records:
+                    break
+                for name, fields in records:
+                    offset = fields[-3]
+                    if name in (b".", b".."):
+                        continue
+                    child = fields[0]
+                    assert fields[6:22] == kernel._attr_fields(fs.getattr(child)), name
+                    assert fields[22] == child and fields[-1] == (fields[15] & 0o170000) >> 12  # d_ino, type
+                    names.append(name)
+            assert names == [os.fsencode(n) for n, _ in fs.readdir(ino)]
+            seen += names
+        ok, body = asker.ask(Op.READDIRPLUS, ROOT_INO, abi.READ_IN.pack(0, 0, 8192, 0)) or (None, b"")
+        folders = [fields for name, fields in _direntplus(body or b"") if name in (b"street", b"many")]
+        assert len(folders) == 2 and all(f[6:22] == kernel._attr_fields(fs.getattr(f[0])) for f in folders)
+        assert len(seen) == len(CONTENT) + MANY
+    finally:
+        asker.ours.close()
+        asker.device.close()
+        for close in closers:
+            close()
 
 
 def test_every_request_is_answered_with_the_right_errno(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from encordfs import errors
 from encordfs.backend import ChildRecord, DatasetRecord
 from encordfs.backend.memory import MemoryBackend
 from encordfs.core import names
+from encordfs.core import views as views_mod
 from encordfs.core.blockcache import MemoryBlockCache
 from encordfs.core.catalog import Catalog, Entry, Kind
 from encordfs.core.fs import CONTROL_INO, EncordFS, Options
@@ -69,10 +71,12 @@ class World:
         return e.value.errno
 
 
-def _world(tmp_path: Path, read_only: bool = False) -> Iterator[World]:
+def _world(
+    tmp_path: Path, read_only: bool = False, rows: list[tuple[str, str, dict[str, Any] | None]] = ROWS
+) -> Iterator[World]:
     backend = MemoryBackend()
     backend.add_dataset(DatasetRecord("ds1", "street", "d", 1e9, 1e9, 0, "folder1", "admin"))
-    for uid, title, meta in ROWS:
+    for uid, title, meta in rows:
         backend.add_row(_row(uid, "ds1", title, uid.encode() * 10, metadata=meta), uid.encode() * 10)
     backend.add_row(_row("g1", "ds1", "burst", None, data_type="IMG_GROUP", metadata={"split": "train"}))
     backend.add_child(
@@ -175,6 +179,74 @@ def test_a_metadata_write_moves_the_row_at_once(world: World) -> None:
     assert world.writes is not None
     world.writes.push_round()  # landed: the overlay keeps showing it until the catalog has it
     assert all("a.jpg" not in world.ls(f"/street/@split/{v}") for v in world.ls("/street/@split"))
+
+
+# Values SQLite compares as text and Python after Unicode normalization: "\u212a" (KELVIN SIGN) is "K"
+# in NFC, "e\u0301" is "é"; "3" the string and 3 the number are different folders; an object or
+# array whose text could look like a string; keys that need quoting in a JSON path.
+TRICKY = ["train", "Train", "Krain", "\u212arain", "café", "cafe\u0301", "3", 3, None, True, "true", ["train"],
+          {"train": 1}, "", " train", "tr/ain", "a" * 300, "a" * 255 + "b" * 45, "\u00e9t\u00e9"]  # fmt: skip
+KEYS = ["split", "a b", "x[0]", "$", "é", "camera.id", 'q"uote']
+
+
+def _tricky_rows() -> list[tuple[str, str, dict[str, Any] | None]]:
+    rows: list[tuple[str, str, dict[str, Any] | None]] = []
+    for i, value in enumerate(TRICKY * 2):
+        meta: dict[str, Any] = {}
+        if i % 3 == 0:  # the others: only "split", so that a row is in ASCII when its value is
+            meta = {key: TRICKY[(i + k) % len(TRICKY)] for k, key in enumerate(KEYS) if (i + k) % 5}
+        meta["split"] = value
+        rows.append((f"t{i:03d}", f"t{i:03d}.jpg", meta))
+    rows.append(("plain", "plain.jpg", {"other": "train"}))
+    rows.append(("nothing", "nothing.jpg", None))
+    return rows
+
+
+def test_value_folders_list_exactly_the_rows_whose_value_they_name(tmp_path: Path) -> None:
+    """Every value folder of every key lists the rows an independent reading of the rule picks, before
+    and after changes are queued, whichever way the listing is made (SQLite picking the rows where it
+    can: ``Catalog.child_members``; Python parsing every row otherwise)."""
+    world = next(gen := _world(tmp_path, rows=_tricky_rows()))
+    try:
+        fs = world.fs
+        asked: list[str] = []
+        members = fs.catalog.child_members
+
+        def counted(parent: int, after: int, key: str, text: str, also: Any) -> Any:
+            asked.append(text)
+            return members(parent, after, key, text, also)
+
+        fs.catalog.child_members = counted  # type: ignore[method-assign]
+
+        def expected(key: str, folder: str) -> list[str]:
+            out = []
+            for node in fs.catalog.children(fs.resolve("/street")):
+                meta = world.writes.view(node.uid, node.client_metadata, node.title)[0] if world.writes else None
+                value = views_mod.key_value(meta, key)
+                if value is not views_mod._MISSING and unicodedata.normalize("NFC", value_name(value)) == (
+                    unicodedata.normalize("NFC", folder)
+                ):
+                    out.append(node.name)
+            return sorted(out)
+
+        def check_all() -> None:
+            for key in KEYS:
+                folders = world.ls(f"/street/@{key}") + ["Krain", "train", "café", "nobody"]
+                for folder in folders:
+                    listed = sorted(world.ls(f"/street/@{key}/{folder}"))
+                    assert listed == expected(key, folder), (key, folder)
+
+        check_all()
+        assert "train" in asked and "Krain" in asked  # picked by SQLite where it could
+        assert sorted(world.ls("/street/@split/Krain")) == ["t002.jpg", "t003.jpg", "t021.jpg", "t022.jpg"]
+        # queued changes: the listing must see them before they land
+        t019, t005 = fs.resolve("/street/t019.jpg"), fs.resolve("/street/t005.jpg")  # "train", 3; ASCII
+        fs.setxattr(t019, "user.encord.meta.split", b'"val"', 0)  # out of train
+        fs.setxattr(t005, "user.encord.meta.split", b'"train"', 0)  # into train
+        assert "t019.jpg" not in world.ls("/street/@split/train") and "t005.jpg" in world.ls("/street/@split/train")
+        check_all()
+    finally:
+        gen.close()
 
 
 def test_mv_between_value_folders_sets_the_key(world: World) -> None:

@@ -69,6 +69,7 @@ import threading
 import unicodedata
 from collections import OrderedDict
 from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -89,6 +90,9 @@ VIEW_INO_END = 1 << 62  # the control folder's inodes start here (``core.fs.CONT
 MAX_DIRS = 1 << 16
 # Key-folder listings kept for their continuations (one per folder being listed at the same time).
 MAX_LISTINGS = 8
+# Rows with changes not landed yet that a value folder's listing checks itself beside what SQLite picks;
+# beyond that many it checks every row (``Views.member_stats``).
+MAX_OVERLAID = 2048
 _QUOTE_STARTS = ('"', "{", "[")
 _MISSING: Any = object()
 
@@ -239,6 +243,20 @@ def _nfc(name: str) -> str:
     return unicodedata.normalize("NFC", name)
 
 
+def _sql_text(d: ViewDir) -> str | None:
+    """The string value folder ``d`` stands for when SQLite can find its rows by equality
+    (``Catalog.child_members``): a top-level key that needs no quoting in a JSON path, and a value
+    folder named by a string shown as its own text, in ASCII. Then a row whose value differs from it
+    is in the folder only if its text has characters beyond ASCII; else None."""
+    if d.value is None or not d.value.isascii() or "." in d.key or '"' in d.key or "\\" in d.key:
+        return None
+    try:
+        value = parse_value(d.value)
+    except errors.FsError:
+        return None
+    return value if isinstance(value, str) and _bare(value) else None
+
+
 def _view_ino(d: ViewDir) -> int:
     tag = d.key if d.value is None else f"{d.key}\0\1{_nfc(d.value)}"
     digest = hashlib.blake2b(f"{d.dataset}\0{tag}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
@@ -317,27 +335,58 @@ class Views:
 
     def readdir(self, ino: int, after_ino: int = 0) -> Iterator[tuple[str, Attr]]:
         """Like ``EncordFS.readdir``: checks and loading happen before this returns."""
+        rows = self.member_stats(ino, after_ino)
+        if rows is not None:
+            attr = self._fs._attr
+            return ((name, attr(child, kind, size, mtime)) for child, name, kind, size, mtime in rows)
         d = self.dir(ino)
         stale = self._fs._ensure_loaded(d.dataset, background=False)
         try:
-            if d.value is None:
-                return iter(self._value_folders(ino, d, after_ino))
-            # The stream (its read snapshot) starts before a background refresh does, as in a dataset.
-            return self._members(d, self._catalog.child_metadata(d.dataset, after_ino))
+            return iter(self._value_folders(ino, d, after_ino))
+        finally:
+            if stale:
+                self._fs._refresh_in_background(d.dataset)
+
+    def member_stats(self, ino: int, after_ino: int = 0) -> Iterator[tuple[int, str, Kind, int, float]] | None:
+        """A value folder's rows as ``Catalog.child_stats`` gives a folder's: (ino, name, kind, size,
+        mtime) in inode order above ``after_ino``; None for a key folder. Checks and loading happen
+        before this returns, and the stream (its read snapshot) starts before a background refresh
+        does, as in a dataset.
+
+        Where it can, SQLite picks the rows (``Catalog.child_members``: a value that is a plain ASCII
+        string of a top-level key), and only rows it cannot settle are parsed here: those with text
+        beyond ASCII and those with changes not landed yet. Otherwise every row is parsed here."""
+        d = self.dir(ino)
+        if d.value is None:
+            return None
+        stale = self._fs._ensure_loaded(d.dataset, background=False)
+        try:
+            text = _sql_text(d)
+            overlaid = None if text is None else self._fs._overlaid_rows(MAX_OVERLAID)
+            if text is None or overlaid is None:
+                rows = self._catalog.child_metadata(d.dataset, after_ino)
+                return self._members(d, ((*row, False) for row in rows), frozenset())
+            return self._members(d, self._catalog.child_members(d.dataset, after_ino, d.key, text, overlaid), overlaid)
         finally:
             if stale:
                 self._fs._refresh_in_background(d.dataset)
 
     def _members(
-        self, d: ViewDir, rows: Iterator[tuple[int, str, str, Kind, int, float, str, str | None]]
-    ) -> Iterator[tuple[str, Attr]]:
+        self,
+        d: ViewDir,
+        rows: Iterator[tuple[int, str, str, Kind, int, float, str, str | None, bool]],
+        overlaid: AbstractSet[str],
+    ) -> Iterator[tuple[int, str, Kind, int, float]]:
         assert d.value is not None
         want = _nfc(d.value)
-        attr, viewed, key = self._fs._attr, self._fs._viewed_metadata, d.key
-        for ino, uid, name, kind, size, mtime, title, meta_json in rows:
+        viewed, key = self._fs._viewed_metadata, d.key
+        for ino, uid, name, kind, size, mtime, title, meta_json, exact in rows:
+            if exact and uid not in overlaid:
+                yield ino, name, kind, size, mtime
+                continue
             value = key_value(viewed(uid, _loads(meta_json), title), key)
             if value is not _MISSING and _value_names(value)[1] == want:
-                yield name, attr(ino, kind, size, mtime)
+                yield ino, name, kind, size, mtime
 
     def _value_folders(self, ino: int, d: ViewDir, after_ino: int) -> list[tuple[str, Attr]]:
         with self._lock:

@@ -358,6 +358,14 @@ class WriteQueue:
             return server_metadata, title
         return change.apply_metadata(server_metadata), title
 
+    def overlaid(self, limit: int) -> set[str] | None:
+        """The uids of the rows ``view`` changes now (changes queued or recently landed), or None when
+        there are more than ``limit``: then a caller asks ``view`` row by row."""
+        with self._lock:
+            if len(self._rows) + len(self._landed) > limit:
+                return None
+            return set(self._rows) | set(self._landed)
+
     def pending_change(self, row_uid: str) -> RowChange | None:
         with self._lock:
             state = self._rows.get(row_uid)

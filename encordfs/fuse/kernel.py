@@ -85,7 +85,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from encordfs import errors
 from encordfs.core.fs import INVALIDATE_CONTENT, INVALIDATE_ENTRY, INVALIDATE_LISTING, Attr, EncordFS, OpenFile
@@ -987,7 +987,15 @@ class _Session:
         _, offset, size, _ = abi.READ_IN.unpack_from(arg)
         # errors before anything is written; a plain READDIR needs no attributes
         after = max(0, offset - 2)
-        children: Iterator[Any] = self.fs.readdir(nodeid, after) if plus else self.fs.readdir_names(nodeid, after)
+        stats = self.fs.readdir_stats(nodeid, after) if plus else None
+        children: Iterator[Any] = cast(  # readdir_stats: a catalog folder or a value folder, see _pack_stats
+            "Iterator[Any]",
+            stats
+            if stats is not None
+            else self.fs.readdir(nodeid, after)
+            if plus
+            else self.fs.readdir_names(nodeid, after),
+        )
         if offset == 0:
             self.listed_plain.discard(nodeid)
         out, end = w.out, abi.OUT_HEADER.size + min(size, OUT_BUFFER_BYTES - abi.OUT_HEADER.size)
@@ -1010,7 +1018,9 @@ class _Session:
                 out[pos + fixed.size : pos + fixed.size + len(raw)] = raw
                 pos += reclen
             else:
-                if plus:
+                if stats is not None:
+                    pos = self._pack_stats(stats, out, pos, end, linked)
+                elif plus:
                     for name, attr in children:
                         raw = os.fsencode(name)
                         reclen = abi.align8(fixed.size + len(raw))
@@ -1048,6 +1058,35 @@ class _Session:
         if not self._send(w, reply) and counted:
             pt.looked_up(counted, -1)
         return None
+
+    def _pack_stats(
+        self, stats: Iterator[tuple[str, int, bool, int, float]], out: bytearray, pos: int, end: int, linked: list[int]
+    ) -> int:
+        """READDIRPLUS entries from ``EncordFS.readdir_stats`` into ``out`` from ``pos`` up to ``end``;
+        returns the new end. The same fields as ``_attr_fields`` of the entry's ``Attr``, packed without
+        building one (a third of the cost per entry: 1 µs against 2.8 here)."""
+        fixed = abi.DIRENTPLUS
+        size_fixed, pack = fixed.size, fixed.pack_into
+        ev, evn = self.entry_valid
+        av, avn = self.attr_valid
+        dir_mode, file_mode, uid, gid = self.fs.entry_modes
+        for name, ino, is_dir, size, mtime in stats:
+            raw = os.fsencode(name)
+            n = len(raw)
+            reclen = (size_fixed + n + 7) & ~7  # abi.align8
+            if pos + reclen > end:
+                break
+            sec, nsec = divmod(int(mtime * 1e9), 1_000_000_000)  # timespec()
+            if is_dir:
+                pack(out, pos, ino, 0, ev, av, evn, avn, ino, 0, 0, sec, sec, sec, nsec, nsec, nsec, dir_mode, 2,
+                     uid, gid, 0, BLKSIZE, 0, ino, ino + 2, n, DT_DIR)  # fmt: skip
+            else:
+                pack(out, pos, ino, 0, ev, av, evn, avn, ino, size, (size + 511) >> 9, sec, sec, sec, nsec, nsec,
+                     nsec, file_mode, 1, uid, gid, 0, BLKSIZE, 0, ino, ino + 2, n, DT_REG)  # fmt: skip
+            linked.append(ino)
+            out[pos + size_fixed : pos + size_fixed + n] = raw
+            pos += reclen
+        return pos
 
     # -- extended attributes ---------------------------------------------------------------------------
     @staticmethod
