@@ -307,6 +307,65 @@ def test_a_listing_without_attributes_is_not_kept(serve: Callable[..., Served]) 
         assert listings == [], "the listing after an ls -l was not kept"
 
 
+def test_a_long_listing_is_made_ahead_and_is_what_the_core_lists(serve: Callable[..., Served]) -> None:
+    """``ls -l`` of a folder of several pages: the same names, inodes and sizes as the core's listing,
+    pages after the first made ahead (``_ListAhead``) while the lister read the one before."""
+    served = serve()
+    fs = served.fs
+    expected = {name: (a.ino, a.size) for name, a in fs.readdir(fs.resolve("/many"))}
+    with os.scandir(served.path / "many") as entries:
+        listed = {e.name: (e.inode(), e.stat(follow_symlinks=False).st_size) for e in entries}
+    assert listed == expected and len(listed) == MANY
+    assert fs.status()["listing_ahead"]["used"] >= 1
+    assert sorted(os.listdir(served.path / "many")) == sorted(expected)  # plain READDIR pages too
+
+
+def test_pages_made_ahead_are_used_once_while_fresh_and_unchanged() -> None:
+    made: list[int] = []
+    version = [1]
+
+    def make(nodeid: int, offset: int, size: int, plus: bool, buf: bytearray) -> tuple[int, list[int], int]:
+        made.append(offset)
+        if offset == 666:
+            raise RuntimeError("a broken page")
+        body = f"{nodeid}:{offset}".encode()
+        buf[: len(body)] = body
+        return len(body), [offset], offset + 100 if offset < 400 else 0
+
+    ahead = kernel._ListAhead(make, lambda: version[0])
+    ahead.want(1, 100, 4096, True)  # not started (a session that never served): nothing is made
+    assert ahead.take(1, 100, 4096, True) is None and made == []
+    ahead.start()
+    try:
+        ahead.want(1, 100, 4096, True)
+        page = ahead.take(1, 100, 4096, True)
+        assert page is not None and (page.body, page.linked, page.next_offset) == (b"1:100", [100], 200)
+        assert ahead.take(1, 100, 4096, True) is None  # used once
+        deadline = time.monotonic() + 5
+        while made != [100, 200, 300, 400] and time.monotonic() < deadline:  # the pages after it, ahead
+            time.sleep(0.01)
+        assert made == [100, 200, 300, 400]  # up to AHEAD_DEPTH of one folder, to the end of the listing
+        assert ahead.take(1, 200, 4096, False) is None  # not the page of another kind of listing
+        assert ahead.take(1, 200, 8192, True) is None  # nor of another size
+        assert getattr(ahead.take(1, 200, 4096, True), "body", None) == b"1:200"
+        ahead.clear()  # an invalidation: nothing made before it is used
+        assert ahead.take(1, 300, 4096, True) is None
+        before = len(made)
+        ahead.want(2, 100, 4096, True)
+        while len(made) == before and time.monotonic() < deadline + 5:
+            time.sleep(0.01)
+        time.sleep(0.05)
+        version[0] += 1  # the catalog changed after it was made
+        assert ahead.take(2, 100, 4096, True) is None
+        ahead.want(3, 666, 4096, True)
+        assert ahead.take(3, 666, 4096, True) is None  # a failure: the request makes it and answers
+        assert ahead.used == 2 and ahead.unused >= 3
+    finally:
+        ahead.stop()
+    ahead.want(1, 100, 4096, True)
+    assert ahead.take(1, 100, 4096, True) is None  # stopped
+
+
 def test_passthrough_id_lives_until_the_kernel_forgets_the_inode(serve: Callable[..., Served]) -> None:
     served = serve()
     target = served.path / "street" / "a.jpg"

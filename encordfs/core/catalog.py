@@ -562,22 +562,23 @@ class Catalog:
 
     def child_members(
         self, parent: int, after_ino: int, key: str, text: str, also_uids: Iterable[str]
-    ) -> Iterator[tuple[int, str, str, Kind, int, float, str, str | None, bool]]:
-        """``child_metadata`` narrowed by SQLite to the rows whose top-level ``key`` may hold the string
-        ``text`` as a view sees it, with one more field: True when it does, exactly. The others are
-        rows whose metadata has text beyond ASCII (Unicode normalization may make a value equal to
-        ``text``) and the rows ``also_uids`` names (changes not landed here yet): the caller checks
-        those. ``key`` must not contain ``"`` or ``\\`` (it is quoted in a JSON path)."""
+    ) -> Iterator[tuple[int, str, int, int, float, str, str, str | None, Any]]:
+        """The rows of ``parent`` above ``after_ino`` whose top-level ``key`` may hold the string
+        ``text`` as a view sees it, streamed in inode order as (ino, name, kind number, size, mtime,
+        uid, title, client metadata JSON, the key's value as SQLite reads it). A row whose last field
+        is ``text`` holds it; the others are rows whose metadata has text beyond ASCII (Unicode
+        normalization may make a value equal to ``text``) and the rows ``also_uids`` names (changes
+        not landed here yet): the caller checks those. ``key`` must not contain ``"`` or ``\\`` (it
+        is quoted in a JSON path). An adopted folder is copied in first, as for ``child_metadata``."""
         self._await_fill(self._adopted.get(parent))
         path = '$."' + key + '"'
-        rows = self._reads.stream(
-            "SELECT ino, uid, name, kind, size, mtime, title, client_metadata, json_extract(client_metadata, ?3) IS ?4"
+        return self._reads.stream(
+            "SELECT ino, name, kind, size, mtime, uid, title, client_metadata, json_extract(client_metadata, ?3)"
             " FROM nodes WHERE parent=?1 AND ino>?2 AND (json_extract(client_metadata, ?3) = ?4"
             " OR length(client_metadata) != length(CAST(client_metadata AS BLOB))"
             " OR instr(client_metadata, '\\u') > 0 OR uid IN (SELECT value FROM json_each(?5))) ORDER BY ino",
             (parent, after_ino, path, text, json.dumps(sorted(also_uids))),
         )
-        return ((r[0], r[1], r[2], KINDS[r[3]], r[4], r[5], r[6], r[7], r[8] == 1) for r in rows)
 
     def loaded_at(self, ino: int) -> float | None:
         cached = self._loaded.get(ino)

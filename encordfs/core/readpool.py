@@ -68,9 +68,9 @@ class ReadPool:
 
     def _rest(self, conn: sqlite3.Connection, cur: sqlite3.Cursor, row: Any) -> Iterator[Any]:
         try:
-            while row is not None:
+            if row is not None:
                 yield row
-                row = cur.fetchone()
+                yield from cur  # the cursor's own iteration: no method call per row
         finally:
             cur.close()
             self._give(conn)

@@ -77,7 +77,7 @@ import orjson
 
 from encordfs import errors
 from encordfs.core import names, xattrs
-from encordfs.core.catalog import Catalog, Kind
+from encordfs.core.catalog import KINDS, Catalog, Kind
 
 if TYPE_CHECKING:
     from encordfs.core.fs import Attr, EncordFS
@@ -364,29 +364,44 @@ class Views:
             text = _sql_text(d)
             overlaid = None if text is None else self._fs._overlaid_rows(MAX_OVERLAID)
             if text is None or overlaid is None:
-                rows = self._catalog.child_metadata(d.dataset, after_ino)
-                return self._members(d, ((*row, False) for row in rows), frozenset())
-            return self._members(d, self._catalog.child_members(d.dataset, after_ino, d.key, text, overlaid), overlaid)
+                return self._members(d, self._catalog.child_metadata(d.dataset, after_ino))
+            rows = self._catalog.child_members(d.dataset, after_ino, d.key, text, overlaid)
+            return self._picked(d, rows, text, overlaid)
         finally:
             if stale:
                 self._fs._refresh_in_background(d.dataset)
 
     def _members(
-        self,
-        d: ViewDir,
-        rows: Iterator[tuple[int, str, str, Kind, int, float, str, str | None, bool]],
-        overlaid: AbstractSet[str],
+        self, d: ViewDir, rows: Iterator[tuple[int, str, str, Kind, int, float, str, str | None]]
     ) -> Iterator[tuple[int, str, Kind, int, float]]:
+        """The rows of ``d`` among ``rows`` (``Catalog.child_metadata``), each parsed and checked."""
         assert d.value is not None
         want = _nfc(d.value)
         viewed, key = self._fs._viewed_metadata, d.key
-        for ino, uid, name, kind, size, mtime, title, meta_json, exact in rows:
-            if exact and uid not in overlaid:
-                yield ino, name, kind, size, mtime
-                continue
+        for ino, uid, name, kind, size, mtime, title, meta_json in rows:
             value = key_value(viewed(uid, _loads(meta_json), title), key)
             if value is not _MISSING and _value_names(value)[1] == want:
                 yield ino, name, kind, size, mtime
+
+    def _picked(
+        self,
+        d: ViewDir,
+        rows: Iterator[tuple[int, str, int, int, float, str, str, str | None, Any]],
+        text: str,
+        overlaid: AbstractSet[str],
+    ) -> Iterator[tuple[int, str, Kind, int, float]]:
+        """The rows of ``d`` among those SQLite picked (``Catalog.child_members``): a row whose value
+        SQLite read as ``text`` is in, unless a change not landed may move it; the others are checked."""
+        assert d.value is not None
+        want = _nfc(d.value)
+        viewed, key = self._fs._viewed_metadata, d.key
+        for ino, name, kind, size, mtime, uid, title, meta_json, sql_value in rows:
+            if sql_value == text and uid not in overlaid:
+                yield ino, name, KINDS[kind], size, mtime
+                continue
+            value = key_value(viewed(uid, _loads(meta_json), title), key)
+            if value is not _MISSING and _value_names(value)[1] == want:
+                yield ino, name, KINDS[kind], size, mtime
 
     def _value_folders(self, ino: int, d: ViewDir, after_ino: int) -> list[tuple[str, Attr]]:
         with self._lock:
