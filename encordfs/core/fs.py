@@ -1054,8 +1054,10 @@ class EncordFS:
         legacy row is signed alone: see the module docstring)."""
         item = node.handle
         assert item is not None
-        source = self.urls.source(item)
         alone = costs_a_call(item)
+        # Made at the first call: most opens and prefetches of cached files never ask for a URL, and a
+        # source costs a thread-local of its own.
+        made: list[Callable[[bool], str]] = []
 
         def url(force_resign: bool = False) -> str:
             # An item already in another reader's signing batch joins that call (in ``source``)
@@ -1063,7 +1065,9 @@ class EncordFS:
             # still cost one signing call per 1,000 files.
             if not alone and not force_resign and not self.urls.is_fresh(item) and not self.urls.is_pending(item):
                 self._sign_siblings(node)
-            return source(force_resign)
+            if not made:
+                made.append(self.urls.source(item))
+            return made[0](force_resign)  # the first one made, if two threads made one each
 
         return url
 

@@ -52,9 +52,12 @@ Inodes
     catalog from that inode and filters them (linear over a whole listing); a key folder computes its
     distinct values once per listing (``after_ino == 0``) and serves continuations from that snapshot.
 
-Cost: filtering parses each row's metadata (orjson) and names its value (cached for scalars), about
-1-2 µs a row: a first ``ls -l`` of a value folder costs about what a warm ``ls -l`` of the dataset does
-(benchmark figure ``views_ls_ratio``).
+Cost: a value folder named by a plain ASCII string of a top-level key (``@split/train``) has its rows
+picked by SQLite (``json_extract``, ``Catalog.child_members``); only rows it cannot settle (metadata
+with text beyond ASCII, changes not landed yet) are parsed here. Any other folder parses each row's
+metadata (orjson) and names its value (cached for scalars), about 1-2 µs a row. Measured: the first
+``ls -l`` of an 80k-row value folder of a 100k-row dataset took 0.42 s against 0.32 s for a warm
+``ls -l`` of the dataset (benchmark figure ``views_ls_ratio``).
 
 Threads: ``_lock`` guards ``_dirs`` and ``_listings``; it is a leaf (nothing else is taken under it).
 """
