@@ -278,6 +278,7 @@ def test_public_surface() -> None:
         "set_title",
         "discard",
         "view",
+        "overlaid",
         "pending_change",
         "parked_reason",
         "flush",
