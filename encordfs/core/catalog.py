@@ -572,12 +572,14 @@ class Catalog:
         is quoted in a JSON path). An adopted folder is copied in first, as for ``child_metadata``."""
         self._await_fill(self._adopted.get(parent))
         path = '$."' + key + '"'
+        uids = sorted(also_uids)
         return self._reads.stream(
             "SELECT ino, name, kind, size, mtime, uid, title, client_metadata, json_extract(client_metadata, ?3)"
             " FROM nodes WHERE parent=?1 AND ino>?2 AND (json_extract(client_metadata, ?3) = ?4"
             " OR length(client_metadata) != length(CAST(client_metadata AS BLOB))"
-            " OR instr(client_metadata, '\\u') > 0 OR uid IN (SELECT value FROM json_each(?5))) ORDER BY ino",
-            (parent, after_ino, path, text, json.dumps(sorted(also_uids))),
+            " OR instr(client_metadata, '\\u') > 0"
+            + (" OR uid IN (SELECT value FROM json_each(?5))) ORDER BY ino" if uids else ") ORDER BY ino"),
+            (parent, after_ino, path, text, json.dumps(uids)) if uids else (parent, after_ino, path, text),
         )
 
     def loaded_at(self, ino: int) -> float | None:
