@@ -31,7 +31,8 @@ Figures
     P1_warm          the same file again after a remount, from the disk cache (page cache dropped) ÷ reading
                      the cache's own file of it directly (page cache dropped). Passes on remounts first
                      fill the parts the cold pass's disk backlog skipped (up to 4, until one fetches
-                     nothing). The goal is for passthrough.
+                     nothing). The goal is for passthrough. Read file, mount, mount, file (the storage
+                     under the VM caches too: a second read is faster), best of each.
     P2_*             N × 100 KiB with 8 reader threads: mount files/s ÷ direct httpx GETs of pre-signed URLs
                      (8 threads, one pooled client) / the naive SDK loop (``refetch_data(signed_url=True)``
                      + GET per row, on a subset) / ``rclone mount`` of the nginx (http backend).
@@ -876,28 +877,40 @@ class Bench:
                 self.snapshot_counters(m, "big_fill")
             if not self.counters.get("big_fill", {}).get("fetch.bytes_fetched", 0):
                 break
-        log("P1_warm: the big file from the disk cache of a remount, page cache dropped")
-        with mounted(lambda: self.mount(emu, cache_dir)) as m:
-            path = m.path / "big" / big_src.name
-            os.listdir(path.parent)
-            self.drop()
-            with self.spy(m, "big_warm"):
-                secs, n = read_parallel([path], threads=1)
-            assert n == size, (n, size)
-            self.snapshot_counters(m, "big_warm")
-        fetched = self.counters.get("big_warm", {}).get("fetch.bytes_fetched", 0)
-        if fetched:
-            self.notes.append(f"P1_warm: {fetched / MiB:.0f} MiB of the warm pass came from the server")
         cached = self.cache_file_of(cache_dir, size)
         if cached is None:
             self.notes.append("P1_warm skipped: the disk cache holds no single file of the big file (old layout?)")
             return
-        log("P1_warm: the cache's file of it read directly, page cache dropped")
-        self.drop()
-        file_secs, file_n = read_parallel([cached], threads=1)
-        assert file_n == size, (file_n, size)
-        self.fig["P1_warm_mount_MBps"] = n / secs / 1e6
-        self.fig["P1_warm_file_MBps"] = file_n / file_secs / 1e6
+
+        def through_mount(first: bool) -> float:
+            log("P1_warm: the big file from the disk cache of a remount, page cache dropped")
+            with mounted(lambda: self.mount(emu, cache_dir)) as m:
+                path = m.path / "big" / big_src.name
+                os.listdir(path.parent)
+                self.drop()
+                with self.spy(m, "big_warm") if first else contextlib.nullcontext():
+                    secs, n = read_parallel([path], threads=1)
+                assert n == size, (n, size)
+                self.snapshot_counters(m, "big_warm" if first else "big_warm_again")
+            return n / secs / 1e6
+
+        def directly() -> float:
+            log("P1_warm: the cache's file of it read directly, page cache dropped")
+            self.drop()
+            secs, n = read_parallel([cached], threads=1)
+            assert n == size, (n, size)
+            return n / secs / 1e6
+
+        # A, B, B, A: the storage under this VM caches too, so whichever read comes second is faster; each
+        # way is read once early and once late, and the best of each counts.
+        file_rates = [directly()]
+        mount_rates = [through_mount(first=True), through_mount(first=False)]
+        file_rates.append(directly())
+        fetched = sum(self.counters.get(k, {}).get("fetch.bytes_fetched", 0) for k in ("big_warm", "big_warm_again"))
+        if fetched:
+            self.notes.append(f"P1_warm: {fetched / MiB:.0f} MiB of the warm passes came from the server")
+        self.fig["P1_warm_mount_MBps"] = max(mount_rates)
+        self.fig["P1_warm_file_MBps"] = max(file_rates)
         self.fig["P1_warm"] = self.fig["P1_warm_mount_MBps"] / self.fig["P1_warm_file_MBps"]
 
     @staticmethod
