@@ -320,7 +320,8 @@ def test_a_long_listing_is_made_ahead_and_is_what_the_core_lists(serve: Callable
     assert sorted(os.listdir(served.path / "many")) == sorted(expected)  # plain READDIR pages too
 
 
-def test_pages_made_ahead_are_used_once_while_fresh_and_unchanged() -> None:
+def test_pages_made_ahead_are_used_once_while_fresh_and_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kernel, "AHEAD_FRESH_S", 60.0)  # a loaded machine must not make a page stale here
     made: list[int] = []
     version = [1]
 
@@ -359,7 +360,10 @@ def test_pages_made_ahead_are_used_once_while_fresh_and_unchanged() -> None:
         assert ahead.take(2, 100, 4096, True) is None
         ahead.want(3, 666, 4096, True)
         assert ahead.take(3, 666, 4096, True) is None  # a failure: the request makes it and answers
-        assert ahead.used == 2 and ahead.unused >= 3
+        ahead.want(4, 100, 4096, True)
+        monkeypatch.setattr(kernel, "AHEAD_FRESH_S", 0.0)
+        assert ahead.take(4, 100, 4096, True) is None  # made, but no longer fresh when asked for
+        assert ahead.used == 2 and ahead.unused >= 4
     finally:
         ahead.stop()
     ahead.want(1, 100, 4096, True)
