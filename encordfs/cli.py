@@ -544,9 +544,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="count", default=0)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("emulator", help="run the local Encord emulator (encordfs emulator --help)", add_help=False)
-    p.add_argument("emulator_args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_emulator)
+    # Listed here for ``encordfs --help`` only: ``main`` hands ``encordfs emulator ...`` to the emulator's parser.
+    sub.add_parser("emulator", help="run the local Encord emulator (encordfs emulator --help)", add_help=False)
     return parser
 
 

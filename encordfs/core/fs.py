@@ -428,6 +428,8 @@ class EncordFS:
         self.reader = reader
         self.urls = urls
         self.options = options
+        # (folder mode, file mode, uid, gid) of every catalog entry: ``_attr``, ``readdir_stats``
+        self.entry_modes = (stat.S_IFDIR | options.dir_mode, stat.S_IFREG | options.file_mode, options.uid, options.gid)
         self.clock = clock
         # dataset folder ino -> seconds its last load took (see ``REFRESH_COST_FACTOR``)
         self._load_seconds: dict[int, float] = {}
@@ -470,12 +472,13 @@ class EncordFS:
         return self._attr(ino, *found)
 
     def _attr(self, ino: int, kind: Kind, size: int, mtime: float) -> Attr:
-        o = self.options
-        if kind.is_dir:
-            return Attr(ino, stat.S_IFDIR | o.dir_mode, 2, 0, mtime, mtime, o.uid, o.gid)
+        """A catalog entry's attributes (``readdir_stats`` gives the same without building them)."""
+        dir_mode, file_mode, uid, gid = self.entry_modes
+        if _IS_DIR[kind]:
+            return Attr(ino, dir_mode, 2, 0, mtime, mtime, uid, gid)
         if size == UNKNOWN_SIZE:
             size = self._learn_size(ino)
-        return Attr(ino, stat.S_IFREG | o.file_mode, 1, size, mtime, mtime, o.uid, o.gid)
+        return Attr(ino, file_mode, 1, size, mtime, mtime, uid, gid)
 
     def _learn_size(self, ino: int) -> int:
         """The size of a file whose metadata has none, from the object itself (a one-byte range request,
@@ -631,9 +634,9 @@ class EncordFS:
 
     def readdir_stats(self, ino: int, after_ino: int = 0) -> Iterator[tuple[str, int, bool, int, float]] | None:
         """``readdir`` as (name, inode, is a folder, size, mtime), for a binding that packs attributes
-        itself without an ``Attr`` per entry: a folder's attributes are ``entry_modes``'s folder mode,
-        2 links, size 0; a file's its file mode, 1 link and the size; both the mount's uid and gid and
-        every time the mtime (as ``_attr`` builds them). None for folders whose entries are made
+        itself without an ``Attr`` per entry: the attributes ``_attr`` builds are a folder's mode of
+        ``entry_modes``, 2 links, size 0; a file's mode, 1 link and the size; both with ``entry_modes``'s
+        uid and gid, and the mtime for every time. None for folders whose entries are made
         otherwise (the control folder, a key folder of a view): ask ``readdir``."""
         if ino == CONTROL_INO:
             return None
@@ -652,10 +655,11 @@ class EncordFS:
         )
 
     @property
-    def entry_modes(self) -> tuple[int, int, int, int]:
-        """(folder mode, file mode, uid, gid) of every catalog entry (``readdir_stats``)."""
-        o = self.options
-        return stat.S_IFDIR | o.dir_mode, stat.S_IFREG | o.file_mode, o.uid, o.gid
+    def listing_version(self) -> int:
+        """Changes whenever the catalog changes what a listing shows (names, sizes, times); changes the
+        write queue's overlay makes (a row moving between view folders) are announced through
+        ``on_invalidate`` instead. A binding that keeps listing pages checks both."""
+        return self.catalog.version
 
     def readdir_names(self, ino: int, after_ino: int = 0) -> Iterator[tuple[str, int, bool]]:
         """``readdir`` without attributes: (name, inode, is a folder), for a plain listing (``ls -f``,

@@ -323,8 +323,7 @@ class Views:
         node = self._catalog.lookup(d.dataset, name)
         if node is None or not node.kind.is_row:
             raise errors.NotFound(name)
-        value = key_value(self._fs._viewed_metadata(node.uid, node.client_metadata, node.title), d.key)
-        if value is _MISSING or _value_names(value)[1] != _nfc(d.value):
+        if not self._holds(d.key, _nfc(d.value), node.uid, node.client_metadata, node.title):
             raise errors.NotFound(f"{name} is not in {VIEW_MARK}{d.key}/{d.value}")
         return node.ino, node.uid, node.name
 
@@ -379,12 +378,16 @@ class Views:
     ) -> Iterator[tuple[int, str, Kind, int, float]]:
         """The rows of ``d`` among ``rows`` (``Catalog.child_metadata``), each parsed and checked."""
         assert d.value is not None
-        want = _nfc(d.value)
-        viewed, key = self._fs._viewed_metadata, d.key
+        want, holds = _nfc(d.value), self._holds
         for ino, uid, name, kind, size, mtime, title, meta_json in rows:
-            value = key_value(viewed(uid, _loads(meta_json), title), key)
-            if value is not _MISSING and _value_names(value)[1] == want:
+            if holds(d.key, want, uid, _loads(meta_json), title):
                 yield ino, name, kind, size, mtime
+
+    def _holds(self, key: str, want: str, uid: str, metadata: Any, title: str) -> bool:
+        """Whether a row (its uid, stored metadata and title) is in the value folder of ``key`` whose NFC
+        name is ``want``, as the user sees the row now (the write queue's overlay applied)."""
+        value = key_value(self._fs._viewed_metadata(uid, metadata, title), key)
+        return value is not _MISSING and _value_names(value)[1] == want
 
     def _picked(
         self,
@@ -396,14 +399,9 @@ class Views:
         """The rows of ``d`` among those SQLite picked (``Catalog.child_members``): a row whose value
         SQLite read as ``text`` is in, unless a change not landed may move it; the others are checked."""
         assert d.value is not None
-        want = _nfc(d.value)
-        viewed, key = self._fs._viewed_metadata, d.key
+        want, holds = _nfc(d.value), self._holds
         for ino, name, kind, size, mtime, uid, title, meta_json, sql_value in rows:
-            if sql_value == text and uid not in overlaid:
-                yield ino, name, KINDS[kind], size, mtime
-                continue
-            value = key_value(viewed(uid, _loads(meta_json), title), key)
-            if value is not _MISSING and _value_names(value)[1] == want:
+            if (sql_value == text and uid not in overlaid) or holds(d.key, want, uid, _loads(meta_json), title):
                 yield ino, name, KINDS[kind], size, mtime
 
     def _value_folders(self, ino: int, d: ViewDir, after_ino: int) -> list[tuple[str, Attr]]:

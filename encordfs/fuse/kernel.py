@@ -670,7 +670,7 @@ class _Session:
         # Folders whose last listing through us went on without attributes past its first page (a plain
         # READDIR: ``ls -f``, ``find``): the kernel holds no entry for most of their children (``_opendir``).
         self.listed_plain: set[int] = set()
-        self.ahead = _ListAhead(self._fill_page, lambda: self.fs.catalog.version)
+        self.ahead = _ListAhead(self._fill_page, lambda: self.fs.listing_version)
         self.passthrough: _Passthrough | None = None
         self.notifier: _Notifier | None = None
         self.workers: list[threading.Thread] = []
@@ -1160,6 +1160,7 @@ class _Session:
         pos = start
         linked: list[int] = []
         full = False
+        last = 0  # the inode of the last child packed: the next page starts after it
         fixed = abi.DIRENTPLUS if plus else abi.DIRENT
         # (name, d_ino, type, offset); as libfuse lists them: ".." has no inode or type of its own here
         dots = [(b".", nodeid, stat.S_IFDIR >> DT_SHIFT, 1), (b"..", abi.UNKNOWN_INO, 0, 2)][offset:]
@@ -1195,7 +1196,6 @@ class _Session:
                         out[pos + fixed.size : pos + fixed.size + len(raw)] = raw
                         pos += reclen
                 else:
-                    last = 0
                     for name, ino, is_dir in children:
                         raw = os.fsencode(name)
                         reclen = abi.align8(fixed.size + len(raw))
@@ -1206,13 +1206,13 @@ class _Session:
                         out[pos + fixed.size : pos + fixed.size + len(raw)] = raw
                         pos += reclen
                         last = ino
-                    if full and last:
-                        return pos, linked, last + 2
         finally:
             close = getattr(children, "close", None)
             if close is not None:
                 close()  # gives the catalog's connection back now
-        return pos, linked, linked[-1] + 2 if full and linked else 0
+        if plus and linked:
+            last = linked[-1]
+        return pos, linked, last + 2 if full and last else 0
 
     def _pack_stats(
         self, stats: Iterator[tuple[str, int, bool, int, float]], out: bytearray, pos: int, end: int, linked: list[int]
