@@ -596,30 +596,63 @@ def test_complete_path_only_when_every_byte_is_present_and_verified(tmp_path: Pa
         assert cache.counters.get("cache.backing_opens") == 1
 
 
-def test_a_big_complete_file_is_sealed_and_trusted_while_untouched(tmp_path: Path) -> None:
+def test_complete_files_are_sealed_and_trusted_while_untouched(tmp_path: Path) -> None:
     root = tmp_path / "c"
     big, small = content(10, 3 * PART), content(11, PART)
     with open_cache(root, seal_min_bytes=2 * PART) as cache:
         put_file(cache, "big", big)
         cache.put(*whole("small", small))
-    assert cache.counters.get("cache.sealed_files") == 1  # by close at the latest; the small file is not sealed
+    # by close at the latest: the big one alone (fdatasync), the small one in a batch (syncfs)
+    assert cache.counters.get("cache.sealed_files") == 2
     with open_cache(root, seal_min_bytes=2 * PART) as cache:
         assert cache.complete_path("big", len(big)) is not None
         assert cache.get(("big", 1)) == big[PART : 2 * PART]
-        assert cache.counters.get("cache.verified_bytes") == 0  # fsynced complete, same inode and ctime since
         assert cache.complete_path("small", PART) is not None
-        assert cache.counters.get("cache.verified_bytes") == PART  # not sealed: read and checked
-    with open_cache(root, seal_min_bytes=PART) as cache:  # sealed after a whole check at open
-        assert cache.complete_path("small", PART) is not None
-        assert cache.counters.get("cache.verified_bytes") == PART
-    with open_cache(root, seal_min_bytes=PART) as cache:
-        assert cache.complete_path("small", PART) is not None
-        assert cache.counters.get("cache.verified_bytes") == 0
-    time.sleep(0.05)  # past the kernel's coarse clock tick: the edit below gets a later ctime
+        assert cache.get(("small", 0)) == small
+        assert cache.counters.get("cache.verified_bytes") == 0  # synced complete, same inode and ctime since
+    time.sleep(0.05)  # past the kernel's coarse clock tick: the edits below get a later ctime
     _flip(item_path(root, "big"), PART + 3)  # same inode, new ctime
+    _flip(item_path(root, "small"), 5)
     with open_cache(root, seal_min_bytes=2 * PART) as cache:
         assert cache.complete_path("big", len(big)) is None
-        assert cache.counters.get("cache.corrupt_disk") == 1
+        assert cache.complete_path("small", PART) is None
+        assert cache.counters.get("cache.corrupt_disk") == 2
+
+
+def test_small_files_are_sealed_in_batches_while_idle_and_unsealed_ones_are_checked(tmp_path: Path) -> None:
+    """Small complete files are sealed together by one syncfs when the writer is idle; a file a crashed
+    owner never sealed is read whole and checked at its first open, then sealed with the next batch."""
+    root = tmp_path / "c"
+    with open_cache(root, seal_batch_interval_s=0) as cache:
+        for i in range(3):
+            cache.put(*whole(f"s{i}", block(i)))
+        deadline = time.monotonic() + 10
+        while cache.counters.get("cache.sealed_files") < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)  # without a close: the writer, idle, sealed them
+        assert cache.counters.get("cache.sealed_files") == 3
+    crasher = textwrap.dedent(
+        f"""
+        import os, time
+        from pathlib import Path
+        from encordfs.core.blockcache import DiskFileCache, FileLayout
+
+        cache = DiskFileCache(Path({str(root)!r}), capacity_bytes=1 << 20, min_free_bytes=0,
+                              seal_batch_interval_s=3600)
+        cache.put(("u", 0), bytes([9]) * {PART}, FileLayout({PART}, {PART}), sync=True)
+        cache.flush(10)
+        time.sleep(0.5)  # the writer commits the index once its queue is empty
+        os._exit(3)  # before any batch: the index has the file, no seal
+        """
+    )
+    assert subprocess.run([sys.executable, "-c", crasher], timeout=60, check=False).returncode == 3
+    with open_cache(root) as cache:
+        assert all(cache.complete_path(f"s{i}", PART) is not None for i in range(3))
+        assert cache.counters.get("cache.verified_bytes") == 0
+        assert cache.complete_path("u", PART) is not None
+        assert cache.counters.get("cache.verified_bytes") == PART  # unsealed: read whole and checked
+    assert cache.counters.get("cache.sealed_files") == 1  # then sealed (at close, the latest)
+    with open_cache(root) as cache:
+        assert cache.complete_path("u", PART) is not None and cache.get(("u", 0)) == block(9)
         assert cache.counters.get("cache.verified_bytes") == 0
 
 
@@ -746,7 +779,9 @@ def test_the_disk_cache_holds_no_memory_per_file_beyond_its_hot_set(tmp_path: Pa
     """Issue 14.3: an epoch over a million files held ~850 MB of per-file records. The index lives in
     index.sqlite; memory holds at most ``max_hot_items`` items, whatever the number of files cached."""
     hot = 500
-    with open_cache(tmp_path / "c", capacity_bytes=1 << 30, max_hot_items=hot) as cache:
+    # (files waiting for their seal are named in memory until the next batch: at most 4096 of them, for at
+    # most ``seal_batch_interval_s``; here the writer seals whenever it is idle)
+    with open_cache(tmp_path / "c", capacity_bytes=1 << 30, max_hot_items=hot, seal_batch_interval_s=0) as cache:
 
         def fill(first: int, last: int) -> None:
             for i in range(first, last):

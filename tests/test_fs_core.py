@@ -458,43 +458,48 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _read_path(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+def _read_fd(fd: int) -> bytes:
+    """A backing fd's whole file, as the kernel reads it (at its own offsets; the fd's position untouched)."""
+    out, offset = bytearray(), 0
+    while chunk := os.pread(fd, 1 << 20, offset):
+        out += chunk
+        offset += len(chunk)
+    return bytes(out)
 
 
 def test_a_small_file_fetched_at_open_is_handed_out_as_a_backing_file(backed) -> None:  # type: ignore[no-untyped-def]
     fs, disk, fetcher, sources = backed
     opened = fs.open(fs.resolve("/data/a.bin"), writable=False)
-    assert opened.backing is not None and fetcher.requests == 1  # fetched whole, during the open
-    assert _sha(_read_path(opened.backing)) == _sha(sources["/data/a.bin"])  # what the binding would open
+    assert opened.backing_fd is not None and fetcher.requests == 1  # fetched whole, during the open
+    assert _sha(_read_fd(opened.backing_fd)) == _sha(sources["/data/a.bin"])  # what the binding would register
     assert bytes(fs.read(opened.fh, 0, MiB)) == sources["/data/a.bin"]  # the fallback: reads still work
     again = fs.open(fs.resolve("/data/a.bin"), writable=False)
-    assert again.backing is not None and _sha(_read_path(again.backing)) == _sha(sources["/data/a.bin"])
+    assert again.backing_fd is not None and _sha(_read_fd(again.backing_fd)) == _sha(sources["/data/a.bin"])
+    assert again.backing_key == opened.backing_key == fs._content_key(fs.node(fs.resolve("/data/a.bin")))
     assert fetcher.requests == 1
-    held = {path: os.stat(path).st_ino for path in (opened.backing, again.backing)}
+    held = {fd: os.fstat(fd).st_ino for fd in (opened.backing_fd, again.backing_fd)}
     fs.release(opened.fh)
     fs.release(again.fh)
-    for path, ino in held.items():  # release closed the backing fds
-        with pytest.raises(FileNotFoundError):
-            if os.stat(path).st_ino != ino:  # the fd number was reused by someone else
-                raise FileNotFoundError(path)
+    for fd, ino in held.items():  # release closed the backing fds
+        with pytest.raises(OSError):
+            if os.fstat(fd).st_ino != ino:  # the fd number was reused by someone else
+                raise OSError(fd)
 
 
-def test_a_backing_path_stays_valid_when_the_cache_evicts_the_file(backed) -> None:  # type: ignore[no-untyped-def]
+def test_a_backing_fd_stays_valid_when_the_cache_evicts_the_file(backed) -> None:  # type: ignore[no-untyped-def]
     fs, disk, _, sources = backed
     first = fs.open(fs.resolve("/data/a.bin"), writable=False)
-    assert first.backing is not None
+    assert first.backing_fd is not None
     assert disk.complete_path(fs._content_key(fs.node(fs.resolve("/data/a.bin"))), 300_000) is not None
-    # Fill the cache past its cap: a.bin's file is evicted before "the binding" opens the path.
+    # Fill the cache past its cap: a.bin's file is evicted while "the binding" holds its fd.
     whole = b"".join(bytes(fs.read(fs.open(fs.resolve("/data/big.bin"), False).fh, k * MiB, MiB)) for k in range(4))
     assert whole == sources["/data/big.bin"]
     second = fs.open(fs.resolve("/data/b.bin"), writable=False)
-    assert second.backing is not None and disk.flush(5)
+    assert second.backing_fd is not None and disk.flush(5)
     assert disk.counters.get("cache.evictions_disk") >= 1
     assert disk.complete_path(fs._content_key(fs.node(fs.resolve("/data/a.bin"))), 300_000) is None
-    assert _sha(_read_path(first.backing)) == _sha(sources["/data/a.bin"])
-    assert _sha(_read_path(second.backing)) == _sha(sources["/data/b.bin"])
+    assert _sha(_read_fd(first.backing_fd)) == _sha(sources["/data/a.bin"])
+    assert _sha(_read_fd(second.backing_fd)) == _sha(sources["/data/b.bin"])
 
 
 def test_an_open_may_wait_unless_its_file_is_complete_and_checked_on_disk(backed) -> None:  # type: ignore[no-untyped-def]
@@ -513,21 +518,21 @@ def test_a_big_file_is_backed_once_every_part_is_cached(backed) -> None:  # type
     fs, disk, fetcher, sources = backed
     ino = fs.resolve("/data/big.bin")
     opened = fs.open(ino, writable=False)
-    assert opened.backing is None and fetcher.requests == 0  # a big file is not fetched at open
+    assert opened.backing_fd is None and fetcher.requests == 0  # a big file is not fetched at open
     size = len(sources["/data/big.bin"])
     data = b"".join(bytes(fs.read(opened.fh, offset, 128 * 1024)) for offset in range(0, size, 128 * 1024))
     assert data == sources["/data/big.bin"]
     fs.release(opened.fh)
     assert disk.flush(5)
     opened = fs.open(ino, writable=False)
-    assert opened.backing is not None and _sha(_read_path(opened.backing)) == _sha(sources["/data/big.bin"])
+    assert opened.backing_fd is not None and _sha(_read_fd(opened.backing_fd)) == _sha(sources["/data/big.bin"])
     fs.release(opened.fh)
 
 
 def test_without_backing_files_open_fetches_nothing(world) -> None:  # type: ignore[no-untyped-def]
     fs, _, _, fetcher = world
     opened = fs.open(fs.resolve("/street/cat.jpg"), writable=False)
-    assert opened.backing is None and fetcher.requests == 0
+    assert opened.backing_fd is None and fetcher.requests == 0
     fs.release(opened.fh)
 
 

@@ -146,18 +146,28 @@ class Served:
 
 
 def _wrap(fs: EncordFS, served: Served) -> None:
-    open_, read = fs.open, fs.read
+    open_, read, release = fs.open, fs.read, fs.release
+    held: dict[int, int] = {}  # fh -> the backing fd handed with it, closed at its release (as the core does)
 
     def opened(ino: int, writable: bool) -> OpenFile:
         result = open_(ino, writable)
         local = served.backing.get(fs.node(ino).name) if ino < CONTROL_INO else None
-        return dataclasses.replace(result, backing=str(local) if local else None)
+        if local is None:
+            return result
+        fd = held[result.fh] = os.open(local, os.O_RDONLY | os.O_CLOEXEC)
+        return dataclasses.replace(result, backing_fd=fd, backing_key=f"{local}:{os.stat(local).st_mtime_ns}")
 
     def counted(fh: int, offset: int, length: int) -> Any:
         served.reads += 1
         return read(fh, offset, length)
 
-    fs.open, fs.read = opened, counted  # type: ignore[method-assign]
+    def released(fh: int) -> None:
+        release(fh)
+        fd = held.pop(fh, None)
+        if fd is not None:
+            os.close(fd)
+
+    fs.open, fs.read, fs.release = opened, counted, released  # type: ignore[method-assign]
 
 
 @pytest.fixture()

@@ -198,9 +198,12 @@ class OpenFile:
     fh: int
     direct_io: bool  # control files: generated content whose size stat cannot know
     # A local file holding the whole file at its own offsets, for a passthrough open (``EncordFS.backing_files``):
-    # ``/proc/self/fd/N`` of an fd this handle holds until ``release(fh)``, so the path stays valid even
-    # if the cache evicts the file meanwhile. None: serve reads through ``read``.
-    backing: str | None = None
+    # a read-only fd this handle holds until ``release(fh)`` (it keeps the file even if the cache evicts it
+    # meanwhile). None: serve reads through ``read``.
+    backing_fd: int | None = None
+    # What the backing file holds (the content key): a binding may keep a file it registered for the
+    # inode while this is unchanged.
+    backing_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -935,8 +938,7 @@ class EncordFS:
                 handle.close()
                 raise
         fh = self._add_handle(node, handle, backing_fd)
-        backing = None if backing_fd is None else f"/proc/self/fd/{backing_fd}"
-        return OpenFile(fh, direct_io=False, backing=backing)
+        return OpenFile(fh, direct_io=False, backing_fd=backing_fd, backing_key=None if backing_fd is None else key)
 
     def _add_handle(self, node: Node | None, handle: Handle, backing_fd: int | None = None) -> int:
         with self._handles_lock:

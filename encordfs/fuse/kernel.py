@@ -56,10 +56,10 @@ Revisit on machines where the mount sits at 100% of one core with cores idle.
 **Lock order:** ``_Session._lead`` (held while reading and serving inline; never taken while holding
 another lock here) → ``_Passthrough._lock`` (a leaf; the backing ioctls are made under it).
 
-**Passthrough** (protocol 7.40+, CAP_SYS_ADMIN): when the core's ``open`` names a ``backing`` file,
+**Passthrough** (protocol 7.40+, CAP_SYS_ADMIN): when the core's ``open`` hands a backing file (an fd),
 the binding registers it (``FUSE_DEV_IOC_BACKING_OPEN``) and answers ``FOPEN_PASSTHROUGH`` with its
 id; the kernel then reads that file itself and no READ reaches Python. One backing id per inode,
-reused by later opens, closed when the kernel forgets the inode and no handle uses it, when its
+reused by later opens while the core's file holds the same content (``OpenFile.backing_key``), closed when the kernel forgets the inode and no handle uses it, when its
 content changed and no handle uses it, or at the end. Lookups are counted only for inodes with such
 a state, so memory does not grow with what the kernel lists. Decided per inode, not per open: while
 a passthrough handle is open every open is passthrough with that id, while a cached handle is open
@@ -296,11 +296,11 @@ class _Backed:
     """One inode's passthrough state: its backing id (0: none), the handles open on it and the kernel's
     lookups of it since the state was made (the kernel held at least one then: it opened the inode)."""
 
-    __slots__ = ("backing_id", "path", "passthrough_handles", "cached_handles", "lookups")
+    __slots__ = ("backing_id", "key", "passthrough_handles", "cached_handles", "lookups")
 
     def __init__(self) -> None:
         self.backing_id = 0
-        self.path: str | None = None
+        self.key: str | None = None  # what the registered file holds (``OpenFile.backing_key``)
         self.passthrough_handles = 0
         self.cached_handles = 0
         self.lookups = 1
@@ -356,18 +356,19 @@ class _Passthrough:
                 state.lookups -= count
                 self._drop_if_unused_locked(ino, state)
 
-    def open(self, ino: int, fh: int, backing: str | None) -> int:
-        """Record an open of a regular file; the backing id to answer with (0: serve reads here)."""
+    def open(self, ino: int, fh: int, backing_fd: int | None, key: str | None) -> int:
+        """Record an open of a regular file; the backing id to answer with (0: serve reads here). The id
+        registered for the inode is kept while the core's backing file holds the same content (``key``)."""
         with self._lock:
             state = self._inodes.get(ino)
             if state is None:
                 state = self._inodes[ino] = _Backed()
             self._idle.pop(ino, None)
             if state.passthrough_handles == 0 and state.cached_handles == 0:  # nothing open: follow the core
-                if state.backing_id and (backing is None or state.path != backing or not self.usable):
+                if state.backing_id and (backing_fd is None or state.key != key or not self.usable):
                     self._close_locked(state)
-                if backing is not None and self.usable and not state.backing_id:
-                    state.backing_id, state.path = self._register_locked(backing), backing
+                if backing_fd is not None and self.usable and not state.backing_id:
+                    state.backing_id, state.key = self._register_locked(backing_fd), key
             passthrough = state.passthrough_handles > 0 or (state.cached_handles == 0 and state.backing_id > 0)
             if passthrough:
                 state.passthrough_handles += 1
@@ -430,12 +431,8 @@ class _Passthrough:
         self._close_locked(state)
         del self._inodes[ino]
 
-    def _register_locked(self, path: str) -> int:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            log.debug("passthrough: cannot open backing file: %s", exc.strerror)
-            return 0
+    def _register_locked(self, fd: int) -> int:
+        """The kernel's backing id for the file ``fd`` has open (it keeps its own reference), 0 if refused."""
         try:
             arg = bytearray(abi.BACKING_MAP.pack(fd, 0, 0))
             backing_id = fcntl.ioctl(self._fd, abi.FUSE_DEV_IOC_BACKING_OPEN, arg, True)
@@ -448,8 +445,6 @@ class _Passthrough:
             else:  # e.g. ELOOP: the backing file's filesystem is stacked too deep
                 log.debug("passthrough: backing file refused: %s", exc.strerror)
             return 0
-        finally:
-            os.close(fd)
         return int(backing_id)
 
     def _close_locked(self, state: _Backed) -> None:
@@ -458,7 +453,7 @@ class _Passthrough:
                 fcntl.ioctl(self._fd, abi.FUSE_DEV_IOC_BACKING_CLOSE, abi.U32.pack(state.backing_id))
             except OSError as exc:
                 log.debug("passthrough: closing backing id %d: %s", state.backing_id, exc.strerror)
-            state.backing_id, state.path = 0, None
+            state.backing_id, state.key = 0, None
 
 
 # -- notifications ---------------------------------------------------------------------------------
@@ -1053,7 +1048,7 @@ class _Session:
             return abi.FOPEN_DIRECT_IO | abi.FOPEN_NOFLUSH, 0
         backing_id = 0
         if self.passthrough is not None:
-            backing_id = self.passthrough.open(ino, opened.fh, opened.backing)
+            backing_id = self.passthrough.open(ino, opened.fh, opened.backing_fd, opened.backing_key)
         if backing_id:
             return abi.FOPEN_PASSTHROUGH | abi.FOPEN_NOFLUSH, backing_id
         # content identity is in the block cache key; unchanged files stay in the page cache
