@@ -638,7 +638,7 @@ def test_small_files_are_sealed_in_batches_while_idle_and_unsealed_ones_are_chec
 
         cache = DiskFileCache(Path({str(root)!r}), capacity_bytes=1 << 20, min_free_bytes=0,
                               seal_batch_interval_s=3600)
-        cache.put(("u", 0), bytes([9]) * {PART}, FileLayout({PART}, {PART}), sync=True)
+        cache.put(("u", 0), bytes([9]) * {PART}, FileLayout({PART}, {PART}))
         cache.flush(10)
         time.sleep(0.5)  # the writer commits the index once its queue is empty
         os._exit(3)  # before any batch: the index has the file, no seal
@@ -710,13 +710,13 @@ def test_an_item_cooled_again_while_being_opened_is_looked_up_again(tmp_path: Pa
 
 def test_complete_now_answers_from_memory_and_only_yes_when_sure(tmp_path: Path) -> None:
     """What lets the kernel binding serve a passthrough open inline: a complete, checked item is True; a
-    missing, partial or differently sized one is False (the open may have to fetch)."""
+    missing, partial or differently sized one is False (the open may have to read the index or the file)."""
     memory = MemoryBlockCache(capacity_bytes=1 << 20)
     with open_cache(tmp_path / "c") as disk:
         cache = TieredBlockCache(memory, disk)
         assert not cache.complete_now("f0", PART)
-        cache.put(*whole("f0", block(0)), sync=True)
-        assert cache.complete_now("f0", PART)  # landed (sync) and in the hot set
+        cache.put(*whole("f0", block(0)))
+        assert disk.flush(5) and cache.complete_now("f0", PART)  # landed and in the hot set
         assert not cache.complete_now("f0", PART + 1)
         layout = FileLayout(2 * PART, PART)
         cache.put(("f1", 0), block(1), layout, wait=True)  # one part of two
@@ -741,20 +741,6 @@ def test_tiered_promotes_disk_hits_and_counts_once(tmp_path: Path) -> None:
         assert (snap["cache.hits_mem"], snap["cache.hits_disk"], snap["cache.misses"]) == (2, 1, 1)
         assert snap["cache.bytes_written"] == 2 * PART
         assert cache.complete_path("f0", PART) is not None
-
-
-def test_a_passthrough_fill_goes_to_the_disk_only(tmp_path: Path) -> None:
-    """A sync put is a file the kernel is about to read from its backing file: memory would hold bytes
-    nobody reads through us (an epoch over a million small files kept 64k of them for nothing)."""
-    memory = MemoryBlockCache(capacity_bytes=1 << 20)
-    with open_cache(tmp_path / "c") as disk:
-        cache = TieredBlockCache(memory, disk)
-        cache.put(*whole("f0", block(0)), sync=True)
-        assert disk.contains(("f0", 0)) and not memory.contains(("f0", 0))
-        full = TieredBlockCache(memory, open_cache(tmp_path / "full", capacity_bytes=PART // 2))
-        with full.disk:
-            full.put(*whole("f1", block(1)), sync=True)  # the disk cannot take it: memory keeps it
-            assert not full.disk.contains(("f1", 0)) and memory.contains(("f1", 0))
 
 
 # ---------------------------------------------------------------------------------------------- memory use
@@ -873,29 +859,6 @@ def test_put_with_wait_waits_for_room_instead_of_skipping(tmp_path: Path) -> Non
         waiter.join(5)
         assert cache.flush(5) and cache.contains(("f1", 0))
         assert cache.counters.get("cache.skipped_disk_backlog") == 0
-
-
-def test_a_sync_put_jumps_the_queue_and_returns_once_landed(tmp_path: Path) -> None:
-    disk = GatedDisk()
-    with open_cache(tmp_path / "c", max_backlog_bytes=2 * PART, write_part=disk) as cache:
-        for i in range(3):
-            cache.put(*whole(f"f{i}", block(i)))  # f0 being written, f1 queued, f2 skipped: backlog full
-        assert disk.started.acquire(timeout=5)
-        landed = threading.Event()
-
-        def open_small() -> None:
-            cache.put(*whole("small", block(7)), sync=True)  # past the cap, to the head of the queue
-            landed.set()
-
-        opener = threading.Thread(target=open_small)
-        opener.start()
-        assert not landed.wait(0.1)
-        disk.gate.set()
-        assert landed.wait(5)
-        opener.join(5)
-        assert disk.written[:2] == [block(0, 1), block(7, 1)]  # right after the write in progress
-        assert cache.complete_path("small", PART) is not None
-        assert cache.counters.get("cache.skipped_disk_backlog") == 1
 
 
 def test_close_drains_the_queue(tmp_path: Path) -> None:

@@ -467,10 +467,15 @@ def _read_fd(fd: int) -> bytes:
     return bytes(out)
 
 
-def test_a_small_file_fetched_at_open_is_handed_out_as_a_backing_file(backed) -> None:  # type: ignore[no-untyped-def]
+def test_a_small_file_is_handed_out_as_a_backing_file_once_its_read_landed(backed) -> None:  # type: ignore[no-untyped-def]
     fs, disk, fetcher, sources = backed
+    first = fs.open(fs.resolve("/data/a.bin"), writable=False)
+    assert first.backing_fd is None and fetcher.requests == 0  # nothing fetched for the open itself
+    assert bytes(fs.read(first.fh, 0, MiB)) == sources["/data/a.bin"]  # its reads come here and store it
+    fs.release(first.fh)
+    assert disk.flush(5)
     opened = fs.open(fs.resolve("/data/a.bin"), writable=False)
-    assert opened.backing_fd is not None and fetcher.requests == 1  # fetched whole, during the open
+    assert opened.backing_fd is not None and fetcher.requests == 1
     assert _sha(_read_fd(opened.backing_fd)) == _sha(sources["/data/a.bin"])  # what the binding would register
     assert bytes(fs.read(opened.fh, 0, MiB)) == sources["/data/a.bin"]  # the fallback: reads still work
     again = fs.open(fs.resolve("/data/a.bin"), writable=False)
@@ -488,14 +493,16 @@ def test_a_small_file_fetched_at_open_is_handed_out_as_a_backing_file(backed) ->
 
 def test_a_backing_fd_stays_valid_when_the_cache_evicts_the_file(backed) -> None:  # type: ignore[no-untyped-def]
     fs, disk, _, sources = backed
+    assert bytes(_read_all(fs, "/data/a.bin")) == sources["/data/a.bin"] and disk.flush(5)
     first = fs.open(fs.resolve("/data/a.bin"), writable=False)
     assert first.backing_fd is not None
     assert disk.complete_path(fs._content_key(fs.node(fs.resolve("/data/a.bin"))), 300_000) is not None
     # Fill the cache past its cap: a.bin's file is evicted while "the binding" holds its fd.
     whole = b"".join(bytes(fs.read(fs.open(fs.resolve("/data/big.bin"), False).fh, k * MiB, MiB)) for k in range(4))
     assert whole == sources["/data/big.bin"]
+    assert bytes(_read_all(fs, "/data/b.bin")) == sources["/data/b.bin"] and disk.flush(5)
     second = fs.open(fs.resolve("/data/b.bin"), writable=False)
-    assert second.backing_fd is not None and disk.flush(5)
+    assert second.backing_fd is not None
     assert disk.counters.get("cache.evictions_disk") >= 1
     assert disk.complete_path(fs._content_key(fs.node(fs.resolve("/data/a.bin"))), 300_000) is None
     assert _sha(_read_fd(first.backing_fd)) == _sha(sources["/data/a.bin"])
@@ -506,9 +513,9 @@ def test_an_open_may_wait_unless_its_file_is_complete_and_checked_on_disk(backed
     """What the kernel binding asks before serving an OPEN on the thread that read it."""
     fs, disk, _, _ = backed
     small, big = fs.resolve("/data/a.bin"), fs.resolve("/data/big.bin")
-    assert fs.open_may_wait(small) and fs.open_may_wait(big)  # would be fetched / is not complete
+    assert fs.open_may_wait(small) and fs.open_may_wait(big)  # not known complete: the index is asked
     assert not fs.open_may_wait(fs.resolve("/data")) and not fs.open_may_wait(ROOT_INO)  # errors at once
-    fs.release(fs.open(small, writable=False).fh)  # fetched whole for its backing file
+    assert bytes(_read_all(fs, "/data/a.bin"))
     assert disk.flush(5) and not fs.open_may_wait(small)
     fs.backing_files = False
     assert not fs.open_may_wait(big)  # nothing is fetched or checked during an open then

@@ -89,8 +89,8 @@ class SharedBlockCache:
     def contains(self, key: BlockKey) -> bool:
         return self.local.contains(key)
 
-    def put(self, key: BlockKey, data: Block, layout: FileLayout, *, wait: bool = False, sync: bool = False) -> None:
-        self.local.put(key, data, layout, wait=wait, sync=sync)
+    def put(self, key: BlockKey, data: Block, layout: FileLayout, *, wait: bool = False) -> None:
+        self.local.put(key, data, layout, wait=wait)
         if len(data) > self.limit_bytes or not self.link.up:
             self._release(key)
             return

@@ -36,13 +36,12 @@ DiskFileCache layout
     size) are dropped, an index that cannot be read is deleted with every file.
 
 Writes
-    ``put`` only queues (``sync`` waits for it, see below): one writer thread lands the queue in order.
+    ``put`` only queues: one writer thread lands the queue in order.
     Until a part has landed it stays in ``_pending`` and ``lookup``/``contains`` serve that buffer, so a
     queued part is never fetched twice; it leaves ``_pending`` and enters the index in one step under the
     lock. The queue is bounded: past ``max_backlog_bytes`` (or ``max_backlog_parts``) a ``put`` is skipped
     (``cache.skipped_disk_backlog``; the memory tier still has it) rather than making readers wait for
-    the disk; ``wait`` (prefetch) waits for room instead; ``sync`` (a small file fetched by a passthrough
-    open) goes to the head of the queue, past the cap, and waits until it has landed. The first part of
+    the disk; ``wait`` (prefetch) waits for room instead. The first part of
     an item creates its file as ``tmp/<name>.<n>`` (``ftruncate`` to the full size, the part written at its
     offset) and renames it into place, so a path never names a half-made file and a replaced file never
     changes under an fd that has it open; later parts are written in place with one ``pwrite`` into a
@@ -175,9 +174,9 @@ class BlockCache(Protocol):
 
     def contains(self, key: BlockKey) -> bool: ...
 
-    def put(self, key: BlockKey, data: Block, layout: FileLayout, *, wait: bool = False, sync: bool = False) -> None:
+    def put(self, key: BlockKey, data: Block, layout: FileLayout, *, wait: bool = False) -> None:
         """Store part ``key[1]`` of a file cut as ``layout``. ``wait``: block until a slow tier has room
-        instead of skipping it (prefetch). ``sync``: return once a slow tier has stored it (or gave up)."""
+        instead of skipping it (prefetch)."""
         ...
 
     def open_complete(self, content_key: str, size: int) -> int | None:
@@ -250,10 +249,8 @@ class MemoryBlockCache:
         with self._lock:
             return key in self._blocks
 
-    def put(
-        self, key: BlockKey, data: Block, layout: FileLayout | None = None, *, wait: bool = False, sync: bool = False
-    ) -> None:
-        """Keep the block (``layout``, ``wait`` and ``sync`` mean nothing in memory)."""
+    def put(self, key: BlockKey, data: Block, layout: FileLayout | None = None, *, wait: bool = False) -> None:
+        """Keep the block (``layout`` and ``wait`` mean nothing in memory)."""
         charge = len(data) + self.entry_overhead_bytes
         if charge > self.capacity_bytes or self.max_entries < 1:
             return
@@ -418,8 +415,6 @@ class DiskFileCache:
         # hits are remembered in memory and written to the index in batches or after this long idle
         touch_persist_interval_s: float = 60.0,
         close_timeout_s: float = 30.0,  # the backlog is <= 64 MiB: a healthy disk drains it in < 1 s
-        # a sync put (an open waiting for its small file) gives up after this: the open then reads normally
-        sync_timeout_s: float = 10.0,
         # A complete file at least this big is fsynced once and sealed (see the module docstring): the next
         # owner trusts it without reading it whole. Smaller ones are sealed in batches, one syncfs each.
         seal_min_bytes: int = 64 * MiB,
@@ -439,7 +434,6 @@ class DiskFileCache:
         self.free_check_interval_s = free_check_interval_s
         self.touch_persist_interval_s = touch_persist_interval_s
         self.close_timeout_s = close_timeout_s
-        self.sync_timeout_s = sync_timeout_s
         self.seal_min_bytes = seal_min_bytes
         self.seal_batch_interval_s = seal_batch_interval_s
         self.max_hot_items = max(1, max_hot_items)
@@ -567,11 +561,10 @@ class DiskFileCache:
             item = self._find(name)
         return item is not None and item.has(key[1])
 
-    def put(self, key: BlockKey, data: Block, layout: FileLayout, *, wait: bool = False, sync: bool = False) -> None:
+    def put(self, key: BlockKey, data: Block, layout: FileLayout, *, wait: bool = False) -> None:
         """Queue part ``key[1]`` of ``layout`` for writing and return. When the backlog is full it is
         skipped (counted), or, with ``wait``, queued once the writer has made room (prefetch: filling the
-        cache is its point). ``sync`` queues it first, past the backlog cap, and returns once it has
-        landed (or was skipped, or ``sync_timeout_s`` passed).
+        cache is its point).
         """
         if not data or len(data) != layout.part_length(key[1]):
             raise InvalidValue(f"part {key[1]} of {len(data)} bytes does not fit a layout {layout}")
@@ -579,23 +572,19 @@ class DiskFileCache:
         size = len(data)
         backlogged = False
         with self._changed:
-            if wait and not sync:
+            if wait:
                 self._changed.wait_for(lambda: self._closing or not self._backlogged_locked(size))
             if self._closing or self._stored_locked(name, key[1], layout):
                 return  # (a part of a cold item is queued, and the writer finds it there)
             if key in self._pending:
-                if sync and key in self._queue:  # queued behind others: to the head
-                    self._queue.remove(key)
-                    self._queue.appendleft(key)
-            elif sync or not self._backlogged_locked(size):
+                pass
+            elif not self._backlogged_locked(size):
                 self._pending[key] = _Queued(data, layout)
-                self._queue.appendleft(key) if sync else self._queue.append(key)
+                self._queue.append(key)
                 self._backlog_bytes += size
                 self._start_writer_locked()
             else:
                 backlogged = True
-            if sync:
-                self._changed.wait_for(lambda: key not in self._pending, self.sync_timeout_s)
         if backlogged:
             self.counters.inc("cache.skipped_disk_backlog")
 
@@ -1582,16 +1571,10 @@ class TieredBlockCache:
     def contains(self, key: BlockKey) -> bool:
         return self.memory.contains(key) or self.disk.contains(key)
 
-    def put(self, key: BlockKey, data: Block, layout: FileLayout, *, wait: bool = False, sync: bool = False) -> None:
-        """Into both tiers; a ``sync`` put (a file about to be read by the kernel from its backing file, not
-        through us) into the disk only, and into memory only if the disk did not take it."""
-        if sync:
-            self.disk.put(key, data, layout, wait=wait, sync=True)
-            if self.disk.contains(key):
-                return
+    def put(self, key: BlockKey, data: Block, layout: FileLayout, *, wait: bool = False) -> None:
+        """Into both tiers."""
         self.memory.put(key, data, layout)
-        if not sync:
-            self.disk.put(key, data, layout, wait=wait)
+        self.disk.put(key, data, layout, wait=wait)
 
     def open_complete(self, content_key: str, size: int) -> int | None:
         return self.disk.open_complete(content_key, size)

@@ -31,10 +31,10 @@ delays a refresh. Readdir streams from the catalog and resumes after an inode.
 
 Backing files: with ``backing_files`` on (a binding that opens files in FUSE passthrough mode), ``open``
 asks the reader for a local file holding the whole content (the disk cache's file, complete and
-verified; a small file is fetched whole during the open to get there) and hands it out as
-``OpenFile.backing``: ``/proc/self/fd/N`` of an fd the handle holds until ``release``, so an eviction
-between this open and the binding's own open of that path cannot take the file away. Off (the default),
-``open`` does exactly what it did without it.
+checked; nothing is fetched for it: a file not there yet is read through ``read``, which stores it) and
+hands it out as ``OpenFile.backing_fd``, an fd the handle holds until ``release`` (an eviction meanwhile
+cannot take the file away), with ``backing_key``, the content it holds. Off (the default), ``open`` does
+exactly what it did without it.
 
 Errors: every failure is an ``errors.FsError``; nothing here knows errno values.
 
@@ -163,7 +163,7 @@ class Handle(Protocol):
 
 class Reader(Protocol):
     def open(self, content_key: str, size: int, url_source: Callable[[bool], str]) -> Handle: ...
-    def open_backing(self, content_key: str, size: int, url_source: Callable[[bool], str]) -> int | None: ...
+    def open_backing(self, content_key: str, size: int) -> int | None: ...
     def backing_may_wait(self, content_key: str, size: int) -> bool: ...
     def probe_size(self, url_source: Callable[[bool], str]) -> int: ...
 
@@ -222,9 +222,9 @@ class Options:
     # long (no entry arrived, none was stored): under the read path's 30 s retry budget, so no FUSE
     # operation waits longer on a stalled service; a load that keeps making progress is waited for.
     load_stall_s: float = 30.0
-    # Hand out backing files at open (``OpenFile.backing``) for a binding that can open in passthrough
-    # mode. Off by default: fetching small files whole at open only pays when the kernel then reads
-    # them without us. A binding may also switch ``EncordFS.backing_files`` on once the kernel agreed.
+    # Hand out backing files at open (``OpenFile.backing_fd``) for a binding that can open in passthrough
+    # mode. Off by default: an fd per open only pays when the kernel then reads the file without us. A
+    # binding may also switch ``EncordFS.backing_files`` on once the kernel agreed.
     backing_files: bool = False
     # Sign fixed windows of a folder rather than "this file and the next 999" (``_sign_siblings``): on in
     # cluster mode, where nodes reading in different orders must ask for the same batches.
@@ -605,9 +605,9 @@ class EncordFS:
 
     def open_may_wait(self, ino: int) -> bool:
         """Whether ``open(ino)`` may wait for the network or the disk: with ``backing_files`` on, a file
-        not known complete and checked on disk may be fetched whole (small) or read whole to check it
-        (big) during its open; a file of unknown size asks the object. Bindings serve other opens where
-        they read requests (no thread switch); any doubt is True."""
+        not known complete and checked on disk may have its disk cache record read, or be read whole to
+        check it, during its open; a file of unknown size asks the object. Bindings serve other opens
+        where they read requests (no thread switch); any doubt is True."""
         if not self.backing_files:
             return False
         if ino >= CONTROL_INO or is_view_ino(ino):
@@ -933,7 +933,7 @@ class EncordFS:
         backing_fd = None
         if self.backing_files:
             try:
-                backing_fd = self.reader.open_backing(key, node.size, source)
+                backing_fd = self.reader.open_backing(key, node.size)
             except BaseException:
                 handle.close()
                 raise

@@ -53,8 +53,10 @@ Who fetches
 
 Backing files
     ``open_backing`` serves a binding that can open files in FUSE passthrough mode: an fd of the cache's
-    local file of an item when that file holds every byte; a small file not complete there yet is
-    fetched whole during the open and stored synchronously first, so it is backed from its first open.
+    local file of an item when that file holds every byte, else None (the open's reads come here, and
+    what they fetch is stored: a small file is backed from its first open after its write landed).
+    Fetching a small file whole at open and waiting for its write made the open wait for the disk
+    writer too: cold small files measured 656 files/s that way against 920 served from memory.
 
 Global memory budget
     ``MemoryBudget`` accounts every segment held by any handle or in flight (prefetch too). Readahead only
@@ -424,34 +426,16 @@ class ReadPipeline:
             return False
         return True
 
-    def open_backing(self, content_key: str, size: int, url_source: UrlSource) -> int | None:
+    def open_backing(self, content_key: str, size: int) -> int | None:
         """A read-only fd of a local file holding the whole file at its own offsets (for a FUSE
-        passthrough open; the caller closes it), or None when the cache cannot give one.
-
-        A small file (``<= small_file_bytes``) that is not complete in the cache is fetched whole now
-        (joining a fetch of it already in flight, charged to the budget like a demand read) and stored
-        with ``sync``: it was about to be read anyway, and from then on the kernel reads it without us.
-        A large file is backed only once every part is cached. Fetch errors propagate (the open fails as
-        its first read would have).
-        """
-        fd = self.cache.open_complete(content_key, size)
-        if fd is not None or not 0 < size <= self.small_file_bytes:
-            return fd
-        layout = FileLayout(size, self.part_size_for(size))
-        self._acquire_demand(size, requester=None)
-        segment = _Segment(0, size, 0, self.budget)
-        try:
-            self._run_segment(segment, content_key, layout, url_source)
-            data = segment.wait(self.read_timeout_s)
-            self.cache.put((content_key, 0), data, layout, sync=True)
-        finally:
-            segment.drop()
-        self.counters.inc("reader.backing_fills")
+        passthrough open; the caller closes it), or None when the cache holds no complete, checked copy
+        (nothing is fetched here: see "Backing files")."""
         return self.cache.open_complete(content_key, size)
 
     def backing_may_wait(self, content_key: str, size: int) -> bool:
-        """Whether ``open_backing`` may wait: unless the file is known complete and checked on disk, a small
-        one may be fetched whole, and a big one read whole from disk to check its inherited parts."""
+        """Whether ``open_backing`` may wait: unless the file is known complete and checked on disk, its
+        record may be read from the disk cache's index, and an inherited file that is not sealed read
+        whole to check it."""
         return size > 0 and not self.cache.complete_now(content_key, size)
 
     def part_size_for(self, size: int) -> int:

@@ -39,8 +39,8 @@ buffers, answering on the fd the request came from with ``os.write``/``os.writev
 a view of a cached block included, go out without a copy). Leader/follower (``_Session._loop``):
 one worker reads and serves inline whatever cannot wait (lookups, attributes, listings of loaded
 folders, opens, xattr reads: SQLite or memory); before a request that may wait (a READ, a journaled
-change, fsync, a folder never loaded, an OPEN that may fetch or check its file: ``EncordFS.open_may_wait``)
-it hands reading to a parked worker. A handoff per request
+change, fsync, a folder never loaded, an OPEN that may read the disk cache's index or check its file:
+``EncordFS.open_may_wait``) it hands reading to a parked worker. A handoff per request
 cost a wakeup and two GIL transfers, which doubled the CPU of a small request. One notifier thread
 writes invalidations, never a worker: the kernel takes the folder's lock for an entry invalidation,
 which the request being served may hold (a ``setfattr`` refresh holds the folder's), so
@@ -850,7 +850,7 @@ class _Session:
                     self.finished.set()
 
     def _passthrough_refused(self) -> None:
-        self.fs.backing_files = False  # no more backing files (nor whole fetches at open) for nothing
+        self.fs.backing_files = False  # no more backing fds per open for nothing
 
     def _may_wait(self, buf: bytearray) -> bool:
         """Whether a request may wait for the network, the disk or another request: reads (bytes may
