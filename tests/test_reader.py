@@ -26,7 +26,7 @@ from encordfs.core.blockcache import (
 )
 from encordfs.core.counters import Counters
 from encordfs.core.fetch import HttpFetcher
-from encordfs.core.reader import ReadPipeline
+from encordfs.core.reader import ReadPipeline, Throttled
 from encordfs.core.urls import SignedUrlCache
 from encordfs.errors import InvalidValue, PermissionDenied, RemoteIOError, Stale
 from harness.http import ByteServer, FakeClock
@@ -319,6 +319,44 @@ def test_prefetch_waits_for_a_slow_disk_instead_of_skipping(
         assert disk.flush(5)
         assert disk.counters.get("cache.skipped_disk_backlog") == 0
         assert all(disk.contains(("big:1", k)) for k in range(16))
+
+
+def test_small_files_read_faster_than_the_disk_all_land_and_prefetch_waits_for_it(
+    server: ByteServer, make_pipeline: Callable[..., ReadPipeline], tmp_path: Path
+) -> None:
+    """A whole small file skipped by a busy disk would be fetched again at its next open and never be
+    read through passthrough: demand reads of small files wait for room, and prefetch holds off (Throttled)
+    while the disk's queue is full rather than fetch what the disk would skip."""
+    gate = threading.Event()
+
+    def slow_disk(fd: int, data: Block, offset: int) -> None:
+        assert gate.wait(10)
+        _pwrite_all(fd, data, offset)
+
+    size, files = 16 * KiB, 12
+    for i in range(files):
+        server.add(f"s{i}", data_of(100 + i, size))
+    disk = DiskFileCache(
+        tmp_path / "c", capacity_bytes=64 << 20, min_free_bytes=0, max_backlog_bytes=4 * size, write_part=slow_disk
+    )
+    with disk:
+        pipeline = make_pipeline(TieredBlockCache(MemoryBlockCache(1 << 20), disk))
+        for i in range(4):  # one being written (held at the gate), three queued: the queue is full
+            assert read_all(pipeline, f"s{i}:1", size, plain_source(server, f"s{i}")) == server.blobs[f"s{i}"]
+        with pytest.raises(Throttled):
+            pipeline.prefetch_file("s4:1", size, plain_source(server, "s4"))
+        assert pipeline.counters.get("reader.prefetch_disk_behind") == 1 and not server.hits("s4")
+        reader = threading.Thread(
+            target=lambda: [read_all(pipeline, f"s{i}:1", size, plain_source(server, f"s{i}")) for i in range(4, files)]
+        )
+        reader.start()
+        time.sleep(0.2)
+        assert reader.is_alive()  # the fifth file waits for room instead of being skipped
+        gate.set()
+        reader.join(10)
+        assert not reader.is_alive() and disk.flush(5)
+        assert disk.counters.get("cache.skipped_disk_backlog") == 0
+        assert all(disk.complete_now(f"s{i}:1", size) for i in range(files))
 
 
 # ---------------------------------------------------------------------------------------------- URLs

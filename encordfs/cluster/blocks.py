@@ -109,6 +109,9 @@ class SharedBlockCache:
     def complete_now(self, content_key: str, size: int) -> bool:
         return self.local.complete_now(content_key, size)
 
+    def backlogged(self, size: int) -> bool:
+        return self.local.backlogged(size)
+
     def flush(self, timeout_s: float | None = None) -> bool:
         """Wait until queued publications are done (tests)."""
         with self._cond:

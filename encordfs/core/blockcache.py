@@ -188,6 +188,10 @@ class BlockCache(Protocol):
         crc32 to check): False when in doubt. A binding serves such an open inline."""
         ...
 
+    def backlogged(self, size: int) -> bool:
+        """Whether a slow tier would skip a ``put`` of ``size`` bytes now (its write queue is full)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -266,6 +270,9 @@ class MemoryBlockCache:
         return None  # no file to back anything
 
     def complete_now(self, content_key: str, size: int) -> bool:
+        return False
+
+    def backlogged(self, size: int) -> bool:
         return False
 
     def close(self) -> None:
@@ -1368,6 +1375,10 @@ class DiskFileCache:
         item = self._items.get(name)
         return item is not None and item.has(index) and item.layout == layout
 
+    def backlogged(self, size: int) -> bool:
+        with self._lock:
+            return self._backlogged_locked(size)
+
     def _backlogged_locked(self, size: int) -> bool:
         return self._backlog_bytes > 0 and (
             self._backlog_bytes + size > self.max_backlog_bytes or len(self._pending) >= self.max_backlog_parts
@@ -1581,6 +1592,9 @@ class TieredBlockCache:
 
     def complete_now(self, content_key: str, size: int) -> bool:
         return self.disk.complete_now(content_key, size)
+
+    def backlogged(self, size: int) -> bool:
+        return self.disk.backlogged(size)
 
     def complete_path(self, content_key: str, size: int) -> str | None:
         return self.disk.complete_path(content_key, size)

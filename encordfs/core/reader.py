@@ -46,10 +46,14 @@ Who fetches
     ``prefetch_file``) go through ``background_fetcher``, which leaves connections for demand GETs.
     ``prefetch_file_async`` (``core.prefetch``'s files) starts a GET on the transport's own loop and
     lands it from there, without a thread. A reader that joins a prefetch's flight which then fails
-    fetches the part itself (``_prefetch_flights``): a prefetch never fails a read. Neither waits for the disk:
-    ``cache.put`` only queues the disk write (the disk tier serves the queued buffer until it lands, so
-    a part is not fetched twice meanwhile, and skips the write when its backlog is full); only
-    ``prefetch`` waits for room in that queue, since filling the cache is its point.
+    fetches the part itself (``_prefetch_flights``): a prefetch never fails a read. ``cache.put`` only
+    queues the disk write (the disk tier serves the queued buffer until it lands, so a part is not
+    fetched twice meanwhile, and skips the write when its backlog is full). A part of a big file is
+    skipped then (the stream does not slow to the disk's pace); a whole small file and ``prefetch``
+    wait for room in that queue instead: a small file skipped is fetched again whole at its next
+    open and is never read through passthrough, and readers of many small files faster than the
+    disk can take them (a single-threaded first pass over cached bytes) left files out of the disk
+    cache without it. The wait happens only while the disk is a backlog behind.
 
 Backing files
     ``open_backing`` serves a binding that can open files in FUSE passthrough mode: an fd of the cache's
@@ -323,13 +327,17 @@ class ReadPipeline:
     def _prefetch_start(self, content_key: str, size: int) -> int | None:
         """The length of a file's first part, charged to the readahead share of the budget, when prefetch
         should fetch it; None when it is empty, cached, obtainable from a shared tier or being fetched.
-        ``Throttled`` when the share is full."""
+        ``Throttled`` when the share is full, or the disk cache's write queue is (the part would be left
+        out of the disk: its open would not be passthrough, and the next epoch would fetch it again)."""
         key = (content_key, 0)
         with self._lock:
             in_flight = key in self._flights
         if size <= 0 or in_flight or self._have(key):
             return None
         end = min(self.part_size_for(size), size)
+        if self.cache.backlogged(end):  # prefetch fills the cache: at the disk's pace, or it is skipped there
+            self.counters.inc("reader.prefetch_disk_behind")
+            raise Throttled("the disk cache's write queue is full")
         if not self.budget.try_acquire(end, self._readahead_limit_bytes):
             self.counters.inc("reader.readahead_throttled")
             raise Throttled(f"no room in the read budget for {end} bytes of prefetch")
@@ -403,12 +411,22 @@ class ReadPipeline:
         layout = FileLayout(size, self.part_size_for(size))
 
         def land(error: FsError | None) -> None:
+            if error is None:
+                segment.finish(buf)  # a demand reader that joined goes on now
+                if self.cache.backlogged(end):  # the disk would skip it: wait for room on a pool thread (not
+                    try:  # on this loop); the flight stays open until it is stored
+                        self._pool.submit(store, None, True)
+                        return
+                    except RuntimeError:  # shutting down
+                        pass
+            else:
+                segment.fail(error)
+            store(error, False)
+
+        def store(error: FsError | None, wait: bool) -> None:
             try:
                 if error is None:
-                    segment.finish(buf)  # a demand reader that joined goes on now
-                    self.cache.put(key, buf, layout)  # memory; the disk tier only queues (or skips)
-                else:
-                    segment.fail(error)
+                    self.cache.put(key, buf, layout, wait=wait)  # memory; the disk tier only queues
             finally:
                 self._end_flight(key, segment)
                 segment.drop()
@@ -597,7 +615,8 @@ class ReadPipeline:
                 return
             data = self._fetch(url_source, segment.start, segment.end, layout.size_bytes, background)
             segment.finish(data)  # readers go on before the cache write
-            self.cache.put(key, data, layout, wait=segment.fill_cache)  # the disk tier only queues it
+            small = layout.size_bytes <= self.small_file_bytes  # a whole file: waits for room (see above)
+            self.cache.put(key, data, layout, wait=segment.fill_cache or small)  # the disk tier only queues it
         finally:
             self._end_flight(key, segment)
 
