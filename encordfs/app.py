@@ -209,8 +209,17 @@ def _prefetcher(
     def fetch_async(item: Item, done: Callable[[int, errors.FsError | None], None]) -> bool:
         return reader.prefetch_file_async(item.key, item.size, item.url_source, done)
 
+    def cached(item: Item) -> bool:
+        return reader.has_first_part(item.key)
+
     return Prefetcher(
-        fs, fetch, counters, config, mountpoint=str(mountpoint) if mountpoint else None, fetch_async=fetch_async
+        fs,
+        fetch,
+        counters,
+        config,
+        mountpoint=str(mountpoint) if mountpoint else None,
+        fetch_async=fetch_async,
+        cached=cached,
     )
 
 

@@ -106,14 +106,27 @@ class World:
         options = Options(uid=0, gid=0, metadata_ttl_s=60)
         self.fs = EncordFS(self.backend, self.catalog, self.reader, urls, options, clock=Clock())
 
+        self.handed: list[int] = []  # inodes handed to fetch or fetch_async (the planner thread's)
+
         def fetch(item: Item) -> int:
+            self.handed.append(item.ino)
             return self.reader.prefetch_file(item.key, item.size, item.url_source)
 
         def fetch_async(item: Item, done: Any) -> bool:
+            self.handed.append(item.ino)
             return self.reader.prefetch_file_async(item.key, item.size, item.url_source, done)
 
+        def cached(item: Item) -> bool:
+            return self.reader.has_first_part(item.key)
+
         self.prefetcher = Prefetcher(
-            self.fs, fetch, self.counters, config, mountpoint="/mnt/enc", fetch_async=fetch_async if use_async else None
+            self.fs,
+            fetch,
+            self.counters,
+            config,
+            mountpoint="/mnt/enc",
+            fetch_async=fetch_async if use_async else None,
+            cached=cached,
         )
         self.fs.prefetcher = self.prefetcher
 
@@ -182,6 +195,23 @@ def make_world(tmp_path: Path) -> Iterator[Any]:
 
 def name(i: int) -> str:
     return f"/street/f{i:03d}.jpg"
+
+
+def test_cached_files_are_passed_over_without_a_fetch(make_world: Any) -> None:
+    """An epoch over files already cached: the planner passes over them itself instead of handing each to
+    ``fetch`` to find out (that machinery cost ~90 us of mount CPU per open of a cached file)."""
+    w = make_world(use_async=True)
+    w.fs.readdir(w.fs.resolve("/street"))
+    for i in range(FILES):
+        w.read(name(i))
+    assert w.prefetcher.wait_idle()
+    first_pass = len(w.handed)
+    for i in range(FILES):
+        assert w.read(name(i)) == bytes([i]) * SIZE
+        assert w.prefetcher.wait_idle()
+    assert len(w.handed) == first_pass  # nothing handed over the second time
+    assert w.counters.get("prefetch.already_cached") >= FILES - 2 * PrefetchConfig().lookahead_run
+    assert all(w.fetches(f"item-r{i:03d}") == 1 for i in range(FILES))
 
 
 @pytest.mark.parametrize("use_async", [False, True], ids=["threads", "async"])

@@ -1035,7 +1035,16 @@ class EncordFS:
         return self._item(node)
 
     def _item(self, node: Node) -> Item:
-        return Item(node.ino, self._content_key(node), node.size, self._url_source(node))
+        # Its URL source is made at its first call: the planner makes items a page at a time, and most
+        # are passed over (cached) or never reached.
+        made: list[UrlSource] = []
+
+        def url(force_resign: bool = False) -> str:
+            if not made:
+                made.append(self._url_source(node))
+            return made[0](force_resign)
+
+        return Item(node.ino, self._content_key(node), node.size, url)
 
     def release(self, fh: int) -> None:
         with self._handles_lock:

@@ -319,6 +319,11 @@ class ReadPipeline:
         """The object's size, asked of the server (rows whose metadata has none)."""
         return self.fetcher.probe_size(url_source)
 
+    def has_first_part(self, content_key: str) -> bool:
+        """Whether a file's first part (a small file whole) is cached here (memory, or this disk's index:
+        no shared tier asked): what prefetch may pass over without starting anything."""
+        return self.cache.contains((content_key, 0))
+
     def _have(self, key: BlockKey) -> bool:
         """Whether prefetch can leave a part alone: cached here, or had from a shared tier without the
         origin (``cluster.blocks``: ``lookup`` reads Redis and stores what it finds locally)."""
