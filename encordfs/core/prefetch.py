@@ -158,11 +158,6 @@ class PrefetchConfig:
     # batches behind its fastest (8 workers x 2 batches of 32 in flight = 512).
     hint_keep_behind: int = 1024
     throttle_pause_s: float = 0.05
-    # After an event wakes the planner it waits this long for more before it schedules: opens of cached
-    # files one after another (~5,000 a second) then cost one wake-up per batch, not one each (a wake-up
-    # and its GIL handoffs were most of the ~90 us that prefetch added to such an open). Far below the
-    # first-byte latency prefetch hides.
-    batch_wait_s: float = 0.002
 
 
 class _HintLines:
@@ -374,8 +369,6 @@ class Prefetcher:
                 events = [self._events.get(timeout=self.config.throttle_pause_s if paused else 1.0)]
             except queue.Empty:
                 events = []
-            if events and self.config.batch_wait_s:
-                time.sleep(self.config.batch_wait_s)
             while len(events) < 512:  # a batch: streams are pumped once for all of it
                 try:
                     events.append(self._events.get_nowait())
