@@ -724,6 +724,23 @@ def test_complete_now_answers_from_memory_and_only_yes_when_sure(tmp_path: Path)
         assert not memory.complete_now("f0", PART)
 
 
+def test_complete_now_trusts_a_sealed_file_only_while_it_is_the_sealed_one(tmp_path: Path) -> None:
+    """An inherited sealed file is complete now after one stat; once changed, it is not (its open then
+    reads and checks it, off the thread that reads requests), and nothing was read to say so."""
+    root = tmp_path / "c"
+    with open_cache(root) as cache:
+        cache.put(*whole("s", block(3)))
+    with open_cache(root) as cache:
+        assert cache.complete_now("s", PART)
+        assert cache.counters.get("cache.verified_bytes") == 0
+    time.sleep(0.05)  # past the kernel's coarse clock tick: the edit gets a later ctime
+    _flip(item_path(root, "s"), 1)
+    with open_cache(root) as cache:
+        assert not cache.complete_now("s", PART)
+        assert cache.counters.get("cache.verified_bytes") == 0
+        assert cache.complete_path("s", PART) is None and cache.counters.get("cache.corrupt_disk") == 1
+
+
 def test_tiered_promotes_disk_hits_and_counts_once(tmp_path: Path) -> None:
     counters = Counters()
     disk = open_cache(tmp_path / "c", counters=counters)

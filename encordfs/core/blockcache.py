@@ -184,8 +184,8 @@ class BlockCache(Protocol):
         ...
 
     def complete_now(self, content_key: str, size: int) -> bool:
-        """Whether ``open_complete`` would give an fd at once, from memory alone (no index read, no
-        crc32 to check): False when in doubt. A binding serves such an open inline."""
+        """Whether ``open_complete`` would give an fd at once: no index read, no crc32 to check (at most
+        a stat of a sealed file); False when in doubt. A binding serves such an open inline."""
         ...
 
     def backlogged(self, size: int) -> bool:
@@ -665,7 +665,11 @@ class DiskFileCache:
             item = self._items.get(_file_name(content_key))
             if item is None or not 0 < size == item.size_bytes or not item.complete:
                 return False
-            return not item.unchecked or item.seal is not None  # (a sealed file costs an fstat to check)
+            if not item.unchecked:
+                return True
+        # inherited: sure only if it is sealed and its file still the sealed one (one stat, never a read:
+        # a binding would serve an open that reads a changed file whole on the thread reading requests)
+        return item.seal is not None and self._still_sealed(item)
 
     def _still_sealed(self, item: _Item, fd: int | None = None) -> bool:
         """Whether an inherited item's file is the one it was sealed with (its inode and ctime unchanged):
