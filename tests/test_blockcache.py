@@ -708,6 +708,21 @@ def test_an_item_cooled_again_while_being_opened_is_looked_up_again(tmp_path: Pa
             os.close(fd)
 
 
+def test_a_waiting_put_gives_up_on_a_stalled_disk(tmp_path: Path) -> None:
+    """A put that waits for room (prefetch, a whole small file) waits at most ``wait_timeout_s``, then is
+    skipped: a stalled disk never holds a reader."""
+    disk = GatedDisk()
+    with open_cache(tmp_path / "c", max_backlog_bytes=PART, write_part=disk, wait_timeout_s=0.2) as cache:
+        cache.put(*whole("f0", block(0)))  # being written, held at the gate: the queue is full
+        assert disk.started.acquire(timeout=5)
+        t0 = time.monotonic()
+        cache.put(*whole("f1", block(1)), wait=True)
+        assert 0.15 < time.monotonic() - t0 < 5
+        assert cache.counters.get("cache.skipped_disk_backlog") == 1 and not cache.contains(("f1", 0))
+        disk.gate.set()
+        assert cache.flush(5)
+
+
 def test_complete_now_answers_from_memory_and_only_yes_when_sure(tmp_path: Path) -> None:
     """What lets the kernel binding serve a passthrough open inline: a complete, checked item is True; a
     missing, partial or differently sized one is False (the open may have to read the index or the file)."""

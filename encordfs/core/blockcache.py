@@ -41,8 +41,8 @@ Writes
     queued part is never fetched twice; it leaves ``_pending`` and enters the index in one step under the
     lock. The queue is bounded: past ``max_backlog_bytes`` (or ``max_backlog_parts``) a ``put`` is skipped
     (``cache.skipped_disk_backlog``; the memory tier still has it) rather than making readers wait for
-    the disk; ``wait`` (prefetch) waits for room instead. The first part of
-    an item creates its file as ``tmp/<name>.<n>`` (``ftruncate`` to the full size, the part written at its
+    the disk; ``wait`` (prefetch, whole small files) waits for room instead, up to ``wait_timeout_s``.
+    The first part of an item creates its file as ``tmp/<name>.<n>`` (``ftruncate`` to the full size, the part written at its
     offset) and renames it into place, so a path never names a half-made file and a replaced file never
     changes under an fd that has it open; later parts are written in place with one ``pwrite`` into a
     hole of that file. A failed write is counted (``cache.write_errors``), logged (at most once a minute)
@@ -422,6 +422,9 @@ class DiskFileCache:
         # hits are remembered in memory and written to the index in batches or after this long idle
         touch_persist_interval_s: float = 60.0,
         close_timeout_s: float = 30.0,  # the backlog is <= 64 MiB: a healthy disk drains it in < 1 s
+        # a ``wait`` put gives up waiting for room after this and is skipped: a stalled disk never holds a
+        # reader (or a prefetch thread) longer
+        wait_timeout_s: float = 10.0,
         # A complete file at least this big is fsynced once and sealed (see the module docstring): the next
         # owner trusts it without reading it whole. Smaller ones are sealed in batches, one syncfs each.
         seal_min_bytes: int = 64 * MiB,
@@ -441,6 +444,7 @@ class DiskFileCache:
         self.free_check_interval_s = free_check_interval_s
         self.touch_persist_interval_s = touch_persist_interval_s
         self.close_timeout_s = close_timeout_s
+        self.wait_timeout_s = wait_timeout_s
         self.seal_min_bytes = seal_min_bytes
         self.seal_batch_interval_s = seal_batch_interval_s
         self.max_hot_items = max(1, max_hot_items)
@@ -570,8 +574,8 @@ class DiskFileCache:
 
     def put(self, key: BlockKey, data: Block, layout: FileLayout, *, wait: bool = False) -> None:
         """Queue part ``key[1]`` of ``layout`` for writing and return. When the backlog is full it is
-        skipped (counted), or, with ``wait``, queued once the writer has made room (prefetch: filling the
-        cache is its point).
+        skipped (counted), or, with ``wait``, queued once the writer has made room (prefetch and small
+        files: filling the cache is the point), skipped after ``wait_timeout_s`` without room.
         """
         if not data or len(data) != layout.part_length(key[1]):
             raise InvalidValue(f"part {key[1]} of {len(data)} bytes does not fit a layout {layout}")
@@ -580,7 +584,7 @@ class DiskFileCache:
         backlogged = False
         with self._changed:
             if wait:
-                self._changed.wait_for(lambda: self._closing or not self._backlogged_locked(size))
+                self._changed.wait_for(lambda: self._closing or not self._backlogged_locked(size), self.wait_timeout_s)
             if self._closing or self._stored_locked(name, key[1], layout):
                 return  # (a part of a cold item is queued, and the writer finds it there)
             if key in self._pending:
