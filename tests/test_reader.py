@@ -28,7 +28,7 @@ from encordfs.core.counters import Counters
 from encordfs.core.fetch import HttpFetcher
 from encordfs.core.reader import ReadPipeline, Throttled
 from encordfs.core.urls import SignedUrlCache
-from encordfs.errors import InvalidValue, PermissionDenied, RemoteIOError, Stale
+from encordfs.errors import FsError, InvalidValue, PermissionDenied, RemoteIOError, Stale
 from harness.http import ByteServer, FakeClock
 
 KiB = 1024
@@ -357,6 +357,26 @@ def test_small_files_read_faster_than_the_disk_all_land_and_prefetch_waits_for_i
         assert not reader.is_alive() and disk.flush(5)
         assert disk.counters.get("cache.skipped_disk_backlog") == 0
         assert all(disk.complete_now(f"s{i}:1", size) for i in range(files))
+
+
+def test_a_part_whose_fetch_just_failed_fails_again_at_once(
+    server: ByteServer, make_pipeline: Callable[..., ReadPipeline]
+) -> None:
+    """The kernel reads a page whose readahead failed once more, synchronously: that second READ gets the
+    same error at once instead of waiting out the retry budget again; later, the part is asked anew."""
+    size = 20 * KiB
+    server.add("f", data_of(21, size))
+    pipeline = make_pipeline(failure_memory_s=0.5)
+    server.inject(403, 403, 403)  # refused, and refused again once re-signed
+    with pytest.raises(FsError) as first:
+        read_all(pipeline, "f:1", size, plain_source(server, "f"))
+    gets = len(server.hits("f"))
+    with pytest.raises(FsError) as again:
+        read_all(pipeline, "f:1", size, plain_source(server, "f"))
+    assert type(again.value) is type(first.value) and len(server.hits("f")) == gets
+    assert pipeline.counters.get("reader.recent_failures") == 1
+    time.sleep(0.6)
+    assert read_all(pipeline, "f:1", size, plain_source(server, "f")) == server.blobs["f"]
 
 
 # ---------------------------------------------------------------------------------------------- URLs

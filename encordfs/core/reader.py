@@ -87,6 +87,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
@@ -96,7 +97,7 @@ from encordfs.core.counters import Counters
 from encordfs.core.fetch import RangeFetcher
 from encordfs.core.link import LinkEstimate
 from encordfs.core.urls import UrlSource
-from encordfs.errors import FsError, InvalidValue, RemoteIOError
+from encordfs.errors import FsError, InvalidValue, RemoteIOError, Stale
 
 
 class Throttled(FsError):
@@ -104,6 +105,7 @@ class Throttled(FsError):
 
 
 MiB = 1 << 20
+_FAILURES_KEPT = 4096  # parts whose failure is remembered (``failure_memory_s``), most recent
 # Bandwidth-delay products kept in flight by a sequential stream (``ReadPipeline._readahead_limits``).
 LINK_ROUNDS = 8
 
@@ -249,6 +251,10 @@ class ReadPipeline:
         max_parallel_total: int = 16,
         seek_back_bytes: int = MiB,  # reordered reads from parallel FUSE threads stay "sequential"
         read_timeout_s: float = 60.0,  # >= the fetcher's retry budget (30 s) + one socket timeout
+        # A part whose fetch just failed (after the fetcher's retries) fails again at once for this long:
+        # the kernel reads a page that failed its readahead once more, synchronously, and that second
+        # READ must not wait out the retry budget again (a stalled store held such a read 60 s).
+        failure_memory_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         background_fetcher: RangeFetcher | None = None,
         link: LinkEstimate | None = None,
@@ -268,6 +274,8 @@ class ReadPipeline:
         self.max_parallel_total = max_parallel_total
         self.seek_back_bytes = seek_back_bytes
         self.read_timeout_s = read_timeout_s
+        self.failure_memory_s = failure_memory_s
+        self._failures: OrderedDict[BlockKey, tuple[float, FsError]] = OrderedDict()  # under ``_lock``
         self.budget = MemoryBudget(memory_budget_bytes, self.counters)
         self._readahead_limit_bytes = memory_budget_bytes * 3 // 4
         self._clock = clock
@@ -618,12 +626,39 @@ class ReadPipeline:
             if landed is not None:
                 segment.finish(landed)
                 return
-            data = self._fetch(url_source, segment.start, segment.end, layout.size_bytes, background)
+            self._raise_recent_failure(key)
+            try:
+                data = self._fetch(url_source, segment.start, segment.end, layout.size_bytes, background)
+            except FsError as exc:
+                self._remember_failure(key, exc, segment.prefetch)
+                raise
             segment.finish(data)  # readers go on before the cache write
             small = layout.size_bytes <= self.small_file_bytes  # a whole file: waits for room (see above)
             self.cache.put(key, data, layout, wait=segment.fill_cache or small)  # the disk tier only queues it
         finally:
             self._end_flight(key, segment)
+
+    def _remember_failure(self, key: BlockKey, exc: FsError, prefetch: bool) -> None:
+        """A fetch of ``key`` for readers failed for good (a prefetch's failure fails no reader, and a
+        changed object is not remembered: its folder reloads)."""
+        if prefetch or isinstance(exc, Stale) or self.failure_memory_s <= 0:
+            return
+        with self._lock:
+            self._failures[key] = (self._clock(), exc)
+            self._failures.move_to_end(key)
+            while len(self._failures) > _FAILURES_KEPT:
+                self._failures.popitem(last=False)
+
+    def _raise_recent_failure(self, key: BlockKey) -> None:
+        """The error of a fetch of ``key`` that failed less than ``failure_memory_s`` ago, raised again."""
+        with self._lock:
+            failed = self._failures.get(key)
+            if failed is not None and self._clock() - failed[0] >= self.failure_memory_s:
+                del self._failures[key]
+                failed = None
+        if failed is not None:
+            self.counters.inc("reader.recent_failures")
+            raise type(failed[1])(f"{failed[1].message} (failed moments ago)")
 
     def _end_flight(self, key: BlockKey, segment: _Segment) -> None:
         """``segment``'s fetch of ``key`` is over: later readers of the part find it in the cache (stored
