@@ -28,7 +28,7 @@ from encordfs.core.counters import Counters
 from encordfs.core.fetch import HttpFetcher
 from encordfs.core.reader import ReadPipeline, Throttled
 from encordfs.core.urls import SignedUrlCache
-from encordfs.errors import FsError, InvalidValue, PermissionDenied, RemoteIOError, Stale
+from encordfs.errors import InvalidValue, PermissionDenied, RemoteIOError, Stale
 from harness.http import ByteServer, FakeClock
 
 KiB = 1024
@@ -362,21 +362,57 @@ def test_small_files_read_faster_than_the_disk_all_land_and_prefetch_waits_for_i
 def test_a_part_whose_fetch_just_failed_fails_again_at_once(
     server: ByteServer, make_pipeline: Callable[..., ReadPipeline]
 ) -> None:
-    """The kernel reads a page whose readahead failed once more, synchronously: that second READ gets the
-    same error at once instead of waiting out the retry budget again; later, the part is asked anew."""
+    """The kernel reads a page whose readahead failed once more, synchronously: after a failure that took
+    the whole budget (EIO: a stalled signing call or byte server), that second READ fails at once instead
+    of waiting it out again; later, the part is asked anew. A refusal is not remembered."""
     size = 20 * KiB
     server.add("f", data_of(21, size))
+    calls: list[bool] = []
+
+    def source(force_resign: bool) -> str:
+        calls.append(force_resign)
+        if len(calls) == 1:
+            raise RemoteIOError("signing item f took longer than 30 s (Encord is slow or unreachable)")
+        return server.sign("f")
+
     pipeline = make_pipeline(failure_memory_s=0.5)
-    server.inject(403, 403, 403)  # refused, and refused again once re-signed
-    with pytest.raises(FsError) as first:
-        read_all(pipeline, "f:1", size, plain_source(server, "f"))
-    gets = len(server.hits("f"))
-    with pytest.raises(FsError) as again:
-        read_all(pipeline, "f:1", size, plain_source(server, "f"))
-    assert type(again.value) is type(first.value) and len(server.hits("f")) == gets
-    assert pipeline.counters.get("reader.recent_failures") == 1
+    with pytest.raises(RemoteIOError):
+        read_all(pipeline, "f:1", size, source)
+    with pytest.raises(RemoteIOError, match="moments ago"):
+        read_all(pipeline, "f:1", size, source)
+    assert len(calls) == 1 and pipeline.counters.get("reader.recent_failures") == 1
     time.sleep(0.6)
-    assert read_all(pipeline, "f:1", size, plain_source(server, "f")) == server.blobs["f"]
+    assert read_all(pipeline, "f:1", size, source) == server.blobs["f"]
+    server.inject(403, 403, 403)  # refused, and refused again once re-signed: asked again each time
+    with pytest.raises(PermissionDenied):
+        read_all(pipeline, "g:1", size, plain_source(server, "f"))
+    assert read_all(pipeline, "g:1", size, plain_source(server, "f")) == server.blobs["f"]
+
+
+def test_read_held_answers_only_from_memory_and_only_for_small_files(
+    server: ByteServer, make_pipeline: Callable[..., ReadPipeline]
+) -> None:
+    """What the kernel binding answers on the thread that reads requests: a small file's bytes held in
+    memory, never a fetch; None otherwise (the read then goes the normal way)."""
+    small, big = 20 * KiB, 200 * KiB
+    server.add("s", data_of(31, small))
+    server.add("b", data_of(32, big))
+    pipeline = make_pipeline()
+    handle = pipeline.open("s:1", small, plain_source(server, "s"))
+    try:
+        assert handle.read_held(0, 4 * KiB) is None and not server.hits("s")  # not fetched yet: nothing asked
+        assert bytes(handle.read(0, 4 * KiB)) == server.blobs["s"][: 4 * KiB]
+        gets = len(server.hits("s"))
+        assert bytes(handle.read_held(4 * KiB, 64 * KiB) or b"") == server.blobs["s"][4 * KiB :]
+        assert handle.read_held(small, 4 * KiB) == b"" and len(server.hits("s")) == gets
+    finally:
+        handle.close()
+    assert read_all(pipeline, "b:1", big, plain_source(server, "b")) == server.blobs["b"]
+    handle = pipeline.open("b:1", big, plain_source(server, "b"))
+    try:
+        assert handle.read_held(0, 4 * KiB) is None  # a big file always reads the normal way
+    finally:
+        handle.close()
 
 
 # ---------------------------------------------------------------------------------------------- URLs

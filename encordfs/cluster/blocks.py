@@ -86,6 +86,9 @@ class SharedBlockCache:
         data = self.local.lookup(key)
         return data if data is not None else self._from_redis(key, wait=False)
 
+    def held(self, key: BlockKey) -> Block | None:
+        return self.local.held(key)
+
     def contains(self, key: BlockKey) -> bool:
         return self.local.contains(key)
 

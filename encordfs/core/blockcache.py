@@ -172,6 +172,10 @@ class BlockCache(Protocol):
 
     def lookup(self, key: BlockKey) -> Block | None: ...
 
+    def held(self, key: BlockKey) -> Block | None:
+        """The block if it is in memory now (no I/O, nothing counted), else None."""
+        ...
+
     def contains(self, key: BlockKey) -> bool: ...
 
     def put(self, key: BlockKey, data: Block, layout: FileLayout, *, wait: bool = False) -> None:
@@ -248,6 +252,9 @@ class MemoryBlockCache:
             if data is not None:
                 self._blocks.move_to_end(key)
             return data
+
+    def held(self, key: BlockKey) -> Block | None:
+        return self.lookup(key)
 
     def contains(self, key: BlockKey) -> bool:
         with self._lock:
@@ -561,6 +568,12 @@ class DiskFileCache:
         elif verify:
             self.counters.inc("cache.verified_bytes", length)
         return data
+
+    def held(self, key: BlockKey) -> Block | None:
+        """A part queued for writing is in memory until it lands; nothing else is."""
+        with self._lock:
+            queued = self._pending.get(key)
+            return queued.data if queued is not None else None
 
     def contains(self, key: BlockKey) -> bool:
         name = _file_name(key[0])
@@ -1586,6 +1599,10 @@ class TieredBlockCache:
     def lookup(self, key: BlockKey) -> Block | None:
         data = self.memory.lookup(key)
         return data if data is not None else self.disk.lookup(key)
+
+    def held(self, key: BlockKey) -> Block | None:
+        data = self.memory.held(key)
+        return data if data is not None else self.disk.held(key)
 
     def contains(self, key: BlockKey) -> bool:
         return self.memory.contains(key) or self.disk.contains(key)

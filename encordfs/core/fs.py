@@ -158,6 +158,7 @@ class FolderLoader(Protocol):
 
 class Handle(Protocol):
     def read(self, offset: int, length: int) -> bytes | memoryview: ...
+    def read_held(self, offset: int, length: int) -> bytes | memoryview | None: ...
     def close(self) -> None: ...
 
 
@@ -998,6 +999,12 @@ class EncordFS:
                 self._refresh_in_background(node.parent, force=True)
             raise
 
+    def read_held(self, fh: int, offset: int, length: int) -> bytes | memoryview | None:
+        """``read`` when it cannot wait: the bytes of a small file held in memory now, else None (then
+        call ``read``, which may fetch). Never raises for a handle that is gone: ``read`` says so."""
+        entry = self._handles.get(fh)
+        return entry[1].read_held(offset, length) if entry is not None else None
+
     def write(self, fh: int, offset: int, data: bytes | memoryview) -> int:
         """Bytes written to an open file: only the ``hints`` control file takes any (see the module
         docstring); everything else is ``EROFS``."""
@@ -1370,6 +1377,9 @@ class _HintWriter:
     def read(self, offset: int, length: int) -> bytes:
         return b""
 
+    def read_held(self, offset: int, length: int) -> None:
+        return None
+
     def write(self, data: bytes | memoryview) -> int:
         self._prefetcher.hints_write(self._number, data)
         return len(data)
@@ -1386,6 +1396,9 @@ class _BytesHandle:
 
     def read(self, offset: int, length: int) -> bytes:
         return self._content[offset : offset + length]
+
+    def read_held(self, offset: int, length: int) -> bytes:
+        return self.read(offset, length)
 
     def close(self) -> None:
         pass

@@ -97,7 +97,7 @@ from encordfs.core.counters import Counters
 from encordfs.core.fetch import RangeFetcher
 from encordfs.core.link import LinkEstimate
 from encordfs.core.urls import UrlSource
-from encordfs.errors import FsError, InvalidValue, RemoteIOError, Stale
+from encordfs.errors import FsError, InvalidValue, RemoteIOError
 
 
 class Throttled(FsError):
@@ -639,9 +639,11 @@ class ReadPipeline:
             self._end_flight(key, segment)
 
     def _remember_failure(self, key: BlockKey, exc: FsError, prefetch: bool) -> None:
-        """A fetch of ``key`` for readers failed for good (a prefetch's failure fails no reader, and a
-        changed object is not remembered: its folder reloads)."""
-        if prefetch or isinstance(exc, Stale) or self.failure_memory_s <= 0:
+        """A fetch of ``key`` for readers failed for good after waiting: the byte server or the signing
+        call did not answer within its budget (``RemoteIOError``). Not remembered: a prefetch's failure
+        (it fails no reader), a changed object (its folder reloads), a refusal (asked again each time,
+        and answered at once)."""
+        if prefetch or not isinstance(exc, RemoteIOError) or self.failure_memory_s <= 0:
             return
         with self._lock:
             self._failures[key] = (self._clock(), exc)
@@ -776,6 +778,20 @@ class ReadHandle:
         self._p.counters.inc("reader.reads")
         self._p.counters.inc("reader.bytes_read", end - offset)
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def read_held(self, offset: int, length: int) -> bytes | memoryview | None:
+        """``read`` of a small file whose bytes are in memory now (the cache's memory tier, or a disk
+        write not landed yet), without waiting for anything; None when they are not (or the file is not
+        small): then ``read`` it. A binding answers such a read on the thread that read the request."""
+        if not self._small or offset < 0 or length < 0 or self._closed:
+            return None
+        block = self._p.cache.held((self.content_key, 0))
+        if block is None or len(block) != self.size:
+            return None
+        end = min(offset + length, self.size)
+        self._p.counters.inc("reader.reads_held")
+        self._p.counters.inc("reader.bytes_read", max(0, end - offset))
+        return memoryview(block)[offset:end] if offset < end else b""
 
     def close(self) -> None:
         with self._lock:

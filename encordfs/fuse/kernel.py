@@ -38,7 +38,8 @@ the shared fd when cloning is refused, e.g. without access to ``/dev/fuse``) and
 buffers, answering on the fd the request came from with ``os.write``/``os.writev`` (a READ's bytes,
 a view of a cached block included, go out without a copy). Leader/follower (``_Session._loop``):
 one worker reads and serves inline whatever cannot wait (lookups, attributes, listings of loaded
-folders, opens, xattr reads: SQLite or memory); before a request that may wait (a READ, a journaled
+folders, opens, xattr reads: SQLite or memory; READs of small files whose bytes are in memory,
+``EncordFS.read_held``); before a request that may wait (any other READ, a journaled
 change, fsync, a folder never loaded, an OPEN that may read the disk cache's index or check its file:
 ``EncordFS.open_may_wait``) it hands reading to a parked worker. A handoff per request
 cost a wakeup and two GIL transfers, which doubled the CPU of a small request. One notifier thread
@@ -834,7 +835,7 @@ class _Session:
                     if exc.errno != errno.ENODEV:  # ENODEV: unmounted, the connection is over
                         log.error("reading /dev/fuse failed: %s", exc.strerror)
                     return  # the next leader reads ENODEV too, and so on
-                if n >= abi.IN_HEADER.size and self._may_wait(w.buf):
+                if n >= abi.IN_HEADER.size and self._may_wait(w.buf) and not self._read_held(w, n):
                     lead.release()
                     try:
                         self._serve_safely(w, n)
@@ -862,6 +863,24 @@ class _Session:
         if opcode == Op.OPEN:
             return self.fs.open_may_wait(nodeid)
         return opcode in FOLDER_OPS and self.fs.would_wait(nodeid)
+
+    def _read_held(self, w: _Worker, n: int) -> bool:
+        """Answer a READ here if its bytes are in memory now (``EncordFS.read_held``: a small file read
+        through the mount, prefetched or read before): True when answered. Handing such a read to
+        another worker cost a wakeup and two GIL handoffs for a copy from memory."""
+        _, opcode, unique, _ = _HEAD.unpack_from(w.buf)
+        if opcode != Op.READ or n < abi.IN_HEADER.size + abi.READ_IN.size:
+            return False
+        fh, offset, size, _ = abi.READ_IN.unpack_from(w.buf, abi.IN_HEADER.size)
+        try:
+            data = self.fs.read_held(fh, offset, size)
+        except Exception:  # (never expected: the normal path answers, with the errno)
+            log.exception("internal error in a READ answered from memory")
+            return False
+        if data is None:
+            return False
+        self._send(w, [abi.OUT_HEADER.pack(abi.OUT_HEADER.size + len(data), 0, unique), data])
+        return True
 
     def _serve_safely(self, w: _Worker, n: int) -> None:
         try:
