@@ -367,6 +367,8 @@ def test_refreshes_follow_the_ttl_cluster_wide(nodes: Callable[..., Node], encor
     time.sleep(1.2)  # the cluster's listing is due: one of the nodes reloads, the other takes its result
     for node in (a, b):
         node.fs.refresh(node.fs.resolve("/street"), force=False)
+    for node in (a, b):  # a lookup of the due folder may have started a load in the background: let it end
+        node.fs.wait_refreshes()
     assert encord.calls["get_dataset"] == 2
     b.fs.refresh(b.fs.resolve("/street"))  # encordfs refresh: Encord now, whatever the cluster has
     assert encord.calls["get_dataset"] == 3
