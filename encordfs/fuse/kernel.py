@@ -879,7 +879,7 @@ class _Session:
             return False
         if data is None:
             return False
-        self._send(w, [abi.OUT_HEADER.pack(abi.OUT_HEADER.size + len(data), 0, unique), data])
+        self._send(w, _data_reply(unique, data))
         return True
 
     def _serve_safely(self, w: _Worker, n: int) -> None:
@@ -1076,7 +1076,7 @@ class _Session:
     def _read(self, w: _Worker, unique: int, nodeid: int, arg: memoryview) -> list[Any]:
         fh, offset, size, _ = abi.READ_IN.unpack_from(arg)
         data = self.fs.read(fh, offset, size)
-        return [abi.OUT_HEADER.pack(abi.OUT_HEADER.size + len(data), 0, unique), data]
+        return _data_reply(unique, data)
 
     def _write(self, w: _Worker, unique: int, nodeid: int, arg: memoryview) -> bytes:
         fh, offset, size, _, _, _, _ = abi.WRITE_IN.unpack_from(arg)
@@ -1312,6 +1312,11 @@ class _Session:
         if self.passthrough is not None:
             self.passthrough.close_all()
         return abi.OUT_HEADER.pack(abi.OUT_HEADER.size, 0, unique)
+
+
+def _data_reply(unique: int, data: bytes | memoryview) -> list[Any]:
+    """A READ's answer: the header and the bytes, written together (``os.writev``, no copy)."""
+    return [abi.OUT_HEADER.pack(abi.OUT_HEADER.size + len(data), 0, unique), data]
 
 
 def _op_name(opcode: int) -> str:
