@@ -1042,16 +1042,7 @@ class EncordFS:
         return self._item(node)
 
     def _item(self, node: Node) -> Item:
-        # Its URL source is made at its first call: the planner makes items a page at a time, and most
-        # are passed over (cached) or never reached.
-        made: list[UrlSource] = []
-
-        def url(force_resign: bool = False) -> str:
-            if not made:
-                made.append(self._url_source(node))
-            return made[0](force_resign)
-
-        return Item(node.ino, self._content_key(node), node.size, url)
+        return Item(node.ino, self._content_key(node), node.size, self._url_source(node))
 
     def release(self, fh: int) -> None:
         with self._handles_lock:
@@ -1076,16 +1067,16 @@ class EncordFS:
         legacy row is signed alone: see the module docstring)."""
         item = node.handle
         assert item is not None
-        alone = costs_a_call(item)
-        # Made at the first call: most opens and prefetches of cached files never ask for a URL, and a
-        # source costs a thread-local of its own.
+        # Everything is worked out at the first call: most opens and prefetches of cached files never ask
+        # for a URL (the planner makes items a page at a time), and a source costs a thread-local of its own.
         made: list[Callable[[bool], str]] = []
 
         def url(force_resign: bool = False) -> str:
             # An item already in another reader's signing batch joins that call (in ``source``)
             # instead of starting a small batch of its own: concurrent readers of one folder then
             # still cost one signing call per 1,000 files.
-            if not alone and not force_resign and not self.urls.is_fresh(item) and not self.urls.is_pending(item):
+            fresh = force_resign or self.urls.is_fresh(item) or self.urls.is_pending(item)
+            if not fresh and not costs_a_call(item):
                 self._sign_siblings(node)
             if not made:
                 made.append(self.urls.source(item))
