@@ -928,8 +928,6 @@ class EncordFS:
             if node.size == UNKNOWN_SIZE:
                 raise errors.RemoteIOError(f"{node.name}: its size is unknown and the object could not be asked")
         key, source = self._content_key(node), self._url_source(node)
-        if self.prefetcher is not None:
-            self.prefetcher.opened(node.parent, node.ino, key)
         handle = self.reader.open(key, node.size, source)
         backing_fd = None
         if self.backing_files:
@@ -938,6 +936,9 @@ class EncordFS:
             except BaseException:
                 handle.close()
                 raise
+        # a file complete on disk is news to the prefetcher only where a stream could move
+        if self.prefetcher is not None and (backing_fd is None or self.prefetcher.follows(node.parent)):
+            self.prefetcher.opened(node.parent, node.ino, key)
         fh = self._add_handle(node, handle, backing_fd)
         return OpenFile(fh, direct_io=False, backing_fd=backing_fd, backing_key=None if backing_fd is None else key)
 

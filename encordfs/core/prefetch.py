@@ -32,7 +32,10 @@ Sequential lookahead (``opened``)
     ``recent_opens`` opens), ``x`` extends that run; a run of ``lookahead_run`` files starts a stream of
     the files listed after ``x`` (``source.next_files``), window ``initial_window``. Parallel readers
     of one folder (8 threads taking chunks in order) each start their own stream; streams skip files
-    already cached or in flight. A random reader almost never makes a run of 4 and starts nothing. A
+    already cached or in flight. A random reader almost never makes a run of 4 and starts nothing.
+    The core posts the open of a file complete on disk only while ``follows`` says a stream could
+    move with it (a lookahead stream of its folder, or a hint list): an epoch over cached files starts
+    no stream (it would find nothing to fetch), and a run starts at the first files not on disk. A
     lookahead stream's hits are opens of files no further than a window past what it scheduled: a
     reader elsewhere in the folder is a miss, not a jump.
 
@@ -307,6 +310,9 @@ class Prefetcher:
         self._ahead = 0
         self._fetched: OrderedDict[str, None] = OrderedDict()  # prefetched, not opened since (bounded)
         self._view: list[_Stream] = []
+        # Folders with a live lookahead stream, and whether a hint list is live: read by FUSE threads
+        # (``follows``), replaced (never mutated) by the planner with ``_view``.
+        self._followed: tuple[frozenset[int], bool] = (frozenset(), False)
         self._pings: list[threading.Event] = []
         self._planner = threading.Thread(target=self._plan, name="encordfs-prefetch-plan", daemon=True)
         self._planner.start()
@@ -317,6 +323,14 @@ class Prefetcher:
         """A file was opened (any reader): feeds hits and run detection. Never blocks, never raises."""
         if not self._closed:
             self._events.put(("open", folder, ino, key))
+
+    def follows(self, folder: int) -> bool:
+        """Whether an open in ``folder`` may move a live stream (a lookahead stream of that folder, or
+        any hint list). The core skips ``opened`` for a file complete on disk when it does not: such
+        opens would only feed run detection, and an epoch over cached files paid the planner ~100 us of
+        CPU per open for streams that found every file cached."""
+        folders, hints = self._followed
+        return hints or folder in folders
 
     def hints_open(self) -> int:
         """Start a hint list; returns its number (for ``hints_write`` and ``hints_close``)."""
@@ -476,7 +490,7 @@ class Prefetcher:
         stream.last_hit = self._clock()
         state.streams.append(stream)
         del state.recent[ino]  # the stream owns what follows: the run starts afresh if it is retired
-        self._view = [*self._view, stream]
+        self._set_view([*self._view, stream])
         self.counters.inc("lookahead.streams")
 
     def _hit(self, stream: _Stream, pos: int) -> None:
@@ -526,7 +540,7 @@ class Prefetcher:
         stream = _Stream("hints", number, produce, self.config.hint_initial_window)
         stream.last_hit = self._clock()
         self._hint_streams.append(stream)
-        self._view = [*self._view, stream]
+        self._set_view([*self._view, stream])
 
     def _resolve(self, raw: bytes) -> Item | None:
         try:
@@ -694,6 +708,13 @@ class Prefetcher:
         else:
             self.counters.inc("prefetch.failed")
 
+    def _set_view(self, streams: list[_Stream]) -> None:
+        self._view = streams
+        self._followed = (
+            frozenset(s.scope for s in streams if s.kind == "lookahead"),
+            any(s.kind == "hints" for s in streams),
+        )
+
     # -- retiring
 
     def _retire_idle(self) -> None:
@@ -720,7 +741,7 @@ class Prefetcher:
             state = self._folders.get(stream.scope)
             if state is not None and stream in state.streams:
                 state.streams.remove(stream)
-        self._view = [s for s in self._view if s is not stream]
+        self._set_view([s for s in self._view if s is not stream])
         self.counters.inc(f"{stream.kind}.retired_{why}")
 
 
