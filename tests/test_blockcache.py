@@ -739,21 +739,33 @@ def test_complete_now_answers_from_memory_and_only_yes_when_sure(tmp_path: Path)
         assert not memory.complete_now("f0", PART)
 
 
-def test_complete_now_trusts_a_sealed_file_only_while_it_is_the_sealed_one(tmp_path: Path) -> None:
-    """An inherited sealed file is complete now after one stat; once changed, it is not (its open then
-    reads and checks it, off the thread that reads requests), and nothing was read to say so."""
-    root = tmp_path / "c"
-    with open_cache(root) as cache:
+def test_complete_now_trusts_a_seal_and_the_open_checks_it(tmp_path: Path) -> None:
+    """An inherited sealed file is complete now without a syscall; its open checks the seal on the fd
+    (one fstat). A changed small file is then read and checked there; a changed bigger one (more than
+    ``complete_now`` lets an open read) is no backing file that time, and is checked at its next open."""
+    small, big = tmp_path / "s", tmp_path / "b"
+    data = content(12, 2 << 20)
+    with open_cache(small) as cache:
         cache.put(*whole("s", block(3)))
-    with open_cache(root) as cache:
+    with open_cache(big, capacity_bytes=8 << 20) as cache:
+        put_file(cache, "b", data)
+    with open_cache(small) as cache:
         assert cache.complete_now("s", PART)
+        assert cache.complete_path("s", PART) is not None
         assert cache.counters.get("cache.verified_bytes") == 0
-    time.sleep(0.05)  # past the kernel's coarse clock tick: the edit gets a later ctime
-    _flip(item_path(root, "s"), 1)
-    with open_cache(root) as cache:
-        assert not cache.complete_now("s", PART)
-        assert cache.counters.get("cache.verified_bytes") == 0
+    time.sleep(0.05)  # past the kernel's coarse clock tick: the edits get a later ctime
+    _flip(item_path(small, "s"), 1)
+    os.chmod(item_path(big, "b"), 0o600)  # a new ctime, the same bytes
+    with open_cache(small) as cache:
+        assert cache.complete_now("s", PART)  # (nothing was read or stat'ed to say so)
         assert cache.complete_path("s", PART) is None and cache.counters.get("cache.corrupt_disk") == 1
+    with open_cache(big, capacity_bytes=8 << 20) as cache:
+        assert cache.complete_now("b", len(data))
+        assert cache.complete_path("b", len(data)) is None  # not read on the spot
+        assert cache.counters.get("cache.verified_bytes") == 0 and cache.counters.get("cache.seals_broken") == 1
+        assert not cache.complete_now("b", len(data))  # its next open may read: not inline
+        assert cache.complete_path("b", len(data)) is not None  # read whole, checked, sound
+        assert cache.counters.get("cache.verified_bytes") == len(data)
 
 
 def test_tiered_promotes_disk_hits_and_counts_once(tmp_path: Path) -> None:

@@ -188,8 +188,9 @@ class BlockCache(Protocol):
         ...
 
     def complete_now(self, content_key: str, size: int) -> bool:
-        """Whether ``open_complete`` would give an fd at once: no index read, no crc32 to check (at most
-        a stat of a sealed file); False when in doubt. A binding serves such an open inline."""
+        """Whether ``open_complete`` would answer at once: no index read, no crc32 to check (a sealed
+        file's seal is checked by that open with one fstat; if it no longer holds, the open reads at most
+        1 MiB); False when in doubt. A binding serves such an open inline."""
         ...
 
     def backlogged(self, size: int) -> bool:
@@ -392,6 +393,9 @@ _SEAL_BATCH_MAX = 4096  # small files waiting for a seal (~150 B each): past thi
 _CTIME_TICK_NS = 20_000_000  # more than the coarsest tick of the kernel's file time clock (HZ=100: 10 ms)
 _COOLED = -1  # ``_open_complete_once``: the item left the hot set while being opened (look again)
 _COOLED_RETRIES = 3
+# The most ``open_complete`` reads to check a file whose seal no longer holds when ``complete_now`` said
+# it would answer at once; a bigger one is no backing file that time, and checked at its next open.
+_INLINE_CHECK_BYTES = 1 << 20
 _VICTIM_BATCH = 256  # cold items read ahead for eviction per index query
 _READERS = 4  # pooled read connections to the index (cold lookups, crc32s to check)
 _READER_CACHE_KIB = 512  # page cache of each: the index's hot pages stay in the OS page cache anyway
@@ -648,8 +652,16 @@ class DiskFileCache:
         except OSError:
             fd = -1
         to_verify: dict[int, tuple[int, int]] = {}
-        if unchecked and fd >= 0 and item.seal is not None and self._still_sealed(item, fd):
-            unchecked = 0
+        if unchecked and fd >= 0 and item.seal is not None:
+            if self._still_sealed(item, fd):
+                unchecked = 0
+            else:  # changed since it was sealed: checked like any inherited file from now on
+                with self._lock:
+                    item.seal = None
+                self.counters.inc("cache.seals_broken")
+                if size > _INLINE_CHECK_BYTES:  # ``complete_now`` promised no long read: the next open checks
+                    os.close(fd)
+                    return None
         if unchecked:
             crcs, layout = self._crcs(name), item.layout
             to_verify = {k: (layout.part_length(k), crcs.get(k, -1)) for k in _bits(unchecked)}
@@ -682,11 +694,11 @@ class DiskFileCache:
             item = self._items.get(_file_name(content_key))
             if item is None or not 0 < size == item.size_bytes or not item.complete:
                 return False
-            if not item.unchecked:
-                return True
-        # inherited: sure only if it is sealed and its file still the sealed one (one stat, never a read:
-        # a binding would serve an open that reads a changed file whole on the thread reading requests)
-        return item.seal is not None and self._still_sealed(item)
+            # inherited: sealed is enough. ``open_complete`` checks the seal on the fd it opens (one fstat,
+            # no path lookup here: with the dentry cache cold that was a directory read per file) and,
+            # when it no longer holds, reads at most a small file to check it (a binding serves this open
+            # on the thread reading requests)
+            return not item.unchecked or item.seal is not None
 
     def _still_sealed(self, item: _Item, fd: int | None = None) -> bool:
         """Whether an inherited item's file is the one it was sealed with (its inode and ctime unchanged):
