@@ -937,8 +937,10 @@ class EncordFS:
                 handle.close()
                 raise
         # a file complete on disk is news to the prefetcher only where a stream could move
-        if self.prefetcher is not None and (backing_fd is None or self.prefetcher.follows(node.parent)):
-            self.prefetcher.opened(node.parent, node.ino, key)
+        if self.prefetcher is not None:
+            on_disk = backing_fd is not None if self.backing_files else not self.reader.backing_may_wait(key, node.size)
+            if not on_disk or self.prefetcher.follows(node.parent):
+                self.prefetcher.opened(node.parent, node.ino, key)
         fh = self._add_handle(node, handle, backing_fd)
         return OpenFile(fh, direct_io=False, backing_fd=backing_fd, backing_key=None if backing_fd is None else key)
 
