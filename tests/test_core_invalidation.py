@@ -124,3 +124,28 @@ def test_lookup_attr_would_wait_and_binding_status(world: Any) -> None:
     assert "passthrough" not in fs.status()
     fs.binding_status = lambda: {"passthrough": {"enabled": True, "opens": 2, "backing_ids": 1}}
     assert fs.status()["passthrough"]["opens"] == 2
+
+
+def test_nodes_kept_between_writes_show_every_write_at_once(world: Any) -> None:
+    """``Catalog.get`` keeps the nodes it read until the next write (the write lock's generation): a
+    refresh, a rename, a size learnt and landed metadata each show in the very next ``get``."""
+    fs, backend, _ = world
+    catalog = fs.catalog
+    ds = fs.lookup_ino(ROOT_INO, "street")
+    a, b = fs.lookup_ino(ds, "a.jpg"), fs.lookup_ino(ds, "b.jpg")
+    first = catalog.get(b)
+    assert first is not None and catalog.get(b) is first  # kept: no query the second time
+    backend.rows["ds1"][1] = dataclasses.replace(backend.rows["ds1"][1], file_size=77, last_edited_at=1.8e9)
+    fs.refresh(ds)
+    node = catalog.get(b)
+    assert node is not None and node.size == 77
+    catalog.set_size(b, 78)
+    node = catalog.get(b)
+    assert node is not None and node.size == 78
+    assert catalog.get(a) is not None
+    fs.rename(ds, "a.jpg", ds, "x.jpg")
+    node = catalog.get(a)
+    assert node is not None and node.name == "x.jpg"
+    _landed(catalog, [PushOutcome("r2", metadata={"split": "test"})], fs)
+    node = catalog.get(b)
+    assert node is not None and node.client_metadata == {"split": "test"}
