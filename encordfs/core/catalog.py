@@ -345,7 +345,7 @@ class Catalog:
         self._write_lock = _GenerationLock()
         # ino -> (generation, Node): nodes read since the last write (``get``). An open asks for its
         # node twice (may it wait? then the open itself): ~10 us of SQLite each on this machine kind.
-        self._nodes: dict[int, tuple[int, Node]] = {}
+        self._nodes: dict[int, tuple[int, Node | tuple[Any, ...]]] = {}
         # Readers borrow a connection from the pool for one query (or one streamed listing).
         self._reads = ReadPool(self._connect, POOL_SIZE)
         # Bumped (after commit, under the write lock) whenever a name can have changed meaning: a
@@ -454,18 +454,26 @@ class Catalog:
         generation = self._write_lock.generation
         hit = self._nodes.get(ino)
         if hit is not None and hit[0] == generation:
-            return hit[1]
+            kept = hit[1]
+            if isinstance(kept, Node):
+                return kept
+            node = _node(kept)  # a row kept by ``lookup_stat``: made a node once
+            self._keep(generation, ino, node)
+            return node
         row = self._reads.one(f"SELECT {_COLUMNS} FROM nodes WHERE ino=?", (ino,))
-        return self._keep(generation, _node(row)) if row else None
+        if not row:
+            return None
+        node = _node(row)
+        self._keep(generation, ino, node)
+        return node
 
-    def _keep(self, generation: int, node: Node) -> Node:
-        """Keep a node read from the nodes table as of ``generation`` for ``get``: only if no write began
-        or ended around the query (an odd generation: one is under way)."""
+    def _keep(self, generation: int, ino: int, kept: Node | tuple[Any, ...]) -> None:
+        """Keep a node (or its row) read from the nodes table as of ``generation`` for ``get``: only if
+        no write began or ended around the query (an odd generation: one is under way)."""
         if not generation & 1 and self._write_lock.generation == generation:
             if len(self._nodes) >= NODE_CACHE_ENTRIES:
                 self._nodes.clear()
-            self._nodes[node.ino] = (generation, node)
-        return node
+            self._nodes[ino] = (generation, kept)
 
     def lookup(self, parent: int, name: str) -> Node | None:
         """The child named ``name``, or spelled like it in another Unicode normalization (rule 5)."""
@@ -557,8 +565,8 @@ class Catalog:
         )
         if row is None or not names.same_spelling(row[4], name):
             return None
-        node = self._keep(generation, _node(row))
-        return node.ino, node.kind, node.size, node.mtime
+        self._keep(generation, row[0], row)
+        return int(row[0]), KINDS[row[2]], int(row[7]), float(row[9])
 
     def set_size(self, ino: int, size: int) -> None:
         """Record a file's size learnt from the object itself (its metadata had none: ``UNKNOWN_SIZE``)."""
