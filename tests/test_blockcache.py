@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import gc
 import hashlib
+import logging
 import os
 import sqlite3
 import stat
@@ -19,6 +20,7 @@ import tracemalloc
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -935,3 +937,69 @@ def test_close_drops_what_a_stuck_disk_did_not_write(tmp_path: Path) -> None:
         assert not again.contains(("f1", 0)) and not again.contains(("f2", 0))
         assert again.used_bytes == PART  # nothing indexed without its file, nothing left over
     assert list((root / "tmp").iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------- direct writes
+
+
+def test_big_files_are_written_direct_and_read_back_exactly(tmp_path: Path) -> None:
+    """Parts of big files go through O_DIRECT (a page-aligned copy; a last part that is not whole 4 KiB
+    blocks is padded, then the file cut back to size), in any order; small files stay buffered."""
+    root = tmp_path / "c"
+    big = content(20, 5 * PART + 1234)  # a last part of 1,234 bytes
+    small = content(21, PART + 7)
+    with open_cache(root, direct_min_bytes=4 * PART) as cache:
+        layout = FileLayout(len(big), PART)
+        for k in (5, 0, 3, 1, 4, 2):  # the padded last part first, then the rest around it
+            cache.put(("big", k), big[k * PART : (k + 1) * PART], layout)
+        cache.put(*whole("small", small))
+        assert cache.flush(10)
+        assert cache.counters.get("cache.direct_bytes") == len(big)
+        path = cache.complete_path("big", len(big))
+        assert path is not None and Path(path).read_bytes() == big
+        small_path = cache.complete_path("small", len(small))
+        assert small_path is not None and Path(small_path).read_bytes() == small
+    with open_cache(root, direct_min_bytes=4 * PART) as cache:  # inherited: the same bytes, checked
+        path = cache.complete_path("big", len(big))
+        assert path is not None and Path(path).read_bytes() == big
+        assert cache.get(("big", 5)) == big[5 * PART :]
+
+
+def test_a_filesystem_that_refuses_direct_writes_gets_buffered_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """O_DIRECT refused at open (tmpfs) or at the write: the part is written through the page cache, and
+    so is every later one; logged once."""
+    real_open = os.open
+
+    def no_direct_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args, **kwargs)
+
+    big = content(22, 4 * PART + 100)
+    with caplog.at_level(logging.INFO, logger="encordfs.core.blockcache"):
+        monkeypatch.setattr(os, "open", no_direct_open)
+        with open_cache(tmp_path / "a", direct_min_bytes=PART) as cache:
+            put_file(cache, "big", big)
+            assert cache.flush(10)
+            path = cache.complete_path("big", len(big))
+            assert path is not None and Path(path).read_bytes() == big
+            assert cache.counters.get("cache.direct_bytes") == 0
+        monkeypatch.undo()
+
+        refused: list[int] = []
+
+        def no_direct_write(fd: int, data: Any, offset: int) -> None:
+            if isinstance(data, memoryview) and not refused:
+                refused.append(offset)
+                raise OSError(errno.EINVAL, "Invalid argument")
+            os.pwrite(fd, data, offset)
+
+        with open_cache(tmp_path / "b", direct_min_bytes=PART, write_part=no_direct_write) as cache:
+            put_file(cache, "big", big)
+            assert cache.flush(10)
+            path = cache.complete_path("big", len(big))
+            assert path is not None and Path(path).read_bytes() == big
+            assert refused == [0] and cache.counters.get("cache.direct_bytes") == 0
+    assert sum("O_DIRECT refused" in r.getMessage() for r in caplog.records) == 2  # once per cache

@@ -88,6 +88,16 @@ Sealed files
     than without, until this); an fsync per small file costs a journal commit each. A crash before the
     batch leaves those files unsealed: checked at their next first open, as before.
 
+Direct writes
+    Parts of files of at least ``direct_min_bytes`` (64 MiB) are written with ``O_DIRECT``, from one
+    page-aligned buffer of the writer's (a last part padded with zeros to whole 4 KiB blocks, then cut
+    back to the file's size). Their reader's page cache holds those bytes already (the FUSE file's): a
+    second copy in the cache file's page cache doubled the memory a big cold read dirtied, and on a
+    machine whose memory was never touched (a fresh VM) buffered writes of 1 GiB ran at ~280 MB/s
+    against ~1.3 GB/s direct. A filesystem that refuses ``O_DIRECT`` (tmpfs) is written through the
+    page cache from then on (logged once at INFO). Small files stay buffered: their next open is a
+    passthrough read of the cache file, served from its page cache.
+
 Eviction and space
     Items, oldest first, keep the total under ``capacity_bytes`` and the filesystem's free space above
     ``min_free_bytes``; an item being written is never the one evicted for it. An item is charged its
@@ -126,6 +136,7 @@ import fcntl
 import functools
 import hashlib
 import logging
+import mmap
 import os
 import queue
 import sqlite3
@@ -393,6 +404,7 @@ _SEAL_BATCH_MAX = 4096  # small files waiting for a seal (~150 B each): past thi
 _CTIME_TICK_NS = 20_000_000  # more than the coarsest tick of the kernel's file time clock (HZ=100: 10 ms)
 _COOLED = -1  # ``_open_complete_once``: the item left the hot set while being opened (look again)
 _COOLED_RETRIES = 3
+_DIRECT_ALIGN = 4096  # O_DIRECT offsets and lengths: a multiple of any logical block size in use
 # The most ``open_complete`` reads to check a file whose seal no longer holds when ``complete_now`` said
 # it would answer at once; a bigger one is no backing file that time, and checked at its next open.
 _INLINE_CHECK_BYTES = 1 << 20
@@ -441,7 +453,9 @@ class DiskFileCache:
         seal_min_bytes: int = 64 * MiB,
         # the writer seals complete small files when its queue is empty, at most this often (and at close)
         seal_batch_interval_s: float = 5.0,
-        write_part: Callable[[int, Block, int], None] | None = None,  # (fd, data, offset): a seam for tests
+        write_part: Callable[[int, Block | memoryview, int], None] | None = None,  # (fd, data, offset): a test seam
+        # Parts of files this big are written with O_DIRECT (see "Writes" in the module docstring).
+        direct_min_bytes: int = 64 * MiB,
         clock: Callable[[], float] = time.monotonic,
         max_hot_items: int = HOT_ITEMS,
     ) -> None:
@@ -461,6 +475,9 @@ class DiskFileCache:
         self.max_hot_items = max(1, max_hot_items)
         self._free_bytes = free_bytes
         self._write_part = write_part if write_part is not None else _pwrite_all
+        self.direct_min_bytes = direct_min_bytes
+        self._direct = hasattr(os, "O_DIRECT")  # until the cache's filesystem refuses it
+        self._direct_buf: mmap.mmap | None = None  # the writer's page-aligned copy of a part
         self._clock = clock
         self._root = str(self.dir)
         self._tmp_dir = str(self.dir / "tmp")
@@ -755,6 +772,9 @@ class DiskFileCache:
                 writer.join(self.close_timeout_s)
         if writer is None or not writer.is_alive():
             self._close_index()
+            if self._direct_buf is not None:
+                self._direct_buf.close()
+                self._direct_buf = None
         while True:
             try:
                 self._readers.get_nowait().close()
@@ -986,18 +1006,29 @@ class DiskFileCache:
         else:
             path = self._path(name)
             flags = os.O_WRONLY | os.O_CLOEXEC
+        # whole 4 KiB blocks at 4 KiB offsets, but for the file's last part (padded, then cut to size)
+        direct = (
+            self._direct
+            and size >= self.direct_min_bytes
+            and offset % _DIRECT_ALIGN == 0
+            and (len(data) % _DIRECT_ALIGN == 0 or offset + len(data) == size)
+        )
         try:
             try:
-                fd = os.open(path, flags, 0o600)
+                fd = self._open_for_write(path, flags, direct)
             except FileNotFoundError:
                 if not fresh:
                     raise
                 os.makedirs(self._tmp_dir, mode=0o700, exist_ok=True)  # removed behind our back
-                fd = os.open(path, flags, 0o600)
+                fd = self._open_for_write(path, flags, direct)
             try:
                 if fresh:
                     os.ftruncate(fd, size)
-                self._write_part(fd, data, offset)
+                if direct and self._direct and self._write_direct(fd, data, offset):
+                    if len(data) % _DIRECT_ALIGN:
+                        os.ftruncate(fd, size)  # the last part, padded: cut back to size
+                else:
+                    self._write_part(fd, data, offset)
             finally:
                 os.close(fd)
             if fresh:
@@ -1008,6 +1039,48 @@ class DiskFileCache:
                 _unlink_quietly(path)
             self._write_failed(name, exc)
             return False
+
+    def _open_for_write(self, path: str, flags: int, direct: bool) -> int:
+        if direct and self._direct:
+            try:
+                return os.open(path, flags | os.O_DIRECT, 0o600)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self._direct_refused(exc)
+        return os.open(path, flags, 0o600)
+
+    def _write_direct(self, fd: int, data: Block, offset: int) -> bool:
+        """Write ``data`` at ``offset`` through the page-aligned buffer, padded to whole blocks with zeros
+        (the caller cuts a padded last part back); False if the filesystem refused (then ``fd`` is
+        buffered again, and nothing was written)."""
+        length = len(data)
+        padded = -(-length // _DIRECT_ALIGN) * _DIRECT_ALIGN
+        buf = self._direct_buf
+        if buf is None or len(buf) < padded:
+            if buf is not None:
+                buf.close()
+            buf = self._direct_buf = mmap.mmap(-1, padded)
+        buf[:length] = data
+        if padded > length:
+            buf[length:padded] = bytes(padded - length)
+        try:
+            with memoryview(buf) as view:
+                self._write_part(fd, view[:padded], offset)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            self._direct_refused(exc)
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+            return False
+        self.counters.inc("cache.direct_bytes", length)
+        return True
+
+    def _direct_refused(self, exc: OSError) -> None:
+        self._direct = False
+        log.info(
+            "disk cache %s: O_DIRECT refused (%s): big files are written through the page cache", self.dir, exc.strerror
+        )
 
     def _write_failed(self, name: str, exc: OSError) -> None:
         """Count it, log it (at most once a minute), and drop an item whose file has gone."""
@@ -1521,7 +1594,7 @@ def _apply_change(db: sqlite3.Connection, change: tuple[object, ...]) -> None:
         db.execute("DELETE FROM items WHERE name = ?", (name,))
 
 
-def _pwrite_all(fd: int, data: Block, offset: int) -> None:
+def _pwrite_all(fd: int, data: Block | memoryview, offset: int) -> None:
     """``pwrite`` looped on short writes."""
     view = memoryview(data)
     while view:
