@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from encordfs.app import retire_block_cache
+from encordfs.core import blockcache
 from encordfs.core.blockcache import (
     MEMORY_ENTRY_OVERHEAD_BYTES,
     Block,
@@ -64,6 +65,11 @@ def put_file(cache: DiskFileCache | TieredBlockCache, key: str, data: bytes, par
 def item_path(root: Path, key: str) -> Path:
     name = hashlib.sha256(key.encode()).hexdigest()
     return root / name[:2] / name
+
+
+def tmp_files(root: Path) -> list[Path]:
+    """Files in the cache's directories for new files (``tmp.*``)."""
+    return [p for d in root.glob("tmp*") if d.is_dir() for p in d.iterdir()]
 
 
 def item_files(root: Path) -> list[Path]:
@@ -355,7 +361,7 @@ def test_crash_mid_write_loses_at_most_unrecorded_parts(tmp_path: Path) -> None:
     )
     assert subprocess.run([sys.executable, "-c", crasher], timeout=60, check=False).returncode == 3
     with open_cache(root) as cache:
-        assert list((root / "tmp").iterdir()) == []
+        assert tmp_files(root) == []
         assert [cache.get(("f", i)) for i in range(4)] == [block(0), block(1), None, None]
         assert cache.get(("new", 0)) == bytes([7]) * 100 and cache.get(("g", 0)) is None
         assert cache.counters.get("cache.corrupt_disk") == 0
@@ -499,7 +505,7 @@ def test_a_failed_write_is_counted_and_dropped(tmp_path: Path) -> None:
         assert cache.flush(5)
         assert cache.counters.get("cache.write_errors") == 1 and cache.counters.get("cache.skipped_disk") == 0
         assert not cache.contains(("f", 0)) and cache.used_bytes == 0
-        assert list((root / "tmp").iterdir()) == [] and item_files(root) == []
+        assert tmp_files(root) == [] and item_files(root) == []
         failing[0] = False
         cache.put(*whole("f", block(1)))
         assert cache.flush(5) and cache.get(("f", 0)) == block(1)
@@ -936,7 +942,7 @@ def test_close_drops_what_a_stuck_disk_did_not_write(tmp_path: Path) -> None:
         assert again.get(("f0", 0)) == block(0)
         assert not again.contains(("f1", 0)) and not again.contains(("f2", 0))
         assert again.used_bytes == PART  # nothing indexed without its file, nothing left over
-    assert list((root / "tmp").iterdir()) == []
+    assert tmp_files(root) == []
 
 
 # ---------------------------------------------------------------------------------------------- direct writes
@@ -1003,3 +1009,30 @@ def test_a_filesystem_that_refuses_direct_writes_gets_buffered_ones(
             assert path is not None and Path(path).read_bytes() == big
             assert refused == [0] and cache.counters.get("cache.direct_bytes") == 0
     assert sum("O_DIRECT refused" in r.getMessage() for r in caplog.records) == 2  # once per cache
+
+
+def test_new_files_are_made_in_a_spread_directory_that_moves_when_creates_are_slow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache dir is marked a top of directory hierarchies (ext4: its subdirectories spread over the
+    disk); each owner makes new files in a directory of its own, and moves to a new one when creates
+    there are slow. Leftover directories of earlier owners (and the old ``tmp/``) are removed."""
+    root = tmp_path / "c"
+    (root / "tmp").mkdir(parents=True)
+    (root / "tmp" / "half-made").write_bytes(b"x")
+    (root / "tmp.dead").mkdir()
+    (root / "tmp.dead" / "half-made").write_bytes(b"y")
+    monkeypatch.setattr(blockcache, "_CREATE_SAMPLE", 4)
+    monkeypatch.setattr(blockcache, "_SLOW_CREATE_S", -1.0)  # every sample counts as slow
+    with open_cache(root) as cache:
+        made = sorted(p.name for p in root.glob("tmp*"))
+        assert len(made) == 1 and made[0].startswith("tmp.") and made[0] != "tmp.dead"
+        for i in range(10):
+            cache.put(*whole(f"f{i}", block(i)))
+        assert cache.flush(10)
+        assert cache.counters.get("cache.tmp_dir_moves") == 2  # after the 4th and the 8th create
+        assert len(list(root.glob("tmp*"))) == 1 and tmp_files(root) == []
+        assert all(cache.get((f"f{i}", 0)) == block(i) for i in range(10))
+    flags = subprocess.run(["lsattr", "-d", str(root)], capture_output=True, text=True)
+    if flags.returncode == 0:  # (ext2/3/4 only; elsewhere the mark is skipped)
+        assert "T" in flags.stdout.split()[0]
