@@ -1285,7 +1285,7 @@ class DiskFileCache:
         fan-out dir's rows and files at a time, then at most ``max_hot_items`` items.
         """
         os.makedirs(self._root, mode=0o700, exist_ok=True)  # makedirs gives parents 0o777 & ~umask
-        _spread_subdirs(self._root)
+        spread_subdirs(self._root)
         for old in os.scandir(self._root):  # tmp dirs of earlier owners ("tmp" before this layout)
             if old.name == "tmp" or old.name.startswith("tmp."):
                 for leftover in os.scandir(old.path):
@@ -1645,7 +1645,7 @@ def _apply_change(db: sqlite3.Connection, change: tuple[object, ...]) -> None:
         db.execute("DELETE FROM items WHERE name = ?", (name,))
 
 
-def _spread_subdirs(path: str) -> None:
+def spread_subdirs(path: str) -> None:
     """Mark ``path`` a top of directory hierarchies (``chattr +T``): ext2/3/4 then place each new
     subdirectory in a group of its own choosing (Orlov), not next to ``path``. Best effort: other
     filesystems refuse it, and nothing depends on it."""
