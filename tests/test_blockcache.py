@@ -1036,3 +1036,18 @@ def test_new_files_are_made_in_a_spread_directory_that_moves_when_creates_are_sl
     flags = subprocess.run(["lsattr", "-d", str(root)], capture_output=True, text=True)
     if flags.returncode == 0:  # (ext2/3/4 only; elsewhere the mark is skipped)
         assert "T" in flags.stdout.split()[0]
+
+
+def test_only_real_tmp_directories_of_earlier_owners_are_emptied(tmp_path: Path) -> None:
+    """A file or a symlink named like a tmp dir is left alone: opening the cache neither fails on it nor
+    deletes what a link points to."""
+    root, elsewhere = tmp_path / "c", tmp_path / "elsewhere"
+    root.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "keep").write_bytes(b"k")
+    (root / "tmp.file").write_bytes(b"f")
+    (root / "tmp.link").symlink_to(elsewhere)
+    with open_cache(root) as cache:
+        cache.put(*whole("f", block(1)))
+        assert cache.flush(10) and cache.get(("f", 0)) == block(1)
+    assert (elsewhere / "keep").read_bytes() == b"k" and (root / "tmp.file").exists()

@@ -1037,17 +1037,17 @@ class DiskFileCache:
         try:
             started = time.perf_counter()
             try:
-                fd = self._open_for_write(path, flags, direct)
+                fd, direct = self._open_for_write(path, flags, direct)
             except FileNotFoundError:
                 if not fresh:
                     raise
                 os.makedirs(self._tmp_dir, mode=0o700, exist_ok=True)  # removed behind our back
-                fd = self._open_for_write(path, flags, direct)
+                fd, direct = self._open_for_write(path, flags, direct)
             create_s = time.perf_counter() - started
             try:
                 if fresh:
                     os.ftruncate(fd, size)
-                if direct and self._direct and self._write_direct(fd, data, offset):
+                if direct and self._write_direct(fd, data, offset):
                     if len(data) % _DIRECT_ALIGN:
                         os.ftruncate(fd, size)  # the last part, padded: cut back to size
                 else:
@@ -1085,15 +1085,16 @@ class DiskFileCache:
         elif self._creates >= _CREATE_SAMPLE:
             self._creates, self._create_s = 0, 0.0
 
-    def _open_for_write(self, path: str, flags: int, direct: bool) -> int:
+    def _open_for_write(self, path: str, flags: int, direct: bool) -> tuple[int, bool]:
+        """(fd, opened with O_DIRECT): ``direct`` asks for it; a refusal turns it off for good."""
         if direct and self._direct:
             try:
-                return os.open(path, flags | os.O_DIRECT, 0o600)
+                return os.open(path, flags | os.O_DIRECT, 0o600), True
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
                     raise
                 self._direct_refused(exc)
-        return os.open(path, flags, 0o600)
+        return os.open(path, flags, 0o600), False
 
     def _write_direct(self, fd: int, data: Block, offset: int) -> bool:
         """Write ``data`` at ``offset`` through the page-aligned buffer, padded to whole blocks with zeros
@@ -1287,7 +1288,7 @@ class DiskFileCache:
         os.makedirs(self._root, mode=0o700, exist_ok=True)  # makedirs gives parents 0o777 & ~umask
         spread_subdirs(self._root)
         for old in os.scandir(self._root):  # tmp dirs of earlier owners ("tmp" before this layout)
-            if old.name == "tmp" or old.name.startswith("tmp."):
+            if (old.name == "tmp" or old.name.startswith("tmp.")) and old.is_dir(follow_symlinks=False):
                 for leftover in os.scandir(old.path):
                     _unlink_quietly(leftover.path)
                 with contextlib.suppress(OSError):
