@@ -97,9 +97,9 @@ New files
     to the group of the directory it is created in, so: the cache dir is marked a top of directory
     hierarchies (``chattr +T``: ext2/3/4 place its subdirectories in groups of their own choosing), each
     owner makes new files in a directory of its own, ``tmp.<random>``, and when 256 creates there
-    averaged more than 300 us, the writer moves on to a new one (``cache.tmp_dir_moves``). Measured
-    here, 1,000 creates per directory: 750-2,400 files/s in plain subdirectories of a churned /tmp,
-    37,000-46,000 in spread ones.
+    averaged more than 300 us, the writer moves on to a new one (``cache.tmp_dir_moves``).
+    ``benchmarks/disk_probe.py /tmp`` shows it: 1,000 creates per directory, plain subdirectories of a
+    churned /tmp against spread ones.
 
 Direct writes
     Parts of files of at least ``direct_min_bytes`` (64 MiB) are written with ``O_DIRECT``, from one
@@ -107,7 +107,7 @@ Direct writes
     back to the file's size). Their reader's page cache holds those bytes already (the FUSE file's): a
     second copy in the cache file's page cache doubled the memory a big cold read dirtied, and on a
     machine whose memory was never touched (a fresh VM) buffered writes of 1 GiB ran at ~280 MB/s
-    against ~1.3 GB/s direct. A filesystem that refuses ``O_DIRECT`` (tmpfs) is written through the
+    against ~1.3 GB/s direct (``benchmarks/disk_probe.py``). A filesystem that refuses ``O_DIRECT`` (tmpfs) is written through the
     page cache from then on (logged once at INFO). Small files stay buffered: their next open is a
     passthrough read of the cache file, served from its page cache.
 
