@@ -980,14 +980,15 @@ class Bench:
 
     def phase_ops(self) -> None:
         """Mount CPU per lookup, open+close and open+read of a cached file, for both bindings
-        (``benchmarks/op_costs.py``): ``op_*_us`` (the default, kernel), ``op_*_us_mfusepy``, and
+        (``benchmarks/op_costs.py``, ``compare``: the least of three alternated remounts): ``op_*_us`` (the default, kernel), ``op_*_us_mfusepy``, and
         ``op_cost_ratio`` = kernel ÷ mfusepy, the geometric mean of the three."""
         from benchmarks import op_costs
 
         rows = 1000 if self.quick else 5000
-        log(f"op costs: {rows} files, kernel binding vs mfusepy, one at a time")
+        log(f"op costs: {rows} files, kernel binding vs mfusepy alternated over 3 remounts, the least of each")
         with RunningEmulator(["--generate", f"ops:{rows}:102400"]) as emu:
-            by_binding = {b: op_costs.measure(rows, ["--binding", b], emu=emu) for b in ("kernel", "mfusepy")}
+            bindings = {b: ["--binding", b] for b in ("kernel", "mfusepy")}
+            by_binding = op_costs.compare(rows, bindings, emu=emu, passes=3)
         ratios = []
         for key, step in (("lookup", "lookup"), ("open_close", "open_close"), ("read_cached", "read_cached")):
             kernel_us, mfusepy_us = by_binding["kernel"][step][1], by_binding["mfusepy"][step][1]
