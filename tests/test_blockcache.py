@@ -141,6 +141,18 @@ def test_changed_content_is_a_different_key() -> None:
 # ---------------------------------------------------------------------------------------------- disk: layout
 
 
+def test_the_crc32_of_parts_is_zlibs_checksum_computed_by_isa_l() -> None:
+    """Parts are checked with ISA-L's crc32 (a declared dependency: ~10x zlib's on this machine kind,
+    ``benchmarks/disk_probe.py``), which must give zlib's values: an index written by an older version,
+    or where isal is missing, stays valid."""
+    import zlib
+
+    assert blockcache.crc32.__module__ == "isal.isal_zlib"
+    data = bytearray(os.urandom(3 * 8192 + 7))
+    for chunk in (bytes(data), data, memoryview(data)[5:], b""):
+        assert blockcache.crc32(chunk) == zlib.crc32(chunk)
+
+
 def test_parts_land_at_their_own_offsets_of_one_sparse_file(tmp_path: Path) -> None:
     root = tmp_path / "c"
     data = content(1, 2 * PART + 100)  # three parts, the last one short

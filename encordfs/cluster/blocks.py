@@ -35,13 +35,12 @@ import secrets
 import struct
 import threading
 import time
-import zlib
 from collections import deque
 from typing import Any
 
 from encordfs.cluster.keys import Keys
 from encordfs.cluster.link import RedisLink, SharedDown
-from encordfs.core.blockcache import Block, BlockCache, BlockKey, FileLayout
+from encordfs.core.blockcache import Block, BlockCache, BlockKey, FileLayout, crc32
 from encordfs.core.counters import Counters
 
 log = logging.getLogger(__name__)
@@ -230,7 +229,7 @@ def _digest(key: BlockKey) -> str:
 
 
 def _encode(data: Block, digest: str, layout: FileLayout) -> bytes:
-    header = _HEADER.pack(MAGIC, bytes.fromhex(digest), len(data), zlib.crc32(data), *layout)
+    header = _HEADER.pack(MAGIC, bytes.fromhex(digest), len(data), crc32(data), *layout)
     return header + bytes(data)
 
 
@@ -239,7 +238,7 @@ def _decode(raw: bytes, digest: str) -> tuple[bytes, FileLayout] | None:
         return None
     magic, key_digest, length, crc, size, part_bytes = _HEADER.unpack_from(raw)
     payload = raw[_HEADER.size :]
-    if magic != MAGIC or key_digest != bytes.fromhex(digest) or length != len(payload) or zlib.crc32(payload) != crc:
+    if magic != MAGIC or key_digest != bytes.fromhex(digest) or length != len(payload) or crc32(payload) != crc:
         return None
     if part_bytes <= 0 or size < length:
         return None
