@@ -27,7 +27,13 @@ def _entries() -> list[Entry]:
 
 
 def _listing(cat: Catalog, parent: int) -> list[tuple[int, str, Kind, int, float]]:
-    return list(cat.child_stats(parent))
+    """``child_stats``, checked against ``child_names`` (a plain listing), whole and resumed."""
+    stats = list(cat.child_stats(parent))
+    names = [(name, ino, int(kind.is_dir)) for ino, name, kind, _, _ in stats]
+    assert list(cat.child_names(parent)) == names
+    if stats:
+        assert list(cat.child_names(parent, stats[0][0])) == names[1:]
+    return stats
 
 
 @pytest.fixture()

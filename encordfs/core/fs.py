@@ -75,7 +75,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from encordfs import errors
 from encordfs.backend import (
@@ -97,6 +97,7 @@ from encordfs.core.views import Views, is_view_ino
 from encordfs.core.writes import WriteQueue
 from encordfs.settings import Settings, default
 
+_T = TypeVar("_T")
 log = logging.getLogger(__name__)
 
 STORAGE_LOCATIONS = {0: "CORD_STORAGE", 1: "AWS", 2: "GCP", 3: "AZURE", 4: "S3_COMPATIBLE"}
@@ -665,22 +666,26 @@ class EncordFS:
         ``on_invalidate`` instead. A binding that keeps listing pages checks both."""
         return self.catalog.version
 
-    def readdir_names(self, ino: int, after_ino: int = 0) -> Iterator[tuple[str, int, bool]]:
-        """``readdir`` without attributes: (name, inode, is a folder), for a plain listing (``ls -f``,
-        ``find``): no attribute is built and no object is asked its size."""
+    def readdir_names(self, ino: int, after_ino: int = 0) -> Iterator[tuple[str, int, int]]:
+        """``readdir`` without attributes: (name, inode, true for a folder: a bool, or 1 and 0), for a
+        plain listing (``ls -f``, ``find``): no attribute is built and no object is asked its size."""
         if ino == CONTROL_INO or is_view_ino(ino):
             return ((name, a.ino, stat.S_ISDIR(a.mode)) for name, a in self.readdir(ino, after_ino))
-        return ((name, child, kind.is_dir) for child, name, kind, _, _ in self._child_rows(ino, after_ino))
+        return self._listed(ino, lambda: self.catalog.child_names(ino, after_ino))  # rows as SQLite gives them
 
     def _child_rows(self, ino: int, after_ino: int) -> Iterator[tuple[int, str, Kind, int, float]]:
         """A catalog folder's children above ``after_ino`` (checked and loaded first; see ``readdir``)."""
+        return self._listed(ino, lambda: self.catalog.child_stats(ino, after_ino))
+
+    def _listed(self, ino: int, rows: Callable[[], _T]) -> _T:
+        """``rows()`` of a catalog folder, checked and loaded first (see ``readdir``)."""
         if ino != ROOT_INO and (ino > CONTROL_INO or not self.node(ino).kind.is_dir):
             raise errors.NotADirectory(str(ino))
         stale = self._ensure_loaded(ino, background=False)
-        rows = self.catalog.child_stats(ino, after_ino)
+        listed = rows()
         if stale:
             self._refresh_in_background(ino)
-        return rows
+        return listed
 
     # -- loading ----------------------------------------------------------------------------------
     def _load_lock(self, ino: int) -> threading.Lock:

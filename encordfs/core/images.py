@@ -139,6 +139,13 @@ class Image:
             (after_ord,),
         )
 
+    def names(self, after_ord: int, base: int) -> Iterator[Any]:
+        """(name, ``base`` + ord, 1 for a group folder else 0) above ``after_ord`` (``Catalog.child_names``)."""
+        return self._reads.stream(
+            f"SELECT name, ord + ?, kind = {GROUP} FROM rows INDEXED BY rows_listing WHERE ord > ? ORDER BY ord",
+            (base, after_ord),
+        )
+
     def file_items(self, from_ord: int, limit: int) -> list[tuple[int, str]]:
         rows = self._reads.all(
             f"SELECT ord, handle FROM rows INDEXED BY rows_files WHERE ord >= ? AND kind IN ({ROW}, {CHILD}) "
