@@ -601,7 +601,7 @@ class Catalog:
         streamed as ``child_stats``: a plain listing's rows as SQLite gives them, with no Python step
         per row (``ls -f`` of a million rows)."""
         if (a := self._adopted.get(parent)) is not None:
-            return a.image.names(max(-1, after_ino - a.base), a.base)
+            return a.image.names(max(-1, after_ino - a.base), a.base, _DIR_KINDS)
         return self._reads.stream(
             f"SELECT name, ino, kind IN ({_DIR_KINDS}) FROM nodes WHERE parent=? AND ino>? ORDER BY ino",
             (parent, after_ino),

@@ -671,18 +671,18 @@ class EncordFS:
         plain listing (``ls -f``, ``find``): no attribute is built and no object is asked its size."""
         if ino == CONTROL_INO or is_view_ino(ino):
             return ((name, a.ino, stat.S_ISDIR(a.mode)) for name, a in self.readdir(ino, after_ino))
-        return self._listed(ino, lambda: self.catalog.child_names(ino, after_ino))  # rows as SQLite gives them
+        return self._listed(self.catalog.child_names, ino, after_ino)  # rows as SQLite gives them
 
     def _child_rows(self, ino: int, after_ino: int) -> Iterator[tuple[int, str, Kind, int, float]]:
         """A catalog folder's children above ``after_ino`` (checked and loaded first; see ``readdir``)."""
-        return self._listed(ino, lambda: self.catalog.child_stats(ino, after_ino))
+        return self._listed(self.catalog.child_stats, ino, after_ino)
 
-    def _listed(self, ino: int, rows: Callable[[], _T]) -> _T:
-        """``rows()`` of a catalog folder, checked and loaded first (see ``readdir``)."""
+    def _listed(self, rows: Callable[[int, int], _T], ino: int, after_ino: int) -> _T:
+        """``rows(ino, after_ino)`` of a catalog folder, checked and loaded first (see ``readdir``)."""
         if ino != ROOT_INO and (ino > CONTROL_INO or not self.node(ino).kind.is_dir):
             raise errors.NotADirectory(str(ino))
         stale = self._ensure_loaded(ino, background=False)
-        listed = rows()
+        listed = rows(ino, after_ino)
         if stale:
             self._refresh_in_background(ino)
         return listed

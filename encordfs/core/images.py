@@ -139,10 +139,11 @@ class Image:
             (after_ord,),
         )
 
-    def names(self, after_ord: int, base: int) -> Iterator[Any]:
-        """(name, ``base`` + ord, 1 for a group folder else 0) above ``after_ord`` (``Catalog.child_names``)."""
+    def names(self, after_ord: int, base: int, dir_kinds: str) -> Iterator[Any]:
+        """(name, ``base`` + ord, 1 for a folder else 0) above ``after_ord``, where ``dir_kinds`` lists the
+        kind numbers that are folders, in SQL (``Catalog.child_names``: the catalog owns that rule)."""
         return self._reads.stream(
-            f"SELECT name, ord + ?, kind = {GROUP} FROM rows INDEXED BY rows_listing WHERE ord > ? ORDER BY ord",
+            f"SELECT name, ord + ?, kind IN ({dir_kinds}) FROM rows INDEXED BY rows_listing WHERE ord > ? ORDER BY ord",
             (base, after_ord),
         )
 
