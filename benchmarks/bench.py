@@ -980,8 +980,9 @@ class Bench:
 
     def phase_ops(self) -> None:
         """Mount CPU per lookup, open+close and open+read of a cached file, for both bindings
-        (``benchmarks/op_costs.py``, ``compare``: the least of three alternated remounts): ``op_*_us`` (the default, kernel), ``op_*_us_mfusepy``, and
-        ``op_cost_ratio`` = kernel ÷ mfusepy, the geometric mean of the three."""
+        (``benchmarks/op_costs.py``, ``compare``: the least of three alternated remounts): ``op_*_us``
+        (the default, kernel), ``op_*_us_mfusepy``, and ``op_cost_ratio`` = kernel ÷ mfusepy, the
+        geometric mean of the three."""
         from benchmarks import op_costs
 
         rows = 1000 if self.quick else 5000

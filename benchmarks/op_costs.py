@@ -80,9 +80,11 @@ def compare(
 
     The files are read once (filling a disk cache that every config's mounts share: the bindings keep
     the same cache), then each pass mounts each config in turn on that cache dir and runs every step.
-    Alternating configs, and keeping each step's least cost, takes the noise of a shared VM (a neighbour,
-    whether the reader and the mount's thread wake each other on one CPU or across two) out of a
-    comparison of CPU per operation, instead of letting it land on whichever config ran at that time."""
+    Alternating configs, and keeping each step's least cost, takes the noise of a shared VM out of a
+    comparison of CPU per operation, instead of letting it land on whichever config ran at that time.
+    The least cost favours the config whose cost varies more from mount to mount (single passes of
+    this script on this VM kind read the kernel binding's lookup at 106-208 µs): a ratio just under
+    its goal with this estimator is not a clear pass."""
     work = Path(tempfile.mkdtemp(prefix="op-costs-"))
     best: dict[str, dict[str, tuple[float, float]]] = {name: {} for name in configs}
     try:

@@ -142,7 +142,7 @@ def test_changed_content_is_a_different_key() -> None:
 
 
 def test_the_crc32_of_parts_is_zlibs_checksum_computed_by_isa_l() -> None:
-    """Parts are checked with ISA-L's crc32 (a declared dependency: ~10x zlib's on this machine kind,
+    """Parts are checked with ISA-L's crc32 (a declared dependency: ~5x zlib's on this machine kind,
     ``benchmarks/disk_probe.py``), which must give zlib's values: an index written by an older version,
     or where isal is missing, stays valid."""
     import zlib

@@ -108,8 +108,8 @@ Direct writes
     back to the file's size). Their reader's page cache holds those bytes already (the FUSE file's): a
     second copy in the cache file's page cache doubled the memory a big cold read dirtied, and on a
     machine whose memory was never touched (a fresh VM) buffered writes of 1 GiB ran at ~280 MB/s
-    against ~1.3 GB/s direct (``benchmarks/disk_probe.py``). A filesystem that refuses ``O_DIRECT`` (tmpfs) is written through the
-    page cache from then on (logged once at INFO). Small files stay buffered: their next open is a
+    against ~1.3 GB/s direct (``benchmarks/disk_probe.py``). A filesystem that refuses ``O_DIRECT``
+    (tmpfs) is written through the page cache from then on (logged once at INFO). Small files stay buffered: their next open is a
     passthrough read of the cache file, served from its page cache.
 
 Eviction and space
