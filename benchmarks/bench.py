@@ -140,7 +140,7 @@ PHASES = (
 )
 # Phases with their own data and servers: ``--only`` a subset of these skips the shared setup.
 STANDALONE = {"legacy", "listing", "ops", "import", "views", "cp", "ml", "cluster"}
-WAN_PHASES = ("wan_seq", "wan_epoch", "wan_big", "wan_ttfb")  # the wan regime's (benchmarks/wan.py)
+WAN_PHASES = ("wan_seq", "wan_epoch", "wan_big", "wan_ttfb", "wan_cp")  # the wan regime's (benchmarks/wan.py)
 REGIMES = ("loopback", "wan", "both")
 
 
@@ -283,6 +283,8 @@ ROWS: list[tuple[str, str, str]] = [
     ("wan_epoch_unhinted", "x", "  without hints ÷ local disk"),
     ("wan_epoch_unhinted_files_s", "files/s", "  through the mount, without hints"),
     ("wan_epoch_local_files_s", "files/s", "  local disk, page cache dropped"),
+    ("wan_epoch_link_bound", "x", "  the most the bandwidth cap allows: cap ÷ file size ÷ local disk"),
+    ("wan_epoch_link_files_s", "files/s", "  the bandwidth cap ÷ file size (body bytes only)"),
     ("wan_big_link", "x", "wan: 1 GiB cold through the mount ÷ the bandwidth cap"),
     ("wan_big_mount_MBps", "MB/s", "  mount, sequential 1 MiB reads"),
     ("wan_big_direct_MBps", "MB/s", "  one direct streaming GET"),
@@ -290,6 +292,8 @@ ROWS: list[tuple[str, str, str]] = [
     ("wan_ttfb_ms", "ms", "  mount: open + 4 KiB, median"),
     ("wan_ttfb_direct_ms", "ms", "  direct 4 KiB range GET, median"),
     ("wan_ttfb_first_ms", "ms", "  the first file of a fresh mount (signs)"),
+    ("wan_cp_files_s", "files/s", "wan: encordfs cp of 2,000 × 100 KiB, copy phase"),
+    ("wan_cp_link", "x", "  its payload ÷ the bandwidth cap"),
 ]
 
 

@@ -36,7 +36,8 @@ Figures (``WanBench``)
                      is the file's bytes read whole, no decode. With order hints (``encordfs.ml.
                      HintedSampler``), without (the same order, not announced), and from local disk (the
                      source files, page cache dropped): ``wan_epoch_hinted`` and ``wan_epoch_unhinted``
-                     are mount ÷ local.
+                     are mount ÷ local. ``wan_epoch_link_bound``: the highest such ratio the bandwidth cap
+                     allows (``wan_epoch_link_files_s``, the cap ÷ a file's bytes, ÷ local).
     wan_big_*        1 GiB read cold through the mount (1 MiB reads, one thread) ÷ the bandwidth cap
                      (``wan_big_link``); one direct streaming GET of the same URL for reference.
     wan_ttfb_*       open + first 4 KiB of cold files (never read in that mount; picked at random, so no
@@ -44,6 +45,8 @@ Figures (``WanBench``)
                      neighbours), median; ÷ a direct 4 KiB range GET of a pre-signed URL on a warm TLS
                      connection, median (``wan_ttfb_ratio``). ``wan_ttfb_first_ms``: the first file of a
                      fresh mount, which also pays for signing (one API round trip).
+    wan_cp_*         ``encordfs cp`` of the epoch dataset with its defaults (files/s as cp reports its copy
+                     phase), and ÷ the bandwidth cap (``wan_cp_link``: the payload's share of the link).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import ssl
@@ -445,7 +449,7 @@ class WanBench:
 
     def run(self, phases: set[str]) -> None:
         self.setup()
-        for name in ("seq", "epoch", "big", "ttfb"):
+        for name in ("seq", "epoch", "big", "ttfb", "cp"):
             if name in phases:
                 try:
                     getattr(self, f"phase_{name}")()
@@ -528,7 +532,31 @@ class WanBench:
             self.fig[f"wan_epoch_{label}"] = (
                 self.fig[f"wan_epoch_{label}_files_s"] / self.fig["wan_epoch_local_files_s"]
             )
+        # What the bandwidth cap alone allows: every byte of the epoch crosses the capped link (body only;
+        # TLS records, HTTP headers and TCP/IP take more), so no mount's ratio can be above this one.
+        self.fig["wan_epoch_link_files_s"] = self.regime.rate_bit_s / 8 / self.sizes.file_bytes
+        self.fig["wan_epoch_link_bound"] = self.fig["wan_epoch_link_files_s"] / self.fig["wan_epoch_local_files_s"]
         self.notes.append(f"wan epoch loader: {loader} (8 workers, batches of 32)")
+
+    def phase_cp(self) -> None:
+        """``encordfs cp`` of the epoch dataset (2,000 × 100 KiB) with its defaults, over the capped link."""
+        n = self.sizes.epoch_count
+        log(f"cp: encordfs cp of {n} files")
+        dest, cache = self.work / "cp-dest", self.work / "cp-cache"
+        argv = [sys.executable, "-m", "encordfs", "cp", "--domain", self.emu.domain, "--ssh-key-file",
+                self.emu.key_file, "--ca-file", str(self.pki.ca_file), "--cache-dir", str(cache), "-q",
+                "encord://epoch", str(dest)]  # fmt: skip
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=1200)
+        if done.returncode != 0:
+            raise RuntimeError(f"encordfs cp failed: {done.stderr.strip()[-300:]}")
+        copied = re.search(r"([0-9,]+) copied \(.*? in ([0-9.]+) s", done.stderr)
+        assert copied is not None and int(copied.group(1).replace(",", "")) == n, done.stderr
+        for src in self.src["epoch"][:: max(1, n // 25)]:
+            assert (dest / "epoch" / src.name).read_bytes() == src.read_bytes(), f"cp: wrong bytes in {src.name}"
+        self.fig["wan_cp_files_s"] = n / float(copied.group(2))
+        self.fig["wan_cp_link"] = self.fig["wan_cp_files_s"] * self.sizes.file_bytes * 8 / self.regime.rate_bit_s
+        self.notes.append(f"wan cp: {done.stderr.strip().splitlines()[0]}")
+        shutil.rmtree(dest, ignore_errors=True)
 
     def phase_big(self) -> None:
         size = self.sizes.big_bytes

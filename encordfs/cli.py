@@ -316,6 +316,10 @@ def cmd_cp(args: argparse.Namespace) -> int:
     if "cache_size" not in s.model_fields_set:
         # A copy reads each byte once: caching it on disk too would write everything twice.
         s = s.model_copy(update={"cache_size": 0})
+    if "prefetch" not in s.model_fields_set:
+        # Its threads are its prefetch (``encordfs.copy``: files in flight); the core's would fetch
+        # files that another of the copy's processes takes.
+        s = s.model_copy(update={"prefetch": False})
     logs.setup(s.verbose, Path(s.log_file) if s.log_file else None, s.log_format)
     warning = _key_file_warning(s.ssh_key_file)
     if warning:
@@ -504,7 +508,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("sources", nargs="+", metavar="[encord://]DATASET[/PATH]")
     p.add_argument("dest", metavar="DEST")
-    p.add_argument("-j", "--jobs", type=int, default=8, help="files copied at once (default %(default)s)")
+    p.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=None,
+        help="files copied at once (default: 8, and more while the link's first-byte latency keeps them waiting)",
+    )
     p.add_argument(
         "--metadata",
         choices=("xattr", "sidecar", "none"),

@@ -12,6 +12,19 @@ Plan, then copy
     copy whole files, in listing order (neighbours are signed together: one signing call per 1,000
     files, as for a mount). Bytes are read through the core in 1 MiB pieces and written as they come.
 
+Files in flight: the copying threads are the prefetch
+    Each thread waits one first-byte latency per file, so behind 25 ms it copies at most 40 files per
+    second, whatever the bandwidth. A mount hides that with prefetch across files (``core.prefetch``);
+    a copy does not use it (the core is built with ``prefetch`` off unless asked): its processes take
+    files from one shared counter, so one process's lookahead fetched the other's next files, which
+    were then fetched again. Instead, without ``-j``, each process starts with its share of
+    ``DEFAULT_JOBS`` threads and, while the link's first-byte latency (``EncordFS.link_floor_s``: the
+    least of the core's recent GETs, so not the queueing its own transfers add, which would ask for
+    ever more threads) is above ``GROW_LATENCY_S``, adds threads up to that share × latency ÷
+    ``GROW_LATENCY_S`` (at most ``MAX_THREADS`` per process): enough files in flight to cover the
+    latency, and on a fast link (loopback, a LAN) no more threads than the CPUs can use. ``-j N`` is
+    exactly N threads, never grown.
+
 Processes (``--processes P``, default: one per CPU, at most ``MAX_PROCESSES``)
     A copy of small files is bound by Python's GIL (HTTP parsing, the reader), not the network: one
     process used about one core, and a mount, whose reads are parsed in its own process while the
@@ -61,6 +74,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import multiprocessing
 import os
 import stat
@@ -94,6 +108,9 @@ REDRAW_EVERY_S = 0.2
 STOP_JOIN_S = 10.0
 # More processes than this gain nothing here: HTTP per file, not CPU, then limits a copy.
 MAX_PROCESSES = 4
+DEFAULT_JOBS = 8  # files copied at once when -j is not given, before latency adds threads
+GROW_LATENCY_S = 0.005  # a median first byte slower than this adds threads (loopback here: ~1 ms)
+MAX_THREADS = 64  # copying threads per process, grown (files in flight behind a slow link)
 COUNTERS = ("copied", "skipped", "bytes_done", "bytes_present", "failed")
 # What the destination answers when nothing more can be written there: stop everything, say it once.
 DEST_FATAL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
@@ -204,11 +221,13 @@ class Copier:
         jobs: int = 8,
         shared: Shared | None = None,
         slot: int = 0,
+        grow: bool = False,
     ) -> None:
         self.fs = fs
         self.dest = dest
         self.metadata = metadata
         self.jobs = jobs
+        self.grow = grow  # more threads while the link's latency keeps them waiting (no -j given)
         self.shared = shared or Shared(1)
         self.slot = slot  # this process's row of counters; 0 is the parent, which writes folders
         self.outcome = Outcome()
@@ -328,16 +347,15 @@ class Copier:
         (KeyboardInterrupt in this thread) stops every process after its current piece and marks the
         outcome interrupted. ``parent``: a helper's parent pid (it stops when that process is gone)."""
         self._running = max(1, min(self.jobs, len(plan.files)))
-        threads = [
-            threading.Thread(target=self._worker, args=(plan,), name=f"encordfs-cp-{i}", daemon=True)
-            for i in range(self._running)
-        ]
+        threads = [self._thread(plan, i) for i in range(self._running)]
         for t in threads:
             t.start()
         try:
             while not self._finished.wait(REDRAW_EVERY_S):
                 if self.shared.stop.is_set() or (parent is not None and os.getppid() != parent):
                     self._stop.set()
+                if self.grow:
+                    threads += self._more_threads(plan, len(threads))
                 if progress is not None:
                     progress.tick(self.shared.totals())
         except KeyboardInterrupt:
@@ -348,6 +366,26 @@ class Copier:
             for t in threads:
                 t.join(max(0.0, deadline - time.monotonic()))
         return self.outcome
+
+    def _thread(self, plan: Plan, i: int) -> threading.Thread:
+        return threading.Thread(target=self._worker, args=(plan,), name=f"encordfs-cp-{i}", daemon=True)
+
+    def _more_threads(self, plan: Plan, have: int) -> list[threading.Thread]:
+        """Threads started to cover the link's latency (see the module docstring); [] when none."""
+        latency = self.fs.link_floor_s()
+        if latency <= GROW_LATENCY_S:
+            return []
+        want = min(MAX_THREADS, math.ceil(self.jobs * latency / GROW_LATENCY_S))
+        added = []
+        with self._lock:
+            if self._running == 0 or self._stopping():
+                return []  # the last thread has ended: the run is over
+            for i in range(have, want):
+                self._running += 1
+                added.append(self._thread(plan, i))
+        for t in added:
+            t.start()
+        return added
 
     def _worker(self, plan: Plan) -> None:
         try:
@@ -558,14 +596,17 @@ def main(
     dest: Path,
     *,
     metadata: str = "none",
-    jobs: int = 8,
+    jobs: int | None = None,
     processes: int = 1,
     quiet: bool = False,
     stream: IO[str] | None = None,
 ) -> int:
     """Plan and copy; the exit status (see the module docstring). Ctrl-C during the copy → 130.
-    ``open_core`` builds a core; it is called once in each process (after the helpers fork)."""
+    ``open_core`` builds a core; it is called once in each process (after the helpers fork).
+    ``jobs``: files copied at once; None: ``DEFAULT_JOBS``, grown while the link is slow."""
     stream = stream or sys.stderr
+    grow = jobs is None
+    jobs = DEFAULT_JOBS if jobs is None else jobs
     if jobs < 1:
         raise errors.InvalidValue(f"--jobs must be at least 1, not {jobs}")
     if processes < 1:
@@ -575,13 +616,13 @@ def main(
     processes = min(processes, jobs)
     threads = -(-jobs // processes)
     shared = Shared(processes)
-    task = _Task(open_core, sources, dest, metadata, threads)
+    task = _Task(open_core, sources, dest, metadata, threads, grow)
     helpers = [_fork_helper(task, shared, slot) for slot in range(1, processes)]
     try:
         started = time.monotonic()
         core = open_core()
         try:
-            copier = Copier(core.fs, dest, metadata, threads, shared, 0)
+            copier = Copier(core.fs, dest, metadata, threads, shared, 0, grow)
             plan = copier.plan(sources)
             shared.digest[:] = plan.digest()
             shared.planned.set()
@@ -616,6 +657,7 @@ class _Task:
     dest: Path
     metadata: str
     threads: int
+    grow: bool
 
 
 def _fork_helper(task: _Task, shared: Shared, slot: int) -> tuple[Any, Connection]:
@@ -638,7 +680,7 @@ def _helper(task: _Task, shared: Shared, slot: int, send: Connection, parent: in
     try:
         core = task.open_core()
         try:
-            copier = Copier(core.fs, task.dest, task.metadata, task.threads, shared, slot)
+            copier = Copier(core.fs, task.dest, task.metadata, task.threads, shared, slot, task.grow)
             plan = copier.plan(task.sources)
             while not shared.planned.wait(REDRAW_EVERY_S):
                 if os.getppid() != parent:

@@ -192,6 +192,31 @@ def test_ctrl_c_exits_130_and_a_rerun_finishes(labelled_emulator: RunningEmulato
     assert done.returncode == 0 and f"{len(complete)} already complete" in done.stderr, done.stderr
 
 
+def test_a_slow_link_gets_more_files_in_flight_unless_j_is_given(tmp_path: Path) -> None:
+    """Without -j, a copy behind 40 ms of first-byte latency runs more than its 8 threads (the
+    emulator counts the blob requests it serves at once); -j 8 is 8, and every byte is right."""
+    with RunningEmulator(["--generate", "slow:240:4096"]) as emu:
+        peaks = {}
+        for label, extra in (("default", []), ("j8", ["-j", "8"])):
+            emu.reset()
+            emu.add_faults([{"endpoint": "blob.get", "latency_ms": 40}])
+            dest = tmp_path / label
+            done = _cp(emu, "-q", *extra, "encord://slow", dest, cache=tmp_path / f"cache-{label}")
+            assert done.returncode == 0, done.stderr
+            copied = sorted((dest / "slow").iterdir())
+            assert len(copied) == 240 and {p.stat().st_size for p in copied} == {4096}
+            peaks[label] = emu.stats()["blob.in_flight_peak"]
+        efs = EncordFileSystem(domain=emu.domain, ssh_key_file=str(emu.key_file), cache_dir=str(tmp_path / "efs"),
+                               skip_instance_cache=True)  # fmt: skip
+        try:
+            for path in copied[::40]:
+                assert path.read_bytes() == efs.cat_file(f"slow/{path.name}")
+        finally:
+            efs.close()
+    assert peaks["j8"] <= 8, peaks
+    assert peaks["default"] > 16, peaks
+
+
 @pytest.fixture()
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     where = tmp_path / "small"

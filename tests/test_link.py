@@ -33,6 +33,23 @@ def test_latency_is_the_median_first_byte_and_bandwidth_the_link_rate() -> None:
     assert link.bandwidth_bytes_s == 32 * MiB
 
 
+def test_the_floor_is_the_least_recent_first_byte_not_the_queueing_on_top() -> None:
+    clock = Clock()
+    link = LinkEstimate(clock=clock, samples=8, floor_window_s=10.0)
+    assert link.floor_s == 0.0
+    for first in (0.040, 0.025, 0.030):  # the link's own delay: 25 ms
+        clock.now += 0.1
+        link.observe(100_000, first, first + 0.001)
+    assert link.floor_s == 0.025
+    for _ in range(20):  # the copy's own transfers queue: every first byte is late, the median with them
+        clock.now += 0.1
+        link.observe(100_000, 0.120, 0.121)
+    assert link.latency_s == 0.120 and link.floor_s == 0.025
+    clock.now += 10.0  # the link itself got slower: after the window the floor follows the recent samples
+    link.observe(100_000, 0.060, 0.061)
+    assert link.floor_s == 0.060
+
+
 class _Fixed:
     def __init__(self, bdp: int) -> None:
         self.bdp = bdp

@@ -91,6 +91,7 @@ from encordfs.backend import (
 from encordfs.core import names, views, xattrs
 from encordfs.core.catalog import ROOT_INO, UNKNOWN_SIZE, Catalog, Entry, Kind, Node, SyncChanges
 from encordfs.core.journal import RowRef
+from encordfs.core.link import LinkEstimate
 from encordfs.core.prefetch import Item, Prefetcher
 from encordfs.core.urls import UrlSource
 from encordfs.core.views import Views, is_view_ino
@@ -164,6 +165,8 @@ class Handle(Protocol):
 
 
 class Reader(Protocol):
+    link: LinkEstimate | None  # the byte server's link, as the reader's GETs measure it
+
     def open(self, content_key: str, size: int, url_source: Callable[[bool], str]) -> Handle: ...
     def open_backing(self, content_key: str, size: int) -> int | None: ...
     def backing_may_wait(self, content_key: str, size: int) -> bool: ...
@@ -970,6 +973,12 @@ class EncordFS:
             raise errors.ReadOnly("control files are read-only")
         content = (json.dumps(self.status(), indent=2, sort_keys=True) + "\n").encode()
         return OpenFile(self._add_handle(None, _BytesHandle(content)), direct_io=True)
+
+    def link_floor_s(self) -> float:
+        """The byte server's first-byte latency without queueing, as this core measured it lately
+        (``LinkEstimate.floor_s``; 0 before any GET)."""
+        link = self.reader.link
+        return link.floor_s if link is not None else 0.0
 
     def status(self) -> dict[str, Any]:
         """What ``encordfs status`` and ``/.encordfs/status.json`` show."""

@@ -35,7 +35,8 @@ Settings (runtime; ``reset`` and ``DELETE /_emulator/faults`` restore them)
     true clock, so a mount can still sign in while its URLs look skewed.
 
 ``Stats`` counts requests per endpoint name; ``api_calls`` counts every non-blob, non-admin request
-(including ones then rejected by auth or a fault: they reached the API). Fault firings are counted
+(including ones then rejected by auth or a fault: they reached the API); ``blob.in_flight_peak`` is
+the most blob requests served at once (a client's parallelism, seen from the server). Fault firings are counted
 by ``Faults`` (``faults.injected`` and one counter per kind) and merged into ``/_emulator/stats``;
 ``reset`` zeroes them, ``DELETE /_emulator/faults`` does not (a soak reads them after the faults end).
 
@@ -350,11 +351,12 @@ class Stats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: dict[str, int] = {}
+        self._blobs_in_flight = 0
         self.reset()
 
     def reset(self) -> None:
         with self._lock:
-            self._counts = {"api_calls": 0, "blob.requests": 0, "blob.bytes": 0}
+            self._counts = {"api_calls": 0, "blob.requests": 0, "blob.bytes": 0, "blob.in_flight_peak": 0}
             self._counts.update({name: 0 for name in API_ENDPOINTS})
 
     def api_call(self, endpoint: str) -> None:
@@ -366,6 +368,16 @@ class Stats:
         with self._lock:
             self._counts["blob.requests"] += requests
             self._counts["blob.bytes"] += nbytes
+
+    def blob_begin(self) -> None:
+        """A blob request is being served (``blob.in_flight_peak``: the most at once since the reset)."""
+        with self._lock:
+            self._blobs_in_flight += 1
+            self._counts["blob.in_flight_peak"] = max(self._counts["blob.in_flight_peak"], self._blobs_in_flight)
+
+    def blob_end(self) -> None:
+        with self._lock:
+            self._blobs_in_flight -= 1
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:

@@ -406,6 +406,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error("blob", ApiError(405, "only GET and HEAD on blobs"))
             return
         app.stats.blob(requests=1)
+        app.stats.blob_begin()
+        try:
+            self._serve_blob_counted(app, path, query)
+        finally:
+            app.stats.blob_end()
+
+    def _serve_blob_counted(self, app: Emulator, path: str, query: str) -> None:
         decision = app.faults.apply("blob.get", body_faults=True)
         if decision.delay_s > 0:
             time.sleep(decision.delay_s)
