@@ -17,7 +17,8 @@ Files in flight: the copying threads are the prefetch
     second, whatever the bandwidth. A mount hides that with prefetch across files (``core.prefetch``);
     a copy does not use it (the core is built with ``prefetch`` off unless asked): its processes take
     files from one shared counter, so one process's lookahead fetched the other's next files, which
-    were then fetched again. Instead, without ``-j``, each process starts with its share of
+    were then fetched again (2,000 files of 100 KiB over 2 processes: 3,066 GETs, 314 MB for 205 MB).
+    Instead, without ``-j``, each process starts with its share of
     ``DEFAULT_JOBS`` threads and, while the link's first-byte latency (``EncordFS.link_floor_s``: the
     least of the core's recent GETs, so not the queueing its own transfers add, which would ask for
     ever more threads) is above ``GROW_LATENCY_S``, adds threads up to that share × latency ÷
@@ -109,7 +110,7 @@ STOP_JOIN_S = 10.0
 # More processes than this gain nothing here: HTTP per file, not CPU, then limits a copy.
 MAX_PROCESSES = 4
 DEFAULT_JOBS = 8  # files copied at once when -j is not given, before latency adds threads
-GROW_LATENCY_S = 0.005  # a median first byte slower than this adds threads (loopback here: ~1 ms)
+GROW_LATENCY_S = 0.005  # a first-byte floor above this adds threads (loopback here: 1-2.4 ms)
 MAX_THREADS = 64  # copying threads per process, grown (files in flight behind a slow link)
 COUNTERS = ("copied", "skipped", "bytes_done", "bytes_present", "failed")
 # What the destination answers when nothing more can be written there: stop everything, say it once.
