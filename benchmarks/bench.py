@@ -98,7 +98,6 @@ import json
 import math
 import os
 import random
-import re
 import shlex
 import shutil
 import statistics
@@ -266,7 +265,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("views_ls_warm_s", "s", "  warm ls -l of the dataset"),
     ("views_values_s", "s", "  ls -l DATASET/@split (the distinct values)"),
     ("cp_ratio", "x", "encordfs cp ÷ mount read, 2,000 × 100 KiB, files/s"),
-    ("cp_files_s", "files/s", "  encordfs cp (defaults: -j 8, --metadata none), copy phase"),
+    ("cp_files_s", "files/s", "  encordfs cp (defaults: no -j, --metadata none), copy phase"),
     ("cp_mount_files_s", "files/s", "  mount, 8 reader threads"),
     ("cp_xattr_ratio", "x", "  the same with --metadata xattr (ext4: a block per file for xattrs)"),
     ("cp_xattr_files_s", "files/s", "    encordfs cp --metadata xattr, copy phase"),
@@ -761,17 +760,10 @@ class Bench:
         ``encordfs cp`` of the ``cp`` dataset with its defaults into a fresh destination and cache dir."""
         n = len(files)
         dest, cache = self.work / f"cp-dest-{metadata}", self.work / f"cp-cache-{metadata}"
-        argv = [sys.executable, "-m", "encordfs", "cp", "--domain", emu.domain, "--ssh-key-file", emu.key_file,
-                "--cache-dir", str(cache), "--metadata", metadata, "-q", "encord://cp", str(dest)]  # fmt: skip
-        t0 = time.perf_counter()
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
-        wall = time.perf_counter() - t0
-        if done.returncode != 0:
-            raise RuntimeError(f"encordfs cp failed: {done.stderr.strip()[-500:]}")
-        copied = re.search(r"([0-9,]+) copied \(.*? in ([0-9.]+) s", done.stderr)
-        assert copied is not None and int(copied.group(1).replace(",", "")) == n, done.stderr
+        copy_s, wall, copied, line = infra.encordfs_cp(emu, "encord://cp", dest, cache, "--metadata", metadata)
+        assert copied == n, line
         self.verify([dest / "cp" / p.name for p in files[:: max(1, n // 25)]], files[:: max(1, n // 25)])
-        return float(copied.group(2)), wall, done.stderr.strip().splitlines()[0]
+        return copy_s, wall, line
 
     def run_standalone(self) -> None:
         """The phases asked for that need none of ``run``'s shared setup, in ``PHASES`` order."""

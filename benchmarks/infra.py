@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import ssl
@@ -283,6 +284,23 @@ def start_emulator(stack: Cleanup, data_dir: Path, args: list[str], log: Path, t
         raise RuntimeError(f"{exc}: {log.read_text()[-2000:]}") from None
     stack.callback(stop_process, launched.proc)
     return Emulator(launched.proc, launched.domain, str(launched.key_file or data_dir / "demo_ed25519"))
+
+
+def encordfs_cp(emu: Emulator, source: str, dest: Path, cache: Path, *extra: str) -> tuple[float, float, int, str]:
+    """One ``encordfs cp SOURCE DEST`` with its defaults (and ``extra`` options): (copy phase seconds
+    as cp reports them, the whole command's seconds, files copied, its summary line). RuntimeError
+    when it fails."""
+    argv = [sys.executable, "-m", "encordfs", "cp", "--domain", emu.domain, "--ssh-key-file", emu.key_file,
+            "--cache-dir", str(cache), "-q", *extra, source, str(dest)]  # fmt: skip
+    t0 = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=1200)
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise RuntimeError(f"encordfs cp failed: {done.stderr.strip()[-500:]}")
+    copied = re.search(r"([0-9,]+) copied \(.*? in ([0-9.]+) s", done.stderr)
+    if copied is None:
+        raise RuntimeError(f"encordfs cp printed no summary: {done.stderr.strip()[-500:]}")
+    return float(copied.group(2)), wall, int(copied.group(1).replace(",", "")), done.stderr.strip().splitlines()[0]
 
 
 def emulator_has_flag(flag: str) -> bool:

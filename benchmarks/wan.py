@@ -55,7 +55,6 @@ import contextlib
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import ssl
@@ -543,19 +542,14 @@ class WanBench:
         n = self.sizes.epoch_count
         log(f"cp: encordfs cp of {n} files")
         dest, cache = self.work / "cp-dest", self.work / "cp-cache"
-        argv = [sys.executable, "-m", "encordfs", "cp", "--domain", self.emu.domain, "--ssh-key-file",
-                self.emu.key_file, "--ca-file", str(self.pki.ca_file), "--cache-dir", str(cache), "-q",
-                "encord://epoch", str(dest)]  # fmt: skip
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=1200)
-        if done.returncode != 0:
-            raise RuntimeError(f"encordfs cp failed: {done.stderr.strip()[-300:]}")
-        copied = re.search(r"([0-9,]+) copied \(.*? in ([0-9.]+) s", done.stderr)
-        assert copied is not None and int(copied.group(1).replace(",", "")) == n, done.stderr
+        ca = ("--ca-file", str(self.pki.ca_file))
+        copy_s, _, copied, line = infra.encordfs_cp(self.emu, "encord://epoch", dest, cache, *ca)
+        assert copied == n, line
         for src in self.src["epoch"][:: max(1, n // 25)]:
             assert (dest / "epoch" / src.name).read_bytes() == src.read_bytes(), f"cp: wrong bytes in {src.name}"
-        self.fig["wan_cp_files_s"] = n / float(copied.group(2))
+        self.fig["wan_cp_files_s"] = n / copy_s
         self.fig["wan_cp_link"] = self.fig["wan_cp_files_s"] * self.sizes.file_bytes * 8 / self.regime.rate_bit_s
-        self.notes.append(f"wan cp: {done.stderr.strip().splitlines()[0]}")
+        self.notes.append(f"wan cp: {line}")
         shutil.rmtree(dest, ignore_errors=True)
 
     def phase_big(self) -> None:

@@ -20,8 +20,8 @@ Files in flight: the copying threads are the prefetch
     were then fetched again (2,000 files of 100 KiB over 2 processes: 3,066 GETs, 314 MB for 205 MB).
     Instead, without ``-j``, each process starts with its share of
     ``DEFAULT_JOBS`` threads and, while the link's first-byte latency (``EncordFS.link_floor_s``: the
-    least of the core's recent GETs, so not the queueing its own transfers add, which would ask for
-    ever more threads) is above ``GROW_LATENCY_S``, adds threads up to that share × latency ÷
+    least of the core's GETs, so not the queueing its own transfers add, which would ask for ever
+    more threads) is above ``GROW_LATENCY_S``, adds threads up to that share × latency ÷
     ``GROW_LATENCY_S`` (at most ``MAX_THREADS`` per process): enough files in flight to cover the
     latency, and on a fast link (loopback, a LAN) no more threads than the CPUs can use. ``-j N`` is
     exactly N threads, never grown.
@@ -110,7 +110,7 @@ STOP_JOIN_S = 10.0
 # More processes than this gain nothing here: HTTP per file, not CPU, then limits a copy.
 MAX_PROCESSES = 4
 DEFAULT_JOBS = 8  # files copied at once when -j is not given, before latency adds threads
-GROW_LATENCY_S = 0.005  # a first-byte floor above this adds threads (loopback here: 1-2.4 ms)
+GROW_LATENCY_S = 0.005  # a first-byte floor above this adds threads (loopback here: median 1-2.4 ms)
 MAX_THREADS = 64  # copying threads per process, grown (files in flight behind a slow link)
 COUNTERS = ("copied", "skipped", "bytes_done", "bytes_present", "failed")
 # What the destination answers when nothing more can be written there: stop everything, say it once.
@@ -373,10 +373,10 @@ class Copier:
 
     def _more_threads(self, plan: Plan, have: int) -> list[threading.Thread]:
         """Threads started to cover the link's latency (see the module docstring); [] when none."""
-        latency = self.fs.link_floor_s()
-        if latency <= GROW_LATENCY_S:
+        floor = self.fs.link_floor_s()
+        if floor <= GROW_LATENCY_S:
             return []
-        want = min(MAX_THREADS, math.ceil(self.jobs * latency / GROW_LATENCY_S))
+        want = min(MAX_THREADS, math.ceil(self.jobs * floor / GROW_LATENCY_S))
         added = []
         with self._lock:
             if self._running == 0 or self._stopping():

@@ -975,7 +975,7 @@ class EncordFS:
         return OpenFile(self._add_handle(None, _BytesHandle(content)), direct_io=True)
 
     def link_floor_s(self) -> float:
-        """The byte server's first-byte latency without queueing, as this core measured it lately
+        """The byte server's first-byte latency without queueing: the least this core measured
         (``LinkEstimate.floor_s``; 0 before any GET)."""
         link = self.reader.link
         return link.floor_s if link is not None else 0.0

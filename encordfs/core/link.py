@@ -12,11 +12,13 @@ size, its time to the first byte (request sent -> status and headers in) and its
 
 - latency: the median first-byte time of the last ``samples`` GETs (a median: one slow request,
   or one that waited for a new TLS connection, does not move it).
-- floor: the least first-byte time seen lately (within ``floor_window_s``, else the least of the
-  last ``samples``): the link's own delay without the queueing that the transfers in flight add (a
-  saturated link or a busy process makes every first byte later, and the median with it). What a
-  reader that sizes its parallelism by latency must use, or more transfers would raise the latency
-  that asks for more transfers (BBR keeps its minimum RTT for the same reason).
+- floor: the least first-byte time ever seen: the link's own delay without the queueing that the
+  transfers in flight add (a saturated link or a busy process makes every first byte later, and the
+  median with it). What a reader that sizes its parallelism by latency must use, or more transfers
+  would raise the latency that asks for more transfers (BBR keeps its minimum RTT for the same
+  reason). It never rises: a floor that expired and re-based on recent samples would re-base on
+  queued ones while the transfers that queue them are still running. A link that got slower is
+  under-sized by it, never over-driven.
 - bandwidth: the delivery rate of the whole link, not of one transfer: bytes of the GETs that ended
   in the last ``window_s`` (at least 4 latencies) divided by that window, the highest such rate seen,
   decaying by half every ``decay_s`` so a link that got slower is followed within seconds. Small
@@ -45,14 +47,11 @@ class LinkEstimate:
         samples: int = 64,
         window_s: float = 0.5,
         decay_s: float = 10.0,
-        floor_window_s: float = 10.0,
     ) -> None:
         self._clock = clock
         self._window_s = window_s
         self._decay_s = decay_s
-        self._floor_window_s = floor_window_s
-        self._floor = 0.0
-        self._floor_at = -float("inf")
+        self._floor = float("inf")
         self._lock = threading.Lock()
         self._first_byte_s: deque[float] = deque(maxlen=samples)
         self._ended: deque[tuple[float, int]] = deque()  # (when, bytes) of GETs inside the window
@@ -68,9 +67,7 @@ class LinkEstimate:
             first = max(0.0, first_byte_s)
             self._first_byte_s.append(first)
             self._latency_cache = None
-            if first <= self._floor or now - self._floor_at > self._floor_window_s:
-                self._floor = min(self._first_byte_s) if now - self._floor_at > self._floor_window_s else first
-                self._floor_at = now
+            self._floor = min(self._floor, first)
             self._ended.append((now, nbytes))
             self._in_window += nbytes
             window = max(self._window_s, 4 * self._latency_locked())
@@ -88,9 +85,9 @@ class LinkEstimate:
 
     @property
     def floor_s(self) -> float:
-        """The least first-byte time seen lately (see the module docstring; 0 before any GET)."""
+        """The least first-byte time ever seen (see the module docstring; 0 before any GET)."""
         with self._lock:
-            return self._floor
+            return self._floor if self._first_byte_s else 0.0
 
     @property
     def bandwidth_bytes_s(self) -> float:

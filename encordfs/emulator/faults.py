@@ -36,8 +36,8 @@ Settings (runtime; ``reset`` and ``DELETE /_emulator/faults`` restore them)
 
 ``Stats`` counts requests per endpoint name; ``api_calls`` counts every non-blob, non-admin request
 (including ones then rejected by auth or a fault: they reached the API); ``blob.in_flight_peak`` is
-the most blob requests served at once (a client's parallelism, seen from the server). Fault firings are counted
-by ``Faults`` (``faults.injected`` and one counter per kind) and merged into ``/_emulator/stats``;
+the most blob requests served at once (a client's parallelism, seen from the server). Fault firings
+are counted by ``Faults`` (``faults.injected`` and one counter per kind) and merged into ``/_emulator/stats``;
 ``reset`` zeroes them, ``DELETE /_emulator/faults`` does not (a soak reads them after the faults end).
 
 Both are thread-safe (one lock each; never held while sleeping or doing I/O).
