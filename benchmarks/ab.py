@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import bench, infra
-from benchmarks.infra import mounted
+from benchmarks.infra import cpu_s, mounted
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,12 +125,6 @@ def read_big(
     if fetched_only:
         return secs, int(status.get("counters", {}).get("fetch.bytes_fetched", 0)), cpu
     return secs, n, cpu
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":

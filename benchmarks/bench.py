@@ -211,11 +211,15 @@ ROWS: list[tuple[str, str, str]] = [
     ("P2_sdk_files_s", "files/s", "  refetch_data(signed_url=True) + GET per row"),
     ("P2_rclone", "x", "  mount ÷ rclone mount"),
     ("P2_rclone_files_s", "files/s", "  rclone mount (http backend), 8 threads"),
+    ("P2_mount_cpu_us", "us", "  mount CPU per file (all its threads)"),
+    ("P2_mount_switches", "switches", "  mount context switches per file (blocked or preempted threads)"),
     ("P3", "x", "warm epoch: disk cache ÷ local disk"),
     ("P3_no_passthrough", "x", "  the same with --no-passthrough (every read through the mount)"),
     ("P3_passthrough_opens", "opens", "  passthrough opens in the default run"),
     ("P3_warm_files_s", "files/s", "  remount, disk cache, 8 threads"),
     ("P3_local_files_s", "files/s", "  local disk, 8 threads"),
+    ("P3_mount_cpu_us", "us", "  mount CPU per file (all its threads)"),
+    ("P3_mount_switches", "switches", "  mount context switches per file"),
     ("P4", "calls", "API calls per 1,000 cold file reads"),
     ("P4_legacy", "calls", "  the same for rows without a storage item (--shape recorded)"),
     ("P4_legacy_signs", "calls", "    of which legacy data-row signing calls"),
@@ -933,7 +937,7 @@ class Bench:
             names = os.listdir(m.path / "small")
             paths = [m.path / "small" / p.name for p in small_src]
             assert len(names) == n
-            with self.spy(m, "small"):
+            with self.spy(m, "small"), infra.per_unit(m.pid, n, self.fig, "P2_mount"):
                 secs, total = read_parallel(paths)
             calls = emu.api_calls() - calls0
             self.snapshot_counters(m, "small")
@@ -1027,7 +1031,7 @@ class Bench:
             os.listdir(m.path / "small")
             paths = [m.path / "small" / p.name for p in small_src]
             self.drop()
-            with self.spy(m, "warm"):
+            with self.spy(m, "warm"), infra.per_unit(m.pid, n, self.fig, "P3_mount"):
                 secs, total = read_parallel(paths)
             self.snapshot_counters(m, "warm")
             status = json.loads((m.path / ".encordfs" / "status.json").read_text())

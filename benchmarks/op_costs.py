@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.infra import cpu_s  # noqa: E402
 from harness.emulator import RunningEmulator  # noqa: E402
 from harness.mount import MountedFS  # noqa: E402
 
@@ -34,11 +35,6 @@ LABELS = {
     "read_cached": "open+read, disk cache",
     "read_page_cache": "open+read, page cache",
 }
-
-
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _open_close(p: str) -> None:

@@ -436,13 +436,15 @@ class WanBench:
     @contextlib.contextmanager
     def measured(self, m: EncordMount, phase: str, units: int) -> Any:
         """The mount process's CPU per unit (file or MiB) over the block, as ``{phase}_mount_cpu_ms``
-        (the machine has 2 cores: CPU per file is what bounds a mount here); py-spy with ``--profile``."""
-        before = _cpu_s(m.pid)
+        (the machine has 2 cores: CPU per file is what bounds a mount here), and its context switches
+        per unit (``{phase}_mount_switches``, ``infra.switches``); py-spy with ``--profile``."""
+        before, switched = infra.cpu_s(m.pid), infra.switches(m.pid)
         with infra.profiled(
             m.pid if self.profile else None, infra.REPO / "benchmarks" / "out" / f"profile-{phase}.txt"
         ):
             yield
-        self.fig[f"{phase}_mount_cpu_ms"] = (_cpu_s(m.pid) - before) * 1000 / max(1, units)
+        self.fig[f"{phase}_mount_cpu_ms"] = (infra.cpu_s(m.pid) - before) * 1000 / max(1, units)
+        self.fig[f"{phase}_mount_switches"] = (infra.switches(m.pid) - switched) / max(1, units)
 
     # -- phases
 
@@ -595,12 +597,6 @@ class WanBench:
             direct = [_direct_4k(client, url) for url in urls[1:]]
         self.fig["wan_ttfb_direct_ms"] = statistics.median(direct) * 1000
         self.fig["wan_ttfb_ratio"] = self.fig["wan_ttfb_ms"] / self.fig["wan_ttfb_direct_ms"]
-
-
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def infra_read_whole(path: Path) -> tuple[float, int]:
