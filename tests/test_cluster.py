@@ -228,6 +228,50 @@ def test_nodes_reading_in_different_orders_sign_the_same_windows(nodes: Callable
     assert encord.calls["get_dataset"] == 1
 
 
+def test_nodes_asking_for_one_window_at_once_never_split_it(encord: FreshUrls, redis_server: RunningRedis) -> None:
+    """Two nodes that ask for the same window of 1,000 URLs at the same moment make one signing call
+    between them, not one each for the part of the window whose leases each got: a node's leases are
+    taken in one transaction (two plain pipelines of SETs interleave in Redis, 16 KiB of commands at a
+    time, and the window was split)."""
+    from encordfs.cluster.keys import Keys
+    from encordfs.cluster.link import RedisLink
+    from encordfs.cluster.signing import SharedBackend
+    from encordfs.core.counters import Counters
+
+    for i in range(1000):
+        encord.add_row(row_record(f"w{i:04d}", "ds1", f"w{i:04d}.jpg", b"w"), b"w")
+    handles = [f"item-w{i:04d}" for i in range(1000)]
+    keys = Keys(namespace("http://encord.test", "acct", False))
+    links = [RedisLink(redis_server.url, password=None, timeout_s=5, counters=Counters()) for _ in range(2)]
+    try:
+        for attempt in range(30):  # (the old pipelines split a window in 1 attempt of 5 or so)
+            redis_server.client().flushall()
+            calls = encord.calls["sign"]
+            got = _sign_at_once([SharedBackend(encord, link, keys, Counters()) for link in links], handles)
+            assert all(len(g) == 1000 for g in got) and got[0] == got[1]  # the same URLs on both nodes
+            assert encord.calls["sign"] - calls == 1, f"attempt {attempt}: the window was split"
+    finally:
+        for link in links:
+            link.close()
+
+
+def _sign_at_once(sharers: list[Any], handles: list[str]) -> list[dict[str, Any]]:
+    """What each of ``sharers`` answers for ``handles``, all asked at the same moment."""
+    start = threading.Barrier(len(sharers))
+    got: list[dict[str, Any]] = [{} for _ in sharers]
+
+    def ask(i: int) -> None:
+        start.wait(5)
+        got[i] = sharers[i].sign(handles)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(sharers))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return got
+
+
 def test_a_refused_url_is_signed_again_not_served_again(nodes: Callable[..., Node], encord: FreshUrls) -> None:
     a, b = nodes("a"), nodes("b")
     a.names(), b.names()

@@ -6,7 +6,8 @@ of signed URLs in Redis (``{ns}:u:{handle}``, PX = the URL's expiry minus the ma
 
 ``sign(handles)``
     1. ``MGET`` the handles' URLs: those present are answered (``shared.url_hits``).
-    2. For the rest, one pipeline of ``SET {ns}:ul:{handle} token NX PX`` per handle: the handles whose
+    2. For the rest, one transaction of ``SET {ns}:ul:{handle} token NX PX`` per handle (two nodes' SETs
+       never interleave: two nodes asking for one window at once do not split it): the handles whose
        lease this node got are signed in one bulk call (the backend chunks at 1,000), published, and
        their leases dropped (``shared.url_misses``, ``shared.leases_taken``).
     3. Handles leased by other nodes are waited for (``MGET`` every ``POLL_S``; ``shared.leases_waited``):
@@ -136,10 +137,13 @@ class SharedBackend:
             time.sleep(POLL_S)
 
     def _lease(self, handles: list[str]) -> list[str]:
-        """The handles whose signing lease this node got (one round trip)."""
+        """The handles whose signing lease this node got (one round trip). One transaction: Redis runs a
+        plain pipeline as its bytes arrive (16 KiB at a time), so two nodes asking for the same window at
+        once each got part of it, and each signed its part (two calls for one window)."""
         token = secrets.token_hex(8)
         got = self.link.pipeline(
-            lambda p: [p.set(self.keys.url_lease(h), token, nx=True, px=LEASE_MS) for h in handles]
+            lambda p: [p.set(self.keys.url_lease(h), token, nx=True, px=LEASE_MS) for h in handles],
+            transaction=True,
         )
         return [h for h, ok in zip(handles, got) if ok]
 
