@@ -76,9 +76,9 @@ def switches(pid: int) -> int:
 @contextlib.contextmanager
 def per_unit(pid: int, units: int, fig: dict[str, float], prefix: str) -> Any:
     """Over the block, the process's CPU and context switches per unit (a file, a MiB):
-    ``{prefix}_cpu_us`` and ``{prefix}_switches``. On the 2-core machines here a mount's CPU per file,
-    more than its wall-clock rate, says what one more reader would cost; switches say how much of it
-    went to handing work between threads."""
+    ``{prefix}_cpu_us`` and ``{prefix}_switches``. A mount shares the 2 cores here with its readers and
+    the byte server, so its CPU per file bounds its rate; switches count how often its threads blocked
+    (the GIL, a lock, a queue, a read) or were preempted."""
     cpu0, switches0 = cpu_s(pid), switches(pid)
     yield
     fig[f"{prefix}_cpu_us"] = (cpu_s(pid) - cpu0) * 1e6 / max(1, units)
