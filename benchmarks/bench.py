@@ -360,17 +360,25 @@ LISTING_TIMEOUT_S = 300.0  # one listing past this fails the run's listing figur
 
 
 def run_listing(argv: list[str]) -> None:
-    """Run a listing command to its end, killed past ``LISTING_TIMEOUT_S``. The wait blocks in
-    ``waitpid``: ``subprocess.run(timeout=...)`` polls a child without pipes with sleeps that double up
-    to 50 ms, which added up to 50 ms to every timed listing (a warm ``ls -l`` of 100k rows read
-    0.316 or 0.416 s, and nothing in between)."""
+    """Run a listing command to its end; ``TimeoutExpired`` past ``LISTING_TIMEOUT_S`` (killed), as
+    ``subprocess.run`` would. The wait blocks in ``waitpid``: ``subprocess.run(timeout=...)`` polls a
+    child without pipes with sleeps that double up to 50 ms, which added up to 50 ms to every timed
+    listing (a warm ``ls -l`` of 100k rows read 0.316 or 0.416 s, and nothing in between)."""
+    killed = threading.Event()
     with subprocess.Popen(argv, stdout=subprocess.DEVNULL) as proc:
-        killer = threading.Timer(LISTING_TIMEOUT_S, proc.kill)
+
+        def kill() -> None:
+            killed.set()
+            proc.kill()
+
+        killer = threading.Timer(LISTING_TIMEOUT_S, kill)
         killer.start()
         try:
             code = proc.wait()
         finally:
             killer.cancel()
+    if killed.is_set():
+        raise subprocess.TimeoutExpired(argv, LISTING_TIMEOUT_S)
     if code != 0:
         raise subprocess.CalledProcessError(code, argv)
 

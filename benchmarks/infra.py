@@ -74,14 +74,15 @@ def switches(pid: int) -> int:
 
 
 @contextlib.contextmanager
-def per_unit(pid: int, units: int, fig: dict[str, float], prefix: str) -> Any:
+def per_unit(pid: int, units: int, fig: dict[str, float], prefix: str, cpu_unit: str = "us") -> Any:
     """Over the block, the process's CPU and context switches per unit (a file, a MiB):
-    ``{prefix}_cpu_us`` and ``{prefix}_switches``. A mount shares the 2 cores here with its readers and
+    ``{prefix}_cpu_{cpu_unit}`` (``us`` or ``ms``) and ``{prefix}_switches``. A mount shares the 2 cores here with its readers and
     the byte server, so its CPU per file bounds its rate; switches count how often its threads blocked
     (the GIL, a lock, a queue, a read) or were preempted."""
+    scale = {"us": 1e6, "ms": 1e3}[cpu_unit]
     cpu0, switches0 = cpu_s(pid), switches(pid)
     yield
-    fig[f"{prefix}_cpu_us"] = (cpu_s(pid) - cpu0) * 1e6 / max(1, units)
+    fig[f"{prefix}_cpu_{cpu_unit}"] = (cpu_s(pid) - cpu0) * scale / max(1, units)
     fig[f"{prefix}_switches"] = (switches(pid) - switches0) / max(1, units)
 
 

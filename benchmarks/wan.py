@@ -438,13 +438,11 @@ class WanBench:
         """The mount process's CPU per unit (file or MiB) over the block, as ``{phase}_mount_cpu_ms``
         (the machine has 2 cores: CPU per file is what bounds a mount here), and its context switches
         per unit (``{phase}_mount_switches``, ``infra.switches``); py-spy with ``--profile``."""
-        before, switched = infra.cpu_s(m.pid), infra.switches(m.pid)
-        with infra.profiled(
-            m.pid if self.profile else None, infra.REPO / "benchmarks" / "out" / f"profile-{phase}.txt"
+        with (
+            infra.per_unit(m.pid, units, self.fig, f"{phase}_mount", cpu_unit="ms"),
+            infra.profiled(m.pid if self.profile else None, infra.REPO / "benchmarks" / "out" / f"profile-{phase}.txt"),
         ):
             yield
-        self.fig[f"{phase}_mount_cpu_ms"] = (infra.cpu_s(m.pid) - before) * 1000 / max(1, units)
-        self.fig[f"{phase}_mount_switches"] = (infra.switches(m.pid) - switched) / max(1, units)
 
     # -- phases
 

@@ -20,7 +20,10 @@ from encordfs.backend.memory import MemoryBackend
 from encordfs.cluster import blocks as blocks_mod
 from encordfs.cluster import folders as folders_mod
 from encordfs.cluster import link as link_mod
-from encordfs.cluster.keys import namespace
+from encordfs.cluster.keys import Keys, namespace
+from encordfs.cluster.link import RedisLink
+from encordfs.cluster.signing import SharedBackend
+from encordfs.core.counters import Counters
 from encordfs.settings import resolve
 from harness.fakes import row_record
 from harness.redis import RunningRedis
@@ -233,11 +236,6 @@ def test_nodes_asking_for_one_window_at_once_never_split_it(encord: FreshUrls, r
     between them, not one each for the part of the window whose leases each got: a node's leases are
     taken in one transaction (two plain pipelines of SETs interleave in Redis, 16 KiB of commands at a
     time, and the window was split)."""
-    from encordfs.cluster.keys import Keys
-    from encordfs.cluster.link import RedisLink
-    from encordfs.cluster.signing import SharedBackend
-    from encordfs.core.counters import Counters
-
     for i in range(1000):
         encord.add_row(row_record(f"w{i:04d}", "ds1", f"w{i:04d}.jpg", b"w"), b"w")
     handles = [f"item-w{i:04d}" for i in range(1000)]
@@ -255,7 +253,7 @@ def test_nodes_asking_for_one_window_at_once_never_split_it(encord: FreshUrls, r
             link.close()
 
 
-def _sign_at_once(sharers: list[Any], handles: list[str]) -> list[dict[str, Any]]:
+def _sign_at_once(sharers: list[SharedBackend], handles: list[str]) -> list[dict[str, Any]]:
     """What each of ``sharers`` answers for ``handles``, all asked at the same moment."""
     start = threading.Barrier(len(sharers))
     got: list[dict[str, Any]] = [{} for _ in sharers]

@@ -138,8 +138,9 @@ class SharedBackend:
 
     def _lease(self, handles: list[str]) -> list[str]:
         """The handles whose signing lease this node got (one round trip). One transaction: Redis runs a
-        plain pipeline as its bytes arrive (16 KiB at a time), so two nodes asking for the same window at
-        once each got part of it, and each signed its part (two calls for one window)."""
+        plain pipeline's commands as it reads them, between other clients' commands, so two nodes asking
+        for the same window at once each got part of it and each signed its part (two calls for one
+        window: ``test_nodes_asking_for_one_window_at_once_never_split_it``)."""
         token = secrets.token_hex(8)
         got = self.link.pipeline(
             lambda p: [p.set(self.keys.url_lease(h), token, nx=True, px=LEASE_MS) for h in handles],
