@@ -339,7 +339,7 @@ class _Item:
     crc32 has not been checked in this session, what it is charged, and the (inode, ctime) its file was
     sealed with, if any. ~400 B with its slot in ``_items``."""
 
-    __slots__ = ("name", "size_bytes", "part_bytes", "present", "unchecked", "charged_bytes", "seal")
+    __slots__ = ("name", "size_bytes", "part_bytes", "full", "present", "unchecked", "charged_bytes", "seal")
 
     def __init__(
         self,
@@ -353,6 +353,7 @@ class _Item:
         self.name = name
         self.size_bytes = layout.size_bytes
         self.part_bytes = layout.part_bytes
+        self.full = (1 << layout.part_count) - 1  # ``present`` when complete (asked at every open)
         self.present = present
         self.unchecked = unchecked  # inherited (from a previous owner, or before it was last cold): crc not checked
         self.charged_bytes = charged
@@ -368,7 +369,7 @@ class _Item:
 
     @property
     def complete(self) -> bool:
-        return self.present == (1 << self.layout.part_count) - 1
+        return self.present == self.full
 
     def has(self, index: int) -> bool:
         return index >= 0 and bool(self.present >> index & 1)
@@ -695,8 +696,9 @@ class DiskFileCache:
         except OSError:
             fd = -1
         to_verify: dict[int, tuple[int, int]] = {}
-        if unchecked and fd >= 0 and item.seal is not None:
-            if self._still_sealed(item, fd):
+        st = _fstat(fd)  # one for both the seal and the size (None: no file, or it cannot be read)
+        if unchecked and st is not None and item.seal is not None:
+            if self._still_sealed(item, st):
                 unchecked = 0
             else:  # changed since it was sealed: checked like any inherited file from now on
                 with self._lock:
@@ -708,7 +710,7 @@ class DiskFileCache:
         if unchecked:
             crcs, layout = self._crcs(name), item.layout
             to_verify = {k: (layout.part_length(k), crcs.get(k, -1)) for k in _bits(unchecked)}
-        sound = fd >= 0 and _verify_file(fd, size, part_bytes, to_verify)
+        sound = st is not None and st.st_size == size and _verify_file(fd, part_bytes, to_verify)
         with self._lock:
             current = self._items.get(name) is item
             if current and not sound:
@@ -729,7 +731,8 @@ class DiskFileCache:
             self.counters.inc("cache.corrupt_disk")
             return None
         self.counters.inc("cache.backing_opens")
-        self.counters.inc("cache.verified_bytes", sum(length for length, _ in to_verify.values()))
+        if to_verify:
+            self.counters.inc("cache.verified_bytes", sum(length for length, _ in to_verify.values()))
         return fd
 
     def complete_now(self, content_key: str, size: int) -> bool:
@@ -743,14 +746,16 @@ class DiskFileCache:
             # on the thread reading requests)
             return not item.unchecked or item.seal is not None
 
-    def _still_sealed(self, item: _Item, fd: int | None = None) -> bool:
+    def _still_sealed(self, item: _Item, st: os.stat_result | None = None) -> bool:
         """Whether an inherited item's file is the one it was sealed with (its inode and ctime unchanged):
         then every part is trusted for the session. Its first use checks, not its load: a file changed
-        after the mount started is read and checked like any other inherited one."""
-        try:
-            st = os.fstat(fd) if fd is not None else os.stat(self._path(item.name))
-        except OSError:
-            return False
+        after the mount started is read and checked like any other inherited one. ``st``: the file's
+        status, if the caller has it open (else it is looked up by name)."""
+        if st is None:
+            try:
+                st = os.stat(self._path(item.name))
+            except OSError:
+                return False
         if not item.sealed_as(st):
             return False
         with self._lock:
@@ -1711,11 +1716,21 @@ def _read_part(path: str, offset: int, length: int, crc: int | None) -> bytearra
     return data
 
 
-def _verify_file(fd: int, size: int, part_bytes: int, parts: dict[int, tuple[int, int]]) -> bool:
-    """The file is ``size`` long and each of ``parts`` (index -> (length, crc32)) reads back with its crc32."""
+def _fstat(fd: int) -> os.stat_result | None:
+    if fd < 0:
+        return None
     try:
-        if os.fstat(fd).st_size != size:
-            return False
+        return os.fstat(fd)
+    except OSError:
+        return None
+
+
+def _verify_file(fd: int, part_bytes: int, parts: dict[int, tuple[int, int]]) -> bool:
+    """Each of ``parts`` (index -> (length, crc32)) reads back with its crc32 (the caller checked the
+    file's size)."""
+    if not parts:
+        return True
+    try:
         buf = memoryview(bytearray(max((length for length, _ in parts.values()), default=0)))
         for index, (length, crc) in parts.items():
             view = buf[:length]

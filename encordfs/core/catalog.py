@@ -325,15 +325,22 @@ class _GenerationLock:
     acquire and release, so a reader that saw the same even value before and after a query read rows
     no write touched meanwhile (a commit happens before the release)."""
 
-    __slots__ = ("_lock", "generation")
+    __slots__ = ("_lock", "generation", "on_begin")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.generation = 0
+        self.on_begin: Callable[[], None] | None = None  # called as a write begins (the lock held)
 
     def __enter__(self) -> None:
         self._lock.acquire()
         self.generation += 1
+        if self.on_begin is not None:
+            try:
+                self.on_begin()
+            except BaseException:
+                self.__exit__()
+                raise
 
     def __exit__(self, *exc: object) -> None:
         self.generation += 1
@@ -347,8 +354,10 @@ class Catalog:
         # ino -> (generation, Node): nodes read since the last write (``get``). An open asks for its
         # node twice (may it wait? then the open itself): ~10 us of SQLite each on this machine kind.
         self._nodes: dict[int, tuple[int, Node | tuple[Any, ...]]] = {}
-        # Readers borrow a connection from the pool for one query (or one streamed listing).
-        self._reads = ReadPool(self._connect, POOL_SIZE)
+        # Readers borrow a connection from the pool for one query (or one streamed listing); it keeps its
+        # read transaction between queries until a write begins (see ``core.readpool``).
+        self._reads = ReadPool(self._connect, POOL_SIZE, generation=lambda: self._write_lock.generation)
+        self._write_lock.on_begin = self._reads.end_reads
         # Bumped (after commit, under the write lock) whenever a name can have changed meaning: a
         # child inserted, deleted or renamed. Path caches above compare it (``EncordFS.resolve``).
         self.version = 0
