@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import signal
 import stat
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -103,6 +105,30 @@ def test_missing_names_and_foreign_xattrs(kernel_mount: MountedFS) -> None:
     assert _errno(os.setxattr, some, "security.x", b"1") == errno.ENOTSUP
     assert _errno(os.getxattr, some, "user.encord.no_such_field") == errno.ENODATA
     assert (kernel_mount.path / ".encordfs" / "status.json").read_bytes().startswith(b"{")
+
+
+def test_a_file_opened_again_reuses_its_backing_file(kernel_mount: MountedFS) -> None:
+    """Once a file is complete in the disk cache its opens are passthrough; the first registers the
+    cache file with the kernel, the next ones keep that registration without opening it again."""
+    target = sorted(kernel_mount.path / "street-scenes" / p for p in os.listdir(kernel_mount.path / "street-scenes"))
+    row = next(p for p in target if p.is_file() and p.stat().st_size > 0)
+    want = row.read_bytes()
+
+    def counters() -> dict[str, int]:
+        status = json.loads((kernel_mount.path / ".encordfs" / "status.json").read_text())
+        return {k: status["counters"].get(k, 0) for k in ("cache.backing_opens", "cache.backing_reuses")}
+
+    deadline = time.monotonic() + 10
+    while not counters()["cache.backing_opens"] or not counters()["cache.backing_reuses"]:
+        assert time.monotonic() < deadline, counters()  # (the disk cache lands the file off the read path)
+        assert row.read_bytes() == want
+        time.sleep(0.05)
+    before = counters()
+    for _ in range(3):
+        assert row.read_bytes() == want
+    after = counters()
+    assert after["cache.backing_reuses"] == before["cache.backing_reuses"] + 3
+    assert after["cache.backing_opens"] == before["cache.backing_opens"]
 
 
 def test_setfattr_round_trip(kernel_mount: MountedFS) -> None:

@@ -696,6 +696,42 @@ def test_an_evicted_file_keeps_reading_through_an_open_fd(tmp_path: Path) -> Non
             os.close(fd)
 
 
+def test_a_backing_file_is_still_complete_until_it_goes(tmp_path: Path) -> None:
+    """``still_complete`` lets a binding keep the file it registered instead of opening it again: True
+    while the item is complete and checked in this session, and a use for the eviction order."""
+    root = tmp_path / "c"
+    with open_cache(root, capacity_bytes=3 * PART) as cache:
+        assert not cache.still_complete("f0", PART)  # nothing yet
+        for i in range(3):
+            cache.put(*whole(f"f{i}", block(i)))
+            assert cache.flush(5)
+        assert cache.complete_path("f0", PART) is not None  # an open (it makes f0 hot with one hot item too)
+        assert cache.still_complete("f0", PART) and not cache.still_complete("f0", PART + 1)
+        cache.put(*whole("f3", block(3)))  # evicts the least recently used: f1, not f0
+        assert cache.flush(5)
+        assert not cache.contains(("f1", 0)) and not cache.still_complete("f1", PART)
+        assert cache.contains(("f0", 0))
+        assert cache.counters.get("cache.backing_reuses") == 1
+    if HOT_ITEMS[0] is None:  # (with one hot item, only the last one opened is known complete without the index)
+        with open_cache(tmp_path / "d", capacity_bytes=3 * PART) as cache:
+            for i in range(3):
+                cache.put(*whole(f"f{i}", block(i)))
+                assert cache.flush(5)
+            assert all(cache.complete_path(f"f{i}", PART) for i in range(3))  # used in this order
+            assert cache.still_complete("f0", PART)  # a use: f1 is now the least recent
+            cache.put(*whole("f3", block(3)))
+            assert cache.flush(5)
+            assert cache.contains(("f0", 0)) and not cache.contains(("f1", 0))
+    with open_cache(root, capacity_bytes=3 * PART) as cache:  # inherited: once an open has checked it
+        assert not cache.still_complete("f0", PART)
+        assert cache.complete_path("f0", PART) is not None
+        assert cache.still_complete("f0", PART)
+    _flip(item_path(root, "f2"), 1)
+    with open_cache(root, capacity_bytes=3 * PART) as cache:  # damage found by the check: dropped
+        assert cache.complete_path("f2", PART) is None
+        assert not cache.still_complete("f2", PART)
+
+
 # ---------------------------------------------------------------------------------------------- tiered
 
 

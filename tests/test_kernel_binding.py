@@ -149,8 +149,8 @@ def _wrap(fs: EncordFS, served: Served) -> None:
     open_, read, release = fs.open, fs.read, fs.release
     held: dict[int, int] = {}  # fh -> the backing fd handed with it, closed at its release (as the core does)
 
-    def opened(ino: int, writable: bool) -> OpenFile:
-        result = open_(ino, writable)
+    def opened(ino: int, writable: bool, held_key: str | None = None) -> OpenFile:
+        result = open_(ino, writable, held_key)  # (the core's memory cache holds no backing file)
         local = served.backing.get(fs.node(ino).name) if ino < CONTROL_INO else None
         if local is None:
             return result

@@ -111,6 +111,9 @@ class SharedBlockCache:
     def complete_now(self, content_key: str, size: int) -> bool:
         return self.local.complete_now(content_key, size)
 
+    def still_complete(self, content_key: str, size: int) -> bool:
+        return self.local.still_complete(content_key, size)
+
     def backlogged(self, size: int) -> bool:
         return self.local.backlogged(size)
 

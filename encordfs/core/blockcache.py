@@ -224,6 +224,12 @@ class BlockCache(Protocol):
         1 MiB); False when in doubt. A binding serves such an open inline."""
         ...
 
+    def still_complete(self, content_key: str, size: int) -> bool:
+        """Whether the item's file, which ``open_complete`` handed out and checked earlier in this session,
+        still holds all ``size`` bytes as far as the cache knows (no system call); True counts as a use of
+        it, as an open would. A binding keeping that file registered with the kernel may then skip the open."""
+        ...
+
     def backlogged(self, size: int) -> bool:
         """Whether a slow tier would skip a ``put`` of ``size`` bytes now (its write queue is full)."""
         ...
@@ -309,6 +315,9 @@ class MemoryBlockCache:
         return None  # no file to back anything
 
     def complete_now(self, content_key: str, size: int) -> bool:
+        return False
+
+    def still_complete(self, content_key: str, size: int) -> bool:
         return False
 
     def backlogged(self, size: int) -> bool:
@@ -745,6 +754,16 @@ class DiskFileCache:
             # when it no longer holds, reads at most a small file to check it (a binding serves this open
             # on the thread reading requests)
             return not item.unchecked or item.seal is not None
+
+    def still_complete(self, content_key: str, size: int) -> bool:
+        name = _file_name(content_key)
+        with self._lock:
+            item = self._items.get(name)
+            if item is None or not 0 < size == item.size_bytes or not item.complete or item.unchecked:
+                return False  # evicted, dropped as damaged, or never checked in this session
+            self._note_hit_locked(name)
+        self.counters.inc("cache.backing_reuses")
+        return True
 
     def _still_sealed(self, item: _Item, st: os.stat_result | None = None) -> bool:
         """Whether an inherited item's file is the one it was sealed with (its inode and ctime unchanged):
@@ -1794,6 +1813,9 @@ class TieredBlockCache:
 
     def complete_now(self, content_key: str, size: int) -> bool:
         return self.disk.complete_now(content_key, size)
+
+    def still_complete(self, content_key: str, size: int) -> bool:
+        return self.disk.still_complete(content_key, size)
 
     def backlogged(self, size: int) -> bool:
         return self.disk.backlogged(size)

@@ -6,7 +6,8 @@ benchmarks read a single snapshot. Names are dotted by owner so components never
 - ``urls.*``    signed-URL cache (signs, urls_signed, resigns_expired, resigns_forced, hits, misses)
 - ``fetch.*``   HTTP range fetcher (requests, bytes_fetched, retries, resigns_after_error, stalls, errors)
 - ``cache.*``   block caches (hits_mem, hits_disk, misses, bytes_written, evictions_mem, evictions_disk,
-                corrupt_disk, skipped_disk, skipped_disk_backlog, write_errors, unlink_errors, backing_opens)
+                corrupt_disk, skipped_disk, skipped_disk_backlog, write_errors, unlink_errors, backing_opens,
+                backing_reuses)
 - ``reader.*``  read pipeline (reads, bytes_read, demand_fetches, readahead_fetches, budget_peak_bytes, ...)
 
 Two kinds of value: monotonically increasing counts (``inc``) and high-water marks (``set_max``).

@@ -170,6 +170,7 @@ class Reader(Protocol):
     def open(self, content_key: str, size: int, url_source: Callable[[bool], str]) -> Handle: ...
     def open_backing(self, content_key: str, size: int) -> int | None: ...
     def backing_may_wait(self, content_key: str, size: int) -> bool: ...
+    def backing_still_complete(self, content_key: str, size: int) -> bool: ...
     def probe_size(self, url_source: Callable[[bool], str]) -> int: ...
 
 
@@ -207,7 +208,8 @@ class OpenFile:
     # meanwhile). None: serve reads through ``read``.
     backing_fd: int | None = None
     # What the backing file holds (the content key): a binding may keep a file it registered for the
-    # inode while this is unchanged.
+    # inode while this is unchanged. Set with no ``backing_fd``: the file the binding holds for this
+    # content (``held_key`` of ``EncordFS.open``) is still complete in the cache; keep using it.
     backing_key: str | None = None
 
 
@@ -918,7 +920,10 @@ class EncordFS:
             self._announce(group.ino, changes)
 
     # -- reading ----------------------------------------------------------------------------------
-    def open(self, ino: int, writable: bool) -> OpenFile:
+    def open(self, ino: int, writable: bool, held_key: str | None = None) -> OpenFile:
+        """``held_key``: the content of a backing file the binding still holds for this inode (from an
+        earlier open's ``backing_key``). If it is this file's and still complete in the cache, no
+        backing file is opened: the answer carries the key alone (an open, an fstat and a close saved)."""
         if ino >= CONTROL_INO:
             return self._open_control(ino, writable)
         if is_view_ino(ino):
@@ -937,20 +942,23 @@ class EncordFS:
                 raise errors.RemoteIOError(f"{node.name}: its size is unknown and the object could not be asked")
         key, source = self._content_key(node), self._url_source(node)
         handle = self.reader.open(key, node.size, source)
-        backing_fd = None
+        backing_fd, held = None, False
         if self.backing_files:
             try:
-                backing_fd = self.reader.open_backing(key, node.size)
+                held = held_key == key and self.reader.backing_still_complete(key, node.size)
+                if not held:
+                    backing_fd = self.reader.open_backing(key, node.size)
             except BaseException:
                 handle.close()
                 raise
+        backed = backing_fd is not None or held
         # a file complete on disk is news to the prefetcher only where a stream could move
         if self.prefetcher is not None:
-            on_disk = backing_fd is not None if self.backing_files else not self.reader.backing_may_wait(key, node.size)
+            on_disk = backed if self.backing_files else not self.reader.backing_may_wait(key, node.size)
             if not on_disk or self.prefetcher.follows(node.parent):
                 self.prefetcher.opened(node.parent, node.ino, key)
         fh = self._add_handle(node, handle, backing_fd)
-        return OpenFile(fh, direct_io=False, backing_fd=backing_fd, backing_key=None if backing_fd is None else key)
+        return OpenFile(fh, direct_io=False, backing_fd=backing_fd, backing_key=key if backed else None)
 
     def _add_handle(self, node: Node | None, handle: Handle, backing_fd: int | None = None) -> int:
         with self._handles_lock:

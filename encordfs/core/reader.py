@@ -463,6 +463,11 @@ class ReadPipeline:
         (nothing is fetched here: see "Backing files")."""
         return self.cache.open_complete(content_key, size)
 
+    def backing_still_complete(self, content_key: str, size: int) -> bool:
+        """Whether a backing file ``open_backing`` gave earlier still holds the file (no system call; see
+        ``BlockCache.still_complete``)."""
+        return self.cache.still_complete(content_key, size)
+
     def backing_may_wait(self, content_key: str, size: int) -> bool:
         """Whether ``open_backing`` may wait: unless the file is known complete and checked on disk, its
         record may be read from the disk cache's index, and an inherited file that is not sealed read

@@ -60,8 +60,10 @@ another lock here) → ``_Passthrough._lock`` (a leaf; the backing ioctls are ma
 **Passthrough** (protocol 7.40+, CAP_SYS_ADMIN): when the core's ``open`` hands a backing file (an fd),
 the binding registers it (``FUSE_DEV_IOC_BACKING_OPEN``) and answers ``FOPEN_PASSTHROUGH`` with its
 id; the kernel then reads that file itself and no READ reaches Python. One backing id per inode,
-reused by later opens while the core's file holds the same content (``OpenFile.backing_key``), closed when the kernel forgets the inode and no handle uses it, when its
-content changed and no handle uses it, or at the end. Lookups are counted only for inodes with such
+reused by later opens while the core's file holds the same content (``OpenFile.backing_key``): the
+binding tells the core's ``open`` what its file holds (``held_key``), and the core opens no file when
+its cache still has that content complete. An id is closed when the kernel forgets the inode and no
+handle uses it, when its content changed and no handle uses it, or at the end. Lookups are counted only for inodes with such
 a state, so memory does not grow with what the kernel lists. Decided per inode, not per open: while
 a passthrough handle is open every open is passthrough with that id, while a cached handle is open
 none is (the kernel fails either mix with EIO), and ``FOPEN_KEEP_CACHE`` never goes with it.
@@ -358,16 +360,22 @@ class _Passthrough:
                 state.lookups -= count
                 self._drop_if_unused_locked(ino, state)
 
+    def held_key(self, ino: int) -> str | None:
+        """What the backing file registered for ``ino`` holds, if one is (for ``EncordFS.open``)."""
+        state = self._inodes.get(ino)
+        return state.key if state is not None and state.backing_id and self.usable else None
+
     def open(self, ino: int, fh: int, backing_fd: int | None, key: str | None) -> int:
         """Record an open of a regular file; the backing id to answer with (0: serve reads here). The id
-        registered for the inode is kept while the core's backing file holds the same content (``key``)."""
+        registered for the inode is kept while the core's answer names the same content (``key``; with no
+        ``backing_fd``: the core found the held file still complete)."""
         with self._lock:
             state = self._inodes.get(ino)
             if state is None:
                 state = self._inodes[ino] = _Backed()
             self._idle.pop(ino, None)
             if state.passthrough_handles == 0 and state.cached_handles == 0:  # nothing open: follow the core
-                if state.backing_id and (backing_fd is None or state.key != key or not self.usable):
+                if state.backing_id and (key is None or state.key != key or not self.usable):
                     self._close_locked(state)
                 if backing_fd is not None and self.usable and not state.backing_id:
                     state.backing_id, state.key = self._register_locked(backing_fd), key
@@ -1055,7 +1063,8 @@ class _Session:
     def _open(self, w: _Worker, unique: int, nodeid: int, arg: memoryview) -> None:
         flags, _ = abi.OPEN_IN.unpack_from(arg)
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & os.O_TRUNC)
-        opened = self.fs.open(nodeid, writable)
+        pt = self.passthrough
+        opened = self.fs.open(nodeid, writable, pt.held_key(nodeid) if pt is not None else None)
         try:
             open_flags, backing_id = self._open_mode(nodeid, opened)
         except BaseException:
