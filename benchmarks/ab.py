@@ -3,7 +3,10 @@
 ``python -m benchmarks.ab A_TREE B_TREE [--reps 3] [--small 10000] [--json FILE]`` (as root; nginx needed).
 One data set, one nginx and one emulator serve every mount; each repetition mounts tree A then tree B
 (B then A on odd repetitions) by pointing ``PYTHONPATH`` at the tree, so the machine's drift (other
-jobs on a shared VM) falls on both. Per tree and repetition:
+jobs on a shared VM) falls on both. ``PYTHONSAFEPATH`` is set too: a mount runs ``python -m encordfs``,
+which puts the current directory first on ``sys.path``, so run from a checkout (as ``-m benchmarks.ab``
+must be) every mount imported that checkout whatever ``PYTHONPATH`` said; before this, both sides of an
+A/B run from the repository were the same code. Each tree is checked to be the one imported. Per tree and repetition:
 
 - ``p1_MBps``: the big file (1 GiB) read cold through a fresh mount (P1's numerator; the direct GET it is
   divided by is the same for both trees and measured once per repetition: ``direct_MBps``);
@@ -25,6 +28,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -60,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             direct = n / secs / 1e6
             order = list(trees) if rep % 2 == 0 else list(reversed(trees))
             for name in order:
-                os.environ["PYTHONPATH"] = str(trees[name])  # the mount processes import this tree
+                use_tree(trees[name])
                 bench.log(f"repetition {rep + 1}/{args.reps}: {name}")
                 got = one_tree(b, emu, big_src, small_src, f"{rep}-{name.split(':')[0]}")
                 got["direct_MBps"] = direct
@@ -73,6 +77,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({"trees": {k: str(v) for k, v in trees.items()}, "samples": samples}, indent=2))
     return 0
+
+
+def use_tree(tree: Path) -> None:
+    """Make the mount processes started from now on import encordfs from ``tree`` (checked: a mount is
+    ``sys.executable -m encordfs`` with this environment and working directory)."""
+    os.environ["PYTHONPATH"] = str(tree)
+    os.environ["PYTHONSAFEPATH"] = "1"  # no current directory first on sys.path (python -m)
+    found = subprocess.run(
+        [sys.executable, "-c", "import encordfs; print(encordfs.__file__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    if not Path(found).resolve().is_relative_to(tree):
+        raise SystemExit(f"ab: a mount would import encordfs from {found}, not from {tree}")
 
 
 def one_tree(b: bench.Bench, emu: infra.Emulator, big_src: Path, small_src: list[Path], tag: str) -> dict[str, float]:
