@@ -6,7 +6,9 @@ One data set, one nginx and one emulator serve every mount; each repetition moun
 jobs on a shared VM) falls on both. ``PYTHONSAFEPATH`` is set too: a mount runs ``python -m encordfs``,
 which puts the current directory first on ``sys.path``, so run from a checkout (as ``-m benchmarks.ab``
 must be) every mount imported that checkout whatever ``PYTHONPATH`` said; before this, both sides of an
-A/B run from the repository were the same code. Each tree is checked to be the one imported. Per tree and repetition:
+A/B run from the repository were the same code. Each tree is checked to be the one imported.
+
+Per tree and repetition:
 
 - ``p1_MBps``: the big file (1 GiB) read cold through a fresh mount (P1's numerator; the direct GET it is
   divided by is the same for both trees and measured once per repetition: ``direct_MBps``);

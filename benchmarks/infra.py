@@ -76,9 +76,9 @@ def switches(pid: int) -> int:
 @contextlib.contextmanager
 def per_unit(pid: int, units: int, fig: dict[str, float], prefix: str, cpu_unit: str = "us") -> Any:
     """Over the block, the process's CPU and context switches per unit (a file, a MiB):
-    ``{prefix}_cpu_{cpu_unit}`` (``us`` or ``ms``) and ``{prefix}_switches``. A mount shares the 2 cores here with its readers and
-    the byte server, so its CPU per file bounds its rate; switches count how often its threads blocked
-    (the GIL, a lock, a queue, a read) or were preempted."""
+    ``{prefix}_cpu_{cpu_unit}`` (``us`` or ``ms``) and ``{prefix}_switches``. A mount shares the 2 cores
+    here with its readers and the byte server, so its CPU per file bounds its rate; switches count how
+    often its threads blocked (the GIL, a lock, a queue, a read) or were preempted."""
     scale = {"us": 1e6, "ms": 1e3}[cpu_unit]
     cpu0, switches0 = cpu_s(pid), switches(pid)
     yield

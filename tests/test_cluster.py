@@ -242,7 +242,7 @@ def test_nodes_asking_for_one_window_at_once_never_split_it(encord: FreshUrls, r
     keys = Keys(namespace("http://encord.test", "acct", False))
     links = [RedisLink(redis_server.url, password=None, timeout_s=5, counters=Counters()) for _ in range(2)]
     try:
-        for attempt in range(30):  # (the old pipelines split a window in 1 attempt of 5 or so)
+        for attempt in range(30):  # (plain pipelines split a window at attempts 7, 12 and 0 of three runs)
             redis_server.client().flushall()
             calls = encord.calls["sign"]
             got = _sign_at_once([SharedBackend(encord, link, keys, Counters()) for link in links], handles)

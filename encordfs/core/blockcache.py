@@ -380,6 +380,10 @@ class _Item:
     def complete(self) -> bool:
         return self.present == self.full
 
+    def holds_all(self, size: int) -> bool:
+        """Whether the item is complete and ``size`` is its size (another size is another content)."""
+        return 0 < size == self.size_bytes and self.present == self.full
+
     def has(self, index: int) -> bool:
         return index >= 0 and bool(self.present >> index & 1)
 
@@ -696,7 +700,7 @@ class DiskFileCache:
                 return None
             if self._items.get(name) is not item:
                 return _COOLED
-            if size <= 0 or item.size_bytes != size or not item.complete:
+            if not item.holds_all(size):
                 return None
             unchecked = item.unchecked
             part_bytes = item.part_bytes
@@ -747,7 +751,7 @@ class DiskFileCache:
     def complete_now(self, content_key: str, size: int) -> bool:
         with self._lock:
             item = self._items.get(_file_name(content_key))
-            if item is None or not 0 < size == item.size_bytes or not item.complete:
+            if item is None or not item.holds_all(size):
                 return False
             # inherited: sealed is enough. ``open_complete`` checks the seal on the fd it opens (one fstat,
             # no path lookup here: with the dentry cache cold that was a directory read per file) and,
@@ -759,7 +763,7 @@ class DiskFileCache:
         name = _file_name(content_key)
         with self._lock:
             item = self._items.get(name)
-            if item is None or not 0 < size == item.size_bytes or not item.complete or item.unchecked:
+            if item is None or not item.holds_all(size) or item.unchecked:
                 return False  # evicted, dropped as damaged, or never checked in this session
             self._note_hit_locked(name)
         self.counters.inc("cache.backing_reuses")

@@ -19,8 +19,9 @@ grows instead of wrapping. So the owner calls ``end_reads`` when a write begins 
 lock): the idle connections end theirs, and the ones lent out end theirs when they come back.
 
 Threads: connections are opened with ``check_same_thread=False`` by the caller's ``connect`` and used by
-one thread at a time; the idle ones are a list under a lock (a ``queue.Queue`` cost ~1.5 µs per query in
-its Condition, against ~0.3 µs). After ``close`` a connection given back is closed.
+one thread at a time; the idle ones are a list under a lock (a take and a give: 1.50 µs through a
+``queue.LifoQueue``'s Condition, 0.36 µs this way, ``timeit`` here). After ``close`` a connection given
+back is closed.
 """
 
 from __future__ import annotations

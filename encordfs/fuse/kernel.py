@@ -63,10 +63,11 @@ id; the kernel then reads that file itself and no READ reaches Python. One backi
 reused by later opens while the core's file holds the same content (``OpenFile.backing_key``): the
 binding tells the core's ``open`` what its file holds (``held_key``), and the core opens no file when
 its cache still has that content complete. An id is closed when the kernel forgets the inode and no
-handle uses it, when its content changed and no handle uses it, or at the end. Lookups are counted only for inodes with such
-a state, so memory does not grow with what the kernel lists. Decided per inode, not per open: while
-a passthrough handle is open every open is passthrough with that id, while a cached handle is open
-none is (the kernel fails either mix with EIO), and ``FOPEN_KEEP_CACHE`` never goes with it.
+handle uses it, when its content changed and no handle uses it, or at the end. Lookups are counted
+only for inodes with such a state, so memory does not grow with what the kernel lists. Decided per
+inode, not per open: while a passthrough handle is open every open is passthrough with that id, while
+a cached handle is open none is (the kernel fails either mix with EIO), and ``FOPEN_KEEP_CACHE`` never
+goes with it.
 """
 
 from __future__ import annotations
