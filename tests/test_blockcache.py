@@ -33,8 +33,10 @@ from encordfs.core.blockcache import (
     FileLayout,
     MemoryBlockCache,
     TieredBlockCache,
+    _address,
     _file_name,
     _pwrite_all,
+    aligned_bytearray,
 )
 from encordfs.core.counters import Counters
 from encordfs.errors import Busy, InvalidValue
@@ -1017,6 +1019,41 @@ def test_big_files_are_written_direct_and_read_back_exactly(tmp_path: Path) -> N
         path = cache.complete_path("big", len(big))
         assert path is not None and Path(path).read_bytes() == big
         assert cache.get(("big", 5)) == big[5 * PART :]
+
+
+def test_aligned_buffers_are_zeroed_and_start_on_a_block_boundary() -> None:
+    for size in (1, 4096, 4097, 3 * 4096 + 5, 1 << 20, 8 << 20):
+        buf = aligned_bytearray(size)
+        assert len(buf) == size and not any(buf[:64]) and not any(buf[-64:])
+        buf[-1] = 7  # writable to its last byte, and its storage stays where it is
+        assert buf[-1] == 7
+        assert size <= 4096 or not _address(buf) % 4096  # (at most one block: plain, never written direct)
+
+
+def test_aligned_parts_are_written_direct_without_a_copy(tmp_path: Path) -> None:
+    """A part fetched into an ``aligned_bytearray`` (the reader does so for big files) goes to O_DIRECT
+    as it is: the writer's aligned copy is never made. A last part that is not whole 4 KiB blocks, or a
+    part in any other buffer, still goes through that copy."""
+    big = content(23, 4 * PART + 100)
+    sources: list[str] = []
+
+    def spy(fd: int, data: Any, offset: int) -> None:
+        sources.append(type(data).__name__)  # the part itself, or a view of the writer's copy
+        _pwrite_all(fd, data, offset)
+
+    with open_cache(tmp_path / "c", direct_min_bytes=PART, write_part=spy) as cache:
+        layout = FileLayout(len(big), PART)
+        for k in range(5):
+            piece = big[k * PART : (k + 1) * PART]
+            buf = aligned_bytearray(len(piece)) if k != 3 else bytearray(len(piece))
+            buf[:] = piece
+            cache.put(("big", k), buf, layout)
+            assert cache.flush(10)
+        assert sources == ["bytearray", "bytearray", "bytearray", "memoryview", "memoryview"]
+        assert cache.counters.get("cache.direct_bytes") == len(big)
+        path = cache.complete_path("big", len(big))
+        assert path is not None and Path(path).read_bytes() == big
+        assert cache.get(("big", 2)) == big[2 * PART : 3 * PART]
 
 
 def test_a_filesystem_that_refuses_direct_writes_gets_buffered_ones(

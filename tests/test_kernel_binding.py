@@ -427,6 +427,32 @@ def test_no_passthrough_option_serves_every_read(serve: Callable[..., Served]) -
     assert served.status() == {"enabled": False, "opens": 0, "backing_ids": 0, "inodes": 0}
 
 
+def test_a_read_answered_from_memory_is_answered_once(serve: Callable[..., Served]) -> None:
+    """A READ whose bytes the core holds in memory is answered on the thread that read it (``read_held``)
+    and only there: it used to be served a second time through ``read``, its second reply refused by
+    the kernel, for twice the work."""
+    served = serve(passthrough=False)
+    path = served.path / "street" / "a.jpg"
+    held: list[int] = []
+    read_held = served.fs.read_held
+
+    def counted_held(fh: int, offset: int, length: int) -> Any:
+        data = read_held(fh, offset, length)
+        if data is not None:
+            held.append(len(data))
+        return data
+
+    served.fs.read_held = counted_held  # type: ignore[method-assign]
+    assert _read(path) == CONTENT["a.jpg"]  # (fetched: now in the core's memory cache)
+    with open(path, "rb") as f:
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)  # the kernel asks again
+    held.clear()
+    reads = served.reads
+    assert _read(path) == CONTENT["a.jpg"]
+    assert sum(held) == len(CONTENT["a.jpg"])
+    assert served.reads == reads
+
+
 def _xattr_call(func: str, path: Path, size: int, name: str | None = None) -> tuple[int, int]:
     """(result, errno) of libc getxattr/listxattr with a ``size``-byte buffer (0: the size probe)."""
     libc = ctypes.CDLL(None, use_errno=True)

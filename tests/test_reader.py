@@ -389,9 +389,7 @@ def test_a_part_whose_fetch_just_failed_fails_again_at_once(
     assert read_all(pipeline, "g:1", size, plain_source(server, "f")) == server.blobs["f"]
 
 
-def test_read_held_answers_only_from_memory_and_only_for_small_files(
-    server: ByteServer, make_pipeline: Callable[..., ReadPipeline]
-) -> None:
+def test_read_held_answers_only_from_memory(server: ByteServer, make_pipeline: Callable[..., ReadPipeline]) -> None:
     """What the kernel binding answers on the thread that reads requests: a small file's bytes held in
     memory, never a fetch; None otherwise (the read then goes the normal way)."""
     small, big = 20 * KiB, 200 * KiB
@@ -410,7 +408,44 @@ def test_read_held_answers_only_from_memory_and_only_for_small_files(
     assert read_all(pipeline, "b:1", big, plain_source(server, "b")) == server.blobs["b"]
     handle = pipeline.open("b:1", big, plain_source(server, "b"))
     try:
-        assert handle.read_held(0, 4 * KiB) is None  # a big file always reads the normal way
+        assert handle.read_held(0, 4 * KiB) is None  # a big file's handle holds no part yet
+    finally:
+        handle.close()
+
+
+def test_read_held_serves_a_big_file_from_the_parts_readahead_fetched(
+    server: ByteServer, make_pipeline: Callable[..., ReadPipeline]
+) -> None:
+    """A big file's bytes are held once its handle has their whole part (readahead fetched it):
+    ``read_held`` answers them without a GET and keeps the stream going (readahead, dropping what is
+    behind), so a sequential reader that tries it first reads the file with every byte fetched once.
+    A range past what is fetched, or across two parts, is None: ``read`` waits for it."""
+    part, big = 64 * KiB, 1024 * KiB
+    server.add("b", data_of(34, big))
+    pipeline = make_pipeline()
+    handle = pipeline.open("b:1", big, plain_source(server, "b"))
+    try:
+        assert handle.read_held(0, 16 * KiB) is None
+        out, held = bytearray(), 0
+        while len(out) < big:
+            piece = handle.read_held(len(out), 16 * KiB)
+            if piece is None:
+                piece = handle.read(len(out), 16 * KiB)
+            else:
+                held += 1
+            out += piece
+            if len(out) == 4 * part:  # a range across two parts is never answered from one (nor noted)
+                assert handle.read_held(5 * part - 8 * KiB, 16 * KiB) is None
+        assert bytes(out) == server.blobs["b"]
+        assert held >= (big // part - 2) * 3  # past the ramp, every read of a part but its first
+        assert pipeline.counters.get("reader.reads_held") == held
+        assert pipeline.counters.get("reader.bytes_read") == big  # each read counted once
+        fetched = 0
+        for hit in server.hits("b"):
+            first, last = (int(x) for x in (hit.range or "").removeprefix("bytes=").split("-"))
+            fetched += last - first + 1
+        assert fetched <= big + pipeline.initial_window  # the ramp's requests, then each part once
+        assert handle.read_held(big, 4 * KiB) is None  # at EOF: ``read`` answers b""
     finally:
         handle.close()
 

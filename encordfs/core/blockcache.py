@@ -1134,6 +1134,17 @@ class DiskFileCache:
         (the caller cuts a padded last part back); False if the filesystem refused (then ``fd`` is
         buffered again, and nothing was written)."""
         length = len(data)
+        if not length % _DIRECT_ALIGN and _aligned(data):
+            try:  # a part fetched into an ``aligned_bytearray``: straight from it, no copy
+                self._write_part(fd, data, offset)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self._direct_refused(exc)
+                fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+                return False
+            self.counters.inc("cache.direct_bytes", length)
+            return True
         padded = -(-length // _DIRECT_ALIGN) * _DIRECT_ALIGN
         buf = self._direct_buf
         if buf is None or len(buf) < padded:
@@ -1697,6 +1708,29 @@ def spread_subdirs(path: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def aligned_bytearray(length: int) -> bytearray:
+    """A zeroed ``bytearray`` of ``length`` bytes whose first byte is on a 4 KiB boundary, so that the disk
+    cache can write it with ``O_DIRECT`` as it is (a big file's parts are fetched into these) instead of
+    copying it into its aligned buffer first. Over-allocates by 4 KiB and drops the head: deleting a
+    bytearray's first bytes only moves its start (no copy), and trimming its tail keeps its storage
+    while it keeps at least half of it, hence only above 4 KiB (smaller ones are plain)."""
+    if length <= _DIRECT_ALIGN:
+        return bytearray(length)
+    buf = bytearray(length + _DIRECT_ALIGN)
+    del buf[: -_address(buf) % _DIRECT_ALIGN]
+    del buf[length:]
+    return buf
+
+
+def _address(buf: bytearray) -> int:
+    return ctypes.addressof(ctypes.c_char.from_buffer(buf))
+
+
+def _aligned(data: Block) -> bool:
+    """Whether ``data`` starts on an ``O_DIRECT`` boundary (bytes cannot be exported writable: never)."""
+    return isinstance(data, bytearray) and bool(data) and not _address(data) % _DIRECT_ALIGN
 
 
 def _pwrite_all(fd: int, data: Block | memoryview, offset: int) -> None:

@@ -92,7 +92,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 
-from encordfs.core.blockcache import Block, BlockCache, BlockKey, FileLayout
+from encordfs.core.blockcache import Block, BlockCache, BlockKey, FileLayout, aligned_bytearray
 from encordfs.core.counters import Counters
 from encordfs.core.fetch import RangeFetcher
 from encordfs.core.link import LinkEstimate
@@ -108,6 +108,8 @@ MiB = 1 << 20
 _FAILURES_KEPT = 4096  # parts whose failure is remembered (``failure_memory_s``), most recent
 # Bandwidth-delay products kept in flight by a sequential stream (``ReadPipeline._readahead_limits``).
 LINK_ROUNDS = 8
+# Parts at least this big are fetched into buffers the disk cache can write with O_DIRECT without a copy.
+_ALIGNED_MIN_BYTES = MiB
 
 
 class MemoryBudget:
@@ -678,7 +680,7 @@ class ReadPipeline:
     def _fetch(self, url_source: UrlSource, start: int, end: int, total: int, background: bool = False) -> bytearray:
         """Bytes ``[start, end)`` of a file the catalog says is ``total`` bytes long (an object that grew
         or shrank on the server is ``Stale``, never served cut or padded)."""
-        buf = bytearray(end - start)
+        buf = aligned_bytearray(end - start) if end - start >= _ALIGNED_MIN_BYTES else bytearray(end - start)
         fetcher = self.background_fetcher if background else self.fetcher
         fetcher.fetch_into(url_source, start, memoryview(buf), total=total)
         return buf
@@ -690,7 +692,7 @@ class _RampPart:
     def __init__(self, index: int, start: int, length: int) -> None:
         self.index = index
         self.start = start
-        self.buf = bytearray(length)
+        self.buf = aligned_bytearray(length) if length >= _ALIGNED_MIN_BYTES else bytearray(length)
         self._spans: list[list[int]] = []  # arrived ranges relative to ``start``, sorted, merged
 
     def add(self, start: int, data: memoryview) -> bool:
@@ -785,11 +787,14 @@ class ReadHandle:
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def read_held(self, offset: int, length: int) -> bytes | memoryview | None:
-        """``read`` of a small file whose bytes are in memory now (the cache's memory tier, or a disk
-        write not landed yet), without waiting for anything; None when they are not (or the file is not
-        small): then ``read`` it. A binding answers such a read on the thread that read the request."""
-        if not self._small or offset < 0 or length < 0 or self._closed:
+        """``read`` without waiting for anything: the bytes of a small file in memory now (the cache's
+        memory tier, or a disk write not landed yet), or of a big file's part that this handle holds
+        fetched (``_read_fetched``); None when they are not: then ``read`` it. A binding answers such a
+        read on the thread that read the request."""
+        if offset < 0 or length < 0 or self._closed:
             return None
+        if not self._small:
+            return self._read_fetched(offset, length)
         block = self._p.cache.held((self.content_key, 0))
         if block is None or len(block) != self.size:
             return None
@@ -797,6 +802,31 @@ class ReadHandle:
         self._p.counters.inc("reader.reads_held")
         self._p.counters.inc("reader.bytes_read", max(0, end - offset))
         return memoryview(block)[offset:end] if offset < end else b""
+
+    def _read_fetched(self, offset: int, length: int) -> memoryview | None:
+        """``read_held`` of a big file: the bytes when one whole part this handle holds has them
+        already (fetched by readahead), with ``read``'s bookkeeping (stream detection, readahead,
+        dropping what is behind); else None."""
+        end = min(offset + length, self.size)
+        if offset >= end:
+            return None
+        with self._lock:
+            if self._closed:
+                return None
+            segment = self._find_locked(offset)
+            if segment is None or segment.part is None or segment.end < end or not segment.future.done():
+                return None
+            if segment.failed():
+                return None  # ``read`` lets go of it and asks anew
+            self._note_access_locked(offset)
+            self._schedule_readahead_locked(end)
+            self._last_end = end
+            if self._sequential:
+                self._drop_behind_locked(end - self._p.seek_back_bytes)
+        data = segment.future.result()
+        self._p.counters.inc("reader.reads_held")  # (``reader.reads`` counts the reads that may wait)
+        self._p.counters.inc("reader.bytes_read", end - offset)
+        return memoryview(data)[offset - segment.start : end - segment.start]
 
     def close(self) -> None:
         with self._lock:
