@@ -678,6 +678,41 @@ def test_small_files_are_sealed_in_batches_while_idle_and_unsealed_ones_are_chec
         assert cache.counters.get("cache.verified_bytes") == 0
 
 
+def test_a_batch_is_sealed_beside_the_writer_and_only_as_it_was_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sealing a batch of small files (its syncfs) runs beside the writer: files queued meanwhile land
+    without waiting for it. A file changed after its seal was read is not trusted by that seal: its
+    next owner checks it, and finds the change."""
+    syncing, gate = threading.Event(), threading.Event()
+    real_syncfs = blockcache._syncfs
+
+    def held_syncfs(path: str) -> None:
+        syncing.set()
+        assert gate.wait(10)
+        real_syncfs(path)
+
+    monkeypatch.setattr(blockcache, "_syncfs", held_syncfs)
+    root = tmp_path / "c"
+    with open_cache(root, seal_batch_interval_s=0) as cache:
+        for i in range(3):
+            cache.put(*whole(f"s{i}", block(i)))
+        assert syncing.wait(10)  # a batch is being sealed; its syncfs waits
+        with open(item_path(root, "s1"), "r+b") as f:  # changed after the seal read it
+            f.write(b"\xee")
+        for i in range(3, 6):
+            cache.put(*whole(f"s{i}", block(i)))
+        assert cache.flush(10)  # landed while the syncfs still waits
+        gate.set()
+    assert cache.counters.get("cache.sealed_files") == 6  # the first three, then the rest at close
+    with open_cache(root) as cache:
+        for i in (0, 2, 3, 4, 5):
+            assert cache.complete_path(f"s{i}", PART) is not None
+        assert cache.counters.get("cache.verified_bytes") == 0  # trusted as sealed, unread
+        assert cache.complete_path("s1", PART) is None  # its seal does not match: read, found damaged
+        assert cache.counters.get("cache.corrupt_disk") == 1
+
+
 def test_an_evicted_file_keeps_reading_through_an_open_fd(tmp_path: Path) -> None:
     root = tmp_path / "c"
     data = content(8, 2 * PART)
