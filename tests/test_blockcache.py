@@ -902,14 +902,19 @@ def test_the_disk_cache_holds_no_memory_per_file_beyond_its_hot_set(tmp_path: Pa
     """Issue 14.3: an epoch over a million files held ~850 MB of per-file records. The index lives in
     index.sqlite; memory holds at most ``max_hot_items`` items, whatever the number of files cached."""
     hot = 500
-    # (files waiting for their seal are named in memory until the next batch: at most 4096 of them, for at
-    # most ``seal_batch_interval_s``; here the writer seals whenever it is idle)
-    with open_cache(tmp_path / "c", capacity_bytes=1 << 30, max_hot_items=hot, seal_batch_interval_s=0) as cache:
+    # (files waiting for their seal are named in memory until the next batch: at most 65,536 of them, ~10 MB,
+    # while the writer is busy; here it seals whenever its queue runs empty)
+    with open_cache(
+        tmp_path / "c", capacity_bytes=1 << 30, max_hot_items=hot, seal_batch_interval_s=0, seal_idle_s=0
+    ) as cache:
 
         def fill(first: int, last: int) -> None:
             for i in range(first, last):
                 cache.put((f"item-{i:08d}:16:1700000000.000000", 0), b"%016d" % i, FileLayout(16, 16), wait=True)
             assert cache.flush(60)
+            deadline = time.monotonic() + 60
+            while cache.counters.get("cache.sealed_files") < last and time.monotonic() < deadline:
+                time.sleep(0.05)  # every batch sealed: the names it held are let go
             cache.lookup(("item-00000000:16:1700000000.000000", 0))  # a cold read (its writer commits meanwhile)
             time.sleep(0.3)  # the writer commits its last changes once idle: then they may go cold
 
