@@ -281,7 +281,10 @@ def test_concurrent_readers_of_a_folder_sign_in_full_batches(tmp_path: Path) -> 
         for t in threads:
             t.join()
         assert not errors_seen
-        assert backend.calls["sign"] <= 6, backend.calls["sign"]  # 4 full batches, a little slack
+        # 4 full batches, and at most one more per reader: its first read may start a batch before it sees
+        # another's (5-7 here, 7 once in CI, with or without ``is_pending``: the cache's ``prime`` leaves
+        # in-flight items out too); signing a reader's files one by one, or in small batches, is far more
+        assert backend.calls["sign"] <= 8, backend.calls["sign"]
     finally:
         fs.close()
         reader.close()
