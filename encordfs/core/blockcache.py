@@ -83,12 +83,13 @@ Sealed files
     and any change to the file since -- a write, a truncate, a copy or restore over it, a chmod -- sets
     a new ctime, which nobody can set back. What a seal does not catch is the disk itself rotting bits
     under an unchanged inode. Smaller files are sealed in batches: once it has landed nothing for
-    ``seal_idle_s``, at most every ``seal_batch_interval_s``, and at close, the writer hands the small files completed (or checked whole
-    at open) since the last batch to a thread of their own, which reads each one's inode and ctime, makes
-    one ``syncfs`` of the cache's filesystem and records them (``_seal_batch`` says why in that order);
-    the writer goes on landing parts meanwhile. A sync in the middle of a stream of cold small files
-    (every 5 s, on the writer's thread) held the writer 100-300 ms each time: the queue filled and
-    prefetch stopped (1,033 of 10,000 files fetched again on demand, ``benchmarks`` P2). Checking each at its first open instead reads it whole in Python (a passthrough open, which
+    ``seal_idle_s``, at most every ``seal_batch_interval_s``, and at close, the writer hands the small
+    files completed (or checked whole at open) since the last batch to a thread of their own, which
+    reads each one's inode and ctime, makes one ``syncfs`` of the cache's filesystem and records them
+    (``_seal_batch`` says why in that order); the writer goes on landing parts meanwhile. A sync in the
+    middle of a stream of cold small files (every 5 s, on the writer's thread) held the writer 100-300
+    ms each time: the queue filled and prefetch stopped (1,033-1,449 of 10,000 files fetched again on
+    demand in P2 runs). Checking each at its first open instead reads it whole in Python (a passthrough open, which
     then lets the kernel read it again: a warm epoch of 100 KiB files measured slower with passthrough
     than without, until this); an fsync per small file costs a journal commit each. A crash before the
     batch leaves those files unsealed: checked at their next first open, as before.
@@ -1145,39 +1146,37 @@ class DiskFileCache:
         return os.open(path, flags, 0o600), False
 
     def _write_direct(self, fd: int, data: Block, offset: int) -> bool:
-        """Write ``data`` at ``offset`` through the page-aligned buffer, padded to whole blocks with zeros
-        (the caller cuts a padded last part back); False if the filesystem refused (then ``fd`` is
-        buffered again, and nothing was written)."""
+        """Write ``data`` at ``offset`` with O_DIRECT: as it is when it is whole 4 KiB blocks starting on a
+        boundary (an ``aligned_bytearray``), else through the page-aligned buffer, padded to whole blocks
+        with zeros (the caller cuts a padded last part back); False if the filesystem refused (then
+        ``fd`` is buffered again, and nothing was written)."""
         length = len(data)
-        if not length % _DIRECT_ALIGN and _aligned(data):
-            try:  # a part fetched into an ``aligned_bytearray``: straight from it, no copy
-                self._write_part(fd, data, offset)
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:
-                    raise
-                self._direct_refused(exc)
-                fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
-                return False
-            self.counters.inc("cache.direct_bytes", length)
-            return True
-        padded = -(-length // _DIRECT_ALIGN) * _DIRECT_ALIGN
-        buf = self._direct_buf
-        if buf is None or len(buf) < padded:
-            if buf is not None:
-                buf.close()
-            buf = self._direct_buf = mmap.mmap(-1, padded)
-        buf[:length] = data
-        if padded > length:
-            buf[length:padded] = bytes(padded - length)
+        staged: list[memoryview] = []  # views of the writer's buffer, released after the write
+        source: Block | memoryview = data  # an aligned part goes as it is: no copy
+        if length % _DIRECT_ALIGN or not _aligned(data):
+            padded = -(-length // _DIRECT_ALIGN) * _DIRECT_ALIGN
+            buf = self._direct_buf
+            if buf is None or len(buf) < padded:
+                if buf is not None:
+                    buf.close()
+                buf = self._direct_buf = mmap.mmap(-1, padded)
+            buf[:length] = data
+            if padded > length:
+                buf[length:padded] = bytes(padded - length)
+            staged.append(memoryview(buf))
+            source = staged[0][:padded]
+            staged.append(source)
         try:
-            with memoryview(buf) as view:
-                self._write_part(fd, view[:padded], offset)
+            self._write_part(fd, source, offset)
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
             self._direct_refused(exc)
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
             return False
+        finally:
+            for view in reversed(staged):
+                view.release()  # (the buffer can be closed, to grow it, only without exports)
         self.counters.inc("cache.direct_bytes", length)
         return True
 

@@ -1026,7 +1026,8 @@ class EncordFS:
 
     def read_held(self, fh: int, offset: int, length: int) -> bytes | memoryview | None:
         """``read`` when it cannot wait: bytes held in memory now (a small file's, or a fetched part of a
-        big file's), else None (then call ``read``, which may fetch). Never raises for a handle that is gone: ``read`` says so."""
+        big file's), else None (then call ``read``, which may fetch). Never raises for a handle that is
+        gone: ``read`` says so."""
         entry = self._handles.get(fh)
         return entry[1].read_held(offset, length) if entry is not None else None
 

@@ -112,6 +112,10 @@ LINK_ROUNDS = 8
 _ALIGNED_MIN_BYTES = MiB
 
 
+def _part_buffer(length: int) -> bytearray:
+    return aligned_bytearray(length) if length >= _ALIGNED_MIN_BYTES else bytearray(length)
+
+
 class MemoryBudget:
     """Bytes of read buffers in flight or held, across all handles; never exceeds ``capacity_bytes``."""
 
@@ -680,7 +684,7 @@ class ReadPipeline:
     def _fetch(self, url_source: UrlSource, start: int, end: int, total: int, background: bool = False) -> bytearray:
         """Bytes ``[start, end)`` of a file the catalog says is ``total`` bytes long (an object that grew
         or shrank on the server is ``Stale``, never served cut or padded)."""
-        buf = aligned_bytearray(end - start) if end - start >= _ALIGNED_MIN_BYTES else bytearray(end - start)
+        buf = _part_buffer(end - start)
         fetcher = self.background_fetcher if background else self.fetcher
         fetcher.fetch_into(url_source, start, memoryview(buf), total=total)
         return buf
@@ -692,7 +696,7 @@ class _RampPart:
     def __init__(self, index: int, start: int, length: int) -> None:
         self.index = index
         self.start = start
-        self.buf = aligned_bytearray(length) if length >= _ALIGNED_MIN_BYTES else bytearray(length)
+        self.buf = _part_buffer(length)
         self._spans: list[list[int]] = []  # arrived ranges relative to ``start``, sorted, merged
 
     def add(self, start: int, data: memoryview) -> bool:
@@ -816,8 +820,8 @@ class ReadHandle:
             segment = self._find_locked(offset)
             if segment is None or segment.part is None or segment.end < end or not segment.future.done():
                 return None
-            if segment.failed():
-                return None  # ``read`` lets go of it and asks anew
+            if segment.failed():  # (``read`` lets go of it and asks anew)
+                return None
             self._note_access_locked(offset)
             self._schedule_readahead_locked(end)
             self._last_end = end
