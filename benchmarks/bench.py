@@ -35,8 +35,11 @@ Figures
                      under the VM caches too: a second read is faster), best of each.
     P2_*             N × 100 KiB with 8 reader threads: mount files/s ÷ direct httpx GETs of pre-signed URLs
                      (8 threads, one pooled client) / the naive SDK loop (``refetch_data(signed_url=True)``
-                     + GET per row, on a subset) / ``rclone mount`` of the nginx (http backend).
-    P3               warm epoch from the disk cache (remount, page cache dropped) ÷ local disk.
+                     + GET per row, on a subset) / ``rclone mount`` of the nginx (http backend). The
+                     mount (a cold cache each time), the direct GETs and rclone run twice, the second
+                     round in reverse order; the median (here the mean) of each.
+    P3               warm epoch from the disk cache (remount, page cache dropped) ÷ local disk: the median
+                     of the ratios of 3 rounds, in alternating order.
     P4               Encord API calls (emulator's count) per 1,000 cold file reads: from before the mount
                      starts to the end of the P2 read phase, listing included.
     P4_legacy        the same for rows without a storage item: the small files imported into a second
@@ -105,7 +108,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,10 +161,14 @@ class Sizes:
     cluster_files: int
     cluster_join_rows: int
     cp_files: int = 2_000
+    small_reps: int = 2  # P2: rounds of mount, direct GETs and rclone, in alternating order
+    warm_reps: int = 3  # P3: rounds of the warm epoch and local disk, in alternating order
 
 
 FULL = Sizes(1 << 30, 10_000, 100 * 1024, 3, 1_000, 500, 2_000, 100_000, 1_000_000, 8, 2_000, 1_000_000)
-QUICK = Sizes(256 * MiB, 2_000, 100 * 1024, 2, 200, 200, 500, 20_000, 100_000, 4, 500, 100_000)
+QUICK = Sizes(
+    256 * MiB, 2_000, 100 * 1024, 2, 200, 200, 500, 20_000, 100_000, 4, 500, 100_000, small_reps=1, warm_reps=1
+)
 
 # name -> (direction, goal): ">=" figures must reach the goal, "<=" ones must stay under it.
 GOALS: dict[str, tuple[str, float]] = {
@@ -949,42 +956,68 @@ class Bench:
     def phase_small(
         self, emu: infra.Emulator, small_src: list[Path], urls: list[str], ds_hash: str, nginx_url: str
     ) -> Path:
+        """P2, P4. The mount, the direct GETs and rclone each run ``small_reps`` times, the order
+        reversed every other round (a shared VM's slow minutes then land on each of them alike); each
+        figure is the median of its runs. The mount's first run gives P4, its CPU and counters."""
         n = len(small_src)
+        rates: dict[str, list[float]] = {"mount": [], "direct": [], "rclone": []}
+        blob_names = [u.split("?", 1)[0].rsplit("/", 1)[1] for u in urls]
+        has_rclone = shutil.which("rclone") is not None
+        if not has_rclone:
+            self.notes.append("P2_rclone skipped: rclone is not installed (benchmarks/run installs it)")
         cache_dir = self.work / "cache-small"
-        log(f"P2 small files through encordfs ({n} files, {THREADS} threads)")
-        calls0 = emu.api_calls()
-        with mounted(lambda: self.mount(emu, cache_dir)) as m:
-            names = os.listdir(m.path / "small")
-            paths = [m.path / "small" / p.name for p in small_src]
-            assert len(names) == n
-            with self.spy(m, "small"), infra.per_unit(m.pid, n, self.fig, "P2_mount"):
-                secs, total = read_parallel(paths)
-            calls = emu.api_calls() - calls0
-            self.snapshot_counters(m, "small")
-            self.verify(paths[:: max(1, n // 25)], small_src[:: max(1, n // 25)])
-        assert total == n * self.sizes.small_bytes
-        self.fig["P2_mount_files_s"] = n / secs
-        self.fig["P4"] = calls / (n / 1000)
 
-        log("P2 direct parallel GETs of pre-signed URLs")
-        secs, total = infra.get_parallel(urls, THREADS)
-        assert total == n * self.sizes.small_bytes
-        self.fig["P2_direct_files_s"] = n / secs
+        def through_mount(rep: int) -> float:
+            nonlocal cache_dir
+            log(f"P2 small files through encordfs ({n} files, {THREADS} threads), round {rep + 1}")
+            if rep:  # a cold cache again; the last round's is the one P3 remounts
+                shutil.rmtree(cache_dir, ignore_errors=True)
+            calls0 = emu.api_calls()
+            with mounted(lambda: self.mount(emu, cache_dir)) as m:
+                names = os.listdir(m.path / "small")
+                paths = [m.path / "small" / p.name for p in small_src]
+                assert len(names) == n
+                spy = self.spy(m, "small") if rep == 0 else contextlib.nullcontext()
+                cpu: dict[str, float] = {}
+                with spy, infra.per_unit(m.pid, n, cpu, "P2_mount"):
+                    secs, total = read_parallel(paths)
+                calls = emu.api_calls() - calls0
+                if rep == 0:
+                    self.fig.update(cpu)
+                    self.fig["P4"] = calls / (n / 1000)
+                    self.snapshot_counters(m, "small")
+                self.verify(paths[:: max(1, n // 25)], small_src[:: max(1, n // 25)])
+            assert total == n * self.sizes.small_bytes
+            return n / secs
 
-        k = min(self.sizes.sdk_subset, n)
-        log(f"P2 naive SDK loop ({k} rows)")
-        self.fig["P2_sdk_files_s"] = self.sdk_loop(emu, ds_hash, k)
+        def directly(rep: int) -> float:
+            log(f"P2 direct parallel GETs of pre-signed URLs, round {rep + 1}")
+            secs, total = infra.get_parallel(urls, THREADS)
+            assert total == n * self.sizes.small_bytes
+            return n / secs
 
-        if shutil.which("rclone"):
-            log("P2 rclone mount")
-            blob_names = [u.split("?", 1)[0].rsplit("/", 1)[1] for u in urls]
+        def through_rclone(rep: int) -> float:
+            log(f"P2 rclone mount, round {rep + 1}")
             with mounted(lambda: RcloneMount(nginx_url, self.work / "rclone-mnt", self.work)) as r:
                 os.listdir(r.path)
                 secs, total = read_parallel([r.path / b for b in blob_names])
             assert total == n * self.sizes.small_bytes, total
-            self.fig["P2_rclone_files_s"] = n / secs
-        else:
-            self.notes.append("P2_rclone skipped: rclone is not installed (benchmarks/run installs it)")
+            return n / secs
+
+        runs: list[tuple[str, Callable[[int], float]]] = [("mount", through_mount), ("direct", directly)]
+        if has_rclone:
+            runs.append(("rclone", through_rclone))
+        for rep in range(self.sizes.small_reps):
+            for name, run in runs if rep % 2 == 0 else reversed(runs):
+                rates[name].append(run(rep))
+        self.fig["P2_mount_files_s"] = statistics.median(rates["mount"])
+        self.fig["P2_direct_files_s"] = statistics.median(rates["direct"])
+        if rates["rclone"]:
+            self.fig["P2_rclone_files_s"] = statistics.median(rates["rclone"])
+
+        k = min(self.sizes.sdk_subset, n)
+        log(f"P2 naive SDK loop ({k} rows)")
+        self.fig["P2_sdk_files_s"] = self.sdk_loop(emu, ds_hash, k)
 
         mount = self.fig["P2_mount_files_s"]
         self.fig["P2_direct"] = mount / self.fig["P2_direct_files_s"]
@@ -1037,6 +1070,9 @@ class Bench:
         self.fig["mount_import_ms"] = statistics.median(runs)
 
     def phase_warm(self, emu: infra.Emulator, small_src: list[Path], cache_dir: Path) -> None:
+        """P3: the warm epoch through a remount and the same files from local disk, page cache dropped
+        before each, ``warm_reps`` rounds in alternating order; P3 is the median of the rounds' ratios
+        (each round's two epochs minutes apart at most, so a slow phase of the VM weighs on both)."""
         n = len(small_src)
         log("P3 warm epoch without passthrough: remount on the same cache dir, page cache dropped")
         with mounted(lambda: self.mount(emu, cache_dir, "--no-passthrough")) as m:
@@ -1046,23 +1082,43 @@ class Bench:
             secs, total = read_parallel(paths)
         assert total == n * self.sizes.small_bytes
         no_passthrough_files_s = n / secs
-        log("P3 warm epoch (the default: the kernel reads cached files itself where it can)")
-        with mounted(lambda: self.mount(emu, cache_dir)) as m:
-            os.listdir(m.path / "small")
-            paths = [m.path / "small" / p.name for p in small_src]
+
+        def through_mount(rep: int) -> float:
+            log(f"P3 warm epoch (the default: the kernel reads cached files itself where it can), round {rep + 1}")
+            with mounted(lambda: self.mount(emu, cache_dir)) as m:
+                os.listdir(m.path / "small")
+                paths = [m.path / "small" / p.name for p in small_src]
+                self.drop()
+                cpu: dict[str, float] = {}
+                with self.spy(m, "warm") if rep == 0 else contextlib.nullcontext():
+                    with infra.per_unit(m.pid, n, cpu, "P3_mount"):
+                        secs, total = read_parallel(paths)
+                if rep == 0:
+                    self.fig.update(cpu)
+                    self.snapshot_counters(m, "warm")
+                    status = json.loads((m.path / ".encordfs" / "status.json").read_text())
+                    self.fig["P3_passthrough_opens"] = (status.get("passthrough") or {}).get("opens", 0)
+            assert total == n * self.sizes.small_bytes
+            return n / secs
+
+        def locally(rep: int) -> float:
+            log(f"P3 the same files from local disk, page cache dropped, round {rep + 1}")
             self.drop()
-            with self.spy(m, "warm"), infra.per_unit(m.pid, n, self.fig, "P3_mount"):
-                secs, total = read_parallel(paths)
-            self.snapshot_counters(m, "warm")
-            status = json.loads((m.path / ".encordfs" / "status.json").read_text())
-            self.fig["P3_passthrough_opens"] = (status.get("passthrough") or {}).get("opens", 0)
-        assert total == n * self.sizes.small_bytes
-        self.fig["P3_warm_files_s"] = n / secs
-        log("P3 the same files from local disk, page cache dropped")
-        self.drop()
-        secs, total = read_parallel(small_src)
-        self.fig["P3_local_files_s"] = n / secs
-        self.fig["P3"] = self.fig["P3_warm_files_s"] / self.fig["P3_local_files_s"]
+            secs, total = read_parallel(small_src)
+            assert total == n * self.sizes.small_bytes
+            return n / secs
+
+        warm, local = [], []
+        for rep in range(self.sizes.warm_reps):
+            if rep % 2 == 0:
+                warm.append(through_mount(rep))
+                local.append(locally(rep))
+            else:
+                local.append(locally(rep))
+                warm.append(through_mount(rep))
+        self.fig["P3_warm_files_s"] = statistics.median(warm)
+        self.fig["P3_local_files_s"] = statistics.median(local)
+        self.fig["P3"] = statistics.median(w / d for w, d in zip(warm, local, strict=True))
         self.fig["P3_no_passthrough_files_s"] = no_passthrough_files_s
         self.fig["P3_no_passthrough"] = no_passthrough_files_s / self.fig["P3_local_files_s"]
         warm_page_cache(small_src)  # back to a "fast server" for what follows
