@@ -43,12 +43,13 @@ Writes
     lock. The queue is bounded: past ``max_backlog_bytes`` (or ``max_backlog_parts``) a ``put`` is skipped
     (``cache.skipped_disk_backlog``; the memory tier still has it) rather than making readers wait for
     the disk; ``wait`` (prefetch, whole small files) waits for room instead, up to ``wait_timeout_s``.
-    The first part of an item creates its file as ``tmp.<random>/<name>.<n>`` (``ftruncate`` to the full size, the part written at its
-    offset) and renames it into place, so a path never names a half-made file and a replaced file never
-    changes under an fd that has it open; later parts are written in place with one ``pwrite`` into a
-    hole of that file. A failed write is counted (``cache.write_errors``), logged (at most once a minute)
-    and dropped; the index rows of landed parts are committed in batches (whenever the queue runs empty,
-    during a stream every 128 changes or 0.25 s, at close). ``close`` lets the writer drain the queue
+    The first part of an item creates its file as ``tmp.<random>/<name>.<n>`` (``ftruncate`` to the
+    full size unless the part is the whole file, the part written at its offset) and renames it into
+    place, so a path never names a half-made file and a replaced file never changes under an fd that
+    has it open; later parts are written in place with one ``pwrite`` into a hole of that file. A
+    failed write is counted (``cache.write_errors``), logged (at most once a minute) and dropped; the
+    index rows of landed parts are committed in batches (whenever the queue runs empty, during a
+    stream every 128 changes or 0.25 s, at close). ``close`` lets the writer drain the queue
     (at most the backlog), then drops what is left after ``close_timeout_s``.
 
 Reads
@@ -1094,7 +1095,7 @@ class DiskFileCache:
                 fd, direct = self._open_for_write(path, flags, direct)
             create_s = time.perf_counter() - started
             try:
-                if fresh:
+                if fresh and (offset or len(data) != size):  # (a whole file's one part sizes it itself)
                     os.ftruncate(fd, size)
                 if direct and self._write_direct(fd, data, offset):
                     if len(data) % _DIRECT_ALIGN:
