@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import gc
 import logging
 import os
 import shutil
@@ -43,6 +44,10 @@ if TYPE_CHECKING:
     from encordfs.cluster import Cluster
 
 log = logging.getLogger(__name__)
+
+# Allocations (less deallocations) of tracked objects between two young collections; CPython's default
+# is 700. See ``settle_heap``.
+GC_YOUNG_THRESHOLD = 10_000
 
 
 def prepare_cache_dir(path: Path) -> Path:
@@ -171,6 +176,7 @@ def build(
                 "disk_cache": disk.stats(),
                 **({"shared": cluster.status()} if cluster is not None else {}),
                 "link": link.snapshot(),
+                "gc": gc_status(),
             },
             loader=cluster.folder_loader(catalog) if cluster is not None else None,
         )
@@ -190,6 +196,36 @@ def build(
     closers.insert(0, backend.close)
     mount.fs = fs
     return mount
+
+
+def settle_heap() -> None:
+    """Before serving: move what is alive now (modules, the SDK and pydantic's schemas, the root
+    listing: ~100k objects) out of the cyclic collector's reach (``gc.freeze``), and collect the young
+    generation every ``GC_YOUNG_THRESHOLD`` net allocations instead of every 700.
+
+    A mount is a long-lived server whose requests allocate and free (reference counting frees nearly
+    all of it) while each file read adds a few long-lived objects (its disk cache item, its signed
+    URL, its catalog node). With the defaults, an epoch of 10,000 cold 100 KiB files (P2) ran ~400
+    young, ~40 middle and 3-4 full collections, 565-770 ms with the GIL held (the full ones 65-110 ms
+    each, every thread stopped), against 70-90 ms after this: 7-10 young collections and no full one.
+    Cyclic garbage is still collected, later; what is frozen here stays for the mount's life (it is
+    the mount's own machinery)."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
+def gc_status() -> dict[str, Any]:
+    """The collector, for ``status.json``: objects frozen by ``settle_heap``, the thresholds, collections
+    per generation so far (young first), and the objects they found unreachable."""
+    stats = gc.get_stats()
+    return {
+        "frozen_objects": gc.get_freeze_count(),
+        "thresholds": list(gc.get_threshold()),
+        "collections": [s["collections"] for s in stats],
+        "collected": sum(s["collected"] for s in stats),
+    }
 
 
 def _prefetcher(

@@ -106,7 +106,7 @@ def serve(s: Settings, mountpoint: Path) -> int:
     """Build the mount, prove the key and domain, register the control socket, serve until unmounted."""
     os.umask(0o077)  # the catalog, journal and cache are the user's alone (files 0600, dirs 0700)
     from encordfs import fuse as bindings
-    from encordfs.app import build
+    from encordfs.app import build, settle_heap
     from encordfs.backend.sdk import SdkBackend
     from encordfs.core.catalog import ROOT_INO
 
@@ -130,6 +130,7 @@ def serve(s: Settings, mountpoint: Path) -> int:
         log.info("mounting %s at %s (binding %s)", s.domain, mountpoint, s.binding)
         timeouts = bindings.Timeouts(attr_s=s.metadata_ttl, entry_s=s.metadata_ttl)
         flags = bindings.MountFlags(read_only=s.read_only, allow_other=s.allow_other, passthrough=s.passthrough)
+        settle_heap()
         binding.run(mount.fs, str(mountpoint), timeouts=timeouts, flags=flags)
         log.info("unmounted %s", mountpoint)
     finally:
