@@ -79,14 +79,11 @@ def test_tree_bytes_and_xattrs_equal_mfusepy(kernel_mount: MountedFS, mfusepy_mo
 
 def test_both_bindings_serve_with_the_startup_heap_frozen(kernel_mount: MountedFS, mfusepy_mount: MountedFS) -> None:
     """``app.settle_heap`` ran before serving (``status.json``'s ``gc``): what the mount built before its
-    first request is out of the collector's reach, and the young generation is collected less often."""
-    from encordfs.app import GC_YOUNG_THRESHOLD
-
+    first request is out of the collector's reach."""
     for mounted in (kernel_mount, mfusepy_mount):
         status = json.loads((mounted.path / ".encordfs" / "status.json").read_text())
         assert status["gc"]["frozen_objects"] > 10_000  # modules, the SDK, the root listing
-        assert status["gc"]["thresholds"][0] == GC_YOUNG_THRESHOLD
-        assert len(status["gc"]["collections"]) == 3
+        assert len(status["gc"]["collections"]) == len(status["gc"]["thresholds"]) == 3
 
 
 def test_listing_carries_attributes_and_dot_entries(kernel_mount: MountedFS) -> None:
