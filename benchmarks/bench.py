@@ -36,10 +36,10 @@ Figures
     P2_*             N × 100 KiB with 8 reader threads: mount files/s ÷ direct httpx GETs of pre-signed URLs
                      (8 threads, one pooled client) / the naive SDK loop (``refetch_data(signed_url=True)``
                      + GET per row, on a subset) / ``rclone mount`` of the nginx (http backend). The
-                     mount (a cold cache each time), the direct GETs and rclone run twice, the second
-                     round in reverse order; the median (here the mean) of each.
+                     mount (a cold cache each time), the direct GETs and rclone run twice (once with
+                     --quick), the second round in reverse order; the median (here the mean) of each.
     P3               warm epoch from the disk cache (remount, page cache dropped) ÷ local disk: the median
-                     of the ratios of 3 rounds, in alternating order.
+                     of the ratios of 3 rounds (1 with --quick), in alternating order.
     P4               Encord API calls (emulator's count) per 1,000 cold file reads: from before the mount
                      starts to the end of the P2 read phase, listing included.
     P4_legacy        the same for rows without a storage item: the small files imported into a second
