@@ -320,6 +320,16 @@ def percentile(values: Sequence[float], q: float) -> float:
 # ---------------------------------------------------------------------------------------------- data
 
 
+def alternating(runs: dict[str, Callable[[int], float]], reps: int) -> dict[str, list[float]]:
+    """Each run's results over ``reps`` rounds (the round's number passed in), every other round in
+    reverse order: a slow phase of a shared VM then weighs on each run alike."""
+    out: dict[str, list[float]] = {name: [] for name in runs}
+    for rep in range(reps):
+        for name in runs if rep % 2 == 0 else reversed(runs):
+            out[name].append(runs[name](rep))
+    return out
+
+
 def make_source(root: Path, sizes: Sizes) -> tuple[Path, list[Path]]:
     """``root/big/big.pdf`` and ``root/small/fNNNNNN.pdf``: random bytes behind a PDF header."""
     header = b"%PDF-1.4\n%bench\n"
@@ -960,7 +970,6 @@ class Bench:
         reversed every other round (a shared VM's slow minutes then land on each of them alike); each
         figure is the median of its runs. The mount's first run gives P4, its CPU and counters."""
         n = len(small_src)
-        rates: dict[str, list[float]] = {"mount": [], "direct": [], "rclone": []}
         blob_names = [u.split("?", 1)[0].rsplit("/", 1)[1] for u in urls]
         has_rclone = shutil.which("rclone") is not None
         if not has_rclone:
@@ -968,7 +977,6 @@ class Bench:
         cache_dir = self.work / "cache-small"
 
         def through_mount(rep: int) -> float:
-            nonlocal cache_dir
             log(f"P2 small files through encordfs ({n} files, {THREADS} threads), round {rep + 1}")
             if rep:  # a cold cache again; the last round's is the one P3 remounts
                 shutil.rmtree(cache_dir, ignore_errors=True)
@@ -1004,15 +1012,13 @@ class Bench:
             assert total == n * self.sizes.small_bytes, total
             return n / secs
 
-        runs: list[tuple[str, Callable[[int], float]]] = [("mount", through_mount), ("direct", directly)]
+        runs: dict[str, Callable[[int], float]] = {"mount": through_mount, "direct": directly}
         if has_rclone:
-            runs.append(("rclone", through_rclone))
-        for rep in range(self.sizes.small_reps):
-            for name, run in runs if rep % 2 == 0 else reversed(runs):
-                rates[name].append(run(rep))
+            runs["rclone"] = through_rclone
+        rates = alternating(runs, self.sizes.small_reps)
         self.fig["P2_mount_files_s"] = statistics.median(rates["mount"])
         self.fig["P2_direct_files_s"] = statistics.median(rates["direct"])
-        if rates["rclone"]:
+        if "rclone" in rates:
             self.fig["P2_rclone_files_s"] = statistics.median(rates["rclone"])
 
         k = min(self.sizes.sdk_subset, n)
@@ -1108,14 +1114,8 @@ class Bench:
             assert total == n * self.sizes.small_bytes
             return n / secs
 
-        warm, local = [], []
-        for rep in range(self.sizes.warm_reps):
-            if rep % 2 == 0:
-                warm.append(through_mount(rep))
-                local.append(locally(rep))
-            else:
-                local.append(locally(rep))
-                warm.append(through_mount(rep))
+        rates = alternating({"warm": through_mount, "local": locally}, self.sizes.warm_reps)
+        warm, local = rates["warm"], rates["local"]
         self.fig["P3_warm_files_s"] = statistics.median(warm)
         self.fig["P3_local_files_s"] = statistics.median(local)
         self.fig["P3"] = statistics.median(w / d for w, d in zip(warm, local, strict=True))

@@ -202,8 +202,8 @@ def settle_heap() -> None:
     all of it) while each file read adds a few long-lived objects (its disk cache item, its signed
     URL, its catalog node); these push the collector into full collections, each of which walked
     every object the mount had made at startup. An epoch of 10,000 cold 100 KiB files (P2) spent
-    565-770 ms in collections with the GIL held, 3-4 full ones of 65-110 ms each stopping every
-    thread; ~290 ms after this, the longest pause ~27 ms. What is frozen stays for the mount's life
+    565-780 ms in collections with the GIL held (three epochs, timed with ``gc.callbacks``), 3-4 full
+    ones of 70-110 ms each stopping every thread; ~290 ms after this, the longest pause ~27 ms. What is frozen stays for the mount's life
     (it is the mount's own machinery); later garbage is collected as before. The thresholds stay
     CPython's: young collections every 10,000 allocations instead of 700 saved another ~170 ms per
     epoch, but paused 3 ms at the median and up to 25 ms, where a ``setxattr`` p99 is held to 5 ms."""

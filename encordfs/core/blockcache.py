@@ -90,9 +90,10 @@ Sealed files
     (``_seal_batch`` says why in that order); the writer goes on landing parts meanwhile. A sync in the
     middle of a stream of cold small files (every 5 s, on the writer's thread) held the writer 100-300
     ms each time: the queue filled and prefetch stopped (1,033-1,449 of 10,000 files fetched again on
-    demand in P2 runs). Checking each at its first open instead reads it whole in Python (a passthrough open, which
-    then lets the kernel read it again: a warm epoch of 100 KiB files measured slower with passthrough
-    than without, until this); an fsync per small file costs a journal commit each. A crash before the
+    demand in P2 runs). Checking each at its first open instead reads it whole in Python (a
+    passthrough open, which then lets the kernel read it again: a warm epoch of 100 KiB files measured
+    slower with passthrough than without, until this); an fsync per small file costs a journal commit
+    each. A crash before the
     batch leaves those files unsealed: checked at their next first open, as before.
 
 New files
@@ -1152,21 +1153,22 @@ class DiskFileCache:
         with zeros (the caller cuts a padded last part back); False if the filesystem refused (then
         ``fd`` is buffered again, and nothing was written)."""
         length = len(data)
-        staged: list[memoryview] = []  # views of the writer's buffer, released after the write
-        source: Block | memoryview = data  # an aligned part goes as it is: no copy
-        if length % _DIRECT_ALIGN or not _aligned(data):
-            padded = -(-length // _DIRECT_ALIGN) * _DIRECT_ALIGN
-            buf = self._direct_buf
-            if buf is None or len(buf) < padded:
-                if buf is not None:
-                    buf.close()
-                buf = self._direct_buf = mmap.mmap(-1, padded)
-            buf[:length] = data
-            if padded > length:
-                buf[length:padded] = bytes(padded - length)
-            staged.append(memoryview(buf))
-            source = staged[0][:padded]
-            staged.append(source)
+        if not length % _DIRECT_ALIGN and _aligned(data):
+            return self._write_direct_from(fd, data, offset, length)
+        padded = -(-length // _DIRECT_ALIGN) * _DIRECT_ALIGN
+        buf = self._direct_buf
+        if buf is None or len(buf) < padded:
+            if buf is not None:
+                buf.close()  # (no view of it is left: the ``with`` below released them)
+            buf = self._direct_buf = mmap.mmap(-1, padded)
+        buf[:length] = data
+        if padded > length:
+            buf[length:padded] = bytes(padded - length)
+        with memoryview(buf) as view, view[:padded] as source:
+            return self._write_direct_from(fd, source, offset, length)
+
+    def _write_direct_from(self, fd: int, source: Block | memoryview, offset: int, length: int) -> bool:
+        """``_write_direct`` of an aligned ``source`` whose first ``length`` bytes are the part."""
         try:
             self._write_part(fd, source, offset)
         except OSError as exc:
@@ -1175,9 +1177,6 @@ class DiskFileCache:
             self._direct_refused(exc)
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
             return False
-        finally:
-            for view in reversed(staged):
-                view.release()  # (the buffer can be closed, to grow it, only without exports)
         self.counters.inc("cache.direct_bytes", length)
         return True
 

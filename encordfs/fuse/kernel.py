@@ -40,8 +40,8 @@ a view of a cached block included, go out without a copy). Leader/follower (``_S
 one worker reads and serves inline whatever cannot wait (lookups, attributes, listings of loaded
 folders, opens, xattr reads: SQLite or memory; READs whose bytes are in memory, a small file's or a
 part of a big one that readahead fetched, ``EncordFS.read_held``); before a request that may wait
-(any other READ, a journaled change, fsync, a folder never loaded, an OPEN that may read the disk cache's index or check its file:
-``EncordFS.open_may_wait``) it hands reading to a parked worker. A handoff per request
+(any other READ, a journaled change, fsync, a folder never loaded, an OPEN that may read the disk
+cache's index or check its file: ``EncordFS.open_may_wait``) it hands reading to a parked worker. A handoff per request
 cost a wakeup and two GIL transfers, which doubled the CPU of a small request. One notifier thread
 writes invalidations, never a worker: the kernel takes the folder's lock for an entry invalidation,
 which the request being served may hold (a ``setfattr`` refresh holds the folder's), so
