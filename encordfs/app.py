@@ -196,7 +196,8 @@ def build(
 
 def settle_heap() -> None:
     """Before serving: move what is alive now (modules, the SDK and pydantic's schemas, the root
-    listing: ~100k objects) out of the cyclic collector's reach (``gc.freeze``).
+    listing: 93k objects in a mount of a small workspace) out of the cyclic collector's reach
+    (``gc.freeze``).
 
     A mount is a long-lived server whose requests allocate and free (reference counting frees nearly
     all of it) while each file read adds a few long-lived objects (its disk cache item, its signed
