@@ -4,6 +4,8 @@ every node); bytes come from a fetcher that counts origin requests per node."""
 
 from __future__ import annotations
 
+import mmap
+import os
 import random
 import threading
 import time
@@ -170,6 +172,58 @@ def test_a_big_folder_is_adopted_and_served_before_it_is_copied_in(
     catalog.fill_now()
     assert catalog.adopted() == {} and b.names() == listed
     assert encord.calls["get_dataset"] == 1
+
+
+def test_a_listing_in_many_chunks_is_put_together_on_another_node(
+    nodes: Callable[..., Node], encord: FreshUrls, monkeypatch: pytest.MonkeyPatch, redis_server: RunningRedis
+) -> None:
+    """Chunks of 4 KiB: each download thread decompresses several into its one reused buffer, the last
+    one short; the joining node must see the very folder the first one published."""
+    monkeypatch.setattr(folders_mod, "BLOCK_BYTES", 4096)
+    monkeypatch.setattr(folders_mod, "ADOPT_MIN_ROWS", 10)
+    a = nodes("a")
+    listed = a.names()
+    _published(a, 2)
+    chunks = list(redis_server.client().scan_iter(match="encordfs:*:f:ds1:c:*"))
+    assert len(chunks) >= 4
+    b = nodes("b")
+    assert b.names() == listed
+    b.fs.catalog.fill_now()
+    node = b.fs.node(b.fs.resolve("/street/img009.jpg"))
+    assert node.client_metadata == {"i": 9} and b.read("/street/img009.jpg") == bytes([9]) * 109
+    assert encord.calls["get_dataset"] == 1 and b.counter("shared.snapshot_rejected") == 0
+
+
+def test_a_frame_is_never_decompressed_past_the_room_given() -> None:
+    import zstandard
+
+    frame = zstandard.ZstdCompressor().compress(bytes(range(256)) * 40)  # 10,240 bytes
+    room = memoryview(bytearray(4097))
+    assert folders_mod._decompress_into(frame, room) == 4097 and bytes(room) == (bytes(range(256)) * 17)[:4097]
+    room = memoryview(bytearray(20000))
+    assert folders_mod._decompress_into(frame, room) == 10240
+    assert folders_mod._decompress_into(frame[:-8], memoryview(bytearray(20000))) < 10240  # cut short: caught
+
+
+def test_an_image_whose_direct_write_is_refused_is_written_through_the_page_cache(tmp_path: Path) -> None:
+    """``O_DIRECT`` refuses an offset off a block boundary with EINVAL, as a filesystem without direct
+    I/O would refuse any write: the bytes still land, through the page cache, and the fd stays that way."""
+    import fcntl
+
+    path = tmp_path / "image"
+    fd = folders_mod._open_direct(path)
+    try:
+        assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT
+        payload = bytes(range(256)) * 16
+        room = memoryview(mmap.mmap(-1, 4096))
+        room[:4000] = payload[:4000]
+        room[4000:] = bytes(96)  # padding, never to be written
+        folders_mod._write_at(fd, room, 100, 4000)
+        assert not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT
+        room.release()
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == bytes(100) + payload[:4000]
 
 
 def test_simultaneous_first_listings_load_once(nodes: Callable[..., Node], encord: FreshUrls) -> None:
