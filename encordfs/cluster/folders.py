@@ -285,8 +285,12 @@ class SharedFolders:
         On this VM kind (free memory handed back to the host), filling new page-cache pages ran at
         ~100 MB/s, nearly all of it the kernel's copy into them, against ~1.2 GB/s direct; 900 MB
         written direct and then read back took ~2 s, written through the page cache 6-9 s
-        (scratch ``wr.py``). A fresh 32 MiB ``bytes`` per chunk also faulted in ~230,000 pages per
-        image. A filesystem that refuses ``O_DIRECT`` (``EINVAL``) is written through the page cache."""
+        (scratch ``wr.py``). Buffered writes in 1 MiB pieces (the kernel sizes page-cache folios by the
+        write) were as fast as direct ones in a lone process, but not in a joining node after a
+        1M-row load: first entry 9.3-11.3 s (direct 0.7-1.1 s, before 9.4-10.0 s; scratch
+        ``joinab.py``, 12 s pauses, 3 alternated rounds), perf showing the time in the copy into new
+        folios. A fresh 32 MiB ``bytes`` per chunk also faulted in ~230,000 pages per image. A
+        filesystem that refuses ``O_DIRECT`` (``EINVAL``) is written through the page cache."""
         path = self.work_dir / f"{_safe(folder)}-{secrets.token_hex(4)}.image"
         blocks = -(-m.size_bytes // BLOCK_BYTES) if m.size_bytes else 0
         if blocks != len(m.chunks):
