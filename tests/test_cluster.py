@@ -25,6 +25,7 @@ from encordfs.cluster import link as link_mod
 from encordfs.cluster.keys import Keys, namespace
 from encordfs.cluster.link import RedisLink
 from encordfs.cluster.signing import SharedBackend
+from encordfs.core import directio
 from encordfs.core.counters import Counters
 from encordfs.settings import resolve
 from harness.fakes import row_record
@@ -211,14 +212,14 @@ def test_an_image_whose_direct_write_is_refused_is_written_through_the_page_cach
     import fcntl
 
     path = tmp_path / "image"
-    fd = folders_mod._open_direct(path)
+    fd, direct = directio.open_for_write(path, os.O_WRONLY | os.O_CREAT)
     try:
-        assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT
+        assert direct and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT
         payload = bytes(range(256)) * 16
         room = memoryview(mmap.mmap(-1, 4096))
         room[:4000] = payload[:4000]
         room[4000:] = bytes(96)  # padding, never to be written
-        folders_mod._write_at(fd, room, 100, 4000)
+        folders_mod._write_chunk(fd, room, 100, 4000)
         assert not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT
         room.release()
     finally:

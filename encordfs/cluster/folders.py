@@ -42,7 +42,6 @@ Degrade
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -61,7 +60,7 @@ import zstandard
 
 from encordfs.cluster.keys import Keys
 from encordfs.cluster.link import Lease, RedisLink, SharedDown
-from encordfs.core import images
+from encordfs.core import directio, images
 from encordfs.core.catalog import Catalog, Entry, Kind
 from encordfs.core.counters import Counters
 from encordfs.core.fs import REFRESH_COST_FACTOR, FolderLoad
@@ -75,7 +74,6 @@ CODEC = "zstd"
 # a joining node decompresses chunks in parallel.
 BLOCK_BYTES = 32 << 20
 DOWNLOAD_THREADS = 2
-_ALIGN = 4096  # O_DIRECT offsets and lengths: a multiple of any logical block size in use
 # Lease on a folder's load from Encord: renewed every third of it while the load and the publication
 # run, so a holder that dies is replaced within 30 s; a live one keeps it however long a 1M-row load takes.
 LEASE_MS = 30_000
@@ -296,7 +294,7 @@ class SharedFolders:
         if blocks != len(m.chunks):
             self._reject(folder, m.version, f"its manifest has {len(m.chunks)} chunks for {m.size_bytes} bytes")
             return None
-        fd = _open_direct(path)
+        fd, _ = directio.open_for_write(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC)
         buffers = threading.local()  # each pool thread's output buffer, unmapped with this call's threads
         try:
             with ThreadPoolExecutor(DOWNLOAD_THREADS) as pool:
@@ -326,13 +324,13 @@ class SharedFolders:
             raise _Unusable(f"chunk {index} does not hold {want} bytes")
         buf = getattr(buffers, "out", None)
         if buf is None:  # anonymous memory is page-aligned, as O_DIRECT wants it
-            buf = buffers.out = memoryview(mmap.mmap(-1, BLOCK_BYTES + _ALIGN))
+            buf = buffers.out = memoryview(mmap.mmap(-1, BLOCK_BYTES + directio.ALIGN))
         got = _decompress_into(data, buf[: want + 1])  # one byte of room: a longer frame shows
         if got != want:
             raise _Unusable(f"chunk {index} holds {got} bytes or more, not {want}")
-        padded = -(-want // _ALIGN) * _ALIGN
+        padded = directio.padded(want)
         buf[want:padded] = bytes(padded - want)
-        _write_at(fd, buf[:padded], index * BLOCK_BYTES, want)
+        _write_chunk(fd, buf[:padded], index * BLOCK_BYTES, want)
 
     def _reject(self, folder: str, version: str, why: str) -> None:
         self.counters.inc("shared.snapshot_rejected")
@@ -461,32 +459,17 @@ def _compress(src: Path, out: Path) -> list[tuple[str, int, int]]:
     return frames
 
 
-def _open_direct(path: Path) -> int:
-    """``path`` created for writing, with ``O_DIRECT`` unless its filesystem refuses it."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+def _write_chunk(fd: int, data: memoryview, offset: int, length: int) -> None:
+    """``data`` (``length`` bytes padded to whole blocks for ``O_DIRECT``) at ``offset``. If the
+    filesystem refuses the direct write, ``fd`` goes through the page cache from then on and the
+    ``length`` bytes are written there."""
     try:
-        return os.open(path, flags | getattr(os, "O_DIRECT", 0), 0o600)
+        directio.pwrite_all(fd, data, offset)
     except OSError as exc:
         if exc.errno != errno.EINVAL:
             raise
-        return os.open(path, flags, 0o600)
-
-
-def _write_at(fd: int, data: memoryview, offset: int, length: int) -> None:
-    """``data`` (``length`` bytes padded to whole blocks for ``O_DIRECT``) at ``offset``; if the
-    filesystem refuses the direct write, ``fd`` goes through the page cache from then on and the
-    ``length`` bytes are written there."""
-    done = 0
-    try:
-        while done < len(data):  # (a short write is rare, but legal)
-            done += os.pwrite(fd, data[done:], offset + done)
-        return
-    except OSError as exc:
-        if exc.errno != errno.EINVAL or done:
-            raise
-    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~getattr(os, "O_DIRECT", 0))
-    while done < length:
-        done += os.pwrite(fd, data[done:length], offset + done)
+        directio.to_buffered(fd)
+        directio.pwrite_all(fd, data[:length], offset)
 
 
 def _decompress_into(frame: bytes, out: memoryview) -> int:

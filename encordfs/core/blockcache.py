@@ -169,6 +169,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple, Protocol, TypeAlias
 
+from encordfs.core import directio
 from encordfs.core.counters import Counters
 from encordfs.errors import Busy, InvalidValue
 
@@ -449,7 +450,8 @@ _COOLED_RETRIES = 3
 _CREATE_SAMPLE = 256
 _SLOW_CREATE_S = 300e-6
 _FS_IOC_GETFLAGS, _FS_IOC_SETFLAGS, _FS_TOPDIR_FL = 0x80086601, 0x40086602, 0x00020000  # linux/fs.h
-_DIRECT_ALIGN = 4096  # O_DIRECT offsets and lengths: a multiple of any logical block size in use
+_DIRECT_ALIGN = directio.ALIGN
+_pwrite_all = directio.pwrite_all
 # The most ``open_complete`` reads to check a file whose seal no longer holds when ``complete_now`` said
 # it would answer at once; a bigger one is no backing file that time, and checked at its next open.
 _INLINE_CHECK_BYTES = 1 << 20
@@ -1138,14 +1140,10 @@ class DiskFileCache:
 
     def _open_for_write(self, path: str, flags: int, direct: bool) -> tuple[int, bool]:
         """(fd, opened with O_DIRECT): ``direct`` asks for it; a refusal turns it off for good."""
-        if direct and self._direct:
-            try:
-                return os.open(path, flags | os.O_DIRECT, 0o600), True
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:
-                    raise
-                self._direct_refused(exc)
-        return os.open(path, flags, 0o600), False
+        fd, opened_direct = directio.open_for_write(path, flags, direct and self._direct)
+        if direct and self._direct and not opened_direct:
+            self._direct_refused(OSError(errno.EINVAL, os.strerror(errno.EINVAL)))
+        return fd, opened_direct
 
     def _write_direct(self, fd: int, data: Block, offset: int) -> bool:
         """Write ``data`` at ``offset`` with O_DIRECT: as it is when it is whole 4 KiB blocks starting on a
@@ -1155,7 +1153,7 @@ class DiskFileCache:
         length = len(data)
         if not length % _DIRECT_ALIGN and _aligned(data):
             return self._write_direct_from(fd, data, offset, length)
-        padded = -(-length // _DIRECT_ALIGN) * _DIRECT_ALIGN
+        padded = directio.padded(length)
         buf = self._direct_buf
         if buf is None or len(buf) < padded:
             if buf is not None:
@@ -1175,7 +1173,7 @@ class DiskFileCache:
             if exc.errno != errno.EINVAL:
                 raise
             self._direct_refused(exc)
-            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+            directio.to_buffered(fd)
             return False
         self.counters.inc("cache.direct_bytes", length)
         return True
@@ -1760,16 +1758,6 @@ def _address(buf: bytearray) -> int:
 def _aligned(data: Block) -> bool:
     """Whether ``data`` starts on an ``O_DIRECT`` boundary (bytes cannot be exported writable: never)."""
     return isinstance(data, bytearray) and bool(data) and not _address(data) % _DIRECT_ALIGN
-
-
-def _pwrite_all(fd: int, data: Block | memoryview, offset: int) -> None:
-    """``pwrite`` looped on short writes."""
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        if not written:
-            raise OSError(errno.EIO, "short write")
-        view, offset = view[written:], offset + written
 
 
 def _pread_into(fd: int, view: memoryview, offset: int) -> int:
