@@ -103,6 +103,17 @@ OPTIONS: tuple[Option, ...] = (
         "let the kernel read cached files directly (kernel binding)",
         off_help="never let the kernel read cached files directly (--binding kernel)",
     ),  # fmt: skip
+    # 64 MiB: a cold big file read through the kernel's page cache is copied twice, and on a VM whose free
+    # memory went back to its host, filling new page cache ran at a third of the direct path's speed
+    # (benchmarks P1). Below it the page cache and its readahead serve small readers better.
+    Option(
+        "direct_io_min",
+        64 * MiB,
+        "files of at least SIZE not yet whole in the disk cache are read past the kernel's page cache "
+        "(kernel binding); 0: never",
+        metavar="SIZE",
+        shown="64M",
+    ),  # fmt: skip
     # libcurl's multi interface measured 3-4x cheaper per request than the stdlib client here.
     Option(
         "http_client", "curl", "HTTP client for file bytes: curl (libcurl) or httpx (pure Python)", choices=HTTP_CLIENTS

@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     # the data path: FUSE binding, HTTP client, prefetch
     binding: str = _opt("binding")
     passthrough: bool = _opt("passthrough")
+    direct_io_min: int = _opt("direct_io_min", ge=0)
     http_client: str = _opt("http_client")
     ca_file: str | None = _opt("ca_file")
     prefetch: bool = _opt("prefetch")
@@ -156,7 +157,7 @@ class Settings(BaseSettings):
             raise ValueError(f"{value} {problem}")
         return value
 
-    @field_validator("cache_size", "shared_block_limit", mode="before")
+    @field_validator("cache_size", "shared_block_limit", "direct_io_min", mode="before")
     @classmethod
     def _size(cls, value: Any) -> Any:
         return parse_size(value) if isinstance(value, str) else value

@@ -140,6 +140,32 @@ def test_a_file_opened_again_reuses_its_backing_file(kernel_mount: MountedFS) ->
     assert after["cache.backing_opens"] == before["cache.backing_opens"]
 
 
+def test_files_read_past_the_page_cache_are_the_same(
+    sample_emulator: RunningEmulator, mfusepy_mount: MountedFS
+) -> None:
+    """With ``--direct-io-min 1`` every file not yet whole in the disk cache is opened in direct-io
+    mode: the same tree and bytes as mfusepy; once a file is whole on disk its opens are passthrough."""
+    with temporary_mount(
+        sample_emulator.domain, sample_emulator.key_file, "--binding", "kernel", "--direct-io-min", "1"
+    ) as mounted:
+        assert _tree(mounted.path) == _tree(mfusepy_mount.path)
+
+        def status() -> dict[str, Any]:
+            return json.loads((mounted.path / ".encordfs" / "status.json").read_text())  # type: ignore[no-any-return]
+
+        assert status()["direct_io"]["opens"] > 0
+        row = next(p for p in sorted((mounted.path / "street-scenes").iterdir()) if p.is_file() and p.stat().st_size)
+        want = row.read_bytes()
+        deadline = time.monotonic() + 10
+        while not status()["passthrough"]["opens"]:
+            assert time.monotonic() < deadline, status()  # (the disk cache lands the file off the read path)
+            assert row.read_bytes() == want
+            time.sleep(0.05)
+        opens = status()["direct_io"]["opens"]
+        assert row.read_bytes() == want
+        assert status()["direct_io"]["opens"] == opens
+
+
 def test_setfattr_round_trip(kernel_mount: MountedFS) -> None:
     row = _first_file(kernel_mount.path / "street-scenes")
     name = META + "kernel_probe"

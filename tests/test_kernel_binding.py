@@ -113,7 +113,7 @@ class MemoryFetcher:
 MANY = 3000
 
 
-def _memory_fs(tmp_path: Path) -> tuple[EncordFS, list[Callable[[], None]]]:
+def _memory_fs(tmp_path: Path, **options: Any) -> tuple[EncordFS, list[Callable[[], None]]]:
     """The core over a MemoryBackend holding ``CONTENT`` in dataset "street"; and its closers."""
     backend = MemoryBackend()
     backend.add_dataset(DatasetRecord("ds1", "street", "d", 1e9, 1e9, 0, "folder1", "admin"))
@@ -124,7 +124,7 @@ def _memory_fs(tmp_path: Path) -> tuple[EncordFS, list[Callable[[], None]]]:
         backend.add_row(row_record(f"m{i}", "ds2", f"frame-{i:05d}.jpg", b"x"), b"x")
     catalog = Catalog(tmp_path / "catalog.sqlite")
     reader = ReadPipeline(MemoryFetcher(backend), MemoryBlockCache(64 << 20))
-    fs = EncordFS(backend, catalog, reader, SignedUrlCache(backend.sign), Options(uid=0, gid=0))
+    fs = EncordFS(backend, catalog, reader, SignedUrlCache(backend.sign), Options(uid=0, gid=0, **options))
     fs.refresh(ROOT_INO)
     return fs, [fs.close, reader.close, catalog.close]
 
@@ -138,6 +138,7 @@ class Served:
         self.path = path
         self.backing = backing
         self.reads = 0
+        self.held_reads = 0  # answered from memory where the request was read (``read_held``)
         self.error: BaseException | None = None
         self.thread: threading.Thread | None = None
 
@@ -146,7 +147,7 @@ class Served:
 
 
 def _wrap(fs: EncordFS, served: Served) -> None:
-    open_, read, release = fs.open, fs.read, fs.release
+    open_, read, read_held, release = fs.open, fs.read, fs.read_held, fs.release
     held: dict[int, int] = {}  # fh -> the backing fd handed with it, closed at its release (as the core does)
 
     def opened(ino: int, writable: bool, held_key: str | None = None) -> OpenFile:
@@ -161,20 +162,27 @@ def _wrap(fs: EncordFS, served: Served) -> None:
         served.reads += 1
         return read(fh, offset, length)
 
+    def counted_held(fh: int, offset: int, length: int) -> Any:
+        data = read_held(fh, offset, length)
+        served.held_reads += data is not None
+        return data
+
     def released(fh: int) -> None:
         release(fh)
         fd = held.pop(fh, None)
         if fd is not None:
             os.close(fd)
 
-    fs.open, fs.read, fs.release = opened, counted, released  # type: ignore[method-assign]
+    fs.open, fs.read, fs.read_held, fs.release = opened, counted, counted_held, released  # type: ignore[method-assign]
 
 
 @pytest.fixture()
 def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Served]]:
     started: list[tuple[Served, Any]] = []
 
-    def start(*, passthrough: bool = True, backing: bool = True, fusermount: bool = False) -> Served:
+    def start(
+        *, passthrough: bool = True, backing: bool = True, fusermount: bool = False, direct_io_min: int = 0
+    ) -> Served:
         if fusermount:  # the unprivileged path, taken by root here
             monkeypatch.setattr(
                 kernel,
@@ -183,7 +191,7 @@ def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[
                     path, read_only=read_only, extra=[]
                 ),
             )
-        fs, closers = _memory_fs(tmp_path)
+        fs, closers = _memory_fs(tmp_path, direct_io_min=direct_io_min)
         local: dict[str, Path] = {}
         for name, data in CONTENT.items():
             if backing and name != "c.jpg":  # c.jpg: the core has no local copy to offer
@@ -425,6 +433,58 @@ def test_no_passthrough_option_serves_every_read(serve: Callable[..., Served]) -
     assert _read(served.path / "street" / "a.jpg") == CONTENT["a.jpg"]
     assert served.reads > 0
     assert served.status() == {"enabled": False, "opens": 0, "backing_ids": 0, "inodes": 0}
+
+
+_MMAP_READ = """
+import mmap, sys
+with open(sys.argv[1], "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mapped:  # MAP_SHARED
+    sys.stdout.buffer.write(mapped[:])
+"""
+
+
+def test_a_big_file_not_on_disk_is_read_past_the_page_cache(serve: Callable[..., Served]) -> None:
+    """A file of at least ``direct_io_min`` with no complete copy on disk is opened in direct-io mode:
+    every read reaches the core (the kernel keeps no page cache of it), reads of any size and offset
+    are right, and a shared mmap still works (``DIRECT_IO_ALLOW_MMAP``). Smaller files and files with
+    a backing copy are opened as before."""
+    served = serve(direct_io_min=len(CONTENT["b.jpg"]) + 1)  # a.jpg (50 KB) is big; b.jpg (30 KB) is not
+    served.backing.pop("a.jpg")  # a.jpg has no copy on disk: cold
+    folder = served.path / "street"
+    big = CONTENT["a.jpg"]
+
+    def reads() -> int:
+        return served.reads + served.held_reads
+
+    def direct_opens() -> int:
+        return served.fs.status()["direct_io"]["opens"]  # type: ignore[no-any-return]
+
+    for _ in range(2):  # both times through the core: nothing kept in the page cache
+        before = reads()
+        assert _read(folder / "a.jpg") == big
+        assert reads() > before
+    assert direct_opens() == 2
+    with open(folder / "a.jpg", "rb", buffering=0) as f:
+        assert [os.pread(f.fileno(), 4096, off) for off in (0, 4096, 45_000)] == [
+            big[0:4096],
+            big[4096:8192],
+            big[45_000:49_096],
+        ]
+        assert os.pread(f.fileno(), 1 << 20, len(big) - 10) == big[-10:]
+    # a shared mmap, from another process: its page faults must not wait for this one's GIL
+    mapped = subprocess.run(
+        [sys.executable, "-c", _MMAP_READ, str(folder / "a.jpg")], capture_output=True, timeout=30, check=True
+    )
+    assert mapped.stdout == big
+    assert direct_opens() == 4
+    assert _read(folder / "b.jpg") == CONTENT["b.jpg"]  # below the size: cached as before
+    before = reads()
+    assert _read(folder / "b.jpg") == CONTENT["b.jpg"] and reads() == before  # from the page cache
+    assert direct_opens() == 4
+    served.backing["a.jpg"] = folder.parent.parent / "backing-a.jpg"  # now complete on disk: passthrough
+    served.backing["a.jpg"].write_bytes(big)
+    before = reads()
+    assert _read(folder / "a.jpg") == big and reads() == before
+    assert direct_opens() == 4 and served.status()["opens"] >= 1
 
 
 def test_a_read_answered_from_memory_is_answered_once(serve: Callable[..., Served]) -> None:

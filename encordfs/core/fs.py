@@ -211,6 +211,11 @@ class OpenFile:
     # inode while this is unchanged. Set with no ``backing_fd``: the file the binding holds for this
     # content (``held_key`` of ``EncordFS.open``) is still complete in the cache; keep using it.
     backing_key: str | None = None
+    # A big file not complete in the disk cache (``Options.direct_io_min``): a binding that can keep
+    # shared mmaps working may answer its open in direct-io mode, so its reads skip the kernel's page
+    # cache (one copy less, no new page cache to fill). Its later opens, once the file is complete on
+    # disk, are passthrough or cached as usual.
+    bypass_page_cache: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +238,9 @@ class Options:
     # mode. Off by default: an fd per open only pays when the kernel then reads the file without us. A
     # binding may also switch ``EncordFS.backing_files`` on once the kernel agreed.
     backing_files: bool = False
+    # A file of at least this size whose content is not complete in the disk cache is opened with
+    # ``OpenFile.bypass_page_cache`` (0: never; see ``encordfs.options``).
+    direct_io_min: int = default("direct_io_min")
     # Sign fixed windows of a folder rather than "this file and the next 999" (``_sign_siblings``): on in
     # cluster mode, where nodes reading in different orders must ask for the same batches.
     aligned_signing: bool = False
@@ -241,7 +249,8 @@ class Options:
     def from_settings(cls, s: Settings) -> Options:
         uid, gid = s.owner
         return cls(uid=uid, gid=gid, metadata_ttl_s=s.metadata_ttl, file_mode=s.file_mode, dir_mode=s.dir_mode,
-                   max_metadata_bytes=s.max_metadata_bytes, aligned_signing=bool(s.shared))  # fmt: skip
+                   max_metadata_bytes=s.max_metadata_bytes, direct_io_min=s.direct_io_min,
+                   aligned_signing=bool(s.shared))  # fmt: skip
 
 
 def iso(ts: float | None) -> str | None:
@@ -958,7 +967,12 @@ class EncordFS:
             if not on_disk or self.prefetcher.follows(node.parent):
                 self.prefetcher.opened(node.parent, node.ino, key)
         fh = self._add_handle(node, handle, backing_fd)
-        return OpenFile(fh, direct_io=False, backing_fd=backing_fd, backing_key=key if backed else None)
+        cold_big = (
+            not backed and 0 < self.options.direct_io_min <= node.size and self.reader.backing_may_wait(key, node.size)
+        )
+        return OpenFile(
+            fh, direct_io=False, backing_fd=backing_fd, backing_key=key if backed else None, bypass_page_cache=cold_big
+        )
 
     def _add_handle(self, node: Node | None, handle: Handle, backing_fd: int | None = None) -> int:
         with self._handles_lock:

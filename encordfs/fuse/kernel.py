@@ -132,6 +132,7 @@ WANTED = (
     | abi.MAX_PAGES
     | abi.SETXATTR_EXT
     | abi.INIT_EXT
+    | abi.DIRECT_IO_ALLOW_MMAP
 )
 # Requests that may wait (see ``_Session._may_wait``); everything else is answered from SQLite or
 # memory in microseconds and is served by the reading worker itself.
@@ -676,6 +677,7 @@ class _Session:
         self.minor = 0
         self.flags = 0
         self.setxattr_ext = False
+        self.direct_opens = 0  # big cold files opened past the page cache (``OpenFile.bypass_page_cache``)
         # Folders whose last listing through us went on without attributes past its first page (a plain
         # READDIR: ``ls -f``, ``find``): the kernel holds no entry for most of their children (``_opendir``).
         self.listed_plain: set[int] = set()
@@ -822,6 +824,7 @@ class _Session:
                 **(pt.status() if pt is not None else {"opens": 0, "backing_ids": 0, "inodes": 0}),
             },
             "listing_ahead": {"used": self.ahead.used, "unused": self.ahead.unused},
+            "direct_io": {"opens": self.direct_opens},
         }
 
     def _invalidated(self, kind: str, parent: int, what: str | int) -> None:
@@ -1086,6 +1089,9 @@ class _Session:
             backing_id = self.passthrough.open(ino, opened.fh, opened.backing_fd, opened.backing_key)
         if backing_id:
             return abi.FOPEN_PASSTHROUGH | abi.FOPEN_NOFLUSH, backing_id
+        if opened.bypass_page_cache and self.flags & abi.DIRECT_IO_ALLOW_MMAP:  # shared mmaps keep working
+            self.direct_opens += 1
+            return abi.FOPEN_DIRECT_IO | abi.FOPEN_NOFLUSH, 0
         # content identity is in the block cache key; unchanged files stay in the page cache
         return abi.FOPEN_KEEP_CACHE | abi.FOPEN_NOFLUSH, 0
 
