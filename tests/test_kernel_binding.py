@@ -487,6 +487,34 @@ def test_a_big_file_not_on_disk_is_read_past_the_page_cache(serve: Callable[...,
     assert direct_opens() == 4 and served.status()["opens"] >= 1
 
 
+def test_a_file_read_in_small_pieces_past_the_page_cache_is_opened_cached_next_time(
+    serve: Callable[..., Served],
+) -> None:
+    """A direct-io handle read in pieces under 32 KiB (many of them) sends its file's next opens through
+    the page cache, whose readahead serves such a reader better."""
+    served = serve(direct_io_min=1)
+    served.backing.pop("a.jpg")
+    path = served.path / "street" / "a.jpg"
+    big = CONTENT["a.jpg"]
+
+    def direct() -> dict[str, int]:
+        return served.fs.status()["direct_io"]  # type: ignore[no-any-return]
+
+    with open(path, "rb", buffering=0) as f:  # 32 reads of 1 KiB: not enough to change anything
+        assert b"".join(os.pread(f.fileno(), 1024, i * 1024) for i in range(32)) == big[: 32 * 1024]
+    assert _read(path) == big
+    assert direct() == {"opens": 2, "small_readers": 0}
+    with open(path, "rb", buffering=0) as f:  # 49 reads of 1 KiB, then 48 of 512 B: 97 small reads
+        pieces = [os.pread(f.fileno(), 1024, i * 1024) for i in range(49)]
+        pieces += [os.pread(f.fileno(), 512, 49 * 1024 + i * 512) for i in range(48)]
+        assert b"".join(pieces) == big[: 49 * 1024 + 48 * 512]
+    assert direct() == {"opens": 3, "small_readers": 1}
+    assert _read(path) == big  # cached: the page cache keeps it
+    before = served.reads + served.held_reads
+    assert _read(path) == big and served.reads + served.held_reads == before
+    assert direct()["opens"] == 3
+
+
 def test_a_read_answered_from_memory_is_answered_once(serve: Callable[..., Served]) -> None:
     """A READ whose bytes the core holds in memory is answered on the thread that read it (``read_held``)
     and only there: it used to be served a second time through ``read``, its second reply refused by
