@@ -257,6 +257,33 @@ def test_get_storage_items_bulk_order_and_errors(emu: RunningEmulator, client: E
         client.get_storage_item("00000000-0000-4000-8000-000000000000")
 
 
+def test_backend_signing_reads_what_get_storage_items_parses(
+    emu: RunningEmulator, client: EncordUserClient, keys: dict[str, Path]
+) -> None:
+    """``SdkBackend.sign`` sends ``get_storage_items(sign_url=True)``'s request and reads only the UUIDs
+    and signed URLs of the answer: the same items, signed or not, as the SDK's own parse; errors the same."""
+    from encordfs import errors
+    from encordfs.backend.sdk import SdkBackend
+
+    rows = _rows(_alpha(client))
+    uuids = [str(rows[t].backing_item_uuid) for t in ("seq", "a.png", "notes.txt", "burst")]
+    parsed = {str(i.uuid): i._orm_item.signed_url for i in client.get_storage_items(uuids, sign_url=True)}
+    backend = SdkBackend(emu.domain, keys["main"].read_text())
+    try:
+        signed = backend.sign(uuids)
+        assert list(signed) == list(parsed) == uuids
+        for uid in uuids:
+            ours, theirs = signed[uid], parsed[uid]
+            assert (ours is None) == (theirs is None), uid
+            if ours is not None and theirs is not None:
+                assert ours.split("?")[0] == theirs.split("?")[0]
+                assert _get(ours).content == _get(theirs).content
+        with pytest.raises(errors.FsError):
+            backend.sign([uuids[0], "00000000-0000-4000-8000-000000000000"])
+    finally:
+        backend.close()
+
+
 def test_child_items_frame_order_and_ids(client: EncordUserClient, tree: Path) -> None:
     burst = _rows(_alpha(client))["burst"]
     group = client.get_storage_item(burst.backing_item_uuid)

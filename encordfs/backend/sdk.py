@@ -8,7 +8,10 @@ Calls, per the wire reference (shared/encord-wire.md §7): datasets come from ``
 dataset's rows from one ``get_dataset`` request (with client metadata), streamed (below); group members from one bulk
 ``get_storage_items(sign_url=True)`` for the groups (which also signs an image sequence's video) plus
 one ``get_child_items(get_signed_urls=True)`` per group (bounded concurrency); signed URLs from
-``get_storage_items(sign_url=True)`` in chunks of at most ``BULK_LIMIT`` items. The SDK retries
+``get_storage_items(sign_url=True)``'s request in chunks of at most ``BULK_LIMIT`` items (``_sign_items``:
+the same POST through the SDK's own API client, but its answer read for ``uuid`` and ``signedUrl``
+only, not validated into 30-field pydantic models: 12-18 us of CPU per item instead of 55-113 us, with the
+GIL held, on every cold file). The SDK retries
 idempotent calls itself; we lower its connect retries so an unreachable domain fails in seconds rather
 than after its 9 s backoff per call.
 
@@ -62,10 +65,11 @@ from encord.http.constants import RequestsSettings
 from encord.http.error_utils import check_error_response
 from encord.http.querier import Querier, create_new_session
 from encord.http.query_methods import QueryMethods
+from encord.orm.base_dto import BaseDTOInterface
 from encord.orm.dataset import DataRow as OrmDataRow
 from encord.orm.dataset import Dataset as OrmDataset
 from encord.orm.dataset import DatasetAccessSettings, ImagesDataFetchOptions
-from encord.orm.storage import StorageItemType
+from encord.orm.storage import GetItemsBulkPayload, StorageItemType
 
 from encordfs import errors
 from encordfs.backend import (
@@ -257,6 +261,20 @@ def key_fingerprint(key_text: str) -> str:
     except (ValueError, TypeError, UnsupportedAlgorithm):
         public = key_text.encode()  # the SDK refuses such a key anyway; this only has to differ per key
     return hashlib.sha256(public).hexdigest()
+
+
+class _SignedUrls(BaseDTOInterface):
+    """The answer of ``storage/items/get-bulk`` as item UUID -> ``signedUrl`` (``SdkBackend._sign_items``)."""
+
+    def __init__(self, urls: dict[str, str | None]) -> None:
+        self.urls = urls
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> _SignedUrls:
+        return cls({str(uuid.UUID(item["uuid"])): item.get("signedUrl") for item in d["results"]})
+
+    def to_dict(self, by_alias: bool = True, exclude_none: bool = True) -> dict[str, Any]:
+        return {"results": [{"uuid": k, "signedUrl": v} for k, v in self.urls.items()]}
 
 
 class SdkBackend:
@@ -472,8 +490,7 @@ class SdkBackend:
         for start in range(0, len(items), BULK_LIMIT):
             chunk = items[start : start + BULK_LIMIT]
             with _sdk(f"signing {len(chunk)} item(s)"):
-                for item in self._client.get_storage_items(chunk, sign_url=True):
-                    out[str(item.uuid)] = item._orm_item.signed_url
+                out.update(self._sign_items(chunk))
         if len(legacy) == 1:
             ((row, keys),) = legacy.items()
             out.update(self._sign_legacy(row, keys))
@@ -482,6 +499,16 @@ class SdkBackend:
                 for signed in pool.map(lambda pair: self._sign_legacy(*pair), legacy.items()):
                     out.update(signed)
         return out
+
+    def _sign_items(self, handles: list[str]) -> dict[str, str | None]:
+        """item UUID -> signed URL (None for an item the service does not sign: a group), by the request
+        ``get_storage_items(handles, sign_url=True)`` sends, its answer read for those two fields only.
+        An SDK without that client falls back to the call itself."""
+        api = getattr(self._client, "_api_client", None)
+        if api is None:  # (a future SDK: the public call, and its parse)
+            return {str(i.uuid): i._orm_item.signed_url for i in self._client.get_storage_items(handles, sign_url=True)}
+        payload = GetItemsBulkPayload(item_uuids=[uuid.UUID(h) for h in handles], sign_urls=True)
+        return api.post("storage/items/get-bulk", params=None, payload=payload, result_type=_SignedUrls).urls
 
     def _sign_legacy(self, row: tuple[str, str], keys: list[str]) -> dict[str, str | errors.BackendError | None]:
         """One legacy data-row call signs the row and/or every image of it that ``keys`` name."""
