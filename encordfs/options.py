@@ -104,8 +104,9 @@ OPTIONS: tuple[Option, ...] = (
         off_help="never let the kernel read cached files directly (--binding kernel)",
     ),  # fmt: skip
     # 64 MiB: a cold big file read through the kernel's page cache is copied twice, and on a VM whose free
-    # memory went back to its host, filling new page cache ran at a third of the direct path's speed
-    # (benchmarks P1). Below it the page cache and its readahead serve small readers better.
+    # memory went back to its host, filling new page cache ran at a third of the direct path's speed (a
+    # cold 1 GiB read, fresh mounts with and without). Below it the page cache's readahead serves small
+    # readers better.
     Option(
         "direct_io_min",
         64 * MiB,

@@ -88,6 +88,37 @@ def _read_all(fs: EncordFS, path: str) -> bytes:
         fs.release(fh)
 
 
+def test_big_cold_opens_are_marked_until_a_direct_reader_reads_small_pieces(world) -> None:  # type: ignore[no-untyped-def]
+    """``open`` marks a file of at least ``direct_io_min`` not on disk (``bypass_page_cache``); once a
+    handle the binding opened direct-io (``opened_direct``) made ``SMALL_DIRECT_READS`` small reads, the
+    file's later opens are not marked. Small reads of a handle not opened direct-io count for nothing."""
+    from dataclasses import replace
+
+    from encordfs.core.fs import SMALL_DIRECT_READS
+
+    fs, _, _, _ = world
+    fs.options = replace(fs.options, direct_io_min=300)  # cat.jpg: 400 bytes; cat~r2.jpg: 200
+    big, small = fs.resolve("/street/cat.jpg"), fs.resolve("/street/cat~r2.jpg")
+    assert not fs.open(small, writable=False).bypass_page_cache
+
+    def read_in_pieces(direct: bool) -> None:
+        opened = fs.open(big, writable=False)
+        assert opened.bypass_page_cache
+        if direct:
+            fs.opened_direct(opened.fh)
+        try:
+            for i in range(SMALL_DIRECT_READS):
+                assert bytes(fs.read_held(opened.fh, i * 4, 4) or fs.read(opened.fh, i * 4, 4)) == b"meow"
+        finally:
+            fs.release(opened.fh)
+
+    read_in_pieces(direct=False)
+    assert fs.status()["direct_io"] == {"opens": 0, "small_readers": 0}
+    read_in_pieces(direct=True)
+    assert fs.status()["direct_io"] == {"opens": 1, "small_readers": 1}
+    assert not fs.open(big, writable=False).bypass_page_cache
+
+
 def test_tree_names_and_bytes(world) -> None:  # type: ignore[no-untyped-def]
     fs, backend, _, _ = world
     assert [n for n, _ in fs.readdir(ROOT_INO)] == ["street"]

@@ -72,6 +72,7 @@ import os
 import stat
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -114,6 +115,15 @@ XATTR_REPLACE = 2
 # The hidden control folder: looked up by name at the root, never listed. Inode numbers far above
 # what the catalog's AUTOINCREMENT will ever reach.
 CONTROL_NAME = ".encordfs"
+# A direct-io open (``OpenFile.bypass_page_cache``) gets every read at the reader's own size: a reader of
+# small pieces pays a request per piece where the page cache would have read ahead (4 KiB reads of a
+# cold 1 GiB file: 48 MB/s direct against 274 MB/s through the page cache; 32 KiB reads were still
+# faster direct). After ``SMALL_DIRECT_READS`` reads under ``SMALL_DIRECT_READ_BYTES`` on one direct-io
+# handle, the file's later opens are not marked (the last ``MAX_SMALL_READERS`` such files).
+SMALL_DIRECT_READ_BYTES = 32 * 1024
+SMALL_DIRECT_READS = 64
+MAX_SMALL_READERS = 4096
+
 CONTROL_INO = 1 << 62
 HINTS_INO = CONTROL_INO + 2
 CONTROL_FILES = {"status.json": CONTROL_INO + 1, "hints": HINTS_INO}
@@ -457,6 +467,9 @@ class EncordFS:
         self._started = clock()
         self._handles: dict[int, tuple[Node | None, Handle]] = {}
         self._backing_fds: dict[int, int] = {}  # fh -> fd of its backing file, closed at release
+        self._direct: dict[int, list[int]] = {}  # direct-io handles (``opened_direct``): fh -> [inode, small reads]
+        self._direct_opens = 0
+        self._small_readers: OrderedDict[int, None] = OrderedDict()  # inodes whose opens are not marked
         self.backing_files = options.backing_files
         self._refreshing: set[int] = set()
         self._next_fh = itertools.count(1)
@@ -968,7 +981,10 @@ class EncordFS:
                 self.prefetcher.opened(node.parent, node.ino, key)
         fh = self._add_handle(node, handle, backing_fd)
         cold_big = (
-            not backed and 0 < self.options.direct_io_min <= node.size and self.reader.backing_may_wait(key, node.size)
+            not backed
+            and 0 < self.options.direct_io_min <= node.size
+            and node.ino not in self._small_readers
+            and self.reader.backing_may_wait(key, node.size)
         )
         return OpenFile(
             fh, direct_io=False, backing_fd=backing_fd, backing_key=key if backed else None, bypass_page_cache=cold_big
@@ -1011,6 +1027,7 @@ class EncordFS:
         }
         out["writes"] = self.writes.status() if self.writes is not None else None
         out["prefetch"] = self.prefetcher.status() if self.prefetcher is not None else None
+        out["direct_io"] = {"opens": self._direct_opens, "small_readers": len(self._small_readers)}
         if self.status_extra is not None:
             out.update(self.status_extra())
         if self.binding_status is not None:
@@ -1028,6 +1045,8 @@ class EncordFS:
             _, handle = self._handles[fh]
         except KeyError:
             raise errors.Stale(f"file handle {fh} is not open") from None
+        if self._direct and length < SMALL_DIRECT_READ_BYTES:
+            self._small_read(fh)
         try:
             return handle.read(offset, length)
         except errors.Stale:
@@ -1043,7 +1062,28 @@ class EncordFS:
         big file's), else None (then call ``read``, which may fetch). Never raises for a handle that is
         gone: ``read`` says so."""
         entry = self._handles.get(fh)
-        return entry[1].read_held(offset, length) if entry is not None else None
+        data = entry[1].read_held(offset, length) if entry is not None else None
+        if data is not None and self._direct and length < SMALL_DIRECT_READ_BYTES:  # (else ``read`` counts it)
+            self._small_read(fh)
+        return data
+
+    def opened_direct(self, fh: int) -> None:
+        """The binding answered this open (``OpenFile.bypass_page_cache``) in direct-io mode: its small
+        reads are counted (``SMALL_DIRECT_READS``)."""
+        entry = self._handles.get(fh)
+        if entry is not None and entry[0] is not None:
+            self._direct[fh] = [entry[0].ino, 0]
+            self._direct_opens += 1
+
+    def _small_read(self, fh: int) -> None:
+        counted = self._direct.get(fh)
+        if counted is None:
+            return
+        counted[1] += 1
+        if counted[1] == SMALL_DIRECT_READS:
+            self._small_readers[counted[0]] = None
+            while len(self._small_readers) > MAX_SMALL_READERS:
+                self._small_readers.popitem(last=False)
 
     def write(self, fh: int, offset: int, data: bytes | memoryview) -> int:
         """Bytes written to an open file: only the ``hints`` control file takes any (see the module
@@ -1088,6 +1128,7 @@ class EncordFS:
         with self._handles_lock:
             entry = self._handles.pop(fh, None)
             backing_fd = self._backing_fds.pop(fh, None)
+            self._direct.pop(fh, None)
         if entry is not None:
             entry[1].close()
         if backing_fd is not None:

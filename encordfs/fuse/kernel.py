@@ -119,14 +119,6 @@ UNMOUNT_GRACE_S = 5.0  # after a signal: how long open files may keep the lazily
 # reopened soon; each costs ~300 B here and one open file in the kernel. Beyond it a reopen registers
 # its backing file again.
 MAX_IDLE_BACKING_IDS = 1024
-# A direct-io open (``OpenFile.bypass_page_cache``) sends every read to us at the reader's own size: a
-# reader of small pieces pays a request per piece where the page cache would have read ahead (4 KiB
-# reads of a cold 1 GiB file: 48 MB/s direct against 274 through the page cache; 32 KiB reads were
-# still faster direct). After ``SMALL_DIRECT_READS`` reads under ``SMALL_DIRECT_READ_BYTES`` on one
-# handle, the file's later opens go through the page cache (the last ``MAX_SMALL_READERS`` such files).
-SMALL_DIRECT_READ_BYTES = 32 * 1024
-SMALL_DIRECT_READS = 64
-MAX_SMALL_READERS = 4096
 
 WANTED = (
     abi.ASYNC_READ
@@ -685,9 +677,6 @@ class _Session:
         self.minor = 0
         self.flags = 0
         self.setxattr_ext = False
-        self.direct_opens = 0  # big cold files opened past the page cache (``OpenFile.bypass_page_cache``)
-        self._direct_handles: dict[int, list[int]] = {}  # fh -> [inode, small reads so far]
-        self._small_readers: OrderedDict[int, None] = OrderedDict()  # inodes opened cached from now on
         # Folders whose last listing through us went on without attributes past its first page (a plain
         # READDIR: ``ls -f``, ``find``): the kernel holds no entry for most of their children (``_opendir``).
         self.listed_plain: set[int] = set()
@@ -834,7 +823,6 @@ class _Session:
                 **(pt.status() if pt is not None else {"opens": 0, "backing_ids": 0, "inodes": 0}),
             },
             "listing_ahead": {"used": self.ahead.used, "unused": self.ahead.unused},
-            "direct_io": {"opens": self.direct_opens, "small_readers": len(self._small_readers)},
         }
 
     def _invalidated(self, kind: str, parent: int, what: str | int) -> None:
@@ -907,8 +895,6 @@ class _Session:
             return False
         if data is None:
             return False
-        if size < SMALL_DIRECT_READ_BYTES and self._direct_handles:  # (else counted by ``_read``)
-            self._small_direct_read(fh)
         self._send(w, _data_reply(unique, data))
         return True
 
@@ -1101,21 +1087,14 @@ class _Session:
             backing_id = self.passthrough.open(ino, opened.fh, opened.backing_fd, opened.backing_key)
         if backing_id:
             return abi.FOPEN_PASSTHROUGH | abi.FOPEN_NOFLUSH, backing_id
-        if (
-            opened.bypass_page_cache
-            and self.flags & abi.DIRECT_IO_ALLOW_MMAP  # shared mmaps keep working
-            and ino not in self._small_readers
-        ):
-            self.direct_opens += 1
-            self._direct_handles[opened.fh] = [ino, 0]
+        if opened.bypass_page_cache and self.flags & abi.DIRECT_IO_ALLOW_MMAP:  # shared mmaps keep working
+            self.fs.opened_direct(opened.fh)
             return abi.FOPEN_DIRECT_IO | abi.FOPEN_NOFLUSH, 0
         # content identity is in the block cache key; unchanged files stay in the page cache
         return abi.FOPEN_KEEP_CACHE | abi.FOPEN_NOFLUSH, 0
 
     def _read(self, w: _Worker, unique: int, nodeid: int, arg: memoryview) -> list[Any]:
         fh, offset, size, _ = abi.READ_IN.unpack_from(arg)
-        if size < SMALL_DIRECT_READ_BYTES and self._direct_handles:
-            self._small_direct_read(fh)
         data = self.fs.read(fh, offset, size)
         return _data_reply(unique, data)
 
@@ -1132,20 +1111,7 @@ class _Session:
         self._close_handle(fh)
         return abi.OUT_HEADER.pack(abi.OUT_HEADER.size, 0, unique)
 
-    def _small_direct_read(self, fh: int) -> None:
-        """Count a small read of a direct-io handle; enough of them send its file's later opens through
-        the page cache (see ``SMALL_DIRECT_READS``)."""
-        counted = self._direct_handles.get(fh)
-        if counted is None:
-            return
-        counted[1] += 1
-        if counted[1] == SMALL_DIRECT_READS:
-            self._small_readers[counted[0]] = None
-            while len(self._small_readers) > MAX_SMALL_READERS:
-                self._small_readers.popitem(last=False)
-
     def _close_handle(self, fh: int) -> None:
-        self._direct_handles.pop(fh, None)
         if self.passthrough is not None:
             self.passthrough.release(fh)
         self.fs.release(fh)
