@@ -119,6 +119,29 @@ def test_big_cold_opens_are_marked_until_a_direct_reader_reads_small_pieces(worl
     assert not fs.open(big, writable=False).bypass_page_cache
 
 
+def test_a_reader_of_big_pieces_split_by_the_kernel_is_not_a_small_reader(world) -> None:  # type: ignore[no-untyped-def]
+    """The kernel splits a 1 MiB read into a buffer that does not start on a page boundary into a READ of
+    1 MiB less the offset and one of the rest (16 bytes for a Python ``bytearray``): half the reads of
+    such a reader are tiny, but their average is not, and its file's later opens stay direct-io."""
+    from dataclasses import replace
+
+    from encordfs.core.fs import SMALL_DIRECT_READS
+
+    fs, _, _, _ = world
+    fs.options = replace(fs.options, direct_io_min=300)
+    big = fs.resolve("/street/cat.jpg")
+    opened = fs.open(big, writable=False)
+    fs.opened_direct(opened.fh)
+    try:
+        for i in range(4 * SMALL_DIRECT_READS):  # a file of 128 MiB and more
+            length = (1 << 20) - 16 if i % 2 == 0 else 16
+            assert bytes(fs.read_held(opened.fh, 0, length) or fs.read(opened.fh, 0, length))[:4] == b"meow"
+    finally:
+        fs.release(opened.fh)
+    assert fs.status()["direct_io"] == {"opens": 1, "small_readers": 0}
+    assert fs.open(big, writable=False).bypass_page_cache
+
+
 def test_tree_names_and_bytes(world) -> None:  # type: ignore[no-untyped-def]
     fs, backend, _, _ = world
     assert [n for n, _ in fs.readdir(ROOT_INO)] == ["street"]

@@ -118,8 +118,12 @@ CONTROL_NAME = ".encordfs"
 # A direct-io open (``OpenFile.bypass_page_cache``) gets every read at the reader's own size: a reader of
 # small pieces pays a request per piece where the page cache would have read ahead (4 KiB reads of a
 # cold 1 GiB file: 48 MB/s direct against 274 MB/s through the page cache; 32 KiB reads were still
-# faster direct). After ``SMALL_DIRECT_READS`` reads under ``SMALL_DIRECT_READ_BYTES`` on one direct-io
-# handle, the file's later opens are not marked (the last ``MAX_SMALL_READERS`` such files).
+# faster direct). Once a direct-io handle has made ``SMALL_DIRECT_READS`` reads averaging under
+# ``SMALL_DIRECT_READ_BYTES``, the file's later opens are not marked (the last ``MAX_SMALL_READERS`` such
+# files). The average, not a count of small reads: the kernel splits a 1 MiB read into a buffer that
+# does not start on a page (Python's ``bytearray``, most buffers from ``malloc``) into a READ of 1 MiB
+# less the offset and one of the few bytes left, so a reader of big pieces also makes a small READ
+# for every big one.
 SMALL_DIRECT_READ_BYTES = 32 * 1024
 SMALL_DIRECT_READS = 64
 MAX_SMALL_READERS = 4096
@@ -467,7 +471,7 @@ class EncordFS:
         self._started = clock()
         self._handles: dict[int, tuple[Node | None, Handle]] = {}
         self._backing_fds: dict[int, int] = {}  # fh -> fd of its backing file, closed at release
-        self._direct: dict[int, list[int]] = {}  # direct-io handles (``opened_direct``): fh -> [inode, small reads]
+        self._direct: dict[int, list[int]] = {}  # direct-io handles (``opened_direct``): fh -> [inode, reads, bytes]
         self._direct_opens = 0
         self._small_readers: OrderedDict[int, None] = OrderedDict()  # inodes whose opens are not marked
         self.backing_files = options.backing_files
@@ -1045,8 +1049,8 @@ class EncordFS:
             _, handle = self._handles[fh]
         except KeyError:
             raise errors.Stale(f"file handle {fh} is not open") from None
-        if self._direct and length < SMALL_DIRECT_READ_BYTES:
-            self._small_read(fh)
+        if self._direct:
+            self._direct_read(fh, length)
         try:
             return handle.read(offset, length)
         except errors.Stale:
@@ -1063,8 +1067,8 @@ class EncordFS:
         gone: ``read`` says so."""
         entry = self._handles.get(fh)
         data = entry[1].read_held(offset, length) if entry is not None else None
-        if data is not None and self._direct and length < SMALL_DIRECT_READ_BYTES:  # (else ``read`` counts it)
-            self._small_read(fh)
+        if data is not None and self._direct:  # (else ``read`` counts it)
+            self._direct_read(fh, length)
         return data
 
     def opened_direct(self, fh: int) -> None:
@@ -1072,15 +1076,18 @@ class EncordFS:
         reads are counted (``SMALL_DIRECT_READS``)."""
         entry = self._handles.get(fh)
         if entry is not None and entry[0] is not None:
-            self._direct[fh] = [entry[0].ino, 0]
+            self._direct[fh] = [entry[0].ino, 0, 0]
             self._direct_opens += 1
 
-    def _small_read(self, fh: int) -> None:
+    def _direct_read(self, fh: int, length: int) -> None:
+        """Count a read of a direct-io handle; after ``SMALL_DIRECT_READS`` reads, a handle whose reads
+        averaged under ``SMALL_DIRECT_READ_BYTES`` puts its file among the small readers."""
         counted = self._direct.get(fh)
         if counted is None:
             return
         counted[1] += 1
-        if counted[1] == SMALL_DIRECT_READS:
+        counted[2] += length
+        if counted[1] == SMALL_DIRECT_READS and counted[2] < SMALL_DIRECT_READS * SMALL_DIRECT_READ_BYTES:
             self._small_readers[counted[0]] = None
             while len(self._small_readers) > MAX_SMALL_READERS:
                 self._small_readers.popitem(last=False)
