@@ -82,6 +82,28 @@ def test_path_cache_follows_refresh_and_rename(fs_and_backend) -> None:  # type:
     assert fs.resolve("/street/c.jpg") == b
 
 
+def test_a_path_next_to_a_resolved_one_walks_one_step(fs_and_backend, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A walk stores the folders it passes through; a path whose folder is stored walks only its last
+    name (an order hint, a first open through the path-based binding: one catalog lookup, not one per
+    folder on the way)."""
+    fs, _, _ = fs_and_backend
+    fs.resolve("/street/a.jpg")  # loads the folders (the catalog changes, so nothing is stored yet)
+    walked: list[tuple[int, str]] = []
+    lookup = fs.lookup_ino
+    monkeypatch.setattr(fs, "lookup_ino", lambda parent, name: walked.append((parent, name)) or lookup(parent, name))
+    a = fs.resolve("/street/a.jpg")
+    assert [name for _, name in walked] == ["street", "a.jpg"]
+    walked.clear()
+    b = fs.resolve("/street/b.jpg")
+    assert [name for _, name in walked] == ["b.jpg"] and b != a
+    assert walked[0][0] == fs.resolve("/street")
+    walked.clear()
+    assert fs.resolve("/street/b.jpg") == b and fs.resolve("/street/a.jpg") == a and not walked
+    with pytest.raises(errors.FsError) as missing:
+        fs.resolve("/street/nothing.jpg")
+    assert missing.value.errno == errno.ENOENT and [name for _, name in walked] == ["nothing.jpg"]
+
+
 def test_path_cache_hit_still_starts_the_ttl_refresh(fs_and_backend) -> None:  # type: ignore[no-untyped-def]
     fs, backend, clock = fs_and_backend
     fs.resolve("/street/a.jpg")  # loads the folders (the catalog changes, so nothing is cached yet)

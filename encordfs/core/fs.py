@@ -603,13 +603,20 @@ class EncordFS:
             return ino
         version = self.catalog.version
         ino = parent = ROOT_INO
+        parts = [part for part in path.split("/") if part]
+        walked = ""
+        if len(parts) > 1:  # the folder is most often known: a file next to the last one looked up
+            folder = "/" + "/".join(parts[:-1])
+            hit = self.paths.get(folder)
+            if hit is not None:
+                ino, walked, parts = hit[0], folder, parts[-1:]
         via_view = False  # membership of a view changes with metadata, which ``version`` does not track
-        for part in path.split("/"):
-            if part:
-                parent, ino = ino, self.lookup_ino(ino, part)
-                via_view = via_view or is_view_ino(ino)
-        if ino != ROOT_INO and not via_view:
-            self.paths.put(path, ino, parent, version)
+        for part in parts:
+            parent, ino = ino, self.lookup_ino(ino, part)
+            via_view = via_view or is_view_ino(ino)
+            walked = f"{walked}/{part}"
+            if ino != ROOT_INO and not via_view:  # the folders on the way too: the next path there walks one step
+                self.paths.put(walked, ino, parent, version)
         return ino
 
     def would_wait(self, folder: int) -> bool:
