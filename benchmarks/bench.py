@@ -947,8 +947,9 @@ class Bench:
             return n / secs / 1e6
 
         # A, B, B, A, A, B: the storage under this VM caches too, so whichever read comes second is faster,
-        # and its speed swings 2-3x from one read to the next (measured 1.1-3.5 GB/s for the same file
-        # within a minute); each way is read three times, early and late, and the best of each counts.
+        # and its speed swings 2-3x from one read to the next (the cache file alone read at 1.4-3.4 GB/s
+        # within two minutes, scratch A/B of stop 31); each way is read three times, early and late, and
+        # the best of each counts.
         file_rates = [directly()]
         mount_rates = [through_mount(first=True), through_mount(first=False)]
         file_rates += [directly(), directly()]

@@ -121,7 +121,7 @@ def test_big_cold_opens_are_marked_until_a_direct_reader_reads_small_pieces(worl
 
 def test_a_reader_of_big_pieces_split_by_the_kernel_is_not_a_small_reader(world) -> None:  # type: ignore[no-untyped-def]
     """The kernel splits a 1 MiB read into a buffer that does not start on a page boundary into a READ of
-    1 MiB less the offset and one of the rest (16 bytes for a Python ``bytearray``): half the reads of
+    1 MiB less the offset and one of the rest (16 bytes for a Python ``bytearray`` of 1 MiB): half the reads of
     such a reader are tiny, but their average is not, and its file's later opens stay direct-io."""
     from dataclasses import replace
 
@@ -140,6 +140,30 @@ def test_a_reader_of_big_pieces_split_by_the_kernel_is_not_a_small_reader(world)
         fs.release(opened.fh)
     assert fs.status()["direct_io"] == {"opens": 1, "small_readers": 0}
     assert fs.open(big, writable=False).bypass_page_cache
+
+
+def test_a_direct_reader_that_turns_to_small_pieces_is_a_small_reader(world) -> None:  # type: ignore[no-untyped-def]
+    """The rule looks at every window of reads, not only the first: a handle that reads big pieces first
+    and then small ones (a header read whole, then random 4 KiB reads) sends its file's later opens
+    through the page cache once a window of its reads averages small."""
+    from dataclasses import replace
+
+    from encordfs.core.fs import SMALL_DIRECT_READS
+
+    fs, _, _, _ = world
+    fs.options = replace(fs.options, direct_io_min=300)
+    big = fs.resolve("/street/cat.jpg")
+    opened = fs.open(big, writable=False)
+    fs.opened_direct(opened.fh)
+    try:
+        for length in [1 << 20] * SMALL_DIRECT_READS + [4096] * (SMALL_DIRECT_READS - 1):
+            assert bytes(fs.read_held(opened.fh, 0, length) or fs.read(opened.fh, 0, length))[:4] == b"meow"
+        assert fs.status()["direct_io"]["small_readers"] == 0
+        assert bytes(fs.read(opened.fh, 0, 4096))[:4] == b"meow"
+    finally:
+        fs.release(opened.fh)
+    assert fs.status()["direct_io"] == {"opens": 1, "small_readers": 1}
+    assert not fs.open(big, writable=False).bypass_page_cache
 
 
 def test_tree_names_and_bytes(world) -> None:  # type: ignore[no-untyped-def]

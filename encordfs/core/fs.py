@@ -118,12 +118,12 @@ CONTROL_NAME = ".encordfs"
 # A direct-io open (``OpenFile.bypass_page_cache``) gets every read at the reader's own size: a reader of
 # small pieces pays a request per piece where the page cache would have read ahead (4 KiB reads of a
 # cold 1 GiB file: 48 MB/s direct against 274 MB/s through the page cache; 32 KiB reads were still
-# faster direct). Once a direct-io handle has made ``SMALL_DIRECT_READS`` reads averaging under
+# faster direct). Once ``SMALL_DIRECT_READS`` reads in a row on a direct-io handle average under
 # ``SMALL_DIRECT_READ_BYTES``, the file's later opens are not marked (the last ``MAX_SMALL_READERS`` such
 # files). The average, not a count of small reads: the kernel splits a 1 MiB read into a buffer that
-# does not start on a page (Python's ``bytearray``, most buffers from ``malloc``) into a READ of 1 MiB
-# less the offset and one of the few bytes left, so a reader of big pieces also makes a small READ
-# for every big one.
+# does not start on a page (Python's ``bytearray``: 16 bytes in, from ``malloc``) into a READ of 1 MiB
+# less the offset and one of the bytes left, so a reader of big pieces also makes a small READ for
+# every big one.
 SMALL_DIRECT_READ_BYTES = 32 * 1024
 SMALL_DIRECT_READS = 64
 MAX_SMALL_READERS = 4096
@@ -1079,25 +1079,28 @@ class EncordFS:
         return data
 
     def opened_direct(self, fh: int) -> None:
-        """The binding answered this open (``OpenFile.bypass_page_cache``) in direct-io mode: its small
-        reads are counted (``SMALL_DIRECT_READS``)."""
+        """The binding answered this open (``OpenFile.bypass_page_cache``) in direct-io mode: its reads
+        are counted in windows of ``SMALL_DIRECT_READS``."""
         entry = self._handles.get(fh)
         if entry is not None and entry[0] is not None:
             self._direct[fh] = [entry[0].ino, 0, 0]
             self._direct_opens += 1
 
     def _direct_read(self, fh: int, length: int) -> None:
-        """Count a read of a direct-io handle; after ``SMALL_DIRECT_READS`` reads, a handle whose reads
-        averaged under ``SMALL_DIRECT_READ_BYTES`` puts its file among the small readers."""
+        """Count a read of a direct-io handle: a window of ``SMALL_DIRECT_READS`` reads averaging under
+        ``SMALL_DIRECT_READ_BYTES`` puts its file among the small readers (then the next window starts)."""
         counted = self._direct.get(fh)
         if counted is None:
             return
         counted[1] += 1
         counted[2] += length
-        if counted[1] == SMALL_DIRECT_READS and counted[2] < SMALL_DIRECT_READS * SMALL_DIRECT_READ_BYTES:
+        if counted[1] < SMALL_DIRECT_READS:
+            return
+        if counted[2] < SMALL_DIRECT_READS * SMALL_DIRECT_READ_BYTES:
             self._small_readers[counted[0]] = None
             while len(self._small_readers) > MAX_SMALL_READERS:
                 self._small_readers.popitem(last=False)
+        counted[1] = counted[2] = 0
 
     def write(self, fh: int, offset: int, data: bytes | memoryview) -> int:
         """Bytes written to an open file: only the ``hints`` control file takes any (see the module
