@@ -451,6 +451,7 @@ def bytes_suite(
         still = _run_threads([worker] * threads, join_s=3600)
         dog.stuck()
         counters = _status(m.path).get("counters", {})
+        why = _warnings_logged(m.log_path) if totals["read_errors"] else []
     ws.admin("DELETE", "faults")
     seconds = time.monotonic() - started
     return {
@@ -458,6 +459,7 @@ def bytes_suite(
         "wrong_bytes": totals["wrong_bytes"],
         "read_errors": totals["read_errors"],
         "read_errnos": dict(errnos),
+        "read_errors_logged": why,
         "files": totals["files"],
         "hangs": dog.hangs + still,
         "hung": dog.hung[:5],
@@ -468,6 +470,16 @@ def bytes_suite(
         "max_rss_mb": rss.max_mb,
         "fetch": {k: v for k, v in counters.items() if k.startswith("fetch.") or k.startswith("urls.")},
     }
+
+
+def _warnings_logged(log_path: Path, keep: int = 8) -> list[str]:
+    """The mount log's last WARNING and ERROR lines: why a read failed, in the figures of a failed test
+    (the log itself goes with the test's temp dir)."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    return [line[-400:] for line in lines if "warning" in line.lower() or "error" in line.lower()][-keep:]
 
 
 def _bytes_plan(ws: Workspace, mnt: Path, total_bytes: int, seed: int) -> list[tuple[Path, int]]:
