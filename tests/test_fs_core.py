@@ -283,6 +283,33 @@ def test_one_signing_call_for_a_folder(tmp_path: Path) -> None:
         catalog.close()
 
 
+def test_a_shuffled_reader_signs_a_folder_in_full_batches(tmp_path: Path) -> None:
+    """Files opened in a shuffled order: each signing call fills its batch from the folder's start when
+    fewer than 999 unsigned files follow the one opened, so 2,000 files cost 2 calls, not one per file
+    opened before everything signed so far (10 in the WAN epoch before the batch wrapped around)."""
+    import random
+
+    backend = MemoryBackend()
+    backend.add_dataset(DatasetRecord("ds", "many", "", 0, 0, 0, None, None))
+    for i in range(2000):
+        backend.add_row(_row(f"r{i:05d}", "ds", f"{i}.jpg", b"z"), b"z")
+    catalog = Catalog(tmp_path / "c.sqlite")
+    reader = _memory_reader(MemoryFetcher(backend), 1 << 26)
+    fs = EncordFS(backend, catalog, reader, SignedUrlCache(backend.sign), Options(uid=0, gid=0))
+    try:
+        names = [n for n, _ in fs.readdir(fs.resolve("/many"))]
+        order = [n for n in names if n.endswith(".jpg")]
+        assert len(order) == 2000
+        random.Random(7).shuffle(order)
+        for name in order:
+            assert _read_all(fs, f"/many/{name}") == b"z"
+        assert backend.calls["sign"] == 2
+    finally:
+        fs.close()
+        reader.close()
+        catalog.close()
+
+
 def test_metadata_size_limit_and_validation(tmp_path: Path) -> None:
     from encordfs.core.writes import WriteQueue
 

@@ -13,10 +13,11 @@ through the legacy ``images_data``: one call per group), and keeps the signed UR
 them. An image sequence's video, when the service has one, is a file ``<sequence name>.mp4`` inside
 its folder beside the frames. A group whose members cannot be listed is an empty folder whose
 ``user.encord.error`` says why. Opening a file whose URL is not cached signs it together with up to
-999 of its unsigned siblings (one ``get-bulk``), so reading a folder costs one signing call per
-1,000 files -- except a row without a storage item (a legacy row), which costs one data-row call of
-its own and is signed alone (never with siblings: each would be a call). Nodes carry the backend's
-*handle* (``encordfs.backend``): a storage item uuid, or a legacy key.
+999 of its unsigned siblings (one ``get-bulk``: those listed after it, then from the folder's start),
+so reading a folder in any order costs about one signing call per 1,000 files -- except a row
+without a storage item (a legacy row), which costs one data-row call of its own and is signed alone
+(never with siblings: each would be a call). Nodes carry the backend's *handle*
+(``encordfs.backend``): a storage item uuid, or a legacy key.
 
 Shared loads (cluster mode): with a ``FolderLoader`` (``encordfs.cluster``), the root's and dataset
 folders' loads go through it: it may fill the catalog folder from what another mount published
@@ -1184,7 +1185,11 @@ class EncordFS:
 
     def _sign_siblings(self, node: Node) -> None:
         """Sign ``node`` and up to 999 unsigned files after it in its folder, in one call (legacy rows
-        left out: each would cost a call of its own). With ``Options.aligned_signing``, the unsigned
+        left out: each would cost a call of its own); when fewer follow it, the batch is filled from the
+        folder's start. A shuffled reader otherwise paid a whole call for one file (or a handful) each
+        time it opened one listed before every file signed so far: 10 calls for an epoch over 2,000
+        files instead of 2, each one API round trip that the reader (or the prefetch planner, resolving
+        the URLs of a hint list) waits for. With ``Options.aligned_signing``, the unsigned
         files of ``node``'s window instead: inode offsets ``[k·1000, (k+1)·1000)`` from the folder's first
         inode, the same windows on every node that took the folder from the same published listing,
         so nodes reading in different orders still ask for the same batches (``encordfs.cluster``)."""
@@ -1197,12 +1202,20 @@ class EncordFS:
             siblings = [(ino, u) for ino, u in window if ino < start + BULK_LIMIT]
         else:
             siblings = self.catalog.file_items(node.parent, after_ino=node.ino, limit=BULK_LIMIT * 4)
-        unsigned = [
+        unsigned = self._unsigned(item, siblings)
+        if not self.options.aligned_signing and len(unsigned) < BULK_LIMIT - 1 and len(siblings) < BULK_LIMIT * 4:
+            before = self.catalog.file_items(node.parent, after_ino=0, limit=BULK_LIMIT * 4)  # wrap around
+            unsigned += self._unsigned(item, [(ino, u) for ino, u in before if ino < node.ino])
+        self.urls.prime([item] + unsigned[: BULK_LIMIT - 1])
+
+    def _unsigned(self, item: str, files: list[tuple[int, str]]) -> list[str]:
+        """The handles of ``files`` a bulk call of ``item`` should sign too: not ``item``, not legacy
+        rows, neither fresh nor being signed."""
+        return [
             u
-            for _, u in siblings
+            for _, u in files
             if u != item and not costs_a_call(u) and not self.urls.is_fresh(u) and not self.urls.is_pending(u)
         ]
-        self.urls.prime([item] + unsigned[: BULK_LIMIT - 1])
 
     # -- xattrs -----------------------------------------------------------------------------------
     def _view(self, node: Node) -> tuple[dict[str, Any] | None, str]:
