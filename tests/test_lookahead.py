@@ -81,7 +81,14 @@ class AsyncRecordingFetcher(RecordingFetcher):
 
 
 class World:
-    def __init__(self, tmp_path: Path, config: PrefetchConfig, files: int = FILES, use_async: bool = False) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        config: PrefetchConfig,
+        files: int = FILES,
+        use_async: bool = False,
+        sign_gate: threading.Event | None = None,
+    ) -> None:
         self.backend = MemoryBackend()
         self.backend.add_dataset(DatasetRecord("ds1", "street", "d", 1e9, 1e9, 0, "folder1", "admin"))
         self.backend.add_dataset(DatasetRecord("ds2", "other", "d", 1e9, 1e9, 0, "folder2", "admin"))
@@ -94,7 +101,16 @@ class World:
         self.counters = Counters()
         self.catalog = Catalog(tmp_path / "catalog.sqlite")
         self.fetcher = (AsyncRecordingFetcher if use_async else RecordingFetcher)(self.backend, self.events, self.lock)
-        urls = SignedUrlCache(self.backend.sign, clock=Clock())
+        self.sign_calls: list[list[str]] = []  # the ids of each signing call, in order
+
+        def sign(ids: list[str]) -> Any:
+            if sign_gate is not None:
+                sign_gate.wait(10)
+            with self.lock:
+                self.sign_calls.append(list(ids))
+            return self.backend.sign(ids)
+
+        urls = SignedUrlCache(sign, clock=Clock())
         self.reader = ReadPipeline(
             self.fetcher,
             MemoryBlockCache(64 << 20),
@@ -181,8 +197,10 @@ class World:
 def make_world(tmp_path: Path) -> Iterator[Any]:
     made: list[World] = []
 
-    def make(files: int = FILES, use_async: bool = False, **config: Any) -> World:
-        world = World(tmp_path / f"w{len(made)}", PrefetchConfig(**config), files, use_async)
+    def make(
+        files: int = FILES, use_async: bool = False, sign_gate: threading.Event | None = None, **config: Any
+    ) -> World:
+        world = World(tmp_path / f"w{len(made)}", PrefetchConfig(**config), files, use_async, sign_gate)
         made.append(world)
         return world
 
@@ -420,3 +438,27 @@ def test_hints_serve_parallel_workers_reading_their_own_batches(make_world: Any)
     c = w.counters.snapshot()
     assert c["hints.overtaken"] == 3 and c["hints.hits"] == FILES - 3 and c["hints.retired_finished"] == 1
     assert w.prefetcher.status()["ahead_bytes"] == 0
+
+
+def test_urls_are_signed_ahead_in_hint_order_and_a_slow_call_never_stalls_the_planner(make_world: Any) -> None:
+    """A hint list's URLs are asked for ``sign_lead`` positions ahead of what it schedules, a batch of
+    ``sign_batch`` at a time, in the list's order; a file whose URL is still being signed goes to a
+    worker thread, so the planner keeps scheduling and answering meanwhile (it used to wait for the
+    call: one API round trip with the link idle, each time it reached unsigned files)."""
+    gate = threading.Event()
+    w = make_world(use_async=True, sign_gate=gate, hint_initial_window=4, sign_lead=5, sign_batch=10)
+    order = list(range(FILES))
+    random.Random(5).shuffle(order)
+    w.hint([name(i).encode() for i in order])
+    try:
+        assert w.prefetcher.ping(timeout_s=3.0)  # the planner answers while the first signing call hangs
+        assert w.counters.snapshot().get("prefetch.url_waits", 0) >= 1  # those files went to threads
+    finally:
+        gate.set()
+    assert w.prefetcher.wait_idle()
+    for i in order:
+        assert w.read(name(i)) == bytes([i]) * SIZE
+        assert w.prefetcher.wait_idle()
+    assert w.fetched_before_opened() == {f"item-r{i:03d}" for i in order}  # every one was there first
+    hinted = [f"item-r{i:03d}" for i in order]
+    assert [ids for ids in w.sign_calls] == [hinted[k : k + 10] for k in range(0, FILES, 10)]

@@ -191,7 +191,7 @@ class Reader(Protocol):
 
 class UrlCache(Protocol):
     def put(self, item_id: str, url: str) -> None: ...
-    def prime(self, item_ids: list[str]) -> None: ...
+    def prime(self, item_ids: list[str], wait: bool = True) -> None: ...
     def is_fresh(self, item_id: str) -> bool: ...
     def is_pending(self, item_id: str) -> bool: ...
     def source(self, item_id: str) -> Callable[[bool], str]: ...
@@ -1139,8 +1139,23 @@ class EncordFS:
             raise errors.NotFound(f"{path}: nothing to read from")
         return self._item(node)
 
+    def url_ready(self, item: Item) -> bool:
+        """Whether ``item``'s URL is signed and fresh: its prefetch can start without waiting for a call."""
+        return not item.handle or self.urls.is_fresh(item.handle)
+
+    def sign_ahead(self, items: list[Item]) -> None:
+        """Start signing the URLs of ``items`` (in bulk calls of up to 1,000) and return at once: the
+        prefetcher asks for the files it will fetch next, in its own order, before it gets there. Not
+        with ``Options.aligned_signing`` (cluster mode): nodes must ask for the same fixed windows, so
+        there a file's URL is signed with its window when it is fetched (on a prefetch worker thread)."""
+        if self.options.aligned_signing:
+            return
+        handles = [item.handle for item in items if item.handle and not costs_a_call(item.handle)]
+        if handles:
+            self.urls.prime(handles, wait=False)
+
     def _item(self, node: Node) -> Item:
-        return Item(node.ino, self._content_key(node), node.size, self._url_source(node))
+        return Item(node.ino, self._content_key(node), node.size, self._url_source(node), node.handle or "")
 
     def release(self, fh: int) -> None:
         with self._handles_lock:

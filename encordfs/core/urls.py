@@ -230,10 +230,12 @@ class SignedUrlCache:
                 return signed
             # The flight we joined returned the URL the server refused: go round and sign ourselves.
 
-    def prime(self, item_ids: Iterable[str]) -> None:
+    def prime(self, item_ids: Iterable[str], wait: bool = True) -> None:
         """Bulk-sign the ids that are missing or near expiry, at most ``batch`` (≤ 1000) per call.
 
         Ids the server will not sign are left out silently (a later ``get`` raises ``NotFound``).
+        ``wait=False``: start the calls and return at once (signing ahead of readers: a ``get`` of an
+        id meanwhile joins its call).
         """
         with self._lock:
             now = self._clock()
@@ -254,6 +256,8 @@ class SignedUrlCache:
                     self._flights[item_id] = flight
             if todo:
                 self._start_flight(todo, flight)
+                if not wait:
+                    continue
                 self._wait(flight, todo[0])
                 if flight.error is not None:
                     raise flight.error
