@@ -462,3 +462,18 @@ def test_urls_are_signed_ahead_in_hint_order_and_a_slow_call_never_stalls_the_pl
     assert w.fetched_before_opened() == {f"item-r{i:03d}" for i in order}  # every one was there first
     hinted = [f"item-r{i:03d}" for i in order]
     assert [ids for ids in w.sign_calls] == [hinted[k : k + 10] for k in range(0, FILES, 10)]
+
+
+def test_hint_lines_written_a_few_at_a_time_are_not_signed_a_few_at_a_time(make_world: Any) -> None:
+    """Signing ahead waits for a whole batch of lines (or the list's end): three lines of a list still
+    being written are signed by their fetch, together with their folder, not in a call of three."""
+    w = make_world(use_async=True, hint_initial_window=4, sign_lead=5, sign_batch=10)
+    fh = w.fs.open(w.fs.resolve("/.encordfs/hints"), writable=True).fh
+    try:
+        lines = b"".join(name(i).encode() + b"\n" for i in (7, 3, 29))
+        assert w.fs.write(fh, 0, lines) == len(lines)
+        assert w.prefetcher.wait_idle()
+        assert {f"item-r{i:03d}" for i in (7, 3, 29)} <= w.fetched_before_opened()
+        assert len(w.sign_calls) == 1 and len(w.sign_calls[0]) == FILES  # the folder's batch
+    finally:
+        w.fs.release(fh)

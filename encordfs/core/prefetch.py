@@ -645,12 +645,13 @@ class Prefetcher:
             self._retire(stream, "finished")  # all handed over, and its last file was opened
 
     def _sign_next(self, stream: _Stream, sign_ahead: Callable[[list[Item]], None]) -> None:
-        """Ask for the URLs of the stream's next ``sign_batch`` positions not asked for yet (those that
-        exist so far: a hint list's later lines may not be written yet)."""
+        """Ask for the URLs of the stream's next ``sign_batch`` positions not asked for yet. A shorter
+        batch only at the stream's end: a hint list whose lines arrive a few at a time would otherwise
+        cost a call per few lines (its files' URLs are then signed by the fetch, with their folder)."""
         start = max(stream.signed_to, stream.next_pos)
         self._produce_to(stream, start + self.config.sign_batch)
         end = min(start + self.config.sign_batch, stream.produced)
-        if end <= start:
+        if end <= start or (end - start < self.config.sign_batch and not stream.exhausted):
             return
         cached = self.cached
         items = [
