@@ -451,7 +451,7 @@ def bytes_suite(
         still = _run_threads([worker] * threads, join_s=3600)
         dog.stuck()
         counters = _status(m.path).get("counters", {})
-        why = _warnings_logged(m.log_path) if totals["read_errors"] else []
+        why = _warnings_logged(m.log()) if totals["read_errors"] else []
     ws.admin("DELETE", "faults")
     seconds = time.monotonic() - started
     return {
@@ -472,14 +472,11 @@ def bytes_suite(
     }
 
 
-def _warnings_logged(log_path: Path, keep: int = 8) -> list[str]:
-    """The mount log's last WARNING and ERROR lines: why a read failed, in the figures of a failed test
-    (the log itself goes with the test's temp dir)."""
-    try:
-        lines = log_path.read_text(errors="replace").splitlines()
-    except OSError:
-        return []
-    return [line[-400:] for line in lines if "warning" in line.lower() or "error" in line.lower()][-keep:]
+def _warnings_logged(log: str, keep: int = 8) -> list[str]:
+    """The mount log's last WARNING and ERROR lines (``logs.TEXT_FORMAT``): why a read failed, in the
+    figures of a failed test (the log itself goes with the test's temp dir)."""
+    levels = (" WARNING ", " ERROR ", " CRITICAL ")
+    return [line[-400:] for line in log.splitlines() if any(level in line for level in levels)][-keep:]
 
 
 def _bytes_plan(ws: Workspace, mnt: Path, total_bytes: int, seed: int) -> list[tuple[Path, int]]:

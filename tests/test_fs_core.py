@@ -286,7 +286,7 @@ def test_one_signing_call_for_a_folder(tmp_path: Path) -> None:
 def test_a_shuffled_reader_signs_a_folder_in_full_batches(tmp_path: Path) -> None:
     """Files opened in a shuffled order: each signing call fills its batch from the folder's start when
     fewer than 999 unsigned files follow the one opened, so 2,000 files cost 2 calls, not one per file
-    opened before everything signed so far (10 in the WAN epoch before the batch wrapped around)."""
+    opened before everything signed so far (9-11 in the WAN epoch before the batch wrapped around)."""
     import random
 
     backend = MemoryBackend()

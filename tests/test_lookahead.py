@@ -461,7 +461,7 @@ def test_urls_are_signed_ahead_in_hint_order_and_a_slow_call_never_stalls_the_pl
         assert w.prefetcher.wait_idle()
     assert w.fetched_before_opened() == {f"item-r{i:03d}" for i in order}  # every one was there first
     hinted = [f"item-r{i:03d}" for i in order]
-    assert [ids for ids in w.sign_calls] == [hinted[k : k + 10] for k in range(0, FILES, 10)]
+    assert w.sign_calls == [hinted[k : k + 10] for k in range(0, FILES, 10)]
 
 
 def test_hint_lines_written_a_few_at_a_time_are_not_signed_a_few_at_a_time(make_world: Any) -> None:

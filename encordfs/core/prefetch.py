@@ -136,9 +136,13 @@ class Source(Protocol):
         ``errors.IsADirectory`` for a folder, another ``FsError`` if it cannot be resolved now."""
         ...
 
-    # Optional (a source without them: every URL is taken as ready, none is signed ahead):
-    #   url_ready(item) -> bool            the item's URL is at hand: fetching it waits for no signing call
-    #   sign_ahead(items) -> None          start signing these items' URLs, in bulk, and return at once
+    def url_ready(self, item: Item) -> bool:
+        """Whether the item's URL is at hand: fetching it waits for no signing call."""
+        ...
+
+    def sign_ahead(self, items: list[Item]) -> None:
+        """Start signing these items' URLs, in bulk, and return at once."""
+        ...
 
 
 FetchFile = Callable[[Item], int]  # bytes fetched (0: cached already); raises reader.Throttled or FsError
@@ -310,8 +314,6 @@ class Prefetcher:
         # over by the planner itself, not handed to ``fetch`` to find out (an epoch over cached files
         # cost ~90 us of planner work per open that way).
         self.cached = cached
-        self._url_ready: Callable[[Item], bool] | None = getattr(source, "url_ready", None)
-        self._sign_ahead: Callable[[list[Item]], None] | None = getattr(source, "sign_ahead", None)
         self.counters = counters if counters is not None else Counters()
         self.config = config if config is not None else PrefetchConfig()
         self.mountpoint = mountpoint.rstrip("/") if mountpoint else None
@@ -613,8 +615,8 @@ class Prefetcher:
         limit = stream.front + stream.window
         while stream.next_pos <= limit and self._in_flight < cfg.parallel:
             pos = stream.next_pos
-            if pos + cfg.sign_lead >= stream.signed_to and self._sign_ahead is not None:
-                self._sign_next(stream, self._sign_ahead)
+            if pos + cfg.sign_lead >= stream.signed_to:
+                self._sign_next(stream)
             if not self._produce_to(stream, pos + 1):
                 break
             item = stream.items.get(pos)
@@ -644,7 +646,7 @@ class Prefetcher:
         if done and stream.front >= stream.produced - 1:
             self._retire(stream, "finished")  # all handed over, and its last file was opened
 
-    def _sign_next(self, stream: _Stream, sign_ahead: Callable[[list[Item]], None]) -> None:
+    def _sign_next(self, stream: _Stream) -> None:
         """Ask for the URLs of the stream's next ``sign_batch`` positions not asked for yet. A shorter
         batch only at the stream's end: a hint list whose lines arrive a few at a time would otherwise
         cost a call per few lines (its files' URLs are then signed by the fetch, with their folder)."""
@@ -662,7 +664,7 @@ class Prefetcher:
         stream.signed_to = end
         if items:
             try:
-                sign_ahead(items)
+                self.source.sign_ahead(items)
             except Exception:  # signing ahead is an optimisation: the fetch signs on its own
                 log.debug("prefetch: signing ahead failed", exc_info=True)
 
@@ -697,7 +699,7 @@ class Prefetcher:
         """Fetch without a thread (libcurl); False: not possible now, use a worker thread (also when the
         URL still has to be signed: the worker waits for that call, never the planner)."""
         assert self.fetch_async is not None
-        if self._url_ready is not None and not self._url_ready(item):
+        if not self.source.url_ready(item):
             self.counters.inc("prefetch.url_waits")
             return False
 
