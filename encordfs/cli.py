@@ -191,6 +191,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     mode = "read-only" if status.get("read_only") else "read-write"
     _say(f"{control.canonical(args.mountpoint)}: encordfs, {mode}, {status.get('open_handles', 0)} open file(s)")
+    if (passthrough := status.get("passthrough")) is not None:
+        _say(_describe_passthrough(status.get("binding", "?"), passthrough))
     if status.get("writes"):
         _say("\n".join(_describe_writes(status["writes"])))
     for handle, reason in (status.get("sign_refusals") or {}).items():
@@ -203,6 +205,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     if counters:
         _say("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items())))
     return 0
+
+
+def _describe_passthrough(binding: str, p: dict[str, Any]) -> str:
+    if p.get("enabled"):
+        return (
+            f"passthrough: on ({binding} binding): {p.get('opens', 0)} open(s) read by the kernel itself, "
+            f"{p.get('backing_ids', 0)} cache file(s) registered"
+        )
+    return f"passthrough: off ({binding} binding): {p.get('off', 'off')}"
 
 
 def cmd_flush(args: argparse.Namespace) -> int:

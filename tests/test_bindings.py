@@ -14,6 +14,7 @@ import os
 import signal
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -164,6 +165,59 @@ def test_files_read_past_the_page_cache_are_the_same(
         opens = status()["direct_io"]["opens"]
         assert row.read_bytes() == want
         assert status()["direct_io"]["opens"] == opens
+
+
+def _status_lines(mounted: MountedFS) -> list[str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "encordfs", "status", str(mounted.path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def test_status_says_whether_passthrough_is_on_and_counts_its_opens(
+    sample_emulator: RunningEmulator, kernel_mount: MountedFS, mfusepy_mount: MountedFS
+) -> None:
+    """``encordfs status`` (text) and ``status.json`` name the binding, say whether passthrough is on (and
+    if not, why) and count the opens the kernel served itself."""
+    row = next(p for p in sorted((kernel_mount.path / "street-scenes").iterdir()) if p.is_file() and p.stat().st_size)
+    want = row.read_bytes()
+
+    def status() -> dict[str, Any]:
+        return json.loads((kernel_mount.path / ".encordfs" / "status.json").read_text())  # type: ignore[no-any-return]
+
+    deadline = time.monotonic() + 10
+    while not status()["passthrough"]["opens"]:  # (the disk cache lands the file off the read path)
+        assert time.monotonic() < deadline, status()
+        assert row.read_bytes() == want
+        time.sleep(0.05)
+    shown = status()
+    assert shown["binding"] == "kernel" and shown["passthrough"]["enabled"] is True
+    line = next(line for line in _status_lines(kernel_mount) if line.startswith("passthrough:"))
+    opens = int(line.split(": ", 2)[2].split(" ")[0])
+    assert line.startswith("passthrough: on (kernel binding): ") and opens >= shown["passthrough"]["opens"] > 0
+
+    shown = json.loads((mfusepy_mount.path / ".encordfs" / "status.json").read_text())
+    assert shown["binding"] == "mfusepy" and shown["passthrough"]["enabled"] is False
+    assert "passthrough: off (mfusepy binding): the mfusepy binding cannot use it" in "\n".join(
+        _status_lines(mfusepy_mount)
+    )
+
+    with temporary_mount(
+        sample_emulator.domain, sample_emulator.key_file, "--binding", "kernel", "--no-passthrough"
+    ) as mounted:
+        same = mounted.path / row.relative_to(kernel_mount.path)
+        for _ in range(3):
+            assert same.read_bytes() == want
+        shown = json.loads((mounted.path / ".encordfs" / "status.json").read_text())
+        assert shown["passthrough"] == {
+            "enabled": False,
+            "off": "turned off (--no-passthrough)",
+            "opens": 0,
+            "backing_ids": 0,
+            "inodes": 0,
+        }
+        assert "passthrough: off (kernel binding): turned off (--no-passthrough)" in _status_lines(mounted)
 
 
 def test_setfattr_round_trip(kernel_mount: MountedFS) -> None:

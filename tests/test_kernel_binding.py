@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import errno
+import logging
 import os
 import socket
 import subprocess
@@ -432,7 +433,63 @@ def test_no_passthrough_option_serves_every_read(serve: Callable[..., Served]) -
     served = serve(passthrough=False)
     assert _read(served.path / "street" / "a.jpg") == CONTENT["a.jpg"]
     assert served.reads > 0
-    assert served.status() == {"enabled": False, "opens": 0, "backing_ids": 0, "inodes": 0}
+    assert served.status() == {
+        "enabled": False,
+        "off": "turned off (--no-passthrough)",
+        "opens": 0,
+        "backing_ids": 0,
+        "inodes": 0,
+    }
+    assert served.fs.status()["binding"] == "kernel"
+
+
+def test_a_kernel_without_passthrough_is_served_without_it(
+    serve: Callable[..., Served], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An older kernel that does not offer FUSE_PASSTHROUGH at INIT (simulated: the bit cleared from the
+    INIT request before it is answered): every read served here, status says why, one INFO line."""
+    answer = kernel._Session._answer_init
+
+    def without_passthrough(self: Any, unique: int, arg: memoryview) -> bool:
+        at = abi.INIT_IN.size
+        flags2 = abi.U32.unpack_from(arg, at)[0]
+        abi.U32.pack_into(arg, at, flags2 & ~(abi.PASSTHROUGH >> 32))
+        return answer(self, unique, arg)
+
+    monkeypatch.setattr(kernel._Session, "_answer_init", without_passthrough)
+    with caplog.at_level(logging.INFO, logger="encordfs"):
+        served = serve()
+        assert _read(served.path / "street" / "a.jpg") == CONTENT["a.jpg"]
+    assert served.reads > 0
+    status = served.status()
+    assert status["enabled"] is False and status["opens"] == 0
+    assert status["off"].startswith("not offered by the kernel (FUSE 7.")
+    assert [r.message for r in caplog.records if "passthrough off" in r.message][0].startswith("kernel binding")
+
+
+def test_a_kernel_refusing_backing_files_is_served_without_them(
+    serve: Callable[..., Served], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The kernel offered passthrough but refuses this process's backing files (FUSE_DEV_IOC_BACKING_OPEN
+    fails with EPERM: no CAP_SYS_ADMIN, a container): the read is served here, the mount keeps serving,
+    one INFO line, and status says passthrough is off and why."""
+    ioctl = kernel.fcntl.ioctl
+
+    def refusing(fd: int, request: int, *args: Any) -> Any:
+        if request == abi.FUSE_DEV_IOC_BACKING_OPEN:
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+        return ioctl(fd, request, *args)
+
+    monkeypatch.setattr(kernel.fcntl, "ioctl", refusing)
+    with caplog.at_level(logging.INFO, logger="encordfs"):
+        served = serve()
+        for name in ("a.jpg", "b.jpg", "a.jpg"):
+            assert _read(served.path / "street" / name) == CONTENT[name]
+    assert served.reads > 0
+    status = served.status()
+    assert status["enabled"] is False and status["opens"] == 0 and status["backing_ids"] == 0
+    assert status["off"] == "refused by the kernel (Operation not permitted)"
+    assert len([r for r in caplog.records if "passthrough refused" in r.message]) == 1
 
 
 _MMAP_READ = """

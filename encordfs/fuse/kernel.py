@@ -67,7 +67,9 @@ handle uses it, when its content changed and no handle uses it, or at the end. L
 only for inodes with such a state, so memory does not grow with what the kernel lists. Decided per
 inode, not per open: while a passthrough handle is open every open is passthrough with that id, while
 a cached handle is open none is (the kernel fails either mix with EIO), and ``FOPEN_KEEP_CACHE`` never
-goes with it.
+goes with it. Off when asked (``--no-passthrough``), when INIT does not offer it, or from the first
+backing file the kernel refuses (EPERM: not root, a container): reads are then served here, and
+``status`` says which (``passthrough.off``).
 """
 
 from __future__ import annotations
@@ -331,7 +333,7 @@ class _Passthrough:
     Lock: ``_lock``, a leaf; the BACKING_OPEN/CLOSE ioctls are made under it (a few microseconds).
     """
 
-    def __init__(self, fd: int, on_refused: Callable[[], None] | None = None, max_idle: int | None = None) -> None:
+    def __init__(self, fd: int, on_refused: Callable[[str], None] | None = None, max_idle: int | None = None) -> None:
         self._fd = fd
         self._lock = threading.Lock()
         self._inodes: dict[int, _Backed] = {}
@@ -453,7 +455,7 @@ class _Passthrough:
                 self.usable = False
                 log.info("kernel passthrough refused (%s): reads are served by this process", exc.strerror)
                 if self._on_refused is not None:
-                    self._on_refused()
+                    self._on_refused(exc.strerror or f"errno {exc.errno}")
             else:  # e.g. ELOOP: the backing file's filesystem is stacked too deep
                 log.debug("passthrough: backing file refused: %s", exc.strerror)
             return 0
@@ -682,6 +684,8 @@ class _Session:
         self.listed_plain: set[int] = set()
         self.ahead = _ListAhead(self._fill_page, lambda: self.fs.listing_version)
         self.passthrough: _Passthrough | None = None
+        # Why passthrough is off, for ``status`` (None while it is on, or before INIT).
+        self.passthrough_off: str | None = None if passthrough else "turned off (--no-passthrough)"
         self.notifier: _Notifier | None = None
         self.workers: list[threading.Thread] = []
         self.worker_fds: list[int] = []
@@ -728,6 +732,8 @@ class _Session:
         if granted & abi.PASSTHROUGH:
             self.passthrough = _Passthrough(self.fd, on_refused=self._passthrough_refused)
             self.fs.backing_files = True  # the core now hands out complete cache files at open
+        elif self.want_passthrough:
+            self.passthrough_off = f"not offered by the kernel (FUSE 7.{minor})"
         missing = [name for bit, name in abi.INIT_FLAG_NAMES.items() if wanted & bit and not granted & bit]
         log.info(
             "kernel binding: FUSE protocol 7.%d (kernel 7.%d), passthrough %s%s",
@@ -818,8 +824,10 @@ class _Session:
         pt = self.passthrough
         enabled = pt is not None and pt.usable
         return {
+            "binding": "kernel",
             "passthrough": {
                 "enabled": enabled,
+                **({} if enabled else {"off": self.passthrough_off or "off"}),
                 **(pt.status() if pt is not None else {"opens": 0, "backing_ids": 0, "inodes": 0}),
             },
             "listing_ahead": {"used": self.ahead.used, "unused": self.ahead.unused},
@@ -864,7 +872,8 @@ class _Session:
                 if self._alive == 0:
                     self.finished.set()
 
-    def _passthrough_refused(self) -> None:
+    def _passthrough_refused(self, why: str) -> None:
+        self.passthrough_off = f"refused by the kernel ({why})"
         self.fs.backing_files = False  # no more backing fds per open for nothing
 
     def _may_wait(self, buf: bytearray) -> bool:

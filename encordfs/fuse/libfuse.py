@@ -221,6 +221,15 @@ class _FUSE(mfusepy.FUSE):
         return 0
 
 
+def _status() -> dict[str, Any]:
+    """``EncordFS.binding_status``: the same keys as the kernel binding's, passthrough always off."""
+    off = "the mfusepy binding cannot use it (libfuse's high-level API)"
+    return {
+        "binding": "mfusepy",
+        "passthrough": {"enabled": False, "off": off, "opens": 0, "backing_ids": 0, "inodes": 0},
+    }
+
+
 def run(fs: EncordFS, mountpoint: str, *, timeouts: Timeouts, flags: MountFlags) -> None:
     """Mount and serve until unmounted. Raises ``errors.FsError`` when the mount cannot start.
     ``flags.passthrough`` is ignored: libfuse 3.14's high-level API has no passthrough."""
@@ -236,6 +245,7 @@ def run(fs: EncordFS, mountpoint: str, *, timeouts: Timeouts, flags: MountFlags)
     if flags.allow_other:
         options["allow_other"] = True
         options["default_permissions"] = True
+    fs.binding_status = _status
     try:
         _FUSE(ops, mountpoint, raw_fi=True, **options)
     except RuntimeError as exc:
