@@ -483,6 +483,7 @@ def test_a_kernel_refusing_backing_files_is_served_without_them(
     monkeypatch.setattr(kernel.fcntl, "ioctl", refusing)
     with caplog.at_level(logging.INFO, logger="encordfs"):
         served = serve()
+        assert served.status()["enabled"] is False  # known at INIT (a probe), before any open
         for name in ("a.jpg", "b.jpg", "a.jpg"):
             assert _read(served.path / "street" / name) == CONTENT[name]
     assert served.reads > 0
@@ -659,12 +660,59 @@ def test_fusermount3_mount_goes_when_its_process_dies(tmp_path: Path) -> None:
     finally:
         os.close(mounted.fd)  # what the kernel does for a killed process
         assert mounted.watch is not None and mounted.fusermount is not None
+        assert mounted.watchdog is not None and mounted.watchdog_fd is not None
         mounted.watch.close()
+        os.close(mounted.watchdog_fd)
     deadline = time.monotonic() + 10
     while _in_proc_mounts(path) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _in_proc_mounts(path) is None
     assert mounted.fusermount.wait(10) == 0
+    assert mounted.watchdog.wait(10) == 0
+
+
+_MOUNT_AND_WAIT = """
+import sys, time
+sys.path.insert(0, sys.argv[2])
+from encordfs.fuse import kernel
+mounted = kernel._mount_with_fusermount(sys.argv[1], read_only=True, extra=[], auto_unmount=False)
+print(mounted.watchdog.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_killed_mount_process_leaves_no_dead_mount_where_fusermount3_cannot_tell(tmp_path: Path) -> None:
+    """fusermount3 3.14 (Debian 12) leaves a non-root user's mount dead after kill -9: its auto_unmount
+    check opens the mountpoint as root, which the kernel refuses (EACCES) without allow_other. Here
+    fusermount3 is asked for no auto_unmount at all, so only the binding's watchdog can take the dead
+    mount away: a kill -9 of the mount process leaves no 'Transport endpoint is not connected'."""
+    path = tmp_path / "mnt"
+    path.mkdir()
+    repo = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.Popen([sys.executable, "-c", _MOUNT_AND_WAIT, str(path), repo], stdout=subprocess.PIPE, text=True)
+    watchdog = 0
+    try:
+        assert proc.stdout is not None
+        watchdog = int(proc.stdout.readline())
+        assert _in_proc_mounts(path) == "fuse.encordfs"
+        proc.kill()
+        proc.wait(10)
+        deadline = time.monotonic() + 10
+        while _in_proc_mounts(path) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _in_proc_mounts(path) is None
+        os.listdir(path)  # an empty directory again, not ENOTCONN
+        while Path(f"/proc/{watchdog}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)  # (reparented: reaped by init, not by us)
+        assert not Path(f"/proc/{watchdog}").exists() or "Z" in Path(f"/proc/{watchdog}/stat").read_text().split()[2]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        if _in_proc_mounts(path):
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 def test_fusermount3_failure_says_why(tmp_path: Path) -> None:

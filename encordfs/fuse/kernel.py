@@ -2,7 +2,8 @@
 inode-based, over the core ``EncordFS``; no libfuse. Message layouts are in ``encordfs.fuse._abi``.
 
 **Owns** the mount (``mount(2)`` as root; else ``fusermount3 -o auto_unmount``, which hands the
-``/dev/fuse`` fd back over a socketpair with SCM_RIGHTS and unmounts when this process dies), the INIT
+``/dev/fuse`` fd back over a socketpair with SCM_RIGHTS and unmounts when this process dies, with a
+watchdog process for the fusermount3 versions that cannot tell a user's dead mount: ``_WATCHDOG``), the INIT
 negotiation, the request loop, backing ids for passthrough (and the lookup counts that bound their
 life), and the notifications that tell the kernel a cached name or attribute went stale. It
 translates and nothing else: no caching, policy or network call. A kernel node id is the core's
@@ -191,12 +192,14 @@ _NO_ATTR = (0,) * 16
 
 @dataclass
 class _Mount:
-    """A mounted FUSE connection: its fd, and the fusermount3 that watches it (auto_unmount)."""
+    """A mounted FUSE connection: its fd, and the fusermount3 and watchdog that watch it (auto_unmount)."""
 
     path: str
     fd: int
     fusermount: subprocess.Popen[bytes] | None = None
     watch: socket.socket | None = None  # closing it makes fusermount3 unmount (auto_unmount)
+    watchdog: subprocess.Popen[bytes] | None = None  # ``_WATCHDOG``, reading ``watchdog_fd``'s pipe
+    watchdog_fd: int | None = None
 
     def unmount(self) -> None:
         """Detach the mount (lazily: open files keep it until closed); the kernel then ends the connection."""
@@ -212,6 +215,15 @@ class _Mount:
             pass
         if self.watch is not None:
             self.watch.close()
+        if self.watchdog_fd is not None:
+            os.close(self.watchdog_fd)
+            self.watchdog_fd = None
+        if self.watchdog is not None:  # it finds the mountpoint served or gone and ends
+            try:
+                self.watchdog.wait(10)
+            except subprocess.TimeoutExpired:
+                self.watchdog.kill()
+                self.watchdog.wait()
         if self.fusermount is not None:
             try:
                 self.fusermount.wait(10)
@@ -256,15 +268,61 @@ def _mount(mountpoint: str, *, read_only: bool, allow_other: bool) -> _Mount:
     return _mount_with_fusermount(mountpoint, read_only=read_only, extra=extra)
 
 
-def _mount_with_fusermount(mountpoint: str, *, read_only: bool, extra: list[str]) -> _Mount:
+# Run by the mount's own user, in a session of its own, with the read end of a pipe whose write end only
+# the mount process holds: at EOF (the process ended, killed or not), a mountpoint whose open fails with
+# ENOTCONN/ECONNABORTED is a dead mount, and fusermount3 -u takes it away. A served or unmounted one is
+# left as it is. (fusermount3's own auto_unmount makes that check with an open as root, which the kernel
+# refuses, EACCES, on a user's mount without allow_other: before libfuse 3.15, libfuse#586, it then
+# leaves the dead mount behind. That is fusermount3 3.14 of Debian 12, tried here as a normal user.)
+_WATCHDOG = """
+import errno, os, subprocess, sys
+mountpoint, tool = sys.argv[1], sys.argv[2]
+os.chdir("/")
+while True:
+    try:
+        if not os.read(0, 64):
+            break
+    except InterruptedError:
+        pass
+try:
+    os.close(os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY))
+except OSError as exc:
+    if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED):
+        subprocess.run([tool, "-u", "-z", "-q", mountpoint], stdin=subprocess.DEVNULL, capture_output=True)
+"""
+
+
+def _start_watchdog(mountpoint: str, tool: str) -> tuple[subprocess.Popen[bytes], int]:
+    """``_WATCHDOG`` for ``mountpoint``; the pipe's write end (this process must hold it, and close it
+    only after unmounting)."""
+    read_end, write_end = os.pipe()  # neither inheritable: the watchdog gets the read end as stdin
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-S", "-c", _WATCHDOG, mountpoint, tool],
+            stdin=read_end,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except BaseException:
+        os.close(write_end)
+        raise
+    finally:
+        os.close(read_end)
+    return proc, write_end
+
+
+def _mount_with_fusermount(mountpoint: str, *, read_only: bool, extra: list[str], auto_unmount: bool = True) -> _Mount:
     """``fusermount3 -o ...,auto_unmount`` mounts and passes the /dev/fuse fd back over a socketpair
     (``_FUSE_COMMFD``, SCM_RIGHTS), then stays to unmount when this process's end of the socket
-    closes: a killed mount process leaves no dead mount behind."""
+    closes; ``_WATCHDOG`` does it where that fusermount3 cannot tell a dead mount: a killed mount
+    process leaves no dead mount behind. (``auto_unmount=False``: tests, the watchdog alone.)"""
     tool = shutil.which("fusermount3")
     if tool is None:
         raise errors.FsError("not allowed to mount(2) and fusermount3 is not installed (package fuse3)")
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    options = ",".join(["fsname=encordfs", "subtype=encordfs", "auto_unmount"] + (["ro"] if read_only else []) + extra)
+    base = ["fsname=encordfs", "subtype=encordfs"] + (["auto_unmount"] if auto_unmount else [])
+    options = ",".join(base + (["ro"] if read_only else []) + extra)
     # fusermount3 outlives the mount; its stderr goes to a file, never to a pipe that could close on it
     with tempfile.TemporaryFile() as stderr:
         try:
@@ -294,7 +352,13 @@ def _mount_with_fusermount(mountpoint: str, *, read_only: bool, extra: list[str]
             reason = stderr.read().decode(errors="replace").strip() or "no fd received"
             raise errors.FsError(f"fusermount3 could not mount {mountpoint}: {reason}")
     os.set_inheritable(fds[0], False)
-    return _Mount(mountpoint, fds[0], proc, ours)
+    mounted = _Mount(mountpoint, fds[0], proc, ours)
+    try:
+        mounted.watchdog, mounted.watchdog_fd = _start_watchdog(mountpoint, tool)
+    except OSError as exc:  # serving matters more: only a kill would leave the mount behind
+        log.warning("cannot start the unmount watchdog (%s): a killed mount process may leave %s behind",
+                    exc.strerror, mountpoint)  # fmt: skip
+    return mounted
 
 
 # -- passthrough -------------------------------------------------------------------------------------
@@ -312,6 +376,12 @@ class _Backed:
         self.passthrough_handles = 0
         self.cached_handles = 0
         self.lookups = 1
+
+    @classmethod
+    def registered(cls, backing_id: int) -> _Backed:
+        state = cls()
+        state.backing_id = backing_id
+        return state
 
 
 class _Passthrough:
@@ -363,6 +433,15 @@ class _Passthrough:
             if state is not None:
                 state.lookups -= count
                 self._drop_if_unused_locked(ino, state)
+
+    def probe(self) -> None:
+        """Register a backing file once and release it, right after INIT: a kernel that refuses them to
+        this process (EPERM: not root, a container) is then known, logged and shown in ``status`` from
+        the start, not at the first open of a cached file."""
+        with tempfile.TemporaryFile() as f, self._lock:
+            backing_id = self._register_locked(f.fileno())
+            if backing_id:
+                self._close_locked(_Backed.registered(backing_id))
 
     def held_key(self, ino: int) -> str | None:
         """What the backing file registered for ``ino`` holds, if one is (for ``EncordFS.open``)."""
@@ -710,6 +789,8 @@ class _Session:
             if opcode != Op.INIT:
                 raise errors.FsError(f"expected INIT from the kernel, got opcode {opcode}")
             if self._answer_init(unique, worker.view[abi.IN_HEADER.size : n]):
+                if self.passthrough is not None:  # (the kernel took our INIT reply: it may now take backing files)
+                    self.passthrough.probe()
                 return
 
     def _answer_init(self, unique: int, arg: memoryview) -> bool:
