@@ -13,6 +13,7 @@ import dataclasses
 import errno
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -571,6 +572,56 @@ def test_a_file_read_in_small_pieces_past_the_page_cache_is_opened_cached_next_t
     before = served.reads + served.held_reads
     assert _read(path) == big and served.reads + served.held_reads == before
     assert direct()["opens"] == 3
+
+
+_READ_UNTIL_SIGNALLED = """
+import os, signal, sys
+def stop(*_):
+    raise SystemExit(3)
+signal.signal(signal.SIGUSR1, stop)
+fd = os.open(sys.argv[1], os.O_RDONLY)
+print("opened", flush=True)
+os.read(fd, 1 << 16)
+"""
+
+
+def test_an_interrupted_read_returns_at_once_and_the_mount_keeps_serving(serve: Callable[..., Served]) -> None:
+    """A reader signalled while its READ waits here (a slow fetch) gets EINTR at once, not when the fetch
+    ends: the kernel waits for an answer to a request it handed over, so the binding answers the
+    INTERRUPT's request itself. (A direct-io open: its reads are the reader's own requests; page-cache
+    readahead is asynchronous and never interrupted.) The late answer is refused quietly and the mount
+    keeps serving."""
+    served = serve(passthrough=False, direct_io_min=1)
+    fs = served.fs
+    read = fs.read
+    entered, release = threading.Event(), threading.Event()
+
+    def slow(fh: int, offset: int, length: int) -> Any:
+        entered.set()
+        release.wait(60)
+        return read(fh, offset, length)
+
+    fs.read, fs.read_held = slow, lambda fh, offset, length: None  # type: ignore[method-assign,assignment]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _READ_UNTIL_SIGNALLED, str(served.path / "street" / "b.jpg")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "opened\n"
+        assert entered.wait(10)
+        proc.send_signal(signal.SIGUSR1)
+        assert proc.wait(10) == 3  # returned while its READ still waits here
+    finally:
+        release.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    fs.read = read  # type: ignore[method-assign]
+    assert _read(served.path / "street" / "b.jpg") == CONTENT["b.jpg"]
+    assert _read(served.path / "street" / "a.jpg") == CONTENT["a.jpg"]
 
 
 def test_a_read_answered_from_memory_is_answered_once(serve: Callable[..., Served]) -> None:

@@ -33,6 +33,10 @@ nothing to flush; libfuse's mount stops FLUSH with one ENOSYS instead) and ``FOP
 **Errors** are mapped in one place (``_Session._serve``): ``errors.FsError`` → its errno, logged by
 ``log_level``; a request that cannot be parsed → ``EIO``, logged; any other exception → ``EIO``,
 logged once with its traceback. Every request that expects an answer gets one, whatever happened.
+An INTERRUPT of a request still waiting in a worker answers it ``EINTR`` at once when that changes
+nothing (``INTERRUPTIBLE_OPS``: reads, opens, lookups, listings, xattr reads, fsync); the worker's own
+answer is then refused by the kernel. The kernel waits for an answer to a request it handed over,
+whatever the signal, so a Ctrl-C would otherwise wait out a slow fetch.
 
 **Threads.** ``WORKERS`` workers, each with its own clone of the session fd (``FUSE_DEV_IOC_CLONE``;
 the shared fd when cloning is refused, e.g. without access to ``/dev/fuse``) and preallocated
@@ -140,6 +144,23 @@ WANTED = (
 # Requests that may wait (see ``_Session._may_wait``); everything else is answered from SQLite or
 # memory in microseconds and is served by the reading worker itself.
 SLOW_OPS = frozenset({Op.READ, Op.SETXATTR, Op.REMOVEXATTR, Op.RENAME, Op.RENAME2, Op.FSYNC})
+# Requests answered EINTR at once when the kernel interrupts them while they wait (a reader's Ctrl-C): they
+# change nothing (fsync: the change lands anyway), so the answer a worker makes later is simply refused
+# by the kernel. Not renames and xattr changes: their answer says whether the change was taken.
+INTERRUPTIBLE_OPS = frozenset(
+    {
+        Op.READ,
+        Op.OPEN,
+        Op.OPENDIR,
+        Op.LOOKUP,
+        Op.GETATTR,
+        Op.READDIR,
+        Op.READDIRPLUS,
+        Op.GETXATTR,
+        Op.LISTXATTR,
+        Op.FSYNC,
+    }
+)
 FOLDER_OPS = frozenset({Op.LOOKUP, Op.READDIR, Op.READDIRPLUS})
 _HEAD = struct.Struct("=IIQQ")  # the in header's len, opcode, unique, nodeid
 DT_SHIFT = 12  # dirent type = (st_mode & S_IFMT) >> 12
@@ -772,6 +793,9 @@ class _Session:
         self._alive = 0
         self._alive_lock = threading.Lock()
         self._lead = threading.Lock()  # held by the one worker reading requests (see ``_loop``)
+        # Requests being served off the reading thread (they may wait): unique -> (the fd they came on: a
+        # reply is taken only there, their opcode), for ``_interrupt``. Plain dict operations: atomic.
+        self._waiting: dict[int, tuple[int, int]] = {}
         self._handlers: dict[int, Handler] = {}
 
     # -- INIT ------------------------------------------------------------------------------------------
@@ -941,10 +965,13 @@ class _Session:
                 if n < abi.IN_HEADER.size or not self._may_wait(w.buf):
                     self._serve_safely(w, n)
                 elif not self._read_held(w, n):  # else answered already
+                    _, opcode, unique, _ = _HEAD.unpack_from(w.buf)
+                    self._waiting[unique] = (w.fd, opcode)  # before another worker can read its INTERRUPT
                     lead.release()
                     try:
                         self._serve_safely(w, n)
                     finally:
+                        self._waiting.pop(unique, None)
                         lead.acquire()
         finally:
             lead.release()
@@ -1056,7 +1083,7 @@ class _Session:
             Op.REMOVEXATTR: self._removexattr,
             Op.RENAME: self._rename,
             Op.RENAME2: self._rename2,
-            Op.INTERRUPT: self._no_reply,  # requests run to completion; the kernel takes their answer
+            Op.INTERRUPT: self._interrupt,
             Op.NOTIFY_REPLY: self._no_reply,
             Op.DESTROY: self._destroy,
         }
@@ -1108,6 +1135,23 @@ class _Session:
         counted = pt.looked_up([attr.ino])  # before the kernel can forget it; undone if the reply is lost
         if not self._send(w, reply) and counted:
             pt.looked_up(counted, -1)
+        return None
+
+    def _interrupt(self, w: _Worker, unique: int, nodeid: int, arg: memoryview) -> None:
+        """INTERRUPT (no answer of its own): a request still waiting here whose opcode is in
+        ``INTERRUPTIBLE_OPS`` is answered EINTR now, on the fd it came from, so its caller returns at
+        once (the kernel waits for an answer to a request it has handed over, whatever the signal). Its
+        worker goes on and its answer is refused (ENOENT, ignored): an OPEN's handle is then closed, as
+        for any open whose caller went away. Other requests run to completion."""
+        (interrupted,) = abi.INTERRUPT_IN.unpack_from(arg)
+        waiting = self._waiting.get(interrupted)
+        if waiting is None or waiting[1] not in INTERRUPTIBLE_OPS:
+            return None
+        fd = waiting[0]
+        try:
+            os.write(fd, abi.OUT_HEADER.pack(abi.OUT_HEADER.size, -errno.EINTR, interrupted))
+        except OSError:  # answered meanwhile (ENOENT), or unmounted
+            pass
         return None
 
     def _forget(self, w: _Worker, unique: int, nodeid: int, arg: memoryview) -> None:
