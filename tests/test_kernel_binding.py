@@ -484,6 +484,7 @@ def test_a_kernel_refusing_backing_files_is_served_without_them(
     monkeypatch.setattr(kernel.fcntl, "ioctl", refusing)
     with caplog.at_level(logging.INFO, logger="encordfs"):
         served = serve()
+        assert os.listdir(served.path)  # served: INIT answered, the workers (and status) started
         assert served.status()["enabled"] is False  # known at INIT (a probe), before any open
         for name in ("a.jpg", "b.jpg", "a.jpg"):
             assert _read(served.path / "street" / name) == CONTENT[name]
