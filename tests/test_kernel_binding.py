@@ -468,6 +468,21 @@ def test_a_kernel_without_passthrough_is_served_without_it(
     assert [r.message for r in caplog.records if "passthrough off" in r.message][0].startswith("kernel binding")
 
 
+def test_no_file_to_probe_passthrough_with_still_mounts_with_it(
+    serve: Callable[..., Served], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The INIT probe needs a temporary file; an unwritable temporary dir skips it (the first cached
+    open finds out instead) and never fails the mount."""
+
+    def unwritable(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(kernel.tempfile, "TemporaryFile", unwritable)
+    served = serve()
+    assert _read(served.path / "street" / "a.jpg") == CONTENT["a.jpg"]
+    assert served.reads == 0 and served.status()["opens"] == 1
+
+
 def test_a_kernel_refusing_backing_files_is_served_without_them(
     serve: Callable[..., Served], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

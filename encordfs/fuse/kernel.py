@@ -458,9 +458,15 @@ class _Passthrough:
     def probe(self) -> None:
         """Register a backing file once and release it, right after INIT: a kernel that refuses them to
         this process (EPERM: not root, a container) is then known, logged and shown in ``status`` from
-        the start, not at the first open of a cached file."""
-        with tempfile.TemporaryFile() as f, self._lock:
-            backing_id = self._register_locked(f.fileno())
+        the start, not at the first open of a cached file. No temporary file to probe with (an unwritable
+        temporary dir): the first open finds out, as before."""
+        try:
+            probe = tempfile.TemporaryFile()
+        except OSError as exc:
+            log.debug("passthrough: no file to probe with (%s); the first cached open will tell", exc.strerror)
+            return
+        with probe, self._lock:
+            backing_id = self._register_locked(probe.fileno())
             if backing_id:
                 self._close_locked(_Backed.registered(backing_id))
 
