@@ -34,7 +34,7 @@ nothing to flush; libfuse's mount stops FLUSH with one ENOSYS instead) and ``FOP
 ``log_level``; a request that cannot be parsed → ``EIO``, logged; any other exception → ``EIO``,
 logged once with its traceback. Every request that expects an answer gets one, whatever happened.
 An INTERRUPT of a request still waiting in a worker answers it ``EINTR`` at once when that changes
-nothing (``INTERRUPTIBLE_OPS``: reads, opens, lookups, listings, xattr reads, fsync); the worker's own
+nothing (``INTERRUPTIBLE_OPS``: reads, opens, lookups and listings that wait, fsync); the worker's own
 answer is then refused by the kernel. The kernel waits for an answer to a request it handed over,
 whatever the signal, so a Ctrl-C would otherwise wait out a slow fetch.
 
@@ -144,24 +144,11 @@ WANTED = (
 # Requests that may wait (see ``_Session._may_wait``); everything else is answered from SQLite or
 # memory in microseconds and is served by the reading worker itself.
 SLOW_OPS = frozenset({Op.READ, Op.SETXATTR, Op.REMOVEXATTR, Op.RENAME, Op.RENAME2, Op.FSYNC})
-# Requests answered EINTR at once when the kernel interrupts them while they wait (a reader's Ctrl-C): they
-# change nothing (fsync: the change lands anyway), so the answer a worker makes later is simply refused
-# by the kernel. Not renames and xattr changes: their answer says whether the change was taken.
-INTERRUPTIBLE_OPS = frozenset(
-    {
-        Op.READ,
-        Op.OPEN,
-        Op.OPENDIR,
-        Op.LOOKUP,
-        Op.GETATTR,
-        Op.READDIR,
-        Op.READDIRPLUS,
-        Op.GETXATTR,
-        Op.LISTXATTR,
-        Op.FSYNC,
-    }
-)
 FOLDER_OPS = frozenset({Op.LOOKUP, Op.READDIR, Op.READDIRPLUS})
+# Of the requests that may wait, those answered EINTR at once when the kernel interrupts them (a reader's
+# Ctrl-C): they change nothing (fsync: the change lands anyway), so the answer a worker makes later is
+# simply refused by the kernel. Not renames and xattr changes: their answer says whether the change was taken.
+INTERRUPTIBLE_OPS = frozenset({Op.READ, Op.OPEN, Op.FSYNC}) | FOLDER_OPS
 _HEAD = struct.Struct("=IIQQ")  # the in header's len, opcode, unique, nodeid
 DT_SHIFT = 12  # dirent type = (st_mode & S_IFMT) >> 12
 DT_DIR, DT_REG = stat.S_IFDIR >> DT_SHIFT, stat.S_IFREG >> DT_SHIFT
@@ -299,12 +286,8 @@ _WATCHDOG = """
 import errno, os, subprocess, sys
 mountpoint, tool = sys.argv[1], sys.argv[2]
 os.chdir("/")
-while True:
-    try:
-        if not os.read(0, 64):
-            break
-    except InterruptedError:
-        pass
+while os.read(0, 64):
+    pass
 try:
     os.close(os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY))
 except OSError as exc:
@@ -398,12 +381,6 @@ class _Backed:
         self.cached_handles = 0
         self.lookups = 1
 
-    @classmethod
-    def registered(cls, backing_id: int) -> _Backed:
-        state = cls()
-        state.backing_id = backing_id
-        return state
-
 
 class _Passthrough:
     """Backing ids per inode (see the module docstring), their handles and lookup counts.
@@ -424,7 +401,7 @@ class _Passthrough:
     Lock: ``_lock``, a leaf; the BACKING_OPEN/CLOSE ioctls are made under it (a few microseconds).
     """
 
-    def __init__(self, fd: int, on_refused: Callable[[str], None] | None = None, max_idle: int | None = None) -> None:
+    def __init__(self, fd: int, on_refused: Callable[[], None] | None = None, max_idle: int | None = None) -> None:
         self._fd = fd
         self._lock = threading.Lock()
         self._inodes: dict[int, _Backed] = {}
@@ -432,7 +409,7 @@ class _Passthrough:
         self.max_idle = MAX_IDLE_BACKING_IDS if max_idle is None else max_idle
         self._handles: dict[int, tuple[int, bool]] = {}  # fh -> (inode, passthrough?)
         self._on_refused = on_refused  # the kernel will not take backing files from this process
-        self.usable = True
+        self.refused: str | None = None  # why, once it did not (then nothing is registered again)
         self.opens = 0
 
     def looked_up(self, inos: list[int], delta: int = 1) -> list[int]:
@@ -466,14 +443,16 @@ class _Passthrough:
             log.debug("passthrough: no file to probe with (%s); the first cached open will tell", exc.strerror)
             return
         with probe, self._lock:
-            backing_id = self._register_locked(probe.fileno())
-            if backing_id:
-                self._close_locked(_Backed.registered(backing_id))
+            self._unregister_locked(self._register_locked(probe.fileno()))
 
     def held_key(self, ino: int) -> str | None:
         """What the backing file registered for ``ino`` holds, if one is (for ``EncordFS.open``)."""
         state = self._inodes.get(ino)
         return state.key if state is not None and state.backing_id and self.usable else None
+
+    @property
+    def usable(self) -> bool:
+        return self.refused is None
 
     def open(self, ino: int, fh: int, backing_fd: int | None, key: str | None) -> int:
         """Record an open of a regular file; the backing id to answer with (0: serve reads here). The id
@@ -558,22 +537,25 @@ class _Passthrough:
             backing_id = fcntl.ioctl(self._fd, abi.FUSE_DEV_IOC_BACKING_OPEN, arg, True)
         except OSError as exc:
             if exc.errno in (errno.EPERM, errno.EACCES, errno.EOPNOTSUPP, errno.ENOTTY):
-                self.usable = False
+                self.refused = exc.strerror or f"errno {exc.errno}"
                 log.info("kernel passthrough refused (%s): reads are served by this process", exc.strerror)
                 if self._on_refused is not None:
-                    self._on_refused(exc.strerror or f"errno {exc.errno}")
+                    self._on_refused()
             else:  # e.g. ELOOP: the backing file's filesystem is stacked too deep
                 log.debug("passthrough: backing file refused: %s", exc.strerror)
             return 0
         return int(backing_id)
 
     def _close_locked(self, state: _Backed) -> None:
-        if state.backing_id:
+        self._unregister_locked(state.backing_id)
+        state.backing_id, state.key = 0, None
+
+    def _unregister_locked(self, backing_id: int) -> None:
+        if backing_id:
             try:
-                fcntl.ioctl(self._fd, abi.FUSE_DEV_IOC_BACKING_CLOSE, abi.U32.pack(state.backing_id))
+                fcntl.ioctl(self._fd, abi.FUSE_DEV_IOC_BACKING_CLOSE, abi.U32.pack(backing_id))
             except OSError as exc:
-                log.debug("passthrough: closing backing id %d: %s", state.backing_id, exc.strerror)
-            state.backing_id, state.key = 0, None
+                log.debug("passthrough: closing backing id %d: %s", backing_id, exc.strerror)
 
 
 # -- notifications ---------------------------------------------------------------------------------
@@ -790,8 +772,6 @@ class _Session:
         self.listed_plain: set[int] = set()
         self.ahead = _ListAhead(self._fill_page, lambda: self.fs.listing_version)
         self.passthrough: _Passthrough | None = None
-        # Why passthrough is off, for ``status`` (None while it is on, or before INIT).
-        self.passthrough_off: str | None = None if passthrough else "turned off (--no-passthrough)"
         self.notifier: _Notifier | None = None
         self.workers: list[threading.Thread] = []
         self.worker_fds: list[int] = []
@@ -799,9 +779,9 @@ class _Session:
         self._alive = 0
         self._alive_lock = threading.Lock()
         self._lead = threading.Lock()  # held by the one worker reading requests (see ``_loop``)
-        # Requests being served off the reading thread (they may wait): unique -> (the fd they came on: a
-        # reply is taken only there, their opcode), for ``_interrupt``. Plain dict operations: atomic.
-        self._waiting: dict[int, tuple[int, int]] = {}
+        # Interruptible requests being served off the reading thread (they may wait): unique -> the fd
+        # they came on (a reply is taken only there), for ``_interrupt``. Plain dict operations: atomic.
+        self._waiting: dict[int, int] = {}
         self._handlers: dict[int, Handler] = {}
 
     # -- INIT ------------------------------------------------------------------------------------------
@@ -843,8 +823,6 @@ class _Session:
         if granted & abi.PASSTHROUGH:
             self.passthrough = _Passthrough(self.fd, on_refused=self._passthrough_refused)
             self.fs.backing_files = True  # the core now hands out complete cache files at open
-        elif self.want_passthrough:
-            self.passthrough_off = f"not offered by the kernel (FUSE 7.{minor})"
         missing = [name for bit, name in abi.INIT_FLAG_NAMES.items() if wanted & bit and not granted & bit]
         log.info(
             "kernel binding: FUSE protocol 7.%d (kernel 7.%d), passthrough %s%s",
@@ -934,11 +912,17 @@ class _Session:
     def status(self) -> dict[str, Any]:
         pt = self.passthrough
         enabled = pt is not None and pt.usable
+        if not self.want_passthrough:
+            off = "turned off (--no-passthrough)"
+        elif pt is None:
+            off = f"not offered by the kernel (FUSE 7.{self.minor})"
+        else:
+            off = f"refused by the kernel ({pt.refused})"
         return {
             "binding": "kernel",
             "passthrough": {
                 "enabled": enabled,
-                **({} if enabled else {"off": self.passthrough_off or "off"}),
+                **({} if enabled else {"off": off}),
                 **(pt.status() if pt is not None else {"opens": 0, "backing_ids": 0, "inodes": 0}),
             },
             "listing_ahead": {"used": self.ahead.used, "unused": self.ahead.unused},
@@ -972,7 +956,8 @@ class _Session:
                     self._serve_safely(w, n)
                 elif not self._read_held(w, n):  # else answered already
                     _, opcode, unique, _ = _HEAD.unpack_from(w.buf)
-                    self._waiting[unique] = (w.fd, opcode)  # before another worker can read its INTERRUPT
+                    if opcode in INTERRUPTIBLE_OPS:
+                        self._waiting[unique] = w.fd  # before another worker can read its INTERRUPT
                     lead.release()
                     try:
                         self._serve_safely(w, n)
@@ -986,8 +971,7 @@ class _Session:
                 if self._alive == 0:
                     self.finished.set()
 
-    def _passthrough_refused(self, why: str) -> None:
-        self.passthrough_off = f"refused by the kernel ({why})"
+    def _passthrough_refused(self) -> None:
         self.fs.backing_files = False  # no more backing fds per open for nothing
 
     def _may_wait(self, buf: bytearray) -> bool:
@@ -1150,10 +1134,9 @@ class _Session:
         worker goes on and its answer is refused (ENOENT, ignored): an OPEN's handle is then closed, as
         for any open whose caller went away. Other requests run to completion."""
         (interrupted,) = abi.INTERRUPT_IN.unpack_from(arg)
-        waiting = self._waiting.get(interrupted)
-        if waiting is None or waiting[1] not in INTERRUPTIBLE_OPS:
+        fd = self._waiting.get(interrupted)
+        if fd is None:
             return None
-        fd = waiting[0]
         try:
             os.write(fd, abi.OUT_HEADER.pack(abi.OUT_HEADER.size, -errno.EINTR, interrupted))
         except OSError:  # answered meanwhile (ENOENT), or unmounted
