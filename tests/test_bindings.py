@@ -292,3 +292,58 @@ def test_binding_option_reaches_the_mount_process() -> None:
     # written out even when it is the default: the child inherits ENCORDFS_BINDING, the command line won
     argv = mount_argv(resolve({"domain": "http://d", "binding": "kernel"}), Path("/mnt/x"))
     assert argv[argv.index("--binding") + 1] == "kernel"
+
+
+# A mount process that starts the unmount watchdog as root too, where libfuse mounts with mount(2) and
+# nothing else would take a killed mount away: what a normal user's mount relies on where fusermount3's
+# own auto_unmount cannot tell a dead mount (3.14).
+_MFUSEPY_WITH_WATCHDOG = """
+import shutil, sys
+from encordfs.cli import main
+from encordfs.fuse import libfuse
+from encordfs.fuse.watchdog import Watchdog
+libfuse._watchdog = lambda mountpoint: Watchdog.start(mountpoint, shutil.which("fusermount3"))
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_killed_mfusepy_mount_leaves_no_dead_mount(sample_emulator: RunningEmulator, tmp_path: Path) -> None:
+    mounted = MountedFS(sample_emulator.domain, sample_emulator.key_file, tmp_path, "--binding", "mfusepy")
+    mounted.argv = lambda: [sys.executable, "-c", _MFUSEPY_WITH_WATCHDOG, *MountedFS.argv(mounted)[3:]]  # type: ignore[method-assign]
+    with mounted:
+        assert mounted.proc is not None
+        assert any(mounted.path.iterdir())
+        mounted.proc.kill()
+        mounted.proc.wait(10)
+        deadline = time.monotonic() + 10
+        while mounted_at(mounted.path) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not mounted_at(mounted.path), mounted.log()
+        assert os.listdir(mounted.path) == []  # an empty directory again, not ENOTCONN
+
+
+def test_a_normal_users_mfusepy_mount_asks_for_auto_unmount_and_a_watchdog(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from encordfs.fuse import MountFlags, Timeouts, libfuse
+
+    seen: dict[str, Any] = {}
+
+    def fake_fuse(ops: Any, mountpoint: str, **options: Any) -> None:
+        seen.update(options)
+        seen["watchdog alive"] = bool(watchdogs) and watchdogs[0].proc.poll() is None
+
+    watchdogs: list[Any] = []
+    start = libfuse.Watchdog.start_or_warn
+
+    def started(mountpoint: str, tool: str) -> Any:
+        watchdogs.append(start(mountpoint, tool))
+        return watchdogs[-1]
+
+    monkeypatch.setattr(libfuse.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(libfuse, "_FUSE", fake_fuse)
+    monkeypatch.setattr(libfuse.Watchdog, "start_or_warn", started)
+    fs: Any = type("FS", (), {})()
+    libfuse.run(fs, str(tmp_path), timeouts=Timeouts(1, 1), flags=MountFlags())
+    assert seen["auto_unmount"] is True and seen["watchdog alive"]
+    assert watchdogs[0].proc.returncode == 0  # stopped with the mount, after unmounting

@@ -727,15 +727,15 @@ def test_fusermount3_mount_goes_when_its_process_dies(tmp_path: Path) -> None:
     finally:
         os.close(mounted.fd)  # what the kernel does for a killed process
         assert mounted.watch is not None and mounted.fusermount is not None
-        assert mounted.watchdog is not None and mounted.watchdog_fd is not None
+        assert mounted.watchdog is not None and mounted.watchdog.fd is not None
         mounted.watch.close()
-        os.close(mounted.watchdog_fd)
+        os.close(mounted.watchdog.fd)
     deadline = time.monotonic() + 10
     while _in_proc_mounts(path) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _in_proc_mounts(path) is None
     assert mounted.fusermount.wait(10) == 0
-    assert mounted.watchdog.wait(10) == 0
+    assert mounted.watchdog.proc.wait(10) == 0
 
 
 _MOUNT_AND_WAIT = """
@@ -743,7 +743,7 @@ import sys, time
 sys.path.insert(0, sys.argv[2])
 from encordfs.fuse import kernel
 mounted = kernel._mount_with_fusermount(sys.argv[1], read_only=True, extra=[], auto_unmount=False)
-print(mounted.watchdog.pid, flush=True)
+print(mounted.watchdog.proc.pid, flush=True)
 time.sleep(120)
 """
 

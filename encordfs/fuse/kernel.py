@@ -3,7 +3,7 @@ inode-based, over the core ``EncordFS``; no libfuse. Message layouts are in ``en
 
 **Owns** the mount (``mount(2)`` as root; else ``fusermount3 -o auto_unmount``, which hands the
 ``/dev/fuse`` fd back over a socketpair with SCM_RIGHTS and unmounts when this process dies, with a
-watchdog process for the fusermount3 versions that cannot tell a user's dead mount: ``_WATCHDOG``), the INIT
+watchdog process for the fusermount3 versions that cannot tell a user's dead mount: ``encordfs.fuse.watchdog``), the INIT
 negotiation, the request loop, backing ids for passthrough (and the lookup counts that bound their
 life), and the notifications that tell the kernel a cached name or attribute went stale. It
 translates and nothing else: no caching, policy or network call. A kernel node id is the core's
@@ -106,6 +106,7 @@ from encordfs.core.xattrs import is_foreign as is_foreign_xattr
 from encordfs.fuse import BLKSIZE, MountFlags, Timeouts, blocks, log_level, timespec
 from encordfs.fuse import _abi as abi
 from encordfs.fuse._abi import Op
+from encordfs.fuse.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -206,8 +207,7 @@ class _Mount:
     fd: int
     fusermount: subprocess.Popen[bytes] | None = None
     watch: socket.socket | None = None  # closing it makes fusermount3 unmount (auto_unmount)
-    watchdog: subprocess.Popen[bytes] | None = None  # ``_WATCHDOG``, reading ``watchdog_fd``'s pipe
-    watchdog_fd: int | None = None
+    watchdog: Watchdog | None = None
 
     def unmount(self) -> None:
         """Detach the mount (lazily: open files keep it until closed); the kernel then ends the connection."""
@@ -223,15 +223,8 @@ class _Mount:
             pass
         if self.watch is not None:
             self.watch.close()
-        if self.watchdog_fd is not None:
-            os.close(self.watchdog_fd)
-            self.watchdog_fd = None
-        if self.watchdog is not None:  # it finds the mountpoint served or gone and ends
-            try:
-                self.watchdog.wait(10)
-            except subprocess.TimeoutExpired:
-                self.watchdog.kill()
-                self.watchdog.wait()
+        if self.watchdog is not None:
+            self.watchdog.stop()
         if self.fusermount is not None:
             try:
                 self.fusermount.wait(10)
@@ -276,50 +269,10 @@ def _mount(mountpoint: str, *, read_only: bool, allow_other: bool) -> _Mount:
     return _mount_with_fusermount(mountpoint, read_only=read_only, extra=extra)
 
 
-# Run by the mount's own user, in a session of its own, with the read end of a pipe whose write end only
-# the mount process holds: at EOF (the process ended, killed or not), a mountpoint whose open fails with
-# ENOTCONN/ECONNABORTED is a dead mount, and fusermount3 -u takes it away. A served or unmounted one is
-# left as it is. (fusermount3's own auto_unmount makes that check with an open as root, which the kernel
-# refuses, EACCES, on a user's mount without allow_other: before libfuse 3.15, libfuse#586, it then
-# leaves the dead mount behind. That is fusermount3 3.14 of Debian 12, tried here as a normal user.)
-_WATCHDOG = """
-import errno, os, subprocess, sys
-mountpoint, tool = sys.argv[1], sys.argv[2]
-os.chdir("/")
-while os.read(0, 64):
-    pass
-try:
-    os.close(os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY))
-except OSError as exc:
-    if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED):
-        subprocess.run([tool, "-u", "-z", "-q", mountpoint], stdin=subprocess.DEVNULL, capture_output=True)
-"""
-
-
-def _start_watchdog(mountpoint: str, tool: str) -> tuple[subprocess.Popen[bytes], int]:
-    """``_WATCHDOG`` for ``mountpoint``; the pipe's write end (this process must hold it, and close it
-    only after unmounting)."""
-    read_end, write_end = os.pipe()  # neither inheritable: the watchdog gets the read end as stdin
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-S", "-c", _WATCHDOG, mountpoint, tool],
-            stdin=read_end,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    except BaseException:
-        os.close(write_end)
-        raise
-    finally:
-        os.close(read_end)
-    return proc, write_end
-
-
 def _mount_with_fusermount(mountpoint: str, *, read_only: bool, extra: list[str], auto_unmount: bool = True) -> _Mount:
     """``fusermount3 -o ...,auto_unmount`` mounts and passes the /dev/fuse fd back over a socketpair
     (``_FUSE_COMMFD``, SCM_RIGHTS), then stays to unmount when this process's end of the socket
-    closes; ``_WATCHDOG`` does it where that fusermount3 cannot tell a dead mount: a killed mount
+    closes; ``watchdog.Watchdog`` does it where that fusermount3 cannot tell a dead mount: a killed mount
     process leaves no dead mount behind. (``auto_unmount=False``: tests, the watchdog alone.)"""
     tool = shutil.which("fusermount3")
     if tool is None:
@@ -357,11 +310,7 @@ def _mount_with_fusermount(mountpoint: str, *, read_only: bool, extra: list[str]
             raise errors.FsError(f"fusermount3 could not mount {mountpoint}: {reason}")
     os.set_inheritable(fds[0], False)
     mounted = _Mount(mountpoint, fds[0], proc, ours)
-    try:
-        mounted.watchdog, mounted.watchdog_fd = _start_watchdog(mountpoint, tool)
-    except OSError as exc:  # serving matters more: only a kill would leave the mount behind
-        log.warning("cannot start the unmount watchdog (%s): a killed mount process may leave %s behind",
-                    exc.strerror, mountpoint)  # fmt: skip
+    mounted.watchdog = Watchdog.start_or_warn(mountpoint, tool)
     return mounted
 
 

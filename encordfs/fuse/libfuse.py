@@ -14,6 +14,7 @@ import functools
 import itertools
 import logging
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -26,6 +27,7 @@ from encordfs.control import mounted_at  # noqa: E402
 from encordfs.core.fs import Attr, EncordFS  # noqa: E402
 from encordfs.core.xattrs import is_foreign as is_foreign_xattr  # noqa: E402
 from encordfs.fuse import BLKSIZE, MountFlags, Timeouts, blocks, log_level, stat_dict, timespec  # noqa: E402
+from encordfs.fuse.watchdog import Watchdog  # noqa: E402
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -246,6 +248,9 @@ def run(fs: EncordFS, mountpoint: str, *, timeouts: Timeouts, flags: MountFlags)
         options["allow_other"] = True
         options["default_permissions"] = True
     fs.binding_status = _status
+    if os.geteuid() != 0:  # libfuse mounts through fusermount3 here, which unmounts when this process dies
+        options["auto_unmount"] = True
+    guard = _watchdog(mountpoint)
     try:
         _FUSE(ops, mountpoint, raw_fi=True, **options)
     except RuntimeError as exc:
@@ -255,3 +260,15 @@ def run(fs: EncordFS, mountpoint: str, *, timeouts: Timeouts, flags: MountFlags)
             log.info("stopped by a signal; %s is unmounted", mountpoint)
             return
         raise errors.FsError(f"libfuse could not mount {mountpoint} (status {exc})") from None
+    finally:
+        if guard is not None:
+            guard.stop()
+
+
+def _watchdog(mountpoint: str) -> Watchdog | None:
+    """A normal user's mount gets the unmount watchdog (``encordfs.fuse.watchdog``: fusermount3 3.14's
+    own auto_unmount leaves a killed user's mount dead); root mounts with mount(2) and has none."""
+    tool = shutil.which("fusermount3")
+    if os.geteuid() == 0 or tool is None:
+        return None
+    return Watchdog.start_or_warn(mountpoint, tool)
