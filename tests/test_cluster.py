@@ -532,3 +532,29 @@ def test_a_listing_or_block_of_another_format_is_ignored(
     assert b.names() == a.names() and b.read("/street/img002.jpg") == bytes([2]) * 102
     assert encord.calls["get_dataset"] == 2 and encord.calls["list_datasets"] == 2
     assert b.counter("shared.snapshot_rejected") >= 2 and b.counter("shared.block_rejected") == 1
+
+
+def test_a_listing_published_between_a_look_and_the_lease_is_taken_not_loaded_again(
+    nodes: Callable[..., Node], encord: FreshUrls
+) -> None:
+    """A holder publishes, then lets its lease go. A node that looked for the manifest just before the
+    one and took the lease just after the other (seen in CI: three mounts at once) finds the manifest
+    when it looks again under the lease, and takes it: Encord is asked once per cluster."""
+    a = nodes("a")
+    listed = a.names()
+    _published(a, 2)
+    b = nodes("b")
+    loader = b.fs.loader
+    real = loader._manifest
+    looked: set[str] = set()
+
+    def first_look_too_early(folder: str) -> Any:
+        if folder not in looked:  # the first look at each folder comes before a's commit
+            looked.add(folder)
+            return None
+        return real(folder)
+
+    loader._manifest = first_look_too_early  # type: ignore[method-assign]
+    assert b.names() == listed and b.names("/") == a.names("/")
+    assert encord.calls["get_dataset"] == 1 and encord.calls["list_datasets"] == 1
+    assert b.counter("shared.snapshot_loads") == 2 and b.counter("shared.leases_taken") == 0

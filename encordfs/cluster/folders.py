@@ -17,8 +17,9 @@ Algorithm (``load``), per folder
        (stale-while-revalidate: the folder is served at once and refreshed next): download, check,
        adopt or sync.
     2. Otherwise (no manifest, a stale one, an unusable image, or ``encordfs refresh``): take the
-       folder's lease (``SET NX PX``, renewed while held) and load from Encord; publish the image in
-       the background while still holding the lease, then release it. Content unchanged since the
+       folder's lease (``SET NX PX``, renewed while held), look at the manifest once more (a holder that
+       published and let go after the first look: back to 1), and load from Encord; publish the image
+       in the background while still holding the lease, then release it. Content unchanged since the
        last version (same compressed digest) republishes only the manifest.
     3. If another node holds the lease: wait for its manifest (polling; ``shared.leases_waited``).
        If the lease vanishes without one (its holder died: the TTL ran out), take it (step 2).
@@ -201,6 +202,10 @@ class SharedFolders:
                     return m.load_s
             lease = Lease(self.link, self.keys.folder_lease(job.key), LEASE_MS)
             if lease.acquire():
+                if self._published_since(job.key, m):  # its holder published and let go after we looked
+                    lease.release()
+                    force = False
+                    continue
                 self.counters.inc("shared.leases_taken")
                 return self._load_and_publish(job, once, lease)
             self.counters.inc("shared.leases_waited")
@@ -213,12 +218,16 @@ class SharedFolders:
         it), or ``deadline`` (False)."""
         while time.monotonic() < deadline and not self._closing.is_set():
             time.sleep(WAIT_POLL_S)
-            m = self._manifest(folder)
-            if m is not None and (seen is None or m.stamp != seen.stamp):
-                return True
-            if not lease.held_by_someone():
+            if self._published_since(folder, seen) or not lease.held_by_someone():
                 return True
         return False
+
+    def _published_since(self, folder: str, seen: Manifest | None) -> bool:
+        """A manifest of ``folder`` other than ``seen`` is there now. Asked again once the lease is ours:
+        a holder publishes, then lets go, so one that did both between our look at the manifest and our
+        lease would otherwise have us load the folder from Encord a second time."""
+        m = self._manifest(folder)
+        return m is not None and (seen is None or m.stamp != seen.stamp)
 
     # -- reading what others published
 
