@@ -558,3 +558,29 @@ def test_a_listing_published_between_a_look_and_the_lease_is_taken_not_loaded_ag
     assert b.names() == listed and b.names("/") == a.names("/")
     assert encord.calls["get_dataset"] == 1 and encord.calls["list_datasets"] == 1
     assert b.counter("shared.snapshot_loads") == 2 and b.counter("shared.leases_taken") == 0
+
+
+def test_a_block_published_between_a_look_and_the_lease_is_read_not_fetched_again(
+    nodes: Callable[..., Node], redis_server: RunningRedis
+) -> None:
+    """The same race for a block: its fetcher publishes it, then drops its lease; a node whose first
+    look came before the one and whose lease came after the other reads the block from Redis."""
+    a = _shared_after_reading(nodes, "/street/img001.jpg")
+    b = nodes("b", shared_blocks=True)
+    assert b.names() == a.names()
+    tier = b.mount.fs.reader.cache  # type: ignore[attr-defined]
+    real = tier.link.run
+    early = [True]
+
+    def first_look_too_early(call: Callable[[Any], Any]) -> Any:
+        result = real(call)
+        if early[0] and isinstance(result, bytes):  # the first GET of the block comes before a's publication
+            early[0] = False
+            return None
+        return result
+
+    tier.link.run = first_look_too_early
+    assert b.read("/street/img001.jpg") == bytes([1]) * 101
+    assert not early[0]
+    assert b.fetcher.requests == 0 and b.counter("shared.block_hits") == 1
+    assert not list(redis_server.client().scan_iter(match="encordfs:*:bl:*"))  # no lease left behind

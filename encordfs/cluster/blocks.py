@@ -7,11 +7,12 @@ miss). Blocks are the reader's: a whole small file or one part of a big one, at 
 
 ``get(key)`` on a local miss
     ``GET {ns}:b:{digest}``. A hit is checked (below), put into the local tiers and returned
-    (``shared.block_hits``). On a miss, the node takes the block's lease (``SET NX PX``) and returns
-    None: the reader fetches from the origin and ``put`` publishes the block and drops the lease. If
-    another node holds the lease, it is fetching that block now: wait for it (``POLL_S``; at most
-    ``WAIT_S``, or until that lease vanishes), so eight nodes reading the same file cost the origin one
-    GET, not eight (``shared.leases_waited``).
+    (``shared.block_hits``). On a miss, the node takes the block's lease (``SET NX PX``, with a second
+    look at the block in the same transaction) and returns None: the reader fetches from the origin
+    and ``put`` publishes the block and drops the lease. If another node holds the lease, it is
+    fetching that block now: wait for it (``POLL_S``; at most ``WAIT_S``, or until that lease
+    vanishes), so eight nodes reading the same file cost the origin one GET, not eight
+    (``shared.leases_waited``).
 
 ``put(key, data)``: the local tiers, then (if small enough) a background writer publishes it: a
     bounded queue (``MAX_BACKLOG_BYTES``; past it blocks are skipped, ``shared.block_skipped``), so a
@@ -166,7 +167,19 @@ class SharedBlockCache:
         holds the lease has published it (None if it gives up or ``WAIT_S`` passes)."""
         token = secrets.token_hex(8)
         lease_key = self.keys.block_lease(digest)
-        if self.link.run(lambda r: r.set(lease_key, token, nx=True, px=LEASE_MS)):
+        # The lease and a second look at the block in one transaction: a holder publishes its block, then
+        # drops its lease, so one that did both since our first look has left the block here to read.
+        got, raw = self.link.pipeline(
+            lambda p: (p.set(lease_key, token, nx=True, px=LEASE_MS), p.get(self.keys.block(digest))),
+            transaction=True,
+        )
+        if got and isinstance(raw, bytes):
+            try:
+                self.link.run(lambda r: r.delete(lease_key))
+            except SharedDown:
+                pass  # it expires by itself
+            return raw
+        if got:
             with self._cond:
                 if len(self._leased) >= MAX_LEASED:  # fetches that failed leave theirs; Redis expires them
                     self._leased.clear()
