@@ -781,6 +781,33 @@ def test_a_late_duplicate_of_a_push_of_unknown_outcome_is_repaired_by_a_reassert
     queue.close(flush_timeout_s=0)
 
 
+def test_a_planned_reassert_takes_in_what_lands_before_it_is_sent(tmp_path: Path) -> None:
+    """Found by the stateful test (CI): a re-assert planned once the late-duplicate window had passed
+    was still sent after a newer edit landed, and put the older state back over it."""
+    mem = _backend(1)
+    fail = [errors.TransientError("503")]
+
+    def push(patches: list[RowPatch]) -> dict[str, PushOutcome]:
+        if fail:
+            raise fail.pop()
+        return mem.push(patches)
+
+    queue, clock = _manual(tmp_path / "j.sqlite3", push, reassert_after_s=30.0)
+    queue.set_key(_ref(0), "split", "train")
+    queue.push_round()  # 503: the outcome is unknown, the server may still apply it
+    clock.now += 5
+    queue.push_round()  # lands "train": a re-assert is planned for the end of the window
+    clock.now += 30
+    queue.set_key(_ref(0), "split", "val")
+    queue.push_round()  # lands "val" once the window has passed: the re-assert is due, with "val"
+    queue.set_key(_ref(0), "split", "test")  # edited again before the re-assert went out
+    while queue.push_round():
+        pass
+    assert mem.row("row-0").client_metadata == {"orig": 0, "split": "test"}
+    assert queue.status()["reasserts_pending"] == 0
+    queue.close(flush_timeout_s=0)
+
+
 def test_pending_memory_is_per_row_not_per_edit(tmp_path: Path) -> None:
     mem = _backend(2)
     queue, clock = _manual(tmp_path / "j.sqlite3", mem.push)
