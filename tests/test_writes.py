@@ -160,17 +160,41 @@ def test_invalid_values_are_refused_before_the_journal(tmp_path: Path) -> None:
 
 
 class QueueMachine(RuleBasedStateMachine):
-    """Random edits, pushes (some failing transiently or permanently) and restarts; the view must
-    always equal the model, and after a final clean push so must the server."""
+    """Random edits, pushes (some failing transiently or permanently, some timing out on our side while
+    the server applies them a step later, over what landed since) and restarts. The view must equal
+    the model, except for a row a late request has just overwritten (allowed for the late-duplicate
+    window); once that window has passed and everything is pushed, so must the server."""
 
     ROWS = 4
+    WINDOW_S = 300.0  # QueueConfig.reassert_after_s; each push step advances the clock 100 s
 
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="wq-"))
         self.mem = _backend(self.ROWS)
         self.model = {r.uid: (dict(r.client_metadata or {}), r.title) for r in self.mem.rows[DS]}
-        self.queue, self.clock = _manual(self.dir / "j.sqlite3", self.mem.push, landed_ttl_s=0.0)
+        self.held: list[RowPatch] = []  # a request the server holds, to apply later
+        self.hold_next = False
+        self.stale: set[str] = set()  # rows a late request overwrote: stale for at most the window
+        self.late_at: list[float] = []
+        self.repair_lost = False  # restarted within a window: the repair is in memory (SEMANTICS)
+        self.queue, self.clock = _manual(self.dir / "j.sqlite3", self._push, landed_ttl_s=0.0)
+
+    def _push(self, patches: list[RowPatch]) -> dict[str, PushOutcome]:
+        if self.hold_next:
+            self.hold_next = False
+            self.held.extend(patches)
+            self.late_at.append(self.clock.now)
+            raise errors.Unavailable("read timed out")
+        return self.mem.push(patches)
+
+    @rule()
+    def deliver_late(self) -> None:
+        """The server applies a request it held, whatever landed since."""
+        if self.held:
+            self.mem.push(self.held)
+            self.stale.update(p.row_uid for p in self.held)
+            self.held = []
 
     @rule(i=st.integers(0, ROWS - 1), spec=OPS.filter(bool).map(lambda s: s[0]))
     def edit(self, i: int, spec: tuple[OpKind, str | None, Any]) -> None:
@@ -179,30 +203,40 @@ class QueueMachine(RuleBasedStateMachine):
         uid = f"row-{i}"
         self.model[uid] = model_apply(*self.model[uid], kind, key, value)  # type: ignore[assignment]
 
-    @rule(fault=st.sampled_from([None, "transient", "permanent"]))
+    @rule(fault=st.sampled_from([None, "transient", "permanent", "late"]))
     def push(self, fault: str | None) -> None:
+        self.deliver_late()  # a held request is applied within 100 s: inside the window, as the API's timeout
         if fault == "transient":
             self.mem.push_faults.append(errors.TransientError("503"))
         elif fault == "permanent":
             self.mem.row_errors["row-0"] = errors.PermanentError("413")
+        self.hold_next = fault == "late"
         self.queue.push_round()
+        self.hold_next = False
         self.mem.push_faults.clear()
         self.mem.row_errors.clear()
         self.clock.now += 100
 
     @rule()
     def restart(self) -> None:
+        if any(self.clock.now - t < self.WINDOW_S for t in self.late_at):
+            self.repair_lost = True
         self.queue.close(flush_timeout_s=0)
-        self.queue, self.clock = _manual(self.dir / "j.sqlite3", self.mem.push, landed_ttl_s=0.0)
+        self.queue, self.clock = _manual(self.dir / "j.sqlite3", self._push, landed_ttl_s=0.0)
 
     @invariant()
     def view_is_the_model(self) -> None:
         for r in self.mem.rows[DS]:
             metadata, title = self.queue.view(r.uid, r.client_metadata, r.title)
-            assert (dict(metadata or {}), title) == self.model[r.uid]
+            seen = (dict(metadata or {}), title)
+            if seen == self.model[r.uid]:
+                self.stale.discard(r.uid)  # repaired (or overridden): from now on it must stay right
+            else:
+                assert r.uid in self.stale, (r.uid, seen, self.model[r.uid])
 
     def teardown(self) -> None:
         try:
+            self.deliver_late()
             for uid in list(self.model):  # a parked row is un-parked by editing it again
                 if self.queue.parked_reason(uid) is not None:
                     metadata, title = self.model[uid]
@@ -210,7 +244,12 @@ class QueueMachine(RuleBasedStateMachine):
                     self.queue.set_title(RowRef(uid, DS, "item-" + uid[4:]), title)
             while self.queue.push_round():
                 pass
+            self.clock.now += self.WINDOW_S + 1  # every window over: the re-asserts are due
+            while self.queue.push_round():
+                pass
             assert self.queue.status()["pending_rows"] == 0 and not self.queue.status()["parked"]
+            if self.repair_lost:
+                return
             for r in self.mem.rows[DS]:
                 assert (dict(r.client_metadata or {}), r.title) == self.model[r.uid]
         finally:  # a failed example leaves no open journal or temp dir behind
