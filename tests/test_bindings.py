@@ -307,10 +307,15 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+class _MfusepyWithWatchdog(MountedFS):
+    def argv(self) -> list[str]:
+        return [sys.executable, "-c", _MFUSEPY_WITH_WATCHDOG, *super().argv()[3:]]  # after "python -m encordfs"
+
+
 def test_a_killed_mfusepy_mount_leaves_no_dead_mount(sample_emulator: RunningEmulator, tmp_path: Path) -> None:
-    mounted = MountedFS(sample_emulator.domain, sample_emulator.key_file, tmp_path, "--binding", "mfusepy")
-    mounted.argv = lambda: [sys.executable, "-c", _MFUSEPY_WITH_WATCHDOG, *MountedFS.argv(mounted)[3:]]  # type: ignore[method-assign]
-    with mounted:
+    with _MfusepyWithWatchdog(
+        sample_emulator.domain, sample_emulator.key_file, tmp_path, "--binding", "mfusepy"
+    ) as mounted:
         assert mounted.proc is not None
         assert any(mounted.path.iterdir())
         mounted.proc.kill()

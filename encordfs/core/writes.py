@@ -610,14 +610,15 @@ class WriteQueue:
         state once more when that can no longer happen (composed with whatever lands meanwhile)."""
         until = self._doubtful.get(patch.row_uid)
         earlier = self._reassert.get(patch.row_uid)
-        if until is None and earlier is None:
+        if earlier is not None:  # a re-assert still planned takes in what landed since, doubtful or not:
+            change = compose(earlier[1], patch.change)  # sent as it was, it would put back an older state
+            due = earlier[2] if until is None else max(until, earlier[2])
+        elif until is not None:
+            change, due = patch.change, until
+        else:
             return
         if until is not None and until <= now:
             del self._doubtful[patch.row_uid]
-        # A re-assert still planned takes in what landed since, doubtful or not: sent as it was, it
-        # would put back an older state over the newer one.
-        change = compose(earlier[1], patch.change) if earlier is not None else patch.change
-        due = max(d for d in (until, earlier[2] if earlier is not None else None) if d is not None)
         ref = RowRef(patch.row_uid, patch.dataset_uid, patch.item_uuid, change.title or "")
         self._reassert[patch.row_uid] = (ref, change, due)
 

@@ -2,8 +2,8 @@
 inode-based, over the core ``EncordFS``; no libfuse. Message layouts are in ``encordfs.fuse._abi``.
 
 **Owns** the mount (``mount(2)`` as root; else ``fusermount3 -o auto_unmount``, which hands the
-``/dev/fuse`` fd back over a socketpair with SCM_RIGHTS and unmounts when this process dies, with a
-watchdog process for the fusermount3 versions that cannot tell a user's dead mount: ``encordfs.fuse.watchdog``), the INIT
+``/dev/fuse`` fd back over a socketpair with SCM_RIGHTS and unmounts when this process dies, with
+``encordfs.fuse.watchdog`` for the fusermount3 versions that cannot tell a user's dead mount), the INIT
 negotiation, the request loop, backing ids for passthrough (and the lookup counts that bound their
 life), and the notifications that tell the kernel a cached name or attribute went stale. It
 translates and nothing else: no caching, policy or network call. A kernel node id is the core's
