@@ -27,7 +27,12 @@ Cold and warm
 
 Figures
     P1               1 GiB sequential read through the mount (1 MiB ``readinto``) ÷ one streaming httpx GET
-                     of the same signed URL; median of the repetitions of each.
+                     of the same signed URL; median of the repetitions of each. Beside it, what each read
+                     costs in CPU per GiB: the mount process's own (``P1_mount_cpu_s``) and the whole
+                     machine's, busy time of all cores from /proc/stat (``P1_mount_machine_cpu_s``,
+                     ``P1_direct_machine_cpu_s``: the byte server, the kernel and the reader count too), and
+                     ``P1_cpu_bound``, the most P1 the machine's cores allow at the mount read's machine CPU
+                     per GiB (all cores busy for the whole read) ÷ the direct GET's rate.
     P1_warm          the same file again after a remount, from the disk cache (page cache dropped) ÷ reading
                      the cache's own file of it directly (page cache dropped). Passes on remounts first
                      fill the parts the cold pass's disk backlog skipped (up to 4, until one fetches
@@ -209,6 +214,10 @@ ROWS: list[tuple[str, str, str]] = [
     ("P1", "x", "big file: mount ÷ direct GET"),
     ("P1_mount_MBps", "MB/s", "  mount, sequential 1 MiB reads"),
     ("P1_direct_MBps", "MB/s", "  direct streaming httpx GET"),
+    ("P1_mount_cpu_s", "s", "  mount process CPU per GiB"),
+    ("P1_mount_machine_cpu_s", "s", "  whole machine's CPU per GiB (all cores), mount read"),
+    ("P1_direct_machine_cpu_s", "s", "  whole machine's CPU per GiB (all cores), direct GET"),
+    ("P1_cpu_bound", "x", "  the most P1 the cores allow at the mount read's machine CPU"),
     ("P1_warm", "x", "big file after a remount: disk cache ÷ its file read directly"),
     ("P1_warm_mount_MBps", "MB/s", "  mount, from the disk cache, page cache dropped"),
     ("P1_warm_file_MBps", "MB/s", "  the cache file read directly, page cache dropped"),
@@ -417,17 +426,24 @@ def probe_cost_us(folder: Path, entries: int = 20_000) -> float:
     return (time.perf_counter() - t0) / probes * 1e6
 
 
+def _cpu_ticks() -> tuple[int, int]:
+    """(all, idle + iowait) clock ticks of every CPU since boot, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(values), values[3] + values[4]
+
+
 def machine_busy_fraction(sample_s: float = 1.0) -> float:
     """Share of all CPUs busy over ``sample_s`` (from /proc/stat): others' load skews every figure."""
-
-    def read() -> tuple[int, int]:
-        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        return sum(values), values[3] + values[4]
-
-    total0, idle0 = read()
+    total0, idle0 = _cpu_ticks()
     time.sleep(sample_s)
-    total1, idle1 = read()
+    total1, idle1 = _cpu_ticks()
     return 1 - (idle1 - idle0) / max(1, total1 - total0)
+
+
+def machine_cpu_s() -> float:
+    """Busy CPU seconds of all cores together since boot (every process, the kernel, interrupts)."""
+    total, idle = _cpu_ticks()
+    return (total - idle) / os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------------------------------------- readers
@@ -889,18 +905,25 @@ class Bench:
     def phase_big(self, emu: infra.Emulator, big_src: Path, big_url: str) -> Path:
         """P1; returns the cache dir of the last repetition."""
         size = big_src.stat().st_size
+        gib = size / (1 << 30)
         mount_rates, direct_rates = [], []
+        cpu: dict[str, list[float]] = {"mount": [], "mount_machine": [], "direct_machine": []}
         cache_dir = self.work
         for rep in range(self.sizes.big_reps):
             log(f"P1 big file, repetition {rep + 1}/{self.sizes.big_reps}")
+            busy0 = machine_cpu_s()
             secs, n = stream_get(big_url)
+            cpu["direct_machine"].append((machine_cpu_s() - busy0) / gib)
             assert n == size, (n, size)
             direct_rates.append(n / secs / 1e6)
             with mounted(lambda: self.mount(emu)) as m:
                 path = m.path / "big" / big_src.name
                 os.listdir(path.parent)
                 with self.spy(m, "big" if rep == 0 else f"big{rep}"):
+                    busy0, own0 = machine_cpu_s(), infra.cpu_s(m.pid)
                     secs, n = read_parallel([path], threads=1)
+                    cpu["mount"].append((infra.cpu_s(m.pid) - own0) / gib)
+                    cpu["mount_machine"].append((machine_cpu_s() - busy0) / gib)
                 assert n == size, (n, size)
                 mount_rates.append(n / secs / 1e6)
                 cache_dir = m.cache_dir
@@ -909,6 +932,11 @@ class Bench:
         self.fig["P1_mount_MBps"] = statistics.median(mount_rates)
         self.fig["P1_direct_MBps"] = statistics.median(direct_rates)
         self.fig["P1"] = self.fig["P1_mount_MBps"] / self.fig["P1_direct_MBps"]
+        for what, values in cpu.items():
+            self.fig[f"P1_{what}_cpu_s"] = statistics.median(values)
+        # All cores busy for the whole read, at the machine CPU per GiB the mount read took:
+        bound_MBps = (os.cpu_count() or 1) / max(1e-9, self.fig["P1_mount_machine_cpu_s"]) * (1 << 30) / 1e6
+        self.fig["P1_cpu_bound"] = bound_MBps / self.fig["P1_direct_MBps"]
         return cache_dir
 
     def phase_big_warm(self, emu: infra.Emulator, big_src: Path, cache_dir: Path) -> None:
