@@ -141,6 +141,42 @@ def test_a_file_opened_again_reuses_its_backing_file(kernel_mount: MountedFS) ->
     assert after["cache.backing_opens"] == before["cache.backing_opens"]
 
 
+def test_an_evicted_cache_file_is_not_held_by_its_backing_id(sample_emulator: RunningEmulator) -> None:
+    """A file opened through passthrough keeps its backing id while idle (its next open registers
+    nothing), but not once the disk cache evicts its file: the id would keep the evicted file's
+    blocks allocated. With room for about two files, the ids held follow what the cache holds."""
+    with temporary_mount(
+        sample_emulator.domain, sample_emulator.key_file, "--binding", "kernel", "--cache-size", "1M"
+    ) as mounted:
+        folder = mounted.path / "street-scenes"
+        files = [p for p in sorted(folder.iterdir()) if p.is_file() and 100_000 < p.stat().st_size < 450_000]
+        assert len(files) >= 4, [p.stat().st_size for p in folder.iterdir()]
+
+        def status() -> dict[str, Any]:
+            return json.loads((mounted.path / ".encordfs" / "status.json").read_text())  # type: ignore[no-any-return]
+
+        def held(limit: int) -> bool:
+            deadline = time.monotonic() + 10
+            while status()["passthrough"]["backing_ids"] > limit and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return status()["passthrough"]["backing_ids"] <= limit  # type: ignore[no-any-return]
+
+        for row in files:
+            want, opens = row.read_bytes(), status()["passthrough"]["opens"]
+            deadline = time.monotonic() + 10
+            while status()["passthrough"]["opens"] == opens:  # until an open of it was passthrough
+                assert time.monotonic() < deadline, status()  # (the disk cache lands the file off the read path)
+                assert row.read_bytes() == want
+                time.sleep(0.05)
+        cache = mounted.cache_dir / "files"
+        on_disk = sum(1 for p in cache.rglob("*") if p.is_file() and len(p.name) == 64)
+        assert on_disk < len(files)  # some were evicted
+        assert held(on_disk), (status()["passthrough"], on_disk)
+        assert status()["counters"].get("cache.evictions_disk", 0) >= len(files) - on_disk
+        for row in files:  # a file whose id went is registered again at its next open, and reads the same
+            assert row.read_bytes() == row.read_bytes()
+
+
 def test_files_read_past_the_page_cache_are_the_same(
     sample_emulator: RunningEmulator, mfusepy_mount: MountedFS
 ) -> None:

@@ -34,9 +34,9 @@ from encordfs.core.blockcache import (
     MemoryBlockCache,
     TieredBlockCache,
     _address,
-    _file_name,
     _pwrite_all,
     aligned_bytearray,
+    item_name,
 )
 from encordfs.core.counters import Counters
 from encordfs.errors import Busy, InvalidValue
@@ -733,6 +733,23 @@ def test_an_evicted_file_keeps_reading_through_an_open_fd(tmp_path: Path) -> Non
             os.close(fd)
 
 
+def test_every_dropped_file_is_told_by_its_item_name(tmp_path: Path) -> None:
+    """``on_drop`` (a binding holding cache files registered with the kernel lets them go) hears of each
+    file evicted, by ``item_name`` of its content key, and of nothing else."""
+    root = tmp_path / "c"
+    told: list[str] = []
+    with open_cache(root, capacity_bytes=2 * PART) as cache:
+        cache.on_drop = told.append
+        for i in range(2):
+            cache.put(*whole(f"f{i}", block(i)))
+            assert cache.flush(5)
+        assert told == []
+        cache.put(*whole("f2", block(2)))  # evicts f0, the oldest
+        assert cache.flush(5)
+        assert told == [item_name("f0")] and not cache.contains(("f0", 0))
+        assert not item_path(root, "f0").exists()
+
+
 def test_a_backing_file_is_still_complete_until_it_goes(tmp_path: Path) -> None:
     """``still_complete`` lets a binding keep the file it registered instead of opening it again: True
     while the item is complete and checked in this session, and a use for the eviction order."""
@@ -789,12 +806,12 @@ def test_an_item_cooled_again_while_being_opened_is_looked_up_again(tmp_path: Pa
             found = find(name)
             if not interfered:  # another reader makes f1 hot right after: f0 goes cold again
                 interfered.append(name)
-                find(_file_name("f1"))
+                find(item_name("f1"))
             return found
 
         cache._find = find_then_another  # type: ignore[method-assign]
         fd = cache.open_complete("f0", PART)
-        assert interfered == [_file_name("f0")] and fd is not None
+        assert interfered == [item_name("f0")] and fd is not None
         try:
             assert os.pread(fd, PART, 0) == block(0)
         finally:

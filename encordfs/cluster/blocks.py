@@ -37,6 +37,7 @@ import struct
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from encordfs.cluster.keys import Keys
@@ -117,6 +118,9 @@ class SharedBlockCache:
 
     def backlogged(self, size: int) -> bool:
         return self.local.backlogged(size)
+
+    def watch_drops(self, callback: Callable[[str], None]) -> None:
+        self.local.watch_drops(callback)
 
     def flush(self, timeout_s: float | None = None) -> bool:
         """Wait until queued publications are done (tests)."""

@@ -128,7 +128,10 @@ Eviction and space
     a part that cannot fit is not written (``cache.skipped_disk``). An eviction unlinks the whole file
     (open fds, passthrough backing handles included, keep reading it). If the unlink fails the bytes
     stay counted in ``used_bytes`` (``cache.unlink_errors``) and the unlink is retried every
-    ``free_check_interval_s``; eviction goes on with the next item.
+    ``free_check_interval_s``; eviction goes on with the next item. ``on_drop``, when set, is called with
+    the ``item_name`` of every file dropped (evicted, found damaged, removed), with the lock held: it must
+    only take note. A binding that keeps cache files registered with the kernel lets go of the evicted
+    one's registration then, which would otherwise keep its blocks allocated.
 
 Recency
     A hit (and an ``open_complete``: a passthrough reader sends no reads) moves the item to the end of
@@ -241,6 +244,11 @@ class BlockCache(Protocol):
         """Whether a slow tier would skip a ``put`` of ``size`` bytes now (its write queue is full)."""
         ...
 
+    def watch_drops(self, callback: Callable[[str], None]) -> None:
+        """Have ``callback`` told the ``item_name`` of every file the cache drops from disk, evicted or
+        damaged (``DiskFileCache.on_drop``: called with a lock held, it must only take note)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -329,6 +337,9 @@ class MemoryBlockCache:
 
     def backlogged(self, size: int) -> bool:
         return False
+
+    def watch_drops(self, callback: Callable[[str], None]) -> None:
+        pass  # no files
 
     def close(self) -> None:
         with self._lock:
@@ -541,6 +552,7 @@ class DiskFileCache:
         self._used_bytes = 0
         self._complete_items = 0
         self._undeletable: dict[str, int] = {}  # evicted, but the unlink failed: name -> bytes still counted
+        self.on_drop: Callable[[str], None] | None = None  # told each dropped item's name (see "Eviction")
         self._undeletable_retry_at = 0.0
         self._touched: dict[str, int] = {}  # name -> wall-clock ns of its last hit, not yet in the index
         self._index_changes: list[tuple[object, ...]] = []  # for the index, in the order they happened
@@ -611,7 +623,7 @@ class DiskFileCache:
 
     def lookup(self, key: BlockKey) -> Block | None:
         content_key, index = key
-        name = _file_name(content_key)
+        name = item_name(content_key)
         with self._lock:
             queued = self._pending.get(key)
             if queued is not None:
@@ -651,7 +663,7 @@ class DiskFileCache:
             return queued.data if queued is not None else None
 
     def contains(self, key: BlockKey) -> bool:
-        name = _file_name(key[0])
+        name = item_name(key[0])
         with self._lock:
             if key in self._pending:
                 return True
@@ -667,7 +679,7 @@ class DiskFileCache:
         """
         if not data or len(data) != layout.part_length(key[1]):
             raise InvalidValue(f"part {key[1]} of {len(data)} bytes does not fit a layout {layout}")
-        name = _file_name(key[0])
+        name = item_name(key[0])
         size = len(data)
         backlogged = False
         with self._changed:
@@ -694,7 +706,7 @@ class DiskFileCache:
         must pass its crc32 now (once per session: a big inherited file is read whole here). The caller
         closes the fd; eviction never takes the file away from it. Damage drops the item (a miss).
         """
-        name = _file_name(content_key)
+        name = item_name(content_key)
         # An item read back from the index can go cold again before it is used here (another item made hot
         # meanwhile pushes it out of a full hot set): look it up again rather than call that a miss.
         for _ in range(_COOLED_RETRIES):
@@ -764,7 +776,7 @@ class DiskFileCache:
 
     def complete_now(self, content_key: str, size: int) -> bool:
         with self._lock:
-            item = self._items.get(_file_name(content_key))
+            item = self._items.get(item_name(content_key))
             if item is None or not item.holds_all(size):
                 return False
             # inherited: sealed is enough. ``open_complete`` checks the seal on the fd it opens (one fstat,
@@ -774,7 +786,7 @@ class DiskFileCache:
             return not item.unchecked or item.seal is not None
 
     def still_complete(self, content_key: str, size: int) -> bool:
-        name = _file_name(content_key)
+        name = item_name(content_key)
         with self._lock:
             item = self._items.get(name)
             if item is None or not item.holds_all(size) or item.unchecked:
@@ -806,7 +818,7 @@ class DiskFileCache:
         if fd is None:
             return None
         os.close(fd)
-        return os.path.abspath(self._path(_file_name(content_key)))
+        return os.path.abspath(self._path(item_name(content_key)))
 
     def flush(self, timeout_s: float | None = None) -> bool:
         """Wait until every queued part has landed (or was skipped); False on timeout."""
@@ -1026,7 +1038,7 @@ class DiskFileCache:
         disk); the switch from ``_pending`` to the index is the one step under it.
         """
         content_key, index = key
-        name = _file_name(content_key)
+        name = item_name(content_key)
         charge = _charge(len(data))
         while True:
             item = self._find(name)  # a cold item becomes hot: it is about to change
@@ -1556,6 +1568,8 @@ class DiskFileCache:
         counted until a retry succeeds."""
         self._touched.pop(name, None)
         self._change_locked(("drop", name))
+        if self.on_drop is not None:
+            self.on_drop(name)
         if self._unlink_locked(name):
             self._used_bytes -= charged_bytes
             self._freed_since_check += charged_bytes
@@ -1659,7 +1673,8 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
-def _file_name(content_key: str) -> str:
+def item_name(content_key: str) -> str:
+    """The name the disk cache keeps a file's content under (its file's, and ``on_drop``'s)."""
     return hashlib.sha256(content_key.encode()).hexdigest()
 
 
@@ -1874,6 +1889,9 @@ class TieredBlockCache:
 
     def backlogged(self, size: int) -> bool:
         return self.disk.backlogged(size)
+
+    def watch_drops(self, callback: Callable[[str], None]) -> None:
+        self.disk.on_drop = callback
 
     def complete_path(self, content_key: str, size: int) -> str | None:
         return self.disk.complete_path(content_key, size)

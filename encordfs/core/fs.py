@@ -52,6 +52,9 @@ Seams for a binding (both optional, ``None`` by default; the mfusepy binding use
   listener must not block on the kernel (queue the notification, write it from another thread).
   First loads announce nothing (no kernel can have cached what was never listed).
 - ``binding_status()`` returns a dict merged into ``status()`` (e.g. passthrough counters).
+- ``watch_backing_drops(callback)`` has ``callback`` told the name (``core.blockcache.item_name`` of
+  the ``backing_key``) of every file the disk cache drops, with a lock held: a binding that keeps cache
+  files registered with the kernel notes it and lets the registration go on another thread.
 - ``would_wait(folder)`` tells a binding which lookups and listings may wait for Encord.
 
 Prefetch seam: ``prefetcher`` (``core.prefetch.Prefetcher`` or None, the default) is told of every
@@ -186,6 +189,7 @@ class Reader(Protocol):
     def open_backing(self, content_key: str, size: int) -> int | None: ...
     def backing_may_wait(self, content_key: str, size: int) -> bool: ...
     def backing_still_complete(self, content_key: str, size: int) -> bool: ...
+    def watch_backing_drops(self, callback: Callable[[str], None]) -> None: ...
     def probe_size(self, url_source: Callable[[bool], str]) -> int: ...
 
 
@@ -643,6 +647,11 @@ class EncordFS:
         if loaded is None:
             return "fill"
         return None if self._is_stale(ino, loaded) else "keep"
+
+    def watch_backing_drops(self, callback: Callable[[str], None]) -> None:
+        """See the module docstring (a core without a reader has no cache files)."""
+        if self.reader is not None:
+            self.reader.watch_backing_drops(callback)
 
     def open_may_wait(self, ino: int) -> bool:
         """Whether ``open(ino)`` may wait for the network or the disk: with ``backing_files`` on, a file

@@ -474,6 +474,11 @@ class ReadPipeline:
         ``BlockCache.still_complete``)."""
         return self.cache.still_complete(content_key, size)
 
+    def watch_backing_drops(self, callback: Callable[[str], None]) -> None:
+        """Have ``callback`` told the ``item_name`` of every cache file dropped from the disk cache (an
+        ``open_backing`` file among them: a binding holding it registered then lets it go)."""
+        self.cache.watch_drops(callback)
+
     def backing_may_wait(self, content_key: str, size: int) -> bool:
         """Whether ``open_backing`` may wait: unless the file is known complete and checked on disk, its
         record may be read from the disk cache's index, and an inherited file that is not sealed read

@@ -68,7 +68,8 @@ id; the kernel then reads that file itself and no READ reaches Python. One backi
 reused by later opens while the core's file holds the same content (``OpenFile.backing_key``): the
 binding tells the core's ``open`` what its file holds (``held_key``), and the core opens no file when
 its cache still has that content complete. An id is closed when the kernel forgets the inode and no
-handle uses it, when its content changed and no handle uses it, or at the end. Lookups are counted
+handle uses it, when its content changed or the disk cache dropped its file (evicted: the id would
+keep the file's blocks allocated) and no handle uses it, or at the end. Lookups are counted
 only for inodes with such a state, so memory does not grow with what the kernel lists. Decided per
 inode, not per open: while a passthrough handle is open every open is passthrough with that id, while
 a cached handle is open none is (the kernel fails either mix with EIO), and ``FOPEN_KEEP_CACHE`` never
@@ -101,6 +102,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from encordfs import errors
+from encordfs.core.blockcache import item_name
 from encordfs.core.fs import INVALIDATE_CONTENT, INVALIDATE_ENTRY, INVALIDATE_LISTING, Attr, EncordFS, OpenFile
 from encordfs.core.xattrs import is_foreign as is_foreign_xattr
 from encordfs.fuse import BLKSIZE, MountFlags, Timeouts, blocks, log_level, timespec
@@ -123,10 +125,12 @@ OUT_BUFFER_BYTES = 256 * 1024  # readdir replies; the kernel asks for at most a 
 MAX_BACKGROUND = 16  # readahead requests in flight (the kernel's default is 12)
 MAX_STACK_DEPTH = 2  # backing files may sit on overlayfs (a container's root)
 UNMOUNT_GRACE_S = 5.0  # after a signal: how long open files may keep the lazily unmounted fs busy
-# Backing ids kept for inodes with no open handle (``_Passthrough``): enough for a working set that is
-# reopened soon; each costs ~300 B here and one open file in the kernel. Beyond it a reopen registers
-# its backing file again.
-MAX_IDLE_BACKING_IDS = 1024
+# Backing ids kept for inodes with no open handle (``_Passthrough``): enough for the files of an epoch
+# over a dataset of that many files to be reopened without registering their cache files again
+# (``benchmarks/op_costs.py``: ~8 us of mount CPU less per reopen); each costs ~0.5 KB here and one open
+# file in the kernel, and an evicted cache file's id is closed at once (its blocks are not held). Beyond it
+# a reopen registers its backing file again.
+MAX_IDLE_BACKING_IDS = 16384
 
 WANTED = (
     abi.ASYNC_READ
@@ -321,11 +325,14 @@ class _Backed:
     """One inode's passthrough state: its backing id (0: none), the handles open on it and the kernel's
     lookups of it since the state was made (the kernel held at least one then: it opened the inode)."""
 
-    __slots__ = ("backing_id", "key", "passthrough_handles", "cached_handles", "lookups")
+    __slots__ = ("ino", "backing_id", "key", "name", "dropped", "passthrough_handles", "cached_handles", "lookups")
 
-    def __init__(self) -> None:
+    def __init__(self, ino: int) -> None:
+        self.ino = ino
         self.backing_id = 0
         self.key: str | None = None  # what the registered file holds (``OpenFile.backing_key``)
+        self.name: str | None = None  # the disk cache's name for it (``item_name(key)``)
+        self.dropped = False  # the disk cache dropped that file: the id goes with the last handle
         self.passthrough_handles = 0
         self.cached_handles = 0
         self.lookups = 1
@@ -341,11 +348,12 @@ class _Passthrough:
 
     Idle ids are bounded: the kernel forgets inodes only under memory pressure, so an epoch over a
     million files would otherwise keep a million states here (and a million backing files open in
-    the kernel, evicted cache files included, whose blocks stay allocated while an id holds them).
-    An inode with an id and no open handle is *idle*; past ``max_idle`` idle inodes the least
-    recently released one loses its id and its state (a registration at its next open, a few
-    microseconds). Closing an idle id never races the kernel: it looked the id up while it opened
-    the handles that have all been released since.
+    the kernel). An inode with an id and no open handle is *idle*; past ``max_idle`` idle inodes the
+    least recently released one loses its id and its state (a registration at its next open, a few
+    microseconds). An id whose cache file the disk cache dropped (``dropped``, from the notifier
+    thread) is closed once no handle uses it: it would keep the evicted file's blocks allocated.
+    Closing an idle id never races the kernel: it looked the id up while it opened the handles that
+    have all been released since.
 
     Lock: ``_lock``, a leaf; the BACKING_OPEN/CLOSE ioctls are made under it (a few microseconds).
     """
@@ -355,6 +363,7 @@ class _Passthrough:
         self._lock = threading.Lock()
         self._inodes: dict[int, _Backed] = {}
         self._idle: OrderedDict[int, None] = OrderedDict()  # inodes with an id and no handle, least recent first
+        self._by_name: dict[str, set[int]] = {}  # the disk cache's name of a registered file -> inodes on it
         self.max_idle = MAX_IDLE_BACKING_IDS if max_idle is None else max_idle
         self._handles: dict[int, tuple[int, bool]] = {}  # fh -> (inode, passthrough?)
         self._on_refused = on_refused  # the kernel will not take backing files from this process
@@ -397,7 +406,7 @@ class _Passthrough:
     def held_key(self, ino: int) -> str | None:
         """What the backing file registered for ``ino`` holds, if one is (for ``EncordFS.open``)."""
         state = self._inodes.get(ino)
-        return state.key if state is not None and state.backing_id and self.usable else None
+        return state.key if state is not None and state.backing_id and not state.dropped and self.usable else None
 
     @property
     def usable(self) -> bool:
@@ -410,13 +419,16 @@ class _Passthrough:
         with self._lock:
             state = self._inodes.get(ino)
             if state is None:
-                state = self._inodes[ino] = _Backed()
+                state = self._inodes[ino] = _Backed(ino)
             self._idle.pop(ino, None)
             if state.passthrough_handles == 0 and state.cached_handles == 0:  # nothing open: follow the core
-                if state.backing_id and (key is None or state.key != key or not self.usable):
+                if state.backing_id and (key is None or state.key != key or state.dropped or not self.usable):
                     self._close_locked(state)
                 if backing_fd is not None and self.usable and not state.backing_id:
                     state.backing_id, state.key = self._register_locked(backing_fd), key
+                    if state.backing_id and key is not None:
+                        state.name = item_name(key)  # (a row seen in a view too: two inodes, one file)
+                        self._by_name.setdefault(state.name, set()).add(ino)
             passthrough = state.passthrough_handles > 0 or (state.cached_handles == 0 and state.backing_id > 0)
             if passthrough:
                 state.passthrough_handles += 1
@@ -449,12 +461,23 @@ class _Passthrough:
                 self._close_locked(state)
                 self._drop_if_unused_locked(ino, state)
 
+    def dropped(self, name: str) -> None:
+        """The disk cache dropped the file named ``name``: an id registered on it goes now, or with the
+        last handle open on it."""
+        with self._lock:
+            for ino in list(self._by_name.get(name, ())):
+                state = self._inodes.get(ino)
+                if state is not None and state.name == name:
+                    state.dropped = True
+                    self._drop_if_unused_locked(ino, state)
+
     def close_all(self) -> None:
         with self._lock:
             for state in self._inodes.values():
                 self._close_locked(state)
             self._inodes.clear()
             self._idle.clear()
+            self._by_name.clear()
 
     def status(self) -> dict[str, int]:
         """Opens answered in passthrough, backing ids held, inodes with a state (bounded by the inodes with
@@ -464,11 +487,11 @@ class _Passthrough:
             return {"opens": self.opens, "backing_ids": ids, "inodes": len(self._inodes)}
 
     def _drop_if_unused_locked(self, ino: int, state: _Backed) -> None:
-        """Forget an inode's state once no handle is open and either it holds no backing id or the
-        kernel forgot the inode; else keep it idle, within ``max_idle``."""
+        """Forget an inode's state once no handle is open and it holds no backing id, or the kernel forgot
+        the inode, or the disk cache dropped its file; else keep it idle, within ``max_idle``."""
         if state.passthrough_handles or state.cached_handles:
             return
-        if state.backing_id and state.lookups > 0:
+        if state.backing_id and state.lookups > 0 and not state.dropped:
             self._idle[ino] = None  # kept for the next open: the most recent idle one
             self._idle.move_to_end(ino)
             while len(self._idle) > self.max_idle:
@@ -497,7 +520,12 @@ class _Passthrough:
 
     def _close_locked(self, state: _Backed) -> None:
         self._unregister_locked(state.backing_id)
-        state.backing_id, state.key = 0, None
+        inos = self._by_name.get(state.name) if state.name is not None else None
+        if inos is not None:
+            inos.discard(state.ino)
+            if not inos:
+                del self._by_name[state.name]  # type: ignore[arg-type]  # (not None: inos was found by it)
+        state.backing_id, state.key, state.name, state.dropped = 0, None, None, False
 
     def _unregister_locked(self, backing_id: int) -> None:
         if backing_id:
@@ -510,8 +538,12 @@ class _Passthrough:
 # -- notifications ---------------------------------------------------------------------------------
 
 
+_BACKING_DROPPED = "backing-dropped"  # not the kernel's: a cache file an id may hold was dropped
+
+
 class _Notifier:
-    """Writes the core's invalidations to the kernel from its own thread (never from a request)."""
+    """Writes the core's invalidations to the kernel from its own thread (never from a request), and lets
+    go of the backing ids of cache files the disk cache dropped (told under its lock: only queued there)."""
 
     def __init__(self, fd: int, passthrough: _Passthrough | None) -> None:
         self._fd = fd
@@ -534,6 +566,10 @@ class _Notifier:
         while (item := self._queue.get()) is not None:
             kind, parent, what = item
             try:
+                if kind == _BACKING_DROPPED:
+                    if self._passthrough is not None:
+                        self._passthrough.dropped(str(what))
+                    continue
                 if kind == INVALIDATE_ENTRY:
                     raw = os.fsencode(str(what))
                     head = abi.NOTIFY_INVAL_ENTRY_OUT.pack(
@@ -815,6 +851,9 @@ class _Session:
         self.notifier = _Notifier(self.fd, self.passthrough)
         self.notifier.start()
         self.fs.on_invalidate = self._invalidated
+        if self.passthrough is not None:
+            notifier = self.notifier
+            self.fs.watch_backing_drops(lambda name: notifier.put(_BACKING_DROPPED, 0, name))
         self.ahead.start()
         self.fs.binding_status = self.status
         fds = self._clone_fds(workers)
