@@ -363,7 +363,9 @@ class _Passthrough:
         self._lock = threading.Lock()
         self._inodes: dict[int, _Backed] = {}
         self._idle: OrderedDict[int, None] = OrderedDict()  # inodes with an id and no handle, least recent first
-        self._by_name: dict[str, set[int]] = {}  # the disk cache's name of a registered file -> inodes on it
+        # the disk cache's name of a registered file -> its inode, or the inodes (a row seen in a view too:
+        # two inodes, one file; plain ints otherwise, so that idle ids cost no container each)
+        self._by_name: dict[str, int | tuple[int, ...]] = {}
         self.max_idle = MAX_IDLE_BACKING_IDS if max_idle is None else max_idle
         self._handles: dict[int, tuple[int, bool]] = {}  # fh -> (inode, passthrough?)
         self._on_refused = on_refused  # the kernel will not take backing files from this process
@@ -427,8 +429,11 @@ class _Passthrough:
                 if backing_fd is not None and self.usable and not state.backing_id:
                     state.backing_id, state.key = self._register_locked(backing_fd), key
                     if state.backing_id and key is not None:
-                        state.name = item_name(key)  # (a row seen in a view too: two inodes, one file)
-                        self._by_name.setdefault(state.name, set()).add(ino)
+                        state.name = item_name(key)
+                        other = self._by_name.setdefault(state.name, ino)
+                        if other != ino:
+                            others = other if isinstance(other, tuple) else (other,)
+                            self._by_name[state.name] = (*others, ino)
             passthrough = state.passthrough_handles > 0 or (state.cached_handles == 0 and state.backing_id > 0)
             if passthrough:
                 state.passthrough_handles += 1
@@ -465,7 +470,8 @@ class _Passthrough:
         """The disk cache dropped the file named ``name``: an id registered on it goes now, or with the
         last handle open on it."""
         with self._lock:
-            for ino in list(self._by_name.get(name, ())):
+            found = self._by_name.get(name, ())
+            for ino in found if isinstance(found, tuple) else (found,):
                 state = self._inodes.get(ino)
                 if state is not None and state.name == name:
                     state.dropped = True
@@ -520,11 +526,11 @@ class _Passthrough:
 
     def _close_locked(self, state: _Backed) -> None:
         self._unregister_locked(state.backing_id)
-        inos = self._by_name.get(state.name) if state.name is not None else None
-        if inos is not None:
-            inos.discard(state.ino)
-            if not inos:
-                del self._by_name[state.name]  # type: ignore[arg-type]  # (not None: inos was found by it)
+        if state.name is not None:
+            found = self._by_name.pop(state.name, ())
+            rest = tuple(i for i in (found if isinstance(found, tuple) else (found,)) if i != state.ino)
+            if rest:
+                self._by_name[state.name] = rest[0] if len(rest) == 1 else rest
         state.backing_id, state.key, state.name, state.dropped = 0, None, None, False
 
     def _unregister_locked(self, backing_id: int) -> None:
