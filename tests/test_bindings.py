@@ -161,8 +161,10 @@ def test_an_evicted_cache_file_is_not_held_by_its_backing_id(sample_emulator: Ru
                 time.sleep(0.05)
             return status()["passthrough"]["backing_ids"] <= limit  # type: ignore[no-any-return]
 
+        wants: dict[Path, bytes] = {}
         for row in files:
-            want, opens = row.read_bytes(), status()["passthrough"]["opens"]
+            want = wants[row] = row.read_bytes()
+            opens = status()["passthrough"]["opens"]
             deadline = time.monotonic() + 10
             while status()["passthrough"]["opens"] == opens:  # until an open of it was passthrough
                 assert time.monotonic() < deadline, status()  # (the disk cache lands the file off the read path)
@@ -174,7 +176,7 @@ def test_an_evicted_cache_file_is_not_held_by_its_backing_id(sample_emulator: Ru
         assert held(on_disk), (status()["passthrough"], on_disk)
         assert status()["counters"].get("cache.evictions_disk", 0) >= len(files) - on_disk
         for row in files:  # a file whose id went is registered again at its next open, and reads the same
-            assert row.read_bytes() == row.read_bytes()
+            assert row.read_bytes() == wants[row]
 
 
 def test_files_read_past_the_page_cache_are_the_same(

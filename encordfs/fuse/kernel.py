@@ -325,13 +325,11 @@ class _Backed:
     """One inode's passthrough state: its backing id (0: none), the handles open on it and the kernel's
     lookups of it since the state was made (the kernel held at least one then: it opened the inode)."""
 
-    __slots__ = ("ino", "backing_id", "key", "name", "dropped", "passthrough_handles", "cached_handles", "lookups")
+    __slots__ = ("backing_id", "key", "dropped", "passthrough_handles", "cached_handles", "lookups")
 
-    def __init__(self, ino: int) -> None:
-        self.ino = ino
+    def __init__(self) -> None:
         self.backing_id = 0
         self.key: str | None = None  # what the registered file holds (``OpenFile.backing_key``)
-        self.name: str | None = None  # the disk cache's name for it (``item_name(key)``)
         self.dropped = False  # the disk cache dropped that file: the id goes with the last handle
         self.passthrough_handles = 0
         self.cached_handles = 0
@@ -363,9 +361,9 @@ class _Passthrough:
         self._lock = threading.Lock()
         self._inodes: dict[int, _Backed] = {}
         self._idle: OrderedDict[int, None] = OrderedDict()  # inodes with an id and no handle, least recent first
-        # the disk cache's name of a registered file -> its inode, or the inodes (a row seen in a view too:
-        # two inodes, one file; plain ints otherwise, so that idle ids cost no container each)
-        self._by_name: dict[str, int | tuple[int, ...]] = {}
+        # the disk cache's name of a registered file (``item_name(key)``) -> the inodes with an id on it (a row
+        # seen in a view too: two inodes, one file)
+        self._by_name: dict[str, set[int]] = {}
         self.max_idle = MAX_IDLE_BACKING_IDS if max_idle is None else max_idle
         self._handles: dict[int, tuple[int, bool]] = {}  # fh -> (inode, passthrough?)
         self._on_refused = on_refused  # the kernel will not take backing files from this process
@@ -408,7 +406,7 @@ class _Passthrough:
     def held_key(self, ino: int) -> str | None:
         """What the backing file registered for ``ino`` holds, if one is (for ``EncordFS.open``)."""
         state = self._inodes.get(ino)
-        return state.key if state is not None and state.backing_id and not state.dropped and self.usable else None
+        return state.key if state is not None and state.backing_id and self.usable else None
 
     @property
     def usable(self) -> bool:
@@ -421,19 +419,16 @@ class _Passthrough:
         with self._lock:
             state = self._inodes.get(ino)
             if state is None:
-                state = self._inodes[ino] = _Backed(ino)
+                state = self._inodes[ino] = _Backed()
             self._idle.pop(ino, None)
             if state.passthrough_handles == 0 and state.cached_handles == 0:  # nothing open: follow the core
-                if state.backing_id and (key is None or state.key != key or state.dropped or not self.usable):
-                    self._close_locked(state)
+                # (a dropped state with no handle is gone already: ``dropped``, ``_drop_if_unused_locked``)
+                if state.backing_id and (key is None or state.key != key or not self.usable):
+                    self._close_locked(ino, state)
                 if backing_fd is not None and self.usable and not state.backing_id:
                     state.backing_id, state.key = self._register_locked(backing_fd), key
                     if state.backing_id and key is not None:
-                        state.name = item_name(key)
-                        other = self._by_name.setdefault(state.name, ino)
-                        if other != ino:
-                            others = other if isinstance(other, tuple) else (other,)
-                            self._by_name[state.name] = (*others, ino)
+                        self._by_name.setdefault(item_name(key), set()).add(ino)
             passthrough = state.passthrough_handles > 0 or (state.cached_handles == 0 and state.backing_id > 0)
             if passthrough:
                 state.passthrough_handles += 1
@@ -463,24 +458,22 @@ class _Passthrough:
         with self._lock:
             state = self._inodes.get(ino)
             if state is not None and state.passthrough_handles == 0:
-                self._close_locked(state)
+                self._close_locked(ino, state)
                 self._drop_if_unused_locked(ino, state)
 
     def dropped(self, name: str) -> None:
         """The disk cache dropped the file named ``name``: an id registered on it goes now, or with the
         last handle open on it."""
         with self._lock:
-            found = self._by_name.get(name, ())
-            for ino in found if isinstance(found, tuple) else (found,):
-                state = self._inodes.get(ino)
-                if state is not None and state.name == name:
-                    state.dropped = True
-                    self._drop_if_unused_locked(ino, state)
+            for ino in list(self._by_name.get(name, ())):
+                state = self._inodes[ino]  # (an inode is in ``_by_name`` while its state holds that id)
+                state.dropped = True
+                self._drop_if_unused_locked(ino, state)
 
     def close_all(self) -> None:
         with self._lock:
-            for state in self._inodes.values():
-                self._close_locked(state)
+            for ino, state in self._inodes.items():
+                self._close_locked(ino, state)
             self._inodes.clear()
             self._idle.clear()
             self._by_name.clear()
@@ -502,10 +495,10 @@ class _Passthrough:
             self._idle.move_to_end(ino)
             while len(self._idle) > self.max_idle:
                 oldest, _ = self._idle.popitem(last=False)
-                self._close_locked(self._inodes.pop(oldest))
+                self._close_locked(oldest, self._inodes.pop(oldest))
             return
         self._idle.pop(ino, None)
-        self._close_locked(state)
+        self._close_locked(ino, state)
         del self._inodes[ino]
 
     def _register_locked(self, fd: int) -> int:
@@ -524,14 +517,16 @@ class _Passthrough:
             return 0
         return int(backing_id)
 
-    def _close_locked(self, state: _Backed) -> None:
+    def _close_locked(self, ino: int, state: _Backed) -> None:
+        if state.backing_id and state.key is not None:
+            name = item_name(state.key)
+            inos = self._by_name.get(name)
+            if inos is not None:
+                inos.discard(ino)
+                if not inos:
+                    del self._by_name[name]
         self._unregister_locked(state.backing_id)
-        if state.name is not None:
-            found = self._by_name.pop(state.name, ())
-            rest = tuple(i for i in (found if isinstance(found, tuple) else (found,)) if i != state.ino)
-            if rest:
-                self._by_name[state.name] = rest[0] if len(rest) == 1 else rest
-        state.backing_id, state.key, state.name, state.dropped = 0, None, None, False
+        state.backing_id, state.key, state.dropped = 0, None, False
 
     def _unregister_locked(self, backing_id: int) -> None:
         if backing_id:
