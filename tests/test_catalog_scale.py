@@ -115,3 +115,43 @@ def test_path_cache_hit_still_starts_the_ttl_refresh(fs_and_backend) -> None:  #
     fs.wait_refreshes()
     with pytest.raises(errors.FsError):
         fs.resolve("/street/a.jpg")
+
+
+_SYNC_RSS = """
+import sys
+from pathlib import Path
+from encordfs.core import catalog as c
+if sys.argv[2] == "keep":
+    c.RELEASE_AFTER_ENTRIES = 1 << 60
+cat = c.Catalog(Path(sys.argv[1]) / "c.sqlite")
+def rss():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS:"))
+entries = (
+    c.Entry(c.Kind.ROW, f"uid-{i:09d}", f"title {i}.jpg", "image/jpeg", f"item-{i:032d}", 64, 1.0, 2.0, {"i": i})
+    for i in range(int(sys.argv[3]))
+)
+before = rss()
+cat.sync_children(1, entries, 0)
+print(rss() - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmRSS")
+def test_a_big_sync_gives_its_memory_back(tmp_path: Path) -> None:
+    """A folder of 150k rows synced: the writer's page cache and the freed heap go back to the OS
+    (``Catalog._release_memory_locked``), so the mount does not keep them to its end. Measured in
+    fresh processes, with the release and without it."""
+    import subprocess
+    import sys
+
+    def grown_kib(mode: str) -> int:
+        work = tmp_path / mode
+        work.mkdir()
+        out = subprocess.run(
+            [sys.executable, "-c", _SYNC_RSS, str(work), mode, "150000"], capture_output=True, text=True, check=True
+        )
+        return int(out.stdout.strip())
+
+    kept, released = grown_kib("keep"), grown_kib("release")
+    assert kept > 12_000, kept  # the writer's page cache alone is 16 MiB once full
+    assert released < kept // 3, (released, kept)
