@@ -828,6 +828,7 @@ class Catalog:
         finally:
             self._adopted.pop(a.parent, None)
             self.version += 1
+            self._release_memory_locked()  # a fill copies a whole folder, as a big sync does
 
     def sync_children(
         self,

@@ -11,12 +11,12 @@ freed a lot, not per request. Elsewhere than glibc (musl, macOS) it does nothing
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
-_malloc_trim: ctypes._CFuncPtr | None = None  # type: ignore[name-defined]
+_malloc_trim: Callable[[int], int] | None = None
 _looked_up = False
 
 
@@ -26,9 +26,10 @@ def trim() -> bool:
     if not _looked_up:
         _looked_up = True
         try:
-            _malloc_trim = ctypes.CDLL(None).malloc_trim
-            _malloc_trim.argtypes = [ctypes.c_size_t]
-            _malloc_trim.restype = ctypes.c_int
+            func = ctypes.CDLL(None).malloc_trim
+            func.argtypes = [ctypes.c_size_t]
+            func.restype = ctypes.c_int
+            _malloc_trim = func
         except (OSError, AttributeError):
             log.debug("malloc_trim is not available: freed memory stays with the allocator")
     if _malloc_trim is None:
