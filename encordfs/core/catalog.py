@@ -222,7 +222,7 @@ PROGRESS_EVERY = 256
 # A staged listing stays in memory up to this size (~25k rows), then spills to a temporary file in the
 # cache dir: a bigger in-memory stage is a transient buffer of that size plus its copy at the spill.
 STAGE_IN_MEMORY_BYTES = 8 << 20
-# A sync of at least this many entries gives back what it used (``Catalog._release_memory``).
+# A sync of at least this many entries gives back what it used (``Catalog._release_memory_locked``).
 RELEASE_AFTER_ENTRIES = 20_000
 
 
