@@ -219,8 +219,8 @@ def _compact(value: Any) -> str:
 # Entries between two progress reports while a listing is staged (a waiter's sign of life); a slow
 # listing reports at least every 0.25 s.
 PROGRESS_EVERY = 256
-# A staged listing stays in memory up to this size (~25k rows), then spills to a temporary file in the
-# cache dir: a bigger in-memory stage is a transient buffer of that size plus its copy at the spill.
+# A staged listing stays in memory up to this size, then spills to a temporary file in the cache dir:
+# the in-memory stage is a transient buffer of up to this size, plus its copy when it spills.
 STAGE_IN_MEMORY_BYTES = 8 << 20
 # A sync of at least this many entries gives back what it used (``Catalog._release_memory_locked``).
 RELEASE_AFTER_ENTRIES = 20_000
@@ -892,11 +892,11 @@ class Catalog:
             return count
 
     def _release_memory_locked(self) -> None:
-        """After a big sync: the writer's page cache (``WRITER_CACHE_KIB``, full after a sync of
-        ~50k rows, and kept by SQLite until the connection closes) is emptied, and the heap pages
-        the sync freed go back to the OS (``core.heap``). Without this a sync of 150k or 1M rows
-        left ~18 MB more resident for the life of the mount (64 MiB cache: ~75 MB), which the next
-        write, a few pages, does not need."""
+        """After a big sync: the writer's page cache (up to ``WRITER_CACHE_KIB``, kept by SQLite
+        until the connection closes) is emptied, and the heap pages the sync freed go back to the OS
+        (``core.heap``). Without this a sync of 150k or 1M rows left ~18 MB more resident for the
+        life of the mount (with the former 64 MiB cache, 300k rows: ~75 MB), which the next write, a
+        few pages, does not need."""
         with contextlib.suppress(sqlite3.Error):
             self._writer.execute("PRAGMA shrink_memory")
         heap.trim()
