@@ -47,6 +47,38 @@ def test_batched_sync_names_across_batches(tmp_path: Path) -> None:
     catalog.close()
 
 
+def test_a_refresh_that_changes_nothing_writes_nothing(tmp_path: Path) -> None:
+    """An unchanged row is only noted as seen (in a temporary table), not stamped: a refresh of a big
+    folder used to rewrite every row into the WAL (66 MB for 100k rows). Deletions and the
+    replacement of a row by a new one with its title still come out as before."""
+    path = tmp_path / "c.sqlite"
+    catalog = Catalog(path)
+    entries = [_entry(f"u{i:06d}", f"img{i}.jpg") for i in range(2 * SYNC_BATCH + 5)]
+    catalog.sync_children(1, entries, 0)
+    before = {node.uid: (node.ino, node.name) for node in catalog.children(1)}
+    wal = path.with_name(path.name + "-wal")
+    catalog._writer.execute("PRAGMA wal_autocheckpoint=0")  # noqa: SLF001 (the WAL only grows: its growth is what a sync wrote)
+
+    def wal_bytes_after(sync_entries: list[Entry], when: float) -> int:
+        size = wal.stat().st_size
+        catalog.sync_children(1, sync_entries, when)
+        return wal.stat().st_size - size
+
+    table_bytes = len(entries) * 100  # the rows' text alone: what stamping them all rewrote
+    assert wal_bytes_after(entries, 1) < table_bytes // 10
+    assert wal_bytes_after(entries, 1.5) < table_bytes // 10
+    assert {node.uid: (node.ino, node.name) for node in catalog.children(1)} == before
+    # one row gone, one replaced by a new row with its title: the new one takes the plain name
+    replaced = entries[3]
+    changed = [e for e in entries if e not in (entries[1], replaced)] + [_entry("new", replaced.title)]
+    wal_bytes_after(changed, 2)
+    after = {node.uid: (node.ino, node.name) for node in catalog.children(1)}
+    assert set(after) == {e.uid for e in changed}
+    assert after["new"][1] == before[replaced.uid][1]
+    assert all(after[uid] == before[uid] for uid in after if uid != "new")
+    catalog.close()
+
+
 @pytest.fixture()
 def fs_and_backend(tmp_path: Path):  # type: ignore[no-untyped-def]
     from encordfs.backend import DatasetRecord
