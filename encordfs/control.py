@@ -23,7 +23,6 @@ ours is cleaned by ``unmount`` and, with a warning, by ``check_mountpoint`` befo
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import json
 import logging
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from encordfs import errors
+from encordfs.libc import libc
 
 if TYPE_CHECKING:
     from encordfs.settings import Settings
@@ -474,8 +474,7 @@ def detach(path: Path, *, lazy: bool = False, timeout_s: float = 10.0) -> None:
 
 
 def _umount2(path: Path, flags: int) -> int:
-    libc = ctypes.CDLL(None, use_errno=True)
-    return int(libc.umount2(os.fsencode(str(path)), flags))
+    return int(libc().umount2(os.fsencode(str(path)), flags))
 
 
 @dataclass

@@ -157,7 +157,6 @@ import contextlib
 import ctypes
 import errno
 import fcntl
-import functools
 import hashlib
 import logging
 import mmap
@@ -175,6 +174,7 @@ from typing import NamedTuple, Protocol, TypeAlias
 from encordfs.core import directio
 from encordfs.core.counters import Counters
 from encordfs.errors import Busy, InvalidValue
+from encordfs.libc import libc
 
 try:  # ISA-L's CRC-32: the same checksum as zlib's, ~5x faster here (16 against 3.3 GB/s: disk_probe.py)
     from isal.isal_zlib import crc32
@@ -1658,7 +1658,7 @@ def _syncfs(path: str) -> None:
     where the C library has no ``syncfs``)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        syncfs = getattr(_libc(), "syncfs", None)
+        syncfs = getattr(libc(), "syncfs", None)
         if syncfs is None:
             os.sync()
         elif syncfs(fd) != 0:
@@ -1666,11 +1666,6 @@ def _syncfs(path: str) -> None:
             raise OSError(err, os.strerror(err))
     finally:
         os.close(fd)
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
 
 
 def item_name(content_key: str) -> str:

@@ -15,13 +15,15 @@ import functools
 import logging
 from collections.abc import Callable
 
+from encordfs.libc import libc
+
 log = logging.getLogger(__name__)
 
 
 @functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
     try:
-        func = ctypes.CDLL(None).malloc_trim
+        func = libc().malloc_trim
     except (OSError, AttributeError):
         log.debug("malloc_trim is not available: freed memory stays with the allocator")
         return None

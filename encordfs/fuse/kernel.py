@@ -109,6 +109,7 @@ from encordfs.fuse import BLKSIZE, MountFlags, Timeouts, blocks, log_level, time
 from encordfs.fuse import _abi as abi
 from encordfs.fuse._abi import Op
 from encordfs.fuse.watchdog import Watchdog
+from encordfs.libc import libc
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +216,7 @@ class _Mount:
 
     def unmount(self) -> None:
         """Detach the mount (lazily: open files keep it until closed); the kernel then ends the connection."""
-        if self.fusermount is None and _libc().umount2(os.fsencode(self.path), MNT_DETACH) == 0:
+        if self.fusermount is None and libc().umount2(os.fsencode(self.path), MNT_DETACH) == 0:
             return
         tool = shutil.which("fusermount3") or "fusermount3"
         subprocess.run([tool, "-u", "-z", "-q", self.path], capture_output=True, check=False)
@@ -237,16 +238,6 @@ class _Mount:
                 self.fusermount.wait()
 
 
-_LIBC: ctypes.CDLL | None = None
-
-
-def _libc() -> ctypes.CDLL:
-    global _LIBC
-    if _LIBC is None:
-        _LIBC = ctypes.CDLL(None, use_errno=True)
-    return _LIBC
-
-
 def _mount(mountpoint: str, *, read_only: bool, allow_other: bool) -> _Mount:
     """Mount with mount(2) when allowed (root), else through fusermount3. Shows in /proc/mounts as
     ``encordfs MOUNTPOINT fuse.encordfs``, like the libfuse mount."""
@@ -263,8 +254,7 @@ def _mount(mountpoint: str, *, read_only: bool, allow_other: bool) -> _Mount:
             [f"fd={fd}", f"rootmode={stat.S_IFMT(st.st_mode):o}", f"user_id={os.getuid()}", f"group_id={os.getgid()}"]
             + extra
         )
-        libc = _libc()
-        if libc.mount(b"encordfs", os.fsencode(mountpoint), b"fuse.encordfs", flags, data.encode()) == 0:
+        if libc().mount(b"encordfs", os.fsencode(mountpoint), b"fuse.encordfs", flags, data.encode()) == 0:
             return _Mount(mountpoint, fd)
         err = ctypes.get_errno()
         os.close(fd)

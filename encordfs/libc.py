@@ -1,0 +1,14 @@
+"""The C library through ctypes, loaded once for the process: the calls Python's ``os`` module lacks
+(``mount`` and ``umount2`` for the kernel binding and ``encordfs unmount``, ``syncfs`` for the disk
+cache, ``malloc_trim`` for ``core.heap``). Loaded with ``use_errno``: a caller reads a failed call's
+errno with ``ctypes.get_errno()``."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+
+@functools.cache
+def libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
