@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -249,6 +250,29 @@ def test_a_sequential_reader_gets_the_next_files_fetched_before_it_opens_them(ma
     assert c["lookahead.streams"] == 1 and c["prefetch.used"] == FILES - run
     assert w.counters.get("prefetch.unused_files") == 0  # the stream ended with the folder
     assert w.prefetcher.status()["ahead_bytes"] == 0
+
+
+def test_a_busy_planner_handles_events_a_few_at_a_time(make_world: Any) -> None:
+    """With 8 or more files in flight the planner lets events gather (``linger_s``) instead of waking
+    for each: 40 opens a fraction of a millisecond apart make far fewer planning rounds than opens."""
+    w = make_world(use_async=True, initial_window=16, linger_s=0.01)
+    hold = threading.Event()
+    w.fetcher.hold = hold  # prefetches stay in flight until released
+    try:
+        for i in range(PrefetchConfig().lookahead_run):  # a run of opens: the stream fetches 16 ahead
+            w.read(name(i))
+        assert w.prefetcher.ping()
+        assert w.prefetcher.status()["in_flight"] >= 8
+        other = w.fs.resolve("/other")
+        rounds = w.counters.get("prefetch.plan_rounds")
+        for i in range(40):
+            w.prefetcher.opened(other, 10_000 + i, f"elsewhere-{i}")
+            time.sleep(0.0005)
+        assert w.prefetcher.ping()
+        assert w.counters.get("prefetch.plan_rounds") - rounds <= 20
+    finally:
+        hold.set()
+    assert w.prefetcher.wait_idle()
 
 
 def test_a_random_reader_starts_no_lookahead(make_world: Any) -> None:

@@ -183,6 +183,11 @@ class PrefetchConfig:
     # batches behind its fastest (8 workers x 2 batches of 32 in flight = 512).
     hint_keep_behind: int = 1024
     throttle_pause_s: float = 0.05
+    # While at least ``linger_in_flight`` files are being fetched, the planner waits this long after an
+    # event before it plans, so that the events of a busy epoch (an open and a fetch's end per file)
+    # are handled a few at a time instead of a wakeup each; the fetches under way keep the link busy.
+    linger_s: float = 0.002
+    linger_in_flight: int = 8
 
 
 class _HintLines:
@@ -410,6 +415,10 @@ class Prefetcher:
                 events = [self._events.get(timeout=self.config.throttle_pause_s if paused else 1.0)]
             except queue.Empty:
                 events = []
+            if events and self._in_flight >= self.config.linger_in_flight and events[0] is not _STOP:
+                time.sleep(self.config.linger_s)
+            if events:
+                self.counters.inc("prefetch.plan_rounds")
             while len(events) < 512:  # a batch: streams are pumped once for all of it
                 try:
                     events.append(self._events.get_nowait())
