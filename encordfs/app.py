@@ -244,6 +244,7 @@ def _prefetcher(
     def cached(item: Item) -> bool:
         return reader.has_first_part(item.key)
 
+    link = reader.link
     return Prefetcher(
         fs,
         fetch,
@@ -252,6 +253,7 @@ def _prefetcher(
         mountpoint=str(mountpoint) if mountpoint else None,
         fetch_async=fetch_async,
         cached=cached,
+        latency_floor=(lambda: link.floor_s) if link is not None else None,
     )
 
 

@@ -253,8 +253,9 @@ def test_a_sequential_reader_gets_the_next_files_fetched_before_it_opens_them(ma
 
 
 def test_a_busy_planner_handles_events_a_few_at_a_time(make_world: Any) -> None:
-    """With 8 or more files in flight the planner lets events gather (``linger_s``) instead of waking
-    for each: 40 opens a fraction of a millisecond apart make far fewer planning rounds than opens."""
+    """With 8 or more files in flight from a fast server the planner lets events gather (``linger_s``)
+    instead of waking for each: 40 opens a fraction of a millisecond apart make far fewer planning
+    rounds than opens. Behind a slow link (the measured latency floor) it does not wait."""
     w = make_world(use_async=True, initial_window=16, linger_s=0.01)
     hold = threading.Event()
     w.fetcher.hold = hold  # prefetches stay in flight until released
@@ -270,6 +271,11 @@ def test_a_busy_planner_handles_events_a_few_at_a_time(make_world: Any) -> None:
             time.sleep(0.0005)
         assert w.prefetcher.ping()
         assert w.counters.get("prefetch.plan_rounds") - rounds <= 20
+        # behind a link whose first bytes take 30 ms the wait would cost fetches per second: none
+        w.prefetcher.latency_floor = lambda: 0.03
+        assert not w.prefetcher._lingers()  # noqa: SLF001
+        w.prefetcher.latency_floor = lambda: 0.0005
+        assert w.prefetcher._lingers()  # noqa: SLF001
     finally:
         hold.set()
     assert w.prefetcher.wait_idle()
