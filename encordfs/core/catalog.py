@@ -12,7 +12,7 @@ Sync algorithm (per batch of ``SYNC_BATCH`` entries with distinct uids): one ``S
 (batch)`` finds the rows that exist; an unchanged row (same title, kind, item, size, times, fields
 and metadata text) is only noted as seen, in a temporary table of the writer (``temp.seen``, outside
 the catalog file: a refresh that changes nothing writes nothing to it, where stamping each row rewrote
-the whole table into the WAL, 66 MB for 100k rows), a changed one gets a full UPDATE with the new
+the whole table into the WAL, 46 MB for 100k rows), a changed one gets a full UPDATE with the new
 generation stamp, by ``executemany``; new rows get their base name when neither the folder nor the batch has it (one
 ``name_key IN (…)`` query per batch) and are bulk-inserted in stream order, and a colliding one
 flushes the pending inserts and takes the per-row path (``_free_name_locked``), so names are exactly
@@ -193,7 +193,8 @@ CREATE INDEX IF NOT EXISTS nodes_parent_ino ON nodes(parent, ino);
 CREATE TABLE IF NOT EXISTS state(key TEXT PRIMARY KEY, value);
 """
 # The unchanged children a sync has seen (``sync_children``): in the writer's temporary database,
-# which SQLite keeps in memory up to its small cache and past it in an unlinked temporary file.
+# which SQLite (built with TEMP_STORE=1, as Python's is) keeps in memory up to its small cache and past
+# it in an unlinked temporary file; emptied at the end of each sync.
 _SEEN = "CREATE TEMP TABLE IF NOT EXISTS seen(ino INTEGER PRIMARY KEY)"
 
 

@@ -188,7 +188,8 @@ class PrefetchConfig:
     # after an event before it plans, so that the events of a busy epoch (an open and a fetch's end per
     # file) are handled a few at a time instead of a wakeup each: there the mount's CPU is the limit.
     # Behind a slower link the limit is ``parallel`` fetches per first-byte time, and a slot refilled
-    # 1 ms late on average would cost ~3% of the files per second at 30 ms (measured: 865 -> 838).
+    # 1 ms late on average would cost ~3% of the files per second at 30 ms (reasoning: the WAN epoch's
+    # files/s varied more than that between runs, with and without the wait).
     linger_s: float = 0.002
     linger_in_flight: int = 8
     linger_below_latency_s: float = 0.005

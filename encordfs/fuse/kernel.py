@@ -129,8 +129,9 @@ UNMOUNT_GRACE_S = 5.0  # after a signal: how long open files may keep the lazily
 # Backing ids kept for inodes with no open handle (``_Passthrough``): enough for a working set that is
 # reopened soon; each costs ~0.7 KB here and one open file in the kernel, and an evicted cache file's id
 # is closed at once (its blocks are not held). Beyond it a reopen registers its backing file again
-# (~8 us more mount CPU, ``benchmarks/op_costs.py``). 16,384 keeps a 5,000-file reopen free of that;
-# the 1M-row soak epoch's peak holds it since the catalog gives a big sync's memory back.
+# (~10 us more mount CPU, ``benchmarks/op_costs.py``). 16,384 keeps a 5,000-file reopen free of that;
+# with it the 1M-row soak epoch peaked at 306.7 MB (298.3 with 1,024; limit 400) once the catalog
+# gave a big sync's memory back.
 MAX_IDLE_BACKING_IDS = 16384
 
 WANTED = (
