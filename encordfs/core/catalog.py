@@ -13,8 +13,8 @@ Sync algorithm (per batch of ``SYNC_BATCH`` entries with distinct uids): one ``S
 and metadata text) is only noted as seen, in a temporary table of the writer (``temp.seen``, outside
 the catalog file: a refresh that changes nothing writes nothing to it, where stamping each row rewrote
 the whole table into the WAL, 46 MB for 100k rows), a changed one gets a full UPDATE with the new
-generation stamp, by ``executemany``; new rows get their base name when neither the folder nor the batch has it (one
-``name_key IN (…)`` query per batch) and are bulk-inserted in stream order, and a colliding one
+generation stamp, by ``executemany``; new rows get their base name when neither the folder nor the
+batch has it (one ``name_key IN (…)`` query per batch) and are bulk-inserted in stream order, and a colliding one
 flushes the pending inserts and takes the per-row path (``_free_name_locked``), so names are exactly
 what a row-by-row upsert gives. Children neither seen nor stamped are then deleted, and rows
 whose title changed are renamed last. Nothing proportional to the folder is held in Python:
@@ -192,9 +192,9 @@ CREATE UNIQUE INDEX IF NOT EXISTS nodes_parent_key ON nodes(parent, name_key);
 CREATE INDEX IF NOT EXISTS nodes_parent_ino ON nodes(parent, ino);
 CREATE TABLE IF NOT EXISTS state(key TEXT PRIMARY KEY, value);
 """
-# The unchanged children a sync has seen (``sync_children``): in the writer's temporary database,
-# which SQLite (built with TEMP_STORE=1, as Python's is) keeps in memory up to its small cache and past
-# it in an unlinked temporary file; emptied at the end of each sync.
+# The unchanged children a sync has seen (``sync_children``): in the writer's temporary database
+# (made with the writer connection), which SQLite (built with TEMP_STORE=1, as Python's is) keeps in
+# memory up to its small cache and past it in an unlinked temporary file; empty between syncs.
 _SEEN = "CREATE TEMP TABLE IF NOT EXISTS seen(ino INTEGER PRIMARY KEY)"
 
 
@@ -397,6 +397,7 @@ class Catalog:
         self._writer.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
         with self._write_lock:
             self._writer.executescript(_SCHEMA)
+            self._writer.execute(_SEEN)
             self._migrate_locked()
             self._drop_unfilled_images_locked()
             # Inodes of a fresh catalog start above ROOT_INO.
@@ -866,8 +867,6 @@ class Catalog:
             conn = self._writer
             try:
                 gen = self._next_gen_locked(conn)
-                conn.execute(_SEEN)
-                conn.execute("DELETE FROM temp.seen")
                 renamed: list[tuple[int, Entry, str]] = []
                 count = changed = 0
                 for batch in _batches(entries, SYNC_BATCH):
@@ -887,7 +886,7 @@ class Catalog:
                     conn.execute("DELETE FROM state WHERE key=?", (f"error:{parent}",))
                 else:
                     conn.execute("INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)", (f"error:{parent}", error))
-                conn.execute("DELETE FROM temp.seen")
+                conn.execute("DELETE FROM temp.seen")  # (a failed sync's rows go with its rollback)
                 conn.commit()
             except BaseException:
                 conn.rollback()
