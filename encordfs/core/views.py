@@ -72,7 +72,6 @@ import threading
 import unicodedata
 from collections import OrderedDict
 from collections.abc import Iterator
-from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -368,7 +367,7 @@ class Views:
             if text is None or overlaid is None:
                 return self._members(d, self._catalog.child_metadata(d.dataset, after_ino))
             rows = self._catalog.child_members(d.dataset, after_ino, d.key, text, overlaid)
-            return self._picked(d, rows, text, overlaid)
+            return self._picked(d, rows)
         finally:
             if stale:
                 self._fs._refresh_in_background(d.dataset)
@@ -390,18 +389,14 @@ class Views:
         return value is not _MISSING and _value_names(value)[1] == want
 
     def _picked(
-        self,
-        d: ViewDir,
-        rows: Iterator[tuple[int, str, int, int, float, str, str, str | None, Any]],
-        text: str,
-        overlaid: AbstractSet[str],
+        self, d: ViewDir, rows: Iterator[tuple[int, str, int, int, float, str | None, str | None, str | None]]
     ) -> Iterator[tuple[int, str, Kind, int, float]]:
-        """The rows of ``d`` among those SQLite picked (``Catalog.child_members``): a row whose value
-        SQLite read as ``text`` is in, unless a change not landed may move it; the others are checked."""
+        """The rows of ``d`` among those SQLite picked (``Catalog.child_members``): a row it settled
+        (no metadata given back) is in; the others are checked."""
         assert d.value is not None
         want, holds = _nfc(d.value), self._holds
-        for ino, name, kind, size, mtime, uid, title, meta_json, sql_value in rows:
-            if (sql_value == text and uid not in overlaid) or holds(d.key, want, uid, _loads(meta_json), title):
+        for ino, name, kind, size, mtime, uid, title, meta_json in rows:
+            if meta_json is None or holds(d.key, want, uid, _loads(meta_json), title):  # type: ignore[arg-type]
                 yield ino, name, KINDS[kind], size, mtime
 
     def _value_folders(self, ino: int, d: ViewDir, after_ino: int) -> list[tuple[str, Attr]]:
