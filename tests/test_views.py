@@ -235,6 +235,13 @@ def test_value_folders_list_exactly_the_rows_whose_value_they_name(tmp_path: Pat
                 for folder in folders:
                     listed = sorted(world.ls(f"/street/@{key}/{folder}"))
                     assert listed == expected(key, folder), (key, folder)
+                    # the kernel binding's listing (entries packed without an Attr each) says the same
+                    ino = fs.resolve(f"/street/@{key}/{folder}")
+                    entries = fs.readdir_stats(ino)
+                    assert entries is not None
+                    assert [(n, c, d, s) for n, c, d, s, _ in entries] == [
+                        (n, a.ino, a.mode & 0o170000 == 0o040000, a.size) for n, a in fs.readdir(ino)
+                    ], (key, folder)
 
         check_all()
         assert "train" in asked and "Krain" in asked  # picked by SQLite where it could

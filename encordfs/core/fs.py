@@ -694,11 +694,13 @@ class EncordFS:
         if ino == CONTROL_INO:
             return None
         if is_view_ino(ino):
-            rows = self.views.member_stats(ino, after_ino)
-            if rows is None:
-                return None
-        else:
-            rows = self._child_rows(ino, after_ino)
+            return self.views.member_entries(ino, after_ino)
+        return self._entries(self._child_rows(ino, after_ino))
+
+    def _entries(
+        self, rows: Iterator[tuple[int, str, Kind, int, float]]
+    ) -> Iterator[tuple[str, int, bool, int, float]]:
+        """Rows as ``Catalog.child_stats`` gives them, as ``readdir_stats`` gives entries."""
         is_dir, learn = _IS_DIR, self._learn_size
         return (
             (name, child, True, 0, mtime)

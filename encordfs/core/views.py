@@ -79,7 +79,7 @@ import orjson
 
 from encordfs import errors
 from encordfs.core import names, xattrs
-from encordfs.core.catalog import KINDS, Catalog, Kind
+from encordfs.core.catalog import KINDS, UNKNOWN_SIZE, Catalog, Kind
 
 if TYPE_CHECKING:
     from encordfs.core.fs import Attr, EncordFS
@@ -97,6 +97,9 @@ MAX_LISTINGS = 8
 MAX_OVERLAID = 2048
 _QUOTE_STARTS = ('"', "{", "[")
 _MISSING: Any = object()
+
+
+_IS_DIR = tuple(kind.is_dir for kind in KINDS)  # by kind number, as ``EncordFS.readdir_stats``
 
 
 def is_view_ino(ino: int) -> bool:
@@ -350,7 +353,17 @@ class Views:
 
     def member_stats(self, ino: int, after_ino: int = 0) -> Iterator[tuple[int, str, Kind, int, float]] | None:
         """A value folder's rows as ``Catalog.child_stats`` gives a folder's: (ino, name, kind, size,
-        mtime) in inode order above ``after_ino``; None for a key folder. Checks and loading happen
+        mtime) in inode order above ``after_ino``; None for a key folder."""
+        return self._member_rows(ino, after_ino, entries=False)
+
+    def member_entries(self, ino: int, after_ino: int = 0) -> Iterator[tuple[str, int, bool, int, float]] | None:
+        """``member_stats`` as ``EncordFS.readdir_stats`` gives entries: (name, inode, is a folder, size,
+        mtime), an unknown size asked of the object (``EncordFS._learn_size``). Made in one pass (a
+        generator per entry less: 25 ms of an 80k-row listing)."""
+        return self._member_rows(ino, after_ino, entries=True)
+
+    def _member_rows(self, ino: int, after_ino: int, entries: bool) -> Iterator[tuple[Any, ...]] | None:
+        """``member_stats`` (``entries`` False) or ``member_entries``. Checks and loading happen
         before this returns, and the stream (its read snapshot) starts before a background refresh
         does, as in a dataset.
 
@@ -365,9 +378,10 @@ class Views:
             text = _sql_text(d)
             overlaid = None if text is None else self._fs._overlaid_rows(MAX_OVERLAID)
             if text is None or overlaid is None:
-                return self._members(d, self._catalog.child_metadata(d.dataset, after_ino))
+                members = self._members(d, self._catalog.child_metadata(d.dataset, after_ino))
+                return self._fs._entries(members) if entries else members
             rows = self._catalog.child_members(d.dataset, after_ino, d.key, text, overlaid)
-            return self._picked(d, rows)
+            return self._picked(d, rows, entries)
         finally:
             if stale:
                 self._fs._refresh_in_background(d.dataset)
@@ -389,15 +403,25 @@ class Views:
         return value is not _MISSING and _value_names(value)[1] == want
 
     def _picked(
-        self, d: ViewDir, rows: Iterator[tuple[int, str, int, int, float, str | None, str | None, str | None]]
-    ) -> Iterator[tuple[int, str, Kind, int, float]]:
+        self, d: ViewDir, rows: Iterator[tuple[int, str, int, int, float, str | None]], entries: bool
+    ) -> Iterator[tuple[Any, ...]]:
         """The rows of ``d`` among those SQLite picked (``Catalog.child_members``): a row it settled
-        (no metadata given back) is in; the others are checked."""
+        (nothing to check) is in; the others are checked. As ``member_stats`` or ``member_entries``
+        gives them."""
         assert d.value is not None
         want, holds = _nfc(d.value), self._holds
-        for ino, name, kind, size, mtime, uid, title, meta_json in rows:
-            if meta_json is None or holds(d.key, want, uid, _loads(meta_json), title):  # type: ignore[arg-type]
+        learn, is_dir = self._fs._learn_size, _IS_DIR
+        for ino, name, kind, size, mtime, check in rows:
+            if check is not None:
+                uid, title, metadata = orjson.loads(check)
+                if not holds(d.key, want, uid, metadata, title):
+                    continue
+            if not entries:
                 yield ino, name, KINDS[kind], size, mtime
+            elif is_dir[kind]:
+                yield name, ino, True, 0, mtime
+            else:
+                yield name, ino, False, size if size != UNKNOWN_SIZE else learn(ino), mtime
 
     def _value_folders(self, ino: int, d: ViewDir, after_ino: int) -> list[tuple[str, Attr]]:
         with self._lock:
