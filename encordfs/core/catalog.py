@@ -648,13 +648,13 @@ class Catalog:
         """The rows of ``parent`` above ``after_ino`` whose top-level ``key`` may hold the string
         ``text`` as a view sees it, streamed in inode order as (ino, name, kind number, size, mtime,
         what to check). SQLite settles a row whose value it reads as ``text`` and that ``also_uids``
-        does not name (changes not landed here yet): nothing to check (None). The others carry the
-        JSON array ``[uid, title, client metadata]`` for the caller to check: rows whose metadata has
-        text beyond ASCII (Unicode normalization may make a value equal to ``text``) and the rows
-        ``also_uids`` names. Settled rows carry no strings the caller does not need: the query over a
-        100k-row folder's 80k members took 116 ms instead of 167 (scratch ``vq.py``). ``key`` must not
-        contain ``"`` or ``\\`` (it is quoted in a JSON path). An adopted folder is copied in first,
-        as for ``child_metadata``."""
+        does not name (changes not landed here yet): nothing to check (None). The others carry a JSON
+        array for the caller to check, ``[uid, title, client metadata as its stored JSON text]``: rows
+        whose metadata has text beyond ASCII (Unicode normalization may make a value equal to
+        ``text``) and the rows ``also_uids`` names. Settled rows carry no strings the caller does not
+        need: the query over a 100k-row folder's 80k members took 116 ms instead of 167 (scratch
+        ``vq.py``). ``key`` must not contain ``"`` or ``\\`` (it is quoted in a JSON path). An
+        adopted folder is copied in first, as for ``child_metadata``."""
         self._await_fill(self._adopted.get(parent))
         path = '$."' + key + '"'
         uids = sorted(also_uids)
@@ -662,7 +662,7 @@ class Catalog:
             " AND uid NOT IN (SELECT value FROM json_each(?5))" if uids else ""
         )
         return self._reads.stream(
-            f"SELECT ino, name, kind, size, mtime, iif({settled}, NULL, json_array(uid, title, json(client_metadata)))"
+            f"SELECT ino, name, kind, size, mtime, iif({settled}, NULL, json_array(uid, title, client_metadata))"
             " FROM nodes WHERE parent=?1 AND ino>?2 AND (json_extract(client_metadata, ?3) = ?4"
             " OR length(client_metadata) != length(CAST(client_metadata AS BLOB))"
             " OR instr(client_metadata, '\\u') > 0"

@@ -413,8 +413,8 @@ class Views:
         learn, is_dir = self._fs._learn_size, _IS_DIR
         for ino, name, kind, size, mtime, check in rows:
             if check is not None:
-                uid, title, metadata = orjson.loads(check)
-                if not holds(d.key, want, uid, metadata, title):
+                uid, title, meta_json = orjson.loads(check)  # (the stored text parsed here, as SQLite has it)
+                if not holds(d.key, want, uid, _loads(meta_json), title):
                     continue
             if not entries:
                 yield ino, name, KINDS[kind], size, mtime
