@@ -200,6 +200,7 @@ _SEEN = "CREATE TEMP TABLE IF NOT EXISTS seen(ino INTEGER PRIMARY KEY)"
 
 # Kind by value without the enum's lookup (0.9 µs a call; a listing converts every entry's kind).
 KINDS = tuple(Kind)
+KIND_IS_DIR = tuple(kind.is_dir for kind in KINDS)  # by kind number: a tuple index, not a property call
 _DIR_KINDS = ", ".join(str(int(k)) for k in Kind if k.is_dir)  # for SQL: the kinds listed as folders
 assert all(k.value == i for i, k in enumerate(KINDS))
 

@@ -94,7 +94,7 @@ from encordfs.backend import (
     costs_a_call,
 )
 from encordfs.core import names, views, xattrs
-from encordfs.core.catalog import ROOT_INO, UNKNOWN_SIZE, Catalog, Entry, Kind, Node, SyncChanges
+from encordfs.core.catalog import KIND_IS_DIR, ROOT_INO, UNKNOWN_SIZE, Catalog, Entry, Kind, Node, SyncChanges
 from encordfs.core.journal import RowRef
 from encordfs.core.link import LinkEstimate
 from encordfs.core.prefetch import Item, Prefetcher
@@ -199,9 +199,6 @@ class UrlCache(Protocol):
     def is_fresh(self, item_id: str) -> bool: ...
     def is_pending(self, item_id: str) -> bool: ...
     def source(self, item_id: str) -> Callable[[bool], str]: ...
-
-
-_IS_DIR = tuple(kind.is_dir for kind in Kind)  # by kind number: a tuple index, not a property call
 
 
 class Attr(NamedTuple):
@@ -515,7 +512,7 @@ class EncordFS:
     def _attr(self, ino: int, kind: Kind, size: int, mtime: float) -> Attr:
         """A catalog entry's attributes (``readdir_stats`` gives the same without building them)."""
         dir_mode, file_mode, uid, gid = self.entry_modes
-        if _IS_DIR[kind]:
+        if KIND_IS_DIR[kind]:
             return Attr(ino, dir_mode, 2, 0, mtime, mtime, uid, gid)
         if size == UNKNOWN_SIZE:
             size = self._learn_size(ino)
@@ -701,7 +698,7 @@ class EncordFS:
         self, rows: Iterator[tuple[int, str, Kind, int, float]]
     ) -> Iterator[tuple[str, int, bool, int, float]]:
         """Rows as ``Catalog.child_stats`` gives them, as ``readdir_stats`` gives entries."""
-        is_dir, learn = _IS_DIR, self._learn_size
+        is_dir, learn = KIND_IS_DIR, self._learn_size
         return (
             (name, child, True, 0, mtime)
             if is_dir[kind]
