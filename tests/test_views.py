@@ -235,13 +235,16 @@ def test_value_folders_list_exactly_the_rows_whose_value_they_name(tmp_path: Pat
                 for folder in folders:
                     listed = sorted(world.ls(f"/street/@{key}/{folder}"))
                     assert listed == expected(key, folder), (key, folder)
-                    # the kernel binding's listing (entries packed without an Attr each) says the same
+                    # the kernel binding's listing (entries packed without an Attr each) says the same, and
+                    # each entry is its row as the dataset has it (same inode, kind, size)
                     ino = fs.resolve(f"/street/@{key}/{folder}")
                     entries = fs.readdir_stats(ino)
                     assert entries is not None
-                    assert [(n, c, d, s) for n, c, d, s, _ in entries] == [
-                        (n, a.ino, a.mode & 0o170000 == 0o040000, a.size) for n, a in fs.readdir(ino)
-                    ], (key, folder)
+                    found = [(n, c, d, s) for n, c, d, s, _ in entries]
+                    attrs = [(n, a.ino, a.mode & 0o170000 == 0o040000, a.size) for n, a in fs.readdir(ino)]
+                    assert found == attrs, (key, folder)
+                    own = [(n, fs.getattr(fs.resolve(f"/street/{n}"))) for n, *_ in found]
+                    assert found == [(n, a.ino, a.mode & 0o170000 == 0o040000, a.size) for n, a in own]
 
         check_all()
         assert "train" in asked and "Krain" in asked  # picked by SQLite where it could

@@ -518,6 +518,13 @@ class EncordFS:
             size = self._learn_size(ino)
         return Attr(ino, file_mode, 1, size, mtime, mtime, uid, gid)
 
+    def _entry_attr(self, ino: int, is_dir: bool, size: int, mtime: float) -> Attr:
+        """The attributes of a ``readdir_stats`` entry (its size known): ``_attr``'s."""
+        dir_mode, file_mode, uid, gid = self.entry_modes
+        if is_dir:
+            return Attr(ino, dir_mode, 2, 0, mtime, mtime, uid, gid)
+        return Attr(ino, file_mode, 1, size, mtime, mtime, uid, gid)
+
     def _learn_size(self, ino: int) -> int:
         """The size of a file whose metadata has none, from the object itself (a one-byte range request,
         after signing like a read), recorded in the catalog while the row is unchanged. If the object
@@ -697,7 +704,8 @@ class EncordFS:
     def _entries(
         self, rows: Iterator[tuple[int, str, Kind, int, float]]
     ) -> Iterator[tuple[str, int, bool, int, float]]:
-        """Rows as ``Catalog.child_stats`` gives them, as ``readdir_stats`` gives entries."""
+        """Rows as ``Catalog.child_stats`` gives them, as ``readdir_stats`` gives entries (the same rule as
+        ``_attr``; ``Views._picked`` applies it too, in its own loop)."""
         is_dir, learn = KIND_IS_DIR, self._learn_size
         return (
             (name, child, True, 0, mtime)
