@@ -253,7 +253,7 @@ def _prefetcher(
         mountpoint=str(mountpoint) if mountpoint else None,
         fetch_async=fetch_async,
         cached=cached,
-        latency_floor=(lambda: link.floor_s) if link is not None else None,
+        link=link,
     )
 
 

@@ -92,8 +92,10 @@ class Settings(BaseSettings):
     # How long a stopping mount waits for queued metadata changes before leaving them in the journal
     # (``encordfs unmount --timeout`` overrides it for that stop).
     unmount_flush_timeout_s: float = Field(10.0, ge=0)
-    # Files prefetched at once (sequential lookahead, order hints): behind 25 ms of first-byte latency 32
-    # in flight serve ~1,300 files/s, about what the mount opens and reads on 2 cores.
+    # Files prefetched at once (sequential lookahead, order hints) whatever the link: behind 25 ms of
+    # first-byte latency 32 in flight serve ~1,300 files/s, about what the mount opens and reads on 2
+    # cores. Behind slower first bytes the prefetcher allows more, as far as the link's measured
+    # bandwidth carries them (``core.prefetch.PrefetchConfig.max_parallel``).
     prefetch_parallel: int = Field(32, ge=1, le=256)
     # Bytes fetched ahead of their readers at most (also capped at a quarter of --cache-size and half
     # the memory cache, so prefetched files are still cached when they are opened).

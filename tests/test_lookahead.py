@@ -12,6 +12,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,14 @@ class AsyncRecordingFetcher(RecordingFetcher):
         return True
 
 
+@dataclass
+class FakeLink:
+    """The byte server's link as ``core.link.LinkEstimate`` would have measured it."""
+
+    floor_s: float = 0.0
+    bandwidth_bytes_s: float = 0.0
+
+
 class World:
     def __init__(
         self,
@@ -124,9 +133,12 @@ class World:
         self.fs = EncordFS(self.backend, self.catalog, self.reader, urls, options, clock=Clock())
 
         self.handed: list[int] = []  # inodes handed to fetch or fetch_async (the planner thread's)
+        self.prefetch_hold: threading.Event | None = None  # holds prefetches on worker threads until set
 
         def fetch(item: Item) -> int:
             self.handed.append(item.ino)
+            if self.prefetch_hold is not None:
+                self.prefetch_hold.wait(10)
             return self.reader.prefetch_file(item.key, item.size, item.url_source)
 
         def fetch_async(item: Item, done: Any) -> bool:
@@ -272,13 +284,52 @@ def test_a_busy_planner_handles_events_a_few_at_a_time(make_world: Any) -> None:
         assert w.prefetcher.ping()
         assert w.counters.get("prefetch.plan_rounds") - rounds <= 20
         # behind a link whose first bytes take 30 ms the wait would cost fetches per second: none
-        w.prefetcher.latency_floor = lambda: 0.03
+        w.prefetcher.link = FakeLink(floor_s=0.03)
         assert not w.prefetcher._lingers()  # noqa: SLF001
-        w.prefetcher.latency_floor = lambda: 0.0005
+        w.prefetcher.link = FakeLink(floor_s=0.0005)
         assert w.prefetcher._lingers()  # noqa: SLF001
     finally:
         hold.set()
     assert w.prefetcher.wait_idle()
+
+
+def test_a_link_with_slow_first_bytes_gets_more_files_in_flight_as_far_as_its_bandwidth_carries(
+    make_world: Any,
+) -> None:
+    """``parallel`` files at once serve at most ``parallel / floor`` files per second: behind a slow
+    first byte the planner allows ``latency_target_files_s`` x the floor (at most ``max_parallel``),
+    the ones beyond ``parallel`` only while their bytes stay under ``bdp_multiple`` x bandwidth x
+    floor, and it re-decides every planning round (the bandwidth measured grows as more deliver)."""
+    w = make_world(
+        files=60, use_async=True, parallel=4, max_parallel=12, latency_target_files_s=1000, hint_initial_window=30
+    )
+    hold = threading.Event()
+    w.fetcher.hold = w.prefetch_hold = hold  # every prefetch stays in flight until released
+    status = w.prefetcher.status
+    try:
+        w.prefetcher.link = FakeLink(floor_s=0.0005, bandwidth_bytes_s=1e9)  # loopback: 1 file wanted
+        w.hint([name(i).encode() for i in range(60)])
+        assert w.prefetcher.ping()
+        assert (status()["in_flight"], status()["in_flight_max"]) == (4, 4)
+        # 100 ms to the first byte, but 60 KB/s: 4 x 60,000 x 0.1 = 24,000 bytes, 8 files of 3,000
+        w.prefetcher.link = link = FakeLink(floor_s=0.1, bandwidth_bytes_s=60_000)
+        assert w.prefetcher.ping()
+        assert (status()["in_flight"], status()["in_flight_max"]) == (8, 12)
+        link.bandwidth_bytes_s = 1e9  # the transfers delivered more: up to max_parallel, no further
+        assert w.prefetcher.ping()
+        assert (status()["in_flight"], status()["in_flight_max"]) == (12, 12)
+        assert w.counters.get("prefetch.in_flight_peak") == 12
+        link.floor_s = 0.0005  # a fast link again: nothing new starts until fewer than 4 are in flight
+        assert w.prefetcher.ping()
+        assert (status()["in_flight"], status()["in_flight_max"]) == (12, 4)
+    finally:
+        hold.set()
+    assert w.prefetcher.wait_idle()
+    for i in range(60):
+        assert w.read(name(i)) == bytes([i]) * SIZE
+        assert w.prefetcher.wait_idle()
+    assert all(w.fetches(f"item-r{i:03d}") == 1 for i in range(60))  # each fetched once, before its open
+    assert w.fetched_before_opened() == {f"item-r{i:03d}" for i in range(60)}
 
 
 def test_a_random_reader_starts_no_lookahead(make_world: Any) -> None:
@@ -318,7 +369,13 @@ def test_an_abandoned_stream_stops_and_counts_what_nobody_read(make_world: Any) 
         assert w.prefetcher.wait_idle()
     c = w.counters.snapshot()
     assert c["lookahead.retired_idle"] == 1 and c["prefetch.unused_files"] >= 3
-    assert w.prefetcher.status() == {"streams": [], "in_flight": 0, "ahead_bytes": 0, "ahead_bytes_max": 128 << 20}
+    assert w.prefetcher.status() == {
+        "streams": [],
+        "in_flight": 0,
+        "in_flight_max": 32,
+        "ahead_bytes": 0,
+        "ahead_bytes_max": 128 << 20,
+    }
 
 
 def test_hints_are_fetched_in_their_order_a_bounded_window_ahead(make_world: Any) -> None:

@@ -116,13 +116,16 @@ MAX_REDIRECTS = 5
 # at p99 for small objects); 10 s of silence mid-body is a stalled connection, not a slow one, and
 # two such stalls and a retry still fit the 30 s read budget.
 DEFAULT_STALL_TIMEOUT_S = 10.0
+# Of the connections below, background GETs (readahead, prefetch: ``HttpFetcher.background``) never
+# take the last this many, so a demand read (FUSE threads: 16 at most with either binding) never
+# queues behind them.
+DEMAND_RESERVE = 16
 # At most this many connections at once (per fetcher), and as many kept idle: a burst of readers
 # queues for a connection instead of opening one each (mountpoint-s3 and httpx cap theirs too). Sized
-# for latency hiding: behind 25 ms of first-byte latency, 2,000 small files/s need ~50 GETs in flight.
-DEFAULT_MAX_CONNECTIONS = 64
-# Of those, background GETs (readahead, prefetch: ``HttpFetcher.background``) never take the last
-# this many, so a demand read (FUSE threads: 16 at most with either binding) never queues behind them.
-DEMAND_RESERVE = 16
+# for latency hiding: the prefetcher keeps up to 256 small files in flight behind a slow link
+# (``PrefetchConfig.max_parallel``: 2,000 files/s behind 100 ms of first-byte latency need ~200), and
+# only as many connections as are used at once are ever opened (32-50 on loopback or at 25 ms).
+DEFAULT_MAX_CONNECTIONS = 256 + DEMAND_RESERVE
 
 Headers = Mapping[str, str]  # response headers; names looked up in lower case
 Accept = Callable[[int, Headers], None]  # raises to refuse a response before its body lands in ``out``

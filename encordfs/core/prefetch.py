@@ -57,7 +57,16 @@ Order hints (``hints_open``, ``hints_write``, ``hints_close``)
 
 Bounds (prefetch never delays a demand read and never exceeds its budgets)
     At most ``parallel`` files are fetched at once, over all streams, each through the fetcher's
-    background slots (``HttpFetcher.background``: demand reads keep connections of their own). Bytes
+    background slots (``HttpFetcher.background``: demand reads keep connections of their own); behind
+    a link whose first bytes are slow, more (``_set_limits``). A file in flight holds its slot for a
+    first-byte time and then its transfer, so ``n`` slots serve at most ``n / floor`` files per second:
+    32 allow 1,280 files/s at 25 ms but 320 at 100 ms, whatever the bandwidth. The planner therefore
+    allows ``latency_target_files_s`` x the link's first-byte floor files at once (at most
+    ``max_parallel``), but the ones beyond ``parallel`` only while the bytes in flight stay under
+    ``bdp_multiple`` x the measured bandwidth x that floor: behind a slow link more transfers would
+    not raise its throughput, only slow each file and every demand read sharing the link. Bandwidth
+    is measured from what the transfers achieve, so the limit grows a window of measurement at a time
+    while more transfers deliver more. Bytes
     fetched ahead of their readers (charged when handed to the fetcher, released when that file is
     opened, falls far behind the front, or the stream ends) stay under ``ahead_bytes``: the mount sets it below the memory cache's
     capacity and the disk cache's, so prefetched files are still cached when they are opened. Each
@@ -90,6 +99,7 @@ from __future__ import annotations
 
 import array
 import logging
+import math
 import queue
 import threading
 import time
@@ -145,6 +155,20 @@ class Source(Protocol):
         ...
 
 
+class Link(Protocol):
+    """What the prefetcher reads of the byte server's link (``core.link.LinkEstimate``)."""
+
+    @property
+    def floor_s(self) -> float:
+        """The least time to first byte seen, seconds (0 before any GET)."""
+        ...
+
+    @property
+    def bandwidth_bytes_s(self) -> float:
+        """The link's recent peak delivery rate, bytes per second (0 before any GET)."""
+        ...
+
+
 FetchFile = Callable[[Item], int]  # bytes fetched (0: cached already); raises reader.Throttled or FsError
 # Start fetching without a thread; calls back (bytes, error) from the transport's thread; False: cannot.
 FetchFileAsync = Callable[[Item, Callable[[int, "errors.FsError | None"], None]], bool]
@@ -154,9 +178,22 @@ FetchFileAsync = Callable[[Item, Callable[[int, "errors.FsError | None"], None]]
 class PrefetchConfig:
     """Tuning of ``Prefetcher`` (the mount sets ``ahead_bytes`` and ``parallel`` from its settings)."""
 
-    # Files fetched at once over all streams: behind 25 ms of first-byte latency, 32 in flight serve
-    # ~1,300 files/s, about what the mount can open and read on 2 cores.
+    # Files fetched at once over all streams, whatever the link: 32 in flight keep a fast link (loopback,
+    # a LAN) busy, and behind 25 ms of first-byte latency serve ~1,300 files/s.
     parallel: int = 32
+    # Behind a slower link, more: as many as ``latency_target_files_s`` x the link's first-byte floor
+    # (at 100 ms, 32 in flight cap any reader at 320 files/s whatever the bandwidth), up to
+    # ``max_parallel``, and only while the bytes in flight stay under ``bdp_multiple`` x the link's
+    # measured bandwidth x that floor (see "Bounds": a slow link gets no more transfers than it can
+    # carry, which would only slow each file and every demand read sharing the link).
+    max_parallel: int = 256
+    # ~1,300-1,400 cold small files/s is what the mount opens and reads on 2 cores (P2): latency alone
+    # must allow more than that.
+    latency_target_files_s: float = 2000.0
+    # Little's law: files waiting for their first byte plus those transferring. The bandwidth measured
+    # is what the transfers in flight achieved, so the limit grows by up to this factor per window of
+    # measurement while more transfers deliver more, and stops once the link is full.
+    bdp_multiple: float = 4.0
     # Bytes fetched ahead of their readers, over all streams (see "Bounds").
     ahead_bytes: int = 128 * MiB
     # The most a file's prefetch fetches: its first part (the reader's ``small_file_bytes``).
@@ -316,12 +353,13 @@ class Prefetcher:
         clock: Callable[[], float] = time.monotonic,
         fetch_async: FetchFileAsync | None = None,
         cached: Callable[[Item], bool] | None = None,
-        latency_floor: Callable[[], float] | None = None,
+        link: Link | None = None,
     ) -> None:
         self.source = source
-        # The link's least first-byte time in seconds (``core.link``; 0 before any fetch): gates the
-        # planner's wait (``PrefetchConfig.linger_s``). None: taken as a fast link.
-        self.latency_floor = latency_floor
+        # The byte server's link as measured (``core.link.LinkEstimate``): its first-byte floor gates the
+        # planner's wait (``PrefetchConfig.linger_s``) and, with its bandwidth, how many files are
+        # fetched at once beyond ``parallel``. None: taken as a fast link.
+        self.link = link
         self.fetch = fetch
         self.fetch_async = fetch_async
         # Whether a file's first part is cached here already (memory or this disk): such a file is passed
@@ -343,7 +381,9 @@ class Prefetcher:
         self._folders: OrderedDict[int, _Folder] = OrderedDict()
         self._hint_streams: list[_Stream] = []
         self._in_flight = 0
-        self._in_flight_keys: set[str] = set()
+        self._in_flight_keys: dict[str, int] = {}  # key -> bytes asked for
+        self._in_flight_bytes = 0
+        self._limit, self._limit_bytes = self.config.parallel, 0  # beyond ``parallel``: ``_set_limits``
         self._ahead = 0
         self._fetched: OrderedDict[str, None] = OrderedDict()  # prefetched, not opened since (bounded)
         self._view: list[_Stream] = []
@@ -387,6 +427,7 @@ class Prefetcher:
         return {
             "streams": [s.summary() for s in view],
             "in_flight": self._in_flight,
+            "in_flight_max": self._limit,
             "ahead_bytes": self._ahead,
             "ahead_bytes_max": self.config.ahead_bytes,
         }
@@ -456,7 +497,26 @@ class Prefetcher:
         cfg = self.config
         if self._in_flight < cfg.linger_in_flight:
             return False
-        return self.latency_floor is None or self.latency_floor() < cfg.linger_below_latency_s
+        return self.link is None or self.link.floor_s < cfg.linger_below_latency_s
+
+    def _set_limits(self) -> None:
+        """How many files may be in flight this planning round, and their bytes beyond ``parallel``
+        (``PrefetchConfig.max_parallel``): more only behind a link whose first-byte floor makes
+        ``parallel`` too few for ``latency_target_files_s``, and whose measured bandwidth holds them."""
+        cfg = self.config
+        self._limit, self._limit_bytes = cfg.parallel, 0
+        if self.link is None:
+            return
+        floor = self.link.floor_s
+        wanted = min(cfg.max_parallel, math.ceil(cfg.latency_target_files_s * floor))
+        if wanted > cfg.parallel:
+            self._limit = wanted
+            self._limit_bytes = int(cfg.bdp_multiple * self.link.bandwidth_bytes_s * floor)
+
+    def _has_room(self) -> bool:
+        """Whether one more file may start now (``_set_limits``)."""
+        n = self._in_flight
+        return n < self.config.parallel or (n < self._limit and self._in_flight_bytes < self._limit_bytes)
 
     def _handle(self, event: tuple[Any, ...], lists: dict[int, _HintLines]) -> None:
         kind = event[0]
@@ -626,6 +686,7 @@ class Prefetcher:
     # -- scheduling
 
     def _pump_all(self) -> None:
+        self._set_limits()
         for stream in self._view:
             if not stream.done:
                 self._pump(stream)
@@ -638,7 +699,7 @@ class Prefetcher:
                 return
             stream.paused_until = 0.0
         limit = stream.front + stream.window
-        while stream.next_pos <= limit and self._in_flight < cfg.parallel:
+        while stream.next_pos <= limit and self._has_room():
             pos = stream.next_pos
             if pos + cfg.sign_lead >= stream.signed_to:
                 self._sign_next(stream)
@@ -711,7 +772,9 @@ class Prefetcher:
     def _submit(self, stream: _Stream, pos: int, item: Item, nbytes: int) -> None:
         self._in_flight += 1
         stream.in_flight += 1
-        self._in_flight_keys.add(item.key)
+        self._in_flight_keys[item.key] = nbytes
+        self._in_flight_bytes += nbytes
+        self.counters.set_max("prefetch.in_flight_peak", self._in_flight)
         stream.charged[pos] = nbytes
         self._ahead += nbytes
         self.counters.inc("prefetch.files_queued")
@@ -767,7 +830,7 @@ class Prefetcher:
             return
         self._in_flight -= 1
         stream.in_flight -= 1
-        self._in_flight_keys.discard(item.key)
+        self._in_flight_bytes -= self._in_flight_keys.pop(item.key, 0)
         if outcome == "ok":
             if nbytes:
                 self.counters.inc("prefetch.files")
