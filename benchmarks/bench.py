@@ -10,8 +10,9 @@ Regimes: ``loopback`` (the default: everything below, on 127.0.0.1 without TLS) 
 ``wan_*`` figures: TLS from a private CA on the API and the blob server, 25 ms before each blob
 response, 50 ms per API call, 1 Gbit/s, in a network namespace the run makes and removes; see
 ``benchmarks/wan.py``). ``both`` runs one after the other and prints them in one table.
-``--wan-latency-ms`` sets the blob server's delay (25 by default; the goals are for 25: a farther bucket,
-e.g. 100, shows how prefetch scales with latency). ``--mount-args`` adds options to every encordfs
+``--wan-latency-ms`` and ``--wan-rate-mbit`` set the blob server's delay and the cap (25 ms and 1,000 by
+default; the goals are for those: a farther bucket, e.g. 100 ms, shows how prefetch scales with
+latency, a slower link that it adds no transfers the link cannot carry). ``--mount-args`` adds options to every encordfs
 mount of the run (e.g. ``--binding kernel``).
 
 Setup (one run): synthetic files (random bytes behind a ``%PDF-`` header, so the emulator's importer
@@ -1397,6 +1398,9 @@ def main(argv: list[str] | None = None) -> int:
         default=25.0,
         help="wan regime: how late the bucket answers each GET (first byte), in ms (default 25)",
     )
+    parser.add_argument(
+        "--wan-rate-mbit", type=float, default=1000.0, help="wan regime: the bandwidth cap, in Mbit/s (default 1000)"
+    )
     parser.add_argument("--in-netns", type=Path, help=argparse.SUPPRESS)  # the wan regime's inner run
     args = parser.parse_args(argv)
     regimes = ("loopback", "wan") if args.regime == "both" else (args.regime,)
@@ -1406,13 +1410,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--only takes phases among {', '.join(own)} with --regime {args.regime}")
     if not 0 <= args.wan_latency_ms <= 10_000:
         parser.error("--wan-latency-ms takes 0 to 10000")
+    if not 1 <= args.wan_rate_mbit <= 100_000:
+        parser.error("--wan-rate-mbit takes 1 to 100000")
     mount_args = shlex.split(args.mount_args)
     if args.in_netns is not None:
         from benchmarks import wan
 
         inner = {p.removeprefix("wan_") for p in phases if p in WAN_PHASES}
-        regime = wan.Regime(blob_latency_s=args.wan_latency_ms / 1000)
-        return wan.run_inside(args.in_netns, args.quick, inner, mount_args, args.profile, regime)
+        return wan.run_inside(args.in_netns, args.quick, inner, mount_args, args.profile, wan_regime(args))
     if os.geteuid() != 0:
         print("benchmarks/run: needs root (drop_caches, nginx, FUSE mounts, network namespaces)", file=sys.stderr)
         return 2
@@ -1437,14 +1442,21 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import wan
 
             extra = ["--only", ",".join(wan_phases), "--mount-args", args.mount_args] + (["--profile"] * args.profile)
-            extra += ["--wan-latency-ms", f"{args.wan_latency_ms:g}"]
-            found = wan.run_regime(args.quick, extra, wan.Regime(blob_latency_s=args.wan_latency_ms / 1000))
+            extra += ["--wan-latency-ms", f"{args.wan_latency_ms:g}", "--wan-rate-mbit", f"{args.wan_rate_mbit:g}"]
+            found = wan.run_regime(args.quick, extra, wan_regime(args))
             fig.update(found.get("fig", {}))
             notes.extend(found.get("notes", []))
             counters.update(found.get("counters", {}))
     finally:
         report(args, regimes, sizes, time.monotonic() - t0, fig, notes, counters)
     return 0
+
+
+def wan_regime(args: argparse.Namespace) -> Any:
+    """The wan regime the options ask for (``benchmarks.wan.Regime``; its goals are for the defaults)."""
+    from benchmarks import wan
+
+    return wan.Regime(rate_bit_s=int(args.wan_rate_mbit * 1e6), blob_latency_s=args.wan_latency_ms / 1000)
 
 
 def report(
