@@ -311,8 +311,8 @@ def test_a_link_with_slow_first_bytes_gets_more_files_in_flight_as_far_as_its_ba
         w.hint([name(i).encode() for i in range(60)])
         assert w.prefetcher.ping()
         assert (status()["in_flight"], status()["in_flight_max"]) == (4, 4)
-        # 100 ms to the first byte, but 60 KB/s: 4 x 60,000 x 0.1 = 24,000 bytes, 8 files of 3,000
-        w.prefetcher.link = link = FakeLink(floor_s=0.1, bandwidth_bytes_s=60_000)
+        # 100 ms to the first byte, but 120 KB/s: 2 x 120,000 x 0.1 = 24,000 bytes, 8 files of 3,000
+        w.prefetcher.link = link = FakeLink(floor_s=0.1, bandwidth_bytes_s=120_000)
         assert w.prefetcher.ping()
         assert (status()["in_flight"], status()["in_flight_max"]) == (8, 12)
         link.bandwidth_bytes_s = 1e9  # the transfers delivered more: up to max_parallel, no further

@@ -190,10 +190,11 @@ class PrefetchConfig:
     # ~1,300-1,400 cold small files/s is what the mount opens and reads on 2 cores (P2): latency alone
     # must allow more than that.
     latency_target_files_s: float = 2000.0
-    # Little's law: files waiting for their first byte plus those transferring. The bandwidth measured
-    # is what the transfers in flight achieved, so the limit grows by up to this factor per window of
-    # measurement while more transfers deliver more, and stops once the link is full.
-    bdp_multiple: float = 4.0
+    # Little's law: a link is kept full by its bandwidth-delay product in flight, plus the files whose
+    # first byte is late. The bandwidth measured is what the transfers in flight achieved, so the limit
+    # grows by up to this factor per window of measurement while more transfers deliver more, and stops
+    # at twice the link's product once it is full.
+    bdp_multiple: float = 2.0
     # Bytes fetched ahead of their readers, over all streams (see "Bounds").
     ahead_bytes: int = 128 * MiB
     # The most a file's prefetch fetches: its first part (the reader's ``small_file_bytes``).
