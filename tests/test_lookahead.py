@@ -315,6 +315,7 @@ def test_a_link_with_slow_first_bytes_gets_more_files_in_flight_as_far_as_its_ba
         w.prefetcher.link = link = FakeLink(floor_s=0.1, bandwidth_bytes_s=120_000)
         assert w.prefetcher.ping()
         assert (status()["in_flight"], status()["in_flight_max"]) == (8, 12)
+        assert (status()["in_flight_bytes"], status()["in_flight_max_bytes"]) == (24_000, 24_000)
         link.bandwidth_bytes_s = 1e9  # the transfers delivered more: up to max_parallel, no further
         assert w.prefetcher.ping()
         assert (status()["in_flight"], status()["in_flight_max"]) == (12, 12)
@@ -373,6 +374,8 @@ def test_an_abandoned_stream_stops_and_counts_what_nobody_read(make_world: Any) 
         "streams": [],
         "in_flight": 0,
         "in_flight_max": 32,
+        "in_flight_bytes": 0,
+        "in_flight_max_bytes": 0,
         "ahead_bytes": 0,
         "ahead_bytes_max": 128 << 20,
     }

@@ -429,6 +429,9 @@ class Prefetcher:
             "streams": [s.summary() for s in view],
             "in_flight": self._in_flight,
             "in_flight_max": self._limit,
+            # beyond ``parallel`` files, also their bytes (0: no more than ``parallel`` now)
+            "in_flight_bytes": self._in_flight_bytes,
+            "in_flight_max_bytes": self._limit_bytes,
             "ahead_bytes": self._ahead,
             "ahead_bytes_max": self.config.ahead_bytes,
         }
