@@ -125,7 +125,7 @@ DEMAND_RESERVE = 16
 # for latency hiding: the prefetcher keeps up to 256 small files in flight behind a slow link
 # (``PrefetchConfig.max_parallel``: 2,000 files/s behind 100 ms of first-byte latency need ~200), and
 # only as many connections as are used at once are ever opened (prefetch: 32 on loopback, a peak of
-# 54-55 at 25 ms in the WAN epoch; demand reads up to 16 more).
+# 52-55 at 25 ms in the WAN epoch; demand reads up to 16 more).
 DEFAULT_MAX_CONNECTIONS = 256 + DEMAND_RESERVE
 
 Headers = Mapping[str, str]  # response headers; names looked up in lower case
