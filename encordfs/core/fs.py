@@ -511,15 +511,13 @@ class EncordFS:
 
     def _attr(self, ino: int, kind: Kind, size: int, mtime: float) -> Attr:
         """A catalog entry's attributes (``readdir_stats`` gives the same without building them)."""
-        dir_mode, file_mode, uid, gid = self.entry_modes
-        if KIND_IS_DIR[kind]:
-            return Attr(ino, dir_mode, 2, 0, mtime, mtime, uid, gid)
-        if size == UNKNOWN_SIZE:
+        is_dir = KIND_IS_DIR[kind]
+        if not is_dir and size == UNKNOWN_SIZE:
             size = self._learn_size(ino)
-        return Attr(ino, file_mode, 1, size, mtime, mtime, uid, gid)
+        return self._entry_attr(ino, is_dir, size, mtime)
 
     def _entry_attr(self, ino: int, is_dir: bool, size: int, mtime: float) -> Attr:
-        """The attributes of a ``readdir_stats`` entry (its size known): ``_attr``'s."""
+        """The attributes of a ``readdir_stats`` entry (its size known; a folder's is ignored)."""
         dir_mode, file_mode, uid, gid = self.entry_modes
         if is_dir:
             return Attr(ino, dir_mode, 2, 0, mtime, mtime, uid, gid)

@@ -381,8 +381,7 @@ class Prefetcher:
         # planner-owned
         self._folders: OrderedDict[int, _Folder] = OrderedDict()
         self._hint_streams: list[_Stream] = []
-        self._in_flight = 0
-        self._in_flight_keys: dict[str, int] = {}  # key -> bytes asked for
+        self._in_flight_keys: dict[str, int] = {}  # the files in flight: key -> bytes asked for
         self._in_flight_bytes = 0
         self._limit, self._limit_bytes = self.config.parallel, 0  # beyond ``parallel``: ``_set_limits``
         self._ahead = 0
@@ -427,7 +426,7 @@ class Prefetcher:
         view = self._view
         return {
             "streams": [s.summary() for s in view],
-            "in_flight": self._in_flight,
+            "in_flight": len(self._in_flight_keys),
             "in_flight_max": self._limit,
             # beyond ``parallel`` files, also their bytes (0: no more than ``parallel`` now)
             "in_flight_bytes": self._in_flight_bytes,
@@ -448,7 +447,7 @@ class Prefetcher:
         """Tests: True once no event is queued and nothing is in flight."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.ping(max(0.0, deadline - time.monotonic())) and self._in_flight == 0 and self._events.empty():
+            if self.ping(max(0.0, deadline - time.monotonic())) and not self._in_flight_keys and self._events.empty():
                 return True
             time.sleep(0.01)
         return False
@@ -499,7 +498,7 @@ class Prefetcher:
     def _lingers(self) -> bool:
         """Whether events may gather before planning (``PrefetchConfig.linger_s``)."""
         cfg = self.config
-        if self._in_flight < cfg.linger_in_flight:
+        if len(self._in_flight_keys) < cfg.linger_in_flight:
             return False
         return self.link is None or self.link.floor_s < cfg.linger_below_latency_s
 
@@ -519,7 +518,7 @@ class Prefetcher:
 
     def _has_room(self) -> bool:
         """Whether one more file may start now (``_set_limits``)."""
-        n = self._in_flight
+        n = len(self._in_flight_keys)
         return n < self.config.parallel or (n < self._limit and self._in_flight_bytes < self._limit_bytes)
 
     def _handle(self, event: tuple[Any, ...], lists: dict[int, _HintLines]) -> None:
@@ -774,11 +773,10 @@ class Prefetcher:
         return stream.produced >= upto
 
     def _submit(self, stream: _Stream, pos: int, item: Item, nbytes: int) -> None:
-        self._in_flight += 1
         stream.in_flight += 1
         self._in_flight_keys[item.key] = nbytes
         self._in_flight_bytes += nbytes
-        self.counters.set_max("prefetch.in_flight_peak", self._in_flight)
+        self.counters.set_max("prefetch.in_flight_peak", len(self._in_flight_keys))
         stream.charged[pos] = nbytes
         self._ahead += nbytes
         self.counters.inc("prefetch.files_queued")
@@ -832,7 +830,6 @@ class Prefetcher:
             self.counters.inc("prefetch.async_retries")
             self._to_pool(stream, pos, item)
             return
-        self._in_flight -= 1
         stream.in_flight -= 1
         self._in_flight_bytes -= self._in_flight_keys.pop(item.key, 0)
         if outcome == "ok":
