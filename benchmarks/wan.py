@@ -62,6 +62,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -87,6 +88,7 @@ class WanSizes:
     ttfb_files: int
 
 
+PROBE_GAP_S = 0.05  # between two demand probes (``WanBench.demand_probes``)
 WAN_FULL = WanSizes(1000, 2000, 100 * 1024, 1 << 30, 100, 20)
 WAN_QUICK = WanSizes(300, 600, 100 * 1024, 256 * MiB, 40, 12)
 
@@ -522,6 +524,7 @@ class WanBench:
                 self.snapshot_counters(m, f"wan_epoch_{label}")
             assert nbytes == n * self.sizes.file_bytes, nbytes
             self.fig[f"wan_epoch_{label}_files_s"] = n / secs
+        self.demand_probes(order, names)
         log("epoch: the same from local disk, page cache dropped")
         infra.drop_caches()
         secs, nbytes, loader = epoch([str(p) for p in self.src["epoch"]], _Order(order))
@@ -536,6 +539,63 @@ class WanBench:
         self.fig["wan_epoch_link_files_s"] = self.regime.rate_bit_s / 8 / self.sizes.file_bytes
         self.fig["wan_epoch_link_bound"] = self.fig["wan_epoch_link_files_s"] / self.fig["wan_epoch_local_files_s"]
         self.notes.append(f"wan epoch loader: {loader} (8 workers, batches of 32)")
+
+    def demand_probes(self, order: list[int], names: list[str]) -> None:
+        """What prefetch costs a read it did not foresee: whole reads of cold files of another folder
+        (``seq``, every 5th file: no run for lookahead), one every ``PROBE_GAP_S``, while a hinted
+        epoch keeps the link busy, then the same number on the idle link, through one mount whose
+        URLs for them are signed beforehand. ``wan_demand_busy_ms`` and ``wan_demand_idle_ms`` are
+        their medians (open to the last byte), ``wan_demand_busy_ratio`` busy ÷ idle."""
+        from encordfs.ml import HintedSampler
+
+        n = len(names)
+        probe_names = [p.name for p in self.src["seq"][5::5]]
+        log(f"epoch: hinted again, with a cold file of another folder read every {PROBE_GAP_S * 1000:g} ms")
+        with mounted(self.mount) as m:
+            paths = [str(m.path / "epoch" / name) for name in names]
+            os.listdir(m.path / "epoch")
+            seq = m.path / "seq"
+            os.listdir(seq)
+            infra_read_whole(seq / self.src["seq"][0].name)  # signs the folder's URLs (one call)
+            busy: list[float] = []
+            busy_direct: list[float] = []
+            done = threading.Event()
+            client = httpx.Client(timeout=60, verify=self.verify)
+            _direct_whole(client, self.urls["seq"][1])  # a warm connection
+
+            def probe() -> None:
+                for i, name in enumerate(probe_names):
+                    if done.wait(PROBE_GAP_S):
+                        return
+                    secs, got = infra_read_whole(seq / name)
+                    assert got == self.sizes.file_bytes, got
+                    busy.append(secs)
+                    busy_direct.append(_direct_whole(client, self.urls["seq"][5 * i + 6]))
+
+            prober = threading.Thread(target=probe, name="demand-probe")
+            prober.start()
+            try:
+                _, nbytes, _ = epoch(paths, HintedSampler(paths, sampler=_Order(order)))
+            finally:
+                done.set()
+                prober.join()
+            assert nbytes == n * self.sizes.file_bytes, nbytes
+            idle, idle_direct = [], []
+            for i in range(len(busy), 2 * len(busy)):
+                time.sleep(PROBE_GAP_S)
+                secs, got = infra_read_whole(seq / probe_names[i])
+                assert got == self.sizes.file_bytes, got
+                idle.append(secs)
+                idle_direct.append(_direct_whole(client, self.urls["seq"][5 * i + 6]))
+            client.close()
+            self.snapshot_counters(m, "wan_demand")
+        if busy and idle:
+            self.fig["wan_demand_probes"] = len(busy)
+            self.fig["wan_demand_busy_ms"] = statistics.median(busy) * 1000
+            self.fig["wan_demand_idle_ms"] = statistics.median(idle) * 1000
+            self.fig["wan_demand_busy_ratio"] = self.fig["wan_demand_busy_ms"] / self.fig["wan_demand_idle_ms"]
+            self.fig["wan_demand_direct_busy_ms"] = statistics.median(busy_direct) * 1000
+            self.fig["wan_demand_direct_idle_ms"] = statistics.median(idle_direct) * 1000
 
     def phase_cp(self) -> None:
         """``encordfs cp`` of the epoch dataset (2,000 × 100 KiB) with its defaults, over the capped link."""
@@ -614,6 +674,14 @@ def _first_4k(path: Path) -> float:
         assert len(os.pread(fd, 4096, 0)) == 4096
     finally:
         os.close(fd)
+    return time.perf_counter() - t0
+
+
+def _direct_whole(client: httpx.Client, url: str) -> float:
+    t0 = time.perf_counter()
+    with client.stream("GET", url) as r:
+        r.raise_for_status()
+        sum(len(chunk) for chunk in r.iter_raw())
     return time.perf_counter() - t0
 
 
