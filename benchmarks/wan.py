@@ -38,6 +38,12 @@ Figures (``WanBench``)
                      source files, page cache dropped): ``wan_epoch_hinted`` and ``wan_epoch_unhinted``
                      are mount ÷ local. ``wan_epoch_link_bound``: the highest such ratio the bandwidth cap
                      allows (``wan_epoch_link_files_s``, the cap ÷ a file's bytes, ÷ local).
+    wan_demand_*     what prefetch costs a read it did not foresee (``WanBench.demand_probes``): during a
+                     third hinted epoch, a cold file of the ``seq`` folder read whole through the same
+                     mount every 50 ms (every 5th file: no lookahead run), then as many on the idle link;
+                     medians ``wan_demand_busy_ms`` and ``wan_demand_idle_ms``, ``wan_demand_busy_ratio``
+                     busy ÷ idle. ``wan_demand_direct_*``: a direct GET of a pre-signed URL after each
+                     probe, on a warm connection: what the link alone adds when busy.
     wan_big_*        1 GiB read cold through the mount (1 MiB reads, one thread) ÷ the bandwidth cap
                      (``wan_big_link``); one direct streaming GET of the same URL for reference.
     wan_ttfb_*       open + first 4 KiB of cold files (never read in that mount; picked at random, so no

@@ -495,29 +495,6 @@ def test_fetch_async_is_one_attempt_on_libcurl_and_not_offered_by_httpx(
     assert fetcher.counters.get("fetch.background_requests") == 1
 
 
-def test_demand_reads_have_a_transport_of_their_own(
-    server: ByteServer, make_fetcher: Callable[..., HttpFetcher], http_client: str
-) -> None:
-    """Background GETs (readahead, prefetch) run on a transport of their own, so a demand read never
-    waits behind their work in one transport (libcurl: one loop per transport). Seen from the server:
-    a demand GET and a background GET, one after the other, come on two connections (one transport
-    would have kept one connection for both)."""
-    fetcher = make_fetcher()
-    assert fetcher.transport is not fetcher.background_transport
-    assert fetcher.fetch(source(server), 0, 100) == DATA[:100]
-    assert server.connections == 1
-    fetcher.background().fetch_into(source(server), 100, memoryview(out := bytearray(100)))
-    assert out == DATA[100:200] and server.connections == 2
-    assert fetcher.fetch(source(server), 200, 300) == DATA[200:300]  # each keeps its connection
-    fetcher.background().fetch_into(source(server), 300, memoryview(out))
-    assert out == DATA[300:400] and server.connections == 2
-    if http_client == "curl":  # the async path (prefetch) is a background GET too
-        started, data, error = _async(fetcher.background(), server.sign("a"), 0, 4096)  # type: ignore[arg-type]
-        assert started and error is None and data == DATA[:4096] and server.connections == 2
-    shared = make_fetcher(transport=fetch.make_transport(http_client))  # a transport passed in serves both
-    assert shared.transport is shared.background_transport
-
-
 def test_background_reads_leave_connections_for_demand(server: ByteServer, http_client: str) -> None:
     """Background GETs take at most max_connections - DEMAND_RESERVE slots: a demand read is never queued
     behind them."""

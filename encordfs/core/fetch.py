@@ -66,14 +66,15 @@ Algorithm (``fetch_into``)
 Priorities
     Demand reads (a FUSE read that needs bytes now) call ``fetch_into``; readahead and prefetch go
     through ``background()``, the same fetcher behind a semaphore of ``max_connections -
-    DEMAND_RESERVE`` slots, and on a transport of their own (``background_transport``; one shared
-    transport when the caller passed one in). Background GETs therefore never hold every connection,
-    and a demand GET never waits behind them in a transport: with one libcurl loop for both, a read
-    that prefetch did not foresee waited behind the completions of ~50 prefetches in that loop's
-    turns. Measured in the WAN regime (``benchmarks/run --regime wan --only wan_epoch``, three pairs
-    alternated): a cold 100 KiB read of another folder during a hinted epoch took 51-58 ms with one
-    loop and 37-38 with two, against 29 on the idle link and 28-31 for a direct GET during that
-    epoch (``wan_demand_*``). ``fetch.background_requests`` counts background GETs.
+    DEMAND_RESERVE`` slots. Background GETs therefore never hold every connection: a demand GET finds
+    one free (the transport's own cap) instead of queueing behind prefetch. ``fetch.background_requests``
+    counts them. Both share the one transport and its loop thread, which also runs the completions of
+    the prefetches in flight: behind 25 ms, a cold 100 KiB read of another folder
+    during a hinted epoch takes 1.7-2.0 x what it takes on the idle link (``benchmarks/run --regime wan
+    --only wan_epoch``: ``wan_demand_*``), where a direct GET takes 1.0-1.2 x. A transport of
+    their own for background GETs was tried: that read fell to 1.2-1.5 x, but the hinted epoch ran
+    4-12 % slower in 9 of 10 alternated pairs (5 % faster in one) and ``tar`` 4-13 % slower in two,
+    for a reason not found. Not kept.
 
 Link measurement
     With a ``link`` (``core.link.LinkEstimate``), every successful GET reports its size, its time to
@@ -240,14 +241,7 @@ class HttpFetcher:
         backoff_cap_s: float | None = None,
         link: LinkEstimate | None = None,
     ) -> None:
-        # Demand GETs: as many connections as ever (``encordfs cp`` reads through here with up to 64
-        # threads a process); background GETs: at most max_connections - DEMAND_RESERVE (the semaphore).
         self.transport = transport if transport is not None else make_transport(http_client, max_connections, ca_file)
-        self.background_transport = (
-            transport
-            if transport is not None
-            else make_transport(http_client, max(1, max_connections - DEMAND_RESERVE), ca_file)
-        )
         self.stall_timeout_s = stall_timeout_s
         self.retry = _policy(retry, retry_budget_s, backoff_base_s, backoff_cap_s)
         self.counters = counters if counters is not None else Counters()
@@ -262,8 +256,6 @@ class HttpFetcher:
 
     def close(self) -> None:
         self.transport.close()
-        if self.background_transport is not self.transport:
-            self.background_transport.close()
 
     def background(self) -> RangeFetcher:
         """The same fetcher for work nobody waits on yet (readahead, prefetch): at most
@@ -277,14 +269,10 @@ class HttpFetcher:
         self.fetch_into(url_source, start, memoryview(buf))
         return bytes(buf)
 
-    def fetch_into(
-        self, url_source: UrlSource, start: int, out: memoryview, total: int | None = None, *, background: bool = False
-    ) -> None:
+    def fetch_into(self, url_source: UrlSource, start: int, out: memoryview, total: int | None = None) -> None:
         """Fill ``out`` with bytes ``[start, start + len(out))`` or raise an ``FsError``. ``total``: the
         object's size as the catalog knows it; a reply naming another size (Content-Range ``/N``, or a
-        whole-object 200) is ``Stale``: the object changed on the server. ``background``: on
-        ``background_transport`` (``_BackgroundFetcher`` says so)."""
-        transport = self.background_transport if background else self.transport
+        whole-object 200) is ``Stale``: the object changed on the server."""
         if len(out) == 0:
             return
         started = self._clock()
@@ -294,7 +282,7 @@ class HttpFetcher:
         url = url_source(False)
         while True:
             try:
-                self._attempt(transport, url, start, out, deadline, total)
+                self._attempt(url, start, out, deadline, total)
                 return
             except FsError:  # an answer no retry changes (gone, shorter, Range ignored, bad URL, TLS)
                 self.counters.inc("fetch.errors")
@@ -328,13 +316,13 @@ class HttpFetcher:
                 resigned = False
 
     def fetch_async(self, url: str, start: int, out: memoryview, on_done: OnDone, total: int | None = None) -> bool:
-        """One attempt at ``fetch_into(background=True)`` without a waiting thread, when the transport can (libcurl's
+        """One attempt at ``fetch_into`` without a waiting thread, when the transport can (libcurl's
         ``submit``); False when it cannot (httpx): use ``fetch_into`` on a thread. ``on_done(error)`` is
         called once, on the transport's thread (hand over, nothing more), with None once ``out`` holds
         every byte, else the ``FsError`` of the first failure: no retry and no re-sign here (the caller
         falls back to ``fetch_into``, which does both). ``url`` is resolved by the caller; ``total`` as in
         ``fetch_into``."""
-        submit = getattr(self.background_transport, "submit", None)
+        submit = getattr(self.transport, "submit", None)
         if submit is None or len(out) == 0:
             return False
         length = len(out)
@@ -388,9 +376,7 @@ class HttpFetcher:
 
         return accept
 
-    def _attempt(
-        self, transport: Transport, url: str, start: int, out: memoryview, deadline: float, total: int | None = None
-    ) -> None:
+    def _attempt(self, url: str, start: int, out: memoryview, deadline: float, total: int | None = None) -> None:
         length = len(out)
         sent = self._clock()
         timeout_s = max(0.001, deadline - sent)
@@ -399,7 +385,7 @@ class HttpFetcher:
 
         accept = self._acceptor(url, start, length, total, first_byte)
         try:
-            reply = transport.get(url, start, out, accept, timeout_s, self.stall_timeout_s)
+            reply = self.transport.get(url, start, out, accept, timeout_s, self.stall_timeout_s)
         except TransportError as exc:
             self.counters.inc("fetch.bytes_fetched", exc.received)
             reason = _scrub(exc.reason, url)
@@ -530,7 +516,7 @@ class _BackgroundFetcher:
             raise RemoteIOError("no connection for background reads within the read budget")
         try:
             f.counters.inc("fetch.background_requests")
-            f.fetch_into(url_source, start, out, total, background=True)
+            f.fetch_into(url_source, start, out, total)
         finally:
             f._background_slots.release()
 
