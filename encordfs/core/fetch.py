@@ -73,7 +73,7 @@ Priorities
     during a hinted epoch takes 1.7-2.0 x what it takes on the idle link (``benchmarks/run --regime wan
     --only wan_epoch``: ``wan_demand_*``), where a direct GET takes 1.0-1.2 x. A transport of
     their own for background GETs was tried: that read fell to 1.2-1.5 x, but the hinted epoch ran
-    4-12 % slower in 9 of 10 alternated pairs (5 % faster in one) and ``tar`` 4-13 % slower in two,
+    4-7 % slower in 8 of 9 alternated pairs (5 % faster in one) and ``tar`` 4-13 % slower in two,
     for a reason not found. Not kept.
 
 Link measurement
