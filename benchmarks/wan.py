@@ -530,7 +530,6 @@ class WanBench:
                 self.snapshot_counters(m, f"wan_epoch_{label}")
             assert nbytes == n * self.sizes.file_bytes, nbytes
             self.fig[f"wan_epoch_{label}_files_s"] = n / secs
-        self.demand_probes(order, names)
         log("epoch: the same from local disk, page cache dropped")
         infra.drop_caches()
         secs, nbytes, loader = epoch([str(p) for p in self.src["epoch"]], _Order(order))
@@ -545,40 +544,45 @@ class WanBench:
         self.fig["wan_epoch_link_files_s"] = self.regime.rate_bit_s / 8 / self.sizes.file_bytes
         self.fig["wan_epoch_link_bound"] = self.fig["wan_epoch_link_files_s"] / self.fig["wan_epoch_local_files_s"]
         self.notes.append(f"wan epoch loader: {loader} (8 workers, batches of 32)")
+        self.demand_probes(order, names)  # last: its failure loses no epoch figure
 
     def demand_probes(self, order: list[int], names: list[str]) -> None:
         """What prefetch costs a read it did not foresee: whole reads of cold files of another folder
         (``seq``, every 5th file: no run for lookahead), one every ``PROBE_GAP_S``, while a hinted
-        epoch keeps the link busy, then the same number on the idle link, through one mount whose
-        URLs for them are signed beforehand. ``wan_demand_busy_ms`` and ``wan_demand_idle_ms`` are
-        their medians (open to the last byte), ``wan_demand_busy_ratio`` busy ÷ idle."""
+        epoch keeps the link busy, then as many on the idle link (so at most half the probe files
+        busy), through one mount whose URLs for them are signed beforehand. After each, a direct GET
+        of the next file's pre-signed URL on a warm connection. ``wan_demand_busy_ms`` and
+        ``wan_demand_idle_ms`` are the mount's medians (open to the last byte), ``wan_demand_busy_ratio``
+        busy ÷ idle, ``wan_demand_direct_*`` the direct GETs'."""
         from encordfs.ml import HintedSampler
 
         n = len(names)
-        probe_names = [p.name for p in self.src["seq"][5::5]]
+        seq = self.src["seq"]
+        probes = [(seq[i].name, self.urls["seq"][i + 1]) for i in range(5, len(seq) - 1, 5)]
         log(f"epoch: hinted again, with a cold file of another folder read every {PROBE_GAP_S * 1000:g} ms")
-        with mounted(self.mount) as m:
+        busy: list[tuple[float, float]] = []  # (through the mount, direct)
+        idle: list[tuple[float, float]] = []
+        with mounted(self.mount) as m, httpx.Client(timeout=60, verify=self.verify) as client:
             paths = [str(m.path / "epoch" / name) for name in names]
             os.listdir(m.path / "epoch")
-            seq = m.path / "seq"
-            os.listdir(seq)
-            infra_read_whole(seq / self.src["seq"][0].name)  # signs the folder's URLs (one call)
-            busy: list[float] = []
-            busy_direct: list[float] = []
+            folder = m.path / "seq"
+            os.listdir(folder)
+            infra_read_whole(folder / seq[0].name)  # signs the folder's URLs (one call)
+            _direct(client, self.urls["seq"][1])  # a warm connection
             done = threading.Event()
-            client = httpx.Client(timeout=60, verify=self.verify)
-            _direct_whole(client, self.urls["seq"][1])  # a warm connection
 
-            def probe() -> None:
-                for i, name in enumerate(probe_names):
+            def probe(name: str, url: str) -> tuple[float, float]:
+                secs, got = infra_read_whole(folder / name)
+                assert got == self.sizes.file_bytes, got
+                return secs, _direct(client, url)
+
+            def probe_while_busy() -> None:
+                for name, url in probes[: len(probes) // 2]:
                     if done.wait(PROBE_GAP_S):
                         return
-                    secs, got = infra_read_whole(seq / name)
-                    assert got == self.sizes.file_bytes, got
-                    busy.append(secs)
-                    busy_direct.append(_direct_whole(client, self.urls["seq"][5 * i + 6]))
+                    busy.append(probe(name, url))
 
-            prober = threading.Thread(target=probe, name="demand-probe")
+            prober = threading.Thread(target=probe_while_busy, name="demand-probe")
             prober.start()
             try:
                 _, nbytes, _ = epoch(paths, HintedSampler(paths, sampler=_Order(order)))
@@ -586,22 +590,17 @@ class WanBench:
                 done.set()
                 prober.join()
             assert nbytes == n * self.sizes.file_bytes, nbytes
-            idle, idle_direct = [], []
-            for i in range(len(busy), 2 * len(busy)):
+            for name, url in probes[len(busy) : 2 * len(busy)]:
                 time.sleep(PROBE_GAP_S)
-                secs, got = infra_read_whole(seq / probe_names[i])
-                assert got == self.sizes.file_bytes, got
-                idle.append(secs)
-                idle_direct.append(_direct_whole(client, self.urls["seq"][5 * i + 6]))
-            client.close()
+                idle.append(probe(name, url))
             self.snapshot_counters(m, "wan_demand")
         if busy and idle:
             self.fig["wan_demand_probes"] = len(busy)
-            self.fig["wan_demand_busy_ms"] = statistics.median(busy) * 1000
-            self.fig["wan_demand_idle_ms"] = statistics.median(idle) * 1000
+            self.fig["wan_demand_busy_ms"] = statistics.median(t for t, _ in busy) * 1000
+            self.fig["wan_demand_idle_ms"] = statistics.median(t for t, _ in idle) * 1000
             self.fig["wan_demand_busy_ratio"] = self.fig["wan_demand_busy_ms"] / self.fig["wan_demand_idle_ms"]
-            self.fig["wan_demand_direct_busy_ms"] = statistics.median(busy_direct) * 1000
-            self.fig["wan_demand_direct_idle_ms"] = statistics.median(idle_direct) * 1000
+            self.fig["wan_demand_direct_busy_ms"] = statistics.median(d for _, d in busy) * 1000
+            self.fig["wan_demand_direct_idle_ms"] = statistics.median(d for _, d in idle) * 1000
 
     def phase_cp(self) -> None:
         """``encordfs cp`` of the epoch dataset (2,000 × 100 KiB) with its defaults, over the capped link."""
@@ -657,8 +656,8 @@ class WanBench:
         self.fig["wan_ttfb_ms"] = statistics.median(times) * 1000
         urls = [self.urls["epoch"][i] for i in picks]
         with httpx.Client(timeout=60, verify=self.verify) as client:
-            _direct_4k(client, self.urls["epoch"][0])  # the connection and its TLS session: warm
-            direct = [_direct_4k(client, url) for url in urls[1:]]
+            _direct(client, self.urls["epoch"][0], 4096)  # the connection and its TLS session: warm
+            direct = [_direct(client, url, 4096) for url in urls[1:]]
         self.fig["wan_ttfb_direct_ms"] = statistics.median(direct) * 1000
         self.fig["wan_ttfb_ratio"] = self.fig["wan_ttfb_ms"] / self.fig["wan_ttfb_direct_ms"]
 
@@ -683,20 +682,14 @@ def _first_4k(path: Path) -> float:
     return time.perf_counter() - t0
 
 
-def _direct_whole(client: httpx.Client, url: str) -> float:
+def _direct(client: httpx.Client, url: str, length: int | None = None) -> float:
+    """Seconds for one direct GET of ``url``: its first ``length`` bytes (a range GET), or all of it."""
+    headers = {"Range": f"bytes=0-{length - 1}"} if length else {}
     t0 = time.perf_counter()
-    with client.stream("GET", url) as r:
-        r.raise_for_status()
-        sum(len(chunk) for chunk in r.iter_raw())
-    return time.perf_counter() - t0
-
-
-def _direct_4k(client: httpx.Client, url: str) -> float:
-    t0 = time.perf_counter()
-    with client.stream("GET", url, headers={"Range": "bytes=0-4095"}) as r:
+    with client.stream("GET", url, headers=headers) as r:
         r.raise_for_status()
         got = sum(len(chunk) for chunk in r.iter_raw())
-    assert got == 4096, got
+    assert length is None or got == length, got
     return time.perf_counter() - t0
 
 

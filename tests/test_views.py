@@ -354,7 +354,7 @@ def test_a_value_folder_reads_back_as_its_value(value: Any) -> None:
     assert names.base_name(name, is_dir=True) == name  # safe: the title rules leave it alone
     # Whether the name was cut is not its length: a cut ends on a character boundary (up to 3 bytes
     # short: hypothesis found a 253-byte cut name) and drops trailing spaces. It is the whole text's.
-    whole = value if isinstance(value, str) and views_mod._bare(value) else views_mod._json_text(value)
+    whole = views_mod._value_text(value)
     if len(whole.encode()) <= names.MAX_NAME_BYTES:  # not cut: the whole text, and it reads back
         assert name == whole
         assert parse_value(name) == value and type(parse_value(name)) is type(value)

@@ -55,9 +55,11 @@ Order hints (``hints_open``, ``hints_write``, ``hints_close``)
     on the planner thread and may load a folder never listed before (one API call; the planner waits
     for it while opens queue up behind it).
 
-Bounds (prefetch never delays a demand read and never exceeds its budgets)
+Bounds (prefetch never takes a demand read's connection and never exceeds its budgets)
     At most ``parallel`` files are fetched at once, over all streams, each through the fetcher's
-    background slots (``HttpFetcher.background``: demand reads keep connections of their own); behind
+    background slots (``HttpFetcher.background``: demand reads keep connections of their own, but
+    share libcurl's loop, which makes them slower while prefetch is busy: ``core.fetch``,
+    "Priorities"); behind
     a link whose first bytes are slow, more (``_set_limits``). A file in flight holds its slot for a
     first-byte time and then its transfer, so ``n`` slots serve at most ``n / floor`` files per second:
     32 allow 1,280 files/s at 25 ms but 320 at 100 ms, whatever the bandwidth. The planner therefore

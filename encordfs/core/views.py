@@ -208,9 +208,14 @@ def _scalar_name(kind: str, value: Any) -> tuple[str, str]:  # kind keeps True, 
     return _names_of(value)
 
 
+def _value_text(value: Any) -> str:
+    """The text a value's folder name is made from (and cut from, past 255 bytes): a bare string's
+    own, else its JSON."""
+    return value if isinstance(value, str) and _bare(value) else _json_text(value)
+
+
 def _names_of(value: Any) -> tuple[str, str]:
-    text = value if isinstance(value, str) and _bare(value) else _json_text(value)
-    name = names.base_name(text, is_dir=True)
+    name = names.base_name(_value_text(value), is_dir=True)
     return name, unicodedata.normalize("NFC", name)
 
 
