@@ -522,3 +522,42 @@ def test_background_reads_leave_connections_for_demand(server: ByteServer, http_
         t.join(5)
     finally:
         fetcher.close()
+
+
+def test_the_link_hears_the_first_byte_not_the_last(make_fetcher: Callable[..., HttpFetcher]) -> None:
+    """The time to the first byte that the link measures is when the head came, even where the response
+    is judged once the transfer has ended (libcurl): here the body's second half comes 0.4 s later."""
+    import socket
+    import threading
+
+    from encordfs.core.link import LinkEstimate
+
+    body = DATA[:20_000]
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            head = f"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-19999/{len(DATA)}\r\n"
+            conn.sendall(f"{head}Content-Length: 20000\r\nConnection: close\r\n\r\n".encode() + body[:10_000])
+            time.sleep(0.4)
+            conn.sendall(body[10_000:])
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    seen: list[tuple[float, float]] = []
+
+    class Link(LinkEstimate):
+        def observe(self, nbytes: int, first_byte_s: float, total_s: float) -> None:
+            seen.append((first_byte_s, total_s))
+
+    try:
+        fetcher = make_fetcher(link=Link())
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/x"
+        assert fetcher.fetch(lambda force: url, 0, 20_000) == body
+    finally:
+        listener.close()
+        server.join(5)
+    [(first_byte_s, total_s)] = seen
+    assert total_s >= 0.4 and first_byte_s < 0.2

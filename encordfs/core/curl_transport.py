@@ -14,29 +14,43 @@ Why
 
 Shape
     Callers (the reader's and FUSE's threads) never touch libcurl while a transfer runs. ``get``
-    takes an idle ``_Transfer`` (an easy handle configured once, with its callbacks bound to the
-    transfer), sets the four per-request options (URL, range, timeouts), appends it to the submit
-    queue, wakes the loop (an eventfd, only when the queue was empty) and blocks on the transfer's
-    own eventfd (written by the loop with the GIL let go, so the caller runs at once). The loop thread (``_Loop``) owns the ``CurlMulti``: an epoll over libcurl's sockets
-    and the eventfd (``M_SOCKETFUNCTION``/``M_TIMERFUNCTION``, ``socket_action``), so each wake-up
-    costs libcurl's work for the sockets that are ready, not a scan of every transfer. Finished
-    transfers (``info_read``) are released to their callers; the easy handle goes back to the idle
-    list, its connection to libcurl's connection cache (shared by every handle of the multi).
+    takes an idle ``_Transfer`` (an easy handle configured once), sets the four per-request options
+    (URL, range, timeouts) and its body's destination, appends it to the submit queue, wakes the loop
+    (``curl_multi_wakeup``, only when the queue was empty) and blocks on the transfer's own eventfd
+    (written by the loop with the GIL let go, so the caller runs at once). The loop thread (``_Loop``)
+    owns the multi handle and turns: ``curl_multi_poll`` (waits on libcurl's sockets, its timers and
+    the wake-up), admit what was queued, ``curl_multi_perform`` (every transfer that can move does),
+    hand out what finished (``curl_multi_info_read``). The easy handle goes back to the idle list,
+    its connection to libcurl's connection cache (shared by every handle of the multi).
+
+No Python while bytes move
+    pycurl runs libcurl's callbacks in Python: each takes the GIL back, and a 100 KiB GET over TLS
+    made ~20 of them (a write per 16 KiB TLS record, a header line each, socket and timer changes).
+    With the mount's other threads wanting the GIL, each take could wait. So the loop calls the
+    multi interface through ctypes (``_Native``: ``curl_multi_poll`` and ``curl_multi_perform`` let go
+    of the GIL for their whole run), sets no socket, timer or header callback, and has libcurl write
+    the body itself: ``CURLOPT_WRITEFUNCTION`` is libc's ``fwrite`` (libcurl's own default) on an
+    unbuffered ``fmemopen`` stream over ``out``, which refuses bytes past ``len(out)`` (that ends the
+    transfer: a 200 for the whole object is cut there, its connection dropped). Measured
+    (``benchmarks/run --only big``, alternated pairs): a cold 1 GiB read through the mount at
+    972-987 -> 1,199-1,293 MB/s, mount CPU 1.15-1.21 -> 0.94-0.99 s; small files (``--only small``)
+    817-824 -> 753-787 µs of mount CPU and 21 -> 17-18 context switches per file. The ``CURL *`` of a
+    pycurl ``Curl`` is found in its object and proved (libcurl's magic, and ``CURLINFO_PRIVATE``
+    naming the object back); a pycurl whose layout hides it is "not usable", as a missing one: the
+    fetcher falls back to httpx with a warning.
+
+Judged at the end
+    The final response (after redirects: ``CURLINFO_RESPONSE_CODE``, ``curl_easy_nextheader`` of the
+    last request) is judged by the fetcher's ``accept`` once the transfer has ended, on the caller's
+    thread (``result``), with how long ago its first byte came (total minus start-transfer time) for
+    the link's latency. A refused response's body (an error page) has then landed in ``out``; the
+    refusal is raised all the same, and the connection is kept when the body fit.
 
 Without a waiting thread
     ``submit`` is ``get`` for callers that have better to do than wait (prefetch of many small files:
     a thread per transfer cost ~0.4 ms of CPU per 100 KiB GET in wake-ups and GIL hand-offs): the
-    transfer carries a callback that the loop calls instead of writing its eventfd, with what ``get``
-    would have returned or raised, and then the handle goes back to the idle list.
-
-Body straight into the caller's buffer
-    ``WRITEFUNCTION`` copies each received block into ``out`` at the running offset (pycurl hands a
-    ``bytes`` per block; ``BUFFERSIZE`` is raised so a 100 KiB body arrives in one or two blocks).
-    Before the first block the fetcher's ``accept`` judges the final response (status, headers) --
-    after redirects, whose bodies libcurl never passes on. A refused response writes nothing: an
-    error body up to ``ERROR_BODY_MAX`` is read and discarded so the connection is kept; a longer one
-    aborts the transfer. A body longer than ``out`` (a 200 for the whole object) is cut at
-    ``len(out)`` by aborting the transfer (libcurl closes that connection).
+    transfer carries a callback that the loop calls instead of writing its eventfd, and then the
+    handle goes back to the idle list.
 
 Options, once per easy handle: redirects (5), http/https only (redirects too), ``Accept-Encoding:
 identity``, ``TCP_NODELAY``, TCP keep-alive, HTTP/1.1, a ``CurlShare`` of DNS and TLS sessions, ``CAINFO`` (``ca_file``, else
@@ -53,29 +67,29 @@ loopback it cost 273 µs of client CPU per 100 KiB GET against 180 µs with HTTP
 save the handshakes; h2's framing is extra work on this CPU-bound client.
 
 Timeouts: ``TIMEOUT_MS`` is the fetcher's time left for the call, ``CONNECTTIMEOUT_MS`` the smaller
-of that and the stall timeout. Stalls are the loop's: each transfer notes the time of its last
-received body byte (or its submission); the loop wakes at the earliest ``last + stall_timeout_s``,
-counts header lines that came in since its previous look as activity (``HEADERFUNCTION`` is a bare
-``list.append``, no Python frame per line, so they carry no time stamp), and abandons the transfers
-that received nothing (``remove_handle``: libcurl closes their connections). libcurl's own
-``LOW_SPEED_TIME`` counts whole seconds only.
+of that and the stall timeout. Stalls are the loop's: each transfer notes when it was submitted; the
+loop wakes at the earliest ``noted + stall_timeout_s``, counts the head and body bytes each transfer
+received (``CURLINFO_HEADER_SIZE`` + ``SIZE_DOWNLOAD_T``), notes the time for those that received
+some since its previous look, and abandons those that did not (``curl_multi_remove_handle``: libcurl
+closes their connections). libcurl's own ``LOW_SPEED_TIME`` counts whole seconds only.
 
 Failures, by table (``_FAILURES``): libcurl's result code -> ``Failure``; codes not listed (connect,
 send, receive errors, a body shorter than announced, HTTP/2 stream errors, TLS handshakes cut short)
 are ``NETWORK``. libcurl's messages name hosts, never queries; the fetcher scrubs them anyway.
 
-Invariants: libcurl is called from the loop thread only, except ``setopt`` on an idle easy handle by
-the thread that took it. A transfer's state is written by the loop while it is in flight and read by
+Invariants: libcurl is called from the loop thread only, except ``setopt`` and ``getinfo`` on an
+easy handle outside the multi by the thread that holds it, and ``curl_multi_wakeup`` (any thread). A transfer's state is written by the loop while it is in flight and read by
 its caller after the loop signalled its eventfd, exactly once per transfer (the syscalls order the
 two). A caller waits at most ``timeout_s + stall_timeout_s + 10 s``: if the loop died, the call
 fails instead of hanging.
 
-Lock order: ``CurlTransport._lock`` (submit queue, idle list, loop start, the wake-up write) is a
+Lock order: ``CurlTransport._lock`` (submit queue, idle list, loop start, the wake-up) is a
 leaf, never held while libcurl runs. Transfers hold no lock: their eventfds are signals, not guards.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import os
@@ -84,12 +98,13 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 from urllib.parse import quote
 
 import pycurl
 
 from encordfs import __version__
-from encordfs.core.fetch import ERROR_BODY_MAX, MAX_REDIRECTS, Accept, Failure, Reply, TransportError
+from encordfs.core.fetch import MAX_REDIRECTS, Accept, Failure, Reply, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +126,132 @@ _FAILURES: Mapping[int, Failure] = {
     pycurl.E_TOO_MANY_REDIRECTS: Failure.FATAL,
 }
 
+# The longest the loop waits with nothing due (a wake-up or a socket ends it sooner).
+_MAX_WAIT_MS = 60_000
+_CURLMSG_DONE = 1
+_CURLH_HEADER = 1  # ``curl_easy_nextheader``'s origin: headers the server sent (not trailers, not 1xx)
+_CURLE_OK = _CURLM_OK = 0
+_IONBF = 2  # ``setvbuf``: unbuffered
+_CURLINFO_PRIVATE = 0x100000 + 21  # CURLINFO_STRING + 21 (pycurl does not name it)
+_CURLEASY_MAGIC = 0xC0DEDBAD  # the first field of libcurl's ``struct Curl_easy``
+
 _now = time.monotonic
 _URL_SAFE = ":/?#[]@!$&'()*+,;=%~"  # what percent-encoding a non-ASCII URL leaves alone (RFC 3986)
+
+
+class _CurlMsg(ctypes.Structure):
+    _fields_ = [("msg", ctypes.c_int), ("easy_handle", ctypes.c_void_p), ("result", ctypes.c_int)]
+
+
+class _CurlHeader(ctypes.Structure):
+    _fields_ = [
+        ("name", ctypes.c_char_p),
+        ("value", ctypes.c_char_p),
+        ("amount", ctypes.c_size_t),
+        ("index", ctypes.c_size_t),
+        ("origin", ctypes.c_uint),
+        ("anchor", ctypes.c_void_p),
+    ]
+
+
+class _Native:
+    """The libcurl (and libc) entry points pycurl does not offer, through ctypes, on the very libcurl
+    pycurl loaded. Calls that wait or move bytes (``curl_multi_poll``, ``curl_multi_perform``) let go
+    of the GIL; the short ones keep it (taking it back is what costs, when other threads want it)."""
+
+    def __init__(self) -> None:
+        path = _loaded_libcurl()
+        short = ctypes.PyDLL(path)  # keeps the GIL
+        long = ctypes.CDLL(path)  # lets go of it
+        libc = ctypes.CDLL(None, use_errno=True)
+        vp, i, p = ctypes.c_void_p, ctypes.c_int, ctypes.POINTER
+
+        def bind(lib: ctypes.CDLL, name: str, restype: Any, *argtypes: Any) -> Any:
+            function = lib[name]  # a new function object: ``curl_*_setopt`` is bound twice, typed apart
+            function.restype, function.argtypes = restype, list(argtypes)
+            return function
+
+        self.easy_setopt_ptr = bind(short, "curl_easy_setopt", i, vp, i, vp)
+        self.easy_getinfo_ptr = bind(short, "curl_easy_getinfo", i, vp, i, p(vp))
+        self.easy_nextheader = bind(short, "curl_easy_nextheader", p(_CurlHeader), vp, ctypes.c_uint, i, p(_CurlHeader))
+        self.multi_init = bind(short, "curl_multi_init", vp)
+        self.multi_setopt_long = bind(short, "curl_multi_setopt", i, vp, i, ctypes.c_long)
+        self.multi_add = bind(short, "curl_multi_add_handle", i, vp, vp)
+        self.multi_remove = bind(short, "curl_multi_remove_handle", i, vp, vp)
+        self.multi_info_read = bind(short, "curl_multi_info_read", p(_CurlMsg), vp, p(i))
+        self.multi_wakeup = bind(short, "curl_multi_wakeup", i, vp)
+        self.multi_cleanup = bind(short, "curl_multi_cleanup", i, vp)
+        self.multi_poll = bind(long, "curl_multi_poll", i, vp, vp, ctypes.c_uint, i, p(i))
+        self.multi_perform = bind(long, "curl_multi_perform", i, vp, p(i))
+        self.fmemopen = bind(libc, "fmemopen", vp, vp, ctypes.c_size_t, ctypes.c_char_p)
+        self.setvbuf = bind(libc, "setvbuf", i, vp, vp, i, ctypes.c_size_t)
+        self.ftell = bind(libc, "ftell", ctypes.c_long, vp)
+        self.fclose = bind(libc, "fclose", i, vp)
+        self.fwrite = ctypes.cast(libc.fwrite, vp).value  # libcurl's own default write callback
+        probe = pycurl.Curl()  # a pycurl that hides its handle fails the import, not the first read
+        try:
+            self.easy_pointer(probe)
+        finally:
+            probe.close()
+
+    def easy_pointer(self, curl: pycurl.Curl) -> int:
+        """The ``CURL *`` inside a pycurl ``Curl``. pycurl keeps it among the first fields of its object
+        and sets ``CURLOPT_PRIVATE`` to the object itself: the field is the one whose pointee starts with
+        libcurl's easy-handle magic and names this object back. Every field looked at is a pointer (or
+        NULL) in every pycurl layout, so reading what it points to is safe."""
+        base = id(curl)
+        found = ctypes.c_void_p()
+        for offset in range(16, 72, 8):
+            candidate = ctypes.c_void_p.from_address(base + offset).value
+            if not candidate or ctypes.c_uint.from_address(candidate).value != _CURLEASY_MAGIC:
+                continue
+            if (
+                self.easy_getinfo_ptr(candidate, _CURLINFO_PRIVATE, ctypes.byref(found)) == _CURLE_OK
+                and found.value == base
+            ):
+                return candidate
+        raise ImportError("cannot find libcurl's handle inside pycurl's Curl object")
+
+    def headers(self, easy: int) -> dict[str, str]:
+        """The final response's headers (after redirects), names in lower case; the last of a repeated
+        name wins."""
+        found: dict[str, str] = {}
+        header = self.easy_nextheader(easy, _CURLH_HEADER, -1, None)
+        while header:
+            h = header.contents
+            found[(h.name or b"").decode("latin-1").lower()] = (h.value or b"").decode("latin-1")
+            header = self.easy_nextheader(easy, _CURLH_HEADER, -1, header)
+        return found
+
+    @staticmethod
+    def check(code: int, what: str) -> None:
+        if code != _CURLE_OK:
+            raise TransportError(Failure.FATAL, f"libcurl refused {what} (curl {code})")
+
+    @staticmethod
+    def check_multi(code: int, what: str) -> None:
+        if code != _CURLM_OK:
+            raise TransportError(Failure.FATAL, f"libcurl's multi {what} failed (CURLM {code})")
+
+
+def _loaded_libcurl() -> str:
+    """The path of the libcurl pycurl runs on (a wheel bundles its own): the mapped one whose version
+    is pycurl's."""
+    wanted = pycurl.version_info()[1]
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split(None, 5)[5].strip() for line in maps if "libcurl" in line and "/" in line}
+    except (OSError, IndexError) as exc:
+        raise ImportError(f"cannot find pycurl's libcurl: {exc}") from None
+    for path in sorted(paths):
+        lib = ctypes.CDLL(path)
+        lib.curl_version.restype = ctypes.c_char_p
+        if f"libcurl/{wanted}".encode() in (lib.curl_version() or b""):
+            return path
+    raise ImportError("cannot find pycurl's libcurl among the loaded libraries")
+
+
+_NATIVE = _Native()
 
 
 def default_ca() -> tuple[str | None, str | None]:
@@ -254,7 +393,8 @@ class CurlTransport:
 
 
 class _Transfer:
-    """One easy handle and the state of the GET it carries. Callbacks run on the loop thread."""
+    """One easy handle and the state of the GET it carries. libcurl writes the body into ``out`` itself
+    (``fwrite`` on an ``fmemopen`` stream over it): no Python runs while the transfer does."""
 
     def __init__(self, share: pycurl.CurlShare, ca: tuple[str | None, str | None], http2: bool) -> None:
         c = self.handle = pycurl.Curl()
@@ -281,9 +421,8 @@ class _Transfer:
             c.setopt(pycurl.CAPATH, capath)
         c.setopt(pycurl.SSL_VERIFYPEER, 1)
         c.setopt(pycurl.SSL_VERIFYHOST, 2)
-        c.setopt(pycurl.WRITEFUNCTION, self._write)
-        self.lines: list[bytes] = []  # every header line received, responses after redirects included
-        c.setopt(pycurl.HEADERFUNCTION, self.lines.append)  # a C method: no Python frame per line
+        self.easy = _NATIVE.easy_pointer(c)
+        _NATIVE.check(_NATIVE.easy_setopt_ptr(self.easy, pycurl.WRITEFUNCTION, _NATIVE.fwrite), "WRITEFUNCTION")
         # The loop signals the end of a transfer through an eventfd: ``os.eventfd_write`` lets go of
         # the GIL around the syscall, so the woken caller can run at once (a ``Lock.release`` wakes it
         # while the loop still holds the GIL: measured ~10% more CPU per small GET).
@@ -291,17 +430,14 @@ class _Transfer:
         self._done_poll = select.poll()
         self._done_poll.register(self._done_fd, select.POLLIN)
         self.out = memoryview(b"")
+        self._sink: int | None = None  # the ``FILE *`` over ``out`` while the transfer runs
+        self._pinned: object = None  # the ctypes view of ``out`` that ``_sink`` writes into
+        self._scratch = bytearray(2)  # the sink's memory when ``out`` is shorter
         self.accept: Accept | None = None
         self.length = self.pos = 0
         self.stall_timeout_s = 0.0
         self.active_at = 0.0
-        self.lines_seen = 0  # len(lines) at the loop's last stall check
-        self.status = 0
-        self.headers: dict[str, str] = {}
-        self.judged = False
-        self.refusal: Exception | None = None
-        self.drain_left = 0
-        self.full = False
+        self.progress = -1  # head and body bytes received at the loop's last stall check
         self.code = 0
         self.message = ""
         self.failure: TransportError | None = None
@@ -316,71 +452,53 @@ class _Transfer:
         c.setopt(pycurl.RANGE, f"{start}-{start + len(out) - 1}")
         c.setopt(pycurl.TIMEOUT_MS, max(1, math.ceil(timeout_s * 1000)))
         c.setopt(pycurl.CONNECTTIMEOUT_MS, max(1, math.ceil(min(timeout_s, stall_timeout_s) * 1000)))
+        self._open_sink(out)
         self.out, self.accept, self.length, self.pos = out, accept, len(out), 0
         self.stall_timeout_s = stall_timeout_s
         self.active_at = _now()
-        self.lines.clear()
-        self.lines_seen, self.status, self.headers = 0, 0, {}
-        self.judged, self.refusal, self.full, self.failure = False, None, False, None
+        self.progress = -1
+        self.failure = None
         self.code, self.message = 0, ""
         self.callback = None
 
+    def _open_sink(self, out: memoryview) -> None:
+        """A ``FILE *`` over ``out``'s memory (``r+``: nothing truncated, no NUL appended), unbuffered:
+        libcurl's ``fwrite`` copies each received block straight into place, and fails once ``out`` is
+        full, which ends the transfer. glibc's stream over a single byte fails any longer write whole,
+        so an ``out`` under two bytes gets a scratch pair, copied at the end."""
+        target = out if len(out) >= 2 else self._scratch
+        pinned = (ctypes.c_char * len(target)).from_buffer(target)
+        sink = _NATIVE.fmemopen(ctypes.addressof(pinned), len(target), b"r+")
+        if not sink:
+            raise TransportError(Failure.FATAL, f"fmemopen: {os.strerror(ctypes.get_errno())}")
+        _NATIVE.setvbuf(sink, None, _IONBF, 0)
+        self._sink, self._pinned = sink, pinned
+        _NATIVE.check(_NATIVE.easy_setopt_ptr(self.easy, pycurl.WRITEDATA, sink), "WRITEDATA")
+
+    def close_sink(self) -> None:
+        """Note how many bytes landed and close the stream (the loop, once libcurl let go of it)."""
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            self.pos = min(_NATIVE.ftell(sink), self.length)
+            _NATIVE.fclose(sink)
+            if self.length < 2:
+                self.out[: self.pos] = self._scratch[: self.pos]
+        self._pinned = None
+
     def release_buffers(self) -> None:
-        self.out, self.accept, self.refusal = memoryview(b""), None, None
-        self.lines.clear()
-
-    # -- libcurl's callbacks (loop thread); they must not raise
-
-    def _write(self, data: bytes) -> int | None:
-        self.active_at = _now()
-        if not self.judged:
-            self._judge()
-        if self.refusal is not None:
-            self.drain_left -= len(data)
-            return None if self.drain_left >= 0 else 0  # 0: abort, libcurl closes the connection
-        pos = self.pos
-        end = pos + len(data)
-        if end <= self.length:
-            self.out[pos:end] = data
-            self.pos = end
-            return None
-        self.out[pos:] = memoryview(data)[: self.length - pos]
-        self.pos = self.length
-        self.full = True
-        return 0  # the rest is not wanted (a 200 for the whole object): abort, the connection goes
-
-    def _judge(self) -> None:
-        """Parse the final response's head and let the fetcher accept or refuse it (once)."""
-        self.judged = True
-        try:
-            lines = self.lines
-            at = len(lines) - 1  # the final response's status line: the last one (redirects, 1xx before it)
-            while at > 0 and not lines[at].startswith(b"HTTP/"):
-                at -= 1
-            first = lines[at].split(None, 2) if lines else []
-            self.status = int(first[1]) if len(first) > 1 else 0
-            headers = self.headers
-            for line in lines[at + 1 :]:
-                name, sep, value = line.decode("latin-1").partition(":")
-                if sep:
-                    headers[name.strip().lower()] = value.strip()
-            assert self.accept is not None
-            self.accept(self.status, headers)
-        except Exception as exc:  # the fetcher's verdict (refused, gone, retry later), or a garbled head
-            self.refusal = exc
-            announced = self.headers.get("content-length", "")
-            small = not (announced.isdigit() and int(announced) > ERROR_BODY_MAX)
-            self.drain_left = ERROR_BODY_MAX if self.status not in (200, 206) and small else -1
+        self.close_sink()
+        self.out, self.accept = memoryview(b""), None
 
     def finish(self, code: int, message: str) -> None:
         """The loop's last word on this transfer (libcurl's result); wakes the caller."""
-        if code == 0 and not self.judged:
-            self._judge()  # a response without a body (416 with nothing, a 0-byte 200)
+        self.close_sink()
         self.code, self.message = code, message
         self._signal()
 
-    def fail(self, failure: TransportError) -> None:
-        self.failure = failure
+    def fail(self, failure: Failure, reason: str) -> None:
+        """The loop gave up on this transfer (stalled, or the loop is ending); wakes the caller."""
+        self.close_sink()
+        self.failure = TransportError(failure, reason, self.pos)
         self._signal()
 
     def _signal(self) -> None:
@@ -398,63 +516,79 @@ class _Transfer:
         return True
 
     def close(self) -> None:
+        self.close_sink()
         self.handle.close()
         os.close(self._done_fd)
 
+    def received(self) -> int:
+        """Head and body bytes received so far (the loop's stall check)."""
+        c = self.handle
+        return int(c.getinfo(pycurl.HEADER_SIZE)) + int(c.getinfo(pycurl.SIZE_DOWNLOAD_T))
+
     def result(self) -> Reply:
-        """The caller's view once signalled: a ``Reply``, the fetcher's own refusal, or a failure."""
-        if self.refusal is not None:
-            raise self.refusal
-        if self.full:
-            return Reply(self.status, self.headers, self.pos)
+        """The caller's view once signalled: a ``Reply``, the fetcher's own refusal, or a failure.
+
+        The final response (after redirects) is judged here, once the transfer has ended: when it
+        completed, or when some of its body landed (a refusal then wins over a failure that followed)."""
+        c = self.handle
+        status = int(c.getinfo(pycurl.RESPONSE_CODE))
+        full = self.code == pycurl.E_WRITE_ERROR and self.pos == self.length
+        if status and (self.pos > 0 or (self.code == 0 and self.failure is None)):
+            headers = _NATIVE.headers(self.easy)
+            since_us = int(c.getinfo(pycurl.TOTAL_TIME_T)) - int(c.getinfo(pycurl.STARTTRANSFER_TIME_T))
+            assert self.accept is not None
+            self.accept(status, headers, max(0, since_us) / 1e6)
+            if full or (self.code == 0 and self.failure is None):
+                return Reply(status, headers, self.pos)
         if self.failure is not None:
             raise self.failure
-        if self.code == 0:
-            return Reply(self.status, self.headers, self.pos)
+        if self.code == 0:  # a response with no status line (HTTP/0.9 is off): not ours to judge
+            raise TransportError(Failure.NETWORK, "no HTTP response", self.pos)
         failure = _FAILURES.get(self.code, Failure.NETWORK)
         raise TransportError(failure, f"{self.message or 'libcurl error'} (curl {self.code})", self.pos)
 
 
 class _Loop:
-    """The event-loop thread and everything it owns (the multi handle, the epoll, the timers)."""
+    """The event-loop thread and everything it owns (the multi handle, the timers)."""
 
     def __init__(self, max_connections: int, lock: threading.Lock, queue: list[_Transfer]) -> None:
         self._lock = lock  # CurlTransport's: guards ``queue``
         self._queue = queue
-        self._max_connections = max_connections
-        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._stopping = False
         self.dead: str | None = None  # why the loop ended, once it has
         self._thread = threading.Thread(target=self._run, name="encordfs-curl", daemon=True)
-        # Owned by the loop thread once it runs:
-        self._multi: pycurl.CurlMulti | None = None
-        self._epoll: select.epoll | None = None
-        self._watched: dict[int, int] = {}
-        self._timer_at: float | None = None
+        # Created here so that ``wake`` works before the thread runs; used by the loop thread only.
+        self._multi = _NATIVE.multi_init()
+        if not self._multi:
+            raise TransportError(Failure.FATAL, "curl_multi_init failed")
+        _NATIVE.multi_setopt_long(self._multi, pycurl.M_MAX_TOTAL_CONNECTIONS, max_connections)
+        _NATIVE.multi_setopt_long(self._multi, pycurl.M_MAXCONNECTS, max_connections)
         self._stall_check_at = math.inf
-        self._active: dict[pycurl.Curl, _Transfer] = {}
+        self._active: dict[int, _Transfer] = {}  # easy handle's address -> transfer
+        self._running = ctypes.c_int(0)
+        self._numfds = ctypes.c_int(0)
+        self._left = ctypes.c_int(0)
 
     def start(self) -> None:
         self._thread.start()
 
     def wake(self) -> None:
-        try:
-            os.eventfd_write(self._wake_fd, 1)
-        except OSError:
-            pass  # closed: the loop is gone and ``get`` sees ``dead``
+        """Any thread: end the loop's current (or next) wait."""
+        if self._multi:
+            _NATIVE.multi_wakeup(self._multi)
 
     def stop(self) -> None:
         self._stopping = True
         self.wake()
         self._thread.join(timeout=10)
-        if not self._thread.is_alive():
-            os.close(self._wake_fd)
+        if not self._thread.is_alive() and self._multi:
+            multi, self._multi = self._multi, None
+            _NATIVE.multi_cleanup(multi)
 
     # -- the loop thread
 
     def _run(self) -> None:
         try:
-            self._setup()
             while not self._stopping:
                 self._turn()
             self.dead = "transport closed"
@@ -464,108 +598,60 @@ class _Loop:
         finally:
             self._teardown()
 
-    def _setup(self) -> None:
-        multi = self._multi = pycurl.CurlMulti()
-        multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
-        multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
-        multi.setopt(pycurl.M_MAX_TOTAL_CONNECTIONS, self._max_connections)
-        multi.setopt(pycurl.M_MAXCONNECTS, self._max_connections)
-        self._epoll = select.epoll()
-        self._epoll.register(self._wake_fd, select.EPOLLIN)
-
     def _turn(self) -> None:
-        assert self._epoll is not None and self._multi is not None
-        due = min(self._timer_at if self._timer_at is not None else math.inf, self._stall_check_at)
-        wait_s = -1.0 if due == math.inf else max(0.0, due - _now())
-        for fd, events in self._epoll.poll(wait_s):
-            if fd == self._wake_fd:
-                self._admit()
-                continue
-            mask = 0
-            if events & select.EPOLLIN:
-                mask |= pycurl.CSELECT_IN
-            if events & select.EPOLLOUT:
-                mask |= pycurl.CSELECT_OUT
-            if events & (select.EPOLLERR | select.EPOLLHUP):
-                mask |= pycurl.CSELECT_ERR
-            self._multi.socket_action(fd, mask)
-        now = _now()
-        if self._timer_at is not None and now >= self._timer_at:
-            self._timer_at = None
-            self._multi.socket_action(pycurl.SOCKET_TIMEOUT, 0)
+        """Wait for sockets, a timer or a wake-up (the GIL let go), then let libcurl run every transfer
+        that can move (the GIL let go again: reading, TLS, writing into ``out``), then hand out the
+        finished ones."""
+        multi = self._multi
+        due = self._stall_check_at
+        wait_ms = _MAX_WAIT_MS if due == math.inf else min(_MAX_WAIT_MS, max(0, math.ceil((due - _now()) * 1000)))
+        _NATIVE.check_multi(_NATIVE.multi_poll(multi, None, 0, wait_ms, ctypes.byref(self._numfds)), "poll")
+        if self._queue:
+            self._admit()
+        _NATIVE.check_multi(_NATIVE.multi_perform(multi, ctypes.byref(self._running)), "perform")
         self._reap()
+        now = _now()
         if now >= self._stall_check_at:
             self._abandon_stalled(now)
 
     def _admit(self) -> None:
-        assert self._multi is not None
-        try:
-            os.eventfd_read(self._wake_fd)
-        except BlockingIOError:
-            pass
         with self._lock:
             batch = self._queue[:]
             self._queue.clear()
         for transfer in batch:
-            self._multi.add_handle(transfer.handle)
-            self._active[transfer.handle] = transfer
+            _NATIVE.check_multi(_NATIVE.multi_add(self._multi, transfer.easy), "add_handle")
+            self._active[transfer.easy] = transfer
             self._stall_check_at = min(self._stall_check_at, transfer.active_at + transfer.stall_timeout_s)
 
     def _reap(self) -> None:
-        assert self._multi is not None
         while True:
-            queued, ok, failed = self._multi.info_read()
-            for handle in ok:
-                self._end(handle).finish(0, "")
-            for handle, code, message in failed:
-                self._end(handle).finish(code, message)
-            if not queued:
+            msg = _NATIVE.multi_info_read(self._multi, ctypes.byref(self._left))
+            if not msg:
                 return
+            if msg.contents.msg != _CURLMSG_DONE:
+                continue
+            easy, code = msg.contents.easy_handle, msg.contents.result
+            transfer = self._end(easy)
+            transfer.finish(code, transfer.handle.errstr() if code else "")
 
-    def _end(self, handle: pycurl.Curl) -> _Transfer:
-        assert self._multi is not None
-        self._multi.remove_handle(handle)
-        return self._active.pop(handle)
+    def _end(self, easy: int) -> _Transfer:
+        _NATIVE.multi_remove(self._multi, easy)
+        return self._active.pop(easy)
 
     def _abandon_stalled(self, now: float) -> None:
         """Abandon the transfers that received nothing for their stall timeout; plan the next check."""
         next_check = math.inf
         for transfer in list(self._active.values()):
-            if len(transfer.lines) != transfer.lines_seen:  # header lines came in since the last check
-                transfer.lines_seen = len(transfer.lines)
+            received = transfer.received()
+            if received != transfer.progress:  # bytes came in since the last check
+                transfer.progress = received
                 transfer.active_at = max(transfer.active_at, now - 0.001)
             due = transfer.active_at + transfer.stall_timeout_s
             if now >= due:
-                self._end(transfer.handle).fail(
-                    TransportError(Failure.STALL, f"no byte for {transfer.stall_timeout_s:g} s", transfer.pos)
-                )
+                self._end(transfer.easy).fail(Failure.STALL, f"no byte for {transfer.stall_timeout_s:g} s")
             else:
                 next_check = min(next_check, due)
         self._stall_check_at = next_check
-
-    def _on_socket(self, what: int, fd: int, multi: object, socketp: object) -> None:
-        assert self._epoll is not None
-        if what == pycurl.POLL_REMOVE:
-            if self._watched.pop(fd, None) is not None:
-                try:
-                    self._epoll.unregister(fd)
-                except OSError:
-                    pass  # already closed: epoll forgot it
-            return
-        events = (select.EPOLLIN if what & pycurl.POLL_IN else 0) | (select.EPOLLOUT if what & pycurl.POLL_OUT else 0)
-        try:
-            if fd in self._watched:
-                self._epoll.modify(fd, events)
-            else:
-                self._epoll.register(fd, events)
-        except FileExistsError:  # a reused fd number epoll still knew
-            self._epoll.modify(fd, events)
-        except FileNotFoundError:  # closed and reopened under the same number: epoll forgot it
-            self._epoll.register(fd, events)
-        self._watched[fd] = events
-
-    def _on_timer(self, timeout_ms: int) -> None:
-        self._timer_at = None if timeout_ms < 0 else _now() + timeout_ms / 1000
 
     def _teardown(self) -> None:
         reason = self.dead or "transport closed"
@@ -573,19 +659,12 @@ class _Loop:
             queued = self._queue[:]
             self._queue.clear()
         for transfer in queued:
-            transfer.fail(TransportError(Failure.FATAL, reason))
-        for handle, transfer in list(self._active.items()):
-            if self._multi is not None:
-                try:
-                    self._multi.remove_handle(handle)
-                except pycurl.error:
-                    pass
-            transfer.fail(TransportError(Failure.FATAL, reason, transfer.pos))
+            transfer.fail(Failure.FATAL, reason)
+        for easy, transfer in list(self._active.items()):
+            if self._multi:
+                _NATIVE.multi_remove(self._multi, easy)
+            transfer.fail(Failure.FATAL, reason)
         self._active.clear()
-        if self._multi is not None:
-            self._multi.close()
-        if self._epoll is not None:
-            self._epoll.close()
 
 
 def _make_share() -> pycurl.CurlShare:

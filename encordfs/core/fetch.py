@@ -74,14 +74,16 @@ Priorities
     --only wan_epoch``: ``wan_demand_*``), where a direct GET takes 1.0-1.2 x. A transport of
     their own for background GETs was tried: that read fell to 1.2-1.5 x, but the hinted epoch ran
     4-7 % slower in 8 of 9 alternated pairs (5 % faster in one) and ``tar`` 4-13 % slower in two,
-    for a reason not found. Not kept. What a demand GET waits for there: during a hinted epoch the
-    loop's turns (from ``epoll`` returning to its next wait) last 5.6-6.7 ms on average, 14-16 at p90,
-    ~6.5 sockets each, and fill 2.0-2.4 s of the ~2.6 s epoch; without hints 0.4 ms (scratch timing of
-    ``_Loop._turn``). A GET needs several turns (admission, headers, body, end).
+    for a reason not found. Not kept. What a demand GET waited for there: during a hinted epoch the
+    loop's turns (then driven by socket callbacks) lasted 5.6-6.7 ms on average, 14-16 at p90, ~6.5
+    sockets each, 2.0-2.4 s of the ~2.6 s epoch; ~2.7 x their CPU, the rest spent taking the GIL back
+    for ~20 Python callbacks per GET. The loop now runs no Python while bytes move
+    (``core.curl_transport``): 19-24 context switches per file instead of 29-31 in that epoch, but
+    the demand read's ratio moved little (1.66 and 1.83 against 1.90 and 1.85, two pairs).
 
 Link measurement
     With a ``link`` (``core.link.LinkEstimate``), every successful GET reports its size, its time to
-    the first byte (request handed to the transport -> status and headers judged) and its total
+    the first byte (request handed to the transport -> its first byte, as the transport tells it) and its total
     time; the reader sizes its parallel readahead from the resulting bandwidth-delay product.
 
 Invariants: URLs are logged and put into messages only through ``redact`` (no query string, hence no
@@ -138,7 +140,9 @@ DEMAND_RESERVE = 16
 DEFAULT_MAX_CONNECTIONS = 256 + DEMAND_RESERVE
 
 Headers = Mapping[str, str]  # response headers; names looked up in lower case
-Accept = Callable[[int, Headers], None]  # raises to refuse a response before its body lands in ``out``
+# ``accept(status, headers, since_s)`` raises to refuse a response; ``since_s``: how long ago its first
+# byte came in (0 when it is called as the head arrives)
+Accept = Callable[[int, Headers, float], None]
 OnDone = Callable[[FsError | None], None]  # ``fetch_async``'s completion: None once every byte landed
 
 
@@ -181,12 +185,13 @@ class Transport(Protocol):
 
     ``get`` sends ``GET url`` with ``Range: bytes=start-(start+len(out)-1)`` and ``Accept-Encoding:
     identity``, following up to ``MAX_REDIRECTS`` redirects. Once the final response's headers are
-    in, it calls ``accept(status, headers)`` exactly once, before any body byte is written to
-    ``out``. If ``accept`` raises, nothing is written to ``out``; the transport drains an error body
-    of up to ``ERROR_BODY_MAX`` bytes (the connection stays pooled) or drops the connection, and
-    re-raises that exception. Otherwise the body is written to ``out`` from offset 0, at most
-    ``len(out)`` bytes (the rest of a longer body is not read and its connection is dropped), and a
-    ``Reply`` is returned. Failures below HTTP raise ``TransportError``; ``timeout_s`` bounds the
+    in, it calls ``accept(status, headers, since_s)`` exactly once: either as the head arrives
+    (httpx: ``since_s`` 0), or once the transfer has ended (libcurl: ``since_s`` says how long ago
+    the first byte came). The body is written to ``out`` from offset 0, at most ``len(out)`` bytes
+    (the rest of a longer body is not read and its connection is dropped). If ``accept`` raises,
+    the transport re-raises that exception: what ``out`` holds then is unspecified (an error body, or
+    nothing), and the connection is kept if the body was read whole. Otherwise a ``Reply`` is
+    returned. Failures below HTTP raise ``TransportError``; ``timeout_s`` bounds the
     whole GET, ``stall_timeout_s`` any stretch without a received byte.
     """
 
@@ -370,8 +375,8 @@ class HttpFetcher:
         """The ``Accept`` of a request for ``length`` bytes from ``start``: checks the status, the range
         and (when known) the total before the body lands, and notes when it came in ``first_byte[0]``."""
 
-        def accept(status: int, headers: Headers) -> None:
-            first_byte[0] = self._clock()
+        def accept(status: int, headers: Headers, since_s: float) -> None:
+            first_byte[0] = self._clock() - since_s
             self._check_status(status, headers, url)
             self._check_range(status, headers, start, length, url)
             if total is not None:
@@ -446,7 +451,7 @@ class HttpFetcher:
         found: list[int] = []
         url = url_source(False)
 
-        def accept(status: int, headers: Headers) -> None:
+        def accept(status: int, headers: Headers, since_s: float) -> None:
             size = _content_range_total(headers.get("content-range") or "")
             if status == 416 and size == 0:
                 found.append(0)

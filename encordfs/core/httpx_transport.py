@@ -76,7 +76,7 @@ class HttpxTransport:
         try:
             with self._client.stream("GET", url, headers=headers, timeout=min(stall_timeout_s, timeout_s)) as response:
                 try:
-                    accept(response.status_code, response.headers)
+                    accept(response.status_code, response.headers, 0.0)
                 except Exception:
                     _drain_small(response)  # a small error body: httpx then pools the connection
                     raise
