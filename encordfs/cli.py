@@ -105,6 +105,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
 def serve(s: Settings, mountpoint: Path) -> int:
     """Build the mount, prove the key and domain, register the control socket, serve until unmounted."""
     os.umask(0o077)  # the catalog, journal and cache are the user's alone (files 0600, dirs 0700)
+    # The encord SDK imports numpy, whose OpenBLAS starts a thread per core that spins after start-up
+    # (~0.1 s of CPU each, measured in a mount's profile); the mount does no linear algebra.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from encordfs import fuse as bindings
     from encordfs.app import build, settle_heap
     from encordfs.backend.sdk import SdkBackend
