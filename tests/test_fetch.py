@@ -561,3 +561,17 @@ def test_the_link_hears_the_first_byte_not_the_last(make_fetcher: Callable[..., 
         server.join(5)
     [(first_byte_s, total_s)] = seen
     assert total_s >= 0.4 and first_byte_s < 0.2
+
+
+def test_a_pycurl_that_hides_libcurls_handle_is_not_usable() -> None:
+    """The default transport reaches libcurl through the ``CURL *`` inside pycurl's object; where it
+    cannot find it (here: a closed handle), that is ImportError, which the fetcher answers by falling
+    back to httpx (as for a missing pycurl)."""
+    pycurl = pytest.importorskip("pycurl")
+    from encordfs.core import curl_transport
+
+    curl = pycurl.Curl()
+    assert curl_transport._NATIVE.easy_pointer(curl)  # found in a live one
+    curl.close()
+    with pytest.raises(ImportError):
+        curl_transport._NATIVE.easy_pointer(curl)
