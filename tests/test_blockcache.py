@@ -1078,13 +1078,16 @@ def test_big_files_are_written_direct_and_read_back_exactly(tmp_path: Path) -> N
         assert cache.get(("big", 5)) == big[5 * PART :]
 
 
-def test_aligned_buffers_are_zeroed_and_start_on_a_block_boundary() -> None:
+@pytest.mark.parametrize("zeroed", [True, False])
+def test_aligned_buffers_start_on_a_block_boundary_zeroed_when_asked(zeroed: bool) -> None:
     for size in (1, 4096, 4097, 3 * 4096 + 5, 1 << 20, 8 << 20):
-        buf = aligned_bytearray(size)
-        assert len(buf) == size and not any(buf[:64]) and not any(buf[-64:])
+        buf = aligned_bytearray(size, zeroed=zeroed)
+        assert type(buf) is bytearray and len(buf) == size
+        if zeroed or size <= 4096:  # (at most one block: plain, cleared, never written direct)
+            assert not any(buf[:64]) and not any(buf[-64:])
         buf[-1] = 7  # writable to its last byte, and its storage stays where it is
         assert buf[-1] == 7
-        assert size <= 4096 or not _address(buf) % 4096  # (at most one block: plain, never written direct)
+        assert size <= 4096 or not _address(buf) % 4096
 
 
 def test_aligned_parts_are_written_direct_without_a_copy(tmp_path: Path) -> None:

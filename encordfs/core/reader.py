@@ -113,7 +113,9 @@ _ALIGNED_MIN_BYTES = MiB
 
 
 def _part_buffer(length: int) -> bytearray:
-    return aligned_bytearray(length) if length >= _ALIGNED_MIN_BYTES else bytearray(length)
+    """A part's buffer. A big one is not cleared: it is served only once every byte of it arrived (a
+    fetch fills it whole or fails, a ramp part is stored once complete)."""
+    return aligned_bytearray(length, zeroed=False) if length >= _ALIGNED_MIN_BYTES else bytearray(length)
 
 
 class MemoryBudget:
