@@ -575,3 +575,45 @@ def test_a_pycurl_that_hides_libcurls_handle_is_not_usable() -> None:
     curl.close()
     with pytest.raises(ImportError):
         curl_transport._NATIVE.easy_pointer(curl)
+
+
+def test_libcurl_catches_a_stall_within_its_timeout_after_the_last_byte() -> None:
+    """A body that stops after some bytes is abandoned one stall timeout after its last byte (the loop
+    looks every 1 % of it), not a timeout after the loop first saw it move."""
+    pytest.importorskip("pycurl")
+    import socket
+    import threading
+
+    from encordfs.core.curl_transport import CurlTransport
+    from encordfs.core.fetch import Failure, TransportError
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    last_sent: list[float] = []
+    done = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            head = f"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-99999/{len(DATA)}\r\n"
+            conn.sendall(f"{head}Content-Length: 100000\r\n\r\n".encode() + DATA[:10_000])
+            time.sleep(0.6)
+            conn.sendall(DATA[10_000:20_000])
+            last_sent.append(time.monotonic())
+            done.wait(10)  # then nothing more: a stall
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    transport = CurlTransport()
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/x"
+        with pytest.raises(TransportError) as caught:
+            transport.get(url, 0, memoryview(bytearray(100_000)), lambda *a: None, 30.0, 1.0)
+        abandoned = time.monotonic()
+    finally:
+        done.set()
+        transport.close()
+        listener.close()
+        server.join(5)
+    assert caught.value.failure is Failure.STALL and caught.value.received == 20_000
+    assert 1.0 <= abandoned - last_sent[0] < 1.35

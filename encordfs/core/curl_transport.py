@@ -67,11 +67,12 @@ loopback it cost 273 µs of client CPU per 100 KiB GET against 180 µs with HTTP
 save the handshakes; h2's framing is extra work on this CPU-bound client.
 
 Timeouts: ``TIMEOUT_MS`` is the fetcher's time left for the call, ``CONNECTTIMEOUT_MS`` the smaller
-of that and the stall timeout. Stalls are the loop's: each transfer notes when it was submitted; the
-loop wakes at the earliest ``noted + stall_timeout_s``, counts the head and body bytes each transfer
-received (``CURLINFO_HEADER_SIZE`` + ``SIZE_DOWNLOAD_T``), notes the time for those that received
-some since its previous look, and abandons those that did not (``curl_multi_remove_handle``: libcurl
-closes their connections). libcurl's own ``LOW_SPEED_TIME`` counts whole seconds only.
+of that and the stall timeout. Stalls are the loop's: while transfers run it looks every 1 % of their
+stall timeout at the head and body bytes each received (``CURLINFO_HEADER_SIZE`` + ``SIZE_DOWNLOAD_T``),
+notes the time for those that received some, and abandons those that received nothing since their
+noted time plus the stall timeout (``curl_multi_remove_handle``: libcurl closes their connections).
+A stall is thus caught between its timeout and 1 % later. libcurl's own ``LOW_SPEED_TIME`` counts
+whole seconds only.
 
 Failures, by table (``_FAILURES``): libcurl's result code -> ``Failure``; codes not listed (connect,
 send, receive errors, a body shorter than announced, HTTP/2 stream errors, TLS handshakes cut short)
@@ -437,7 +438,7 @@ class _Transfer:
         self.length = self.pos = 0
         self.stall_timeout_s = 0.0
         self.active_at = 0.0
-        self.progress = -1  # head and body bytes received at the loop's last stall check
+        self.progress = 0  # head and body bytes received at the loop's last stall check
         self.code = 0
         self.message = ""
         self.failure: TransportError | None = None
@@ -456,7 +457,7 @@ class _Transfer:
         self.out, self.accept, self.length, self.pos = out, accept, len(out), 0
         self.stall_timeout_s = stall_timeout_s
         self.active_at = _now()
-        self.progress = -1
+        self.progress = 0
         self.failure = None
         self.code, self.message = 0, ""
         self.callback = None
@@ -621,7 +622,7 @@ class _Loop:
         for transfer in batch:
             _NATIVE.check_multi(_NATIVE.multi_add(self._multi, transfer.easy), "add_handle")
             self._active[transfer.easy] = transfer
-            self._stall_check_at = min(self._stall_check_at, transfer.active_at + transfer.stall_timeout_s)
+            self._stall_check_at = min(self._stall_check_at, _now() + _stall_probe_s(transfer))
 
     def _reap(self) -> None:
         while True:
@@ -639,18 +640,22 @@ class _Loop:
         return self._active.pop(easy)
 
     def _abandon_stalled(self, now: float) -> None:
-        """Abandon the transfers that received nothing for their stall timeout; plan the next check."""
+        """Abandon the transfers that received nothing for their stall timeout; plan the next look.
+
+        A transfer that received bytes since the previous look is noted active now, which is at most
+        one probe interval (1 % of its stall timeout) after its last byte: so a stall is caught
+        between its timeout and 1 % later, never sooner."""
         next_check = math.inf
         for transfer in list(self._active.values()):
             received = transfer.received()
-            if received != transfer.progress:  # bytes came in since the last check
+            if received != transfer.progress:  # bytes came in since the last look
                 transfer.progress = received
-                transfer.active_at = max(transfer.active_at, now - 0.001)
+                transfer.active_at = max(transfer.active_at, now)
             due = transfer.active_at + transfer.stall_timeout_s
             if now >= due:
                 self._end(transfer.easy).fail(Failure.STALL, f"no byte for {transfer.stall_timeout_s:g} s")
             else:
-                next_check = min(next_check, due)
+                next_check = min(next_check, due, now + _stall_probe_s(transfer))
         self._stall_check_at = next_check
 
     def _teardown(self) -> None:
@@ -665,6 +670,11 @@ class _Loop:
                 _NATIVE.multi_remove(self._multi, easy)
             transfer.fail(Failure.FATAL, reason)
         self._active.clear()
+
+
+def _stall_probe_s(transfer: _Transfer) -> float:
+    """How often the loop looks whether ``transfer`` received bytes (see ``_abandon_stalled``)."""
+    return max(0.005, transfer.stall_timeout_s / 100)
 
 
 def _make_share() -> pycurl.CurlShare:
