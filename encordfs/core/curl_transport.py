@@ -33,8 +33,9 @@ No Python while bytes move
     unbuffered ``fmemopen`` stream over ``out``, which refuses bytes past ``len(out)`` (that ends the
     transfer: a 200 for the whole object is cut there, its connection dropped). Measured
     (``benchmarks/run --only big``, alternated pairs): a cold 1 GiB read through the mount at
-    972-987 -> 1,199-1,293 MB/s, mount CPU 1.15-1.21 -> 0.94-0.99 s; small files (``--only small``)
-    817-824 -> 753-787 µs of mount CPU and 21 -> 17-18 context switches per file. The ``CURL *`` of a
+    972-987 -> 1,199-1,293 MB/s, mount CPU 1.15-1.21 -> 0.94-0.99 s; small files (``--only small``):
+    21 -> 17-18 context switches per file, but files/s and CPU per file within noise (753-787 against
+    817-824 µs in two pairs, 826 against 796 in a full run), as was the WAN hinted epoch. The ``CURL *`` of a
     pycurl ``Curl`` is found in its object and proved (libcurl's magic, and ``CURLINFO_PRIVATE``
     naming the object back); a pycurl whose layout hides it is "not usable", as a missing one: the
     fetcher falls back to httpx with a warning.
