@@ -34,11 +34,11 @@ No Python while bytes move
     transfer: a 200 for the whole object is cut there, its connection dropped). Measured
     (``benchmarks/run --only big``, alternated pairs): a cold 1 GiB read through the mount at
     972-987 -> 1,199-1,293 MB/s, mount CPU 1.15-1.21 -> 0.94-0.99 s; small files (``--only small``):
-    21 -> 17-18 context switches per file, but files/s and CPU per file within noise (753-787 against
-    817-824 µs in two pairs, 826 against 796 in a full run), as was the WAN hinted epoch. The ``CURL *`` of a
-    pycurl ``Curl`` is found in its object and proved (libcurl's magic, and ``CURLINFO_PRIVATE``
-    naming the object back); a pycurl whose layout hides it is "not usable", as a missing one: the
-    fetcher falls back to httpx with a warning.
+    21 -> 17-18 context switches per file, but files/s and CPU per file within noise (753-787
+    against 817-824 µs in two pairs, 826 against 796 in a full run), as was the WAN hinted epoch.
+    The ``CURL *`` of a pycurl ``Curl`` is found in its object and proved (libcurl's magic, and
+    ``CURLINFO_PRIVATE`` naming the object back); a pycurl whose layout hides it is "not usable", as
+    a missing one: the fetcher falls back to httpx with a warning.
 
 Judged at the end
     The final response (after redirects: ``CURLINFO_RESPONSE_CODE``, ``curl_easy_nextheader`` of the
@@ -54,9 +54,9 @@ Without a waiting thread
     handle goes back to the idle list.
 
 Options, once per easy handle: redirects (5), http/https only (redirects too), ``Accept-Encoding:
-identity``, ``TCP_NODELAY``, TCP keep-alive, HTTP/1.1, a ``CurlShare`` of DNS and TLS sessions, ``CAINFO`` (``ca_file``, else
-OpenSSL's default file and directory: PyPI's libcurl is built with a CentOS CA path that Debian does
-not have), ``NOSIGNAL``. Proxies: libcurl reads ``http_proxy``, ``https_proxy``, ``all_proxy``,
+identity``, ``TCP_NODELAY``, TCP keep-alive, HTTP/1.1, a ``CurlShare`` of DNS and TLS sessions,
+``CAINFO`` (``ca_file``, else OpenSSL's default file and directory: PyPI's libcurl is built with a
+CentOS CA path that Debian does not have), ``NOSIGNAL``. Proxies: libcurl reads ``http_proxy``, ``https_proxy``, ``all_proxy``,
 ``no_proxy`` itself. At most ``max_connections`` connections (``M_MAX_TOTAL_CONNECTIONS``: further
 transfers wait in libcurl's queue) and as many kept.
 
@@ -68,25 +68,26 @@ loopback it cost 273 µs of client CPU per 100 KiB GET against 180 µs with HTTP
 save the handshakes; h2's framing is extra work on this CPU-bound client.
 
 Timeouts: ``TIMEOUT_MS`` is the fetcher's time left for the call, ``CONNECTTIMEOUT_MS`` the smaller
-of that and the stall timeout. Stalls are the loop's: while transfers run it looks every 1 % of their
-stall timeout at the head and body bytes each received (``CURLINFO_HEADER_SIZE`` + ``SIZE_DOWNLOAD_T``),
-notes the time for those that received some, and abandons those that received nothing since their
-noted time plus the stall timeout (``curl_multi_remove_handle``: libcurl closes their connections).
-A stall is thus caught between its timeout and 1 % later. libcurl's own ``LOW_SPEED_TIME`` counts
-whole seconds only.
+of that and the stall timeout. Stalls are the loop's: while transfers run it looks every 1 % of
+their stall timeout at the head and body bytes each received (``CURLINFO_HEADER_SIZE`` +
+``SIZE_DOWNLOAD_T``), notes the time for those that received some, and abandons those that received
+nothing since their noted time plus the stall timeout (``curl_multi_remove_handle``: libcurl closes
+their connections). A stall is thus caught between its timeout and 1 % later. libcurl's own
+``LOW_SPEED_TIME`` counts whole seconds only.
 
 Failures, by table (``_FAILURES``): libcurl's result code -> ``Failure``; codes not listed (connect,
 send, receive errors, a body shorter than announced, HTTP/2 stream errors, TLS handshakes cut short)
 are ``NETWORK``. libcurl's messages name hosts, never queries; the fetcher scrubs them anyway.
 
-Invariants: libcurl is called from the loop thread only, except ``setopt`` and ``getinfo`` on an
-easy handle outside the multi by the thread that holds it, and ``curl_multi_wakeup`` (any thread). A transfer's state is written by the loop while it is in flight and read by
-its caller after the loop signalled its eventfd, exactly once per transfer (the syscalls order the
-two). A caller waits at most ``timeout_s + stall_timeout_s + 10 s``: if the loop died, the call
-fails instead of hanging.
+Invariants: libcurl is called from the loop thread only, except: ``setopt`` and ``getinfo`` on an
+easy handle outside the multi, by the thread that holds it; ``curl_multi_wakeup``, by any thread;
+the multi's creation (before the loop thread starts) and cleanup (after it ended). A transfer's state
+is written by the loop while it is in flight and read by its caller after the loop signalled its
+eventfd, exactly once per transfer (the syscalls order the two). A caller waits at most
+``timeout_s + stall_timeout_s + 10 s``: if the loop died, the call fails instead of hanging.
 
-Lock order: ``CurlTransport._lock`` (submit queue, idle list, loop start, the wake-up) is a
-leaf, never held while libcurl runs. Transfers hold no lock: their eventfds are signals, not guards.
+Lock order: ``CurlTransport._lock`` (submit queue, idle list, loop start, the wake-up) is a leaf; no
+transfer runs under it. Transfers hold no lock: their eventfds are signals, not guards.
 """
 
 from __future__ import annotations
