@@ -7,6 +7,7 @@ both transports too; this file holds what is about HTTP itself.)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import sys
@@ -524,41 +525,54 @@ def test_background_reads_leave_connections_for_demand(server: ByteServer, http_
         fetcher.close()
 
 
-def test_the_link_hears_the_first_byte_not_the_last(make_fetcher: Callable[..., HttpFetcher]) -> None:
-    """The time to the first byte that the link measures is when the head came, even where the response
-    is judged once the transfer has ended (libcurl): here the body's second half comes 0.4 s later."""
+@contextlib.contextmanager
+def _pausing_server(length: int, first: bytes, pause_s: float, then: bytes) -> Iterator[tuple[str, list[float]]]:
+    """A one-connection HTTP server that answers a 206 of ``length`` bytes: its head with ``first``, then
+    after ``pause_s`` ``then`` (noting when it was sent), then nothing until the test ends (a stall when
+    ``first + then`` is shorter than ``length``). Yields its URL and the time ``then`` was sent."""
     import socket
     import threading
 
-    from encordfs.core.link import LinkEstimate
-
-    body = DATA[:20_000]
     listener = socket.create_server(("127.0.0.1", 0))
+    sent: list[float] = []
+    done = threading.Event()
 
     def serve() -> None:
         conn, _ = listener.accept()
         with conn:
             conn.recv(65536)
-            head = f"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-19999/{len(DATA)}\r\n"
-            conn.sendall(f"{head}Content-Length: 20000\r\nConnection: close\r\n\r\n".encode() + body[:10_000])
-            time.sleep(0.4)
-            conn.sendall(body[10_000:])
+            head = f"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-{length - 1}/{len(DATA)}\r\n"
+            conn.sendall(f"{head}Content-Length: {length}\r\n\r\n".encode() + first)
+            time.sleep(pause_s)
+            conn.sendall(then)
+            sent.append(time.monotonic())
+            done.wait(10)
 
     server = threading.Thread(target=serve, daemon=True)
     server.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/x", sent
+    finally:
+        done.set()
+        listener.close()
+        server.join(5)
+
+
+def test_the_link_hears_the_first_byte_not_the_last(make_fetcher: Callable[..., HttpFetcher]) -> None:
+    """The time to the first byte that the link measures is when the head came, even where the response
+    is judged once the transfer has ended (libcurl): here the body's second half comes 0.4 s later."""
+    from encordfs.core.link import LinkEstimate
+
+    body = DATA[:20_000]
     seen: list[tuple[float, float]] = []
 
     class Link(LinkEstimate):
         def observe(self, nbytes: int, first_byte_s: float, total_s: float) -> None:
             seen.append((first_byte_s, total_s))
 
-    try:
+    with _pausing_server(20_000, body[:10_000], 0.4, body[10_000:]) as (url, _):
         fetcher = make_fetcher(link=Link())
-        url = f"http://127.0.0.1:{listener.getsockname()[1]}/x"
         assert fetcher.fetch(lambda force: url, 0, 20_000) == body
-    finally:
-        listener.close()
-        server.join(5)
     [(first_byte_s, total_s)] = seen
     assert total_s >= 0.4 and first_byte_s < 0.2
 
@@ -581,39 +595,16 @@ def test_libcurl_catches_a_stall_within_its_timeout_after_the_last_byte() -> Non
     """A body that stops after some bytes is abandoned one stall timeout after its last byte (the loop
     looks every 1 % of it), not a timeout after the loop first saw it move."""
     pytest.importorskip("pycurl")
-    import socket
-    import threading
-
     from encordfs.core.curl_transport import CurlTransport
     from encordfs.core.fetch import Failure, TransportError
 
-    listener = socket.create_server(("127.0.0.1", 0))
-    last_sent: list[float] = []
-    done = threading.Event()
-
-    def serve() -> None:
-        conn, _ = listener.accept()
-        with conn:
-            conn.recv(65536)
-            head = f"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-99999/{len(DATA)}\r\n"
-            conn.sendall(f"{head}Content-Length: 100000\r\n\r\n".encode() + DATA[:10_000])
-            time.sleep(0.6)
-            conn.sendall(DATA[10_000:20_000])
-            last_sent.append(time.monotonic())
-            done.wait(10)  # then nothing more: a stall
-
-    server = threading.Thread(target=serve, daemon=True)
-    server.start()
     transport = CurlTransport()
     try:
-        url = f"http://127.0.0.1:{listener.getsockname()[1]}/x"
-        with pytest.raises(TransportError) as caught:
-            transport.get(url, 0, memoryview(bytearray(100_000)), lambda *a: None, 30.0, 1.0)
-        abandoned = time.monotonic()
+        with _pausing_server(100_000, DATA[:10_000], 0.6, DATA[10_000:20_000]) as (url, last_sent):
+            with pytest.raises(TransportError) as caught:
+                transport.get(url, 0, memoryview(bytearray(100_000)), lambda *a: None, 30.0, 1.0)
+            abandoned = time.monotonic()
     finally:
-        done.set()
         transport.close()
-        listener.close()
-        server.join(5)
     assert caught.value.failure is Failure.STALL and caught.value.received == 20_000
     assert 1.0 <= abandoned - last_sent[0] < 1.35

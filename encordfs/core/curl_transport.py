@@ -25,7 +25,8 @@ Shape
 
 No Python while bytes move
     pycurl runs libcurl's callbacks in Python: each takes the GIL back, and a 100 KiB GET over TLS
-    made ~20 of them (a write per 16 KiB TLS record, a header line each, socket and timer changes).
+    made ~20 of them: 7 writes (one per 16 KiB TLS record) and 2 socket changes per GET, counted in
+    a WAN epoch, plus a header line each (~10 from nginx, not counted) and timer changes.
     With the mount's other threads wanting the GIL, each take could wait. So the loop calls the
     multi interface through ctypes (``_Native``: ``curl_multi_poll`` and ``curl_multi_perform`` let go
     of the GIL for their whole run), sets no socket, timer or header callback, and has libcurl write
@@ -108,6 +109,7 @@ import pycurl
 
 from encordfs import __version__
 from encordfs.core.fetch import MAX_REDIRECTS, Accept, Failure, Reply, TransportError
+from encordfs.libc import libc as c_library
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +168,7 @@ class _Native:
         path = _loaded_libcurl()
         short = ctypes.PyDLL(path)  # keeps the GIL
         long = ctypes.CDLL(path)  # lets go of it
-        libc = ctypes.CDLL(None, use_errno=True)
+        libc = c_library()
         vp, i, p = ctypes.c_void_p, ctypes.c_int, ctypes.POINTER
 
         def bind(lib: ctypes.CDLL, name: str, restype: Any, *argtypes: Any) -> Any:

@@ -76,8 +76,9 @@ Priorities
     4-7 % slower in 8 of 9 alternated pairs (5 % faster in one) and ``tar`` 4-13 % slower in two,
     for a reason not found. Not kept. What a demand GET waited for there: during a hinted epoch the
     loop's turns (then driven by socket callbacks) lasted 5.6-6.7 ms on average, 14-16 at p90, ~6.5
-    sockets each, 2.0-2.4 s of the ~2.6 s epoch; ~2.7 x their CPU, the rest spent taking the GIL back
-    for ~20 Python callbacks per GET. The loop now runs no Python while bytes move
+    sockets each, 2.0-2.4 s of the ~2.6 s epoch; ~2.8 x their CPU, the rest most likely spent taking
+    the GIL back for the Python callbacks of each GET (7 writes and 2 socket changes counted, plus its
+    header lines). The loop now runs no Python while bytes move
     (``core.curl_transport``): 19-24 context switches per file instead of 29-31 in that epoch, but
     the demand read's ratio moved little (1.66 and 1.83 against 1.90 and 1.85, two pairs).
 
