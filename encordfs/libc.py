@@ -12,3 +12,11 @@ import functools
 @functools.cache
 def libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
+
+
+@functools.cache
+def libc_keeping_gil() -> ctypes.PyDLL:
+    """The same library for short calls that neither block nor wait (``fmemopen``, ``ftell``): the caller
+    keeps the GIL through the call. Letting go of it costs nothing, but taking it back does when other
+    threads want it: a wait, and often a thread switch."""
+    return ctypes.PyDLL(None, use_errno=True)

@@ -109,7 +109,7 @@ import pycurl
 
 from encordfs import __version__
 from encordfs.core.fetch import MAX_REDIRECTS, Accept, Failure, Reply, TransportError
-from encordfs.libc import libc as c_library
+from encordfs.libc import libc_keeping_gil
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ class _Native:
         path = _loaded_libcurl()
         short = ctypes.PyDLL(path)  # keeps the GIL
         long = ctypes.CDLL(path)  # lets go of it
-        libc = c_library()
+        libc = libc_keeping_gil()  # (fmemopen, setvbuf, ftell and fclose on memory: short too)
         vp, i, p = ctypes.c_void_p, ctypes.c_int, ctypes.POINTER
 
         def bind(lib: ctypes.CDLL, name: str, restype: Any, *argtypes: Any) -> Any:
