@@ -1,7 +1,8 @@
 """The C library through ctypes, loaded once for the process: the calls Python's ``os`` module lacks
 (``mount`` and ``umount2`` for the kernel binding and ``encordfs unmount``, ``syncfs`` for the disk
-cache, ``malloc_trim`` for ``core.heap``). Loaded with ``use_errno``: a caller reads a failed call's
-errno with ``ctypes.get_errno()``."""
+cache, ``malloc_trim`` for ``core.heap``), and, through ``libc_keeping_gil``, short calls on memory
+that must not let go of the GIL (the libcurl transport's ``fmemopen`` streams). Loaded with
+``use_errno``: a caller reads a failed call's errno with ``ctypes.get_errno()``."""
 
 from __future__ import annotations
 
