@@ -25,12 +25,11 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
+from benchmarks import infra
 from benchmarks.bench import read_parallel
-from benchmarks.infra import cpu_s, drop_caches
+from encordfs.control import mounted_at
 
 HERE = Path(__file__).resolve().parent
 FILE_BYTES = 100 * 1024
@@ -54,31 +53,25 @@ def make_files(data: Path, count: int) -> list[Path]:
     return paths
 
 
-def wait_mounted(mnt: Path, server: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 10
-    while not os.path.ismount(mnt):
-        if server.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"native_ceiling: the server did not mount (exit {server.poll()})")
-        time.sleep(0.02)
-
-
 def run_config(
     binary: Path, data: Path, mnt: Path, paths: list[Path], threads: int, rounds: int, open_us: int
 ) -> dict[str, float]:
     env = dict(os.environ, OPEN_US=str(open_us))
     server = subprocess.Popen([str(binary), str(data), str(mnt), str(threads)], env=env)
     try:
-        wait_mounted(mnt, server)
+        infra.wait_for(lambda: server.poll() is not None or mounted_at(mnt) is not None, 10, "the server's mount")
+        if server.poll() is not None:
+            raise SystemExit(f"native_ceiling: the server did not mount (exit {server.returncode})")
         through = [mnt / p.name for p in paths]
         ratios, cpus, mount_rates, local_rates = [], [], [], []
         for _ in range(rounds):
-            drop_caches()
-            cpu0 = cpu_s(server.pid)
+            infra.drop_caches()
+            cpu0 = infra.cpu_s(server.pid)
             secs, total = read_parallel(through)
-            cpus.append((cpu_s(server.pid) - cpu0) * 1e6 / len(paths))
+            cpus.append((infra.cpu_s(server.pid) - cpu0) * 1e6 / len(paths))
             assert total == len(paths) * FILE_BYTES, total
             mount_rates.append(len(paths) / secs)
-            drop_caches()
+            infra.drop_caches()
             secs, total = read_parallel(paths)
             local_rates.append(len(paths) / secs)
             ratios.append(mount_rates[-1] / local_rates[-1])
@@ -94,13 +87,8 @@ def run_config(
             f"ceiling_local_files_s_open{open_us}us": statistics.median(local_rates),
         }
     finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False, stderr=subprocess.DEVNULL)
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)  # (the server ends with its mount)
+        infra.stop_process(server)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,9 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("native_ceiling: needs root (mount, drop_caches)", file=sys.stderr)
         return 2
-    work = Path(tempfile.mkdtemp(prefix="native-ceiling-"))
     figures: dict[str, float] = {}
-    try:
+    with infra.Cleanup() as stack:  # its temp dir is removed without descending into a mount left behind
+        work = stack.temp_dir("native-ceiling-")
         binary = build(work)
         print(f"writing {args.files:,} files of 100 KiB", flush=True)
         paths = make_files(work / "data", args.files)
@@ -124,8 +112,6 @@ def main(argv: list[str] | None = None) -> int:
         mnt.mkdir()
         for open_us in (int(v) for v in args.open_us.split(",") if v.strip()):
             figures.update(run_config(binary, work / "data", mnt, paths, args.threads, args.rounds, open_us))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     print(f"{'figure':<36} value")
     for name, value in figures.items():
         print(f"{name:<36} {value:,.3f}")
